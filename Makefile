@@ -1,0 +1,32 @@
+# arw-models: `make run` serves on 127.0.0.1:8090 with ./state; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARW_STATE_DIR ?= ./state
+ARW_PORT ?= 8090
+
+.PHONY: run test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python setup.py setup.cfg
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	ARW_STATE_DIR=$(ARW_STATE_DIR) ARW_PORT=$(ARW_PORT) \
+	$(BIN)/gunicorn -c python:arw_models.gunicorn_conf wsgi:app
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check arw_models tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info

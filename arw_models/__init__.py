@@ -1,0 +1,145 @@
+"""arw-models: fetch, verify and keep local model files over HTTP.
+
+Standalone::
+
+    from arw_models import create_app
+    app = create_app()
+
+Inside a host app::
+
+    from arw_models import ArwModels
+    ArwModels(app, url_prefix="/ai")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, current_app
+from werkzeug.exceptions import HTTPException
+
+from . import signals
+from .config import DEFAULTS, Settings, from_env
+from .downloads import PROGRESS, DownloadManager
+from .errors import handle_http_exception
+from .events import EventHub
+from .storage import Registry, StateDir, StateLock, StateLockError
+
+__all__ = ["ArwModels", "ServiceState", "StateLockError", "__version__", "create_app"]
+
+log = logging.getLogger(__name__)
+EXTENSION = "arw_models"
+
+
+class ServiceState:
+    """Everything one app's service owns. Built on first use, not in ``init_app``,
+    so that importing, ``init_app`` and ``gunicorn --preload`` start no threads and
+    take no lock; the first request (or :meth:`start`) does both."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopped = False
+        self.settings: Settings
+        self.dirs: StateDir
+        self.registry: Registry
+        self.hub: EventHub
+        self.manager: DownloadManager
+        self._state_lock: StateLock | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def start(self) -> ServiceState:
+        """Reads the settings, locks the state directory, resumes what was left."""
+        if self._started:
+            return self
+        with self._lock:
+            if self._started:
+                return self
+            settings = Settings.from_config(self.app.config)
+            dirs = StateDir(settings.state_dir)
+            dirs.ensure()
+            lock = StateLock(dirs)
+            lock.acquire()
+            self.settings, self.dirs, self._state_lock = settings, dirs, lock
+            self.registry = Registry(dirs)
+            self.hub = EventHub(settings.events_replay, settings.events_queue)
+            self.manager = DownloadManager(settings, dirs, self.registry, self.hub, notify=self._notify)
+            self._started = True
+            ref = weakref.ref(self)
+            atexit.register(lambda: (s := ref()) is not None and s.shutdown())
+        self.manager.start()
+        return self
+
+    def _notify(self, kind: str, payload: dict[str, Any]) -> None:
+        signal = signals.BY_STATUS.get(payload.get("status", "")) if kind == PROGRESS else signals.models_changed
+        if signal is None or not signal.receivers:
+            return
+        try:
+            signal.send(self.app, payload=payload)
+        except Exception:  # a host's receiver must not break a download
+            log.exception("a receiver of %s failed", signal.name)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stops transfers (their ``.part`` stays resumable), ends every event
+        stream and releases the state directory. Safe to call twice."""
+        with self._lock:
+            if not self._started or self._stopped:
+                return
+            self._stopped = True
+        self.manager.shutdown(wait=wait)
+        self.hub.close()
+        if self._state_lock is not None:
+            self._state_lock.release()
+
+
+class ArwModels:
+    """The Flask extension: ``ArwModels(app)`` or ``ext.init_app(app)``."""
+
+    def __init__(self, app: Flask | None = None, url_prefix: str | None = None) -> None:
+        self.url_prefix = url_prefix
+        if app is not None:
+            self.init_app(app, url_prefix=url_prefix)
+
+    def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
+        from .api import bp
+
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        if EXTENSION in app.extensions:
+            raise RuntimeError("arw_models is already set up on this app")
+        app.extensions[EXTENSION] = ServiceState(app)
+        prefix = url_prefix if url_prefix is not None else self.url_prefix
+        app.register_blueprint(bp, url_prefix=prefix.rstrip("/") if prefix else None)
+
+    @staticmethod
+    def state(app: Flask | None = None) -> ServiceState:
+        """The started service of ``app`` (default: the current app)."""
+        target = app if app is not None else current_app
+        return target.extensions[EXTENSION].start()  # type: ignore[no-any-return]
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """The standalone app: settings from ``ARW_*`` environment variables, then
+    ``test_config`` on top."""
+    app = Flask(__name__)
+    app.config.from_mapping(from_env(os.environ))
+    if test_config:
+        app.config.from_mapping(test_config)
+    if "ARW_STATE_DIR" in app.config:
+        app.config["ARW_STATE_DIR"] = os.fspath(app.config["ARW_STATE_DIR"])
+    ArwModels(app)
+    # The standalone app answers its own 404 and 405 as problem documents too.
+    app.register_error_handler(HTTPException, handle_http_exception)
+    return app

@@ -1,0 +1,215 @@
+"""The blueprint: thin views that check input and hand work to the manager."""
+
+from __future__ import annotations
+
+import hmac
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from . import __version__
+from .downloads import public_model
+from .errors import (
+    ArwError,
+    BadRequest,
+    NotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+    handle_arw_error,
+    handle_unexpected,
+)
+from .events import stream_response
+from .storage import valid_id
+
+if TYPE_CHECKING:
+    from . import ServiceState
+
+bp = Blueprint("arw_models", __name__)
+bp.register_error_handler(ArwError, handle_arw_error)
+bp.register_error_handler(Exception, handle_unexpected)
+
+MAX_BODY = 64 * 1024
+MAX_URL = 8192
+SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+PROTECTED_ENDPOINTS = {"arw_models.events"}
+
+
+def service() -> ServiceState:
+    state: ServiceState = current_app.extensions["arw_models"]
+    state.start()
+    return state
+
+
+@bp.before_request
+def require_token() -> None:
+    token = service().settings.admin_token
+    if not token or (request.method in ("GET", "HEAD", "OPTIONS") and request.endpoint not in PROTECTED_ENDPOINTS):
+        return
+    given = request.headers.get("X-ARW-Admin")
+    auth = request.headers.get("Authorization", "")
+    if given is None and auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    if given is None or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+        raise Unauthorized(
+            "this endpoint needs the admin token (Authorization: Bearer <token> or X-ARW-Admin: <token>)",
+            code="invalid-token" if given is not None else "missing-token",
+            headers={"WWW-Authenticate": 'Bearer realm="arw-models"'},
+        )
+
+
+def json_body() -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ArwError(f"the body is larger than {MAX_BODY} bytes", status=413, code="body-too-large",
+                       title="Content too large")
+    if not request.is_json:
+        raise UnsupportedMediaType("send the body as application/json")
+    data = request.get_data(cache=False)
+    if len(data) > MAX_BODY:
+        raise ArwError(f"the body is larger than {MAX_BODY} bytes", status=413, code="body-too-large",
+                       title="Content too large")
+    try:
+        body = current_app.json.loads(data)
+    except ValueError:
+        raise BadRequest("the body is not valid JSON", code="invalid-json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid-body")
+    return body
+
+
+def checked_id(value: Any) -> str:
+    if not valid_id(value):
+        raise BadRequest(
+            "id must be 1-128 characters of A-Z a-z 0-9 . _ - and must not start with '.'",
+            code="invalid-id",
+        )
+    return value
+
+
+def checked_url(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest("url is required: an http or https URL", code="invalid-url")
+    if len(value) > MAX_URL or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise BadRequest("url must be a single http or https URL without spaces", code="invalid-url")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise BadRequest("url is not a valid URL", code="invalid-url") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise BadRequest("url must use http or https", code="invalid-url")
+    if not parts.hostname:
+        raise BadRequest("url must name a host", code="invalid-url")
+    return value
+
+
+def checked_sha256(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not SHA256_RE.fullmatch(value):
+        raise BadRequest("sha256 must be exactly 64 hexadecimal digits", code="invalid-sha256")
+    return value.lower()
+
+
+def checked_provider(value: Any) -> str:
+    if value is None:
+        return "local"
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isprintable():
+        raise BadRequest("provider must be a short printable string", code="invalid-provider")
+    return value
+
+
+@bp.post("/models/download")
+def download() -> Response | tuple[Response, int]:
+    body = json_body()
+    model_id = checked_id(body.get("id"))
+    url = checked_url(body.get("url"))
+    sha256 = checked_sha256(body.get("sha256"))
+    provider = checked_provider(body.get("provider"))
+    status, item = service().manager.submit(model_id, url, sha256, provider)
+    response = jsonify(item)
+    response.status_code = status
+    if status == 202:
+        response.headers["Location"] = url_for(".download_status", model_id=model_id)
+    return response
+
+
+@bp.post("/models/download/cancel")
+def cancel() -> Response:
+    body = json_body()
+    model_id = checked_id(body.get("id"))
+    return jsonify(service().manager.cancel(model_id))
+
+
+@bp.get("/models")
+def models() -> Response:
+    state = service()
+    return jsonify({"items": [public_model(m, state.dirs) for m in state.registry.all()]})
+
+
+@bp.delete("/models/<model_id>")
+def delete_model(model_id: str) -> Response:
+    return jsonify(service().manager.delete(checked_id(model_id)))
+
+
+@bp.get("/models/downloads")
+def downloads() -> Response:
+    return jsonify({"items": service().manager.jobs()})
+
+
+@bp.get("/models/downloads/<model_id>")
+def download_status(model_id: str) -> Response:
+    item = service().manager.job(checked_id(model_id))
+    if item is None:
+        raise NotFound(f"no download of {model_id} is known", code="unknown-download")
+    return jsonify(item)
+
+
+def _event_id(value: str | None, name: str) -> int | None:
+    if value is None or value.strip() == "":
+        return None
+    value = value.strip()
+    if not value.isdigit() or len(value) > 20:
+        raise BadRequest(f"{name} must be a non-negative integer event id", code="invalid-event-id")
+    return int(value)
+
+
+@bp.get("/events")
+def events() -> Response:
+    state = service()
+    after = _event_id(request.args.get("after"), "after")
+    header = _event_id(request.headers.get("Last-Event-ID"), "Last-Event-ID")
+    if header is not None:
+        after = header  # a reconnecting browser knows best where it stopped
+    replay = _event_id(request.args.get("replay"), "replay")
+    prefixes = [p for p in request.args.getlist("prefix") if p]
+    return stream_response(
+        state.hub,
+        prefixes=prefixes,
+        after=after,
+        replay=replay,
+        keepalive=state.settings.keepalive,
+        retry_ms=state.settings.retry_ms,
+        hello={"version": __version__},
+    )
+
+
+@bp.get("/probe")
+def probe() -> Response:
+    state = service()
+    return jsonify({
+        "service": "arw-models",
+        "version": __version__,
+        "state_dir": state.dirs.root,
+        "models_dir": state.dirs.models_dir,
+        "settings": state.settings.public(),
+        "subscribers": state.hub.subscriber_count,
+        "last_event_id": state.hub.last_id,
+    })
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"ok": True})
+

@@ -1,0 +1,199 @@
+"""Settings: every ``ARW_*`` key with its default, and reading them from the
+environment.
+
+The keys double as ``app.config`` keys. Only :func:`arw_models.create_app` reads
+the environment; a host app that embeds the extension sets ``app.config``
+itself, and :meth:`ArwModels.init_app` fills in the defaults with ``setdefault``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MiB = 1024 * 1024
+
+DEFAULTS: dict[str, Any] = {
+    # Where models, partial downloads, models.json and the lock live.
+    "ARW_STATE_DIR": "./state",
+    # Address and port for `make run` and the `arw-models serve` command.
+    "ARW_BIND": "127.0.0.1",
+    "ARW_PORT": 8090,
+    # Unset: no token needed. Set: POST, DELETE and /events need it.
+    "ARW_ADMIN_TOKEN": None,
+    # How many transfers run at once; more wait as `queued`.
+    "ARW_MODELS_MAX_CONC": 2,
+    # Largest model accepted, in MiB (None: no cap).
+    "ARW_MODELS_MAX_MB": None,
+    # Free space, in MiB, that downloads must leave on the state directory's disk.
+    "ARW_MODELS_DISK_RESERVE_MB": 256,
+    # Seconds to wait for a TCP connection to the origin.
+    "ARW_DL_CONNECT_TIMEOUT_SECS": 10.0,
+    # Seconds without a single byte from the origin before the read is a stall.
+    "ARW_DL_IDLE_TIMEOUT_SECS": 30.0,
+    # Retries of transient failures in a row (reset while bytes keep arriving).
+    "ARW_DL_RETRIES": 8,
+    # First retry delay in ms; doubles per retry, with jitter.
+    "ARW_DL_RETRY_BACKOFF_MS": 500,
+    # Ceiling of one retry delay (and of an honoured Retry-After), in ms.
+    "ARW_DL_RETRY_BACKOFF_MAX_MS": 30000,
+    # Bytes asked of the socket per read in the transfer loop.
+    "ARW_DL_CHUNK_BYTES": 1 * MiB,
+    # Bytes written between two fsyncs of a `.part` (bounds what a crash can lose).
+    "ARW_DL_FSYNC_BYTES": 64 * MiB,
+    # Least time between two progress events of one job, in ms.
+    "ARW_DL_PROGRESS_INTERVAL_MS": 250,
+    # Resume the incomplete downloads found in the state directory at start.
+    "ARW_DL_RESUME_ON_START": True,
+    # `.part` files with no job, untouched for this many hours, are removed at start.
+    "ARW_DL_STALE_PART_HOURS": 168.0,
+    # How many recent events the stream keeps for replay.
+    "ARW_EVENTS_REPLAY": 4096,
+    # How many events may wait for one slow subscriber before it gets bus.gap.
+    "ARW_EVENTS_QUEUE": 1024,
+    # Seconds between keep-alive comments on an idle event stream.
+    "ARW_EVENTS_KEEPALIVE_SECS": 15.0,
+    # Reconnection delay suggested to SSE clients (the `retry:` field), in ms.
+    "ARW_EVENTS_RETRY_MS": 3000,
+}
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(text: str) -> Any:
+        return None if text.strip() == "" else parse(text)
+
+    return parse_optional
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "ARW_STATE_DIR": str,
+    "ARW_BIND": str,
+    "ARW_PORT": int,
+    "ARW_ADMIN_TOKEN": _optional(str),
+    "ARW_MODELS_MAX_CONC": int,
+    "ARW_MODELS_MAX_MB": _optional(float),
+    "ARW_MODELS_DISK_RESERVE_MB": float,
+    "ARW_DL_CONNECT_TIMEOUT_SECS": float,
+    "ARW_DL_IDLE_TIMEOUT_SECS": float,
+    "ARW_DL_RETRIES": int,
+    "ARW_DL_RETRY_BACKOFF_MS": float,
+    "ARW_DL_RETRY_BACKOFF_MAX_MS": float,
+    "ARW_DL_CHUNK_BYTES": int,
+    "ARW_DL_FSYNC_BYTES": int,
+    "ARW_DL_PROGRESS_INTERVAL_MS": float,
+    "ARW_DL_RESUME_ON_START": _bool,
+    "ARW_DL_STALE_PART_HOURS": float,
+    "ARW_EVENTS_REPLAY": int,
+    "ARW_EVENTS_QUEUE": int,
+    "ARW_EVENTS_KEEPALIVE_SECS": float,
+    "ARW_EVENTS_RETRY_MS": int,
+}
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``ARW_*`` keys present in ``environ``, parsed to their types."""
+    found: dict[str, Any] = {}
+    for key, parse in _PARSERS.items():
+        if key in environ:
+            try:
+                found[key] = parse(environ[key])
+            except ValueError as exc:
+                raise ValueError(f"{key}={environ[key]!r}: {exc}") from None
+    return found
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings of one app, read once when the service starts."""
+
+    state_dir: str
+    admin_token: str | None
+    max_conc: int
+    max_bytes: int | None
+    disk_reserve_bytes: int
+    connect_timeout: float
+    idle_timeout: float
+    retries: int
+    backoff: float
+    backoff_max: float
+    chunk_bytes: int
+    fsync_bytes: int
+    progress_interval: float
+    resume_on_start: bool
+    stale_part_secs: float
+    events_replay: int
+    events_queue: int
+    keepalive: float
+    retry_ms: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        def get(key: str) -> Any:
+            value = config.get(key, DEFAULTS[key])
+            if isinstance(value, str) and key in _PARSERS and key not in (
+                "ARW_STATE_DIR",
+                "ARW_ADMIN_TOKEN",
+                "ARW_BIND",
+            ):
+                value = _PARSERS[key](value)
+            return value
+
+        max_mb = get("ARW_MODELS_MAX_MB")
+        settings = cls(
+            state_dir=os.path.abspath(os.fspath(get("ARW_STATE_DIR"))),
+            admin_token=get("ARW_ADMIN_TOKEN") or None,
+            max_conc=int(get("ARW_MODELS_MAX_CONC")),
+            max_bytes=None if max_mb is None else int(float(max_mb) * MiB),
+            disk_reserve_bytes=int(float(get("ARW_MODELS_DISK_RESERVE_MB")) * MiB),
+            connect_timeout=float(get("ARW_DL_CONNECT_TIMEOUT_SECS")),
+            idle_timeout=float(get("ARW_DL_IDLE_TIMEOUT_SECS")),
+            retries=int(get("ARW_DL_RETRIES")),
+            backoff=float(get("ARW_DL_RETRY_BACKOFF_MS")) / 1000.0,
+            backoff_max=float(get("ARW_DL_RETRY_BACKOFF_MAX_MS")) / 1000.0,
+            chunk_bytes=int(get("ARW_DL_CHUNK_BYTES")),
+            fsync_bytes=int(get("ARW_DL_FSYNC_BYTES")),
+            progress_interval=float(get("ARW_DL_PROGRESS_INTERVAL_MS")) / 1000.0,
+            resume_on_start=bool(get("ARW_DL_RESUME_ON_START")),
+            stale_part_secs=float(get("ARW_DL_STALE_PART_HOURS")) * 3600.0,
+            events_replay=int(get("ARW_EVENTS_REPLAY")),
+            events_queue=int(get("ARW_EVENTS_QUEUE")),
+            keepalive=float(get("ARW_EVENTS_KEEPALIVE_SECS")),
+            retry_ms=int(get("ARW_EVENTS_RETRY_MS")),
+        )
+        if settings.max_conc < 1:
+            raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
+        if settings.chunk_bytes < 1024:
+            raise ValueError("ARW_DL_CHUNK_BYTES must be at least 1024")
+        if settings.retries < 0:
+            raise ValueError("ARW_DL_RETRIES must not be negative")
+        return settings
+
+    def public(self) -> dict[str, Any]:
+        """What /probe shows: everything but the token itself."""
+        return {
+            "max_conc": self.max_conc,
+            "max_mb": None if self.max_bytes is None else self.max_bytes / MiB,
+            "disk_reserve_mb": self.disk_reserve_bytes / MiB,
+            "connect_timeout_secs": self.connect_timeout,
+            "idle_timeout_secs": self.idle_timeout,
+            "retries": self.retries,
+            "retry_backoff_ms": self.backoff * 1000.0,
+            "retry_backoff_max_ms": self.backoff_max * 1000.0,
+            "chunk_bytes": self.chunk_bytes,
+            "resume_on_start": self.resume_on_start,
+            "stale_part_hours": self.stale_part_secs / 3600.0,
+            "events_replay": self.events_replay,
+            "events_keepalive_secs": self.keepalive,
+            "auth": "token" if self.admin_token else "none",
+        }

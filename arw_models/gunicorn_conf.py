@@ -1,0 +1,78 @@
+"""gunicorn settings for arw-models: ``gunicorn -c python:arw_models.gunicorn_conf wsgi:app``.
+
+Design: one process (downloads, the job table and every event subscriber live in
+it), many threads (gthread): each open ``/events`` stream holds one thread for as
+long as the client listens, so ``threads`` bounds subscribers plus concurrent
+requests. The worker starts the service right after it boots, so downloads left
+by an earlier run resume without waiting for a first request, and a second
+process on the same state directory fails at once.
+
+Every setting can still be overridden on the command line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sys
+from typing import Any
+
+worker_class = "gthread"
+workers = 1
+threads = int(os.environ.get("ARW_THREADS", "32"))
+bind = [f"{os.environ.get('ARW_BIND', '127.0.0.1')}:{os.environ.get('ARW_PORT', '8090')}"]
+# Streams and transfers end within a second of SIGTERM; this bounds the rest.
+graceful_timeout = 10
+timeout = 60
+keepalive = 5
+accesslog = "-"
+# Never log query strings or headers: a token may travel in either.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(D)sus'
+
+
+def _is_loopback(address: str) -> bool:
+    if address.startswith("unix:"):
+        return True
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def on_starting(server: Any) -> None:
+    addresses = server.cfg.bind or []
+    remote = [a for a in addresses if not _is_loopback(a)]
+    allowed = os.environ.get("ARW_ALLOW_REMOTE", "").lower() in ("1", "true", "yes", "on")
+    if remote and not os.environ.get("ARW_ADMIN_TOKEN") and not allowed:
+        sys.stderr.write(
+            f"arw-models: refusing to listen on {', '.join(remote)} without ARW_ADMIN_TOKEN; "
+            "set a token, or ARW_ALLOW_REMOTE=1 to serve the network without one\n"
+        )
+        sys.exit(2)
+
+
+def post_worker_init(worker: Any) -> None:
+    from arw_models import StateLockError
+
+    app = worker.wsgi
+    state = app.extensions["arw_models"]
+    try:
+        state.start()
+    except StateLockError as exc:
+        worker.log.error("%s", exc)
+        sys.exit(3)  # gunicorn's "worker failed to boot": the arbiter stops too
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: Any) -> None:
+        # Stop transfers (their .part stays resumable) and end event streams, so
+        # that the graceful shutdown has no long-lived request left to wait for.
+        state.shutdown(wait=False)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_term)

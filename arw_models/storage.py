@@ -1,0 +1,306 @@
+"""The state directory: its layout, safe names, partial files with their sidecars,
+atomic writes, the model registry (``models.json``) and the directory lock.
+
+Layout::
+
+    {state_dir}/models.json          the installed models, written atomically
+    {state_dir}/arw-models.lock      held by the one process that serves this directory
+    {state_dir}/models/<file>        finished model files
+    {state_dir}/models/<id>.part     bytes of a download in progress
+    {state_dir}/models/<id>.part.json  its sidecar: url, validators, expected size
+
+Every name that reaches the file system comes from :func:`valid_id` (ids) or
+:func:`sanitize_filename` (final names), so nothing a client sends can name a path
+outside ``models/``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import socket
+import threading
+import unicodedata
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+try:  # POSIX; the lock is advisory and only needed there
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+PART_SUFFIX = ".part"
+SIDECAR_SUFFIX = ".part.json"
+MAX_NAME_BYTES = 200
+_RESERVED = {
+    "con", "prn", "aux", "nul",
+    *(f"com{i}" for i in range(10)),
+    *(f"lpt{i}" for i in range(10)),
+}
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+
+
+def utcnow() -> str:
+    """The time as the events and the registry write it: ISO 8601, ms, UTC."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def sanitize_filename(name: str, fallback: str) -> str:
+    """One safe path component from an untrusted name.
+
+    Keeps the last segment after any ``/`` or ``\\``; drops control and reserved
+    characters, leading dots and trailing dots or spaces; renames Windows device
+    names; shortens overlong names keeping the extension; never ends in the
+    partial-file suffixes. Falls back to ``fallback`` (a valid id) when nothing
+    usable is left.
+    """
+    name = unicodedata.normalize("NFC", name or "")
+    name = re.split(r"[/\\]", name)[-1]
+    name = _UNSAFE_CHARS.sub("_", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = name.strip().lstrip(".").rstrip(". ")
+    if not name or set(name) <= {"_", " "}:
+        name = fallback
+    if name.partition(".")[0].lower() in _RESERVED:
+        name = "_" + name
+    lowered = name.lower()
+    if lowered.endswith((PART_SUFFIX, SIDECAR_SUFFIX)):
+        name += ".bin"
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        base, ext = os.path.splitext(name)
+        ext = ext if len(ext.encode("utf-8")) <= 16 else ""
+        room = MAX_NAME_BYTES - len(ext.encode("utf-8"))
+        base = base.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(". ")
+        name = (base or fallback[:room]) + ext
+    return name
+
+
+def filename_from_disposition(header: str | None) -> str | None:
+    """The filename of a ``Content-Disposition`` header (RFC 6266), if any."""
+    if not header:
+        return None
+    from email.message import Message
+
+    msg = Message()
+    msg["content-disposition"] = header
+    try:
+        filename = msg.get_filename()
+    except (TypeError, ValueError, LookupError):
+        return None
+    return filename or None
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_json(path: str, data: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never a mix."""
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def remove_quietly(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class StateDir:
+    """Paths inside one state directory."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.models_dir = os.path.join(self.root, "models")
+        self.registry_path = os.path.join(self.root, "models.json")
+        self.lock_path = os.path.join(self.root, "arw-models.lock")
+
+    def ensure(self) -> None:
+        os.makedirs(self.models_dir, exist_ok=True)
+
+    def part_path(self, model_id: str) -> str:
+        assert valid_id(model_id), model_id
+        return os.path.join(self.models_dir, model_id + PART_SUFFIX)
+
+    def sidecar_path(self, model_id: str) -> str:
+        assert valid_id(model_id), model_id
+        return os.path.join(self.models_dir, model_id + SIDECAR_SUFFIX)
+
+    def model_path(self, filename: str) -> str:
+        path = os.path.join(self.models_dir, filename)
+        if os.path.dirname(path) != self.models_dir:
+            raise ValueError(f"unsafe file name {filename!r}")
+        return path
+
+    def read_sidecar(self, model_id: str) -> dict[str, Any] | None:
+        try:
+            with open(self.sidecar_path(model_id), encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_sidecar(self, model_id: str, data: dict[str, Any]) -> None:
+        atomic_write_json(self.sidecar_path(model_id), data)
+
+    def remove_partial(self, model_id: str) -> bool:
+        """Remove the ``.part`` and its sidecar; True if there was a ``.part``."""
+        removed = remove_quietly(self.part_path(model_id))
+        remove_quietly(self.sidecar_path(model_id))
+        return removed
+
+    def part_size(self, model_id: str) -> int | None:
+        try:
+            return os.stat(self.part_path(model_id)).st_size
+        except FileNotFoundError:
+            return None
+
+    def partial_ids(self) -> Iterator[str]:
+        """Ids that have a ``.part`` or a sidecar in ``models/``."""
+        try:
+            names = os.listdir(self.models_dir)
+        except FileNotFoundError:
+            return
+        seen: set[str] = set()
+        for name in sorted(names):
+            for suffix in (SIDECAR_SUFFIX, PART_SUFFIX):
+                if name.endswith(suffix):
+                    model_id = name[: -len(suffix)]
+                    if valid_id(model_id) and model_id not in seen:
+                        seen.add(model_id)
+                        yield model_id
+                    break
+
+
+class Registry:
+    """``models.json``: the installed models, keyed by id, written atomically."""
+
+    def __init__(self, state: StateDir) -> None:
+        self._state = state
+        self._lock = threading.Lock()
+        self._items: dict[str, dict[str, Any]] | None = None
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._items is None:
+            try:
+                with open(self._state.registry_path, encoding="utf-8") as fh:
+                    data = json.load(fh)
+            except FileNotFoundError:
+                data = {}
+            items = data.get("models", {}) if isinstance(data, dict) else {}
+            self._items = {k: v for k, v in items.items() if valid_id(k) and isinstance(v, dict)}
+        return self._items
+
+    def _save(self, items: dict[str, dict[str, Any]]) -> None:
+        atomic_write_json(self._state.registry_path, {"version": 1, "models": items})
+        self._items = items
+
+    def get(self, model_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._load().get(model_id)
+            return dict(entry) if entry else None
+
+    def all(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(v) for _, v in sorted(self._load().items())]
+
+    def files_in_use(self, except_id: str | None = None) -> set[str]:
+        with self._lock:
+            return {v.get("file") for k, v in self._load().items() if k != except_id}
+
+    def put(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """Add or replace an entry; returns the entry it replaced."""
+        with self._lock:
+            items = dict(self._load())
+            old = items.get(entry["id"])
+            items[entry["id"]] = entry
+            self._save(items)
+            return old
+
+    def remove(self, model_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            items = dict(self._load())
+            old = items.pop(model_id, None)
+            if old is not None:
+                self._save(items)
+            return old
+
+
+class StateLockError(RuntimeError):
+    pass
+
+
+class StateLock:
+    """An exclusive lock on a state directory, held while the service runs.
+
+    Two processes serving one directory would split jobs and events between them
+    and race on the same ``.part`` files; the second one fails at start instead.
+    """
+
+    def __init__(self, state: StateDir) -> None:
+        self._state = state
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if fcntl is None:  # pragma: no cover
+            return
+        self._state.ensure()
+        fd = os.open(self._state.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = b""
+            try:
+                holder = os.pread(fd, 256, 0)
+            except OSError:
+                pass
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            who = holder.decode("utf-8", "replace").strip() or "another process"
+            raise StateLockError(
+                f"state directory {self._state.root} is already in use by {who}; "
+                "one process serves one state directory (run gunicorn with --workers 1)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)

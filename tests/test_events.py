@@ -1,0 +1,161 @@
+"""The event stream through a real socket, and the hub's guarantees."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import requests
+
+from arw_models import ArwModels
+from arw_models.events import EventHub
+
+from .conftest import LiveServer
+from .origin import payload
+from .sse import SSEClient
+
+MiB = 1024 * 1024
+
+
+def test_stream_over_a_socket_shows_connected_progress_and_one_complete(live: Any, origin: Any) -> None:
+    res = origin.add("/s.gguf", payload(2 * MiB), throttle=8 * MiB)
+    with SSEClient(live.url + "/events") as sse:
+        assert sse.response.status_code == 200
+        assert sse.response.headers["Content-Type"].startswith("text/event-stream")
+        assert sse.response.headers["Cache-Control"] == "no-cache"
+        assert sse.response.headers["X-Accel-Buffering"] == "no"
+        first = sse.next()
+        assert first.event == "service.connected" and first.id is None and first.retry is not None
+        r = requests.post(live.url + "/models/download", json={"id": "s", "url": origin.url("/s.gguf"),
+                                                               "sha256": res.sha256}, timeout=5)
+        assert r.status_code == 202
+        frames = []
+        while True:
+            frame = sse.next()
+            frames.append(frame)
+            if frame.event == "Models.DownloadProgress" and frame.payload["status"] in ("complete", "error"):
+                break
+        statuses = [f.payload["status"] for f in frames if f.event == "Models.DownloadProgress"]
+        assert statuses[0] == "started" and statuses[-1] == "complete"
+        assert "downloading" in statuses
+        assert statuses.count("complete") == 1
+        ids = [int(f.id) for f in frames]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        envelope = frames[-1].json
+        assert set(envelope) == {"time", "kind", "payload"} and envelope["kind"] == "Models.DownloadProgress"
+        assert envelope["time"].endswith("Z")
+        assert envelope["payload"]["sha256"] == res.sha256
+        changed = sse.next()
+        assert changed.event == "Models.Changed" and changed.payload == {"op": "add", "id": "s"}
+
+
+def test_replay_after_an_id_then_live_without_gap_or_duplicate(app: Any, live: Any) -> None:
+    hub = ArwModels.state(app).hub
+    ids = [hub.publish("Test.Event", {"n": n}).id for n in range(10)]
+    with SSEClient(live.url + "/events", headers={"Last-Event-ID": str(ids[3])}) as sse:
+        assert sse.next().event == "service.connected"
+        got = [sse.next() for _ in range(6)]
+        assert [int(f.id) for f in got] == ids[4:]
+        hub.publish("Test.Event", {"n": 10})
+        assert sse.next().payload == {"n": 10}
+    with SSEClient(live.url + "/events", params={"after": str(ids[7])}) as sse:
+        sse.next()
+        assert [sse.next().payload["n"] for _ in range(3)] == [8, 9, 10]
+
+
+def test_replay_last_n_and_prefix_filters(app: Any, live: Any) -> None:
+    hub = ArwModels.state(app).hub
+    for n in range(5):
+        hub.publish("Models.DownloadProgress", {"n": n})
+        hub.publish("Other.Thing", {"n": n})
+    params = [("replay", "3"), ("prefix", "Models."), ("prefix", "Nope.")]
+    with SSEClient(live.url + "/events", params=params) as sse:
+        sse.next()
+        assert [sse.next().payload["n"] for _ in range(3)] == [2, 3, 4]
+        hub.publish("Other.Thing", {"n": 99})
+        hub.publish("Models.Changed", {"n": 100})
+        live_frame = sse.next()
+        assert live_frame.event == "Models.Changed" and live_frame.payload == {"n": 100}
+
+
+def test_keep_alive_comment_on_an_idle_stream(make_app: Any) -> None:
+    app = make_app(ARW_EVENTS_KEEPALIVE_SECS=0.05)
+    server = LiveServer(app)
+    try:
+        with SSEClient(server.url + "/events") as sse:
+            sse.next()
+            frame = sse.next(keep_comments=True)
+            assert frame.comments == ["keep-alive"] and frame.data == ""
+    finally:
+        server.close()
+
+
+def test_old_last_event_id_gets_a_gap_first() -> None:
+    hub = EventHub(replay=3)
+    ids = [hub.publish("k", {"n": n}).id for n in range(6)]
+    _, backlog = hub.subscribe(after=ids[0])
+    assert backlog[0].kind == "bus.gap" and backlog[0].payload == {"missed": 2}
+    assert [e.payload["n"] for e in backlog[1:]] == [3, 4, 5]
+    _, backlog2 = hub.subscribe(after=hub.first_id - 100)
+    assert backlog2[0].kind == "bus.gap" and backlog2[0].payload == {"missed": None}
+    hub.close()
+
+
+def test_a_subscriber_that_never_reads_gets_a_gap_and_blocks_nobody() -> None:
+    hub = EventHub(replay=10, queue_size=4)
+    stuck, _ = hub.subscribe()
+    reader, _ = hub.subscribe(queue_size=1000)
+    for n in range(100):
+        hub.publish("k", {"n": n})  # returns at once although `stuck` reads nothing
+    items = stuck.get(timeout=0)
+    assert items is not None
+    assert items[0].kind == "bus.gap" and items[0].payload == {"missed": 96}
+    assert [e.payload["n"] for e in items[1:]] == [96, 97, 98, 99]
+    all_items = reader.get(timeout=0)
+    assert all_items is not None and [e.payload["n"] for e in all_items] == list(range(100))
+    hub.close()
+    assert stuck.get(timeout=0) is None
+
+
+def test_subscribe_during_publishing_has_no_gap_or_duplicate() -> None:
+    hub = EventHub(replay=100_000, queue_size=100_000)
+    first = hub.publish("k", {"n": -1}).id
+    stop = threading.Event()
+
+    def publisher() -> None:
+        n = 0
+        while not stop.is_set() and n < 20_000:
+            hub.publish("k", {"n": n})
+            n += 1
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    try:
+        subs = [hub.subscribe(after=first) for _ in range(20)]
+    finally:
+        stop.set()
+        thread.join()
+    total = hub.last_id
+    for sub, backlog in subs:
+        live = sub.get(timeout=0) or []
+        ids = [e.id for e in backlog + live]
+        assert ids == list(range(first + 1, total + 1))
+    hub.close()
+
+
+def test_disconnected_clients_are_released(app: Any, live: Any) -> None:
+    hub = ArwModels.state(app).hub
+    for _ in range(50):
+        sse = SSEClient(live.url + "/events")
+        sse.next()
+        sse.close()
+    # A closed client is noticed at the next write; one event reaches them all.
+    hub.publish("k", {})
+    hub.publish("k", {})
+    deadline_ok = False
+    for _ in range(200):
+        if hub.subscriber_count == 0:
+            deadline_ok = True
+            break
+        threading.Event().wait(0.01)
+    assert deadline_ok, hub.subscriber_count
