@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARW_STATE_DIR ?= ./state
 ARW_PORT ?= 8090
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check arw_models tests
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
