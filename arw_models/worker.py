@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import shutil
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -88,6 +89,16 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+_QUERY = re.compile(r"\?[^\s'\"()]*")
+_USERINFO = re.compile(r"//[^/\s'\"@]*@")
+
+
+def _scrub(exc: BaseException) -> str:
+    """An exception's text without query strings or userinfo: urllib3 quotes the
+    request target, and urls often carry credentials there."""
+    return _USERINFO.sub("//***@", _QUERY.sub("?***", str(exc)))
+
+
 def _network_error(exc: BaseException, job: DownloadJob, where: str) -> TransferError:
     short = isinstance(exc, IncompleteRead) or any(isinstance(a, IncompleteRead) for a in exc.args)
     if short:
@@ -102,7 +113,7 @@ def _network_error(exc: BaseException, job: DownloadJob, where: str) -> Transfer
         )
     return TransferError(
         "network",
-        f"network error {where}: {exc.__class__.__name__}: {exc}",
+        f"network error {where}: {exc.__class__.__name__}: {_scrub(exc)}",
         retryable=True,
         url=redact_url(job.url),
         received=job.downloaded,
@@ -127,12 +138,12 @@ class Worker:
     def run(self) -> None:
         job = self.job
         failures = 0
+        reached = job.downloaded  # the furthest byte any attempt has reached
         session = self.m.new_session()
         try:
             with socket_hook(job.attach_socket):
                 while True:
                     self._check_stop()
-                    mark = job.downloaded
                     try:
                         self._attempt(session)
                         break
@@ -140,8 +151,14 @@ class Worker:
                         if not err.retryable:
                             raise
                         self._check_stop()
-                        # A flaky link that keeps delivering never runs out of retries.
-                        failures = 1 if job.downloaded > mark else failures + 1
+                        # A flaky link that keeps delivering never runs out of retries. Only
+                        # bytes beyond the furthest point count: an origin whose answers make
+                        # the worker discard and fetch the same bytes again (a bad 206, a 416,
+                        # a body cut at the same place) must not loop forever.
+                        if job.downloaded > reached:
+                            failures, reached = 1, job.downloaded
+                        else:
+                            failures += 1
                         if failures > self.s.retries:
                             raise
                         delay = err.retry_after
@@ -197,10 +214,10 @@ class Worker:
             )
         except requests.exceptions.SSLError as exc:
             self._check_stop()
-            raise TransferError("tls", f"TLS error: {exc}", url=redact_url(job.url)) from None
+            raise TransferError("tls", f"TLS error: {_scrub(exc)}", url=redact_url(job.url)) from None
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema, requests.exceptions.TooManyRedirects) as exc:
-            raise TransferError("http-status", f"cannot fetch: {exc}", url=redact_url(job.url)) from None
+            raise TransferError("http-status", f"cannot fetch: {_scrub(exc)}", url=redact_url(job.url)) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             self._check_stop()
             raise _network_error(exc, job, "before the response") from None
@@ -210,8 +227,10 @@ class Worker:
             offset, total = self._accept(response, offset, expected_total)
             if offset is None:
                 return  # 416 for a .part that is already whole
-            self._remember(response, total)
+            # Before the sidecar is written: a download refused for its size or for the
+            # disk leaves no stray sidecar behind (a resumable .part keeps its own).
             self.m.check_limits(job, total, offset)
+            self._remember(response, total)
             job.total = total
             job.offset = offset
             job.downloaded = offset
@@ -236,6 +255,12 @@ class Worker:
             if whole == offset and (origin_total is None or origin_total == offset):
                 job.total = job.downloaded = offset
                 return None, offset
+            if origin_total == offset and expected_total is not None:
+                # The origin says its file ends where the .part ends, after announcing a
+                # bigger size: its body was short, and fetching it again cannot help.
+                raise TransferError("size-mismatch", f"the origin announced {expected_total} bytes but its file has "
+                                    f"{offset}", keep_part=False, url=url, received=offset,
+                                    expected_bytes=expected_total)
             self._truncate()
             raise TransferError("resume-invalid", f"the origin refused the range from byte {offset}"
                                 f" (its size: {origin_total}); starting again", retryable=True, url=url)

@@ -1,0 +1,719 @@
+"""Robustness against a real, misbehaving origin: drops, stalls, busy answers, files
+that change or lie, full disks, queues, cancels and restarts.
+
+Every test runs against the threaded origin of :mod:`tests.origin` and waits on
+events (hub events, the origin's ``stalled`` event), never on sleeps or polling.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Self
+
+import pytest
+
+import arw_models.downloads
+import arw_models.worker
+from arw_models import ArwModels
+
+from .conftest import Watch, post_download
+from .origin import Origin, Resource, payload
+
+MiB = 1024 * 1024
+KiB = 1024
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def models_dir(app: Any) -> str:
+    return os.path.join(app.config["ARW_STATE_DIR"], "models")
+
+
+def part(app: Any, model_id: str) -> str:
+    return os.path.join(models_dir(app), model_id + ".part")
+
+
+def sidecar(app: Any, model_id: str) -> str:
+    return os.path.join(models_dir(app), model_id + ".part.json")
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def listing(app: Any) -> list[str]:
+    try:
+        return sorted(os.listdir(models_dir(app)))
+    except FileNotFoundError:
+        return []
+
+
+def write_partial(app: Any, model_id: str, data: bytes, side: dict[str, Any] | None) -> None:
+    d = models_dir(app)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, model_id + ".part"), "wb") as fh:
+        fh.write(data)
+    if side is not None:
+        with open(os.path.join(d, model_id + ".part.json"), "w") as fh:
+            json.dump(side, fh)
+
+
+def cancel(client: Any, model_id: str) -> Any:
+    return client.post("/models/download/cancel", json={"id": model_id})
+
+
+def retrying(watch: Watch, model_id: str) -> list[dict[str, Any]]:
+    return [p for p in watch.payloads(model_id) if p["status"] == "retrying"]
+
+
+class StartWatch(Watch):
+    """A :class:`Watch` that also sees what the service published while it started
+    (a resume on start may run before anyone could subscribe)."""
+
+    def __init__(self, app: Any) -> None:
+        self.hub = ArwModels.state(app).hub
+        # The backlog and the live subscription are taken under one lock: no gap.
+        self.sub, backlog = self.hub.subscribe((), replay=1_000_000, queue_size=1_000_000)
+        self.events = list(backlog)
+        self._read = 0
+
+
+Service = Callable[..., tuple[Any, Any, Watch]]
+
+
+@pytest.fixture
+def service(make_app: Callable[..., Any]) -> Iterator[Service]:
+    """make_app(**config) plus a test client and a started watch."""
+    watches: list[Watch] = []
+
+    def make(**config: Any) -> tuple[Any, Any, Watch]:
+        app = make_app(**config)
+        watch = Watch(app)
+        watches.append(watch)
+        return app, app.test_client(), watch
+
+    yield make
+    for watch in watches:
+        watch.close()
+
+
+# -- 1. drops mended by Range --------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["fin", "rst"])
+def test_dropped_connection_is_mended_by_a_range_retry(service: Service, origin: Origin, reset: bool) -> None:
+    app, client, watch = service()
+    cut = 300_001  # not a multiple of any read size
+    res = origin.add("/drop.gguf", payload(MiB + 123), drop_after=cut, drop_reset=reset)
+    post_download(client, "drop", origin.url("/drop.gguf"), sha256=res.sha256)
+    done = watch.terminal("drop")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256 and done["bytes"] == len(res.data)
+    assert read(os.path.join(models_dir(app), "drop.gguf")) == res.data
+    assert listing(app) == ["drop.gguf"]
+
+    retries = retrying(watch, "drop")
+    assert len(retries) == 1 and retries[0]["code"] in ("network", "size-mismatch")
+    had = retries[0]["downloaded"]  # exactly what the client had written when the link broke
+    if reset:
+        # An RST discards what still sat unread in the socket buffer: the client asks
+        # for the bytes it has on disk, not for the bytes the origin sent.
+        assert 0 <= had <= cut
+    else:
+        assert had == cut
+    seen = origin.requests_for("/drop.gguf")
+    assert len(seen) == 2
+    assert seen[0].range is None and "if-range" not in seen[0].headers and seen[0].status == 200
+    if had:
+        assert seen[1].range == f"bytes={had}-" and seen[1].status == 206
+        assert seen[1].headers["if-range"] == res.etag
+        resumed = next(p for p in watch.payloads("drop") if p["status"] == "resumed")
+        assert resumed["offset"] == had
+    else:  # (only when the RST came before the client read a single body byte)
+        assert seen[1].range is None and seen[1].status == 200
+
+
+# -- 2. the retry budget -----------------------------------------------------------------
+
+
+def test_repeated_drops_with_progress_never_run_out_of_retries(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_RETRIES=1)
+    step, drops = 100_000, 6
+    res = origin.add("/flaky.gguf", payload(MiB, seed=3), drop_after=step, drops=drops)
+    post_download(client, "flaky", origin.url("/flaky.gguf"), sha256=res.sha256)
+    assert watch.terminal("flaky")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "flaky.gguf")) == res.data
+    seen = origin.requests_for("/flaky.gguf")
+    assert [s.range for s in seen] == [None] + [f"bytes={k * step}-" for k in range(1, drops + 1)]
+    # Every failure came after fresh bytes, so each retry is "the first in a row".
+    assert [p["attempt"] for p in retrying(watch, "flaky")] == [1] * drops
+
+
+def test_failures_without_progress_end_the_job_and_keep_the_part(service: Service, origin: Origin) -> None:
+    retries = 2
+    app, client, watch = service(ARW_DL_RETRIES=retries, ARW_DL_IDLE_TIMEOUT_SECS=0.3)
+    cut = 200_000
+    res = origin.add("/busy.gguf", payload(MiB, seed=4), stall_after=cut)
+    url = origin.url("/busy.gguf")
+    post_download(client, "busy", url, sha256=res.sha256)
+    assert res.stalled.wait(5)
+    with origin.lock:  # from now on the origin is down: every retry gets a 503
+        res.statuses.extend([(503, {"Retry-After": "0"})] * retries)
+    err = watch.terminal("busy")
+    res.release.set()
+    assert err["status"] == "error" and err["code"] == "http-status" and err["http_status"] == 503
+    seen = origin.requests_for("/busy.gguf")
+    assert [s.status for s in seen] == [200] + [503] * retries
+    assert all(s.range == f"bytes={cut}-" for s in seen[1:])
+    # The bytes that did arrive are kept for a later resume.
+    assert read(part(app, "busy")) == res.data[:cut]
+    assert os.path.exists(sidecar(app, "busy"))
+    assert not os.path.exists(os.path.join(models_dir(app), "busy.gguf"))
+    listed = client.get("/models/downloads").json["items"]
+    assert [(i["id"], i["downloaded"], i.get("resumable")) for i in listed] == [("busy", cut, True)]
+
+    again = post_download(client, "busy", url, sha256=res.sha256)
+    assert again.status_code == 202 and again.json["status"] == "resumed"
+    done = watch.terminal("busy")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    last = origin.requests_for("/busy.gguf")[-1]
+    assert last.range == f"bytes={cut}-" and last.headers["if-range"] == res.etag and last.status == 206
+    assert read(os.path.join(models_dir(app), "busy.gguf")) == res.data
+    assert listing(app) == ["busy.gguf"]
+
+
+# -- 3 and 4. stalls -------------------------------------------------------------------
+
+
+def test_stall_past_the_idle_timeout_is_retried(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=0.3)
+    cut = 256 * KiB + 5
+    res = origin.add("/stall.gguf", payload(MiB, seed=5), stall_after=cut, stalls=1)
+    post_download(client, "stall", origin.url("/stall.gguf"), sha256=res.sha256)
+    assert res.stalled.wait(5)
+    done = watch.terminal("stall")
+    res.release.set()
+    assert done["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "stall.gguf")) == res.data
+    retries = retrying(watch, "stall")
+    assert len(retries) == 1 and retries[0]["code"] == "network" and retries[0]["downloaded"] == cut
+    seen = origin.requests_for("/stall.gguf")
+    assert [(s.range, s.status) for s in seen] == [(None, 200), (f"bytes={cut}-", 206)]
+
+
+def test_cancel_of_a_stalled_transfer_is_prompt(service: Service, origin: Origin) -> None:
+    # A 30 s idle timeout: only the shutdown of the socket can explain a fast cancel.
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/hang.gguf", payload(MiB, seed=6), stall_after=128 * KiB)
+    post_download(client, "hang", origin.url("/hang.gguf"))
+    assert res.stalled.wait(5)
+    t0 = time.monotonic()
+    r = cancel(client, "hang")
+    answered = time.monotonic() - t0
+    event = watch.status("hang", "canceled", "error", "complete", timeout=5)
+    elapsed = time.monotonic() - t0
+    res.release.set()
+    assert r.status_code == 200 and r.json == {"id": "hang", "status": "canceled"}
+    assert event["status"] == "canceled"
+    assert answered < 2 and elapsed < 2, (answered, elapsed)
+    assert listing(app) == []  # .part and sidecar are gone
+    assert watch.statuses("hang").count("canceled") == 1
+    assert "retrying" not in watch.statuses("hang")
+    assert len(origin.requests_for("/hang.gguf")) == 1
+
+
+# -- 5 and 6. the queue ---------------------------------------------------------------
+
+
+def test_cancel_of_a_queued_job_never_reaches_the_origin(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    first = origin.add("/first.gguf", payload(MiB, seed=7), stall_after=64 * KiB)
+    origin.add("/second.gguf", payload(1000, seed=8))
+    post_download(client, "first", origin.url("/first.gguf"), sha256=first.sha256)
+    assert first.stalled.wait(5)
+    r = post_download(client, "second", origin.url("/second.gguf"))
+    assert r.status_code == 202 and r.json["status"] == "queued"
+    watch.status("second", "queued")
+    c = cancel(client, "second")
+    assert c.status_code == 200 and c.json == {"id": "second", "status": "canceled"}
+    watch.status("second", "canceled")
+    assert client.get("/models/downloads/second").json["status"] == "canceled"
+    assert [i["id"] for i in client.get("/models/downloads").json["items"]] == ["first"]
+
+    first.release.set()  # the origin ends that response early; the worker resumes it
+    assert watch.terminal("first")["status"] == "complete"
+    assert origin.requests_for("/second.gguf") == []
+    assert watch.statuses("second") == ["queued", "canceled"]
+    assert listing(app) == ["first.gguf"]
+
+
+def test_a_queue_of_three_runs_one_at_a_time_in_order(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1)
+    a = origin.add("/q/a.gguf", payload(512 * KiB, seed=11), stall_after=64 * KiB)
+    b = origin.add("/q/b.gguf", payload(300 * KiB, seed=12))
+    c = origin.add("/q/c.gguf", payload(200 * KiB, seed=13))
+    assert post_download(client, "a", origin.url("/q/a.gguf"), sha256=a.sha256).json["status"] == "started"
+    assert a.stalled.wait(5)
+    assert post_download(client, "b", origin.url("/q/b.gguf"), sha256=b.sha256).json["status"] == "queued"
+    assert post_download(client, "c", origin.url("/q/c.gguf"), sha256=c.sha256).json["status"] == "queued"
+    listed = client.get("/models/downloads").json["items"]
+    assert [(i["id"], i["status"]) for i in listed][1:] == [("b", "queued"), ("c", "queued")]
+    a.release.set()
+    for model_id in ("a", "b", "c"):
+        assert watch.terminal(model_id)["status"] == "complete"
+
+    # The origin saw them strictly one after the other.
+    paths = [s.path for s in origin.seen]
+    order = [p for i, p in enumerate(paths) if i == 0 or paths[i - 1] != p]
+    assert order == ["/q/a.gguf", "/q/b.gguf", "/q/c.gguf"]
+    # And the events never show two transfers at once.
+    running: set[str] = set()
+    for p in watch.payloads():
+        if p["status"] in ("complete", "error", "canceled"):
+            running.discard(p["id"])
+        elif p["status"] != "queued":
+            running.add(p["id"])
+            assert len(running) <= 1, (p, running)
+    assert watch.statuses("b")[0] == "queued" and watch.statuses("c")[0] == "queued"
+    for model_id, res in (("a", a), ("b", b), ("c", c)):
+        assert read(os.path.join(models_dir(app), f"{model_id}.gguf")) == res.data
+    assert sorted(m["id"] for m in client.get("/models").json["items"]) == ["a", "b", "c"]
+
+
+# -- 7. busy answers and final ones ----------------------------------------------------
+
+
+def test_busy_answers_are_retried_honouring_a_capped_retry_after(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    early = [(503, {"Retry-After": "0"}), (429, {"Retry-After": "0"}), (503, {"Retry-After": "3600"}), (500, {})]
+    res = origin.add("/busy.gguf", payload(200 * KiB, seed=14), statuses=list(early))
+    t0 = time.monotonic()
+    post_download(client, "busy", origin.url("/busy.gguf"), sha256=res.sha256)
+    assert watch.terminal("busy")["status"] == "complete"
+    assert time.monotonic() - t0 < 3  # an hour's Retry-After is capped by ARW_DL_RETRY_BACKOFF_MAX_MS (20 ms)
+    assert [s.status for s in origin.requests_for("/busy.gguf")] == [503, 429, 503, 500, 200]
+    retries = retrying(watch, "busy")
+    assert [r["code"] for r in retries] == ["http-status"] * 4
+    assert [r["delay_ms"] for r in retries][:3] == [0, 0, 20]
+    assert read(os.path.join(models_dir(app), "busy.gguf")) == res.data
+
+
+@pytest.mark.parametrize("status", [404, 403, 410])
+def test_a_final_http_status_is_not_retried(service: Service, origin: Origin, status: int) -> None:
+    app, client, watch = service()
+    # The origin would serve the file on a second request: there must be none.
+    origin.add("/gone.gguf", payload(1000), statuses=[(status, {})])
+    post_download(client, "gone", origin.url("/gone.gguf"))
+    err = watch.terminal("gone")
+    assert err["status"] == "error" and err["code"] == "http-status" and err["http_status"] == status
+    assert len(origin.requests_for("/gone.gguf")) == 1
+    assert "retrying" not in watch.statuses("gone")
+    assert listing(app) == [] and client.get("/models").json["items"] == []
+
+
+def test_unknown_path_is_one_request_and_http_status(service: Service, origin: Origin) -> None:
+    _, client, watch = service()
+    post_download(client, "nope", origin.url("/nope.gguf"))
+    err = watch.terminal("nope")
+    assert err["code"] == "http-status" and err["http_status"] == 404
+    assert [s.status for s in origin.requests_for("/nope.gguf")] == [404]
+
+
+# -- 8. the file changes under the same url --------------------------------------------
+
+
+@pytest.mark.parametrize("new_size", [MiB, 700 * KiB], ids=["same-size", "shorter"])
+def test_file_replaced_between_attempts_gives_the_new_file(service: Service, origin: Origin, new_size: int) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=0.3)
+    old, new = payload(MiB, seed=21), payload(new_size, seed=22)
+    cut = 300_000
+    res = origin.add("/v.gguf", old, stall_after=cut)
+    old_etag = res.etag
+    post_download(client, "v", origin.url("/v.gguf"))  # no sha256: only If-Range protects
+    assert res.stalled.wait(5)
+    with origin.lock:
+        res.replace(new)
+    done = watch.terminal("v")
+    res.release.set()
+    assert done["status"] == "complete" and done["bytes"] == len(new)
+    assert done["sha256"] == hashlib.sha256(new).hexdigest()
+    assert read(os.path.join(models_dir(app), "v.gguf")) == new
+    seen = origin.requests_for("/v.gguf")
+    assert len(seen) == 2
+    assert seen[1].range == f"bytes={cut}-" and seen[1].headers["if-range"] == old_etag
+    assert seen[1].status == 200  # the validator no longer matched: the whole new file
+
+
+@pytest.mark.parametrize("validator", ["etag", "last_modified"])
+def test_leftover_part_of_an_old_version_is_not_glued(service: Service, origin: Origin, validator: str) -> None:
+    app, client, watch = service()
+    old, new = payload(MiB, seed=23), payload(MiB, seed=24)
+    res = origin.add("/w.gguf", old)
+    old_validators = {"etag": res.etag, "last_modified": res.last_modified}
+    res.replace(new)
+    have = 400_000
+    write_partial(app, "w", old[:have], {"url": origin.url("/w.gguf"), validator: old_validators[validator],
+                                         "total": len(old)})
+    post_download(client, "w", origin.url("/w.gguf"))
+    assert watch.terminal("w")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "w.gguf")) == new
+    seen = origin.requests_for("/w.gguf")
+    assert len(seen) == 1
+    assert seen[0].range == f"bytes={have}-" and seen[0].headers["if-range"] == old_validators[validator]
+    assert seen[0].status == 200
+
+
+# -- 9. a 206 for the wrong range ----------------------------------------------------
+
+
+@pytest.mark.parametrize("shift", [-7, 7])
+def test_range_answered_at_the_wrong_offset_is_refused(service: Service, origin: Origin, shift: int) -> None:
+    app, client, watch = service()
+    res = origin.add("/shift.gguf", payload(MiB, seed=25), range_shift=shift)
+    have = 333_333
+    write_partial(app, "shift", res.data[:have], {"url": origin.url("/shift.gguf"), "etag": res.etag,
+                                                  "total": len(res.data)})
+    post_download(client, "shift", origin.url("/shift.gguf"))  # no sha256: a glued file would install
+    done = watch.terminal("shift")
+    if done["status"] == "complete":
+        assert read(os.path.join(models_dir(app), "shift.gguf")) == res.data
+        seen = origin.requests_for("/shift.gguf")
+        assert [(s.range, s.status) for s in seen] == [(f"bytes={have}-", 206), (None, 200)]
+        assert [r["code"] for r in retrying(watch, "shift")] == ["resume-invalid"]
+    else:
+        assert done["code"] == "resume-invalid"
+        assert "shift.gguf" not in listing(app)
+
+
+def test_wrong_ranges_and_drops_every_time_end_instead_of_looping(service: Service, origin: Origin) -> None:
+    retries = 3
+    app, client, watch = service(ARW_DL_RETRIES=retries)
+    res = origin.add("/bad.gguf", payload(MiB, seed=25), range_shift=-7, drop_after=100_000, drops=1000)
+    post_download(client, "bad", origin.url("/bad.gguf"))
+    err = watch.terminal("bad", timeout=5)
+    assert err["status"] == "error" and err["code"] in ("resume-invalid", "network", "size-mismatch")
+    seen = origin.requests_for("/bad.gguf")
+    # Each cycle refetches bytes it had already had: no new progress, a bounded number of tries.
+    assert len(seen) == retries + 1
+    assert all(s.range in (None, "bytes=100000-") for s in seen)
+    assert "bad.gguf" not in listing(app) and client.get("/models").json["items"] == []
+    if os.path.exists(part(app, "bad")):
+        assert res.data.startswith(read(part(app, "bad")))  # never glued
+
+
+# -- 10. a body shorter than announced --------------------------------------------------
+
+
+@pytest.mark.parametrize("with_sha", [False, True])
+def test_lying_content_length_ends_in_size_mismatch(service: Service, origin: Origin, with_sha: bool) -> None:
+    app, client, watch = service()
+    data = payload(300_000, seed=26)
+    res = origin.add("/liar.gguf", data, announce_length=2 * len(data))
+    extra = {"sha256": res.sha256} if with_sha else {}
+    post_download(client, "liar", origin.url("/liar.gguf"), **extra)
+    err = watch.terminal("liar", timeout=5)
+    assert err["status"] == "error" and err["code"] == "size-mismatch", err
+    assert err["expected_bytes"] == 2 * len(data) and err["received"] == len(data)
+    # The short body is retried once; the origin's 416 then says that was all it has.
+    seen = origin.requests_for("/liar.gguf")
+    assert [(s.range, s.status) for s in seen] == [(None, 200), (f"bytes={len(data)}-", 416)]
+    assert client.get("/models").json["items"] == []
+    assert listing(app) == []  # no final file, and no .part of a file that cannot be had
+
+
+def test_lying_content_length_without_ranges_runs_out_of_retries(service: Service, origin: Origin) -> None:
+    retries = 3
+    app, client, watch = service(ARW_DL_RETRIES=retries)
+    data = payload(300_000, seed=26)
+    origin.add("/liar.gguf", data, announce_length=2 * len(data), ignore_range=True)
+    post_download(client, "liar", origin.url("/liar.gguf"))
+    err = watch.terminal("liar", timeout=5)
+    assert err["status"] == "error" and err["code"] == "size-mismatch", err
+    # The same bytes again are no progress: the retry budget is spent, not renewed.
+    assert len(origin.requests_for("/liar.gguf")) == retries + 1
+    assert client.get("/models").json["items"] == []
+    assert "liar.gguf" not in listing(app)
+
+
+# -- 11. 416 for a whole .part ---------------------------------------------------------
+
+
+def test_416_for_a_whole_part_goes_straight_to_verification(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    res = origin.add("/whole.gguf", payload(500_000, seed=27))
+    write_partial(app, "whole", res.data, {"url": origin.url("/whole.gguf"), "etag": res.etag,
+                                          "total": len(res.data)})
+    post_download(client, "whole", origin.url("/whole.gguf"), sha256=res.sha256)
+    done = watch.terminal("whole")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256 and done["bytes"] == len(res.data)
+    seen = origin.requests_for("/whole.gguf")
+    assert [(s.range, s.status) for s in seen] == [(f"bytes={len(res.data)}-", 416)]
+    assert read(os.path.join(models_dir(app), "whole.gguf")) == res.data
+    assert listing(app) == ["whole.gguf"]
+
+
+# -- 12 and 13. the disk ------------------------------------------------------------
+
+
+class FillingDisk:
+    """Wraps a ``.part`` file; writes fail with ENOSPC once ``room`` bytes are used."""
+
+    def __init__(self, fh: Any, budget: list[int]) -> None:
+        self.fh, self.budget = fh, budget
+
+    def write(self, buf: Any) -> int:
+        if self.budget[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n: int = self.fh.write(memoryview(buf)[: self.budget[0]])  # a short write first
+        self.budget[0] -= n
+        return n
+
+    def fileno(self) -> int:
+        return int(self.fh.fileno())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+
+def test_disk_full_keeps_the_part_and_a_later_post_resumes(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client, watch = service()
+    res = origin.add("/full.gguf", payload(MiB, seed=28))
+    room = 200_000
+    budget = [room]
+    real_open = arw_models.worker.open_part
+    monkeypatch.setattr(arw_models.worker, "open_part", lambda path, append: FillingDisk(real_open(path, append), budget))
+    url = origin.url("/full.gguf")
+    post_download(client, "full", url, sha256=res.sha256)
+    err = watch.terminal("full")
+    assert err["status"] == "error" and err["code"] == "disk-full"
+    assert "retrying" not in watch.statuses("full")  # a full disk is not retried
+    assert read(part(app, "full")) == res.data[:room]
+    assert os.path.exists(sidecar(app, "full"))
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/models/downloads/full").json["code"] == "disk-full"
+
+    monkeypatch.undo()  # space was freed
+    again = post_download(client, "full", url, sha256=res.sha256)
+    assert again.status_code == 202 and again.json["status"] == "resumed"
+    done = watch.terminal("full")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    seen = origin.requests_for("/full.gguf")
+    assert len(seen) == 2 and seen[1].range == f"bytes={room}-" and seen[1].status == 206
+    assert read(os.path.join(models_dir(app), "full.gguf")) == res.data
+    assert listing(app) == ["full.gguf"]
+
+
+def test_disk_insufficient_before_a_fresh_transfer_leaves_nothing(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client, watch = service()
+    res = origin.add("/big.gguf", payload(MiB, seed=29))
+    monkeypatch.setattr(arw_models.downloads, "disk_free", lambda path: 1000)
+    post_download(client, "big", origin.url("/big.gguf"))
+    err = watch.terminal("big")
+    assert err["status"] == "error" and err["code"] == "disk-insufficient"
+    assert err["free"] == 1000 and err["needed"] == len(res.data)
+    assert "started" not in watch.statuses("big")
+    assert listing(app) == []  # neither a .part nor a stray sidecar
+    assert client.get("/models/downloads").json["items"] == []
+
+
+def test_disk_insufficient_keeps_a_resumable_part(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client, watch = service()
+    res = origin.add("/r.gguf", payload(MiB, seed=30))
+    have = 100_000
+    side = {"url": origin.url("/r.gguf"), "etag": res.etag, "total": len(res.data)}
+    write_partial(app, "r", res.data[:have], side)
+    monkeypatch.setattr(arw_models.downloads, "disk_free", lambda path: 1000)
+    post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
+    err = watch.terminal("r")
+    assert err["code"] == "disk-insufficient" and err["needed"] == len(res.data) - have
+    assert read(part(app, "r")) == res.data[:have]
+    assert os.path.exists(sidecar(app, "r"))
+
+    monkeypatch.undo()
+    post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
+    assert watch.terminal("r")["status"] == "complete"
+    assert origin.requests_for("/r.gguf")[-1].range == f"bytes={have}-"
+    assert read(os.path.join(models_dir(app), "r.gguf")) == res.data
+
+
+def test_disk_check_counts_what_running_downloads_still_need(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    one = origin.add("/one.gguf", payload(MiB, seed=31), stall_after=64 * KiB)
+    two = origin.add("/two.gguf", payload(MiB, seed=32))
+    # Room for either file alone, not for both.
+    monkeypatch.setattr(arw_models.downloads, "disk_free", lambda path: len(one.data) + len(two.data) // 2)
+    post_download(client, "one", origin.url("/one.gguf"))
+    watch.status("one", "started")  # its size is known from here on
+    assert one.stalled.wait(5)
+    post_download(client, "two", origin.url("/two.gguf"))
+    assert watch.terminal("two")["code"] == "disk-insufficient"
+    assert cancel(client, "one").status_code == 200
+    one.release.set()
+    assert watch.terminal("one")["status"] == "canceled"
+    assert listing(app) == []
+
+
+# -- 14. ARW_MODELS_MAX_MB ---------------------------------------------------------------
+
+
+def test_announced_size_over_the_cap_is_refused_before_the_transfer(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_MODELS_MAX_MB=1)
+    origin.add("/huge.gguf", payload(MiB + 1, seed=33))
+    post_download(client, "huge", origin.url("/huge.gguf"))
+    err = watch.terminal("huge")
+    assert err["status"] == "error" and err["code"] == "size-limit"
+    assert err["limit"] == MiB and err["expected_bytes"] == MiB + 1
+    assert "started" not in watch.statuses("huge") and "downloading" not in watch.statuses("huge")
+    assert listing(app) == []
+
+
+def test_a_file_at_the_cap_is_accepted(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_MODELS_MAX_MB=1)
+    res = origin.add("/edge.gguf", payload(MiB, seed=34))
+    post_download(client, "edge", origin.url("/edge.gguf"))
+    assert watch.terminal("edge")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "edge.gguf")) == res.data
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close-delimited"])
+def test_unannounced_size_over_the_cap_is_stopped_during_the_transfer(
+    service: Service, origin: Origin, framing: str
+) -> None:
+    app, client, watch = service(ARW_MODELS_MAX_MB=0.5)
+    options = {"chunked": True} if framing == "chunked" else {"send_length": False}
+    origin.add("/stream.gguf", payload(2 * MiB, seed=35), **options)
+    post_download(client, "stream", origin.url("/stream.gguf"))
+    err = watch.terminal("stream")
+    assert err["status"] == "error" and err["code"] == "size-limit" and err["limit"] == MiB // 2
+    assert "started" in watch.statuses("stream")
+    assert "retrying" not in watch.statuses("stream")
+    assert listing(app) == []
+    assert client.get("/models").json["items"] == []
+
+
+# -- 15. restarts -----------------------------------------------------------------------
+
+
+def interrupted_download(make_app: Callable[..., Any], origin: Origin) -> tuple[Resource, int]:
+    """A first service that downloads part of a file and is then shut down."""
+    app = make_app(ARW_DL_PROGRESS_INTERVAL_MS=0, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    watch = Watch(app)
+    cut = 192 * KiB + 3
+    res = origin.add("/restart.gguf", payload(MiB, seed=36), stall_after=cut)
+    post_download(app.test_client(), "rs", origin.url("/restart.gguf"), sha256=res.sha256)
+    assert res.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "rs" and e.payload.get("downloaded") == cut)
+    watch.close()
+    app.extensions["arw_models"].shutdown()  # releases the state directory
+    res.release.set()
+    assert read(part(app, "rs")) == res.data[:cut]
+    with open(sidecar(app, "rs")) as fh:
+        side = json.load(fh)
+    assert side["url"] == origin.url("/restart.gguf") and side["total"] == len(res.data)
+    assert side["etag"] == res.etag and side["sha256"] == res.sha256
+    return res, cut
+
+
+def test_restart_resumes_by_itself(make_app: Callable[..., Any], origin: Origin) -> None:
+    res, cut = interrupted_download(make_app, origin)
+    app = make_app(ARW_DL_RESUME_ON_START=True)
+    watch = StartWatch(app)  # starting the service resumes the download
+    done = watch.terminal("rs")
+    watch.close()
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    seen = origin.requests_for("/restart.gguf")
+    assert len(seen) == 2
+    assert seen[1].range == f"bytes={cut}-" and seen[1].headers["if-range"] == res.etag and seen[1].status == 206
+    resumed = next(p for p in watch.payloads("rs") if p["status"] == "resumed")
+    assert resumed["offset"] == cut
+    assert read(os.path.join(models_dir(app), "restart.gguf")) == res.data
+    assert listing(app) == ["restart.gguf"]
+
+
+def test_restart_without_resume_on_start_lists_and_waits_for_the_post(
+    make_app: Callable[..., Any], origin: Origin
+) -> None:
+    res, cut = interrupted_download(make_app, origin)
+    app = make_app(ARW_DL_RESUME_ON_START=False)
+    client = app.test_client()
+    watch = StartWatch(app)
+    listed = client.get("/models/downloads").json["items"]
+    assert len(listed) == 1
+    item = listed[0]
+    assert (item["id"], item["status"], item["resumable"], item["downloaded"], item["total"]) == (
+        "rs", "resumable", True, cut, len(res.data))
+    assert item["progress"] == cut * 100 // len(res.data)
+    assert client.get("/models/downloads/rs").json["status"] == "resumable"
+    assert len(origin.requests_for("/restart.gguf")) == 1  # nothing was fetched by itself
+    assert watch.payloads("rs") == []
+
+    r = post_download(client, "rs", origin.url("/restart.gguf"), sha256=res.sha256)
+    assert r.status_code == 202 and r.json["status"] == "resumed"
+    assert watch.terminal("rs")["status"] == "complete"
+    watch.close()
+    assert origin.requests_for("/restart.gguf")[-1].range == f"bytes={cut}-"
+    assert read(os.path.join(models_dir(app), "restart.gguf")) == res.data
+
+
+# -- 16. stale partial files ---------------------------------------------------------
+
+
+def test_stale_partials_are_swept_at_start_and_fresh_ones_listed(make_app: Callable[..., Any]) -> None:
+    app = make_app(ARW_DL_STALE_PART_HOURS=1)
+    # Files left by an earlier run, before this service starts.
+    write_partial(app, "old", b"o" * 100, {"url": "http://127.0.0.1:9/old.gguf", "total": 1000})
+    write_partial(app, "fresh", b"f" * 200, {"url": "http://127.0.0.1:9/fresh.gguf", "total": 1000})
+    write_partial(app, "orphan", b"x" * 10, None)  # a .part whose sidecar was lost
+    two_hours_ago = time.time() - 2 * 3600
+    for path in (part(app, "old"), sidecar(app, "old"), part(app, "orphan")):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    client = app.test_client()
+    listed = client.get("/models/downloads").json["items"]  # the first request starts the service
+    assert [(i["id"], i["status"], i["downloaded"]) for i in listed] == [("fresh", "resumable", 200)]
+    assert listing(app) == ["fresh.part", "fresh.part.json"]
+    assert client.get("/models/downloads/old").status_code == 404
+
+
+# -- 17. a changed url ------------------------------------------------------------------
+
+
+def test_another_url_for_the_same_id_starts_afresh(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    old = origin.add("/old/m.gguf", payload(MiB, seed=37))
+    new = origin.add("/new/m.gguf", payload(MiB, seed=38), etag=old.etag)  # even the same validator
+    write_partial(app, "m", old.data[:500_000], {"url": origin.url("/old/m.gguf"), "etag": old.etag,
+                                                 "total": len(old.data)})
+    r = post_download(client, "m", origin.url("/new/m.gguf"))
+    assert r.status_code == 202 and r.json["status"] == "started"
+    assert watch.terminal("m")["status"] == "complete"
+    seen = origin.requests_for("/new/m.gguf")
+    assert [(s.range, s.headers.get("if-range"), s.status) for s in seen] == [(None, None, 200)]
+    assert origin.requests_for("/old/m.gguf") == []
+    assert read(os.path.join(models_dir(app), "m.gguf")) == new.data
+
+
+def test_part_without_validator_or_sha256_is_not_resumed(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    res = origin.add("/nv.gguf", payload(MiB, seed=39), etag='W/"weak"', last_modified=None)
+    write_partial(app, "nv", b"\0" * 1000, {"url": origin.url("/nv.gguf"), "etag": 'W/"weak"'})
+    post_download(client, "nv", origin.url("/nv.gguf"))
+    assert watch.terminal("nv")["status"] == "complete"
+    assert [s.range for s in origin.requests_for("/nv.gguf")] == [None]
+    assert read(os.path.join(models_dir(app), "nv.gguf")) == res.data
