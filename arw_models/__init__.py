@@ -84,12 +84,15 @@ class ServiceState:
 
     def _notify(self, kind: str, payload: dict[str, Any]) -> None:
         signal = signals.BY_STATUS.get(payload.get("status", "")) if kind == PROGRESS else signals.models_changed
-        if signal is None or not signal.receivers:
+        if signal is None or not signal.receivers or getattr(signal, "is_muted", False):
             return
-        try:
-            signal.send(self.app, payload=payload)
-        except Exception:  # a host's receiver must not break a download
-            log.exception("a receiver of %s failed", signal.name)
+        # Each receiver on its own: Signal.send stops at the first that raises,
+        # and the others (in no defined order) would silently miss the event.
+        for receiver in signal.receivers_for(self.app):
+            try:
+                receiver(self.app, payload=payload)
+            except Exception:  # a host's receiver must not break a download, nor another receiver
+                log.exception("a receiver of %s failed", signal.name)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stops transfers (their ``.part`` stays resumable), ends every event

@@ -26,6 +26,12 @@ bind = [f"{os.environ.get('ARW_BIND', '127.0.0.1')}:{os.environ.get('ARW_PORT', 
 graceful_timeout = 10
 timeout = 60
 keepalive = 5
+# Recent gunicorn (27 here) opens a control socket by default, at one path per user
+# ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl): a second instance (another state
+# directory, or one refused by the lock) takes it over and unlinks it, and its
+# "worker add" spawns a second worker, which cannot take the state lock and so
+# halts the whole server. Older gunicorns ignore this name.
+control_socket_disable = True
 accesslog = "-"
 # Never log query strings or headers: a token may travel in either.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(D)sus'
