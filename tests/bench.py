@@ -125,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         size = args.size_mb * MiB
         with open(src, "wb") as fh:
             block = os.urandom(4 * MiB)
-            for _ in range(size // len(block)):
-                fh.write(block)
+            fh.writelines(block for _ in range(size // len(block)))
             fh.write(block[: size % len(block)])
         hasher = hashlib.sha256()
         t0 = time.perf_counter()
