@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from typing import Any
 
@@ -47,6 +48,82 @@ def test_stream_over_a_socket_shows_connected_progress_and_one_complete(live: An
         assert envelope["payload"]["sha256"] == res.sha256
         changed = sse.next()
         assert changed.event == "Models.Changed" and changed.payload == {"op": "add", "id": "s"}
+
+
+def read_through_complete(sse: SSEClient, model_id: str) -> list[Any]:
+    frames = []
+    while True:
+        frame = sse.next()
+        frames.append(frame)
+        if frame.event == "Models.DownloadProgress" and frame.payload["id"] == model_id \
+                and frame.payload["status"] in ("complete", "error", "canceled"):
+            return frames
+
+
+def test_reconnect_in_the_middle_of_a_download_replays_what_a_continuous_client_saw(
+    make_app: Any, origin: Any,
+) -> None:
+    server = LiveServer(make_app(ARW_DL_PROGRESS_INTERVAL_MS=5))
+    res = origin.add("/m.gguf", payload(2 * MiB, seed=3), throttle=4 * MiB)
+    try:
+        with SSEClient(server.url + "/events") as steady:
+            assert steady.next().event == "service.connected"
+            r = requests.post(server.url + "/models/download", json={"id": "m", "url": origin.url("/m.gguf"),
+                                                                        "sha256": res.sha256}, timeout=5)
+            assert r.status_code == 202
+            before = steady.until(lambda f: f.event == "Models.DownloadProgress"
+                                  and f.payload.get("downloaded", 0) >= 512 * 1024)
+            assert before.payload["status"] == "downloading"
+            # A page reload: a new client with the last id it had seen, while bytes keep flowing.
+            with SSEClient(server.url + "/events", headers={"Last-Event-ID": before.id}) as again:
+                assert again.next().event == "service.connected"
+                replayed = read_through_complete(again, "m")
+            continued = read_through_complete(steady, "m")
+        key = [(f.id, f.event, f.data) for f in continued]
+        assert [(f.id, f.event, f.data) for f in replayed] == key
+        assert len(key) > 2 and int(key[0][0]) == int(before.id) + 1
+        assert continued[-1].payload["status"] == "complete"
+    finally:
+        server.close()
+
+
+def test_a_client_that_stops_reading_slows_neither_a_download_nor_other_clients(
+    make_app: Any, origin: Any,
+) -> None:
+    app = make_app(ARW_EVENTS_QUEUE=512, ARW_DL_PROGRESS_INTERVAL_MS=0)
+    server = LiveServer(app)
+    hub = ArwModels.state(app).hub
+    res = origin.add("/f.gguf", payload(16 * MiB, seed=4))  # no throttle: full speed
+    stuck = socket.create_connection(("127.0.0.1", server.server.server_port), timeout=5)
+    try:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.sendall(b"GET /events HTTP/1.1\r\nHost: test\r\n\r\n")
+        seen = b""
+        while b"service.connected" not in seen:
+            seen += stuck.recv(4096)
+        # Far more than any socket buffer holds: its stream is now blocked in a write.
+        filler = "x" * 1024
+        for n in range(20_000):
+            hub.publish("Test.Filler", {"n": n, "pad": filler})
+        with SSEClient(server.url + "/events") as reader:
+            assert reader.next().event == "service.connected"
+            r = requests.post(server.url + "/models/download",
+                              json={"id": "f", "url": origin.url("/f.gguf"), "sha256": res.sha256}, timeout=5)
+            assert r.status_code == 202
+            frames = read_through_complete(reader, "f")
+        ids = [int(f.id) for f in frames]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # every event, in order, none missing
+        statuses = [f.payload["status"] for f in frames if f.event == "Models.DownloadProgress"]
+        assert statuses[0] == "started" and statuses[-1] == "complete" and statuses.count("downloading") > 8
+        # The stuck client, reading at last, is told what it missed.
+        tail = b""
+        while b"event: bus.gap" not in tail:
+            data = stuck.recv(1 << 20)
+            assert data, "the stream ended without a gap"
+            tail = tail[-64:] + data
+    finally:
+        stuck.close()
+        server.close()
 
 
 def test_replay_after_an_id_then_live_without_gap_or_duplicate(app: Any, live: Any) -> None:
