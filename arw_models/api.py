@@ -33,6 +33,7 @@ bp.register_error_handler(Exception, handle_unexpected)
 MAX_BODY = 64 * 1024
 MAX_URL = 8192
 SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+EVENT_ID_RE = re.compile(r"[0-9]{1,20}")  # ASCII digits only: str.isdigit() also accepts '²'
 PROTECTED_ENDPOINTS = {"arw_models.events"}
 
 
@@ -65,13 +66,14 @@ def json_body() -> dict[str, Any]:
                        title="Content too large")
     if not request.is_json:
         raise UnsupportedMediaType("send the body as application/json")
-    data = request.get_data(cache=False)
+    # Read at most one byte past the limit: a chunked body announces no length.
+    data = request.stream.read(MAX_BODY + 1)
     if len(data) > MAX_BODY:
         raise ArwError(f"the body is larger than {MAX_BODY} bytes", status=413, code="body-too-large",
                        title="Content too large")
     try:
         body = current_app.json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         raise BadRequest("the body is not valid JSON", code="invalid-json") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid-body")
@@ -170,7 +172,7 @@ def _event_id(value: str | None, name: str) -> int | None:
     if value is None or value.strip() == "":
         return None
     value = value.strip()
-    if not value.isdigit() or len(value) > 20:
+    if not EVENT_ID_RE.fullmatch(value):
         raise BadRequest(f"{name} must be a non-negative integer event id", code="invalid-event-id")
     return int(value)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import pytest
 import responses
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from arw_models import __version__
 
@@ -70,6 +73,48 @@ def test_not_json_is_415_and_malformed_json_is_400(client: Any) -> None:
 def test_huge_body_is_413(client: Any) -> None:
     r = client.post("/models/download", data='{"id": "' + "x" * 100_000 + '"}', content_type="application/json")
     assert_problem(r, 413, "body-too-large")
+
+
+def test_deeply_nested_json_is_400_not_500(client: Any) -> None:
+    nested = '{"id": "m", "url": ' + "[" * 20_000 + "]" * 20_000 + "}"
+    assert_problem(client.post("/models/download", data=nested, content_type="application/json"), 400,
+                   "invalid-json")
+
+
+class CountingStream(io.RawIOBase):
+    """A big request body without a length, as a chunked upload arrives."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.size - self.read_bytes)
+        buffer[:n] = b" " * n
+        self.read_bytes += n
+        return n
+
+
+def test_a_huge_body_without_a_length_is_refused_after_the_limit(app: Any) -> None:
+    body = CountingStream(64 * 1024 * 1024)
+    environ = EnvironBuilder(path="/models/download", method="POST", content_type="application/json").get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"wsgi.input": body, "wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    app_iter, status, _headers = run_wsgi_app(app, environ, buffered=True)
+    problem = json.loads(b"".join(app_iter))
+    assert status.startswith("413") and problem["code"] == "body-too-large"
+    assert body.read_bytes <= 2 * 64 * 1024  # read up to the limit, not the whole body
+
+
+@pytest.mark.parametrize("query, headers", [
+    ("?after=%C2%B2", {}), ("?replay=%C2%B2", {}), ("", {"Last-Event-ID": "\u00b2"}),
+    ("?after=-1", {}), ("?after=1e9", {}), ("?after=" + "9" * 21, {}),
+])
+def test_event_ids_are_ascii_digits(client: Any, query: str, headers: dict[str, str]) -> None:
+    assert_problem(client.get("/events" + query, headers=headers), 400, "invalid-event-id")
 
 
 def test_bad_ids_in_paths_are_400_not_paths(client: Any) -> None:
