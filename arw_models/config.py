@@ -152,7 +152,8 @@ class Settings:
         max_mb = get("ARW_MODELS_MAX_MB")
         settings = cls(
             state_dir=os.path.abspath(os.fspath(get("ARW_STATE_DIR"))),
-            admin_token=get("ARW_ADMIN_TOKEN") or None,
+            # Surrounding blanks are not part of a token; a blank one is no token.
+            admin_token=(get("ARW_ADMIN_TOKEN") or "").strip() or None,
             max_conc=int(get("ARW_MODELS_MAX_CONC")),
             max_bytes=None if max_mb is None else int(float(max_mb) * MiB),
             disk_reserve_bytes=int(float(get("ARW_MODELS_DISK_RESERVE_MB")) * MiB),
@@ -191,9 +192,13 @@ class Settings:
             "retry_backoff_ms": self.backoff * 1000.0,
             "retry_backoff_max_ms": self.backoff_max * 1000.0,
             "chunk_bytes": self.chunk_bytes,
+            "fsync_bytes": self.fsync_bytes,
+            "progress_interval_ms": self.progress_interval * 1000.0,
             "resume_on_start": self.resume_on_start,
             "stale_part_hours": self.stale_part_secs / 3600.0,
             "events_replay": self.events_replay,
+            "events_queue": self.events_queue,
             "events_keepalive_secs": self.keepalive,
+            "events_retry_ms": self.retry_ms,
             "auth": "token" if self.admin_token else "none",
         }

@@ -53,7 +53,8 @@ def on_starting(server: Any) -> None:
     addresses = server.cfg.bind or []
     remote = [a for a in addresses if not _is_loopback(a)]
     allowed = os.environ.get("ARW_ALLOW_REMOTE", "").lower() in ("1", "true", "yes", "on")
-    if remote and not os.environ.get("ARW_ADMIN_TOKEN") and not allowed:
+    token = os.environ.get("ARW_ADMIN_TOKEN", "").strip()  # as the app reads it: blank is no token
+    if remote and not token and not allowed:
         sys.stderr.write(
             f"arw-models: refusing to listen on {', '.join(remote)} without ARW_ADMIN_TOKEN; "
             "set a token, or ARW_ALLOW_REMOTE=1 to serve the network without one\n"

@@ -11,6 +11,7 @@ import responses
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from arw_models import __version__
+from arw_models.config import DEFAULTS
 
 from .conftest import post_download
 
@@ -136,6 +137,14 @@ def test_probe_and_health(client: Any, app: Any) -> None:
     assert probe["state_dir"] == app.config["ARW_STATE_DIR"]
     assert probe["models_dir"].startswith(probe["state_dir"]) and probe["models_dir"].endswith("models")
     assert probe["settings"]["max_conc"] == 2 and probe["settings"]["auth"] == "none"
+    # One entry for every setting the service itself reads.
+    assert set(probe["settings"]) == {
+        "max_conc", "max_mb", "disk_reserve_mb", "connect_timeout_secs", "idle_timeout_secs", "retries",
+        "retry_backoff_ms", "retry_backoff_max_ms", "chunk_bytes", "fsync_bytes", "progress_interval_ms",
+        "resume_on_start", "stale_part_hours", "events_replay", "events_queue", "events_keepalive_secs",
+        "events_retry_ms", "auth",
+    }
+    assert len(probe["settings"]) == len(DEFAULTS) - 3  # all but ARW_STATE_DIR, ARW_BIND and ARW_PORT
 
 
 def test_empty_lists(client: Any) -> None:

@@ -807,9 +807,22 @@ def test_on_starting_allows_a_remote_bind_with_a_token_or_an_explicit_opt_in(mon
     monkeypatch.setenv("ARW_ALLOW_REMOTE", "1")
     gunicorn_conf.on_starting(server)
     monkeypatch.delenv("ARW_ALLOW_REMOTE")
+    monkeypatch.setenv("ARW_ADMIN_TOKEN", " \t ")  # blank: the app would run without a token
+    with pytest.raises(SystemExit):
+        gunicorn_conf.on_starting(server)
     monkeypatch.setenv("ARW_ADMIN_TOKEN", TOKEN)
     gunicorn_conf.on_starting(server)
     gunicorn_conf.on_starting(SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:1"])))
+
+
+def test_a_blank_token_is_no_token_and_a_padded_one_is_trimmed(make_app: Any, tmp_path: Path) -> None:
+    blank = make_app(ARW_ADMIN_TOKEN=" \t ").test_client()
+    assert blank.get("/probe").json["settings"]["auth"] == "none"
+    padded = make_app(ARW_ADMIN_TOKEN=f" {TOKEN}\n", ARW_STATE_DIR=str(tmp_path / "other")).test_client()
+    cancel = {"id": "nothing"}
+    assert padded.post("/models/download/cancel", json=cancel).status_code == 401
+    r = padded.post("/models/download/cancel", json=cancel, headers={"X-ARW-Admin": TOKEN})
+    assert r.status_code == 404 and r.json["code"] == "no-active-download"
 
 
 def test_preload_serves_a_download(gunicorns: Callable[..., Gunicorn], origin: Any, tmp_path: Path) -> None:
