@@ -98,12 +98,14 @@ class DownloadJob:
         return snap
 
     # Called by the worker thread, in its request, before it waits for the origin.
-    def attach_socket(self, sock: socket.socket) -> None:
+    def attach_socket(self, sock: socket.socket) -> bool:
+        """The socket the worker is about to connect or read; True if already stopped."""
         with self._lock:
             self._sock = sock
             stopped = self.stop_event.is_set()
         if stopped:
             _shutdown(sock)
+        return stopped
 
     def attach_response(self, response: requests.Response | None) -> None:
         with self._lock:

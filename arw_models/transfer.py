@@ -1,17 +1,22 @@
 """The HTTP side of a transfer: a ``requests`` session whose sockets a cancel can
 reach, and the parsing of the headers that resume depends on.
 
-A cancel must not wait for a blocked ``recv`` to time out. The connection class
-below hands each socket to the job that is using it (through a thread-local set by
-the worker for the duration of its request) right before it waits for response
-headers; the cancelling thread then shuts the socket down, which wakes the blocked
-read at once with an EOF or an error.
+A cancel must not wait for a blocked ``connect`` or ``recv`` to time out. The
+connection classes below hand each socket to the job that is using it (through a
+thread-local set by the worker for the duration of its request) before it connects
+and again before it waits for response headers; the cancelling thread then shuts the
+socket down, which wakes a blocked connect or read at once with an error or an EOF.
+Only the name lookup before the connect cannot be woken.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,26 +28,121 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    NameResolutionError,
+    NewConnectionError,
+)
+from urllib3.util.connection import allowed_gai_family
 
 _tls = threading.local()
 
 
-def _hand_over(sock: socket.socket | None) -> None:
-    hook: Callable[[socket.socket], None] | None = getattr(_tls, "on_socket", None)
+def _hand_over(sock: socket.socket | None) -> bool:
+    """Gives ``sock`` to this thread's job; True if that job is already stopped."""
+    hook: Callable[[socket.socket], bool] | None = getattr(_tls, "on_socket", None)
     if hook is not None and sock is not None:
-        hook(sock)
+        return hook(sock)
+    return False
 
 
-class _TrackedHTTPConnection(HTTPConnection):
+def _connect(address: tuple[str, int], timeout: Any, source_address: tuple[str, int] | None,
+             socket_options: Any) -> socket.socket:
+    """urllib3's ``create_connection``, with the socket handed to the job before
+    ``connect()``: shutting it down from another thread ends a connect that hangs."""
+    host, port = address
+    host = host.strip("[]")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise LocationParseError(f"'{host}', label empty or too long") from None
+    err: OSError | None = None
+    for af, socktype, proto, _name, sa in socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM):
+        sock = None
+        try:
+            sock = socket.socket(af, socktype, proto)
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            limit = float(timeout) if isinstance(timeout, (int, float)) else None  # else urllib3's marker
+            if source_address:
+                sock.bind(source_address)
+            _connect_waking(sock, sa, limit)
+            sock.settimeout(limit)
+            return sock
+        except OSError as exc:
+            err = exc
+            if sock is not None:
+                sock.close()
+            if isinstance(exc, ConnectionAbortedError):
+                break
+    if err is not None:
+        raise err
+    raise OSError("getaddrinfo returned no address")
+
+
+STOP_CHECK_SECS = 0.1
+
+
+def _connect_waking(sock: socket.socket, address: Any, timeout: float | None) -> None:
+    """``sock.connect(address)`` that a stop of this thread's job ends at once: the
+    job shuts the socket down (waking the wait), and should that land before the
+    connect began, the wait notices the stop within ``STOP_CHECK_SECS``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sock.setblocking(False)
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_WRITE)
+        if _hand_over(sock):
+            raise ConnectionAbortedError(errno.ECONNABORTED, "the download was stopped")
+        err = sock.connect_ex(address)
+        while err in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EINTR):
+            wait = STOP_CHECK_SECS if deadline is None else min(STOP_CHECK_SECS, deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError("timed out")
+            ready = selector.select(wait)
+            if _hand_over(sock):
+                raise ConnectionAbortedError(errno.ECONNABORTED, "the download was stopped")
+            if ready:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                break
+    if err:
+        raise OSError(err, os.strerror(err))
+    try:
+        sock.getpeername()
+    except OSError:
+        # Ready without an error, yet not connected: the socket was shut down before
+        # the connect began (which marks it hung up without ending the connect).
+        raise ConnectionAbortedError(errno.ECONNABORTED, "the connection was shut down") from None
+
+
+class _CancellableConnect(HTTPConnection):
+    """``_new_conn`` as in urllib3, with :func:`_connect` in place of its own."""
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            sock = _connect((self._dns_host, self.port), self.timeout, self.source_address, self.socket_options)
+        except socket.gaierror as exc:
+            raise NameResolutionError(self.host, self, exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
+
     def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        _hand_over(self.sock)
+        _hand_over(self.sock)  # a kept-alive connection was handed over by an earlier request
         return super().getresponse(*args, **kwargs)
 
 
-class _TrackedHTTPSConnection(HTTPSConnection):
-    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-        _hand_over(self.sock)
-        return super().getresponse(*args, **kwargs)
+class _TrackedHTTPConnection(_CancellableConnect):
+    pass
+
+
+class _TrackedHTTPSConnection(_CancellableConnect, HTTPSConnection):
+    pass
 
 
 class _TrackedHTTPPool(HTTPConnectionPool):
@@ -76,7 +176,7 @@ def new_session(user_agent: str) -> requests.Session:
 class socket_hook:
     """Context manager: sockets this thread's requests use go to ``hook``."""
 
-    def __init__(self, hook: Callable[[socket.socket], None]) -> None:
+    def __init__(self, hook: Callable[[socket.socket], bool]) -> None:
         self._hook = hook
 
     def __enter__(self) -> None:

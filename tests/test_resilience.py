@@ -11,6 +11,8 @@ import errno
 import hashlib
 import json
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Self
@@ -18,6 +20,7 @@ from typing import Any, Self
 import pytest
 
 import arw_models.downloads
+import arw_models.transfer
 import arw_models.worker
 from arw_models import ArwModels
 
@@ -226,6 +229,53 @@ def test_cancel_of_a_stalled_transfer_is_prompt(service: Service, origin: Origin
     assert watch.statuses("hang").count("canceled") == 1
     assert "retrying" not in watch.statuses("hang")
     assert len(origin.requests_for("/hang.gguf")) == 1
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A port whose connects hang: its listener never accepts and its backlog is full,
+    so the kernel drops further SYNs and the client keeps retrying."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
+
+
+def test_cancel_during_a_hanging_connect_is_prompt(
+    service: Service, black_hole: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A 30 s connect timeout: only the shutdown of the connecting socket explains a fast cancel.
+    app, client, watch = service(ARW_DL_CONNECT_TIMEOUT_SECS=30)
+    connecting = threading.Event()
+    hand_over = arw_models.transfer._hand_over
+
+    def noting_hand_over(sock: socket.socket | None) -> bool:
+        stopped = hand_over(sock)
+        connecting.set()  # connect() comes next
+        return stopped
+
+    monkeypatch.setattr(arw_models.transfer, "_hand_over", noting_hand_over)
+    post_download(client, "void", f"http://127.0.0.1:{black_hole}/void.gguf")
+    assert connecting.wait(5)
+    t0 = time.monotonic()
+    r = cancel(client, "void")
+    answered = time.monotonic() - t0
+    assert r.status_code == 200 and r.json == {"id": "void", "status": "canceled"}
+    assert watch.terminal("void")["status"] == "canceled"
+    assert answered < 2, answered
+    assert watch.statuses("void") == ["canceled"]  # "started" comes with the response headers
+    assert listing(app) == []
 
 
 # -- 5 and 6. the queue ---------------------------------------------------------------
