@@ -157,3 +157,22 @@ def live(app: Any) -> Iterator[LiveServer]:
 
 def post_download(client: Any, model_id: str, url: str, **extra: Any) -> Any:
     return client.post("/models/download", json={"id": model_id, "url": url, **extra})
+
+
+Service = Callable[..., tuple[Any, Any, Watch]]
+
+
+@pytest.fixture
+def service(make_app: Callable[..., Any]) -> Iterator[Service]:
+    """make_app(**config) plus a test client and a started watch."""
+    watches: list[Watch] = []
+
+    def make(**config: Any) -> tuple[Any, Any, Watch]:
+        app = make_app(**config)
+        watch = Watch(app)
+        watches.append(watch)
+        return app, app.test_client(), watch
+
+    yield make
+    for watch in watches:
+        watch.close()

@@ -8,22 +8,16 @@ import os
 from typing import Any
 
 from .conftest import post_download
+from .helpers import listing, models_dir, read, write_partial
 from .origin import payload
 
 MiB = 1024 * 1024
 
 
-def models_dir(app: Any) -> str:
-    return os.path.join(app.config["ARW_STATE_DIR"], "models")
 
 
-def read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
-def listing(app: Any) -> list[str]:
-    return sorted(os.listdir(models_dir(app)))
 
 
 def test_download_verifies_and_installs(client: Any, app: Any, origin: Any, watch: Any) -> None:
@@ -187,13 +181,6 @@ def test_cancel_unknown_is_404(client: Any) -> None:
     assert r.mimetype == "application/problem+json"
 
 
-def write_partial(app: Any, model_id: str, data: bytes, sidecar: dict[str, Any]) -> None:
-    d = models_dir(app)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, model_id + ".part"), "wb") as fh:
-        fh.write(data)
-    with open(os.path.join(d, model_id + ".part.json"), "w") as fh:
-        json.dump(sidecar, fh)
 
 
 def test_resume_of_a_part_left_by_an_earlier_run(client: Any, app: Any, origin: Any, watch: Any) -> None:

@@ -24,7 +24,8 @@ import arw_models.transfer
 import arw_models.worker
 from arw_models import ArwModels
 
-from .conftest import Watch, post_download
+from .conftest import Service, Watch, post_download
+from .helpers import cancel, listing, models_dir, part, read, sidecar, write_partial
 from .origin import Origin, Resource, payload
 
 MiB = 1024 * 1024
@@ -32,44 +33,6 @@ KiB = 1024
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-def models_dir(app: Any) -> str:
-    return os.path.join(app.config["ARW_STATE_DIR"], "models")
-
-
-def part(app: Any, model_id: str) -> str:
-    return os.path.join(models_dir(app), model_id + ".part")
-
-
-def sidecar(app: Any, model_id: str) -> str:
-    return os.path.join(models_dir(app), model_id + ".part.json")
-
-
-def read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
-def listing(app: Any) -> list[str]:
-    try:
-        return sorted(os.listdir(models_dir(app)))
-    except FileNotFoundError:
-        return []
-
-
-def write_partial(app: Any, model_id: str, data: bytes, side: dict[str, Any] | None) -> None:
-    d = models_dir(app)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, model_id + ".part"), "wb") as fh:
-        fh.write(data)
-    if side is not None:
-        with open(os.path.join(d, model_id + ".part.json"), "w") as fh:
-            json.dump(side, fh)
-
-
-def cancel(client: Any, model_id: str) -> Any:
-    return client.post("/models/download/cancel", json={"id": model_id})
 
 
 def retrying(watch: Watch, model_id: str) -> list[dict[str, Any]]:
@@ -86,25 +49,6 @@ class StartWatch(Watch):
         self.sub, backlog = self.hub.subscribe((), replay=1_000_000, queue_size=1_000_000)
         self.events = list(backlog)
         self._read = 0
-
-
-Service = Callable[..., tuple[Any, Any, Watch]]
-
-
-@pytest.fixture
-def service(make_app: Callable[..., Any]) -> Iterator[Service]:
-    """make_app(**config) plus a test client and a started watch."""
-    watches: list[Watch] = []
-
-    def make(**config: Any) -> tuple[Any, Any, Watch]:
-        app = make_app(**config)
-        watch = Watch(app)
-        watches.append(watch)
-        return app, app.test_client(), watch
-
-    yield make
-    for watch in watches:
-        watch.close()
 
 
 # -- 1. drops mended by Range --------------------------------------------------------

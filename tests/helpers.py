@@ -1,0 +1,48 @@
+"""Small helpers shared by the test modules: where a model's files are, and how to
+leave a partial download behind as an earlier run would have."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+def models_dir(app: Any) -> str:
+    return os.path.join(app.config["ARW_STATE_DIR"], "models")
+
+
+def part(app: Any, model_id: str) -> str:
+    return os.path.join(models_dir(app), model_id + ".part")
+
+
+def sidecar(app: Any, model_id: str) -> str:
+    return os.path.join(models_dir(app), model_id + ".part.json")
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def listing(app: Any) -> list[str]:
+    """The files in ``{state_dir}/models``, sorted; [] before it exists."""
+    try:
+        return sorted(os.listdir(models_dir(app)))
+    except FileNotFoundError:
+        return []
+
+
+def write_partial(app: Any, model_id: str, data: bytes, side: dict[str, Any] | None) -> None:
+    """A ``.part`` with ``data`` and, unless ``side`` is None, its sidecar."""
+    d = models_dir(app)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, model_id + ".part"), "wb") as fh:
+        fh.write(data)
+    if side is not None:
+        with open(os.path.join(d, model_id + ".part.json"), "w") as fh:
+            json.dump(side, fh)
+
+
+def cancel(client: Any, model_id: str) -> Any:
+    return client.post("/models/download/cancel", json={"id": model_id})
