@@ -192,7 +192,12 @@ class ContentRange(NamedTuple):
     total: int | None
 
 
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*", re.IGNORECASE)
+# ASCII digits only: \d and str.isdigit() also take other scripts' digits and '²'.
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:([0-9]+)-([0-9]+)|\*)/([0-9]+|\*)\s*", re.IGNORECASE)
+
+
+def _digits(value: str) -> bool:
+    return value.isascii() and value.isdigit()
 
 
 def parse_content_range(value: str | None) -> ContentRange | None:
@@ -218,7 +223,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _digits(value):
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -241,7 +246,7 @@ def strong_etag(value: str | None) -> str | None:
 
 def content_length(headers: Any) -> int | None:
     value = headers.get("Content-Length")
-    if value is None or not value.strip().isdigit():
+    if value is None or not _digits(value.strip()):
         return None
     return int(value)
 

@@ -7,6 +7,7 @@ from arw_models.events import Event, EventHub
 from arw_models.storage import filename_from_disposition, sanitize_filename, valid_id
 from arw_models.transfer import (
     ContentRange,
+    content_length,
     parse_content_range,
     parse_retry_after,
     redact_url,
@@ -122,6 +123,7 @@ def test_url_filename() -> None:
         ("bytes 19-10/100", None),
         ("bytes=10-19/100", None),
         ("items 1-2/3", None),
+        ("bytes \u0661\u0660-\u0661\u0669/\u0661\u0660\u0660", None),  # Arabic-Indic digits
         ("", None),
         (None, None),
     ],
@@ -136,6 +138,16 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("Wed, 25 Nov 2026 10:00:10 GMT", now=1795600900.0) == 0.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+    assert parse_retry_after("\u00b2") is None  # '²'.isdigit(), yet int('²') raises
+    assert parse_retry_after("\u0663") is None
+
+
+def test_content_length_takes_only_ascii_digits() -> None:
+    assert content_length({"Content-Length": " 42 "}) == 42
+    assert content_length({"Content-Length": "\u00b2"}) is None
+    assert content_length({"Content-Length": "\u0663"}) is None
+    assert content_length({"Content-Length": "-1"}) is None
+    assert content_length({}) is None
 
 
 def test_strong_etag() -> None:
