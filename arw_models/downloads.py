@@ -224,7 +224,9 @@ class DownloadManager:
             self._failed(job, err)
         except Exception as exc:  # a bug must still end the job, visibly
             log.exception("download %s failed unexpectedly", job.id)
-            self._failed(job, TransferError("internal-error", f"{exc.__class__.__name__}: {exc}"))
+            # Only the class: the text of an unexpected error may quote a url with its credentials.
+            self._failed(job, TransferError("internal-error", f"the service failed ({exc.__class__.__name__});"
+                                            " its log has the details"))
         finally:
             job.finished_at = utcnow()
             job.done.set()

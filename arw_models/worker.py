@@ -215,9 +215,14 @@ class Worker:
         except requests.exceptions.SSLError as exc:
             self._check_stop()
             raise TransferError("tls", f"TLS error: {_scrub(exc)}", url=redact_url(job.url)) from None
-        except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                requests.exceptions.InvalidSchema, requests.exceptions.TooManyRedirects) as exc:
-            raise TransferError("http-status", f"cannot fetch: {_scrub(exc)}", url=redact_url(job.url)) from None
+        except requests.exceptions.TooManyRedirects:
+            raise TransferError("too-many-redirects", f"more than {session.max_redirects} redirects",
+                                url=redact_url(job.url)) from None
+        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
+            # The url itself was checked: only a redirect can lead to another scheme.
+            raise TransferError("invalid-redirect", f"cannot follow: {_scrub(exc)}", url=redact_url(job.url)) from None
+        except requests.exceptions.InvalidURL as exc:
+            raise TransferError("invalid-url", f"cannot fetch: {_scrub(exc)}", url=redact_url(job.url)) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             self._check_stop()
             raise _network_error(exc, job, "before the response") from None

@@ -471,7 +471,7 @@ def test_credentials_in_a_redirect_target_are_not_in_the_error(service: Service,
     origin.add("/r.gguf", payload(10), statuses=[(302, {"Location": target})])
     post_download(client, "r", origin.url("/r.gguf"))
     err = watch.terminal("r")
-    assert err["status"] == "error" and err["code"] == "http-status"
+    assert err["status"] == "error" and err["code"] == "invalid-redirect"
     assert "ftp://***@127.0.0.1/m.gguf?***" in err["error"]
     texts = [e.encode().decode() for e in watch.events] + [client.get("/models/downloads/r").get_data(as_text=True)]
     for text in texts:

@@ -322,6 +322,16 @@ def test_unknown_path_is_one_request_and_http_status(service: Service, origin: O
 # -- 8. the file changes under the same url --------------------------------------------
 
 
+def test_a_redirect_loop_ends_in_too_many_redirects(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    origin.add("/loop.gguf", payload(10), statuses=[(302, {"Location": "/loop.gguf"})] * 40)
+    post_download(client, "loop", origin.url("/loop.gguf"))
+    err = watch.terminal("loop")
+    assert err["status"] == "error" and err["code"] == "too-many-redirects"
+    assert len(origin.requests_for("/loop.gguf")) == 31  # the first and 30 redirects; never retried
+    assert listing(app) == []
+
+
 @pytest.mark.parametrize("new_size", [MiB, 700 * KiB], ids=["same-size", "shorter"])
 def test_file_replaced_between_attempts_gives_the_new_file(service: Service, origin: Origin, new_size: int) -> None:
     app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=0.3)
