@@ -158,7 +158,12 @@ class EventHub:
         sub = Subscription(prefixes, queue_size or self._queue_size)
         with self._lock:
             backlog: list[Event] = []
-            if after is not None and after < self.last_id:
+            if after is not None and after > self.last_id:
+                # An id never given out here: from a run whose clock was ahead, or made
+                # up. What the client missed is unknown; all this run has is news to it.
+                backlog.append(gap_event(None))
+                backlog.extend(e for e in self._buffer if sub.matches(e.kind))
+            elif after is not None:
                 oldest = self._buffer[0].id if self._buffer else self._next_id
                 assert oldest is not None
                 if after < oldest - 1:

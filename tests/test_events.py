@@ -178,6 +178,24 @@ def test_old_last_event_id_gets_a_gap_first() -> None:
     hub.close()
 
 
+def test_an_id_newer_than_any_given_out_gets_an_unknown_gap_and_the_whole_buffer() -> None:
+    # A browser's Last-Event-ID from a run whose clock was ahead of this one's.
+    hub = EventHub(replay=10)
+    ids = [hub.publish("k", {"n": n}).id for n in range(3)]
+    _, backlog = hub.subscribe(after=ids[-1] + 10**9)
+    assert backlog[0].kind == "bus.gap" and backlog[0].payload == {"missed": None}
+    assert [e.id for e in backlog[1:]] == ids
+    hub.close()
+
+
+def test_an_up_to_date_client_gets_no_replay_even_when_it_asks_for_one() -> None:
+    hub = EventHub(replay=10)
+    last = [hub.publish("k", {"n": n}).id for n in range(3)][-1]
+    _, backlog = hub.subscribe(after=last, replay=5)  # Last-Event-ID wins over ?replay=
+    assert backlog == []
+    hub.close()
+
+
 def test_a_subscriber_that_never_reads_gets_a_gap_and_blocks_nobody() -> None:
     hub = EventHub(replay=10, queue_size=4)
     stuck, _ = hub.subscribe()
