@@ -276,6 +276,10 @@ class DownloadManager:
         """Moves a verified ``.part`` to its final name and records the model."""
         state = self.state
         with self._lock:
+            # Under the lock that cancel() takes: a cancel either lands before the
+            # rename (and wins) or finds the model installed (and nothing to cancel).
+            if job.stop_event.is_set():
+                raise JobStopped()
             old = self.registry.get(job.id)
             own = old.get("file") if old else None
             taken = self.registry.files_in_use(except_id=job.id)
@@ -298,6 +302,7 @@ class DownloadManager:
             self.registry.put(entry)
             if own and own != final:
                 remove_quietly(state.model_path(own))
+            job.status = "complete"
         job.file = final
         job.downloaded = job.total = size
         self.emit(job, "complete", file=final, provider=job.provider, sha256=digest, bytes=size)
@@ -308,7 +313,7 @@ class DownloadManager:
     def cancel(self, model_id: str, wait: float = 10.0) -> dict[str, Any]:
         with self._lock:
             job = self._jobs.get(model_id)
-            if job is None or not job.active:
+            if job is None or not job.active or job.status == "complete":
                 # A .part left by an earlier run (or a failed job) is canceled too.
                 part, sidecar = self.state.part_path(model_id), self.state.sidecar_path(model_id)
                 if not (os.path.exists(part) or os.path.exists(sidecar)):

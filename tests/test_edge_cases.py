@@ -18,6 +18,7 @@ import responses
 import arw_models.downloads
 import arw_models.worker
 from arw_models import ArwModels
+from arw_models.errors import ArwError
 from arw_models.events import EventHub
 
 from .conftest import Service, Watch, post_download
@@ -521,3 +522,52 @@ def test_a_shutdown_after_a_cancel_does_not_turn_it_into_an_interruption(
     assert watch.terminal("c")["status"] == "canceled"
     assert job.done.wait(5)
     assert os.listdir(models_dir(app)) == []
+
+
+def test_a_cancel_between_verification_and_install_wins(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is verified and about to be renamed when the cancel lands: the model is
+    not installed, and the cancel's answer is true."""
+    app, client, watch = service()
+    origin.add("/v.gguf", payload(1000, seed=56))
+    real = arw_models.worker.sanitize_filename
+
+    def sanitize_filename(name: str, fallback: str) -> str:
+        _job(app, "v").stop("cancel")  # after the last check in the worker, before install
+        return real(name, fallback=fallback)
+
+    monkeypatch.setattr(arw_models.worker, "sanitize_filename", sanitize_filename)
+    post_download(client, "v", origin.url("/v.gguf"))
+    assert watch.terminal("v")["status"] == "canceled"
+    assert client.get("/models").json["items"] == []
+    assert os.listdir(models_dir(app)) == []
+    assert [e.payload for e in watch.events if e.kind == "Models.Changed"] == []
+
+
+def test_a_cancel_after_the_install_says_there_is_nothing_to_cancel(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is installed but its job has not ended yet: the cancel must not answer
+    ``canceled`` for a model that stays."""
+    app, client, watch = service()
+    res = origin.add("/i.gguf", payload(1000, seed=57))
+    manager = ArwModels.state(app).manager
+    answers: list[Any] = []
+    real = manager._changed
+
+    def changed(op: str, model_id: str) -> None:  # runs after the install, before the job ends
+        try:
+            answers.append(manager.cancel(model_id, wait=0))
+        except ArwError as exc:
+            answers.append(exc)
+        real(op, model_id)
+
+    monkeypatch.setattr(manager, "_changed", changed)
+    post_download(client, "i", origin.url("/i.gguf"), sha256=res.sha256)
+    assert watch.terminal("i")["status"] == "complete"
+    assert _job(app, "i").done.wait(5)
+    [answer] = answers
+    assert getattr(answer, "code", None) == "no-active-download", answer
+    assert watch.statuses("i").count("canceled") == 0
+    assert [m["id"] for m in client.get("/models").json["items"]] == ["i"]
