@@ -28,7 +28,7 @@ from .config import Settings
 from .errors import ArwError, Conflict, NotFound
 from .events import EventHub
 from .storage import Registry, StateDir, fsync_dir, remove_quietly, utcnow
-from .transfer import new_session, redact_url
+from .transfer import new_session, redact_url, strong_etag
 from .worker import JobStopped, TransferError, Worker, disk_free
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,12 @@ class DownloadJob:
                 pass
 
 
+def _began(job: DownloadJob) -> str:
+    if job.status == "queued":
+        return "queued"
+    return "resumed" if job.offset or job.status == "resumed" else "started"
+
+
 def _shutdown(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -194,7 +200,8 @@ class DownloadManager:
                 if job.url != url or (sha256 is not None and sha256 != job.sha256):
                     raise Conflict(f"{model_id} is already downloading from another url or with another sha256",
                                    code="already-downloading", job=job.snapshot())
-                return 202, job.snapshot()
+                # The running job, its status put as a start would have been: how it began.
+                return 202, {**job.snapshot(), "status": _began(job)}
             installed = self.registry.get(model_id)
             if (
                 installed is not None
@@ -209,11 +216,17 @@ class DownloadManager:
             if busy >= self.settings.max_conc:
                 self.emit(job, "queued")
             else:
-                sidecar = self.state.read_sidecar(model_id)
-                resumable = bool(self.state.part_size(model_id)) and sidecar is not None and sidecar.get("url") == url
-                job.status = "resumed" if resumable else "started"
+                job.status = "resumed" if self._resumable_part(model_id, url, sha256) else "started"
             job.future = self._pool().submit(self._run, job)
             return 202, job.snapshot()
+
+    def _resumable_part(self, model_id: str, url: str, sha256: str | None) -> bool:
+        """Whether the worker will continue the ``.part`` (the same rules as its own):
+        bytes of this url, and a validator or a digest to catch a changed file."""
+        sidecar = self.state.read_sidecar(model_id)
+        if not self.state.part_size(model_id) or sidecar is None or sidecar.get("url") != url:
+            return False
+        return bool(sha256 or strong_etag(sidecar.get("etag")) or sidecar.get("last_modified"))
 
     def _run(self, job: DownloadJob) -> None:
         try:

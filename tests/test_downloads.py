@@ -146,12 +146,14 @@ def test_new_url_replaces_the_model_only_when_complete(client: Any, app: Any, or
 def test_same_post_while_active_is_idempotent_and_another_url_conflicts(
     client: Any, origin: Any, watch: Any
 ) -> None:
-    res = origin.add("/slow.gguf", payload(MiB), stall_after=64 * 1024)
+    origin.add("/slow.gguf", payload(MiB), throttle=256 * 1024)
     first = post_download(client, "s", origin.url("/slow.gguf"))
     assert first.status_code == 202
-    res.stalled.wait(5)
+    watch.status("s", "downloading")
     again = post_download(client, "s", origin.url("/slow.gguf"))
-    assert again.status_code == 202 and again.json["id"] == "s"
+    # The running job, with the status a start reports (its live one is at Location).
+    assert again.status_code == 202 and again.json["id"] == "s" and again.json["status"] == "started"
+    assert again.headers["Location"].endswith("/models/downloads/s")
     other = post_download(client, "s", origin.url("/other.gguf"))
     assert other.status_code == 409 and other.json["code"] == "already-downloading"
     sha = post_download(client, "s", origin.url("/slow.gguf"), sha256="a" * 64)

@@ -717,7 +717,7 @@ def test_part_without_validator_or_sha256_is_not_resumed(service: Service, origi
     app, client, watch = service()
     res = origin.add("/nv.gguf", payload(MiB, seed=39), etag='W/"weak"', last_modified=None)
     write_partial(app, "nv", b"\0" * 1000, {"url": origin.url("/nv.gguf"), "etag": 'W/"weak"'})
-    post_download(client, "nv", origin.url("/nv.gguf"))
+    assert post_download(client, "nv", origin.url("/nv.gguf")).json["status"] == "started"  # not "resumed"
     assert watch.terminal("nv")["status"] == "complete"
     assert [s.range for s in origin.requests_for("/nv.gguf")] == [None]
     assert read(os.path.join(models_dir(app), "nv.gguf")) == res.data
