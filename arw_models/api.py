@@ -21,7 +21,7 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
-from .storage import valid_id
+from .storage import StateLockError, valid_id
 
 if TYPE_CHECKING:
     from . import ServiceState
@@ -39,7 +39,12 @@ PROTECTED_ENDPOINTS = {"arw_models.events"}
 
 def service() -> ServiceState:
     state: ServiceState = current_app.extensions["arw_models"]
-    state.start()
+    try:
+        state.start()
+    except StateLockError as exc:
+        # Another process serves this state directory (say, a host app run with
+        # several workers): say so, rather than fail with a bare 500.
+        raise ArwError(str(exc), status=503, code="state-dir-in-use", title="Service unavailable") from None
     return state
 
 

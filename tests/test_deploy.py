@@ -531,6 +531,9 @@ def test_a_second_app_on_the_same_state_dir_is_refused_until_the_first_stops(
     with pytest.raises(StateLockError):
         second.extensions["arw_models"].start()
     assert not second.extensions["arw_models"].started
+    busy = second.test_client().get("/models")  # a host app's second worker, say
+    assert busy.status_code == 503 and busy.json["code"] == "state-dir-in-use"
+    assert str(tmp_path / "state") in busy.json["detail"] and "Traceback" not in busy.get_data(as_text=True)
     first.extensions["arw_models"].shutdown()
     state = ArwModels.state(second)
     assert state.started
