@@ -74,14 +74,21 @@ def _connect(address: tuple[str, int], timeout: Any, source_address: tuple[str, 
             err = exc
             if sock is not None:
                 sock.close()
-            if isinstance(exc, ConnectionAbortedError):
-                break
+            if isinstance(exc, _Stopped):
+                break  # not a reason to try the next address
     if err is not None:
         raise err
     raise OSError("getaddrinfo returned no address")
 
 
 STOP_CHECK_SECS = 0.1
+
+
+class _Stopped(ConnectionAbortedError):
+    """The job stopped while its connection was being made."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.ECONNABORTED, "the download was stopped")
 
 
 def _connect_waking(sock: socket.socket, address: Any, timeout: float | None) -> None:
@@ -93,15 +100,16 @@ def _connect_waking(sock: socket.socket, address: Any, timeout: float | None) ->
     with selectors.DefaultSelector() as selector:
         selector.register(sock, selectors.EVENT_WRITE)
         if _hand_over(sock):
-            raise ConnectionAbortedError(errno.ECONNABORTED, "the download was stopped")
+            raise _Stopped()
         err = sock.connect_ex(address)
-        while err in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK, errno.EINTR):
+        # (EAGAIN here means no local port is free, not "in progress": it is an error.)
+        while err in (errno.EINPROGRESS, errno.EALREADY, errno.EINTR):
             wait = STOP_CHECK_SECS if deadline is None else min(STOP_CHECK_SECS, deadline - time.monotonic())
             if wait <= 0:
                 raise TimeoutError("timed out")
             ready = selector.select(wait)
             if _hand_over(sock):
-                raise ConnectionAbortedError(errno.ECONNABORTED, "the download was stopped")
+                raise _Stopped()
             if ready:
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 break
@@ -142,7 +150,32 @@ class _TrackedHTTPConnection(_CancellableConnect):
 
 
 class _TrackedHTTPSConnection(_CancellableConnect, HTTPSConnection):
-    pass
+    _handshake_handle: socket.socket | None = None
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        # Wrapping for TLS detaches this socket object (its fileno becomes -1), so
+        # through the tunnel and the handshake the job holds a duplicate: shutting
+        # either down ends the connection. It is closed once the TLS socket is handed over.
+        self._handshake_handle = sock.dup()
+        if _hand_over(self._handshake_handle):
+            self._close_handshake_handle()
+            sock.close()
+            raise NewConnectionError(self, "the download was stopped")
+        return sock
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        finally:
+            if self.sock is not None:
+                _hand_over(self.sock)
+            self._close_handshake_handle()
+
+    def _close_handshake_handle(self) -> None:
+        handle, self._handshake_handle = self._handshake_handle, None
+        if handle is not None:
+            handle.close()
 
 
 class _TrackedHTTPPool(HTTPConnectionPool):
@@ -153,13 +186,21 @@ class _TrackedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _TrackedHTTPSConnection
 
 
+_TRACKED_POOLS = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
 class _TrackingAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _TrackedHTTPPool,
-            "https": _TrackedHTTPSPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = dict(_TRACKED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # Through an HTTP(S)_PROXY too, the sockets (to the proxy, and the tunnel
+        # through it) are the job's to shut down. SOCKS pools are left as they are.
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = dict(_TRACKED_POOLS)
+        return manager
 
 
 def new_session(user_agent: str) -> requests.Session:

@@ -222,6 +222,57 @@ def test_cancel_during_a_hanging_connect_is_prompt(
     assert listing(app) == []
 
 
+@pytest.fixture
+def mute_server() -> Iterator[socket.socket]:
+    """A listener whose connections are accepted by the test and never answered."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(5)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def cancel_while_the_origin_is_mute(client: Any, watch: Watch, listener: socket.socket, model_id: str,
+                                    url: str) -> bytes:
+    """Starts a download, takes its connection, cancels once its first bytes have
+    arrived (the worker now waits for an answer); returns those bytes."""
+    post_download(client, model_id, url)
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(5)
+        first = conn.recv(4096)
+        t0 = time.monotonic()
+        r = cancel(client, model_id)
+        answered = time.monotonic() - t0
+        assert r.status_code == 200 and watch.terminal(model_id)["status"] == "canceled"
+        assert answered < 2, answered
+    return first
+
+
+def test_cancel_during_a_tls_handshake_is_prompt(service: Service, mute_server: socket.socket) -> None:
+    # The handshake waits under the connect timeout: 30 s, unless the cancel wakes it.
+    app, client, watch = service(ARW_DL_CONNECT_TIMEOUT_SECS=30, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    port = mute_server.getsockname()[1]
+    hello = cancel_while_the_origin_is_mute(client, watch, mute_server, "tls", f"https://127.0.0.1:{port}/t.gguf")
+    assert hello[:1] == b"\x16"  # a TLS handshake record: the ClientHello
+    assert listing(app) == []
+
+
+def test_cancel_through_a_proxy_that_never_answers_is_prompt(
+    service: Service, mute_server: socket.socket, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{mute_server.getsockname()[1]}")
+    request = cancel_while_the_origin_is_mute(client, watch, mute_server, "px", "http://models.example/p.gguf")
+    assert request.startswith(b"GET http://models.example/p.gguf HTTP/1.1")
+    assert listing(app) == []
+
+
 # -- 5 and 6. the queue ---------------------------------------------------------------
 
 
