@@ -196,19 +196,23 @@ class DownloadManager:
                 raise ArwError("the service is shutting down", status=503, code="shutting-down",
                                title="Service unavailable")
             job = self._jobs.get(model_id)
-            if job is not None and job.active:
+            if job is not None and job.active and (job.stop_event.is_set() or job.status in TERMINAL):
+                # Its end is decided but not yet done (its events and signals are on
+                # their way, or its worker is stopping): joining it would be a lie,
+                # and a new job now would race it. Installed already? Then say so.
+                installed = self.registry.get(model_id)
+                if job.status != "complete" or not self._same_install(installed, url, sha256):
+                    raise Conflict(f"the previous download of {model_id} is ending; try again in a moment",
+                                   code="download-ending", job=job.snapshot())
+            elif job is not None and job.active:
                 if job.url != url or (sha256 is not None and sha256 != job.sha256):
                     raise Conflict(f"{model_id} is already downloading from another url or with another sha256",
                                    code="already-downloading", job=job.snapshot())
                 # The running job, its status put as a start would have been: how it began.
                 return 202, {**job.snapshot(), "status": _began(job)}
             installed = self.registry.get(model_id)
-            if (
-                installed is not None
-                and installed.get("url") == url
-                and (sha256 is None or sha256 == installed.get("sha256"))
-                and os.path.isfile(self.state.model_path(installed["file"]))
-            ):
+            if self._same_install(installed, url, sha256):
+                assert installed is not None
                 return 200, public_model(installed, self.state)
             busy = sum(1 for j in self._jobs.values() if j.active)
             job = DownloadJob(model_id, url, sha256, provider)
@@ -219,6 +223,15 @@ class DownloadManager:
                 job.status = "resumed" if self._resumable_part(model_id, url, sha256) else "started"
             job.future = self._pool().submit(self._run, job)
             return 202, job.snapshot()
+
+    def _same_install(self, installed: dict[str, Any] | None, url: str, sha256: str | None) -> bool:
+        """Whether the installed model is what a POST of ``url`` (and ``sha256``) asks for."""
+        return (
+            installed is not None
+            and installed.get("url") == url
+            and (sha256 is None or sha256 == installed.get("sha256"))
+            and os.path.isfile(self.state.model_path(installed["file"]))
+        )
 
     def _resumable_part(self, model_id: str, url: str, sha256: str | None) -> bool:
         """Whether the worker will continue the ``.part`` (the same rules as its own):

@@ -17,7 +17,7 @@ import responses
 
 import arw_models.downloads
 import arw_models.worker
-from arw_models import ArwModels
+from arw_models import ArwModels, signals
 from arw_models.errors import ArwError
 from arw_models.events import EventHub
 
@@ -543,3 +543,29 @@ def test_a_cancel_after_the_install_says_there_is_nothing_to_cancel(
     assert getattr(answer, "code", None) == "no-active-download", answer
     assert watch.statuses("i").count("canceled") == 0
     assert [m["id"] for m in client.get("/models").json["items"]] == ["i"]
+
+
+def test_a_post_while_a_job_is_ending_is_answered_truthfully(service: Service, origin: Origin) -> None:
+    """Between a job's end and its worker's exit (its events and signals on their way)
+    a POST must neither join it as if it were running nor race it with a new job."""
+    app, client, watch = service()
+    good = origin.add("/ok.gguf", payload(1000, seed=58))
+    origin.add("/gone.gguf", payload(10), statuses=[(404, {})])
+    answers: dict[str, Any] = {}
+
+    def post_again(sender: Any, payload: dict[str, Any]) -> None:  # runs in the ending worker
+        url = origin.url("/ok.gguf" if payload["id"] == "ok" else "/gone.gguf")
+        answers[payload["id"]] = app.test_client().post("/models/download", json={"id": payload["id"], "url": url})
+
+    with signals.download_completed.connected_to(post_again, sender=app), \
+            signals.download_failed.connected_to(post_again, sender=app):
+        post_download(client, "ok", origin.url("/ok.gguf"), sha256=good.sha256)
+        assert watch.terminal("ok")["status"] == "complete"
+        post_download(client, "gone", origin.url("/gone.gguf"))
+        assert watch.terminal("gone")["status"] == "error"
+        for model_id in ("ok", "gone"):
+            assert _job(app, model_id).done.wait(5)
+    assert answers["ok"].status_code == 200 and answers["ok"].json["sha256"] == good.sha256
+    assert answers["gone"].status_code == 409 and answers["gone"].json["code"] == "download-ending"
+    assert watch.statuses("ok") == ["started", "complete"]
+    assert watch.statuses("gone") == ["error"]
