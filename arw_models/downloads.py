@@ -200,19 +200,19 @@ class DownloadManager:
                 # Its end is decided but not yet done (its events and signals are on
                 # their way, or its worker is stopping): joining it would be a lie,
                 # and a new job now would race it. Installed already? Then say so.
-                installed = self.registry.get(model_id)
-                if job.status != "complete" or not self._same_install(installed, url, sha256):
+                installed = self._installed_as_asked(model_id, url, sha256) if job.status == "complete" else None
+                if installed is None:
                     raise Conflict(f"the previous download of {model_id} is ending; try again in a moment",
                                    code="download-ending", job=job.snapshot())
-            elif job is not None and job.active:
+                return 200, public_model(installed, self.state)
+            if job is not None and job.active:
                 if job.url != url or (sha256 is not None and sha256 != job.sha256):
                     raise Conflict(f"{model_id} is already downloading from another url or with another sha256",
                                    code="already-downloading", job=job.snapshot())
                 # The running job, its status put as a start would have been: how it began.
                 return 202, {**job.snapshot(), "status": _began(job)}
-            installed = self.registry.get(model_id)
-            if self._same_install(installed, url, sha256):
-                assert installed is not None
+            installed = self._installed_as_asked(model_id, url, sha256)
+            if installed is not None:
                 return 200, public_model(installed, self.state)
             busy = sum(1 for j in self._jobs.values() if j.active)
             job = DownloadJob(model_id, url, sha256, provider)
@@ -224,14 +224,17 @@ class DownloadManager:
             job.future = self._pool().submit(self._run, job)
             return 202, job.snapshot()
 
-    def _same_install(self, installed: dict[str, Any] | None, url: str, sha256: str | None) -> bool:
-        """Whether the installed model is what a POST of ``url`` (and ``sha256``) asks for."""
-        return (
+    def _installed_as_asked(self, model_id: str, url: str, sha256: str | None) -> dict[str, Any] | None:
+        """The installed model, if it is what a POST of ``url`` (and ``sha256``) asks for."""
+        installed = self.registry.get(model_id)
+        if (
             installed is not None
             and installed.get("url") == url
             and (sha256 is None or sha256 == installed.get("sha256"))
             and os.path.isfile(self.state.model_path(installed["file"]))
-        )
+        ):
+            return installed
+        return None
 
     def _resumable_part(self, model_id: str, url: str, sha256: str | None) -> bool:
         """Whether the worker will continue the ``.part`` (the same rules as its own):
@@ -340,7 +343,8 @@ class DownloadManager:
         with self._lock:
             job = self._jobs.get(model_id)
             if job is None or not job.active or job.status == "complete":
-                # A .part left by an earlier run (or a failed job) is canceled too.
+                # Nothing runs (or its model is installed already); a .part left by an
+                # earlier run or a failed job is canceled too.
                 part, sidecar = self.state.part_path(model_id), self.state.sidecar_path(model_id)
                 if not (os.path.exists(part) or os.path.exists(sidecar)):
                     raise NotFound(f"no download of {model_id} is active or resumable", code="no-active-download")
