@@ -57,6 +57,7 @@ def _connect(address: tuple[str, int], timeout: Any, source_address: tuple[str, 
         host.encode("idna")
     except UnicodeError:
         raise LocationParseError(f"'{host}', label empty or too long") from None
+    limit = float(timeout) if isinstance(timeout, (int, float)) else None  # else urllib3's "default" marker
     err: OSError | None = None
     for af, socktype, proto, _name, sa in socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM):
         sock = None
@@ -64,7 +65,6 @@ def _connect(address: tuple[str, int], timeout: Any, source_address: tuple[str, 
             sock = socket.socket(af, socktype, proto)
             for option in socket_options or ():
                 sock.setsockopt(*option)
-            limit = float(timeout) if isinstance(timeout, (int, float)) else None  # else urllib3's marker
             if source_address:
                 sock.bind(source_address)
             _connect_waking(sock, sa, limit)
@@ -310,6 +310,17 @@ def redact_url(url: str) -> str:
         netloc = "***@" + netloc
     query = "***" if parts.query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+_QUERY = re.compile(r"\?[^\s'\"()]*")
+_USERINFO = re.compile(r"//[^/\s'\"@]*@")
+
+
+def redact_text(text: str) -> str:
+    """A message (an exception's, say) without the query strings or userinfo of the
+    urls it quotes: urllib3 quotes the request target, and urls often carry
+    credentials there."""
+    return _USERINFO.sub("//***@", _QUERY.sub("?***", text))
 
 
 def url_filename(url: str) -> str:

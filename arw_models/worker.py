@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import random
-import re
 import shutil
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -35,6 +34,7 @@ from .transfer import (
     content_length,
     parse_content_range,
     parse_retry_after,
+    redact_text,
     redact_url,
     socket_hook,
     strong_etag,
@@ -89,16 +89,6 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-_QUERY = re.compile(r"\?[^\s'\"()]*")
-_USERINFO = re.compile(r"//[^/\s'\"@]*@")
-
-
-def _scrub(exc: BaseException) -> str:
-    """An exception's text without query strings or userinfo: urllib3 quotes the
-    request target, and urls often carry credentials there."""
-    return _USERINFO.sub("//***@", _QUERY.sub("?***", str(exc)))
-
-
 def _network_error(exc: BaseException, job: DownloadJob, where: str) -> TransferError:
     short = isinstance(exc, IncompleteRead) or any(isinstance(a, IncompleteRead) for a in exc.args)
     if short:
@@ -113,7 +103,7 @@ def _network_error(exc: BaseException, job: DownloadJob, where: str) -> Transfer
         )
     return TransferError(
         "network",
-        f"network error {where}: {exc.__class__.__name__}: {_scrub(exc)}",
+        f"network error {where}: {exc.__class__.__name__}: {redact_text(str(exc))}",
         retryable=True,
         url=redact_url(job.url),
         received=job.downloaded,
@@ -214,15 +204,16 @@ class Worker:
             )
         except requests.exceptions.SSLError as exc:
             self._check_stop()
-            raise TransferError("tls", f"TLS error: {_scrub(exc)}", url=redact_url(job.url)) from None
+            raise TransferError("tls", f"TLS error: {redact_text(str(exc))}", url=redact_url(job.url)) from None
         except requests.exceptions.TooManyRedirects:
             raise TransferError("too-many-redirects", f"more than {session.max_redirects} redirects",
                                 url=redact_url(job.url)) from None
         except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
             # The url itself was checked: only a redirect can lead to another scheme.
-            raise TransferError("invalid-redirect", f"cannot follow: {_scrub(exc)}", url=redact_url(job.url)) from None
+            raise TransferError("invalid-redirect", f"cannot follow: {redact_text(str(exc))}",
+                                url=redact_url(job.url)) from None
         except requests.exceptions.InvalidURL as exc:
-            raise TransferError("invalid-url", f"cannot fetch: {_scrub(exc)}", url=redact_url(job.url)) from None
+            raise TransferError("invalid-url", f"cannot fetch: {redact_text(str(exc))}", url=redact_url(job.url)) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             self._check_stop()
             raise _network_error(exc, job, "before the response") from None

@@ -10,6 +10,7 @@ from arw_models.transfer import (
     content_length,
     parse_content_range,
     parse_retry_after,
+    redact_text,
     redact_url,
     strong_etag,
     url_filename,
@@ -193,3 +194,13 @@ def test_hub_ids_increase_and_start_from_the_clock() -> None:
     assert ids[0] >= before
     # A second hub (a restart) numbers after the first one's events.
     assert EventHub().first_id > ids[-1]
+
+
+def test_redact_text_hides_query_and_userinfo_of_quoted_urls() -> None:
+    text = ("HTTPSConnectionPool(host='h', port=443): Max retries exceeded with url: /m.gguf?token=s3cret "
+            "(Caused by redirect to 'ftp://user:pw@h/m.gguf?sig=abc')")
+    redacted = redact_text(text)
+    assert "s3cret" not in redacted and "pw" not in redacted and "abc" not in redacted
+    assert "/m.gguf?***" in redacted and "ftp://***@h/m.gguf?***" in redacted
+    assert redact_text("connection refused") == "connection refused"
+
