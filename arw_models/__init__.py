@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 import atexit
 import logging
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Mapping
@@ -55,6 +56,10 @@ class ServiceState:
         self.hub: EventHub
         self.manager: DownloadManager
         self._state_lock: StateLock | None = None
+        # Set in a process that claimed the lock and then forked before serving
+        # (gunicorn --preload): each child, not the parent, takes the lock.
+        self._children_claim = False
+        self._fork_hooks = False
 
     @property
     def started(self) -> bool:
@@ -70,9 +75,11 @@ class ServiceState:
             settings = Settings.from_config(self.app.config)
             dirs = StateDir(settings.state_dir)
             dirs.ensure()
-            lock = StateLock(dirs)
-            lock.acquire()
-            self.settings, self.dirs, self._state_lock = settings, dirs, lock
+            if self._state_lock is None:
+                lock = StateLock(dirs)
+                lock.acquire()  # a request must not wait: the holder is alive, or it is a 503
+                self._state_lock = lock
+            self.settings, self.dirs = settings, dirs
             self.registry = Registry(dirs)
             self.hub = EventHub(settings.events_replay, settings.events_queue)
             self.manager = DownloadManager(settings, dirs, self.registry, self.hub, notify=self._notify)
@@ -81,6 +88,57 @@ class ServiceState:
             atexit.register(lambda: (s := ref()) is not None and s.shutdown())
         self.manager.start()
         return self
+
+    def claim(self) -> None:
+        """Takes the state directory's lock now, starting nothing, waiting up to
+        ``ARW_LOCK_WAIT_SECS`` for a process that is still exiting.
+
+        For a server process at boot: a second worker (``gunicorn -w 2``) then fails
+        to boot, instead of answering ``503 state-dir-in-use`` to its share of the
+        requests. If this process forks before it serves (``--preload``), the lock
+        goes to the child: see :meth:`_after_fork_in_child`."""
+        with self._lock:
+            if self._state_lock is not None or self._started:
+                return
+            settings = Settings.from_config(self.app.config)
+            lock = StateLock(StateDir(settings.state_dir))
+            lock.acquire(settings.lock_wait)
+            self._state_lock = lock
+            if not self._fork_hooks:
+                self._fork_hooks = True
+                ref = weakref.ref(self)
+                os.register_at_fork(
+                    after_in_parent=lambda: (s := ref()) is not None and s._after_fork_in_parent(),
+                    after_in_child=lambda: (s := ref()) is not None and s._after_fork_in_child(),
+                )
+
+    def _after_fork_in_parent(self) -> None:
+        # A process that loaded the app and forks before serving is a server's master
+        # (gunicorn --preload): its workers serve, so the lock is theirs to take.
+        if self._state_lock is not None and not self._started:
+            self._state_lock.release()
+            self._state_lock = None
+            self._children_claim = True
+
+    def _after_fork_in_child(self) -> None:
+        if self._started:
+            return
+        if self._state_lock is not None:
+            # The inherited descriptor shares the parent's lock; once both copies are
+            # closed the lock is free, and this process takes its own.
+            self._state_lock.release()
+            self._state_lock = None
+            self._children_claim = True
+        if self._children_claim:
+            self._children_claim = False
+            try:
+                self.claim()
+            except StateLockError as exc:
+                # Exceptions raised here are ignored by os.fork; exit code 3 is
+                # gunicorn's "worker failed to boot", on which the whole server stops.
+                sys.stderr.write(f"arw-models: {exc}\n")
+                sys.stderr.flush()
+                os._exit(3)
 
     def _notify(self, kind: str, payload: dict[str, Any]) -> None:
         signal = signals.BY_STATUS.get(payload.get("status", "")) if kind == PROGRESS else signals.models_changed
@@ -98,7 +156,12 @@ class ServiceState:
         """Stops transfers (their ``.part`` stays resumable), ends every event
         stream and releases the state directory. Safe to call twice."""
         with self._lock:
-            if not self._started or self._stopped:
+            if not self._started:
+                if self._state_lock is not None:  # claimed at boot, never served
+                    self._state_lock.release()
+                    self._state_lock = None
+                return
+            if self._stopped:
                 return
             self._stopped = True
         self.manager.shutdown(wait=wait)
@@ -127,6 +190,13 @@ class ArwModels:
         app.register_blueprint(bp, url_prefix=prefix.rstrip("/") if prefix else None)
 
     @staticmethod
+    def claim(app: Flask) -> None:
+        """Takes ``app``'s state directory lock now; call it where a server loads your
+        app, so that a second worker on the same directory fails at boot. Raises
+        :class:`StateLockError`."""
+        app.extensions[EXTENSION].claim()
+
+    @staticmethod
     def state(app: Flask | None = None) -> ServiceState:
         """The started service of ``app`` (default: the current app)."""
         target = app if app is not None else current_app
@@ -145,4 +215,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     ArwModels(app)
     # The standalone app answers its own 404 and 405 as problem documents too.
     app.register_error_handler(HTTPException, handle_http_exception)
+    if os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+        _claim_at_boot(app)
     return app
+
+
+def _claim_at_boot(app: Flask) -> None:
+    """Under a gunicorn server, whatever its command line: the process that loads the
+    app takes the state lock now, so that a second worker fails to boot and the
+    server stops with the reason, rather than serving half its requests as 503."""
+    try:
+        app.extensions[EXTENSION].claim()
+    except StateLockError as exc:
+        sys.stderr.write(f"arw-models: {exc}\n")
+        sys.stderr.flush()
+        # gunicorn passes SystemExit through; 3 is its "worker failed to boot".
+        raise SystemExit(3) from None

@@ -57,6 +57,11 @@ DEFAULTS: dict[str, Any] = {
     "ARW_EVENTS_KEEPALIVE_SECS": 15.0,
     # Reconnection delay suggested to SSE clients (the `retry:` field), in ms.
     "ARW_EVENTS_RETRY_MS": 3000,
+    # How many finished jobs stay in memory for GET /models/downloads/<id>; oldest go first.
+    "ARW_JOBS_KEEP": 1000,
+    # Seconds a starting server waits for the state directory's lock (held by a
+    # process that is still exiting, say); a sibling worker is refused at once.
+    "ARW_LOCK_WAIT_SECS": 5.0,
 }
 
 
@@ -98,6 +103,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_EVENTS_QUEUE": int,
     "ARW_EVENTS_KEEPALIVE_SECS": float,
     "ARW_EVENTS_RETRY_MS": int,
+    "ARW_JOBS_KEEP": int,
+    "ARW_LOCK_WAIT_SECS": float,
 }
 
 
@@ -136,6 +143,8 @@ class Settings:
     events_queue: int
     keepalive: float
     retry_ms: int
+    jobs_keep: int
+    lock_wait: float
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -171,6 +180,8 @@ class Settings:
             events_queue=int(get("ARW_EVENTS_QUEUE")),
             keepalive=float(get("ARW_EVENTS_KEEPALIVE_SECS")),
             retry_ms=int(get("ARW_EVENTS_RETRY_MS")),
+            jobs_keep=int(get("ARW_JOBS_KEEP")),
+            lock_wait=float(get("ARW_LOCK_WAIT_SECS")),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -178,6 +189,10 @@ class Settings:
             raise ValueError("ARW_DL_CHUNK_BYTES must be at least 1024")
         if settings.retries < 0:
             raise ValueError("ARW_DL_RETRIES must not be negative")
+        if settings.jobs_keep < 0:
+            raise ValueError("ARW_JOBS_KEEP must not be negative")
+        if not 0 <= settings.lock_wait <= 60:
+            raise ValueError("ARW_LOCK_WAIT_SECS must be between 0 and 60")
         return settings
 
     def public(self) -> dict[str, Any]:
@@ -200,5 +215,7 @@ class Settings:
             "events_queue": self.events_queue,
             "events_keepalive_secs": self.keepalive,
             "events_retry_ms": self.retry_ms,
+            "jobs_keep": self.jobs_keep,
+            "lock_wait_secs": self.lock_wait,
             "auth": "token" if self.admin_token else "none",
         }

@@ -4,8 +4,11 @@ Concurrency model: request threads call :meth:`DownloadManager.submit` and
 :meth:`~DownloadManager.cancel`, which only touch the job table under one lock and
 hand work to a ``ThreadPoolExecutor`` of ``ARW_MODELS_MAX_CONC`` threads, created
 on first use (never at import or in ``init_app``, so forking servers and
-``--preload`` work). Jobs beyond that many wait in the executor's FIFO queue as
-``queued``. Each running job is owned by one :class:`~arw_models.worker.Worker`;
+``--preload`` work). Jobs wait in the manager's own FIFO queue as ``queued``; each
+executor thread is a slot that takes the oldest until none is left, so a job
+canceled while queued is simply taken out. Finished jobs stay in the table for
+``GET /models/downloads/<id>`` until ``ARW_JOBS_KEEP`` newer ones have finished.
+Each running job is owned by one :class:`~arw_models.worker.Worker`;
 only the owner touches its ``.part``, except for a job that never started, which
 the cancelling thread cleans up itself. Events go to the hub, which never blocks.
 """
@@ -17,8 +20,9 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import requests
@@ -58,7 +62,6 @@ class DownloadJob:
         self.stop_event = threading.Event()
         self.stop_reason: str | None = None
         self.done = threading.Event()
-        self.future: Future[None] | None = None
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._response: requests.Response | None = None
@@ -157,6 +160,13 @@ class DownloadManager:
         self.hub = hub
         self._notify = notify
         self._jobs: dict[str, DownloadJob] = {}
+        # Finished jobs, oldest first: the last ARW_JOBS_KEEP stay answerable.
+        self._finished: OrderedDict[str, DownloadJob] = OrderedDict()
+        # Jobs waiting for a slot, in order. The executor runs at most max_conc drain
+        # loops, never one task per job: a queued job that is canceled leaves nothing
+        # behind in the executor's own queue.
+        self._pending: deque[DownloadJob] = deque()
+        self._draining = 0
         self._lock = threading.RLock()
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
@@ -221,7 +231,10 @@ class DownloadManager:
                 self.emit(job, "queued")
             else:
                 job.status = "resumed" if self._resumable_part(model_id, url, sha256) else "started"
-            job.future = self._pool().submit(self._run, job)
+            self._pending.append(job)
+            if self._draining < self.settings.max_conc:
+                self._draining += 1
+                self._pool().submit(self._drain)
             return 202, job.snapshot()
 
     def _installed_as_asked(self, model_id: str, url: str, sha256: str | None) -> dict[str, Any] | None:
@@ -244,6 +257,24 @@ class DownloadManager:
             return False
         return bool(sha256 or strong_etag(sidecar.get("etag")) or sidecar.get("last_modified"))
 
+    def _drain(self) -> None:
+        """One slot: runs queued jobs, oldest first, until none is left."""
+        while True:
+            with self._lock:
+                if not self._pending or self._closed:
+                    self._draining -= 1
+                    return
+                job = self._pending.popleft()
+            self._run(job)
+
+    def _unqueue(self, job: DownloadJob) -> bool:
+        """Takes a job that never reached a slot out of the queue (under the lock)."""
+        try:
+            self._pending.remove(job)
+        except ValueError:
+            return False
+        return True
+
     def _run(self, job: DownloadJob) -> None:
         try:
             Worker(self, job).run()
@@ -257,8 +288,20 @@ class DownloadManager:
             self._failed(job, TransferError("internal-error", f"the service failed ({exc.__class__.__name__});"
                                             " its log has the details"))
         finally:
-            job.finished_at = utcnow()
-            job.done.set()
+            self._ended(job)
+
+    def _ended(self, job: DownloadJob) -> None:
+        """Marks the job done and forgets the oldest finished jobs beyond ``jobs_keep``,
+        so that the job table does not grow with every id ever asked for."""
+        job.finished_at = job.finished_at or utcnow()
+        with self._lock:
+            self._finished[job.id] = job
+            self._finished.move_to_end(job.id)
+            while len(self._finished) > self.settings.jobs_keep:
+                old_id, old = self._finished.popitem(last=False)
+                if self._jobs.get(old_id) is old:  # not a newer job of the same id
+                    del self._jobs[old_id]
+        job.done.set()
 
     def _stopped(self, job: DownloadJob) -> None:
         if job.stop_reason == "shutdown":
@@ -354,11 +397,10 @@ class DownloadManager:
                 self.emit(target, "canceled")
                 return {"id": model_id, "status": "canceled"}
             job.stop("cancel")
-            if job.future is not None and job.future.cancel():
+            if self._unqueue(job):
                 # It never reached a worker: nobody else owns its files.
                 self._stopped(job)
-                job.finished_at = utcnow()
-                job.done.set()
+                self._ended(job)
         job.done.wait(wait)
         return {"id": model_id, "status": "canceled"}
 
@@ -443,11 +485,11 @@ class DownloadManager:
         with self._lock:
             self._closed = True
             jobs = [j for j in self._jobs.values() if j.active]
-        for job in jobs:
-            job.stop("shutdown")
-            if job.future is not None and job.future.cancel():
-                job.status = "interrupted"
-                job.done.set()
+            for job in jobs:
+                job.stop("shutdown")
+                if self._unqueue(job):
+                    job.status = "interrupted"
+                    job.done.set()
         if self._executor is not None:
             self._executor.shutdown(wait=wait, cancel_futures=True)
 

@@ -50,6 +50,16 @@ def _is_loopback(address: str) -> bool:
 
 
 def on_starting(server: Any) -> None:
+    if server.cfg.workers != 1:
+        # Every worker would need the state directory's lock: the second could never
+        # serve. Refuse before binding, with the reason, whatever the command line said.
+        state_dir = os.path.abspath(os.environ.get("ARW_STATE_DIR", "./state"))
+        sys.stderr.write(
+            f"arw-models: refusing to start {server.cfg.workers} workers on one state directory "
+            f"({state_dir}, lock {os.path.join(state_dir, 'arw-models.lock')}): one process serves it, "
+            "with --threads for concurrency; run one worker (-w 1), or one instance per ARW_STATE_DIR\n"
+        )
+        sys.exit(2)
     addresses = server.cfg.bind or []
     remote = [a for a in addresses if not _is_loopback(a)]
     allowed = os.environ.get("ARW_ALLOW_REMOTE", "").lower() in ("1", "true", "yes", "on")
@@ -68,6 +78,7 @@ def post_worker_init(worker: Any) -> None:
     app = worker.wsgi
     state = app.extensions["arw_models"]
     try:
+        state.claim()  # waits for a predecessor that is still exiting
         state.start()
     except StateLockError as exc:
         worker.log.error("%s", exc)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from arw_models import ArwModels, create_app
 from arw_models.events import Event, Subscription
 
 from .origin import Origin
+from .servers import Gunicorn
 
 TERMINAL = ("complete", "error", "canceled")
 
@@ -176,3 +178,19 @@ def service(make_app: Callable[..., Any]) -> Iterator[Service]:
     yield make
     for watch in watches:
         watch.close()
+
+
+@pytest.fixture
+def gunicorns(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
+    started: list[Gunicorn] = []
+
+    def start(name: str, state_dir: Path, argv: list[str] | None = None, **env: str) -> Gunicorn:
+        g = Gunicorn(tmp_path, name, state_dir, argv, env)
+        started.append(g)
+        return g
+
+    try:
+        yield start
+    finally:
+        for g in started:
+            g.close()

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,11 @@ from arw_models.downloads import CHANGED, PROGRESS
 
 from .conftest import FAST, LiveServer, Watch, post_download
 from .origin import payload
+from .servers import CONF, ROOT, Gunicorn, free_port
 from .sse import Frame, SSEClient
 
 KiB = 1024
 MiB = 1024 * KiB
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN = str(Path(sys.executable).parent / "gunicorn")
-CONF = "python:arw_models.gunicorn_conf"
 TOKEN = "adm1n-T0ken-zqv"
 
 ALL_SIGNALS = (
@@ -543,99 +541,6 @@ def test_a_second_app_on_the_same_state_dir_is_refused_until_the_first_stops(
 # -- gunicorn processes ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Gunicorn:
-    """One gunicorn (master and worker in their own process group), output in a file."""
-
-    def __init__(self, tmp_path: Path, name: str, state_dir: Path, argv: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / f"{name}.log"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith(("ARW_", "GUNICORN"))}
-        environ.update(
-            ARW_STATE_DIR=str(state_dir),
-            ARW_PORT=str(self.port),
-            ARW_THREADS="4",
-            ARW_MODELS_DISK_RESERVE_MB="0",
-            ARW_DL_PROGRESS_INTERVAL_MS="20",
-            ARW_DL_RETRY_BACKOFF_MS="1",
-            ARW_DL_RETRY_BACKOFF_MAX_MS="20",
-            ARW_DL_IDLE_TIMEOUT_SECS="5",
-            ARW_DL_CHUNK_BYTES=str(64 * KiB),
-            # Where gunicorn puts its control socket, should it open one.
-            XDG_RUNTIME_DIR=str(tmp_path),
-        )
-        environ.update(env or {})
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
-        try:
-            self.proc = subprocess.Popen(
-                [GUNICORN, *(argv if argv is not None else ["-c", CONF, "wsgi:app"])],
-                cwd=ROOT, env=environ, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: close() kills the master and its worker
-            )
-        except BaseException:
-            self._log.close()
-            raise
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        """A bounded connect-retry on /healthz; fails at once if the process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gunicorn exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gunicorn did not answer within {timeout}s:\n{self.output()}")
-            try:
-                self.proc.wait(0.05)  # the pause between two connects also notices an exit
-            except subprocess.TimeoutExpired:
-                pass
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"gunicorn still runs after {timeout}s:\n{self.output()}") from None
-
-    def close(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the master and any worker it left
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait(10)
-        self._log.close()
-
-
-@pytest.fixture
-def gunicorns(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    started: list[Gunicorn] = []
-
-    def start(name: str, state_dir: Path, argv: list[str] | None = None, **env: str) -> Gunicorn:
-        g = Gunicorn(tmp_path, name, state_dir, argv, env)
-        started.append(g)
-        return g
-
-    try:
-        yield start
-    finally:
-        for g in started:
-            g.close()
-
-
 def read_frames_until(sse: SSEClient, predicate: Callable[[Frame], bool]) -> list[Frame]:
     frames = []
     while True:
@@ -800,7 +705,7 @@ def test_on_starting_allows_a_remote_bind_with_a_token_or_an_explicit_opt_in(mon
 
     from arw_models import gunicorn_conf
 
-    server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:1", "0.0.0.0:2"]))
+    server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:1", "0.0.0.0:2"], workers=1))
     monkeypatch.delenv("ARW_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("ARW_ALLOW_REMOTE", raising=False)
     with pytest.raises(SystemExit) as refused:
@@ -815,7 +720,7 @@ def test_on_starting_allows_a_remote_bind_with_a_token_or_an_explicit_opt_in(mon
         gunicorn_conf.on_starting(server)
     monkeypatch.setenv("ARW_ADMIN_TOKEN", TOKEN)
     gunicorn_conf.on_starting(server)
-    gunicorn_conf.on_starting(SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:1"])))
+    gunicorn_conf.on_starting(SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:1"], workers=1)))
 
 
 def test_a_blank_token_is_no_token_and_a_padded_one_is_trimmed(make_app: Any, tmp_path: Path) -> None:
