@@ -285,6 +285,26 @@ def strong_etag(value: str | None) -> str | None:
     return value
 
 
+def same_version(recorded_etag: str | None, recorded_modified: str | None, headers: Any) -> bool | None:
+    """Whether an answer that continues a ``.part`` (a 206, a 416) is of the version
+    of the file whose bytes the ``.part`` holds, judged by the answer's own
+    validators: many origins and CDNs ignore ``If-Range`` and send the range of
+    whatever version they have now.
+
+    The recorded strong ETag decides when the answer carries an ETag (a weak one is
+    not the same strong one); without one, the recorded Last-Modified decides when
+    the answer carries that. None: the answer carries nothing to compare.
+    """
+    recorded_etag = strong_etag(recorded_etag)
+    etag = (headers.get("ETag") or "").strip()
+    if recorded_etag and etag:
+        return etag == recorded_etag
+    modified = (headers.get("Last-Modified") or "").strip()
+    if recorded_modified and modified:
+        return modified == recorded_modified.strip()
+    return None
+
+
 def content_length(headers: Any) -> int | None:
     value = headers.get("Content-Length")
     if value is None or not _digits(value.strip()):
