@@ -313,7 +313,9 @@ def content_length(headers: Any) -> int | None:
 
 
 def redact_url(url: str) -> str:
-    """The url without userinfo or query string, as shown to clients and in logs."""
+    """The url as shown to clients and in logs: without userinfo, query string, path
+    parameters (``;token=...`` in any segment) or fragment, any of which may carry
+    credentials."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -329,22 +331,30 @@ def redact_url(url: str) -> str:
     if parts.username is not None or parts.password is not None:
         netloc = "***@" + netloc
     query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit((parts.scheme, netloc, _PARAMS.sub(r"\1;***", parts.path), query, ""))
 
 
+# The characters that end a url quoted in a message: urllib3 and requests put urls and
+# request targets between quotes or before " (Caused by ...)".
 _QUERY = re.compile(r"\?[^\s'\"()]*")
 _USERINFO = re.compile(r"//[^/\s'\"@]*@")
+# A ';' counts only inside a path (after a '/' with no space between): prose keeps its semicolons.
+_PARAMS = re.compile(r"(/[^\s'\"()/;?#]*);[^\s'\"()/?#]*")
+_FRAGMENT = re.compile(r"(/[^\s'\"()#]*)#[^\s'\"()]*")
 
 
 def redact_text(text: str) -> str:
-    """A message (an exception's, say) without the query strings or userinfo of the
-    urls it quotes: urllib3 quotes the request target, and urls often carry
-    credentials there."""
-    return _USERINFO.sub("//***@", _QUERY.sub("?***", text))
+    """A message (an exception's, say) without the query strings, path parameters,
+    fragments or userinfo of the urls it quotes: urllib3 quotes the request target,
+    and urls often carry credentials there."""
+    text = _FRAGMENT.sub(r"\1#***", text)
+    text = _QUERY.sub("?***", text)
+    return _USERINFO.sub("//***@", _PARAMS.sub(r"\1;***", text))
 
 
 def url_filename(url: str) -> str:
+    """The last path segment, without its parameters (``f.bin;token=...`` is ``f.bin``)."""
     from urllib.parse import unquote
 
     path = urlsplit(url).path
-    return unquote(path.rstrip("/").rsplit("/", 1)[-1]) if path else ""
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1].split(";", 1)[0]) if path else ""
