@@ -101,9 +101,12 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url must be a single http or https URL without spaces", code="invalid-url")
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises on a malformed port
+        port = parts.port  # raises on a malformed port
     except ValueError:
         raise BadRequest("url is not a valid URL", code="invalid-url") from None
+    if port == 0:
+        # Port 0 means "any port" to a socket API: no origin listens there.
+        raise BadRequest("url must not use port 0", code="invalid-url")
     if parts.scheme.lower() not in ("http", "https"):
         raise BadRequest("url must use http or https", code="invalid-url")
     if not parts.hostname:

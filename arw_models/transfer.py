@@ -285,6 +285,26 @@ def strong_etag(value: str | None) -> str | None:
     return value
 
 
+def same_version(recorded_etag: str | None, recorded_modified: str | None, headers: Any) -> bool | None:
+    """Whether an answer that continues a ``.part`` (a 206, a 416) is of the version
+    of the file whose bytes the ``.part`` holds, judged by the answer's own
+    validators: many origins and CDNs ignore ``If-Range`` and send the range of
+    whatever version they have now.
+
+    The recorded strong ETag decides when the answer carries an ETag (a weak one is
+    not the same strong one); without one, the recorded Last-Modified decides when
+    the answer carries that. None: the answer carries nothing to compare.
+    """
+    recorded_etag = strong_etag(recorded_etag)
+    etag = (headers.get("ETag") or "").strip()
+    if recorded_etag and etag:
+        return etag == recorded_etag
+    modified = (headers.get("Last-Modified") or "").strip()
+    if recorded_modified and modified:
+        return modified == recorded_modified.strip()
+    return None
+
+
 def content_length(headers: Any) -> int | None:
     value = headers.get("Content-Length")
     if value is None or not _digits(value.strip()):
@@ -293,7 +313,9 @@ def content_length(headers: Any) -> int | None:
 
 
 def redact_url(url: str) -> str:
-    """The url without userinfo or query string, as shown to clients and in logs."""
+    """The url as shown to clients and in logs: without userinfo, query string, path
+    parameters (``;token=...`` in any segment) or fragment, any of which may carry
+    credentials."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -309,22 +331,30 @@ def redact_url(url: str) -> str:
     if parts.username is not None or parts.password is not None:
         netloc = "***@" + netloc
     query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return urlunsplit((parts.scheme, netloc, _PARAMS.sub(r"\1;***", parts.path), query, ""))
 
 
+# The characters that end a url quoted in a message: urllib3 and requests put urls and
+# request targets between quotes or before " (Caused by ...)".
 _QUERY = re.compile(r"\?[^\s'\"()]*")
 _USERINFO = re.compile(r"//[^/\s'\"@]*@")
+# A ';' counts only inside a path (after a '/' with no space between): prose keeps its semicolons.
+_PARAMS = re.compile(r"(/[^\s'\"()/;?#]*);[^\s'\"()/?#]*")
+_FRAGMENT = re.compile(r"(/[^\s'\"()#]*)#[^\s'\"()]*")
 
 
 def redact_text(text: str) -> str:
-    """A message (an exception's, say) without the query strings or userinfo of the
-    urls it quotes: urllib3 quotes the request target, and urls often carry
-    credentials there."""
-    return _USERINFO.sub("//***@", _QUERY.sub("?***", text))
+    """A message (an exception's, say) without the query strings, path parameters,
+    fragments or userinfo of the urls it quotes: urllib3 quotes the request target,
+    and urls often carry credentials there."""
+    text = _FRAGMENT.sub(r"\1#***", text)
+    text = _QUERY.sub("?***", text)
+    return _USERINFO.sub("//***@", _PARAMS.sub(r"\1;***", text))
 
 
 def url_filename(url: str) -> str:
+    """The last path segment, without its parameters (``f.bin;token=...`` is ``f.bin``)."""
     from urllib.parse import unquote
 
     path = urlsplit(url).path
-    return unquote(path.rstrip("/").rsplit("/", 1)[-1]) if path else ""
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1].split(";", 1)[0]) if path else ""

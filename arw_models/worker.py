@@ -36,6 +36,7 @@ from .transfer import (
     parse_retry_after,
     redact_text,
     redact_url,
+    same_version,
     socket_hook,
     strong_etag,
     url_filename,
@@ -192,7 +193,6 @@ class Worker:
             headers["Range"] = f"bytes={offset}-"
             if validator:
                 headers["If-Range"] = validator
-        expected_total = sidecar.get("total") if sidecar else None
 
         try:
             response = session.get(
@@ -220,7 +220,7 @@ class Worker:
         job.attach_response(response)
         try:
             self._check_stop()
-            offset, total = self._accept(response, offset, expected_total)
+            offset, total = self._accept(response, offset, sidecar or {})
             if offset is None:
                 return  # 416 for a .part that is already whole
             # Before the sidecar is written: a download refused for its size or for the
@@ -240,10 +240,14 @@ class Worker:
             job.attach_response(None)
             response.close()
 
-    def _accept(self, response: requests.Response, offset: int, expected_total: int | None) -> tuple[int | None, int | None]:
-        """Checks that the answer continues the bytes on disk; returns (offset, total)."""
+    def _accept(self, response: requests.Response, offset: int, recorded: dict[str, Any]) -> tuple[int | None, int | None]:
+        """Checks that the answer continues the bytes on disk (``recorded``: their
+        sidecar); returns (offset, total)."""
         job, status = self.job, response.status_code
         url = redact_url(job.url)
+        expected_total = recorded.get("total")
+        if status in (206, 416) and offset:
+            self._check_version(response, offset, recorded)
         if status == 416 and offset:
             announced = parse_content_range(response.headers.get("Content-Range"))
             origin_total = announced.total if announced else None
@@ -287,13 +291,34 @@ class Worker:
                                 f"from byte {offset}; starting again", retryable=True, url=url)
         return offset, announced.total
 
+    def _check_version(self, response: requests.Response, offset: int, recorded: dict[str, Any]) -> None:
+        """Refuses an answer of another version of the file than the ``.part``'s: an
+        origin that ignores ``If-Range`` answers 206 (or 416) for a file that changed."""
+        same = same_version(recorded.get("etag"), recorded.get("last_modified"), response.headers)
+        if same:
+            return
+        if same is None:
+            # No validator in the answer: it proves nothing either way. A 416 carries
+            # none as a rule; bytes of a 206 are kept only when a sha256 will catch a mix.
+            if response.status_code == 416 or self.job.sha256:
+                return
+            why = "without a validator to show they are of the same version"
+        else:
+            why = "of another version of the file"
+        self._truncate()
+        raise TransferError("resume-invalid", f"the origin sent bytes from {offset} {why}; starting again from "
+                            "byte 0", retryable=True, url=redact_url(self.job.url))
+
     def _remember(self, response: requests.Response, total: int | None) -> None:
         """Writes the sidecar: what a later resume must match."""
         job = self.job
         previous = self.state.read_sidecar(job.id) or {}
-        partial = response.status_code == 206
-        etag = strong_etag(response.headers.get("ETag")) or (previous.get("etag") if partial else None)
-        modified = response.headers.get("Last-Modified") or (previous.get("last_modified") if partial else None)
+        if response.status_code == 206:
+            # The validators are those of the bytes on disk, set when they began at byte 0.
+            etag, modified = previous.get("etag"), previous.get("last_modified")
+        else:
+            etag = strong_etag(response.headers.get("ETag"))
+            modified = response.headers.get("Last-Modified")
         disposition = filename_from_disposition(response.headers.get("Content-Disposition"))
         if disposition:
             self._filename = disposition

@@ -183,7 +183,8 @@ def test_resume_uses_last_modified_when_the_etag_is_weak(make_app: Any) -> None:
     data = b"x" * 1000
     lm = "Wed, 25 Nov 2026 10:00:00 GMT"
     write_partial(app, "m", data[:10], {"url": GOOD_URL, "etag": 'W/"weak"', "last_modified": lm, "total": 1000})
-    responses.get(GOOD_URL, status=206, body=data[10:], headers={"Content-Range": "bytes 10-999/1000"})
+    responses.get(GOOD_URL, status=206, body=data[10:], headers={"Content-Range": "bytes 10-999/1000",
+                                                                 "Last-Modified": lm})
     watch = Watch(app)
     post_download(app.test_client(), "m", GOOD_URL)
     assert watch.terminal("m")["status"] == "complete"
