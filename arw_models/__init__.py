@@ -31,9 +31,9 @@ from .config import DEFAULTS, Settings, from_env
 from .downloads import PROGRESS, DownloadManager
 from .errors import handle_http_exception
 from .events import EventHub
-from .storage import Registry, StateDir, StateLock, StateLockError
+from .storage import Registry, StateDir, StateDirError, StateLock, StateLockError
 
-__all__ = ["ArwModels", "ServiceState", "StateLockError", "__version__", "create_app"]
+__all__ = ["ArwModels", "ServiceState", "StateDirError", "StateLockError", "__version__", "create_app"]
 
 log = logging.getLogger(__name__)
 EXTENSION = "arw_models"
