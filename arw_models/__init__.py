@@ -32,9 +32,9 @@ from .config import DEFAULTS, Settings, from_env
 from .downloads import PROGRESS, DownloadManager
 from .errors import handle_http_exception
 from .events import EventHub
-from .storage import Registry, StateDir, StateLock, StateLockError
+from .storage import Registry, StateDir, StateDirError, StateLock, StateLockError
 
-__all__ = ["ArwModels", "ServiceState", "StateLockError", "__version__", "create_app"]
+__all__ = ["ArwModels", "ServiceState", "StateDirError", "StateLockError", "__version__", "create_app"]
 
 log = logging.getLogger(__name__)
 EXTENSION = "arw_models"
@@ -226,7 +226,7 @@ def _claim_at_boot(app: Flask) -> None:
     server stops with the reason, rather than serving half its requests as 503."""
     try:
         app.extensions[EXTENSION].claim()
-    except StateLockError as exc:
+    except (StateLockError, StateDirError) as exc:
         sys.stderr.write(f"arw-models: {exc}\n")
         sys.stderr.flush()
         # gunicorn passes SystemExit through; 3 is its "worker failed to boot".

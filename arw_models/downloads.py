@@ -31,7 +31,7 @@ from . import __version__
 from .config import Settings
 from .errors import ArwError, Conflict, NotFound
 from .events import EventHub
-from .storage import Registry, StateDir, fsync_dir, remove_quietly, utcnow
+from .storage import Registry, StateDir, remove_quietly, utcnow
 from .transfer import new_session, redact_url, strong_etag
 from .worker import JobStopped, TransferError, Worker, disk_free
 
@@ -244,7 +244,7 @@ class DownloadManager:
             installed is not None
             and installed.get("url") == url
             and (sha256 is None or sha256 == installed.get("sha256"))
-            and os.path.isfile(self.state.model_path(installed["file"]))
+            and self.state.has_model_file(installed["file"])
         ):
             return installed
         return None
@@ -356,9 +356,10 @@ class DownloadManager:
             own = old.get("file") if old else None
             taken = self.registry.files_in_use(except_id=job.id)
             final = _free_name(name, job.id, lambda n: n in taken or (n != own and os.path.lexists(state.model_path(n))))
-            path = state.model_path(final)
-            os.replace(state.part_path(job.id), path)
-            fsync_dir(state.models_dir)
+            try:
+                path = state.install_part(job.id, final)
+            except FileNotFoundError:
+                raise TransferError("resume-invalid", "the partial file disappeared", keep_part=False) from None
             remove_quietly(state.sidecar_path(job.id))
             entry = {
                 "id": job.id,
@@ -389,7 +390,7 @@ class DownloadManager:
                 # Nothing runs (or its model is installed already); a .part left by an
                 # earlier run or a failed job is canceled too.
                 part, sidecar = self.state.part_path(model_id), self.state.sidecar_path(model_id)
-                if not (os.path.exists(part) or os.path.exists(sidecar)):
+                if not (os.path.lexists(part) or os.path.lexists(sidecar)):
                     raise NotFound(f"no download of {model_id} is active or resumable", code="no-active-download")
                 self.state.remove_partial(model_id)
                 target = job or DownloadJob(model_id, "", None, "local")
@@ -467,7 +468,7 @@ class DownloadManager:
         now = time.time()
         for model_id in list(self.state.partial_ids()):
             paths = [self.state.part_path(model_id), self.state.sidecar_path(model_id)]
-            mtimes = [os.stat(p).st_mtime for p in paths if os.path.exists(p)]
+            mtimes = [os.lstat(p).st_mtime for p in paths if os.path.lexists(p)]
             if mtimes and now - max(mtimes) > s.stale_part_secs:
                 log.info("removing stale partial download %s", model_id)
                 self.state.remove_partial(model_id)
@@ -513,6 +514,6 @@ def _free_name(name: str, model_id: str, taken: Callable[[str], bool]) -> str:
 def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:
     item = dict(entry)
     item["url"] = redact_url(str(entry.get("url", "")))
-    if not os.path.isfile(state.model_path(entry["file"])):
+    if not state.has_model_file(entry["file"]):
         item["status"] = "missing"
     return item

@@ -73,14 +73,14 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    from arw_models import StateLockError
+    from arw_models import StateDirError, StateLockError
 
     app = worker.wsgi
     state = app.extensions["arw_models"]
     try:
         state.claim()  # waits for a predecessor that is still exiting
         state.start()
-    except StateLockError as exc:
+    except (StateLockError, StateDirError) as exc:
         worker.log.error("%s", exc)
         sys.exit(3)  # gunicorn's "worker failed to boot": the arbiter stops too
 

@@ -11,7 +11,8 @@ Layout::
 
 Every name that reaches the file system comes from :func:`valid_id` (ids) or
 :func:`sanitize_filename` (final names), so nothing a client sends can name a path
-outside ``models/``.
+outside ``models/``; and no file is reached through a symbolic link, nor readable by
+other users (see :mod:`arw_models.files`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,26 @@ import logging
 import os
 import re
 import socket
+import stat
 import threading
 import time
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
+
+from .files import (
+    DIR_MODE,
+    StateDirError,
+    fsync_dir,
+    is_regular,
+    linked_dir_error,
+    lstat_file,
+    open_fd,
+    remove_quietly,
+    restrict_tree,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,45 +118,28 @@ def filename_from_disposition(header: str | None) -> str | None:
     return filename or None
 
 
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: str, data: Any) -> None:
+def atomic_write_json(path: str, data: Any, *, follow_parent: bool = False) -> None:
     """Write JSON so that readers see the old file or the new one, never a mix."""
-    directory = os.path.dirname(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(directory)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomic(path, text.encode("utf-8"), follow_parent=follow_parent)
 
 
-def remove_quietly(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
+def _read_json(path: str, *, follow_parent: bool = False) -> Any:
+    with os.fdopen(open_fd(path, os.O_RDONLY, follow_parent=follow_parent), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def open_part(path: str, append: bool) -> BinaryIO:
+    """A ``.part`` opened for writing, never through a link, unbuffered so that a
+    failed write leaves nothing behind to fail again on close."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    return os.fdopen(open_fd(path, flags), "ab" if append else "wb", buffering=0)
+
+
+def read_part(path: str) -> BinaryIO:
+    """A ``.part`` opened for reading, never through a link (``FileNotFoundError``
+    if there is none, or there was a link)."""
+    return os.fdopen(open_fd(path, os.O_RDONLY), "rb")
 
 
 class StateDir:
@@ -154,7 +152,22 @@ class StateDir:
         self.lock_path = os.path.join(self.root, "arw-models.lock")
 
     def ensure(self) -> None:
-        os.makedirs(self.models_dir, exist_ok=True)
+        """Creates the directories (``0700``) and narrows the modes of what we own
+        there; refuses a ``models/`` that is not a real directory."""
+        # The state directory itself may be a link: the operator chose that path.
+        os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
+        try:
+            os.mkdir(self.models_dir, DIR_MODE)
+        except FileExistsError:
+            pass
+        st = os.lstat(self.models_dir)
+        if stat.S_ISLNK(st.st_mode):
+            raise linked_dir_error(self.models_dir)
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateDirError(f"{self.models_dir} is not a directory")
+        restrict_tree(self.root, [os.path.basename(self.registry_path), os.path.basename(self.lock_path)],
+                      follow=True)
+        restrict_tree(self.models_dir)
 
     def part_path(self, model_id: str) -> str:
         assert valid_id(model_id), model_id
@@ -172,8 +185,7 @@ class StateDir:
 
     def read_sidecar(self, model_id: str) -> dict[str, Any] | None:
         try:
-            with open(self.sidecar_path(model_id), encoding="utf-8") as fh:
-                data = json.load(fh)
+            data = _read_json(self.sidecar_path(model_id))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -188,10 +200,42 @@ class StateDir:
         return removed
 
     def part_size(self, model_id: str) -> int | None:
+        st = lstat_file(self.part_path(model_id))
+        return None if st is None else st.st_size
+
+    def truncate_part(self, model_id: str) -> None:
         try:
-            return os.stat(self.part_path(model_id)).st_size
+            fd = open_fd(self.part_path(model_id), os.O_WRONLY)
         except FileNotFoundError:
-            return None
+            return
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+
+    def has_model_file(self, filename: str) -> bool:
+        """Whether the model file is there, as a regular file: one replaced by a link
+        counts as missing (and is not followed)."""
+        return is_regular(self.model_path(filename))
+
+    def install_part(self, model_id: str, filename: str) -> str:
+        """Renames the ``.part`` to its final name in ``models/``; returns the path.
+
+        ``FileNotFoundError`` when there is no ``.part`` as a regular file (a link
+        there is removed, never installed).
+        """
+        part, path = self.part_path(model_id), self.model_path(filename)
+        st = lstat_file(part)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise FileNotFoundError(errno.ENOENT, "the partial file is gone", part)
+        os.replace(part, path)
+        st = lstat_file(path)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            # Swapped for a link between the check and the rename: that link was
+            # removed by lstat_file, not installed.
+            raise FileNotFoundError(errno.ENOENT, "the partial file was not a regular file", part)
+        fsync_dir(self.models_dir)
+        return path
 
     def partial_ids(self) -> Iterator[str]:
         """Ids that have a ``.part`` or a sidecar in ``models/``."""
@@ -221,8 +265,7 @@ class Registry:
     def _load(self) -> dict[str, dict[str, Any]]:
         if self._items is None:
             try:
-                with open(self._state.registry_path, encoding="utf-8") as fh:
-                    data = json.load(fh)
+                data = _read_json(self._state.registry_path, follow_parent=True)
             except FileNotFoundError:
                 data = {}
             items = data.get("models", {}) if isinstance(data, dict) else {}
@@ -230,7 +273,7 @@ class Registry:
         return self._items
 
     def _save(self, items: dict[str, dict[str, Any]]) -> None:
-        atomic_write_json(self._state.registry_path, {"version": 1, "models": items})
+        atomic_write_json(self._state.registry_path, {"version": 1, "models": items}, follow_parent=True)
         self._items = items
 
     def get(self, model_id: str) -> dict[str, Any] | None:
@@ -320,7 +363,7 @@ class StateLock:
         if fcntl is None:  # pragma: no cover
             return
         self._state.ensure()
-        fd = os.open(self._state.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_fd(self._state.lock_path, os.O_RDWR | os.O_CREAT, follow_parent=True)
         deadline = time.monotonic() + wait
         waited = False
         try:

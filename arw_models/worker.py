@@ -29,7 +29,8 @@ import requests
 import urllib3.exceptions
 from urllib3.exceptions import IncompleteRead
 
-from .storage import filename_from_disposition, sanitize_filename, utcnow
+from . import storage
+from .storage import filename_from_disposition, read_part, sanitize_filename, utcnow
 from .transfer import (
     content_length,
     parse_content_range,
@@ -75,9 +76,9 @@ class TransferError(Exception):
 
 
 def open_part(path: str, append: bool) -> BinaryIO:
-    """Opens a ``.part`` for writing, unbuffered so that a failed write leaves
-    nothing behind to fail again on close; a seam for tests of disk errors."""
-    return open(path, "ab" if append else "wb", buffering=0)
+    """Opens a ``.part`` for writing (see :func:`arw_models.storage.open_part`);
+    a seam for tests of disk errors."""
+    return storage.open_part(path, append)
 
 
 def disk_free(path: str) -> int:
@@ -337,9 +338,7 @@ class Worker:
             self.state.write_sidecar(job.id, sidecar)
 
     def _truncate(self) -> None:
-        if os.path.exists(self.part):
-            with open(self.part, "r+b") as fh:
-                fh.truncate(0)
+        self.state.truncate_part(self.job.id)
         self._hasher, self._hashed = None, 0
         self.job.downloaded = 0
 
@@ -357,7 +356,11 @@ class Worker:
         stop = self.job.stop_event
         buf = bytearray(HASH_READ)
         view = memoryview(buf)
-        with open(self.part, "rb") as fh:
+        try:
+            fh = read_part(self.part)
+        except FileNotFoundError:
+            raise TransferError("resume-invalid", "the .part disappeared", retryable=True) from None
+        with fh:
             while self._hashed < length:
                 if stop.is_set():
                     raise JobStopped()
