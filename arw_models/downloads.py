@@ -231,11 +231,12 @@ class DownloadManager:
                 self.emit(job, "queued")
             else:
                 job.status = "resumed" if self._resumable_part(model_id, url, sha256) else "started"
+            answer = job.snapshot()  # as it begins: a slot may take it over at once
             self._pending.append(job)
             if self._draining < self.settings.max_conc:
                 self._draining += 1
                 self._pool().submit(self._drain)
-            return 202, job.snapshot()
+            return 202, answer
 
     def _installed_as_asked(self, model_id: str, url: str, sha256: str | None) -> dict[str, Any] | None:
         """The installed model, if it is what a POST of ``url`` (and ``sha256``) asks for."""
