@@ -29,9 +29,9 @@ from werkzeug.exceptions import HTTPException
 
 from . import signals
 from .config import DEFAULTS, Settings, from_env
-from .downloads import PROGRESS, DownloadManager
 from .errors import handle_http_exception
 from .events import EventHub
+from .manager import PROGRESS, DownloadManager
 from .storage import Registry, StateDir, StateDirError, StateLock, StateLockError
 
 __all__ = ["ArwModels", "ServiceState", "StateDirError", "StateLockError", "__version__", "create_app"]

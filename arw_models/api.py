@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from . import __version__
-from .downloads import public_model
 from .errors import (
     ArwError,
     BadRequest,
@@ -21,6 +20,7 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
+from .manager import public_model
 from .storage import StateLockError, valid_id
 
 if TYPE_CHECKING:

@@ -110,3 +110,31 @@ def handle_unexpected(exc: Exception) -> Response:
         return handle_http_exception(exc)
     log.exception("unhandled error")
     return problem(500, "internal-error", "Internal error", "the service failed to handle this request")
+
+
+class JobStopped(Exception):
+    """The job was asked to stop (a cancel, a shutdown, a newer request)."""
+
+
+class TransferError(Exception):
+    """One download failed: a stable ``code`` for the error event, whether another
+    attempt may mend it, whether the ``.part`` is worth keeping, and context
+    (url, offset, bytes expected and received) for the event and the log."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        keep_part: bool = True,
+        retry_after: float | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.keep_part = keep_part
+        self.retry_after = retry_after
+        self.context = context

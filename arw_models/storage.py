@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import stat
 import threading
@@ -101,6 +102,11 @@ def sanitize_filename(name: str, fallback: str) -> str:
         base = base.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(". ")
         name = (base or fallback[:room]) + ext
     return name
+
+
+def disk_free(path: str) -> int:
+    """Free bytes on the file system of ``path``."""
+    return shutil.disk_usage(path).free
 
 
 def filename_from_disposition(header: str | None) -> str | None:

@@ -28,7 +28,7 @@ import requests
 from flask import Flask
 
 from arw_models import ArwModels, StateLockError, create_app, signals
-from arw_models.downloads import CHANGED, PROGRESS
+from arw_models.manager import CHANGED, PROGRESS
 
 from .conftest import FAST, LiveServer, Watch, post_download
 from .origin import payload

@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 import responses
 
-import arw_models.downloads
-import arw_models.worker
 from arw_models import ArwModels, signals
 from arw_models.errors import ArwError
 from arw_models.events import EventHub
+from arw_models.jobs import DownloadJob
 
 from .conftest import Service, Watch, post_download
 from .helpers import cancel, models_dir, part, read, sidecar, write_partial
@@ -159,7 +158,7 @@ def test_a_200_that_fails_before_its_first_byte_leaves_no_old_bytes_under_the_ne
     def refuse(path: str, append: bool) -> Any:
         raise OSError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(arw_models.worker, "open_part", refuse)
+    monkeypatch.setattr(ArwModels.state(app).manager, "open_part", refuse)
     post_download(client, "v", url)
     assert watch.terminal("v")["code"] == "disk-error"
     monkeypatch.undo()
@@ -183,7 +182,7 @@ def test_unannounced_body_one_byte_over_the_cap_is_refused(service: Service, ori
 def test_disk_check_keeps_the_reserve(service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
     app, client, watch = service(ARW_MODELS_DISK_RESERVE_MB=1)
     res = origin.add("/r.gguf", payload(100_000, seed=48))
-    monkeypatch.setattr(arw_models.downloads, "disk_free", lambda path: len(res.data) + 1000)
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: len(res.data) + 1000)
     post_download(client, "r", origin.url("/r.gguf"))
     err = watch.terminal("r")
     assert err["code"] == "disk-insufficient" and err["needed"] == len(res.data) + MiB
@@ -291,14 +290,14 @@ def test_cancel_while_waiting_for_response_headers_is_prompt(
     timeout."""
     _, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
     handed = threading.Event()
-    real_attach = arw_models.downloads.DownloadJob.attach_socket
+    real_attach = DownloadJob.attach_socket
 
     def attach_socket(self: Any, sock: socket.socket) -> Any:
         result = real_attach(self, sock)
         handed.set()
         return result
 
-    monkeypatch.setattr(arw_models.downloads.DownloadJob, "attach_socket", attach_socket)
+    monkeypatch.setattr(DownloadJob, "attach_socket", attach_socket)
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(1)
@@ -327,8 +326,8 @@ def test_cancel_is_seen_between_chunks_even_if_the_socket_keeps_delivering(
     """With the socket shutdown disabled, only the stop
     event checked between chunks keeps the worker from reading the rest of the body."""
     app, client, watch = service(ARW_DL_PROGRESS_INTERVAL_MS=0)
-    monkeypatch.setattr(arw_models.downloads, "_shutdown", lambda sock: None)
-    monkeypatch.setattr(arw_models.downloads.DownloadJob, "attach_response", lambda self, response: None)
+    monkeypatch.setattr(DownloadJob, "wake", staticmethod(lambda sock: None))
+    monkeypatch.setattr(DownloadJob, "attach_response", lambda self, response: None)
     origin.add("/t.gguf", payload(4 * MiB, seed=52), throttle=4 * MiB)
     post_download(client, "t", origin.url("/t.gguf"))
     watch.status("t", "downloading")
@@ -387,7 +386,9 @@ def test_subscribing_to_a_closed_hub_ends_at_once() -> None:
 
 
 def _job(app: Any, model_id: str) -> Any:
-    return ArwModels.state(app).manager._jobs[model_id]
+    job = ArwModels.state(app).manager.find(model_id)
+    assert job is not None
+    return job
 
 
 def test_a_cancel_that_lands_after_the_last_byte_still_wins(
@@ -398,20 +399,17 @@ def test_a_cancel_that_lands_after_the_last_byte_still_wins(
     app, client, watch = service()
     origin.add("/late.gguf", payload(1000, seed=53))
     manager = ArwModels.state(app).manager
-    real = manager.state.part_size
-    calls: list[int] = []
+    points: list[str] = []
 
-    def part_size(model_id: str) -> int | None:
-        if threading.current_thread().name.startswith("arw-download"):
-            calls.append(1)
-            if len(calls) == 2:  # the first is the attempt's, the second is the verification's
-                _job(app, model_id).stop("cancel")
-        return real(model_id)
+    def checkpoint(point: str, job: Any) -> None:
+        points.append(point)
+        if point == "transferred":  # the body is on disk; verification comes next
+            job.stop("cancel")
 
-    monkeypatch.setattr(manager.state, "part_size", part_size)
+    monkeypatch.setattr(manager, "checkpoint", checkpoint)
     post_download(client, "late", origin.url("/late.gguf"))
     assert watch.terminal("late")["status"] == "canceled"
-    assert len(calls) == 2
+    assert points == ["transferred"]
     assert client.get("/models").json["items"] == []
     assert os.listdir(models_dir(app)) == []
 
@@ -423,13 +421,12 @@ def test_a_cancel_that_lands_with_a_busy_answer_publishes_no_retrying(
     canceled; the job ends canceled without announcing a retry it will never make."""
     app, client, watch = service()
     origin.add("/b.gguf", payload(1000, seed=54), statuses=[(503, {"Retry-After": "0"})])
-    real = arw_models.worker.parse_retry_after
 
-    def parse_retry_after(value: Any, now: Any = None) -> Any:
-        _job(app, "b").stop("cancel")  # the cancel lands while the 503 is being read
-        return real(value, now)
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "failed":
+            job.stop("cancel")  # the cancel lands once the 503 is read, before the retry is decided
 
-    monkeypatch.setattr(arw_models.worker, "parse_retry_after", parse_retry_after)
+    monkeypatch.setattr(ArwModels.state(app).manager, "checkpoint", checkpoint)
     post_download(client, "b", origin.url("/b.gguf"))
     assert watch.terminal("b")["status"] == "canceled"
     assert watch.statuses("b") == ["canceled"]
@@ -485,8 +482,8 @@ def test_a_shutdown_after_a_cancel_does_not_turn_it_into_an_interruption(
     res = origin.add("/c.gguf", payload(MiB, seed=55), stall_after=64 * KiB)
     post_download(client, "c", origin.url("/c.gguf"))
     assert res.stalled.wait(5)
-    monkeypatch.setattr(arw_models.downloads, "_shutdown", lambda sock: None)
-    monkeypatch.setattr(arw_models.downloads.DownloadJob, "attach_response", lambda self, response: None)
+    monkeypatch.setattr(DownloadJob, "wake", staticmethod(lambda sock: None))
+    monkeypatch.setattr(DownloadJob, "attach_response", lambda self, response: None)
     job = _job(app, "c")
     job.stop("cancel")
     job.stop("shutdown")
@@ -503,13 +500,12 @@ def test_a_cancel_between_verification_and_install_wins(
     not installed, and the cancel's answer is true."""
     app, client, watch = service()
     origin.add("/v.gguf", payload(1000, seed=56))
-    real = arw_models.worker.sanitize_filename
 
-    def sanitize_filename(name: str, fallback: str) -> str:
-        _job(app, "v").stop("cancel")  # after the last check in the worker, before install
-        return real(name, fallback=fallback)
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "verified":
+            job.stop("cancel")  # after the last check of the transfer, before the install
 
-    monkeypatch.setattr(arw_models.worker, "sanitize_filename", sanitize_filename)
+    monkeypatch.setattr(ArwModels.state(app).manager, "checkpoint", checkpoint)
     post_download(client, "v", origin.url("/v.gguf"))
     assert watch.terminal("v")["status"] == "canceled"
     assert client.get("/models").json["items"] == []
@@ -526,16 +522,15 @@ def test_a_cancel_after_the_install_says_there_is_nothing_to_cancel(
     res = origin.add("/i.gguf", payload(1000, seed=57))
     manager = ArwModels.state(app).manager
     answers: list[Any] = []
-    real = manager._changed
 
-    def changed(op: str, model_id: str) -> None:  # runs after the install, before the job ends
-        try:
-            answers.append(manager.cancel(model_id, wait=0))
-        except ArwError as exc:
-            answers.append(exc)
-        real(op, model_id)
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "installed":  # after the install, before the job ends
+            try:
+                answers.append(manager.cancel(job.id, wait=0))
+            except ArwError as exc:
+                answers.append(exc)
 
-    monkeypatch.setattr(manager, "_changed", changed)
+    monkeypatch.setattr(manager, "checkpoint", checkpoint)
     post_download(client, "i", origin.url("/i.gguf"), sha256=res.sha256)
     assert watch.terminal("i")["status"] == "complete"
     assert _job(app, "i").done.wait(5)
@@ -545,15 +540,18 @@ def test_a_cancel_after_the_install_says_there_is_nothing_to_cancel(
     assert [m["id"] for m in client.get("/models").json["items"]] == ["i"]
 
 
-def test_a_post_while_a_job_is_ending_is_answered_truthfully(service: Service, origin: Origin) -> None:
-    """Between a job's end and its worker's exit (its events and signals on their way)
-    a POST must neither join it as if it were running nor race it with a new job."""
+def test_a_post_made_on_a_jobs_terminal_signal_finds_the_job_over(service: Service, origin: Origin) -> None:
+    """A receiver of the terminal signal (or a client that acts on the terminal event)
+    posts again at once: the job is over by then, so the POST answers 200 for the
+    installed model, or starts a new job, and never races the ending one."""
     app, client, watch = service()
     good = origin.add("/ok.gguf", payload(1000, seed=58))
-    origin.add("/gone.gguf", payload(10), statuses=[(404, {})])
+    origin.add("/gone.gguf", payload(10), statuses=[(404, {}), (404, {})])
     answers: dict[str, Any] = {}
 
-    def post_again(sender: Any, payload: dict[str, Any]) -> None:  # runs in the ending worker
+    def post_again(sender: Any, payload: dict[str, Any]) -> None:  # runs in the ending job's thread
+        if payload["id"] in answers:
+            return
         url = origin.url("/ok.gguf" if payload["id"] == "ok" else "/gone.gguf")
         answers[payload["id"]] = app.test_client().post("/models/download", json={"id": payload["id"], "url": url})
 
@@ -563,9 +561,13 @@ def test_a_post_while_a_job_is_ending_is_answered_truthfully(service: Service, o
         assert watch.terminal("ok")["status"] == "complete"
         post_download(client, "gone", origin.url("/gone.gguf"))
         assert watch.terminal("gone")["status"] == "error"
+        assert watch.terminal("gone")["status"] == "error"  # the job the receiver started
         for model_id in ("ok", "gone"):
             assert _job(app, model_id).done.wait(5)
     assert answers["ok"].status_code == 200 and answers["ok"].json["sha256"] == good.sha256
-    assert answers["gone"].status_code == 409 and answers["gone"].json["code"] == "download-ending"
+    assert answers["gone"].status_code == 202 and answers["gone"].json["status"] == "started"
     assert watch.statuses("ok") == ["started", "complete"]
-    assert watch.statuses("gone") == ["error"]
+    assert watch.statuses("gone") == ["error", "error"]
+    assert len(origin.requests_for("/gone.gguf")) == 2
+
+

@@ -90,10 +90,11 @@ def test_reconnect_in_the_middle_of_a_download_replays_what_a_continuous_client_
 def test_a_client_that_stops_reading_slows_neither_a_download_nor_other_clients(
     make_app: Any, origin: Any,
 ) -> None:
-    app = make_app(ARW_EVENTS_QUEUE=512, ARW_DL_PROGRESS_INTERVAL_MS=0)
+    app = make_app(ARW_EVENTS_QUEUE=512, ARW_DL_PROGRESS_INTERVAL_MS=5)
     server = LiveServer(app)
     hub = ArwModels.state(app).hub
-    res = origin.add("/f.gguf", payload(16 * MiB, seed=4))  # no throttle: full speed
+    # Fast, yet long enough for a stream of progress events (one each 5 ms).
+    res = origin.add("/f.gguf", payload(16 * MiB, seed=4), throttle=64 * MiB)
     stuck = socket.create_connection(("127.0.0.1", server.server.server_port), timeout=5)
     try:
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -19,10 +19,8 @@ from typing import Any, Self
 
 import pytest
 
-import arw_models.downloads
-import arw_models.transfer
-import arw_models.worker
 from arw_models import ArwModels
+from arw_models.jobs import DownloadJob
 
 from .conftest import Service, Watch, post_download
 from .helpers import cancel, listing, models_dir, part, read, sidecar, write_partial
@@ -202,14 +200,14 @@ def test_cancel_during_a_hanging_connect_is_prompt(
     # A 30 s connect timeout: only the shutdown of the connecting socket explains a fast cancel.
     app, client, watch = service(ARW_DL_CONNECT_TIMEOUT_SECS=30)
     connecting = threading.Event()
-    hand_over = arw_models.transfer._hand_over
+    attach = DownloadJob.attach_socket
 
-    def noting_hand_over(sock: socket.socket | None) -> bool:
-        stopped = hand_over(sock)
+    def noting_attach(job: DownloadJob, sock: socket.socket) -> bool:
+        stopped = attach(job, sock)
         connecting.set()  # connect() comes next
         return stopped
 
-    monkeypatch.setattr(arw_models.transfer, "_hand_over", noting_hand_over)
+    monkeypatch.setattr(DownloadJob, "attach_socket", noting_attach)
     post_download(client, "void", f"http://127.0.0.1:{black_hole}/void.gguf")
     assert connecting.wait(5)
     t0 = time.monotonic()
@@ -299,7 +297,9 @@ def test_cancel_of_a_queued_job_never_reaches_the_origin(service: Service, origi
 
 
 def test_a_queue_of_three_runs_one_at_a_time_in_order(service: Service, origin: Origin) -> None:
-    app, client, watch = service(ARW_MODELS_MAX_CONC=1)
+    # A retry waits (0.5-1 s) long enough for both small queued jobs to run meanwhile.
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_RETRY_BACKOFF_MS=1000,
+                                 ARW_DL_RETRY_BACKOFF_MAX_MS=1000)
     a = origin.add("/q/a.gguf", payload(512 * KiB, seed=11), stall_after=64 * KiB)
     b = origin.add("/q/b.gguf", payload(300 * KiB, seed=12))
     c = origin.add("/q/c.gguf", payload(200 * KiB, seed=13))
@@ -309,18 +309,19 @@ def test_a_queue_of_three_runs_one_at_a_time_in_order(service: Service, origin: 
     assert post_download(client, "c", origin.url("/q/c.gguf"), sha256=c.sha256).json["status"] == "queued"
     listed = client.get("/models/downloads").json["items"]
     assert [(i["id"], i["status"]) for i in listed][1:] == [("b", "queued"), ("c", "queued")]
-    a.release.set()
-    for model_id in ("a", "b", "c"):
-        assert watch.terminal(model_id)["status"] == "complete"
+    a.release.set()  # a's connection ends short: it waits to retry, and gives its slot away
+    watch.until(lambda e: len({p["id"] for p in watch.payloads() if p["status"] == "complete"}) == 3)
 
-    # The origin saw them strictly one after the other.
+    # The origin saw one transfer at a time: a, then b and c in their order while a
+    # waited to retry (its slot given away), then a again.
     paths = [s.path for s in origin.seen]
     order = [p for i, p in enumerate(paths) if i == 0 or paths[i - 1] != p]
-    assert order == ["/q/a.gguf", "/q/b.gguf", "/q/c.gguf"]
+    assert order == ["/q/a.gguf", "/q/b.gguf", "/q/c.gguf", "/q/a.gguf"]
+    assert origin.requests_for("/q/a.gguf")[1].range == f"bytes={64 * KiB}-"
     # And the events never show two transfers at once.
     running: set[str] = set()
     for p in watch.payloads():
-        if p["status"] in ("complete", "error", "canceled"):
+        if p["status"] in ("complete", "error", "canceled", "retrying"):
             running.discard(p["id"])
         elif p["status"] != "queued":
             running.add(p["id"])
@@ -329,9 +330,6 @@ def test_a_queue_of_three_runs_one_at_a_time_in_order(service: Service, origin: 
     for model_id, res in (("a", a), ("b", b), ("c", c)):
         assert read(os.path.join(models_dir(app), f"{model_id}.gguf")) == res.data
     assert sorted(m["id"] for m in client.get("/models").json["items"]) == ["a", "b", "c"]
-
-
-# -- 7. busy answers and final ones ----------------------------------------------------
 
 
 def test_busy_answers_are_retried_honouring_a_capped_retry_after(service: Service, origin: Origin) -> None:
@@ -546,8 +544,9 @@ def test_disk_full_keeps_the_part_and_a_later_post_resumes(
     res = origin.add("/full.gguf", payload(MiB, seed=28))
     room = 200_000
     budget = [room]
-    real_open = arw_models.worker.open_part
-    monkeypatch.setattr(arw_models.worker, "open_part", lambda path, append: FillingDisk(real_open(path, append), budget))
+    manager = ArwModels.state(app).manager
+    real_open = manager.open_part
+    monkeypatch.setattr(manager, "open_part", lambda path, append: FillingDisk(real_open(path, append), budget))
     url = origin.url("/full.gguf")
     post_download(client, "full", url, sha256=res.sha256)
     err = watch.terminal("full")
@@ -574,7 +573,7 @@ def test_disk_insufficient_before_a_fresh_transfer_leaves_nothing(
 ) -> None:
     app, client, watch = service()
     res = origin.add("/big.gguf", payload(MiB, seed=29))
-    monkeypatch.setattr(arw_models.downloads, "disk_free", lambda path: 1000)
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: 1000)
     post_download(client, "big", origin.url("/big.gguf"))
     err = watch.terminal("big")
     assert err["status"] == "error" and err["code"] == "disk-insufficient"
@@ -592,7 +591,7 @@ def test_disk_insufficient_keeps_a_resumable_part(
     have = 100_000
     side = {"url": origin.url("/r.gguf"), "etag": res.etag, "total": len(res.data)}
     write_partial(app, "r", res.data[:have], side)
-    monkeypatch.setattr(arw_models.downloads, "disk_free", lambda path: 1000)
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: 1000)
     post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
     err = watch.terminal("r")
     assert err["code"] == "disk-insufficient" and err["needed"] == len(res.data) - have
@@ -613,7 +612,7 @@ def test_disk_check_counts_what_running_downloads_still_need(
     one = origin.add("/one.gguf", payload(MiB, seed=31), stall_after=64 * KiB)
     two = origin.add("/two.gguf", payload(MiB, seed=32))
     # Room for either file alone, not for both.
-    monkeypatch.setattr(arw_models.downloads, "disk_free", lambda path: len(one.data) + len(two.data) // 2)
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: len(one.data) + len(two.data) // 2)
     post_download(client, "one", origin.url("/one.gguf"))
     watch.status("one", "started")  # its size is known from here on
     assert one.stalled.wait(5)

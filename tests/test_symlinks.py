@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-import arw_models.worker
 from arw_models import ArwModels, StateDirError, StateLockError
 from arw_models.files import temp_path
 
@@ -307,14 +306,15 @@ def test_state_files_are_private_while_downloading_and_after(
     app, client, watch = service()
     res = origin.add("/h.gguf", payload(MiB, seed=8), stall_after=300_000)
     opened = threading.Event()
-    real_open = arw_models.worker.open_part
+    manager = ArwModels.state(app).manager
+    real_open = manager.open_part
 
     def spy(path: str, append: bool) -> Any:
         fh = real_open(path, append)
         opened.set()
         return fh
 
-    monkeypatch.setattr(arw_models.worker, "open_part", spy)
+    monkeypatch.setattr(manager, "open_part", spy)
     post_download(client, "h", origin.url("/h.gguf"), sha256=res.sha256)
     assert opened.wait(10) and res.stalled.wait(10)
     root = state_dir(app)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from arw_models.config import DEFAULTS, Settings, from_env
+from arw_models.engine import backoff_delay
 from arw_models.events import Event, EventHub
 from arw_models.storage import filename_from_disposition, sanitize_filename, valid_id
 from arw_models.transfer import (
@@ -15,7 +16,6 @@ from arw_models.transfer import (
     strong_etag,
     url_filename,
 )
-from arw_models.worker import backoff_delay
 
 
 def test_event_frame_is_exact_bytes() -> None:

@@ -1,0 +1,249 @@
+"""One download, attempt by attempt: it never calls the manager.
+
+:meth:`Download.attempt` looks at what is on disk (the ``.part`` and its sidecar),
+asks :func:`~arw_models.engine.plan.continuation` what may be kept, requests the
+rest (``Range`` + ``If-Range``), checks the answer (:mod:`.fetch`), records the
+plan in the sidecar, streams the body while hashing it, and verifies the whole
+file. It returns a :class:`Result` (the file's name, digest and size) for the
+manager to install, or raises :class:`~arw_models.errors.TransferError` (retryable
+or not) or :class:`~arw_models.errors.JobStopped`. Between attempts the
+:class:`Download` keeps what the next one can use: the digest of the bytes on disk
+and the retry budget; the manager decides when the next attempt runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from ..config import Settings
+from ..errors import JobStopped, TransferError
+from ..jobs import DownloadJob, Status
+from ..storage import (
+    StateDir,
+    filename_from_disposition,
+    read_part,
+    sanitize_filename,
+    utcnow,
+)
+from ..transfer import redact_url, socket_hook, strong_etag, url_filename
+from . import fetch
+from .plan import Continuation, Plan, continuation
+
+log = logging.getLogger(__name__)
+
+HASH_READ = 4 * 1024 * 1024
+
+Opener = Callable[[str, bool], BinaryIO]
+Limits = Callable[[DownloadJob, "int | None", int], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A verified download, ready to install: its ``.part`` holds ``size`` bytes
+    whose SHA-256 is ``digest``; ``name`` is the file name it asks for."""
+
+    name: str
+    digest: str
+    size: int
+
+
+def backoff_delay(failures: int, base: float, cap: float, uniform: Callable[[float, float], float] = random.uniform,
+                  ) -> float:
+    """Jittered exponential backoff: a random delay between half and all of
+    base * 2**(n-1), capped."""
+    ceiling = min(cap, base * (2 ** max(0, failures - 1)))
+    return uniform(ceiling / 2, ceiling)
+
+
+class Download:
+    """The transfer of one job, across its attempts."""
+
+    def __init__(self, job: DownloadJob, settings: Settings, state: StateDir, *,
+                 session: Callable[[], Any], opener: Opener, limits: Limits,
+                 checkpoint: Callable[[str], None] = lambda point: None) -> None:
+        self.job = job
+        self.s = settings
+        self.state = state
+        self._session = session
+        self._open = opener
+        self._limits = limits
+        self._checkpoint = checkpoint
+        self.part = state.part_path(job.id)
+        self._hasher: Any = None
+        self._hashed = 0
+        self._filename: str | None = None
+        self.failures = 0
+        self._reached = 0  # the furthest byte any attempt has reached
+
+    # -- retries ------------------------------------------------------------------
+
+    def retry_delay(self, err: TransferError) -> float | None:
+        """Seconds to wait before the next attempt after ``err``; None when the
+        retries are spent. A flaky link that keeps delivering never runs out: only
+        bytes beyond the furthest point count, so an origin whose answers make the
+        job discard and fetch the same bytes again cannot loop forever."""
+        downloaded = self.job.downloaded
+        if downloaded > self._reached:
+            self.failures, self._reached = 1, downloaded
+        else:
+            self.failures += 1
+        if self.failures > self.s.retries:
+            return None
+        delay = err.retry_after
+        if delay is None:
+            delay = backoff_delay(self.failures, self.s.backoff, self.s.backoff_max)
+        return min(delay, self.s.backoff_max)
+
+    # -- one attempt ------------------------------------------------------------------
+
+    def attempt(self) -> Result:
+        session = self._session()
+        try:
+            with socket_hook(self.job.attach_socket):
+                self._transfer(session)
+        finally:
+            session.close()
+        self._checkpoint("transferred")
+        return self._verify()
+
+    def _transfer(self, session: Any) -> None:
+        job, state = self.job, self.state
+        fetch.check_stop(job)
+        sidecar = state.read_sidecar(job.id)
+        plan = continuation(sidecar, state.part_size(job.id), job.url, job.sha256)
+        if not plan.resumes and state.part_size(job.id):
+            log.info("download %s: starting from byte 0 (%s)", job.id, plan.reason)
+            self._truncate()
+        if sidecar:
+            self._filename = self._filename or sidecar.get("filename")
+        headers = {}
+        if plan.resumes:
+            headers["Range"] = f"bytes={plan.offset}-"
+            if plan.validator:
+                headers["If-Range"] = plan.validator
+        response = fetch.request(session, job, self.s, headers)
+        job.attach_response(response)
+        try:
+            fetch.check_stop(job)
+            recorded = (sidecar or {}) if plan.resumes else {}
+            answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
+            if answer.whole:
+                job.total = job.downloaded = answer.offset
+                return  # 416 for a .part that is already whole
+            # Before the sidecar is written: a download refused for its size or for the
+            # disk leaves no stray sidecar behind (a resumable .part keeps its own).
+            self._limits(job, answer.total, answer.offset)
+            self._remember(response, answer, plan, sidecar or {})
+            job.began(answer.offset, answer.total)
+            self._prepare_hash(answer.offset)
+            self._stream(response, answer)
+        finally:
+            job.attach_response(None)
+            response.close()
+
+    def _stream(self, response: Any, answer: fetch.Answer) -> None:
+        job, offset, total = self.job, answer.offset, answer.total
+        try:
+            fh = self._open(self.part, bool(offset))
+        except OSError as exc:
+            raise fetch.disk_error(exc, offset) from None
+
+        try:
+            with fh:
+                downloaded = fetch.stream(response, job, self.s, fh, offset, self._hasher.update, self._record_durable)
+        finally:
+            self._hashed = job.downloaded  # every byte written is hashed, and no other
+        fetch.check_stop(job)  # a shut-down socket reads as EOF
+        if total is not None and downloaded != total:
+            raise TransferError("size-mismatch", f"received {downloaded} bytes, expected {total}",
+                                retryable=downloaded < total, keep_part=downloaded < total,
+                                received=downloaded, expected_bytes=total, url=redact_url(job.url))
+
+    def _remember(self, response: Any, answer: fetch.Answer, plan: Continuation, previous: dict[str, Any]) -> None:
+        """Writes the sidecar: what a later resume must match, and the plan."""
+        job = self.job
+        if answer.offset:
+            # The validators are those of the bytes on disk, set when they began at byte 0.
+            etag, modified = previous.get("etag"), previous.get("last_modified")
+        else:
+            etag = strong_etag(response.headers.get("ETag"))
+            modified = response.headers.get("Last-Modified")
+        disposition = filename_from_disposition(response.headers.get("Content-Disposition"))
+        if disposition:
+            self._filename = disposition
+        self._sidecar = {
+            "id": job.id,
+            "url": job.url,
+            "etag": etag,
+            "last_modified": modified,
+            "total": answer.total,
+            "filename": self._filename,
+            "sha256": job.sha256,
+            "provider": job.provider,
+            "created_at": previous.get("created_at") or utcnow(),
+            "ranges": Plan.single(answer.total, answer.offset).to_json(),
+        }
+        if self._sidecar != previous:
+            self.state.write_sidecar(job.id, self._sidecar)
+
+    def _record_durable(self, n: int) -> None:
+        """The first ``n`` bytes are fsynced: the sidecar may say so."""
+        self._sidecar["ranges"] = Plan.single(self._sidecar["total"], n).to_json()
+        self.state.write_sidecar(self.job.id, self._sidecar)
+
+    def _truncate(self) -> None:
+        self.state.truncate_part(self.job.id)
+        self._hasher, self._hashed = None, 0
+        self.job.downloaded = 0
+
+    # -- the digest ----------------------------------------------------------------------
+
+    def _prepare_hash(self, offset: int) -> None:
+        if self._hasher is not None and self._hashed == offset:
+            return
+        self._hasher, self._hashed = hashlib.sha256(), 0
+        if offset:
+            self._hash_prefix(offset)
+
+    def _hash_prefix(self, length: int) -> None:
+        """Hashes the bytes already on disk (a resume), so no second pass is needed."""
+        stop = self.job.stop_event
+        buf = bytearray(HASH_READ)
+        view = memoryview(buf)
+        try:
+            fh = read_part(self.part)
+        except FileNotFoundError:
+            raise TransferError("resume-invalid", "the .part disappeared", retryable=True) from None
+        with fh:
+            while self._hashed < length:
+                if stop.is_set():
+                    raise JobStopped()
+                n = fh.readinto(view[: min(HASH_READ, length - self._hashed)])
+                if not n:
+                    raise TransferError("resume-invalid", "the .part is shorter than expected", retryable=True)
+                self._hasher.update(view[:n])
+                self._hashed += n
+
+    def _verify(self) -> Result:
+        job, state = self.job, self.state
+        job.transition(Status.VERIFYING, quiet=True)
+        size = state.part_size(job.id)
+        if size is None:
+            raise TransferError("resume-invalid", "the partial file disappeared", keep_part=False)
+        if self._hasher is None or self._hashed != size:
+            self._hasher, self._hashed = hashlib.sha256(), 0
+            self._hash_prefix(size)
+        fetch.check_stop(job)
+        digest = self._hasher.hexdigest()
+        if job.total is not None and size != job.total:
+            raise TransferError("size-mismatch", f"the file has {size} bytes, expected {job.total}",
+                                keep_part=False, received=size, expected_bytes=job.total)
+        if job.sha256 and digest != job.sha256:
+            raise TransferError("checksum-mismatch", "checksum mismatch", keep_part=False,
+                                expected=job.sha256, actual=digest)
+        return Result(sanitize_filename(self._filename or url_filename(job.url), fallback=job.id), digest, size)

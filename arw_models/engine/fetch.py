@@ -1,0 +1,219 @@
+"""One HTTP request for the rest of a range, the checks that its answer really
+continues the bytes on disk, and the loop that streams its body into the ``.part``.
+
+The hot loop only reads, writes, hashes and counts: no events, no logging, no
+clock. A stop is seen between chunks, and a cancel also shuts the socket down (see
+:mod:`arw_models.transfer`), so a read blocked on a stalled origin returns at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import requests
+import urllib3.exceptions
+from urllib3.exceptions import IncompleteRead
+
+from ..config import Settings
+from ..errors import JobStopped, TransferError
+from ..jobs import DownloadJob
+from ..transfer import (
+    content_length,
+    parse_content_range,
+    parse_retry_after,
+    redact_text,
+    redact_url,
+    same_version,
+)
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[str, bool], BinaryIO]
+
+
+def network_error(exc: BaseException, job: DownloadJob, where: str) -> TransferError:
+    short = isinstance(exc, IncompleteRead) or any(isinstance(a, IncompleteRead) for a in exc.args)
+    if short:
+        return TransferError(
+            "size-mismatch",
+            f"the origin closed the connection early {where} "
+            f"({job.downloaded} of {job.total if job.total is not None else '?'} bytes)",
+            retryable=True,
+            url=redact_url(job.url),
+            received=job.downloaded,
+            expected_bytes=job.total,
+        )
+    return TransferError(
+        "network",
+        f"network error {where}: {exc.__class__.__name__}: {redact_text(str(exc))}",
+        retryable=True,
+        url=redact_url(job.url),
+        received=job.downloaded,
+    )
+
+
+def disk_error(exc: OSError, at: int) -> TransferError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransferError("disk-full", f"the disk is full (at byte {at}); the partial file is kept for a resume",
+                             received=at)
+    return TransferError("disk-error", f"cannot write the partial file: {exc.strerror or exc}", received=at)
+
+
+def check_stop(job: DownloadJob) -> None:
+    if job.stop_event.is_set():
+        raise JobStopped()
+
+
+def request(session: requests.Session, job: DownloadJob, settings: Settings, headers: dict[str, str]) -> Any:
+    """Sends the request; every failure becomes a :class:`TransferError`."""
+    url = redact_url(job.url)
+    try:
+        return session.get(job.url, headers=headers, stream=True,
+                           timeout=(settings.connect_timeout, settings.idle_timeout), allow_redirects=True)
+    except requests.exceptions.SSLError as exc:
+        check_stop(job)
+        raise TransferError("tls", f"TLS error: {redact_text(str(exc))}", url=url) from None
+    except requests.exceptions.TooManyRedirects:
+        raise TransferError("too-many-redirects", f"more than {session.max_redirects} redirects", url=url) from None
+    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
+        # The url itself was checked: only a redirect can lead to another scheme.
+        raise TransferError("invalid-redirect", f"cannot follow: {redact_text(str(exc))}", url=url) from None
+    except requests.exceptions.InvalidURL as exc:
+        raise TransferError("invalid-url", f"cannot fetch: {redact_text(str(exc))}", url=url) from None
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        check_stop(job)
+        raise network_error(exc, job, "before the response") from None
+
+
+class Answer:
+    """What an accepted answer means: bytes from ``offset`` of a file of ``total``
+    bytes (None: unknown); ``whole`` when a 416 says the ``.part`` is complete."""
+
+    def __init__(self, offset: int, total: int | None, whole: bool = False) -> None:
+        self.offset, self.total, self.whole = offset, total, whole
+
+
+def accept(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any],
+           truncate: Callable[[], None]) -> Answer:
+    """Checks that ``response`` continues the ``offset`` bytes on disk, whose sidecar
+    is ``recorded``. An answer that cannot be continued calls ``truncate`` (the bytes
+    on disk are of no use with it) and raises a retryable ``resume-invalid``."""
+    status = response.status_code
+    url = redact_url(job.url)
+    expected_total = recorded.get("total")
+    if status in (206, 416) and offset:
+        _check_version(response, job, offset, recorded, truncate)
+    if status == 416 and offset:
+        announced = parse_content_range(response.headers.get("Content-Range"))
+        origin_total = announced.total if announced else None
+        whole = expected_total if expected_total is not None else origin_total
+        if whole == offset and (origin_total is None or origin_total == offset):
+            return Answer(offset, offset, whole=True)
+        if origin_total == offset and expected_total is not None:
+            # The origin says its file ends where the .part ends, after announcing a
+            # bigger size: its body was short, and fetching it again cannot help.
+            raise TransferError("size-mismatch", f"the origin announced {expected_total} bytes but its file has "
+                                f"{offset}", keep_part=False, url=url, received=offset,
+                                expected_bytes=expected_total)
+        truncate()
+        raise TransferError("resume-invalid", f"the origin refused the range from byte {offset}"
+                            f" (its size: {origin_total}); starting again", retryable=True, url=url)
+    if status in (408, 429) or 500 <= status <= 599:
+        raise TransferError("http-status", f"the origin answered {status}", retryable=True, url=url,
+                            http_status=status, retry_after=parse_retry_after(response.headers.get("Retry-After")))
+    if status not in (200, 206):
+        raise TransferError("http-status", f"the origin answered {status}", url=url, http_status=status)
+    if status == 200:
+        if offset:
+            # The origin ignored the range, or the file changed (If-Range): start over.
+            log.info("download %s: the origin sent the whole file; restarting from byte 0", job.id)
+            truncate()
+        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        return Answer(0, None if encoded else content_length(response.headers))
+    announced = parse_content_range(response.headers.get("Content-Range"))
+    if (
+        not offset
+        or announced is None
+        or announced.start != offset
+        or (announced.total is not None and announced.end != announced.total - 1)
+        or (expected_total is not None and announced.total is not None and announced.total != expected_total)
+    ):
+        truncate()
+        raise TransferError("resume-invalid",
+                            f"the origin sent range {response.headers.get('Content-Range')!r} for a request "
+                            f"from byte {offset}; starting again", retryable=True, url=url)
+    return Answer(offset, announced.total)
+
+
+def _check_version(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any],
+                   truncate: Callable[[], None]) -> None:
+    """Refuses an answer of another version of the file than the ``.part``'s: an
+    origin that ignores ``If-Range`` answers 206 (or 416) for a file that changed."""
+    same = same_version(recorded.get("etag"), recorded.get("last_modified"), response.headers)
+    if same:
+        return
+    if same is None:
+        # No validator in the answer: it proves nothing either way. A 416 carries
+        # none as a rule; bytes of a 206 are kept only when a sha256 will catch a mix.
+        if response.status_code == 416 or job.sha256:
+            return
+        why = "without a validator to show they are of the same version"
+    else:
+        why = "of another version of the file"
+    truncate()
+    raise TransferError("resume-invalid", f"the origin sent bytes from {offset} {why}; starting again from "
+                        "byte 0", retryable=True, url=redact_url(job.url))
+
+
+def stream(response: Any, job: DownloadJob, settings: Settings, fh: BinaryIO, offset: int,
+           update: Callable[[Any], None], durable: Callable[[int], None]) -> int:
+    """Streams the body into ``fh`` (positioned at ``offset``), hashing with
+    ``update``; calls ``durable(n)`` each time the first ``n`` bytes are fsynced.
+    Returns the bytes on disk at the end of the body."""
+    raw = response.raw
+    read = getattr(raw, "read1", raw.read)
+    chunk, stop, max_bytes, fsync_every = settings.chunk_bytes, job.stop_event, settings.max_bytes, settings.fsync_bytes
+    write = fh.write
+    downloaded = offset
+    unsynced = 0
+    while True:
+        try:
+            buf = read(chunk, decode_content=False)
+        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+            check_stop(job)
+            raise network_error(exc, job, f"at byte {downloaded}") from None
+        if not buf:
+            break
+        if stop.is_set():
+            raise JobStopped()
+        try:
+            written = write(buf)
+            while written < len(buf):  # a short write: the disk is filling up
+                written += write(memoryview(buf)[written:])
+        except OSError as exc:
+            raise disk_error(exc, downloaded) from None
+        update(buf)
+        downloaded += len(buf)
+        job.downloaded = downloaded
+        if max_bytes is not None and downloaded > max_bytes:
+            raise TransferError("size-limit", f"the file is larger than the limit of {max_bytes} bytes",
+                                keep_part=False, limit=max_bytes)
+        unsynced += len(buf)
+        if unsynced >= fsync_every:
+            sync(fh, downloaded)
+            durable(downloaded)
+            unsynced = 0
+    sync(fh, downloaded)
+    durable(downloaded)
+    return downloaded
+
+
+def sync(fh: BinaryIO, at: int) -> None:
+    try:
+        os.fsync(fh.fileno())
+    except OSError as exc:
+        raise disk_error(exc, at) from None

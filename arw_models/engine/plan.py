@@ -1,0 +1,136 @@
+"""What is on disk, what may be kept, and what is still to fetch.
+
+:func:`continuation` is the one rule for "may these bytes on disk be continued":
+the POST answer (``started`` or ``resumed``) and the transfer both ask it. A
+:class:`Plan` is the file as byte ranges (:class:`Span`), each with the bytes
+already made durable; the sidecar records it, so a restart resumes every range.
+A single stream is a plan of one range from byte 0. A range names no source:
+the plan says what to fetch, not from where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..transfer import strong_etag
+
+
+@dataclass
+class Span:
+    """Bytes ``[start, end)`` of the file (``end`` None: up to an unknown end), of
+    which the first ``done`` are on disk and durable."""
+
+    start: int
+    end: int | None
+    done: int = 0
+
+    @property
+    def position(self) -> int:
+        return self.start + self.done
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.end is None else self.end - self.position
+
+    def to_json(self) -> list[int | None]:
+        return [self.start, self.end, self.done]
+
+
+@dataclass
+class Plan:
+    total: int | None
+    spans: list[Span] = field(default_factory=list)
+
+    @classmethod
+    def single(cls, total: int | None, have: int = 0) -> Plan:
+        """One stream: the whole file, of which the first ``have`` bytes are on disk."""
+        return cls(total, [Span(0, total, have)])
+
+    @property
+    def durable(self) -> int:
+        return sum(s.done for s in self.spans)
+
+    def to_json(self) -> list[list[int | None]]:
+        return [s.to_json() for s in self.spans]
+
+    @classmethod
+    def from_json(cls, total: int | None, data: Any) -> Plan | None:
+        """The plan a sidecar recorded, or None if it is not a sound one."""
+        if not isinstance(data, list) or not data:
+            return None
+        spans = []
+        for item in data:
+            if (not isinstance(item, list) or len(item) != 3
+                    or not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+                               for v in item)
+                    or item[0] is None or item[2] is None):
+                return None
+            start, end, done = item
+            if end is not None and start + done > end:
+                return None
+            spans.append(Span(start, end, done))
+        return cls(total, spans)
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """What to do with the bytes on disk: keep the first ``offset`` (0: start over),
+    asking the origin with ``If-Range: validator``; ``reason`` says why."""
+
+    offset: int
+    validator: str | None
+    reason: str
+
+    @property
+    def resumes(self) -> bool:
+        return self.offset > 0
+
+
+def same_object(url: str, recorded: str) -> bool:
+    """Whether two urls differ at most in their query string: a freshly signed url
+    of the same object (signed CDN urls expire within hours)."""
+    try:
+        a, b = urlsplit(url), urlsplit(recorded)
+    except ValueError:
+        return False
+    return (a.scheme.lower(), a.netloc.lower(), a.path) == (b.scheme.lower(), b.netloc.lower(), b.path)
+
+
+def validator_of(sidecar: dict[str, Any]) -> str | None:
+    """The validator the ``.part``'s bytes were fetched under: a strong ETag, else a
+    Last-Modified date (weak ETags never identify bytes)."""
+    modified = sidecar.get("last_modified")
+    return strong_etag(sidecar.get("etag")) or (modified if isinstance(modified, str) and modified else None)
+
+
+def continuation(sidecar: dict[str, Any] | None, part_size: int | None, url: str,
+                 sha256: str | None) -> Continuation:
+    """The continuation rule. Bytes on disk are kept only when something will show
+    whether the origin still serves the same bytes:
+
+    - the same url, with a validator (the answer's own validators are compared
+      with it, see :func:`arw_models.transfer.same_version`) or a digest;
+    - a url that differs only in its query, with a strong ETag (a re-signed url of
+      the same object: the answer must carry the same ETag);
+    - any url, when the request's ``sha256`` will verify the whole file.
+    """
+    if not part_size:
+        return Continuation(0, None, "nothing on disk")
+    if sidecar is None or not isinstance(sidecar.get("url"), str):
+        return Continuation(0, None, "no record of where the bytes on disk came from")
+    validator = validator_of(sidecar)
+    recorded = sidecar["url"]
+    total = sidecar.get("total")
+    if isinstance(total, int) and part_size > total:
+        return Continuation(0, None, "more bytes on disk than the file has")
+    if url == recorded:
+        if validator or sha256:
+            return Continuation(part_size, validator, "the same url")
+        return Continuation(0, None, "no validator or digest would catch a changed file")
+    if same_object(url, recorded) and strong_etag(sidecar.get("etag")):
+        return Continuation(part_size, strong_etag(sidecar.get("etag")), "the same object under a new query")
+    if sha256:
+        return Continuation(part_size, validator, "the request's sha256 verifies the whole file")
+    return Continuation(0, None, "bytes of another url")

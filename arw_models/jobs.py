@@ -1,0 +1,292 @@
+"""A download job, its status and the one place that changes it.
+
+Design: a job's status moves only through :meth:`DownloadJob.transition`, under the
+job's lock. The move is checked against :data:`MOVES` (a terminal status never
+changes), and the event is published in the same critical section, so every
+subscriber sees a job's events in the order its status changed and ``complete``,
+``error`` and ``canceled`` come at most once. Stop requests (cancel, shutdown, a
+newer request that takes the job over) take the same lock, so a stop racing the
+install is decided here: :meth:`DownloadJob.finish` runs the install only if no
+stop came first, and a stop after it finds the job terminal.
+
+The transfer threads only write the byte counters (``downloaded``, ``total``);
+the manager's ticker reads them to publish progress.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from .storage import utcnow
+from .transfer import redact_url
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    STARTED = "started"
+    RESUMED = "resumed"
+    DOWNLOADING = "downloading"
+    RETRYING = "retrying"
+    VERIFYING = "verifying"
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELED = "canceled"
+    # Stopped by a shutdown, or taken over by a newer request: the .part stays, and
+    # no terminal event is sent (the download goes on later, or under a new job).
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({Status.COMPLETE, Status.ERROR, Status.CANCELED, Status.INTERRUPTED})
+# Statuses in which a job holds a transfer slot.
+RUNNING = frozenset({Status.STARTED, Status.RESUMED, Status.DOWNLOADING, Status.VERIFYING})
+_ENDS = {Status.ERROR, Status.CANCELED, Status.INTERRUPTED}
+_BEGINS = {Status.STARTED, Status.RESUMED}
+
+MOVES: dict[Status, frozenset[Status]] = {
+    # VERIFYING straight from QUEUED: the origin says (416) the .part is whole already.
+    Status.QUEUED: frozenset(_BEGINS | {Status.RETRYING, Status.VERIFYING} | _ENDS),
+    # Started or resumed again: an attempt that restarts from byte 0, or that the
+    # origin lets continue after all.
+    Status.STARTED: frozenset(_BEGINS | {Status.DOWNLOADING, Status.RETRYING, Status.VERIFYING} | _ENDS),
+    Status.RESUMED: frozenset(_BEGINS | {Status.DOWNLOADING, Status.RETRYING, Status.VERIFYING} | _ENDS),
+    Status.DOWNLOADING: frozenset(_BEGINS | {Status.DOWNLOADING, Status.RETRYING, Status.VERIFYING} | _ENDS),
+    # A retry that waits, fires, and waits again (the origin still refuses).
+    Status.RETRYING: frozenset(_BEGINS | {Status.RETRYING, Status.VERIFYING} | _ENDS),
+    # The .part vanished or is short while it is hashed: another attempt.
+    Status.VERIFYING: frozenset({Status.COMPLETE, Status.RETRYING} | _ENDS),
+    Status.COMPLETE: frozenset(),
+    Status.ERROR: frozenset(),
+    Status.CANCELED: frozenset(),
+    Status.INTERRUPTED: frozenset(),
+}
+
+Publish = Callable[[dict[str, Any]], None]
+_quietly: Publish = lambda payload: None
+SPEED_WINDOW_SECS = 3.0
+
+
+class DownloadJob:
+    """The state of one download, shared by its transfer, the manager and the API."""
+
+    def __init__(self, model_id: str, url: str, sha256: str | None, provider: str,
+                 publish: Publish = _quietly, notify: Publish = _quietly, *, auto: bool = False) -> None:
+        self.id = model_id
+        self.url = url
+        self.sha256 = sha256
+        self.provider = provider
+        # Resumed by the service itself at start: a POST that differs takes it over.
+        self.auto = auto
+        self._status = Status.QUEUED
+        # publish (the event hub, which never blocks) runs under the job's lock, so
+        # events keep the order of the moves; notify (a host's signal receivers, which
+        # may call back into the service) runs after it is released.
+        self._publish = publish
+        self.notify = notify
+        self.total: int | None = None
+        self.downloaded = 0
+        self.offset = 0
+        self.retries = 0
+        self.segments = 0
+        self.error: dict[str, Any] | None = None
+        self.file: str | None = None
+        self.created_at = utcnow()
+        self.finished_at: str | None = None
+        self.stop_event = threading.Event()
+        self.stop_reason: str | None = None
+        self.done = threading.Event()
+        self._final: dict[str, Any] | None = None
+        # The job this one takes over: it must have let go of the .part first.
+        self.after: DownloadJob | None = None
+        self._lock = threading.RLock()
+        self._sock: socket.socket | None = None
+        self._response: Any = None
+        self._samples: deque[tuple[float, int]] = deque()
+        # The bytes the last progress event showed; None until the origin's answer
+        # was accepted (before it, the counters say nothing about this attempt).
+        self._published: int | None = None
+
+    # -- the status -------------------------------------------------------------------
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def active(self) -> bool:
+        return not self.done.is_set()
+
+    @property
+    def terminal(self) -> bool:
+        return self._status in TERMINAL
+
+    def transition(self, to: Status, *, quiet: bool = False, unless_stopped: bool = False,
+                   deferred: bool = False, **fields: Any) -> dict[str, Any] | None:
+        """Moves to ``to`` and publishes the event (its payload: id, status and
+        ``fields``) unless ``quiet``; returns the payload, or None, changing nothing,
+        if the move is not allowed from the present status (or, with
+        ``unless_stopped``, a stop was asked for). With ``deferred`` the caller
+        passes the payload to :attr:`notify` itself, once it holds no lock."""
+        with self._lock:
+            if to not in MOVES[self._status] or (unless_stopped and self.stop_event.is_set()):
+                return None
+            self._status = to
+            if to is Status.ERROR:
+                self.error = dict(fields)
+            payload = {"id": self.id, "status": to.value, **fields}
+            if to in TERMINAL:
+                # Told by close(), once the job is over: a client that acts on
+                # "complete" (a new POST, say) finds the job done, not ending.
+                self._final = None if quiet else payload
+                return payload
+            if not quiet:
+                self._publish(payload)
+        if not quiet and not deferred:
+            self.notify(payload)
+        return payload
+
+    def close(self) -> dict[str, Any] | None:
+        """Marks the job done and publishes its terminal event, if it has one to
+        tell; returns that payload for :attr:`notify`."""
+        with self._lock:
+            self.done.set()
+            final, self._final = self._final, None
+            if final is not None:
+                self._publish(final)
+        return final
+
+    def announce(self) -> None:
+        """Publishes the present status without a move (``queued``, when the job
+        has to wait for a slot)."""
+        with self._lock:
+            payload = {"id": self.id, "status": self._status.value}
+            self._publish(payload)
+        self.notify(payload)
+
+    def finish(self, install: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """Runs ``install`` and completes the job, unless a stop came first (then
+        None, and nothing is installed). ``install`` returns the event's fields,
+        published by :meth:`close`."""
+        with self._lock:
+            if self.stop_event.is_set() or Status.COMPLETE not in MOVES[self._status]:
+                return None
+            fields = install()
+            return self.transition(Status.COMPLETE, **fields)
+
+    def stop(self, reason: str) -> bool:
+        """Asks the transfer to stop and wakes it if it is blocked on the network;
+        False if the job has already ended (or its install has begun)."""
+        with self._lock:
+            if self._status in TERMINAL:
+                return False
+            if self.stop_reason is None:
+                self.stop_reason = reason  # the first reason wins: a cancel stays a cancel
+            self.stop_event.set()
+            sock, response = self._sock, self._response
+        if sock is not None:
+            self.wake(sock)
+        if response is not None:
+            try:
+                response.raw.shutdown()
+            except (AttributeError, ValueError, RuntimeError, OSError):
+                pass
+        return True
+
+    @staticmethod
+    def wake(sock: socket.socket) -> None:
+        """Shuts ``sock`` down: a connect or read blocked on it returns at once."""
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- what a cancel must be able to reach -------------------------------------------------
+
+    def attach_socket(self, sock: socket.socket) -> bool:
+        """The socket the transfer is about to connect or read; True if the job is
+        already stopped (the socket is then shut down at once)."""
+        with self._lock:
+            self._sock = sock
+            stopped = self.stop_event.is_set()
+        if stopped:
+            self.wake(sock)
+        return stopped
+
+    def attach_response(self, response: Any) -> None:
+        with self._lock:
+            self._response = response
+            if response is None:
+                self._sock = None
+
+    # -- progress --------------------------------------------------------------------------
+
+    def progress_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"downloaded": self.downloaded}
+        if self.total:
+            fields["total"] = self.total
+            fields["progress"] = min(100, self.downloaded * 100 // self.total)
+        elif self.total == 0:
+            fields["total"] = 0
+        return fields
+
+    def tick(self, now: float) -> dict[str, Any] | None:
+        """Called by the ticker each interval: samples the byte counter, and returns
+        the progress event's fields if bytes arrived since the last one."""
+        downloaded = self.downloaded
+        samples = self._samples
+        samples.append((now, downloaded))
+        while len(samples) > 2 and now - samples[1][0] >= SPEED_WINDOW_SECS:
+            samples.popleft()
+        if self._published is None or downloaded == self._published or self._status not in (
+                Status.STARTED, Status.RESUMED, Status.DOWNLOADING):
+            return None
+        self._published = downloaded
+        fields = self.progress_fields()
+        first_t, first_n = samples[0]
+        speed = (downloaded - first_n) / (now - first_t) if now > first_t else 0.0
+        fields["speed"] = max(0, int(speed))
+        if self.total and speed > 0:
+            fields["eta_s"] = round(max(0, self.total - downloaded) / speed, 1)
+        fields["segments"] = self.segments
+        return fields
+
+    def began(self, offset: int, total: int | None) -> None:
+        """The origin's answer was accepted: from ``offset`` of ``total`` bytes."""
+        self.total, self.offset, self.downloaded = total, offset, offset
+        self._samples.clear()
+        self._published = offset
+        extra = {} if total is None else {"total": total}
+        if offset:
+            self.transition(Status.RESUMED, offset=offset, **extra)
+        else:
+            self.transition(Status.STARTED, **extra)
+
+    # -- what the API shows ----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = {
+            "id": self.id,
+            "url": redact_url(self.url),
+            "provider": self.provider,
+            "sha256": self.sha256,
+            "status": self._status.value,
+            "retries": self.retries,
+            "created_at": self.created_at,
+        }
+        snap.update(self.progress_fields())
+        if self.offset:
+            snap["offset"] = self.offset
+        if self.file:
+            snap["file"] = self.file
+        if self.error:
+            snap.update(self.error)
+        if self.finished_at:
+            snap["finished_at"] = self.finished_at
+        return snap

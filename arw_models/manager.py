@@ -1,0 +1,539 @@
+"""The job table, the transfer slots and their queue, retry timers, progress, and
+the install of verified downloads.
+
+Concurrency model: request threads call :meth:`DownloadManager.submit`,
+:meth:`~DownloadManager.cancel` and the listings, which touch the job table under
+one lock. Up to ``ARW_MODELS_MAX_CONC`` executor threads (created on first use,
+never at import or in ``init_app``, so forking servers and ``--preload`` work) are
+the slots: each takes the oldest job of the queue, runs one attempt of its
+:class:`~arw_models.engine.Download`, and takes the next. A retryable failure does
+not keep its slot: the job waits as ``retrying`` on a timer, and the ticker puts it
+at the head of the queue when the timer fires. The ticker (one thread) also
+publishes every running job's progress once an interval, from counters the
+transfer threads update, so the transfer loop never does event work. A job's
+status changes only through :meth:`~arw_models.jobs.DownloadJob.transition`.
+
+Declared seams, for tests and for embedding: :attr:`DownloadManager.open_part`
+(how a ``.part`` is opened for writing; set it before the job starts),
+:attr:`~DownloadManager.disk_free`, :attr:`~DownloadManager.checkpoint` (called
+with a point's name and the job, in the job's thread: ``transferred`` when the body
+is on disk, ``verified`` before the install, ``installed`` after it, ``failed``
+when an attempt failed, before the retry is decided), and the ``clock``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import __version__, storage
+from .config import Settings
+from .engine import Download, Result
+from .engine.plan import continuation
+from .errors import ArwError, Conflict, JobStopped, NotFound, TransferError
+from .events import EventHub
+from .jobs import DownloadJob, Status
+from .storage import Registry, StateDir, remove_quietly, utcnow
+from .transfer import new_session, redact_url
+
+log = logging.getLogger(__name__)
+
+PROGRESS = "Models.DownloadProgress"
+CHANGED = "Models.Changed"
+
+
+class DownloadManager:
+    def __init__(
+        self,
+        settings: Settings,
+        state: StateDir,
+        registry: Registry,
+        hub: EventHub,
+        notify: Callable[[str, dict[str, Any]], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.registry = registry
+        self.hub = hub
+        self._notify = notify
+        self.clock = clock
+        self.open_part: Callable[[str, bool], Any] = storage.open_part
+        self.disk_free: Callable[[str], int] = storage.disk_free
+        self.checkpoint: Callable[[str, DownloadJob], None] = lambda point, job: None
+        self._jobs: dict[str, DownloadJob] = {}
+        # Finished jobs, oldest first: the last ARW_JOBS_KEEP stay answerable.
+        self._finished: OrderedDict[str, DownloadJob] = OrderedDict()
+        self._downloads: dict[DownloadJob, Download] = {}
+        # The queue of jobs waiting for a slot; the jobs in a slot; the jobs waiting
+        # on a retry timer (the clock's time it fires).
+        self._pending: deque[DownloadJob] = deque()
+        self._running: set[DownloadJob] = set()
+        self._waiting: dict[DownloadJob, float] = {}
+        self._draining = 0
+        self._lock = threading.RLock()
+        self._tick = threading.Condition(self._lock)
+        self._ticker: threading.Thread | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    # -- events -------------------------------------------------------------------------
+
+    def _publish(self, payload: dict[str, Any]) -> None:
+        self.hub.publish(PROGRESS, payload)
+
+    def _signal(self, payload: dict[str, Any]) -> None:
+        if self._notify is not None:
+            self._notify(PROGRESS, payload)
+
+    def _changed(self, op: str, model_id: str) -> None:
+        payload = {"op": op, "id": model_id}
+        self.hub.publish(CHANGED, payload)
+        if self._notify is not None:
+            self._notify(CHANGED, payload)
+
+    def _new_job(self, model_id: str, url: str, sha256: str | None, provider: str, auto: bool = False) -> DownloadJob:
+        return DownloadJob(model_id, url, sha256, provider, self._publish, self._signal, auto=auto)
+
+    # -- submitting ---------------------------------------------------------------------
+
+    def submit(self, model_id: str, url: str, sha256: str | None, provider: str,
+               *, auto: bool = False) -> tuple[int, dict[str, Any]]:
+        """Starts, resumes or joins a download; (200, model) when already installed.
+        ``auto``: resumed by the service itself, so a POST that differs takes it over."""
+        with self._lock:
+            if self._closed:
+                raise ArwError("the service is shutting down", status=503, code="shutting-down",
+                               title="Service unavailable")
+            job = self._jobs.get(model_id)
+            previous = None
+            if job is not None and job.active and (job.stop_event.is_set() or job.terminal):
+                # Its end is decided but not yet done (its events and signals are on
+                # their way, or its transfer is stopping): joining it would be a lie,
+                # and a new job now would race it. Installed already? Then say so.
+                installed = self._installed_as_asked(model_id, url, sha256) if job.status is Status.COMPLETE else None
+                if installed is None:
+                    raise Conflict(f"the previous download of {model_id} is ending; try again in a moment",
+                                   code="download-ending", job=job.snapshot())
+                return 200, public_model(installed, self.state)
+            if job is not None and job.active:
+                if job.url == url and (sha256 is None or sha256 == job.sha256):
+                    # The running job, its status put as a start would have been: how it began.
+                    return 202, {**job.snapshot(), "status": _began(job)}
+                if not job.auto:
+                    raise Conflict(f"{model_id} is already downloading from another url or with another sha256",
+                                   code="already-downloading", job=job.snapshot())
+                # The service resumed it on its own with what an earlier run asked for; this
+                # request says what is wanted now. Its .part is kept for the new job.
+                log.info("download %s: a new request takes over the resumed download", model_id)
+                previous = job
+                self._stop_job(job, "superseded")
+            installed = self._installed_as_asked(model_id, url, sha256)
+            if installed is not None:
+                return 200, public_model(installed, self.state)
+            job = self._new_job(model_id, url, sha256, provider, auto=auto)
+            job.after = previous
+            self._jobs[model_id] = job
+            if len(self._running) + len(self._pending) >= self.settings.max_conc:
+                job.announce()
+            else:
+                # What the slot will do, as the answer says it; the event comes when the
+                # origin has answered.
+                keeps = continuation(self.state.read_sidecar(model_id), self.state.part_size(model_id), url, sha256)
+                job.transition(Status.RESUMED if keeps.resumes else Status.STARTED, quiet=True)
+            answer = job.snapshot()  # as it begins: a slot may take it over at once
+            self._enqueue(job)
+            return 202, answer
+
+    def _installed_as_asked(self, model_id: str, url: str, sha256: str | None) -> dict[str, Any] | None:
+        """The installed model, if it is what a POST of ``url`` (and ``sha256``) asks for."""
+        installed = self.registry.get(model_id)
+        if (
+            installed is not None
+            and installed.get("url") == url
+            and (sha256 is None or sha256 == installed.get("sha256"))
+            and self.state.has_model_file(installed["file"])
+        ):
+            return installed
+        return None
+
+    # -- slots, the queue and the timers ---------------------------------------------------
+
+    def _enqueue(self, job: DownloadJob, front: bool = False) -> None:
+        """Under the lock: the job waits for a slot (at the head of the queue after a
+        retry timer, which it has waited for already)."""
+        if front:
+            self._pending.appendleft(job)
+        else:
+            self._pending.append(job)
+        if self._draining < self.settings.max_conc:
+            self._draining += 1
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.settings.max_conc, thread_name_prefix="arw-download")
+            self._executor.submit(self._drain)
+        if self._ticker is None:
+            self._ticker = threading.Thread(target=self._tick_loop, name="arw-ticker", daemon=True)
+            self._ticker.start()
+
+    def _drain(self) -> None:
+        """One slot: runs queued jobs, oldest first, until none is left."""
+        while True:
+            with self._lock:
+                if not self._pending or self._closed:
+                    self._draining -= 1
+                    return
+                job = self._pending.popleft()
+                self._running.add(job)
+            try:
+                self._run(job)
+            finally:
+                with self._lock:
+                    self._running.discard(job)
+
+    def _take_back(self, job: DownloadJob) -> bool:
+        """Under the lock: a job that holds no slot (queued, or waiting to retry)
+        leaves the queue and the timers; False if it is in a slot."""
+        if job in self._waiting:
+            del self._waiting[job]
+            return True
+        try:
+            self._pending.remove(job)
+        except ValueError:
+            return False
+        return True
+
+    def _tick_loop(self) -> None:
+        """Fires retry timers and publishes progress, once an interval."""
+        interval = max(0.005, self.settings.progress_interval)
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                now = self.clock()
+                for job in [j for j, due in self._waiting.items() if due <= now]:
+                    del self._waiting[job]
+                    self._enqueue(job, front=True)
+                running = list(self._running)
+            for job in running:
+                fields = job.tick(now)
+                if fields is not None:
+                    job.transition(Status.DOWNLOADING, **fields)
+            with self._lock:
+                if self._closed:
+                    return
+                wait = interval
+                if self._waiting:
+                    wait = min(wait, max(0.0, min(self._waiting.values()) - self.clock()))
+                self._tick.wait(wait)
+
+    # -- one attempt ------------------------------------------------------------------------
+
+    def _run(self, job: DownloadJob) -> None:
+        previous = job.after
+        if previous is not None:
+            previous.done.wait()  # the job this one takes over has let go of the .part
+            job.after = None
+        download = self._downloads.get(job)
+        if download is None:
+            download = self._downloads[job] = Download(
+                job, self.settings, self.state, session=lambda: new_session(f"arw-models/{__version__}"),
+                opener=self.open_part, limits=self.check_limits,
+                checkpoint=lambda point: self.checkpoint(point, job))
+        try:
+            self._install(job, download.attempt())
+        except JobStopped:
+            self._stopped(job)
+        except TransferError as err:
+            self.checkpoint("failed", job)
+            if err.retryable and self._retry_later(job, download, err):
+                return  # not ended: its timer will queue it again
+            if job.stop_event.is_set():
+                self._stopped(job)  # the failure is the stop's doing
+            else:
+                self._failed(job, err)
+        except Exception as exc:  # a bug must still end the job, visibly
+            log.exception("download %s failed unexpectedly", job.id)
+            # Only the class: the text of an unexpected error may quote a url with its credentials.
+            self._failed(job, TransferError("internal-error", f"the service failed ({exc.__class__.__name__});"
+                                            " its log has the details"))
+        self._ended(job)
+
+    def _retry_later(self, job: DownloadJob, download: Download, err: TransferError) -> bool:
+        delay = download.retry_delay(err)
+        if delay is None:
+            return False
+        with self._lock:
+            moved = job.transition(Status.RETRYING, unless_stopped=True, deferred=True, attempt=download.failures,
+                                   delay_ms=int(delay * 1000), code=err.code, error=err.message,
+                                   downloaded=job.downloaded)
+            if moved is None:
+                return False
+            job.retries += 1
+            self._waiting[job] = self.clock() + delay
+            self._tick.notify()
+        log.info("download %s: %s; retry %d in %.2fs", job.id, err.message, download.failures, delay)
+        job.notify(moved)
+        return True
+
+    def _install(self, job: DownloadJob, result: Result) -> None:
+        """Moves a verified ``.part`` to its final name and records the model; a
+        cancel either lands before the rename (and wins) or finds the job complete."""
+        self.checkpoint("verified", job)
+        state = self.state
+
+        def install() -> dict[str, Any]:
+            old = self.registry.get(job.id)
+            own = old.get("file") if old else None
+            taken = self.registry.files_in_use(except_id=job.id)
+            final = _free_name(result.name, job.id,
+                               lambda n: n in taken or (n != own and os.path.lexists(state.model_path(n))))
+            try:
+                path = state.install_part(job.id, final)
+            except FileNotFoundError:
+                raise TransferError("resume-invalid", "the partial file disappeared", keep_part=False) from None
+            remove_quietly(state.sidecar_path(job.id))
+            self.registry.put({
+                "id": job.id,
+                "provider": job.provider,
+                "status": "available",
+                "file": final,
+                "path": path,
+                "sha256": result.digest,
+                "bytes": result.size,
+                "url": job.url,
+                "downloaded_at": utcnow(),
+            })
+            if own and own != final:
+                remove_quietly(state.model_path(own))
+            job.file = final
+            job.downloaded = job.total = result.size
+            return {"file": final, "provider": job.provider, "sha256": result.digest, "bytes": result.size}
+
+        with self._lock:
+            done = job.finish(install)
+        if done is None:
+            raise JobStopped()
+        self.checkpoint("installed", job)
+
+    def _stopped(self, job: DownloadJob) -> None:
+        if job.stop_reason in ("shutdown", "superseded"):
+            # The .part and its sidecar stay: the next start, or the job that took
+            # this one over, continues them.
+            job.transition(Status.INTERRUPTED, quiet=True)
+            return
+        self.state.remove_partial(job.id)
+        job.downloaded = 0
+        job.transition(Status.CANCELED)
+
+    def _failed(self, job: DownloadJob, err: TransferError) -> None:
+        if not err.keep_part:
+            self.state.remove_partial(job.id)
+        log.warning("download %s failed: %s (%s)", job.id, err.message, err.code)
+        job.transition(Status.ERROR, code=err.code, error=err.message, **err.context)
+
+    def _ended(self, job: DownloadJob) -> None:
+        """Marks the job done and forgets the oldest finished jobs beyond ``jobs_keep``,
+        so that the job table does not grow with every id ever asked for."""
+        job.finished_at = job.finished_at or utcnow()
+        with self._lock:
+            self._downloads.pop(job, None)
+            self._finished[job.id] = job
+            self._finished.move_to_end(job.id)
+            while len(self._finished) > self.settings.jobs_keep:
+                old_id, old = self._finished.popitem(last=False)
+                if self._jobs.get(old_id) is old:  # not a newer job of the same id
+                    del self._jobs[old_id]
+            # Under the lock a POST takes: once the terminal event is out, the job is done.
+            final = job.close()
+        if final is not None:
+            job.notify(final)
+        if job.status is Status.COMPLETE:
+            self._changed("add", job.id)
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def check_limits(self, job: DownloadJob, total: int | None, offset: int) -> None:
+        """Refuses a file over ``ARW_MODELS_MAX_MB``, or one the disk cannot hold
+        beside the other downloads and the reserve."""
+        s = self.settings
+        if total is None:
+            return
+        if s.max_bytes is not None and total > s.max_bytes:
+            raise TransferError("size-limit", f"the file has {total} bytes, more than the limit of {s.max_bytes}",
+                                keep_part=False, limit=s.max_bytes, expected_bytes=total)
+        with self._lock:
+            others = sum(max(0, j.total - j.downloaded) for j in self._jobs.values()
+                         if j is not job and j.active and j.total is not None)
+        need = (total - offset) + others + s.disk_reserve_bytes
+        free = self.disk_free(self.state.models_dir)
+        if free < need:
+            raise TransferError(
+                "disk-insufficient",
+                f"not enough free space: {total - offset} bytes to fetch, {others} for other downloads and "
+                f"{s.disk_reserve_bytes} reserved, {free} free",
+                needed=need, free=free,
+            )
+
+    # -- cancel, delete, listing --------------------------------------------------------------
+
+    def _stop_job(self, job: DownloadJob, reason: str) -> None:
+        """Under the lock: asks ``job`` to stop; one that holds no slot ends here."""
+        job.stop(reason)
+        if self._take_back(job):
+            self._stopped(job)
+            self._ended(job)
+
+    def cancel(self, model_id: str, wait: float = 10.0) -> dict[str, Any]:
+        with self._lock:
+            job = self._jobs.get(model_id)
+            if job is not None and job.active and job.status is not Status.COMPLETE:
+                self._stop_job(job, "cancel")
+                leftover = None
+            else:
+                # Nothing runs (or its model is installed already); a .part left by an
+                # earlier run or a failed job is canceled too.
+                part, sidecar = self.state.part_path(model_id), self.state.sidecar_path(model_id)
+                if not (os.path.lexists(part) or os.path.lexists(sidecar)):
+                    raise NotFound(f"no download of {model_id} is active or resumable", code="no-active-download")
+                self.state.remove_partial(model_id)
+                leftover = self._new_job(model_id, "", None, "local")
+                leftover.transition(Status.CANCELED)
+                final = leftover.close()
+        if leftover is None:
+            job.done.wait(wait)  # type: ignore[union-attr]
+        elif final is not None:
+            leftover.notify(final)
+        return {"id": model_id, "status": "canceled"}
+
+    def delete(self, model_id: str) -> dict[str, Any]:
+        with self._lock:
+            job = self._jobs.get(model_id)
+            if job is not None and job.active:
+                raise Conflict(f"{model_id} is downloading; cancel it first", code="download-in-progress")
+            entry = self.registry.remove(model_id)
+            if entry is None:
+                raise NotFound(f"no model {model_id} is installed", code="unknown-model")
+            remove_quietly(self.state.model_path(entry["file"]))
+        self._changed("remove", model_id)
+        return {"id": model_id, "status": "deleted"}
+
+    def job(self, model_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            job = self._jobs.get(model_id)
+        if job is not None:
+            snap = job.snapshot()
+            size = self.state.part_size(model_id)
+            if not job.active and job.status not in (Status.COMPLETE, Status.CANCELED) and size is not None:
+                snap["resumable"] = True
+                snap["downloaded"] = size
+            return snap
+        return self._resumable(model_id)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Active jobs, then downloads that left a resumable ``.part``."""
+        with self._lock:
+            jobs = dict(self._jobs)
+        items = [j.snapshot() for j in jobs.values() if j.active]
+        for model_id in self.state.partial_ids():
+            job = jobs.get(model_id)
+            if job is not None and job.active:
+                continue
+            item = self.job(model_id)
+            if item is not None and item.get("resumable"):
+                items.append(item)
+        return items
+
+    def _resumable(self, model_id: str) -> dict[str, Any] | None:
+        size = self.state.part_size(model_id)
+        sidecar = self.state.read_sidecar(model_id)
+        if size is None and sidecar is None:
+            return None
+        item: dict[str, Any] = {"id": model_id, "status": "resumable", "resumable": sidecar is not None,
+                                "downloaded": size or 0}
+        if sidecar:
+            item["url"] = redact_url(str(sidecar.get("url", "")))
+            item["provider"] = sidecar.get("provider", "local")
+            item["sha256"] = sidecar.get("sha256")
+            total = sidecar.get("total")
+            if isinstance(total, int):
+                item["total"] = total
+                if total:
+                    item["progress"] = min(100, (size or 0) * 100 // total)
+        return item
+
+    # -- start and stop -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Sweeps stale partial files and resumes the others if so configured."""
+        s = self.settings
+        now = time.time()
+        for model_id in list(self.state.partial_ids()):
+            paths = [self.state.part_path(model_id), self.state.sidecar_path(model_id)]
+            mtimes = [os.lstat(p).st_mtime for p in paths if os.path.lexists(p)]
+            if mtimes and now - max(mtimes) > s.stale_part_secs:
+                log.info("removing stale partial download %s", model_id)
+                self.state.remove_partial(model_id)
+                continue
+            sidecar = self.state.read_sidecar(model_id)
+            if s.resume_on_start and sidecar and isinstance(sidecar.get("url"), str):
+                log.info("resuming %s from %s", model_id, redact_url(sidecar["url"]))
+                try:
+                    self.submit(model_id, sidecar["url"], sidecar.get("sha256"), sidecar.get("provider") or "local",
+                                auto=True)
+                except ArwError as exc:
+                    log.warning("cannot resume %s: %s", model_id, exc.detail)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stops every transfer, keeping its ``.part`` resumable."""
+        with self._lock:
+            self._closed = True
+            for job in [j for j in self._jobs.values() if j.active]:
+                self._stop_job(job, "shutdown")
+            self._tick.notify_all()
+            ticker = self._ticker
+        if self._executor is not None:
+            self._executor.shutdown(wait=wait, cancel_futures=True)
+        if wait and ticker is not None:
+            ticker.join()
+
+    def find(self, model_id: str) -> DownloadJob | None:
+        """The job of ``model_id`` the table holds (running, or among the last finished)."""
+        with self._lock:
+            return self._jobs.get(model_id)
+
+    def wait(self, model_id: str, timeout: float | None = None) -> bool:
+        with self._lock:
+            job = self._jobs.get(model_id)
+        return True if job is None else job.done.wait(timeout)
+
+
+def _began(job: DownloadJob) -> str:
+    if job.status is Status.QUEUED:
+        return "queued"
+    return "resumed" if job.offset or job.status is Status.RESUMED else "started"
+
+
+def _free_name(name: str, model_id: str, taken: Callable[[str], bool]) -> str:
+    if not taken(name):
+        return name
+    stem, ext = os.path.splitext(name)
+    for n in range(1, 10000):
+        candidate = f"{stem}-{model_id}{ext}" if n == 1 else f"{stem}-{model_id}-{n}{ext}"
+        if not taken(candidate):
+            return candidate
+    raise TransferError("internal-error", f"no free file name for {name}")
+
+
+def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:
+    item = dict(entry)
+    item["url"] = redact_url(str(entry.get("url", "")))
+    if not state.has_model_file(entry["file"]):
+        item["status"] = "missing"
+    return item
