@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
@@ -77,13 +78,15 @@ class DownloadJob:
     """The state of one download, shared by its transfer, the manager and the API."""
 
     def __init__(self, model_id: str, url: str, sha256: str | None, provider: str,
-                 publish: Publish = _quietly, notify: Publish = _quietly, *, auto: bool = False) -> None:
+                 publish: Publish = _quietly, notify: Publish = _quietly, *, auto: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.id = model_id
         self.url = url
         self.sha256 = sha256
         self.provider = provider
         # Resumed by the service itself at start: a POST that differs takes it over.
         self.auto = auto
+        self.clock = clock
         self._status = Status.QUEUED
         # publish (the event hub, which never blocks) runs under the job's lock, so
         # events keep the order of the moves; notify (a host's signal receivers, which
@@ -261,6 +264,7 @@ class DownloadJob:
         """The origin's answer was accepted: from ``offset`` of ``total`` bytes."""
         self.total, self.offset, self.downloaded = total, offset, offset
         self._samples.clear()
+        self._samples.append((self.clock(), offset))  # the speed counts from here
         self._published = offset
         extra = {} if total is None else {"total": total}
         if offset:

@@ -100,7 +100,7 @@ class DownloadManager:
             self._notify(CHANGED, payload)
 
     def _new_job(self, model_id: str, url: str, sha256: str | None, provider: str, auto: bool = False) -> DownloadJob:
-        return DownloadJob(model_id, url, sha256, provider, self._publish, self._signal, auto=auto)
+        return DownloadJob(model_id, url, sha256, provider, self._publish, self._signal, auto=auto, clock=self.clock)
 
     # -- submitting ---------------------------------------------------------------------
 

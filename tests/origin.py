@@ -71,6 +71,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     status: int = 0
+    sent: int = 0  # body bytes written to the client
 
     @property
     def range(self) -> str | None:
@@ -138,7 +139,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         if self.command == "HEAD":
             return
-        self._body(res, body)
+        self._body(seen, res, body)
 
     def _plain(self, seen: Seen, status: int, headers: dict[str, str]) -> None:
         seen.status = status
@@ -150,7 +151,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
-    def _body(self, res: Resource, body: bytes) -> None:
+    def _body(self, seen: Seen, res: Resource, body: bytes) -> None:
         origin = self.server.origin
         with origin.lock:
             drop_at = res.drop_after if res.drop_after is not None and res.drops > 0 else None
@@ -170,6 +171,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 chunk = body[sent : min(limit, sent + piece)]
                 self._write(res, chunk)
                 sent += len(chunk)
+                seen.sent = sent
                 if res.throttle:
                     time.sleep(len(chunk) / res.throttle)  # pacing the origin, not synchronizing a test
             if stall_at is not None and sent == stall_at:
@@ -229,6 +231,10 @@ class Origin:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    def bytes_sent(self, path: str) -> int:
+        """Body bytes this origin wrote for ``path``, over every request."""
+        return sum(s.sent for s in self.requests_for(path))
 
     def requests_for(self, path: str) -> list[Seen]:
         with self.lock:

@@ -311,7 +311,7 @@ def test_a_receiver_that_raises_breaks_neither_the_download_nor_other_receivers(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="arw_models")
     seen: list[list[str]] = [[] for _ in range(4)]
-    lock = threading.Lock()
+    lock = threading.Condition()
 
     def broken(sender: Any, payload: dict[str, Any]) -> None:
         raise RuntimeError("a bug in a receiver")
@@ -320,6 +320,7 @@ def test_a_receiver_that_raises_breaks_neither_the_download_nor_other_receivers(
         def receive(sender: Any, payload: dict[str, Any]) -> None:
             with lock:
                 seen[n].append(payload.get("status") or payload["op"])
+                lock.notify_all()
 
         return receive
 
@@ -335,6 +336,8 @@ def test_a_receiver_that_raises_breaks_neither_the_download_nor_other_receivers(
         assert watch.terminal("r")["status"] == "complete"
         assert ArwModels.state(app).manager.wait("r", timeout=5)
         assert [m["id"] for m in client.get("/models").json["items"]] == ["r"]
+        with lock:  # the signals of the end follow it, in the job's thread
+            assert lock.wait_for(lambda: all(len(s) == 3 for s in seen), timeout=5), seen
         for n in range(4):
             assert seen[n] == ["started", "complete", "add"], (n, seen[n])
         assert any("a receiver of" in r.getMessage() for r in caplog.records)

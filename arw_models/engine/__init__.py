@@ -153,10 +153,12 @@ class Download:
         except OSError as exc:
             raise fetch.disk_error(exc, offset) from None
 
+        job.segments = 1
         try:
             with fh:
                 downloaded = fetch.stream(response, job, self.s, fh, offset, self._hasher.update, self._record_durable)
         finally:
+            job.segments = 0
             self._hashed = job.downloaded  # every byte written is hashed, and no other
         fetch.check_stop(job)  # a shut-down socket reads as EOF
         if total is not None and downloaded != total:

@@ -1,0 +1,113 @@
+"""Slots, retry timers and progress: a job that waits to retry gives its slot away,
+and progress is published from the counters once an interval, bursts and stalls
+alike."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .conftest import Service, post_download
+from .helpers import cancel
+from .origin import Origin, payload
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port on which connections are refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    yield port
+
+
+def test_jobs_waiting_to_retry_give_their_slots_to_a_queued_one(service: Service, origin: Origin,
+                                                                  refused_port: int) -> None:
+    _, client, watch = service(ARW_MODELS_MAX_CONC=2, ARW_DL_RETRIES=50, ARW_DL_RETRY_BACKOFF_MS=200,
+                                 ARW_DL_RETRY_BACKOFF_MAX_MS=400)
+    good = origin.add("/good.gguf", payload(256 * KiB, seed=80))
+    for name in ("dead1", "dead2"):
+        assert post_download(client, name, f"http://127.0.0.1:{refused_port}/{name}.gguf").status_code == 202
+    assert post_download(client, "good", origin.url("/good.gguf"), sha256=good.sha256).status_code == 202
+    done = watch.terminal("good", timeout=10)
+    assert done["status"] == "complete"
+    # Meanwhile the dead ones kept waiting to retry, and are still doing so.
+    for name in ("dead1", "dead2"):
+        assert "retrying" in watch.statuses(name)
+        assert client.get(f"/models/downloads/{name}").json["status"] == "retrying"
+        assert cancel(client, name).json == {"id": name, "status": "canceled"}
+        assert watch.terminal(name)["status"] == "canceled"
+
+
+def test_a_cancel_of_a_job_waiting_to_retry_ends_it_at_once(service: Service, refused_port: int) -> None:
+    _, client, watch = service(ARW_DL_RETRY_BACKOFF_MS=30_000, ARW_DL_RETRY_BACKOFF_MAX_MS=30_000)
+    post_download(client, "d", f"http://127.0.0.1:{refused_port}/d.gguf")
+    retrying = watch.status("d", "retrying")
+    assert retrying["code"] == "network" and retrying["attempt"] == 1 and retrying["delay_ms"] >= 15_000
+    t0 = time.monotonic()
+    assert cancel(client, "d").json == {"id": "d", "status": "canceled"}
+    assert time.monotonic() - t0 < 2
+    assert watch.terminal("d")["status"] == "canceled"
+    assert watch.statuses("d") == ["retrying", "canceled"]
+
+
+def test_a_burst_then_a_stall_shows_the_burst_within_an_interval(service: Service, origin: Origin) -> None:
+    _, client, watch = service(ARW_DL_PROGRESS_INTERVAL_MS=100, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/burst.gguf", payload(4 * MiB, seed=81), stall_after=MiB)
+    post_download(client, "b", origin.url("/burst.gguf"))
+    assert res.stalled.wait(5)
+    # The stall has begun: no more bytes come, yet the burst is told.
+    shown = watch.until(lambda e: e.payload.get("id") == "b" and e.payload.get("downloaded") == MiB, timeout=3)
+    assert shown.payload["status"] == "downloading"
+    assert shown.payload["total"] == 4 * MiB and shown.payload["progress"] == 25
+    assert shown.payload["segments"] == 1 and shown.payload["speed"] > 0 and shown.payload["eta_s"] > 0
+    mark = watch.hub.last_id
+    res.release.set()
+    assert watch.terminal("b")["status"] == "complete"
+    progress = [e.payload for e in watch.events
+                if e.id is not None and e.id > mark and e.payload.get("status") == "downloading"]
+    assert all(p["downloaded"] > MiB for p in progress)  # nothing is told twice
+
+
+def test_progress_events_are_spaced_by_the_interval(service: Service, origin: Origin) -> None:
+    _, client, watch = service(ARW_DL_PROGRESS_INTERVAL_MS=200, ARW_DL_CHUNK_BYTES=16 * KiB)
+    origin.add("/slow.gguf", payload(2 * MiB, seed=82), throttle=2 * MiB)  # about a second, 128 chunks
+    post_download(client, "s", origin.url("/slow.gguf"))
+    assert watch.terminal("s")["status"] == "complete"
+    progress = [p for p in watch.payloads("s") if p["status"] == "downloading"]
+    # One each 200 ms (not one per chunk): about five, with slack for a loaded machine.
+    assert 2 <= len(progress) <= 9, [p["downloaded"] for p in progress]
+    counts = [p["downloaded"] for p in progress]
+    assert counts == sorted(set(counts))
+
+
+def test_retry_events_count_attempts_and_the_job_counts_retries(service: Service, origin: Origin) -> None:
+    _, client, watch = service()
+    res = origin.add("/r.gguf", payload(100 * KiB, seed=83), statuses=[(503, {}), (503, {}), (503, {})])
+    post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
+    assert watch.terminal("r")["status"] == "complete"
+    attempts = [p["attempt"] for p in watch.payloads("r") if p["status"] == "retrying"]
+    assert attempts == [1, 2, 3]
+    assert client.get("/models/downloads/r").json["retries"] == 3
+
+
+def _statuses(watch: Any, model_id: str) -> list[str]:
+    return [s for s in watch.statuses(model_id) if s != "downloading"]
+
+
+def test_a_job_that_waited_to_retry_resumes_where_it_was(service: Service, origin: Origin) -> None:
+    _, client, watch = service()
+    res = origin.add("/w.gguf", payload(MiB, seed=84), drop_after=300 * KiB)
+    post_download(client, "w", origin.url("/w.gguf"), sha256=res.sha256)
+    assert watch.terminal("w")["status"] == "complete"
+    assert _statuses(watch, "w") == ["started", "retrying", "resumed", "complete"]
+    resumed = next(p for p in watch.payloads("w") if p["status"] == "resumed")
+    assert resumed["offset"] == 300 * KiB
+    assert origin.bytes_sent("/w.gguf") == MiB
