@@ -31,8 +31,9 @@ from . import __version__
 from .config import Settings
 from .errors import ArwError, Conflict, NotFound
 from .events import EventHub
+from .headers import redact_url, strong_etag
+from .http import new_session
 from .storage import Registry, StateDir, remove_quietly, utcnow
-from .transfer import new_session, redact_url, strong_etag
 from .worker import JobStopped, TransferError, Worker, disk_free
 
 log = logging.getLogger(__name__)

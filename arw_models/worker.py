@@ -30,18 +30,19 @@ import urllib3.exceptions
 from urllib3.exceptions import IncompleteRead
 
 from . import storage
-from .storage import filename_from_disposition, read_part, sanitize_filename, utcnow
-from .transfer import (
+from .headers import (
     content_length,
+    filename_from_disposition,
     parse_content_range,
     parse_retry_after,
     redact_text,
     redact_url,
     same_version,
-    socket_hook,
     strong_etag,
     url_filename,
 )
+from .http import socket_hook
+from .storage import read_part, sanitize_filename, utcnow
 
 if TYPE_CHECKING:
     from .downloads import DownloadJob, DownloadManager

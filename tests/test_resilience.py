@@ -20,7 +20,7 @@ from typing import Any, Self
 import pytest
 
 import arw_models.downloads
-import arw_models.transfer
+import arw_models.http
 import arw_models.worker
 from arw_models import ArwModels
 
@@ -202,14 +202,8 @@ def test_cancel_during_a_hanging_connect_is_prompt(
     # A 30 s connect timeout: only the shutdown of the connecting socket explains a fast cancel.
     app, client, watch = service(ARW_DL_CONNECT_TIMEOUT_SECS=30)
     connecting = threading.Event()
-    hand_over = arw_models.transfer._hand_over
-
-    def noting_hand_over(sock: socket.socket | None) -> bool:
-        stopped = hand_over(sock)
-        connecting.set()  # connect() comes next
-        return stopped
-
-    monkeypatch.setattr(arw_models.transfer, "_hand_over", noting_hand_over)
+    # connect() comes once the socket is the job's.
+    monkeypatch.setattr(arw_models.http, "on_hand_over", lambda sock: connecting.set())
     post_download(client, "void", f"http://127.0.0.1:{black_hole}/void.gguf")
     assert connecting.wait(5)
     t0 = time.monotonic()
