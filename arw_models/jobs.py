@@ -23,8 +23,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from .headers import redact_url
 from .storage import utcnow
-from .transfer import redact_url
 
 
 class Status(str, Enum):

@@ -38,9 +38,10 @@ from .engine import Download, Result
 from .engine.plan import continuation
 from .errors import ArwError, Conflict, JobStopped, NotFound, TransferError
 from .events import EventHub
+from .headers import redact_url
+from .http import new_session
 from .jobs import DownloadJob, Status
 from .storage import Registry, StateDir, remove_quietly, utcnow
-from .transfer import new_session, redact_url
 
 log = logging.getLogger(__name__)
 

@@ -109,21 +109,6 @@ def disk_free(path: str) -> int:
     return shutil.disk_usage(path).free
 
 
-def filename_from_disposition(header: str | None) -> str | None:
-    """The filename of a ``Content-Disposition`` header (RFC 6266), if any."""
-    if not header:
-        return None
-    from email.message import Message
-
-    msg = Message()
-    msg["content-disposition"] = header
-    try:
-        filename = msg.get_filename()
-    except (TypeError, ValueError, LookupError):
-        return None
-    return filename or None
-
-
 def atomic_write_json(path: str, data: Any, *, follow_parent: bool = False) -> None:
     """Write JSON so that readers see the old file or the new one, never a mix."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -19,8 +19,8 @@ from typing import Any, Self
 
 import pytest
 
+import arw_models.http
 from arw_models import ArwModels
-from arw_models.jobs import DownloadJob
 
 from .conftest import Service, Watch, post_download
 from .helpers import cancel, listing, models_dir, part, read, sidecar, write_partial
@@ -200,14 +200,8 @@ def test_cancel_during_a_hanging_connect_is_prompt(
     # A 30 s connect timeout: only the shutdown of the connecting socket explains a fast cancel.
     app, client, watch = service(ARW_DL_CONNECT_TIMEOUT_SECS=30)
     connecting = threading.Event()
-    attach = DownloadJob.attach_socket
-
-    def noting_attach(job: DownloadJob, sock: socket.socket) -> bool:
-        stopped = attach(job, sock)
-        connecting.set()  # connect() comes next
-        return stopped
-
-    monkeypatch.setattr(DownloadJob, "attach_socket", noting_attach)
+    # connect() comes once the socket is the job's.
+    monkeypatch.setattr(arw_models.http, "on_hand_over", lambda sock: connecting.set())
     post_download(client, "void", f"http://127.0.0.1:{black_hole}/void.gguf")
     assert connecting.wait(5)
     t0 = time.monotonic()

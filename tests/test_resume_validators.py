@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from arw_models.transfer import same_version
+from arw_models.headers import same_version
 
 from .conftest import Service, Watch, post_download
 from .helpers import listing, models_dir, part, read, sidecar, write_partial

@@ -5,10 +5,10 @@ import pytest
 from arw_models.config import DEFAULTS, Settings, from_env
 from arw_models.engine import backoff_delay
 from arw_models.events import Event, EventHub
-from arw_models.storage import filename_from_disposition, sanitize_filename, valid_id
-from arw_models.transfer import (
+from arw_models.headers import (
     ContentRange,
     content_length,
+    filename_from_disposition,
     parse_content_range,
     parse_retry_after,
     redact_text,
@@ -16,6 +16,7 @@ from arw_models.transfer import (
     strong_etag,
     url_filename,
 )
+from arw_models.storage import sanitize_filename, valid_id
 
 
 def test_event_frame_is_exact_bytes() -> None:

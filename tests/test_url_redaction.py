@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from arw_models.transfer import redact_text, redact_url, url_filename
+from arw_models.headers import redact_text, redact_url, url_filename
 
 from .conftest import Service, Watch, post_download
 from .helpers import sidecar, write_partial

@@ -22,15 +22,15 @@ from typing import Any, BinaryIO
 
 from ..config import Settings
 from ..errors import JobStopped, TransferError
+from ..headers import filename_from_disposition, redact_url, strong_etag, url_filename
+from ..http import socket_hook
 from ..jobs import DownloadJob, Status
 from ..storage import (
     StateDir,
-    filename_from_disposition,
     read_part,
     sanitize_filename,
     utcnow,
 )
-from ..transfer import redact_url, socket_hook, strong_etag, url_filename
 from . import fetch
 from .plan import Continuation, Plan, continuation
 

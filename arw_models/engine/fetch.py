@@ -3,7 +3,7 @@ continues the bytes on disk, and the loop that streams its body into the ``.part
 
 The hot loop only reads, writes, hashes and counts: no events, no logging, no
 clock. A stop is seen between chunks, and a cancel also shuts the socket down (see
-:mod:`arw_models.transfer`), so a read blocked on a stalled origin returns at once.
+:mod:`arw_models.http`), so a read blocked on a stalled origin returns at once.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from urllib3.exceptions import IncompleteRead
 
 from ..config import Settings
 from ..errors import JobStopped, TransferError
-from ..jobs import DownloadJob
-from ..transfer import (
+from ..headers import (
     content_length,
     parse_content_range,
     parse_retry_after,
@@ -29,6 +28,7 @@ from ..transfer import (
     redact_url,
     same_version,
 )
+from ..jobs import DownloadJob
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
-"""The HTTP side of a transfer: a ``requests`` session whose sockets a cancel can
-reach, and the parsing of the headers that resume depends on.
+"""The ``requests`` session whose sockets a cancel can reach.
 
 A cancel must not wait for a blocked ``connect`` or ``recv`` to time out. The
 connection classes below hand each socket to the job that is using it (through a
@@ -7,22 +6,27 @@ thread-local set by the worker for the duration of its request) before it connec
 and again before it waits for response headers; the cancelling thread then shuts the
 socket down, which wakes a blocked connect or read at once with an error or an EOF.
 Only the name lookup before the connect cannot be woken.
+
+That takes names of urllib3 and of requests' adapter that are not their public API,
+and this is the only module of the package that touches them. Each one is listed in
+:data:`PRIVATE_NAMES`, with why it is needed (the list is appended to this docstring
+below); ``tests/test_http_fence.py`` checks every one against the installed urllib3
+and requests, so an upgrade that moves one of them fails by name rather than as a
+cancel that silently stops being prompt. ``setup.cfg`` keeps urllib3 below its next
+major version for the same reason.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import selectors
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -36,15 +40,90 @@ from urllib3.exceptions import (
 )
 from urllib3.util.connection import allowed_gai_family
 
+
+class Private(NamedTuple):
+    """A name of urllib3 or requests that this module relies on beyond their
+    documented API."""
+
+    where: str  # dotted: module, then class and attribute
+    kind: str  # "method", "function", "class attribute", "instance attribute", "inherited", "marker"
+    why: str
+    params: tuple[str, ...] | None = None  # the parameter names of a method or function
+    source_has: tuple[str, ...] = ()  # code its source must still contain (the behaviour relied on)
+
+
+PRIVATE_NAMES: tuple[Private, ...] = (
+    Private("urllib3.connection.HTTPConnection._new_conn", "method",
+            "overridden so that the socket is made by _connect, which hands it to the job "
+            "before connect(); its body is urllib3's own, around create_connection", ("self",),
+            ("create_connection(",)),
+    Private("urllib3.connection.HTTPConnection._dns_host", "instance attribute",
+            "the host to resolve as given (a trailing dot kept), which urllib3's _new_conn connects to"),
+    Private("urllib3.connection.HTTPConnection.sock", "instance attribute",
+            "the kept-alive socket that getresponse() hands over before it waits for the answer"),
+    Private("urllib3.connection.HTTPConnection.connect", "method",
+            "takes its socket from _new_conn", ("self",), ("self._new_conn()",)),
+    Private("urllib3.connection.HTTPSConnection.connect", "method",
+            "takes its socket from _new_conn, tunnels and handshakes on it, and leaves the TLS "
+            "socket in self.sock, which is handed over when connect() returns",
+            ("self",), ("self._new_conn()", "self.sock = ")),
+    Private("urllib3.connection.HTTPSConnection._new_conn", "inherited",
+            "the tracked HTTPS connection puts the cancellable _new_conn before HTTPSConnection "
+            "in its bases: an _new_conn of HTTPSConnection's own would be bypassed"),
+    Private("urllib3.connectionpool.HTTPConnectionPool.ConnectionCls", "class attribute",
+            "the pools make their connections from it: set to the tracked classes"),
+    Private("urllib3.connectionpool.HTTPSConnectionPool.ConnectionCls", "class attribute",
+            "the pools make their connections from it: set to the tracked classes"),
+    Private("urllib3.poolmanager.PoolManager.pool_classes_by_scheme", "instance attribute",
+            "replaced on the adapter's pool manager and on each HTTP(S) proxy manager, so that "
+            "every pool they make is a tracked one"),
+    Private("urllib3.util.connection.allowed_gai_family", "function",
+            "the address family urllib3 resolves with (IPv4 alone where IPv6 does not work); "
+            "_connect resolves with the same",
+            ()),
+    Private("urllib3.util.connection.create_connection", "function",
+            "mirrored by _connect (plus the hand-over and a wakeable wait): new parameters mean "
+            "new behaviour to mirror", ("address", "timeout", "source_address", "socket_options")),
+    Private("urllib3.util.timeout._DEFAULT_TIMEOUT", "marker",
+            "the 'no timeout given' sentinel that may reach _new_conn as self.timeout; _connect "
+            "takes anything that is not a number for it"),
+    Private("urllib3.exceptions.NameResolutionError.__init__", "method",
+            "raised the way urllib3's _new_conn raises it, so that requests maps it the same way",
+            ("self", "host", "conn", "reason")),
+    Private("urllib3.exceptions.NewConnectionError.__init__", "method",
+            "raised the way urllib3's _new_conn raises it, so that requests maps it the same way",
+            ("self", "conn", "message")),
+    Private("requests.adapters.HTTPAdapter.init_poolmanager", "method",
+            "overridden to put the tracked pools into the pool manager it makes",
+            ("self", "connections", "maxsize", "block", "pool_kwargs")),
+    Private("requests.adapters.HTTPAdapter.poolmanager", "instance attribute",
+            "the pool manager that init_poolmanager made"),
+    Private("requests.adapters.HTTPAdapter.proxy_manager_for", "method",
+            "overridden to put the tracked pools into each HTTP(S) proxy manager",
+            ("self", "proxy", "proxy_kwargs")),
+)
+
+__doc__ = (__doc__ or "") + "\nThe names relied on:\n\n" + "\n".join(
+    f"* ``{p.where}`` ({p.kind}): {p.why}." for p in PRIVATE_NAMES
+) + "\n"
+
+#: A declared seam: called with each socket right after it was handed to its job
+#: (before a connect, and before the wait for an answer), so that a test can act at
+#: a known point of a connect without patching this module's helpers.
+on_hand_over: Callable[[socket.socket], None] | None = None
+
 _tls = threading.local()
 
 
 def _hand_over(sock: socket.socket | None) -> bool:
     """Gives ``sock`` to this thread's job; True if that job is already stopped."""
     hook: Callable[[socket.socket], bool] | None = getattr(_tls, "on_socket", None)
-    if hook is not None and sock is not None:
-        return hook(sock)
-    return False
+    if sock is None:
+        return False
+    stopped = hook(sock) if hook is not None else False
+    if on_hand_over is not None:
+        on_hand_over(sock)
+    return stopped
 
 
 def _connect(address: tuple[str, int], timeout: Any, source_address: tuple[str, int] | None,
@@ -204,6 +283,9 @@ class _TrackingAdapter(HTTPAdapter):
 
 
 def new_session(user_agent: str) -> requests.Session:
+    """A session for one worker thread: one connection at a time, no retries of its
+    own (the worker's loop retries, resuming from the bytes on disk), and sockets that
+    go to the hook of :class:`socket_hook` while one is set."""
     session = requests.Session()
     adapter = _TrackingAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
     session.mount("http://", adapter)
@@ -225,136 +307,3 @@ class socket_hook:
 
     def __exit__(self, *exc: object) -> None:
         _tls.on_socket = None
-
-
-class ContentRange(NamedTuple):
-    start: int | None
-    end: int | None
-    total: int | None
-
-
-# ASCII digits only: \d and str.isdigit() also take other scripts' digits and '²'.
-_CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:([0-9]+)-([0-9]+)|\*)/([0-9]+|\*)\s*", re.IGNORECASE)
-
-
-def _digits(value: str) -> bool:
-    return value.isascii() and value.isdigit()
-
-
-def parse_content_range(value: str | None) -> ContentRange | None:
-    """``bytes 10-19/100``, ``bytes 10-19/*`` or ``bytes */100``; None if malformed."""
-    if not value:
-        return None
-    match = _CONTENT_RANGE.fullmatch(value)
-    if not match:
-        return None
-    start, end, total = match.groups()
-    parsed = ContentRange(
-        int(start) if start is not None else None,
-        int(end) if end is not None else None,
-        int(total) if total != "*" else None,
-    )
-    if parsed.start is not None and parsed.end is not None and parsed.end < parsed.start:
-        return None
-    return parsed
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if _digits(value):
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def strong_etag(value: str | None) -> str | None:
-    """The ETag if it is strong; a weak one must not be used in ``If-Range``."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.startswith(("W/", "w/")) or not (value.startswith('"') and value.endswith('"')):
-        return None
-    return value
-
-
-def same_version(recorded_etag: str | None, recorded_modified: str | None, headers: Any) -> bool | None:
-    """Whether an answer that continues a ``.part`` (a 206, a 416) is of the version
-    of the file whose bytes the ``.part`` holds, judged by the answer's own
-    validators: many origins and CDNs ignore ``If-Range`` and send the range of
-    whatever version they have now.
-
-    The recorded strong ETag decides when the answer carries an ETag (a weak one is
-    not the same strong one); without one, the recorded Last-Modified decides when
-    the answer carries that. None: the answer carries nothing to compare.
-    """
-    recorded_etag = strong_etag(recorded_etag)
-    etag = (headers.get("ETag") or "").strip()
-    if recorded_etag and etag:
-        return etag == recorded_etag
-    modified = (headers.get("Last-Modified") or "").strip()
-    if recorded_modified and modified:
-        return modified == recorded_modified.strip()
-    return None
-
-
-def content_length(headers: Any) -> int | None:
-    value = headers.get("Content-Length")
-    if value is None or not _digits(value.strip()):
-        return None
-    return int(value)
-
-
-def redact_url(url: str) -> str:
-    """The url as shown to clients and in logs: without userinfo, query string, path
-    parameters (``;token=...`` in any segment) or fragment, any of which may carry
-    credentials."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host + (f":{port}" if port else "")
-    if parts.username is not None or parts.password is not None:
-        netloc = "***@" + netloc
-    query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, _PARAMS.sub(r"\1;***", parts.path), query, ""))
-
-
-# The characters that end a url quoted in a message: urllib3 and requests put urls and
-# request targets between quotes or before " (Caused by ...)".
-_QUERY = re.compile(r"\?[^\s'\"()]*")
-_USERINFO = re.compile(r"//[^/\s'\"@]*@")
-# A ';' counts only inside a path (after a '/' with no space between): prose keeps its semicolons.
-_PARAMS = re.compile(r"(/[^\s'\"()/;?#]*);[^\s'\"()/?#]*")
-_FRAGMENT = re.compile(r"(/[^\s'\"()#]*)#[^\s'\"()]*")
-
-
-def redact_text(text: str) -> str:
-    """A message (an exception's, say) without the query strings, path parameters,
-    fragments or userinfo of the urls it quotes: urllib3 quotes the request target,
-    and urls often carry credentials there."""
-    text = _FRAGMENT.sub(r"\1#***", text)
-    text = _QUERY.sub("?***", text)
-    return _USERINFO.sub("//***@", _PARAMS.sub(r"\1;***", text))
-
-
-def url_filename(url: str) -> str:
-    """The last path segment, without its parameters (``f.bin;token=...`` is ``f.bin``)."""
-    from urllib.parse import unquote
-
-    path = urlsplit(url).path
-    return unquote(path.rstrip("/").rsplit("/", 1)[-1].split(";", 1)[0]) if path else ""
