@@ -57,9 +57,9 @@ def test_several_workers_on_one_state_dir_stop_the_server_at_boot(
     assert "one process serves one state directory" in out, out
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-    # Nothing holds the directory any more: a correct start takes it.
+    # Nothing holds the directory once the last worker is gone: a correct start takes it.
     lock = StateLock(StateDir(str(state)))
-    lock.acquire()
+    lock.acquire(wait=10)
     lock.release()
 
 
