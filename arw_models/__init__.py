@@ -31,6 +31,7 @@ from .config import DEFAULTS, Settings, from_env
 from .downloads import PROGRESS, DownloadManager
 from .errors import handle_http_exception
 from .events import EventHub
+from .limits import StreamSlots
 from .storage import Registry, StateDir, StateLock, StateLockError
 
 __all__ = ["ArwModels", "ServiceState", "StateLockError", "__version__", "create_app"]
@@ -54,6 +55,7 @@ class ServiceState:
         self.registry: Registry
         self.hub: EventHub
         self.manager: DownloadManager
+        self.streams: StreamSlots
         self._state_lock: StateLock | None = None
 
     @property
@@ -75,6 +77,7 @@ class ServiceState:
             self.settings, self.dirs, self._state_lock = settings, dirs, lock
             self.registry = Registry(dirs)
             self.hub = EventHub(settings.events_replay, settings.events_queue)
+            self.streams = StreamSlots(settings.max_streams)
             self.manager = DownloadManager(settings, dirs, self.registry, self.hub, notify=self._notify)
             self._started = True
             ref = weakref.ref(self)

@@ -21,6 +21,7 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
+from .limits import client_probe
 from .storage import StateLockError, valid_id
 
 if TYPE_CHECKING:
@@ -191,15 +192,29 @@ def events() -> Response:
         after = header  # a reconnecting browser knows best where it stopped
     replay = _event_id(request.args.get("replay"), "replay")
     prefixes = [p for p in request.args.getlist("prefix") if p]
-    return stream_response(
-        state.hub,
-        prefixes=prefixes,
-        after=after,
-        replay=replay,
-        keepalive=state.settings.keepalive,
-        retry_ms=state.settings.retry_ms,
-        hello={"version": __version__},
-    )
+    release = state.streams.acquire()
+    if release is None:
+        # Each stream holds a server thread: past the cap, the threads left over
+        # stay free for every other request.
+        retry_after = max(1, -(-state.settings.retry_ms // 1000))
+        raise ArwError(f"{state.streams.limit} event streams are open, the most this service allows; "
+                       "try again later", status=503, code="too-many-streams", title="Service unavailable",
+                       headers={"Retry-After": str(retry_after)})
+    try:
+        return stream_response(
+            state.hub,
+            prefixes=prefixes,
+            after=after,
+            replay=replay,
+            keepalive=state.settings.keepalive,
+            retry_ms=state.settings.retry_ms,
+            hello={"version": __version__},
+            client_gone=client_probe(request.environ),
+            on_close=release,
+        )
+    except BaseException:
+        release()
+        raise
 
 
 @bp.get("/probe")
@@ -212,6 +227,7 @@ def probe() -> Response:
         "models_dir": state.dirs.models_dir,
         "settings": state.settings.public(),
         "subscribers": state.hub.subscriber_count,
+        "streams": state.streams.in_use,
         "last_event_id": state.hub.last_id,
     })
 

@@ -57,7 +57,17 @@ DEFAULTS: dict[str, Any] = {
     "ARW_EVENTS_KEEPALIVE_SECS": 15.0,
     # Reconnection delay suggested to SSE clients (the `retry:` field), in ms.
     "ARW_EVENTS_RETRY_MS": 3000,
+    # Event streams open at once (each holds a request thread); more get 503.
+    # None: derived from ARW_THREADS (see events_stream_cap), 8 if that is unknown.
+    "ARW_EVENTS_MAX_STREAMS": None,
+    # Request threads of the server. The bundled gunicorn configuration sets the
+    # real number; None: unknown (a host app under some other server).
+    "ARW_THREADS": None,
 }
+
+# What ARW_EVENTS_MAX_STREAMS is when neither it nor the thread count is known:
+# small enough to leave threads over under most servers' defaults.
+UNKNOWN_THREADS_STREAM_CAP = 8
 
 
 def _bool(text: str) -> bool:
@@ -98,7 +108,17 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_EVENTS_QUEUE": int,
     "ARW_EVENTS_KEEPALIVE_SECS": float,
     "ARW_EVENTS_RETRY_MS": int,
+    "ARW_EVENTS_MAX_STREAMS": _optional(int),
+    "ARW_THREADS": _optional(int),
 }
+
+
+def events_stream_cap(threads: int | None) -> int:
+    """The default ARW_EVENTS_MAX_STREAMS: all threads but a reserve of a quarter
+    of them (at least 4) for every other request, and never less than one."""
+    if threads is None:
+        return UNKNOWN_THREADS_STREAM_CAP
+    return max(1, threads - max(4, threads // 4))
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -136,6 +156,8 @@ class Settings:
     events_queue: int
     keepalive: float
     retry_ms: int
+    threads: int | None
+    max_streams: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -150,6 +172,9 @@ class Settings:
             return value
 
         max_mb = get("ARW_MODELS_MAX_MB")
+        threads = get("ARW_THREADS")
+        threads = None if threads is None else int(threads)
+        max_streams = get("ARW_EVENTS_MAX_STREAMS")
         settings = cls(
             state_dir=os.path.abspath(os.fspath(get("ARW_STATE_DIR"))),
             # Surrounding blanks are not part of a token; a blank one is no token.
@@ -171,6 +196,8 @@ class Settings:
             events_queue=int(get("ARW_EVENTS_QUEUE")),
             keepalive=float(get("ARW_EVENTS_KEEPALIVE_SECS")),
             retry_ms=int(get("ARW_EVENTS_RETRY_MS")),
+            threads=threads,
+            max_streams=events_stream_cap(threads) if max_streams is None else int(max_streams),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -178,6 +205,10 @@ class Settings:
             raise ValueError("ARW_DL_CHUNK_BYTES must be at least 1024")
         if settings.retries < 0:
             raise ValueError("ARW_DL_RETRIES must not be negative")
+        if settings.threads is not None and settings.threads < 1:
+            raise ValueError("ARW_THREADS must be at least 1")
+        if settings.max_streams < 1:
+            raise ValueError("ARW_EVENTS_MAX_STREAMS must be at least 1")
         return settings
 
     def public(self) -> dict[str, Any]:
@@ -200,5 +231,7 @@ class Settings:
             "events_queue": self.events_queue,
             "events_keepalive_secs": self.keepalive,
             "events_retry_ms": self.retry_ms,
+            "events_max_streams": self.max_streams,
+            "threads": self.threads,
             "auth": "token" if self.admin_token else "none",
         }
