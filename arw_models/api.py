@@ -7,7 +7,15 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    after_this_request,
+    current_app,
+    jsonify,
+    request,
+    url_for,
+)
 
 from . import __version__
 from .downloads import public_model
@@ -21,7 +29,13 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
-from .limits import client_probe
+from .limits import (
+    BodyIncomplete,
+    BodyTimeout,
+    client_probe,
+    close_after_response,
+    read_body,
+)
 from .storage import StateLockError, valid_id
 
 if TYPE_CHECKING:
@@ -73,7 +87,23 @@ def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise UnsupportedMediaType("send the body as application/json")
     # Read at most one byte past the limit: a chunked body announces no length.
-    data = request.stream.read(MAX_BODY + 1)
+    timeout = service().settings.body_timeout
+    try:
+        data = read_body(request.stream, request.environ, limit=MAX_BODY + 1, timeout=timeout,
+                         expected=request.content_length)
+    except (BodyTimeout, BodyIncomplete) as exc:
+        # Where the next request would start on this connection is unknown: it ends here.
+        shut = close_after_response(request.environ)
+
+        @after_this_request
+        def end_connection(response: Response) -> Response:
+            response.call_on_close(shut)
+            return response
+
+        if isinstance(exc, BodyTimeout):
+            raise ArwError(f"the request body did not arrive within {timeout:g} s", status=408,
+                           code="request-timeout", title="Request timeout", headers={"Connection": "close"}) from None
+        raise BadRequest(str(exc), code="incomplete-body", headers={"Connection": "close"}) from None
     if len(data) > MAX_BODY:
         raise ArwError(f"the body is larger than {MAX_BODY} bytes", status=413, code="body-too-large",
                        title="Content too large")

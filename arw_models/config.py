@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     # Request threads of the server. The bundled gunicorn configuration sets the
     # real number; None: unknown (a host app under some other server).
     "ARW_THREADS": None,
+    # Seconds a request body may take to arrive before it is answered with 408.
+    "ARW_BODY_TIMEOUT_SECS": 10.0,
 }
 
 # What ARW_EVENTS_MAX_STREAMS is when neither it nor the thread count is known:
@@ -110,6 +112,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_EVENTS_RETRY_MS": int,
     "ARW_EVENTS_MAX_STREAMS": _optional(int),
     "ARW_THREADS": _optional(int),
+    "ARW_BODY_TIMEOUT_SECS": float,
 }
 
 
@@ -158,6 +161,7 @@ class Settings:
     retry_ms: int
     threads: int | None
     max_streams: int
+    body_timeout: float
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -198,6 +202,7 @@ class Settings:
             retry_ms=int(get("ARW_EVENTS_RETRY_MS")),
             threads=threads,
             max_streams=events_stream_cap(threads) if max_streams is None else int(max_streams),
+            body_timeout=float(get("ARW_BODY_TIMEOUT_SECS")),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -209,6 +214,8 @@ class Settings:
             raise ValueError("ARW_THREADS must be at least 1")
         if settings.max_streams < 1:
             raise ValueError("ARW_EVENTS_MAX_STREAMS must be at least 1")
+        if not settings.body_timeout > 0:
+            raise ValueError("ARW_BODY_TIMEOUT_SECS must be positive")
         return settings
 
     def public(self) -> dict[str, Any]:
@@ -233,5 +240,6 @@ class Settings:
             "events_retry_ms": self.retry_ms,
             "events_max_streams": self.max_streams,
             "threads": self.threads,
+            "body_timeout_secs": self.body_timeout,
             "auth": "token" if self.admin_token else "none",
         }

@@ -1,5 +1,5 @@
-"""Event streams cannot starve the request threads: the cap on streams, and the
-end of a stream whose client left.
+"""Event streams and slow clients cannot starve the request threads: the cap on
+streams, the end of a stream whose client left, the time limit on request bodies.
 
 The first part runs in-process (units on real sockets, werkzeug's server); the
 last test runs the service under gunicorn as ``gunicorn -c
@@ -8,6 +8,7 @@ python:arw_models.gunicorn_conf`` does, and measures it from the outside.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -25,7 +26,7 @@ import requests
 from arw_models import ArwModels
 from arw_models.config import DEFAULTS, Settings, events_stream_cap, from_env
 from arw_models.events import KEEPALIVE, EventHub, stream_response
-from arw_models.limits import StreamSlots, client_gone
+from arw_models.limits import BodyTimeout, StreamSlots, client_gone, read_body
 
 from .conftest import LiveServer
 from .sse import SSEClient
@@ -42,9 +43,9 @@ def test_the_default_stream_cap_leaves_a_reserve_of_threads() -> None:
     assert events_stream_cap(None) == 8  # a server whose thread count is unknown
     assert Settings.from_config(dict(DEFAULTS, ARW_THREADS=32)).max_streams == 24
     assert Settings.from_config(dict(DEFAULTS, ARW_THREADS=32, ARW_EVENTS_MAX_STREAMS=3)).max_streams == 3
-    assert from_env({"ARW_EVENTS_MAX_STREAMS": "", "ARW_THREADS": "16"}) == {
-        "ARW_EVENTS_MAX_STREAMS": None, "ARW_THREADS": 16}
-    for bad in ({"ARW_EVENTS_MAX_STREAMS": 0}, {"ARW_THREADS": 0}):
+    assert from_env({"ARW_EVENTS_MAX_STREAMS": "", "ARW_THREADS": "16", "ARW_BODY_TIMEOUT_SECS": "2.5"}) == {
+        "ARW_EVENTS_MAX_STREAMS": None, "ARW_THREADS": 16, "ARW_BODY_TIMEOUT_SECS": 2.5}
+    for bad in ({"ARW_EVENTS_MAX_STREAMS": 0}, {"ARW_THREADS": 0}, {"ARW_BODY_TIMEOUT_SECS": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Settings.from_config(dict(DEFAULTS, **bad))
 
@@ -185,6 +186,92 @@ def test_a_stream_ends_within_a_second_or_two_of_its_client_leaving(make_app: Ca
         live.close()
 
 
+# -- request bodies -------------------------------------------------------------------
+
+
+def _post_head(path: str, length: int) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_body_that_stops_is_answered_408_and_the_connection_closed(make_app: Callable[..., Any]) -> None:
+    app = make_app(ARW_BODY_TIMEOUT_SECS=0.5)
+    live = LiveServer(app)
+    try:
+        with socket.create_connection(("127.0.0.1", live.server.server_port), timeout=5) as sock:
+            sent = time.monotonic()
+            sock.sendall(_post_head("/models/download", 50) + b'{"')
+            status, headers, body = _response(sock)
+            took = time.monotonic() - sent
+            assert status == 408 and headers["content-type"] == "application/problem+json"
+            assert json.loads(body)["code"] == "request-timeout"
+            assert headers["connection"] == "close" and _closed(sock)
+            assert 0.45 <= took < 3
+        assert requests.get(live.url + "/models/downloads", timeout=5).json() == {"items": []}
+    finally:
+        live.close()
+
+
+def test_a_body_cut_short_is_a_400_and_a_slow_whole_one_is_read(make_app: Callable[..., Any]) -> None:
+    app = make_app(ARW_BODY_TIMEOUT_SECS=3)
+    live = LiveServer(app)
+    address = ("127.0.0.1", live.server.server_port)
+    try:
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.sendall(_post_head(CANCEL, 50) + b'{"id": "x"')
+            sock.shutdown(socket.SHUT_WR)  # the client gives up, but still listens
+            status, _, body = _response(sock)
+            assert status == 400 and json.loads(body)["code"] == "incomplete-body"
+
+        whole = b'{"id": "nothing-here"}'
+        with socket.create_connection(address, timeout=5) as sock:
+            sock.sendall(_post_head(CANCEL, len(whole)))
+            for i in range(0, len(whole), 8):
+                time.sleep(0.1)  # the client's pace, well within the limit
+                sock.sendall(whole[i:i + 8])
+            status, _, body = _response(sock)
+            assert status == 404 and json.loads(body)["code"] == "no-active-download"
+    finally:
+        live.close()
+
+
+def test_read_body_ends_a_trickle_at_the_deadline_and_restores_the_socket(
+    tcp_pair: Callable[[], tuple[socket.socket, socket.socket]],
+) -> None:
+    server, client = tcp_pair()
+    stop = threading.Event()
+
+    def trickle() -> None:  # a byte every 50 ms: each recv has data long before any timeout
+        while not stop.wait(0.05):
+            try:
+                client.sendall(b" ")
+            except OSError:
+                return
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    stream = server.makefile("rb")
+    try:
+        started = time.monotonic()
+        with pytest.raises(BodyTimeout):
+            read_body(stream, {"werkzeug.socket": server}, limit=100, timeout=0.5, expected=100)
+        assert 0.45 <= time.monotonic() - started < 1.5
+        assert server.gettimeout() is None  # handed back to the server as it was
+    finally:
+        stop.set()
+        sender.join(5)
+        stream.close()
+    # Without a socket (another server, or the test client) the body is read as it comes.
+    assert read_body(io.BytesIO(b"{}"), {}, limit=10, timeout=0.001, expected=2) == b"{}"
+
+
 # -- under gunicorn ---------------------------------------------------------------------
 
 
@@ -293,7 +380,8 @@ def test_streams_and_slow_clients_do_not_starve_the_service_under_gunicorn(
 ) -> None:
     state = tmp_path / "state"
     # The environment says 4 threads, the command line 8: the app must learn the real number.
-    g = gunicorns("limits", state, argv=["-c", CONF, "--threads", "8", "wsgi:app"])
+    g = gunicorns("limits", state, argv=["-c", CONF, "--threads", "8", "wsgi:app"],
+                  ARW_BODY_TIMEOUT_SECS="1")
     g.wait_ready()
     settings = requests.get(g.url + "/probe", timeout=5).json()["settings"]
     assert settings["threads"] == 8 and settings["events_max_streams"] == 4  # 8 - max(4, 8 // 4)
@@ -354,4 +442,46 @@ def test_streams_and_slow_clients_do_not_starve_the_service_under_gunicorn(
     assert time.monotonic() - left < 2.5
     probe = requests.get(g.url + "/probe", timeout=5).json()
     assert probe["streams"] == 0 and probe["subscribers"] == 0
+
+    # 8 bodies that stop after 2 of their 50 bytes take every thread; each is cut off
+    # at 1 s and its connection closed, and the threads serve again at once, even
+    # though those clients keep their sockets open. A ninth body keeps trickling.
+    stalled = [socket.create_connection(("127.0.0.1", g.port), timeout=5) for _ in range(8)]
+    trickling = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        trickling.sendall(_post_head(CANCEL, 50) + b'{"')
+        while not stop.wait(0.2):
+            try:
+                trickling.sendall(b" ")
+            except OSError:
+                return
+
+    sender = threading.Thread(target=trickle)
+    try:
+        sent = time.monotonic()
+        for sock in stalled:
+            sock.sendall(_post_head(CANCEL, 50) + b'{"')
+        sender.start()
+        for sock in [*stalled, trickling]:
+            status, _, body = _response(sock)
+            assert status == 408 and json.loads(body)["code"] == "request-timeout", body
+            assert _closed(sock)
+        assert time.monotonic() - sent < 2.5
+        started = time.monotonic()
+        assert requests.get(g.url + "/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+    finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join(5)
+        for sock in [*stalled, trickling]:
+            sock.close()
+    # A body cut short by its client (which still listens) is a 400, not a parse of half a body.
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as sock:
+        sock.sendall(_post_head(CANCEL, 50) + b'{"id": "x"')
+        sock.shutdown(socket.SHUT_WR)
+        status, _, body = _response(sock)
+        assert status == 400 and json.loads(body)["code"] == "incomplete-body", body
     assert "Traceback" not in g.output()
