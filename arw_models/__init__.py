@@ -31,6 +31,7 @@ from . import signals
 from .config import DEFAULTS, Settings, from_env
 from .errors import handle_http_exception
 from .events import EventHub
+from .limits import StreamSlots
 from .manager import PROGRESS, DownloadManager
 from .storage import Registry, StateDir, StateDirError, StateLock, StateLockError
 
@@ -55,6 +56,7 @@ class ServiceState:
         self.registry: Registry
         self.hub: EventHub
         self.manager: DownloadManager
+        self.streams: StreamSlots
         self._state_lock: StateLock | None = None
         # Set in a process that claimed the lock and then forked before serving
         # (gunicorn --preload): each child, not the parent, takes the lock.
@@ -82,6 +84,7 @@ class ServiceState:
             self.settings, self.dirs = settings, dirs
             self.registry = Registry(dirs)
             self.hub = EventHub(settings.events_replay, settings.events_queue)
+            self.streams = StreamSlots(settings.max_streams)
             self.manager = DownloadManager(settings, dirs, self.registry, self.hub, notify=self._notify)
             self._started = True
             ref = weakref.ref(self)

@@ -7,7 +7,15 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    after_this_request,
+    current_app,
+    jsonify,
+    request,
+    url_for,
+)
 
 from . import __version__
 from .errors import (
@@ -20,6 +28,13 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
+from .limits import (
+    BodyIncomplete,
+    BodyTimeout,
+    client_probe,
+    close_after_response,
+    read_body,
+)
 from .manager import public_model
 from .storage import StateLockError, valid_id
 
@@ -72,7 +87,23 @@ def json_body() -> dict[str, Any]:
     if not request.is_json:
         raise UnsupportedMediaType("send the body as application/json")
     # Read at most one byte past the limit: a chunked body announces no length.
-    data = request.stream.read(MAX_BODY + 1)
+    timeout = service().settings.body_timeout
+    try:
+        data = read_body(request.stream, request.environ, limit=MAX_BODY + 1, timeout=timeout,
+                         expected=request.content_length)
+    except (BodyTimeout, BodyIncomplete) as exc:
+        # Where the next request would start on this connection is unknown: it ends here.
+        shut = close_after_response(request.environ)
+
+        @after_this_request
+        def end_connection(response: Response) -> Response:
+            response.call_on_close(shut)
+            return response
+
+        if isinstance(exc, BodyTimeout):
+            raise ArwError(f"the request body did not arrive within {timeout:g} s", status=408,
+                           code="request-timeout", title="Request timeout", headers={"Connection": "close"}) from None
+        raise BadRequest(str(exc), code="incomplete-body", headers={"Connection": "close"}) from None
     if len(data) > MAX_BODY:
         raise ArwError(f"the body is larger than {MAX_BODY} bytes", status=413, code="body-too-large",
                        title="Content too large")
@@ -194,15 +225,29 @@ def events() -> Response:
         after = header  # a reconnecting browser knows best where it stopped
     replay = _event_id(request.args.get("replay"), "replay")
     prefixes = [p for p in request.args.getlist("prefix") if p]
-    return stream_response(
-        state.hub,
-        prefixes=prefixes,
-        after=after,
-        replay=replay,
-        keepalive=state.settings.keepalive,
-        retry_ms=state.settings.retry_ms,
-        hello={"version": __version__},
-    )
+    release = state.streams.acquire()
+    if release is None:
+        # Each stream holds a server thread: past the cap, the threads left over
+        # stay free for every other request.
+        retry_after = max(1, -(-state.settings.retry_ms // 1000))
+        raise ArwError(f"{state.streams.limit} event streams are open, the most this service allows; "
+                       "try again later", status=503, code="too-many-streams", title="Service unavailable",
+                       headers={"Retry-After": str(retry_after)})
+    try:
+        return stream_response(
+            state.hub,
+            prefixes=prefixes,
+            after=after,
+            replay=replay,
+            keepalive=state.settings.keepalive,
+            retry_ms=state.settings.retry_ms,
+            hello={"version": __version__},
+            client_gone=client_probe(request.environ),
+            on_close=release,
+        )
+    except BaseException:
+        release()
+        raise
 
 
 @bp.get("/probe")
@@ -215,6 +260,7 @@ def probe() -> Response:
         "models_dir": state.dirs.models_dir,
         "settings": state.settings.public(),
         "subscribers": state.hub.subscriber_count,
+        "streams": state.streams.in_use,
         "last_event_id": state.hub.last_id,
     })
 

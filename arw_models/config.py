@@ -62,7 +62,19 @@ DEFAULTS: dict[str, Any] = {
     # Seconds a starting server waits for the state directory's lock (held by a
     # process that is still exiting, say); a sibling worker is refused at once.
     "ARW_LOCK_WAIT_SECS": 5.0,
+    # Event streams open at once (each holds a request thread); more get 503.
+    # None: derived from ARW_THREADS (see events_stream_cap), 8 if that is unknown.
+    "ARW_EVENTS_MAX_STREAMS": None,
+    # Request threads of the server. The bundled gunicorn configuration sets the
+    # real number; None: unknown (a host app under some other server).
+    "ARW_THREADS": None,
+    # Seconds a request body may take to arrive before it is answered with 408.
+    "ARW_BODY_TIMEOUT_SECS": 10.0,
 }
+
+# What ARW_EVENTS_MAX_STREAMS is when neither it nor the thread count is known:
+# small enough to leave threads over under most servers' defaults.
+UNKNOWN_THREADS_STREAM_CAP = 8
 
 
 def _bool(text: str) -> bool:
@@ -105,7 +117,18 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_EVENTS_RETRY_MS": int,
     "ARW_JOBS_KEEP": int,
     "ARW_LOCK_WAIT_SECS": float,
+    "ARW_EVENTS_MAX_STREAMS": _optional(int),
+    "ARW_THREADS": _optional(int),
+    "ARW_BODY_TIMEOUT_SECS": float,
 }
+
+
+def events_stream_cap(threads: int | None) -> int:
+    """The default ARW_EVENTS_MAX_STREAMS: all threads but a reserve of a quarter
+    of them (at least 4) for every other request, and never less than one."""
+    if threads is None:
+        return UNKNOWN_THREADS_STREAM_CAP
+    return max(1, threads - max(4, threads // 4))
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -145,6 +168,9 @@ class Settings:
     retry_ms: int
     jobs_keep: int
     lock_wait: float
+    threads: int | None
+    max_streams: int
+    body_timeout: float
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -159,6 +185,9 @@ class Settings:
             return value
 
         max_mb = get("ARW_MODELS_MAX_MB")
+        threads = get("ARW_THREADS")
+        threads = None if threads is None else int(threads)
+        max_streams = get("ARW_EVENTS_MAX_STREAMS")
         settings = cls(
             state_dir=os.path.abspath(os.fspath(get("ARW_STATE_DIR"))),
             # Surrounding blanks are not part of a token; a blank one is no token.
@@ -182,6 +211,9 @@ class Settings:
             retry_ms=int(get("ARW_EVENTS_RETRY_MS")),
             jobs_keep=int(get("ARW_JOBS_KEEP")),
             lock_wait=float(get("ARW_LOCK_WAIT_SECS")),
+            threads=threads,
+            max_streams=events_stream_cap(threads) if max_streams is None else int(max_streams),
+            body_timeout=float(get("ARW_BODY_TIMEOUT_SECS")),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -193,6 +225,12 @@ class Settings:
             raise ValueError("ARW_JOBS_KEEP must not be negative")
         if not 0 <= settings.lock_wait <= 60:
             raise ValueError("ARW_LOCK_WAIT_SECS must be between 0 and 60")
+        if settings.threads is not None and settings.threads < 1:
+            raise ValueError("ARW_THREADS must be at least 1")
+        if settings.max_streams < 1:
+            raise ValueError("ARW_EVENTS_MAX_STREAMS must be at least 1")
+        if not settings.body_timeout > 0:
+            raise ValueError("ARW_BODY_TIMEOUT_SECS must be positive")
         return settings
 
     def public(self) -> dict[str, Any]:
@@ -217,5 +255,8 @@ class Settings:
             "events_retry_ms": self.retry_ms,
             "jobs_keep": self.jobs_keep,
             "lock_wait_secs": self.lock_wait,
+            "events_max_streams": self.max_streams,
+            "threads": self.threads,
+            "body_timeout_secs": self.body_timeout,
             "auth": "token" if self.admin_token else "none",
         }

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from flask import Response
@@ -214,8 +214,17 @@ def stream_response(
     keepalive: float = 15.0,
     retry_ms: int = 3000,
     hello: dict[str, Any] | None = None,
+    client_gone: Callable[[], bool] | None = None,
+    check_interval: float = 1.0,
+    on_close: Callable[[], None] | None = None,
 ) -> Response:
-    """The ``text/event-stream`` response for one subscriber."""
+    """The ``text/event-stream`` response for one subscriber.
+
+    ``client_gone`` is asked at least every ``check_interval`` seconds: a server
+    notices a departed client only when a write fails, which on an idle stream
+    is the next keep-alive, and until then the stream holds a server thread.
+    ``on_close`` runs once the server is done with the response.
+    """
     sub, backlog = hub.subscribe(prefixes, after=after, replay=replay)
 
     def frames(events: Iterable[Event]) -> bytes:
@@ -224,15 +233,39 @@ def stream_response(
     def generate() -> Iterator[bytes]:
         connected = Event(None, CONNECTED, dict(hello or {}, last_event_id=hub.last_id))
         yield f"retry: {retry_ms}\n".encode() + connected.encode() + frames(backlog)
+        written = time.monotonic()
         while True:
-            items = sub.get(timeout=keepalive)
+            wait = keepalive - (time.monotonic() - written)
+            if client_gone is not None:
+                wait = min(wait, check_interval)
+            items = sub.get(timeout=max(0.0, wait))
             if items is None:
                 return
-            yield frames(items) if items else KEEPALIVE
+            if client_gone is not None and client_gone():
+                return
+            if items:
+                yield frames(items)
+            elif time.monotonic() - written >= keepalive:
+                yield KEEPALIVE
+            else:
+                continue
+            written = time.monotonic()
+
+    closed = threading.Event()
+
+    def close() -> None:
+        if closed.is_set():  # a response closed twice releases once
+            return
+        closed.set()
+        try:
+            hub.unsubscribe(sub)
+        finally:
+            if on_close is not None:
+                on_close()
 
     response = Response(generate(), mimetype="text/event-stream")
-    # Released when the server closes the response, even if it never started it.
-    response.call_on_close(lambda: hub.unsubscribe(sub))
+    # Runs when the server closes the response, even if it never started it.
+    response.call_on_close(close)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return response

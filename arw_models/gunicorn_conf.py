@@ -3,9 +3,10 @@
 Design: one process (downloads, the job table and every event subscriber live in
 it), many threads (gthread): each open ``/events`` stream holds one thread for as
 long as the client listens, so ``threads`` bounds subscribers plus concurrent
-requests. The worker starts the service right after it boots, so downloads left
-by an earlier run resume without waiting for a first request, and a second
-process on the same state directory fails at once.
+requests, and the app caps streams below it (ARW_EVENTS_MAX_STREAMS) to keep a
+reserve of threads for everything else. The worker starts the service right
+after it boots, so downloads left by an earlier run resume without waiting for a
+first request, and a second process on the same state directory fails at once.
 
 Every setting can still be overridden on the command line.
 """
@@ -77,6 +78,9 @@ def post_worker_init(worker: Any) -> None:
 
     app = worker.wsgi
     state = app.extensions["arw_models"]
+    # The real thread count (the command line may have overridden ours): the
+    # default cap on event streams leaves a reserve of these for other requests.
+    app.config["ARW_THREADS"] = worker.cfg.threads
     try:
         state.claim()  # waits for a predecessor that is still exiting
         state.start()

@@ -760,7 +760,17 @@ def test_preload_serves_a_download(gunicorns: Callable[..., Gunicorn], origin: A
 # -- many short event streams ---------------------------------------------------------
 
 
-def test_many_short_event_streams_leave_no_subscriber(app: Any, live: Any, monkeypatch: Any) -> None:
+def test_many_short_event_streams_leave_no_subscriber(make_app: Callable[..., Any], monkeypatch: Any) -> None:
+    # A closed stream keeps its slot until it notices its client left: make room for all.
+    app = make_app(ARW_EVENTS_MAX_STREAMS=256)
+    live = LiveServer(app)
+    try:
+        _many_short_streams(app, live, monkeypatch)
+    finally:
+        live.close()
+
+
+def _many_short_streams(app: Any, live: LiveServer, monkeypatch: Any) -> None:
     hub = ArwModels.state(app).hub
     released = threading.Condition()
     unsubscribe = hub.unsubscribe
