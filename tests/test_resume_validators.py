@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import requests
 
 from arw_models.headers import same_version
 
+from . import debian
 from .conftest import Service, Watch, post_download
 from .helpers import listing, models_dir, part, read, sidecar, write_partial
 from .origin import Origin, Resource, payload
@@ -272,10 +272,7 @@ http {{
 
 @pytest.fixture
 def nginx(tmp_path: Any) -> Iterator[Nginx]:
-    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-    if binary is None:
-        pytest.skip("nginx is not installed (apt-get install nginx-light); the real-server check needs it")
-    server = Nginx(binary, str(tmp_path / "nginx"))
+    server = Nginx(debian.binary("nginx-light", "nginx", "/usr/sbin/nginx"), str(tmp_path / "nginx"))
     yield server
     server.close()
 
