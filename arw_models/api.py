@@ -35,7 +35,7 @@ from .limits import (
     close_after_response,
     read_body,
 )
-from .manager import public_model
+from .listing import public_model
 from .storage import StateLockError, valid_id
 
 if TYPE_CHECKING:

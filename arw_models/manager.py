@@ -3,15 +3,10 @@ the install of verified downloads.
 
 Concurrency model: request threads call :meth:`DownloadManager.submit`,
 :meth:`~DownloadManager.cancel` and the listings, which touch the job table under
-one lock. Up to ``ARW_MODELS_MAX_CONC`` executor threads (created on first use,
-never at import or in ``init_app``, so forking servers and ``--preload`` work) are
-the slots: each takes the oldest job of the queue, runs one attempt of its
-:class:`~arw_models.engine.Download`, and takes the next. A retryable failure does
-not keep its slot: the job waits as ``retrying`` on a timer, and the ticker puts it
-at the head of the queue when the timer fires. The ticker (one thread) also
-publishes every running job's progress once an interval, from counters the
-transfer threads update, so the transfer loop never does event work. A job's
-status changes only through :meth:`~arw_models.jobs.DownloadJob.transition`.
+one lock. The :class:`~arw_models.slots.Slots` run one attempt of a job's
+:class:`~arw_models.engine.Download` at a time per slot; a retryable failure does
+not keep its slot: the job waits as ``retrying`` on a timer. A job's status
+changes only through :meth:`~arw_models.jobs.DownloadJob.transition`.
 
 Declared seams, for tests and for embedding: :attr:`DownloadManager.open_part`
 (how a ``.part`` is opened for writing; set it before the job starts),
@@ -27,9 +22,8 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import __version__, storage
@@ -41,6 +35,8 @@ from .events import EventHub
 from .headers import redact_url
 from .http import new_session
 from .jobs import DownloadJob, Status
+from .listing import job_item, public_model, resumable_item
+from .slots import Slots
 from .storage import Registry, StateDir, remove_quietly, utcnow
 
 log = logging.getLogger(__name__)
@@ -73,16 +69,8 @@ class DownloadManager:
         # Finished jobs, oldest first: the last ARW_JOBS_KEEP stay answerable.
         self._finished: OrderedDict[str, DownloadJob] = OrderedDict()
         self._downloads: dict[DownloadJob, Download] = {}
-        # The queue of jobs waiting for a slot; the jobs in a slot; the jobs waiting
-        # on a retry timer (the clock's time it fires).
-        self._pending: deque[DownloadJob] = deque()
-        self._running: set[DownloadJob] = set()
-        self._waiting: dict[DownloadJob, float] = {}
-        self._draining = 0
         self._lock = threading.RLock()
-        self._tick = threading.Condition(self._lock)
-        self._ticker: threading.Thread | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self.slots = Slots(settings.max_conc, settings.progress_interval, self._lock, self._run, clock)
         self._closed = False
 
     # -- events -------------------------------------------------------------------------
@@ -142,7 +130,7 @@ class DownloadManager:
             job = self._new_job(model_id, url, sha256, provider, auto=auto)
             job.after = previous
             self._jobs[model_id] = job
-            if len(self._running) + len(self._pending) >= self.settings.max_conc:
+            if self.slots.busy() >= self.settings.max_conc:
                 job.announce()
             else:
                 # What the slot will do, as the answer says it; the event comes when the
@@ -150,7 +138,7 @@ class DownloadManager:
                 keeps = continuation(self.state.read_sidecar(model_id), self.state.part_size(model_id), url, sha256)
                 job.transition(Status.RESUMED if keeps.resumes else Status.STARTED, quiet=True)
             answer = job.snapshot()  # as it begins: a slot may take it over at once
-            self._enqueue(job)
+            self.slots.enqueue(job)
             return 202, answer
 
     def _installed_as_asked(self, model_id: str, url: str, sha256: str | None) -> dict[str, Any] | None:
@@ -164,75 +152,6 @@ class DownloadManager:
         ):
             return installed
         return None
-
-    # -- slots, the queue and the timers ---------------------------------------------------
-
-    def _enqueue(self, job: DownloadJob, front: bool = False) -> None:
-        """Under the lock: the job waits for a slot (at the head of the queue after a
-        retry timer, which it has waited for already)."""
-        if front:
-            self._pending.appendleft(job)
-        else:
-            self._pending.append(job)
-        if self._draining < self.settings.max_conc:
-            self._draining += 1
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.settings.max_conc, thread_name_prefix="arw-download")
-            self._executor.submit(self._drain)
-        if self._ticker is None:
-            self._ticker = threading.Thread(target=self._tick_loop, name="arw-ticker", daemon=True)
-            self._ticker.start()
-
-    def _drain(self) -> None:
-        """One slot: runs queued jobs, oldest first, until none is left."""
-        while True:
-            with self._lock:
-                if not self._pending or self._closed:
-                    self._draining -= 1
-                    return
-                job = self._pending.popleft()
-                self._running.add(job)
-            try:
-                self._run(job)
-            finally:
-                with self._lock:
-                    self._running.discard(job)
-
-    def _take_back(self, job: DownloadJob) -> bool:
-        """Under the lock: a job that holds no slot (queued, or waiting to retry)
-        leaves the queue and the timers; False if it is in a slot."""
-        if job in self._waiting:
-            del self._waiting[job]
-            return True
-        try:
-            self._pending.remove(job)
-        except ValueError:
-            return False
-        return True
-
-    def _tick_loop(self) -> None:
-        """Fires retry timers and publishes progress, once an interval."""
-        interval = max(0.005, self.settings.progress_interval)
-        while True:
-            with self._lock:
-                if self._closed:
-                    return
-                now = self.clock()
-                for job in [j for j, due in self._waiting.items() if due <= now]:
-                    del self._waiting[job]
-                    self._enqueue(job, front=True)
-                running = list(self._running)
-            for job in running:
-                fields = job.tick(now)
-                if fields is not None:
-                    job.transition(Status.DOWNLOADING, **fields)
-            with self._lock:
-                if self._closed:
-                    return
-                wait = interval
-                if self._waiting:
-                    wait = min(wait, max(0.0, min(self._waiting.values()) - self.clock()))
-                self._tick.wait(wait)
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -277,8 +196,7 @@ class DownloadManager:
             if moved is None:
                 return False
             job.retries += 1
-            self._waiting[job] = self.clock() + delay
-            self._tick.notify()
+            self.slots.wait(job, delay)
         log.info("download %s: %s; retry %d in %.2fs", job.id, err.message, download.failures, delay)
         job.notify(moved)
         return True
@@ -387,7 +305,7 @@ class DownloadManager:
     def _stop_job(self, job: DownloadJob, reason: str) -> None:
         """Under the lock: asks ``job`` to stop; one that holds no slot ends here."""
         job.stop(reason)
-        if self._take_back(job):
+        if self.slots.take_back(job):
             self._stopped(job)
             self._ended(job)
 
@@ -428,14 +346,7 @@ class DownloadManager:
     def job(self, model_id: str) -> dict[str, Any] | None:
         with self._lock:
             job = self._jobs.get(model_id)
-        if job is not None:
-            snap = job.snapshot()
-            size = self.state.part_size(model_id)
-            if not job.active and job.status not in (Status.COMPLETE, Status.CANCELED) and size is not None:
-                snap["resumable"] = True
-                snap["downloaded"] = size
-            return snap
-        return self._resumable(model_id)
+        return job_item(job, self.state) if job is not None else resumable_item(model_id, self.state)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Active jobs, then downloads that left a resumable ``.part``."""
@@ -450,24 +361,6 @@ class DownloadManager:
             if item is not None and item.get("resumable"):
                 items.append(item)
         return items
-
-    def _resumable(self, model_id: str) -> dict[str, Any] | None:
-        size = self.state.part_size(model_id)
-        sidecar = self.state.read_sidecar(model_id)
-        if size is None and sidecar is None:
-            return None
-        item: dict[str, Any] = {"id": model_id, "status": "resumable", "resumable": sidecar is not None,
-                                "downloaded": size or 0}
-        if sidecar:
-            item["url"] = redact_url(str(sidecar.get("url", "")))
-            item["provider"] = sidecar.get("provider", "local")
-            item["sha256"] = sidecar.get("sha256")
-            total = sidecar.get("total")
-            if isinstance(total, int):
-                item["total"] = total
-                if total:
-                    item["progress"] = min(100, (size or 0) * 100 // total)
-        return item
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -497,12 +390,7 @@ class DownloadManager:
             self._closed = True
             for job in [j for j in self._jobs.values() if j.active]:
                 self._stop_job(job, "shutdown")
-            self._tick.notify_all()
-            ticker = self._ticker
-        if self._executor is not None:
-            self._executor.shutdown(wait=wait, cancel_futures=True)
-        if wait and ticker is not None:
-            ticker.join()
+        self.slots.close(wait)
 
     def find(self, model_id: str) -> DownloadJob | None:
         """The job of ``model_id`` the table holds (running, or among the last finished)."""
@@ -530,11 +418,3 @@ def _free_name(name: str, model_id: str, taken: Callable[[str], bool]) -> str:
         if not taken(candidate):
             return candidate
     raise TransferError("internal-error", f"no free file name for {name}")
-
-
-def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:
-    item = dict(entry)
-    item["url"] = redact_url(str(entry.get("url", "")))
-    if not state.has_model_file(entry["file"]):
-        item["status"] = "missing"
-    return item

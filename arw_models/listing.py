@@ -1,0 +1,51 @@
+"""What the listings show: an installed model, a job, and a download that left a
+resumable ``.part`` behind (from this run or an earlier one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .headers import redact_url
+from .jobs import DownloadJob, Status
+from .storage import StateDir
+
+
+def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:
+    """A registry entry as clients see it: the url redacted, ``missing`` if its
+    file is gone (or is no longer a regular file)."""
+    item = dict(entry)
+    item["url"] = redact_url(str(entry.get("url", "")))
+    if not state.has_model_file(entry["file"]):
+        item["status"] = "missing"
+    return item
+
+
+def job_item(job: DownloadJob, state: StateDir) -> dict[str, Any]:
+    """A job's snapshot; one that ended and kept its ``.part`` says it is resumable
+    and how many bytes are on disk."""
+    snap = job.snapshot()
+    size = state.part_size(job.id)
+    if not job.active and job.status not in (Status.COMPLETE, Status.CANCELED) and size is not None:
+        snap["resumable"] = True
+        snap["downloaded"] = size
+    return snap
+
+
+def resumable_item(model_id: str, state: StateDir) -> dict[str, Any] | None:
+    """A partial download with no job in memory, from its ``.part`` and sidecar."""
+    size = state.part_size(model_id)
+    sidecar = state.read_sidecar(model_id)
+    if size is None and sidecar is None:
+        return None
+    item: dict[str, Any] = {"id": model_id, "status": "resumable", "resumable": sidecar is not None,
+                            "downloaded": size or 0}
+    if sidecar:
+        item["url"] = redact_url(str(sidecar.get("url", "")))
+        item["provider"] = sidecar.get("provider", "local")
+        item["sha256"] = sidecar.get("sha256")
+        total = sidecar.get("total")
+        if isinstance(total, int):
+            item["total"] = total
+            if total:
+                item["progress"] = min(100, (size or 0) * 100 // total)
+    return item
