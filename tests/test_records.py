@@ -1,0 +1,134 @@
+"""What a job, its sidecar and the listings record, through the edges where a
+wrong number would go unnoticed: names across resumes, validators across ranges,
+offsets, a zero-byte file, a service that is shutting down, the jitter of retries."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from arw_models import ArwModels
+from arw_models.engine import backoff_delay
+
+from .conftest import Service, post_download
+from .helpers import listing, models_dir, part, read, sidecar, write_partial
+from .origin import Origin, payload
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def test_a_resumed_download_keeps_the_name_its_origin_gave(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    res = origin.add("/dl", payload(MiB, seed=90), content_disposition='attachment; filename="named.gguf"',
+                     drop_after=300 * KiB)
+    post_download(client, "n", origin.url("/dl?id=7"), sha256=res.sha256)
+    assert watch.terminal("n")["file"] == "named.gguf"
+    assert listing(app) == ["named.gguf"]
+
+
+def test_a_resume_after_a_restart_keeps_the_name_in_the_sidecar(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    res = origin.add("/dl2", payload(MiB, seed=91))
+    have = 200 * KiB
+    write_partial(app, "r", res.data[:have], {"url": origin.url("/dl2"), "etag": res.etag, "total": len(res.data),
+                                              "filename": "from-before.gguf"})
+    post_download(client, "r", origin.url("/dl2"))
+    assert watch.terminal("r")["file"] == "from-before.gguf"
+
+
+def test_ranges_without_validators_keep_the_recorded_one_for_the_next_resume(
+    service: Service, origin: Origin,
+) -> None:
+    """The origin's 206s carry no ETag: the bytes on disk are still those of the
+    version recorded when they began, so every later resume asks with that ETag."""
+    _app, client, watch = service()
+    res = origin.add("/v.gguf", payload(MiB, seed=92), drop_after=256 * KiB, drops=3, range_validators=False)
+    post_download(client, "v", origin.url("/v.gguf"), sha256=res.sha256)
+    assert watch.terminal("v")["status"] == "complete"
+    seen = origin.requests_for("/v.gguf")
+    assert [s.status for s in seen] == [200, 206, 206, 206]
+    assert all(s.headers.get("if-range") == res.etag for s in seen[1:])
+    assert origin.bytes_sent("/v.gguf") == len(res.data)
+
+
+def test_the_job_records_its_offset_and_its_file(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/o.gguf", payload(MiB, seed=93), stall_after=100 * KiB)
+    have = 300 * KiB
+    write_partial(app, "o", res.data[:have], {"url": origin.url("/o.gguf"), "etag": res.etag, "total": len(res.data)})
+    post_download(client, "o", origin.url("/o.gguf"))
+    assert watch.status("o", "resumed")["offset"] == have
+    snap = client.get("/models/downloads/o").json
+    assert snap["offset"] == have and snap["status"] in ("resumed", "downloading")
+    res.release.set()  # the stalled answer ends short: one more resume finishes it
+    assert watch.terminal("o")["status"] == "complete"
+    assert ArwModels.state(app).manager.wait("o", 5)
+    done = client.get("/models/downloads/o").json
+    assert done["status"] == "complete" and done["file"] == "o.gguf" and done["downloaded"] == len(res.data)
+    assert "resumable" not in done
+
+
+def test_a_short_body_that_uses_up_the_retries_keeps_its_part(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_RETRIES=2)
+    res = origin.add("/s.gguf", payload(MiB, seed=94), drop_after=0, drops=100)
+    post_download(client, "s", origin.url("/s.gguf"))
+    err = watch.terminal("s")
+    assert err["code"] == "size-mismatch"
+    assert [p["attempt"] for p in watch.payloads("s") if p["status"] == "retrying"] == [1, 2]
+    assert os.path.exists(part(app, "s")) and os.path.exists(sidecar(app, "s"))  # a later POST may resume
+    assert client.get("/models/downloads/s").json["resumable"] is True
+    assert len(res.data) == MiB
+
+
+def test_a_zero_byte_file_is_downloaded_and_verified(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    origin.add("/empty.bin", b"")
+    empty = hashlib.sha256(b"").hexdigest()
+    post_download(client, "e", origin.url("/empty.bin"), sha256=empty)
+    done = watch.terminal("e")
+    assert done["status"] == "complete" and done["bytes"] == 0 and done["sha256"] == empty
+    assert read(os.path.join(models_dir(app), "empty.bin")) == b""
+    assert client.get("/models/downloads/e").json["total"] == 0
+
+
+def test_a_resumable_listing_shows_its_percent(service: Service, origin: Origin) -> None:
+    app, client, _watch = service()
+    write_partial(app, "p", b"x" * 250, {"url": origin.url("/p.gguf"), "etag": '"e"', "total": 1000})
+    [item] = client.get("/models/downloads").json["items"]
+    assert (item["id"], item["status"], item["downloaded"], item["total"], item["progress"]) == (
+        "p", "resumable", 250, 1000, 25)
+
+
+def test_a_post_during_shutdown_is_refused(service: Service, origin: Origin) -> None:
+    app, client, _watch = service()
+    ArwModels.state(app).manager.shutdown()
+    r = post_download(client, "late", origin.url("/late.gguf"))
+    assert r.status_code == 503 and r.json["code"] == "shutting-down"
+
+
+def test_the_backoff_is_jittered_between_half_and_all_of_its_ceiling() -> None:
+    asked: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        asked.append((low, high))
+        return low
+
+    assert backoff_delay(1, 0.5, 30.0, uniform) == 0.25
+    assert backoff_delay(4, 0.5, 30.0, uniform) == 2.0
+    assert backoff_delay(20, 0.5, 30.0, uniform) == 15.0
+    assert asked == [(0.25, 0.5), (2.0, 4.0), (15.0, 30.0)]
+
+
+def test_a_gap_is_told_once(make_app: Any) -> None:
+    hub = ArwModels.state(make_app()).hub
+    sub, _ = hub.subscribe(queue_size=2)
+    for n in range(5):
+        hub.publish("Test.Event", {"n": n})
+    first = sub.get(timeout=0)
+    assert first is not None and first[0].kind == "bus.gap" and first[0].payload == {"missed": 3}
+    hub.publish("Test.Event", {"n": 5})
+    second = sub.get(timeout=0)
+    assert second is not None and [e.kind for e in second] == ["Test.Event"]
+    hub.unsubscribe(sub)
