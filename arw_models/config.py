@@ -57,6 +57,10 @@ DEFAULTS: dict[str, Any] = {
     "ARW_EVENTS_KEEPALIVE_SECS": 15.0,
     # Reconnection delay suggested to SSE clients (the `retry:` field), in ms.
     "ARW_EVENTS_RETRY_MS": 3000,
+    # Parallel connections (ranges) for one download, 1 to 16; 1: one stream.
+    "ARW_DL_SEGMENTS": 8,
+    # Files smaller than this (MiB) are fetched as one stream.
+    "ARW_DL_SEGMENT_MIN_MB": 64.0,
     # How many finished jobs stay in memory for GET /models/downloads/<id>; oldest go first.
     "ARW_JOBS_KEEP": 1000,
     # Seconds a starting server waits for the state directory's lock (held by a
@@ -115,6 +119,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_EVENTS_QUEUE": int,
     "ARW_EVENTS_KEEPALIVE_SECS": float,
     "ARW_EVENTS_RETRY_MS": int,
+    "ARW_DL_SEGMENTS": int,
+    "ARW_DL_SEGMENT_MIN_MB": float,
     "ARW_JOBS_KEEP": int,
     "ARW_LOCK_WAIT_SECS": float,
     "ARW_EVENTS_MAX_STREAMS": _optional(int),
@@ -167,6 +173,8 @@ class Settings:
     keepalive: float
     retry_ms: int
     jobs_keep: int
+    segments: int
+    segment_min_bytes: int
     lock_wait: float
     threads: int | None
     max_streams: int
@@ -210,6 +218,8 @@ class Settings:
             keepalive=float(get("ARW_EVENTS_KEEPALIVE_SECS")),
             retry_ms=int(get("ARW_EVENTS_RETRY_MS")),
             jobs_keep=int(get("ARW_JOBS_KEEP")),
+            segments=int(get("ARW_DL_SEGMENTS")),
+            segment_min_bytes=int(float(get("ARW_DL_SEGMENT_MIN_MB")) * MiB),
             lock_wait=float(get("ARW_LOCK_WAIT_SECS")),
             threads=threads,
             max_streams=events_stream_cap(threads) if max_streams is None else int(max_streams),
@@ -221,6 +231,10 @@ class Settings:
             raise ValueError("ARW_DL_CHUNK_BYTES must be at least 1024")
         if settings.retries < 0:
             raise ValueError("ARW_DL_RETRIES must not be negative")
+        if not 1 <= settings.segments <= 16:
+            raise ValueError("ARW_DL_SEGMENTS must be between 1 and 16")
+        if settings.segment_min_bytes < 0:
+            raise ValueError("ARW_DL_SEGMENT_MIN_MB must not be negative")
         if settings.jobs_keep < 0:
             raise ValueError("ARW_JOBS_KEEP must not be negative")
         if not 0 <= settings.lock_wait <= 60:
@@ -254,6 +268,8 @@ class Settings:
             "events_keepalive_secs": self.keepalive,
             "events_retry_ms": self.retry_ms,
             "jobs_keep": self.jobs_keep,
+            "segments": self.segments,
+            "segment_min_mb": self.segment_min_bytes / MiB,
             "lock_wait_secs": self.lock_wait,
             "events_max_streams": self.max_streams,
             "threads": self.threads,

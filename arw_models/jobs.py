@@ -109,8 +109,9 @@ class DownloadJob:
         # The job this one takes over: it must have let go of the .part first.
         self.after: DownloadJob | None = None
         self._lock = threading.RLock()
-        self._sock: socket.socket | None = None
-        self._response: Any = None
+        # What each of the job's transfer threads waits on (one per connection).
+        self._socks: dict[int, socket.socket] = {}
+        self._responses: dict[int, Any] = {}
         self._samples: deque[tuple[float, int]] = deque()
         # The bytes the last progress event showed; None until the origin's answer
         # was accepted (before it, the counters say nothing about this attempt).
@@ -192,15 +193,28 @@ class DownloadJob:
             if self.stop_reason is None:
                 self.stop_reason = reason  # the first reason wins: a cancel stays a cancel
             self.stop_event.set()
-            sock, response = self._sock, self._response
-        if sock is not None:
+            socks, responses = list(self._socks.values()), list(self._responses.values())
+        for sock in socks:
             self.wake(sock)
-        if response is not None:
+        for response in responses:
             try:
                 response.raw.shutdown()
             except (AttributeError, ValueError, RuntimeError, OSError):
                 pass
         return True
+
+    def interrupt(self) -> None:
+        """Wakes every connection of the job without stopping it (one of its
+        parallel ranges failed, and the others must end their reads)."""
+        with self._lock:
+            socks, responses = list(self._socks.values()), list(self._responses.values())
+        for sock in socks:
+            self.wake(sock)
+        for response in responses:
+            try:
+                response.raw.shutdown()
+            except (AttributeError, ValueError, RuntimeError, OSError):
+                pass
 
     @staticmethod
     def wake(sock: socket.socket) -> None:
@@ -216,17 +230,21 @@ class DownloadJob:
         """The socket the transfer is about to connect or read; True if the job is
         already stopped (the socket is then shut down at once)."""
         with self._lock:
-            self._sock = sock
+            self._socks[threading.get_ident()] = sock
             stopped = self.stop_event.is_set()
         if stopped:
             self.wake(sock)
         return stopped
 
     def attach_response(self, response: Any) -> None:
+        """The response this thread reads (None: it is done with its connection)."""
+        ident = threading.get_ident()
         with self._lock:
-            self._response = response
             if response is None:
-                self._sock = None
+                self._responses.pop(ident, None)
+                self._socks.pop(ident, None)
+            else:
+                self._responses[ident] = response
 
     # -- progress --------------------------------------------------------------------------
 

@@ -127,6 +127,12 @@ def open_part(path: str, append: bool) -> BinaryIO:
     return os.fdopen(open_fd(path, flags), "ab" if append else "wb", buffering=0)
 
 
+def open_part_at(path: str) -> BinaryIO:
+    """A ``.part`` opened for writes at any offset (``os.pwrite`` on its descriptor),
+    created if need be, never truncated, never through a link."""
+    return os.fdopen(open_fd(path, os.O_RDWR | os.O_CREAT), "r+b", buffering=0)
+
+
 def read_part(path: str) -> BinaryIO:
     """A ``.part`` opened for reading, never through a link (``FileNotFoundError``
     if there is none, or there was a link)."""

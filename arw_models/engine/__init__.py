@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ from ..http import socket_hook
 from ..jobs import DownloadJob, Status
 from ..storage import (
     StateDir,
+    open_part_at,
     read_part,
     sanitize_filename,
     utcnow,
 )
 from . import fetch
-from .plan import Continuation, Plan, continuation
+from .plan import Continuation, Plan, Span, continuation, validator_of
+from .segments import FileChanged, RangesRefused, Segments, preallocate
+from .verify import PrefixHasher
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,9 @@ class Download:
         self._filename: str | None = None
         self.failures = 0
         self._reached = 0  # the furthest byte any attempt has reached
+        self._plan: Plan | None = None  # the parallel ranges, kept between attempts
+        self._no_split = False  # the origin refused a range: one stream from now on
+        self._sidecar: dict[str, Any] = {}
 
     # -- retries ------------------------------------------------------------------
 
@@ -121,6 +128,14 @@ class Download:
             self._truncate()
         if sidecar:
             self._filename = self._filename or sidecar.get("filename")
+        if plan.resumes and sidecar is not None:
+            ranges = self._plan or Plan.from_json(sidecar.get("total"), sidecar.get("ranges"))
+            if ranges is not None and ranges.segmented and ranges.total:
+                self._sidecar = sidecar
+                self._limits(job, ranges.total, ranges.durable)
+                job.began(ranges.durable, ranges.total)
+                self._segments(ranges, plan.validator)
+                return
         headers = {}
         if plan.resumes:
             headers["Range"] = f"bytes={plan.offset}-"
@@ -140,6 +155,13 @@ class Download:
             self._limits(job, answer.total, answer.offset)
             self._remember(response, answer, plan, sidecar or {})
             job.began(answer.offset, answer.total)
+            if self._splits(response, answer):
+                assert answer.total is not None
+                ranges = Plan.split(answer.total, answer.offset, self.s.segments)
+                first = next(s for s in ranges.spans if s.start == answer.offset)
+                first.active = True
+                self._segments(ranges, validator_of(self._sidecar), response, first)
+                return
             self._prepare_hash(answer.offset)
             self._stream(response, answer)
         finally:
@@ -165,6 +187,70 @@ class Download:
             raise TransferError("size-mismatch", f"received {downloaded} bytes, expected {total}",
                                 retryable=downloaded < total, keep_part=downloaded < total,
                                 received=downloaded, expected_bytes=total, url=redact_url(job.url))
+
+    # -- parallel ranges -------------------------------------------------------------------
+
+    def _splits(self, response: Any, answer: fetch.Answer) -> bool:
+        """Whether the rest of the file is worth fetching in parallel ranges: the
+        origin serves ranges (it said so, or it just did), the size is known and
+        large enough, and the bytes come as they are (no content coding)."""
+        if self.s.segments < 2 or self._no_split or answer.total is None:
+            return False
+        if answer.total - answer.offset < max(self.s.segment_min_bytes, 1):
+            return False
+        ranges = response.status_code == 206 or "bytes" in response.headers.get("Accept-Ranges", "").lower()
+        return ranges and validator_of(self._sidecar) is not None
+
+    def _segments(self, plan: Plan, validator: str | None, first: Any = None, first_span: Span | None = None) -> None:
+        job = self.job
+        assert plan.total is not None
+        try:
+            fh = open_part_at(self.part)
+        except OSError as exc:
+            raise fetch.disk_error(exc, 0) from None
+        with fh:
+            preallocate(fh, plan.total)
+            start = self._hashed if self._hasher is not None and self._hashed <= plan.contiguous() else 0
+            hasher = PrefixHasher(fh.fileno(), plan.contiguous, self._hasher if start else None, start)
+            self._plan = plan
+            transfer = Segments(job, self.s, plan, fh, session=self._session, recorded=self._sidecar,
+                                validator=validator, hasher=hasher, durable=self._record_plan)
+            try:
+                transfer.run(first, first_span)
+            except RangesRefused:
+                hasher.abandon()
+                self._fall_back_to_one_stream(fh, plan, hasher)
+            except FileChanged:
+                hasher.abandon()
+                self._truncate()
+                raise TransferError("resume-invalid", "the file changed during the download; starting again from "
+                                    "byte 0", retryable=True, url=redact_url(job.url)) from None
+            except BaseException:
+                hasher.abandon()
+                self._hasher, self._hashed = hasher.hasher, hasher.hashed
+                raise
+            self._hasher, self._hashed = hasher.finish(), hasher.hashed
+            job.downloaded = plan.durable
+        fetch.check_stop(job)
+
+    def _fall_back_to_one_stream(self, fh: BinaryIO, plan: Plan, hasher: PrefixHasher) -> None:
+        """A range was answered with the whole file: from now on this download is one
+        stream. The bytes from 0 up to the first hole stay (their validator still
+        vouches for them), the others go."""
+        keep = plan.contiguous()
+        os.ftruncate(fh.fileno(), keep)
+        self._no_split, self._plan = True, None
+        self._hasher, self._hashed = hasher.hasher, hasher.hashed
+        self._sidecar["ranges"] = Plan.single(plan.total, keep).to_json()
+        self.state.write_sidecar(self.job.id, self._sidecar)
+        self.job.downloaded = keep
+        raise TransferError("resume-invalid", "the origin answered a range with the whole file; going on as one "
+                            "stream", retryable=True, retry_after=0, url=redact_url(self.job.url))
+
+    def _record_plan(self, plan: Plan) -> None:
+        """The ranges as of the last fsync: what a crash would leave."""
+        self._sidecar["ranges"] = plan.to_json()
+        self.state.write_sidecar(self.job.id, self._sidecar)
 
     def _remember(self, response: Any, answer: fetch.Answer, plan: Continuation, previous: dict[str, Any]) -> None:
         """Writes the sidecar: what a later resume must match, and the plan."""
@@ -200,7 +286,7 @@ class Download:
 
     def _truncate(self) -> None:
         self.state.truncate_part(self.job.id)
-        self._hasher, self._hashed = None, 0
+        self._hasher, self._hashed, self._plan = None, 0, None
         self.job.downloaded = 0
 
     # -- the digest ----------------------------------------------------------------------

@@ -17,14 +17,19 @@ from urllib.parse import urlsplit
 from ..headers import strong_etag
 
 
-@dataclass
+@dataclass(eq=False)
 class Span:
     """Bytes ``[start, end)`` of the file (``end`` None: up to an unknown end), of
-    which the first ``done`` are on disk and durable."""
+    which the first ``done`` are on disk (and, in a recorded plan, durable).
+    ``active`` while a connection fetches it."""
 
     start: int
     end: int | None
     done: int = 0
+    active: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Span) and self.to_json() == other.to_json()
 
     @property
     def position(self) -> int:
@@ -48,9 +53,60 @@ class Plan:
         """One stream: the whole file, of which the first ``have`` bytes are on disk."""
         return cls(total, [Span(0, total, have)])
 
+    @classmethod
+    def split(cls, total: int, have: int, count: int) -> Plan:
+        """``count`` ranges of about the same size over ``[have, total)``, after one
+        range ``[0, have)`` already on disk (when ``have``)."""
+        spans = [Span(0, have, have)] if have else []
+        rest = total - have
+        for n in range(count):
+            start, end = have + rest * n // count, have + rest * (n + 1) // count
+            if end > start:
+                spans.append(Span(start, end))
+        return cls(total, spans)
+
     @property
     def durable(self) -> int:
         return sum(s.done for s in self.spans)
+
+    @property
+    def segmented(self) -> bool:
+        return len(self.spans) > 1
+
+    def finished(self) -> bool:
+        return all(s.remaining == 0 for s in self.spans)
+
+    def contiguous(self) -> int:
+        """Where the bytes on disk from byte 0 first have a hole."""
+        at = 0
+        for span in sorted(self.spans, key=lambda s: s.start):
+            if span.start > at:
+                break
+            at = max(at, span.position)
+            if span.remaining:
+                break
+        return at
+
+    def claim(self, least: int) -> Span | None:
+        """A range for a free connection: one nobody fetches yet, else the second
+        half of the largest range still being fetched (as aria2 does), so that one
+        slow connection does not hold the tail; None when nothing worth
+        ``least`` bytes is left."""
+        idle = [s for s in self.spans if not s.active and s.remaining]
+        if idle:
+            span = min(idle, key=lambda s: s.start)
+            span.active = True
+            return span
+        busy = [s for s in self.spans if s.active and s.remaining and s.remaining >= 2 * least]
+        if not busy:
+            return None
+        victim = max(busy, key=lambda s: s.remaining or 0)
+        assert victim.end is not None
+        middle = victim.position + (victim.remaining or 0) // 2
+        stolen = Span(middle, victim.end, active=True)
+        victim.end = middle
+        self.spans.append(stolen)
+        return stolen
 
     def to_json(self) -> list[list[int | None]]:
         return [s.to_json() for s in self.spans]

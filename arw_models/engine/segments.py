@@ -1,0 +1,259 @@
+"""Parallel ranges of one download.
+
+Design: the plan's ranges are fetched by up to ``ARW_DL_SEGMENTS`` connections,
+each on its own thread with its own session, each writing at its offset
+(``os.pwrite``) into one ``.part`` preallocated to the file's size. A connection
+that finishes its range claims another, or half of the largest one still running
+(:meth:`~arw_models.engine.plan.Plan.claim`), so a slow connection does not hold
+the tail. Every answer must be a ``206`` for exactly the range asked, of the
+version the plan was made for (its validators are checked, whatever ``If-Range``
+did); a ``200`` means ranges are not served after all (:class:`RangesRefused`: the
+download goes on as one stream), another version means the file changed (the
+bytes on disk are dropped). A range whose connection fails is retried on its own
+a few times, and then the attempt ends with that error, keeping what every range
+has fetched for the next one. The sidecar records each range's progress after
+each fsync, so a crash resumes them all. The job's stop wakes every connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import requests
+import urllib3.exceptions
+
+from ..config import Settings
+from ..errors import JobStopped, TransferError
+from ..headers import parse_content_range, redact_url, same_version
+from ..http import socket_hook
+from ..jobs import DownloadJob
+from . import fetch
+from .plan import Plan, Span
+from .verify import PrefixHasher
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+class RangesRefused(Exception):
+    """A range request was answered with the whole file: one stream from byte 0."""
+
+
+class FileChanged(Exception):
+    """A range came from another version of the file than the plan's."""
+
+
+class _Aborted(Exception):
+    """Another connection of the download failed: this one ends too."""
+
+
+class Segments:
+    def __init__(self, job: DownloadJob, settings: Settings, plan: Plan, fh: BinaryIO, *,
+                 session: Callable[[], Any], recorded: dict[str, Any], validator: str | None,
+                 hasher: PrefixHasher, durable: Callable[[Plan], None]) -> None:
+        self.job = job
+        self.s = settings
+        self.plan = plan
+        self.fd = fh.fileno()
+        self._session = session
+        self._recorded = recorded
+        self._validator = validator
+        self._hasher = hasher
+        self._durable = durable
+        self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._unsynced = 0
+        self._abort = threading.Event()
+        self._errors: list[BaseException] = []
+        self._connections = 0
+        # Never split a range below this: the chunk in flight must stay inside its half.
+        self.least = max(4 * MiB, 2 * settings.chunk_bytes)
+
+    # -- the connections ----------------------------------------------------------------
+
+    def run(self, first: Any = None, first_span: Span | None = None) -> None:
+        """Fetches every range; ``first``, an answer already accepted for
+        ``first_span``, is read by the calling thread as one of the connections."""
+        count = max(1, min(self.s.segments, len([s for s in self.plan.spans if s.remaining])))
+        threads = [threading.Thread(target=self._connection, name=f"arw-segment-{self.job.id}-{n}", daemon=True)
+                   for n in range(count - (1 if first is not None else 0))]
+        for thread in threads:
+            thread.start()
+        if first is not None:
+            self._connection(first, first_span)
+        for thread in threads:
+            thread.join()
+        if self._errors:
+            # A stop first (it explains the others), then what says the most.
+            for kind in (JobStopped, FileChanged, RangesRefused):
+                for err in self._errors:
+                    if isinstance(err, kind):
+                        raise err
+            raise self._errors[0]
+        self._sync()
+
+    def _connection(self, response: Any = None, span: Span | None = None) -> None:
+        session = self._session()
+        failures = 0
+        with self._lock:
+            self._connections += 1
+            self.job.segments = self._connections
+        try:
+            with socket_hook(self.job.attach_socket):
+                while not self._abort.is_set():
+                    if span is None:
+                        with self._lock:
+                            span = self.plan.claim(self.least)
+                        if span is None:
+                            return
+                    before = span.done
+                    try:
+                        self._fetch(session, span, response)
+                        failures = 0
+                    except TransferError as err:
+                        if self._abort.is_set():
+                            raise _Aborted() from None
+                        if not err.retryable:
+                            raise
+                        failures = 0 if span.done > before else failures + 1
+                        if failures > self.s.retries:
+                            raise
+                        log.info("download %s: range from %d: %s; trying it again", self.job.id, span.position,
+                                 err.message)
+                        if self.job.stop_event.wait(min(self.s.backoff * failures, self.s.backoff_max)):
+                            raise JobStopped() from None
+                        response = None
+                        continue  # the same range, from where it got to
+                    finally:
+                        response = None
+                    with self._lock:
+                        span.active = False
+                    span = None
+        except _Aborted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to run(), in the job's thread
+            self._errors.append(exc)
+            self._abort.set()
+            self.job.interrupt()  # wakes the other connections
+        finally:
+            with self._lock:
+                if span is not None:
+                    span.active = False
+                self._connections -= 1
+                self.job.segments = self._connections
+            session.close()
+
+    def _fetch(self, session: Any, span: Span, response: Any) -> None:
+        job = self.job
+        assert span.end is not None
+        if response is None:
+            headers = {"Range": f"bytes={span.position}-{span.end - 1}"}
+            if self._validator:
+                headers["If-Range"] = self._validator
+            response = fetch.request(session, job, self.s, headers)
+            job.attach_response(response)
+            try:
+                self._accept(response, span)
+                self._stream(response, span)
+            finally:
+                job.attach_response(None)
+                response.close()
+        else:
+            self._stream(response, span)  # the first answer, accepted already; its caller closes it
+
+    def _accept(self, response: Any, span: Span) -> None:
+        url = redact_url(self.job.url)
+        status = response.status_code
+        fetch.check_stop(self.job)
+        if status == 200:
+            raise RangesRefused()
+        if status in (408, 429) or 500 <= status <= 599:
+            raise TransferError("http-status", f"the origin answered {status}", retryable=True, url=url,
+                                http_status=status)
+        if status != 206:
+            raise TransferError("http-status", f"the origin answered {status}", url=url, http_status=status)
+        if same_version(self._recorded.get("etag"), self._recorded.get("last_modified"), response.headers) is False:
+            raise FileChanged()
+        announced = parse_content_range(response.headers.get("Content-Range"))
+        if announced is None or announced.start != span.position or announced.total != self.plan.total:
+            raise TransferError("resume-invalid", f"the origin sent range {response.headers.get('Content-Range')!r} "
+                                f"for a request from byte {span.position}", retryable=True, url=url)
+
+    def _stream(self, response: Any, span: Span) -> None:
+        job, fd, lock = self.job, self.fd, self._lock
+        raw = response.raw
+        read = getattr(raw, "read1", raw.read)
+        chunk, abort, stop = self.s.chunk_bytes, self._abort, job.stop_event
+        assert span.end is not None
+        while True:
+            with lock:
+                want = span.end - span.position  # a steal may have shortened the range
+            if want <= 0:
+                return
+            try:
+                buf = read(min(chunk, want), decode_content=False)
+            except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+                fetch.check_stop(job)
+                if abort.is_set():
+                    raise _Aborted() from None
+                raise fetch.network_error(exc, job, f"at byte {span.position}") from None
+            if stop.is_set():
+                raise JobStopped()
+            if abort.is_set():
+                raise _Aborted()
+            if not buf:
+                fetch.check_stop(job)  # a shut-down socket reads as EOF
+                if abort.is_set():
+                    raise _Aborted()
+                raise TransferError("size-mismatch", f"the origin closed the range early at byte {span.position}",
+                                    retryable=True, url=redact_url(job.url), received=span.position)
+            with lock:
+                n = min(len(buf), span.end - span.position)
+                at = span.position
+            try:
+                written = os.pwrite(fd, buf[:n] if n < len(buf) else buf, at)
+                while written < n:  # a short write: the disk is filling up
+                    written += os.pwrite(fd, memoryview(buf)[written:n], at + written)
+            except OSError as exc:
+                raise fetch.disk_error(exc, at) from None
+            with lock:
+                span.done += n
+                self._unsynced += n
+                job.downloaded = self.plan.durable
+                due = self._unsynced >= self.s.fsync_bytes
+            if at <= self._hasher.hashed:
+                self._hasher.poke()
+            if due:
+                self._sync()
+
+    def _sync(self) -> None:
+        """fsyncs the ``.part``; the ranges as they were before it are durable."""
+        with self._sync_lock:
+            with self._lock:
+                snapshot = Plan(self.plan.total, [Span(s.start, s.end, s.done) for s in self.plan.spans])
+                self._unsynced = 0
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                raise fetch.disk_error(exc, snapshot.durable) from None
+            self._durable(snapshot)
+
+
+def preallocate(fh: BinaryIO, size: int) -> None:
+    """Reserves the whole file (so a full disk shows at once), or makes it sparse
+    where the file system cannot."""
+    fd = fh.fileno()
+    if os.fstat(fd).st_size >= size:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise fetch.disk_error(exc, 0) from None
+        os.ftruncate(fd, size)

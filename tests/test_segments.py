@@ -1,0 +1,164 @@
+"""Parallel ranges: how a file is split and how a free connection takes work, and
+segmented downloads against the real local origin, with every way they must fall
+back to one stream, a file that changes in the middle, and a cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import re
+import threading
+from typing import Any
+
+import pytest
+
+from arw_models.engine.plan import Plan, Span
+
+from .conftest import Service, post_download
+from .helpers import cancel, listing, models_dir, read
+from .origin import Origin, payload
+
+KiB = 1024
+MiB = 1024 * KiB
+SEGMENTED = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB}
+RANGE = re.compile(r"bytes=(\d+)-(\d+)$")
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+def test_a_file_is_split_into_ranges_of_about_the_same_size() -> None:
+    plan = Plan.split(1000, 0, 4)
+    assert [(s.start, s.end, s.done) for s in plan.spans] == [(0, 250, 0), (250, 500, 0), (500, 750, 0),
+                                                              (750, 1000, 0)]
+    resumed = Plan.split(1000, 100, 3)
+    assert [(s.start, s.end, s.done) for s in resumed.spans] == [(0, 100, 100), (100, 400, 0), (400, 700, 0),
+                                                                 (700, 1000, 0)]
+    assert resumed.contiguous() == 100 and resumed.durable == 100 and resumed.segmented
+    assert [(s.start, s.end) for s in Plan.split(3, 0, 8).spans] == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_the_contiguous_prefix_stops_at_the_first_hole() -> None:
+    plan = Plan(100, [Span(0, 40, 40), Span(40, 70, 10), Span(70, 100, 30)])
+    assert plan.contiguous() == 50 and not plan.finished()
+    plan.spans[1].done = 30
+    assert plan.contiguous() == 100 and plan.finished()
+
+
+def test_a_free_connection_takes_an_idle_range_then_half_of_the_largest() -> None:
+    plan = Plan(1000, [Span(0, 500), Span(500, 1000)])
+    first, second = plan.claim(10), plan.claim(10)
+    assert (first.start, second.start) == (0, 500) and first.active and second.active
+    first.done = 100  # 400 left
+    second.done = 300  # 200 left
+    stolen = plan.claim(10)
+    assert stolen is not None and (stolen.start, stolen.end, stolen.active) == (300, 500, True)
+    assert first.end == 300  # the largest range gave up its second half
+    assert plan.claim(200) is None  # nothing left is worth splitting: no range of 400 or more
+    assert sorted((s.start, s.end) for s in plan.spans) == [(0, 300), (300, 500), (500, 1000)]
+
+
+def test_an_idle_range_goes_first_even_if_a_busy_one_is_larger() -> None:
+    plan = Plan(1000, [Span(0, 900, active=True), Span(900, 1000)])
+    span = plan.claim(10)
+    assert span is not None and span.start == 900
+
+
+# -- through the service -----------------------------------------------------------------------
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def ranged(origin: Origin, path: str) -> list[tuple[int, int]]:
+    out = []
+    for seen in origin.requests_for(path):
+        match = RANGE.match(seen.range or "")
+        if match:
+            out.append((int(match.group(1)), int(match.group(2))))
+    return out
+
+
+def test_a_large_file_comes_in_parallel_ranges_and_is_whole(service: Service, origin: Origin) -> None:
+    app, client, watch = service(**SEGMENTED)
+    res = origin.add("/big.gguf", payload(8 * MiB, seed=100), throttle=16 * MiB)
+    post_download(client, "big", origin.url("/big.gguf"), sha256=res.sha256)
+    done = watch.terminal("big")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "big.gguf")) == res.data
+    assert listing(app) == ["big.gguf"]
+    asked = ranged(origin, "/big.gguf")
+    assert len(asked) >= 3  # the first answer serves one range, the others are asked for
+    assert max(p.get("segments", 0) for p in watch.payloads("big")) > 1
+    # Every byte was asked for once (a stolen half is not asked again by its first owner).
+    covered = sorted(asked)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(covered))
+
+
+@pytest.mark.parametrize(("options", "why"), [
+    ({"ignore_range": True}, "ranges refused"),
+    ({"chunked": True}, "unknown size"),
+], ids=["no-ranges", "unknown-size"])
+def test_one_stream_when_ranges_cannot_be_used(service: Service, origin: Origin, options: dict[str, Any],
+                                               why: str) -> None:
+    app, client, watch = service(**SEGMENTED)
+    res = origin.add("/one.gguf", payload(4 * MiB, seed=101), **options)
+    post_download(client, "one", origin.url("/one.gguf"), sha256=res.sha256)
+    assert watch.terminal("one")["status"] == "complete", why
+    assert read(os.path.join(models_dir(app), "one.gguf")) == res.data
+
+
+def test_a_small_file_is_one_stream(service: Service, origin: Origin) -> None:
+    _, client, watch = service(**dict(SEGMENTED, ARW_DL_SEGMENT_MIN_MB=8))
+    res = origin.add("/small.gguf", payload(4 * MiB, seed=102))
+    post_download(client, "small", origin.url("/small.gguf"), sha256=res.sha256)
+    assert watch.terminal("small")["status"] == "complete"
+    assert [s.range for s in origin.requests_for("/small.gguf")] == [None]
+
+
+@pytest.mark.parametrize("ignore_if_range", [False, True], ids=["if-range-honoured", "if-range-ignored"])
+def test_a_file_that_changes_mid_download_is_never_mixed(service: Service, origin: Origin,
+                                                         ignore_if_range: bool) -> None:
+    """The first range's connection drops, and the file changes at that moment: the
+    range asked again is of the new version (a 200 when If-Range is honoured, a 206
+    with another ETag when it is not). The download starts over; the old bytes that
+    the other ranges fetched meanwhile are never installed beside new ones."""
+    app, client, watch = service(**SEGMENTED)
+    old, new = payload(8 * MiB, seed=103), payload(8 * MiB, seed=104)
+    origin.add("/c.gguf", old, ignore_if_range=ignore_if_range, drop_after=512 * KiB,
+               on_drop=lambda res: res.replace(new))
+    post_download(client, "c", origin.url("/c.gguf"))
+    done = watch.terminal("c", timeout=20)
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "c.gguf")) == new
+    statuses = [s.status for s in origin.requests_for("/c.gguf")]
+    assert (200 if not ignore_if_range else 206) in statuses[1:]  # the new version was seen on a range
+
+
+def test_a_file_that_changed_is_never_mixed_with_a_digest_either(service: Service, origin: Origin) -> None:
+    """With the old version's sha256 in the request, the new file cannot verify: an
+    error, and nothing installed."""
+    app, client, watch = service(**SEGMENTED)
+    old, new = payload(8 * MiB, seed=106), payload(8 * MiB, seed=107)
+    res = origin.add("/d.gguf", old, drop_after=512 * KiB, on_drop=lambda r: r.replace(new))
+    post_download(client, "d", origin.url("/d.gguf"), sha256=sha256_of(old))
+    done = watch.terminal("d", timeout=20)
+    assert done["status"] == "error" and done["code"] == "checksum-mismatch"
+    assert done["actual"] == res.sha256
+    assert client.get("/models").json["items"] == []
+
+
+def test_a_cancel_stops_every_connection_at_once(service: Service, origin: Origin) -> None:
+    app, client, watch = service(**dict(SEGMENTED, ARW_DL_IDLE_TIMEOUT_SECS=30))
+    res = origin.add("/s.gguf", payload(8 * MiB, seed=105), throttle=2 * MiB)
+    post_download(client, "s", origin.url("/s.gguf"))
+    watch.until(lambda e: e.payload.get("id") == "s" and e.payload.get("segments", 0) > 1)
+    before = threading.active_count()
+    assert cancel(client, "s").json == {"id": "s", "status": "canceled"}
+    assert watch.terminal("s")["status"] == "canceled"
+    assert watch.statuses("s").count("canceled") == 1
+    assert listing(app) == []
+    assert threading.active_count() < before  # the connections' threads are gone
+    assert len(res.data) == 8 * MiB
