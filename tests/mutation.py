@@ -54,7 +54,8 @@ DEFAULT_TESTS = {
                              "tests/test_edge_cases.py", "tests/test_resilience.py"],
     "arw_models/downloads.py": ["tests/test_api.py", "tests/test_downloads.py", "tests/test_edge_cases.py",
                                 "tests/test_resilience.py"],
-    "arw_models/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_api.py"],
+    "arw_models/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
+                             "tests/test_api.py"],
 }
 
 # A target not in the map gets every test module but these, which start real
