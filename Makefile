@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARW_STATE_DIR ?= ./state
 ARW_PORT ?= 8090
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+mutation: $(VENV)/.installed-test
+	$(BIN)/python -m tests.mutation $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,348 @@
+"""``make mutation``: how many injected faults the test suite catches.
+
+Each mutant (one small fault at one site, see :mod:`tests.mutants`) is written into
+a fresh copy of the package and the tests in a temporary directory, and the tests
+chosen for its module run there with ``pytest -x``: ``PYTHONPATH`` and the working
+directory point at the copy, so the processes the tests start (gunicorn, ``python
+-c``) import the mutated code too. The working tree is never written to.
+
+A mutant is *killed* when the tests fail, or when they run past the timeout (then
+counted as killed and reported as ``timeout``); it *survives* when they pass. Ids
+listed in ``tests/mutation_equivalent.txt`` (mutants that change nothing a test
+could observe) are not run and leave the score: killed / (total - equivalent).
+
+Every process a run starts carries a marker in its environment; when pytest ends,
+or is stopped at the timeout, whatever still carries that marker is killed, even
+servers started in a session of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from .mutants import Mutant, is_valid, mutants, show
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# What is mutated when no module is named: the download engine, the manager, the
+# event hub. Paths from the repository root; any module of the package will do.
+DEFAULT_TARGETS = [
+    "arw_models/worker.py",
+    "arw_models/downloads.py",
+    "arw_models/events.py",
+]
+
+# The tests run against the mutants of each target: the modules that exercise it,
+# the fastest and most direct first (with -x, an early failure ends the run). A
+# smaller set makes each mutant cheaper but lets through faults that only another
+# module's tests would catch; ``--tests`` overrides the map for one run.
+DEFAULT_TESTS = {
+    "arw_models/worker.py": ["tests/test_units.py", "tests/test_downloads.py", "tests/test_resume_validators.py",
+                             "tests/test_edge_cases.py", "tests/test_resilience.py"],
+    "arw_models/downloads.py": ["tests/test_api.py", "tests/test_downloads.py", "tests/test_edge_cases.py",
+                                "tests/test_resilience.py"],
+    "arw_models/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
+                             "tests/test_api.py"],
+}
+
+# A target not in the map gets every test module but these, which start real
+# servers and take most of the suite's time (they do run the mutated code when named
+# with --tests).
+PROCESS_TESTS = ["tests/test_deploy.py", "tests/test_one_process.py"]
+
+SEED = 20261126
+EQUIVALENT_FILE = ROOT / "tests" / "mutation_equivalent.txt"
+MARKER = "MUTATION_RUN"  # not ARW_*: tests/servers.py drops those from a server's environment
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider"]
+
+
+@dataclass
+class Result:
+    mutant: Mutant
+    status: str  # killed, timeout, survived, equivalent, invalid
+    seconds: float = 0.0
+    detail: str = ""  # the first failing test of a killed mutant
+
+
+def tests_for(target: str, override: list[str] | None) -> list[str]:
+    if override:
+        return override
+    mapped = [t for t in DEFAULT_TESTS.get(target, []) if (ROOT / t.split("::")[0]).exists()]
+    if mapped:
+        return mapped
+    return [str(p.relative_to(ROOT)) for p in sorted((ROOT / "tests").glob("test_*.py"))
+            if str(p.relative_to(ROOT)) not in PROCESS_TESTS]
+
+
+def read_equivalent(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    lines = (line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
+             for line in path.read_text().splitlines())
+    return {line.split()[0] for line in lines if line}
+
+
+def sample(found: dict[str, list[Mutant]], n: int, seed: int) -> list[Mutant]:
+    """``n`` mutants spread over the modules in proportion to how many each has,
+    the same ones for the same seed and code."""
+    total = sum(len(v) for v in found.values())
+    if n >= total:
+        return [m for v in found.values() for m in v]
+    quotas = {module: n * len(v) / total for module, v in found.items()}
+    counts = {module: int(q) for module, q in quotas.items()}
+    # Largest remainders first, ties in target order, until the counts add up to n.
+    for module in sorted(quotas, key=lambda m: -(quotas[m] - counts[m]))[: n - sum(counts.values())]:
+        counts[module] += 1
+    chosen = []
+    for module, items in found.items():
+        picked = set(random.Random(f"{seed}:{module}").sample(range(len(items)), counts[module]))
+        chosen += [m for i, m in enumerate(items) if i in picked]
+    return chosen
+
+
+def kill_marked(value: str, exact: bool = True) -> int:
+    """SIGKILL every process whose environment has ``MUTATION_RUN=value`` (or one
+    starting with ``value`` unless ``exact``); rescans until none is left, so a
+    child forked meanwhile is found too."""
+    needle = f"\0{MARKER}={value}" + ("\0" if exact else "")
+    killed = 0
+    for _ in range(100):
+        found = []
+        for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    if needle.encode() in b"\0" + fh.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        time.sleep(0.01)  # let the kills land before the next scan (not a synchronization)
+    return killed
+
+
+class Runner:
+    def __init__(self, workdir: Path, packages: list[str], python: str = sys.executable) -> None:
+        self.workdir = workdir
+        self.packages = packages
+        self.python = python
+        self.stopping = threading.Event()
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def _copy(self, dest: Path) -> None:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        for name in [*self.packages, "tests"]:
+            shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+        for path in ROOT.iterdir():  # wsgi.py, setup.cfg (pytest's settings), ...
+            if path.is_file() and not path.name.startswith("."):
+                shutil.copy2(path, dest / path.name)
+
+    def run(self, tests: list[str], timeout: float, mutant: Mutant | None = None,
+            text: str = "") -> tuple[str, float, str]:
+        """One pytest run in a fresh copy; returns (status, seconds, output)."""
+        with self._lock:
+            self._count += 1
+            name = f"{os.getpid()}-{self._count}"
+        base = self.workdir / name
+        copy, tmp = base / "src", base / "tmp"
+        self._copy(copy)
+        tmp.mkdir()
+        if mutant is not None:
+            (copy / mutant.module).write_text(mutant.apply(text))
+        env = dict(os.environ, PYTHONPATH=str(copy), TMPDIR=str(tmp), **{MARKER: name})
+        cmd = [self.python, "-m", "pytest", *PYTEST_ARGS, f"--basetemp={tmp / 'pytest'}", *tests]
+        log = base / "pytest.log"
+        started = time.monotonic()
+        try:
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(cmd, cwd=copy, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+                if self.stopping.is_set():  # a Ctrl-C swept the processes just before this one
+                    _killpg(proc.pid)
+                try:
+                    status = "survived" if proc.wait(timeout) == 0 else "killed"
+                except subprocess.TimeoutExpired:
+                    status = "timeout"
+                finally:
+                    _killpg(proc.pid)
+                    kill_marked(name)
+                    proc.wait()
+            seconds = time.monotonic() - started
+            return status, seconds, log.read_text(errors="replace")
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    def check_imports(self) -> None:
+        """Refuse to run if a process started the way the tests start them would
+        import the package from anywhere but the copy."""
+        base = self.workdir / "imports"
+        self._copy(base)
+        probe = "import arw_models, tests, wsgi; print(arw_models.__file__, tests.__file__, wsgi.__file__)"
+        env = dict(os.environ, PYTHONPATH=str(base))
+        # From a directory that holds neither copy: PYTHONPATH alone must win over the
+        # editable install, as it must for a server a test starts from anywhere.
+        out = subprocess.run([self.python, "-c", probe], cwd=self.workdir, env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+        if out.returncode != 0 or any(not p.startswith(str(base)) for p in out.stdout.split()):
+            raise SystemExit(f"mutation: the copy is not what gets imported:\n{out.stdout}{out.stderr}")
+
+
+def _killpg(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def first_failure(output: str) -> str:
+    """The first failing test named in pytest's short summary (log lines above it
+    may start with ERROR too)."""
+    summary = output.rpartition(" short test summary info ")[2]
+    for line in summary.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line.split(" ", 1)[1][:200]
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", default=DEFAULT_TARGETS, help="modules to mutate")
+    parser.add_argument("--sample", type=int, default=150, help="mutants to run (default 150)")
+    parser.add_argument("--all", action="store_true", help="run every mutant")
+    parser.add_argument("--seed", type=int, default=SEED, help="which sample")
+    parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--id", action="append", default=[], help="run this mutant only (repeatable)")
+    parser.add_argument("--tests", nargs="+", help="test modules (or node ids) for every target")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants at once (default 2)")
+    parser.add_argument("--timeout", type=float, help="seconds per mutant (default 4x the baseline, 10 at least)")
+    parser.add_argument("--json", default=str(ROOT / "mutation-report.json"), help="where the report goes")
+    args = parser.parse_args(argv)
+
+    missing = [m for m in args.modules if not Path(m).resolve().is_relative_to(ROOT) or not Path(m).is_file()]
+    if missing:
+        parser.error(f"no such module here: {', '.join(missing)} (the defaults are at the top of {__file__})")
+    targets = [Path(m).resolve().relative_to(ROOT).as_posix() for m in args.modules]
+    sources = {t: (ROOT / t).read_text() for t in targets}
+    found = {t: mutants(t, sources[t]) for t in targets}
+    known = {m.id for v in found.values() for m in v}
+    equivalent = read_equivalent(EQUIVALENT_FILE)
+    if args.id:
+        chosen = [m for v in found.values() for m in v if m.id in args.id]
+        if unknown := set(args.id) - {m.id for m in chosen}:
+            parser.error(f"no such mutant in {' '.join(targets)}: {', '.join(sorted(unknown))}")
+    else:
+        chosen = sample(found, len(known) if args.all else args.sample, args.seed)
+    if args.list:
+        for m in chosen:
+            before, after = show(m, sources[m.module])
+            print(f"{m.id}{'  (equivalent)' if m.id in equivalent else ''}\n    - {before}\n    + {after}")
+        print(f"{len(chosen)} of {len(known)} mutants")
+        return 0
+    for stale in sorted({i for i in equivalent if i.split(":")[0] in targets} - known):
+        print(f"note: {EQUIVALENT_FILE.name} lists {stale}, which no longer exists (did the code move?)")
+
+    selections = {t: tests_for(t, args.tests) for t in targets}
+    workdir = Path(tempfile.mkdtemp(prefix="arw-mutation-"))
+    runner = Runner(workdir, sorted({t.split("/")[0] for t in targets if "/" in t}))
+    results: list[Result] = []
+    try:
+        runner.check_imports()
+        timeouts = {}
+        for tests in dict.fromkeys(tuple(v) for v in selections.values()):
+            status, seconds, output = runner.run(list(tests), timeout=600)
+            if status != "survived":
+                print(output[-4000:])
+                print(f"mutation: the tests fail without any mutant ({' '.join(tests)}); fix that first")
+                return 2
+            timeouts[tests] = args.timeout or max(10.0, 4 * seconds)
+            print(f"baseline {seconds:.1f}s, timeout {timeouts[tests]:.0f}s: {' '.join(tests)}")
+
+        def one(m: Mutant) -> Result:
+            if m.id in equivalent:
+                return Result(m, "equivalent")
+            if not is_valid(m.apply(sources[m.module]), sources[m.module]):
+                return Result(m, "invalid")
+            if runner.stopping.is_set():
+                return Result(m, "stopped")
+            tests = tuple(selections[m.module])
+            status, seconds, output = runner.run(list(tests), timeouts[tests], m, sources[m.module])
+            return Result(m, status, seconds, first_failure(output) if status == "killed" else "")
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            futures = [pool.submit(one, m) for m in chosen]
+            try:
+                for done, future in enumerate(as_completed(futures), 1):
+                    r = future.result()
+                    results.append(r)
+                    print(f"[{done}/{len(chosen)}] {r.status:<10} {r.mutant.id}  {r.seconds:.1f}s  {r.detail}",
+                          flush=True)
+            except KeyboardInterrupt:
+                runner.stopping.set()
+                for f in futures:
+                    f.cancel()
+                kill_marked(f"{os.getpid()}-", exact=False)
+                raise
+    finally:
+        kill_marked(f"{os.getpid()}-", exact=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report(results, chosen, sum(map(len, found.values())), args, targets, selections, sources)
+
+
+def report(results: list[Result], chosen: list[Mutant], total_found: int, args: argparse.Namespace,
+           targets: list[str], selections: dict[str, list[str]], sources: dict[str, str]) -> int:
+    order = {m.id: i for i, m in enumerate(chosen)}
+    results.sort(key=lambda r: order[r.mutant.id])
+    count = {s: sum(r.status == s for r in results) for s in ("killed", "timeout", "survived", "equivalent",
+                                                              "invalid")}
+    scored = len(results) - count["equivalent"] - count["invalid"]
+    score = (count["killed"] + count["timeout"]) / scored if scored else 1.0
+    survivors = [r for r in results if r.status == "survived"]
+    if survivors:
+        print("\nsurvivors (id, original, mutated):")
+    rows = []
+    for r in results:
+        before, after = show(r.mutant, sources[r.mutant.module])
+        rows.append({"id": r.mutant.id, "status": r.status, "seconds": round(r.seconds, 2),
+                     "killed_by": r.detail, "original": before, "mutated": after})
+        if r.status == "survived":
+            print(f"  {r.mutant.id}\n      - {before}\n      + {after}")
+    print(f"\nmutation score {score:.1%}: {count['killed'] + count['timeout']} killed "
+          f"({count['timeout']} by timeout) of {scored}; {count['survived']} survived; "
+          f"{count['equivalent']} equivalent excluded; {len(results)} run of {total_found} mutants "
+          f"in {len(targets)} modules, seed {args.seed}")
+    document = {"score": round(score, 4), "counts": count, "scored": scored, "mutants_in_targets": total_found,
+                "seed": args.seed, "sample": None if args.all or args.id else args.sample, "targets": targets,
+                "tests": selections, "mutants": rows}
+    Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    print(f"report: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the processes and the copies are gone already
+        sys.exit("mutation: interrupted")

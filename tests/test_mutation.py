@@ -1,0 +1,169 @@
+"""The ``make mutation`` driver: its operators, ids, sample and process sweep (the runs
+themselves are too slow for the suite; README, "Mutation testing")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .mutants import is_valid, mutants, show
+from .mutation import (
+    DEFAULT_TARGETS,
+    MARKER,
+    ROOT,
+    first_failure,
+    kill_marked,
+    read_equivalent,
+    sample,
+)
+
+SNIPPET = '''"""Docstring."""
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from x import y
+log = None
+
+
+def f(a: int = 2, *, b: bool = True) -> int:
+    """Doc."""
+    log.info("at %d", a + 1)
+    if not a < b and a is not None or a in b:
+        a += 1
+        print(f"{a + 1}")
+    return a - 3
+
+
+class C:
+    size: int = 0
+
+    def __repr__(self) -> str:
+        return f"C({1 + 2})"
+'''
+
+
+def mutated_lines(module: str, text: str) -> dict[str, str]:
+    return {m.id: show(m, text)[1] for m in mutants(module, text)}
+
+
+def test_each_operator_changes_one_site_and_skips_what_never_runs_differently() -> None:
+    # Not mutated: the docstrings, the TYPE_CHECKING import, the log call, the
+    # annotations, the f-string and __repr__.
+    assert mutated_lines("pkg/mod.py", SNIPPET) == {
+        "pkg/mod.py:6:0:del-assign": "pass",
+        "pkg/mod.py:9:15:int-minus": "def f(a: int = 1, *, b: bool = True) -> int:",
+        "pkg/mod.py:9:15:int-plus": "def f(a: int = 3, *, b: bool = True) -> int:",
+        "pkg/mod.py:9:31:flip-true": "def f(a: int = 2, *, b: bool = False) -> int:",
+        "pkg/mod.py:12:7:drop-not": "if a < b and a is not None or a in b:",
+        "pkg/mod.py:12:13:flip-lt": "if not a >= b and a is not None or a in b:",
+        "pkg/mod.py:12:17:and-to-or": "if not a < b or a is not None or a in b:",
+        "pkg/mod.py:12:23:flip-isnot": "if not a < b and a is None or a in b:",
+        "pkg/mod.py:12:35:or-to-and": "if not a < b and a is not None and a in b:",
+        "pkg/mod.py:12:40:flip-in": "if not a < b and a is not None or a not in b:",
+        "pkg/mod.py:13:8:del-augassign": "pass",
+        "pkg/mod.py:13:13:int-minus": "a += 0",
+        "pkg/mod.py:13:13:int-plus": "a += 2",
+        "pkg/mod.py:14:8:del-call": "pass",
+        "pkg/mod.py:15:4:del-return": "pass",
+        "pkg/mod.py:15:13:sub-to-add": "return a + 3",
+        "pkg/mod.py:15:15:int-minus": "return a - 2",
+        "pkg/mod.py:15:15:int-plus": "return a - 4",
+        "pkg/mod.py:19:16:int-minus": "size: int = -1",
+        "pkg/mod.py:19:16:int-plus": "size: int = 1",
+    }
+
+
+def test_the_other_flips_and_a_raise() -> None:
+    text = "if a <= b > c == d != e is f in g not in h >= i:\n    raise E(x + 0)\nok = False\n"
+    assert mutated_lines("m.py", text) == {
+        "m.py:1:5:flip-lte": "if a > b > c == d != e is f in g not in h >= i:",
+        "m.py:1:10:flip-gt": "if a <= b <= c == d != e is f in g not in h >= i:",
+        "m.py:1:14:flip-eq": "if a <= b > c != d != e is f in g not in h >= i:",
+        "m.py:1:19:flip-ne": "if a <= b > c == d == e is f in g not in h >= i:",
+        "m.py:1:24:flip-is": "if a <= b > c == d != e is not f in g not in h >= i:",
+        "m.py:1:29:flip-in": "if a <= b > c == d != e is f not in g not in h >= i:",
+        "m.py:1:34:flip-notin": "if a <= b > c == d != e is f in g in h >= i:",
+        "m.py:1:43:flip-gte": "if a <= b > c == d != e is f in g not in h < i:",
+        "m.py:2:4:del-raise": "pass",
+        "m.py:2:14:add-to-sub": "raise E(x - 0)",
+        "m.py:2:16:int-minus": "raise E(x + -1)",
+        "m.py:2:16:int-plus": "raise E(x + 1)",
+        "m.py:3:0:del-assign": "pass",
+        "m.py:3:5:flip-false": "ok = True",
+    }
+
+
+def test_every_mutant_parses_and_changes_the_code() -> None:
+    text = "x = (a  # why\n     < b)\ny = not (c)\nz = f(\n    1,\n)  # done\nw = g(\n    2); v = 3\nu = 'é' + 5\n"
+    found = mutants("m.py", text)
+    assert found and all(is_valid(m.apply(text), text) for m in found)
+    by_id = {m.id: m.apply(text) for m in found}
+    # The operator token of a comparison split over lines, next to a comment.
+    assert by_id["m.py:2:5:flip-lt"].startswith("x = (a  # why\n     >= b)\n")
+    assert by_id["m.py:3:4:drop-not"].split("\n")[2] == "y = (c)"
+    # A deleted multi-line statement leaves blank lines: what follows keeps its line
+    # numbers (the ids of a mutated module point at the right lines in tracebacks).
+    assert by_id["m.py:4:0:del-assign"].split("\n")[3:7] == ["pass", "", "  # done", "w = g("]
+    # ... unless code follows on its last line; then it collapses onto one.
+    assert by_id["m.py:7:0:del-assign"].split("\n")[6] == "pass; v = 3"
+    # Columns count characters, not UTF-8 bytes.
+    assert "m.py:9:10:int-plus" in by_id and by_id["m.py:9:10:int-plus"].endswith("u = 'é' + 6\n")
+
+
+def test_ids_do_not_depend_on_code_below_or_on_other_modules() -> None:
+    ids = [m.id for m in mutants("pkg/mod.py", SNIPPET)]
+    assert [m.id for m in mutants("pkg/mod.py", SNIPPET + "\nz = 1 + 2\n")][: len(ids)] == ids
+    assert [m.id for m in mutants("pkg/mod.py", SNIPPET)] == ids
+    assert mutants("pkg/engine/plan.py", SNIPPET)[0].id == "pkg/engine/plan.py:6:0:del-assign"
+    assert len(set(ids)) == len(ids)
+
+
+def test_sample_is_fixed_by_the_seed_and_spread_in_proportion() -> None:
+    found = {"a.py": mutants("a.py", SNIPPET * 3), "b.py": mutants("b.py", SNIPPET)}
+    assert (len(found["a.py"]), len(found["b.py"])) == (60, 20)
+    chosen = sample(found, 20, seed=7)
+    assert [m.id for m in chosen] == [m.id for m in sample(found, 20, seed=7)]
+    assert [m.id for m in chosen] != [m.id for m in sample(found, 20, seed=8)]
+    assert sum(m.module == "a.py" for m in chosen) == 15 and len({m.id for m in chosen}) == 20
+    # 15.75 and 5.25: the larger remainder gets the odd one.
+    odd = sample(found, 21, seed=7)
+    assert len(odd) == 21 and sum(m.module == "a.py" for m in odd) == 16
+    assert len(sample(found, 500, seed=7)) == 80
+
+
+def test_equivalent_file_takes_one_id_a_line_with_comments(tmp_path: Path) -> None:
+    path = tmp_path / "eq.txt"
+    path.write_text("# header\n\na/b.py:1:2:flip-lt  # why\n  a/b.py:3:0:del-call\n")
+    assert read_equivalent(path) == {"a/b.py:1:2:flip-lt", "a/b.py:3:0:del-call"}
+    assert read_equivalent(tmp_path / "none.txt") == set()
+
+
+def test_first_failure_reads_the_summary_not_log_lines() -> None:
+    output = ("ERROR    werkzeug:_internal.py:97 Error on request:\n"
+              "=== short test summary info ===\nFAILED tests/test_x.py::test_y - AssertionError\n")
+    assert first_failure(output) == "tests/test_x.py::test_y - AssertionError"
+    assert first_failure("1 passed\n") == ""
+
+
+def test_kill_marked_reaches_a_process_in_a_session_of_its_own() -> None:
+    # What a test's gunicorn is: started in its own session, out of reach of a killpg.
+    marker = f"{os.getpid()}-selftest"
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                            env=dict(os.environ, **{MARKER: marker}), start_new_session=True)
+    try:
+        assert kill_marked(marker + "-other") == 0
+        assert kill_marked(marker) == 1
+        assert proc.wait(10) == -9
+    finally:
+        proc.kill()
+        proc.wait(10)
+        assert proc.stdin is not None
+        proc.stdin.close()
+
+
+def test_default_targets_exist() -> None:
+    # When a module is moved, `make mutation` needs its new path at the top of tests/mutation.py.
+    for target in DEFAULT_TARGETS:
+        assert mutants(target, (ROOT / target).read_text())
