@@ -40,8 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # What is mutated when no module is named: the download engine, the manager, the
 # event hub. Paths from the repository root; any module of the package will do.
 DEFAULT_TARGETS = [
-    "arw_models/worker.py",
-    "arw_models/downloads.py",
+    "arw_models/engine/__init__.py",
+    "arw_models/engine/plan.py",
+    "arw_models/engine/fetch.py",
+    "arw_models/engine/segments.py",
+    "arw_models/engine/verify.py",
+    "arw_models/jobs.py",
+    "arw_models/slots.py",
+    "arw_models/manager.py",
     "arw_models/events.py",
 ]
 
@@ -49,13 +55,22 @@ DEFAULT_TARGETS = [
 # the fastest and most direct first (with -x, an early failure ends the run). A
 # smaller set makes each mutant cheaper but lets through faults that only another
 # module's tests would catch; ``--tests`` overrides the map for one run.
+_ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_downloads.py",
+                 "tests/test_resume_validators.py", "tests/test_scheduling.py", "tests/test_segments.py",
+                 "tests/test_edge_cases.py", "tests/test_resilience.py", "tests/test_symlinks.py"]
 DEFAULT_TESTS = {
-    "arw_models/worker.py": ["tests/test_units.py", "tests/test_downloads.py", "tests/test_resume_validators.py",
-                             "tests/test_edge_cases.py", "tests/test_resilience.py"],
-    "arw_models/downloads.py": ["tests/test_api.py", "tests/test_downloads.py", "tests/test_edge_cases.py",
-                                "tests/test_resilience.py"],
+    "arw_models/engine/__init__.py": _ENGINE_TESTS,
+    "arw_models/engine/plan.py": ["tests/test_engine.py", "tests/test_segments.py", *_ENGINE_TESTS[1:]],
+    "arw_models/engine/fetch.py": _ENGINE_TESTS,
+    "arw_models/engine/segments.py": ["tests/test_segments.py", *_ENGINE_TESTS],
+    "arw_models/engine/verify.py": ["tests/test_segments.py", *_ENGINE_TESTS],
+    "arw_models/jobs.py": ["tests/test_engine.py", "tests/test_scheduling.py", *_ENGINE_TESTS[1:],
+                           "tests/test_api.py", "tests/test_events.py"],
+    "arw_models/slots.py": ["tests/test_scheduling.py", *_ENGINE_TESTS, "tests/test_one_process.py"],
+    "arw_models/manager.py": ["tests/test_api.py", "tests/test_scheduling.py", *_ENGINE_TESTS,
+                              "tests/test_one_process.py"],
     "arw_models/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
-                             "tests/test_api.py"],
+                             "tests/test_api.py", "tests/test_records.py"],
 }
 
 # A target not in the map gets every test module but these, which start real

@@ -140,7 +140,7 @@ def test_a_file_that_changes_mid_download_is_never_mixed(service: Service, origi
 def test_a_file_that_changed_is_never_mixed_with_a_digest_either(service: Service, origin: Origin) -> None:
     """With the old version's sha256 in the request, the new file cannot verify: an
     error, and nothing installed."""
-    app, client, watch = service(**SEGMENTED)
+    _, client, watch = service(**SEGMENTED)
     old, new = payload(8 * MiB, seed=106), payload(8 * MiB, seed=107)
     res = origin.add("/d.gguf", old, drop_after=512 * KiB, on_drop=lambda r: r.replace(new))
     post_download(client, "d", origin.url("/d.gguf"), sha256=sha256_of(old))
