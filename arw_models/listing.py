@@ -5,9 +5,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from .engine.plan import Plan
 from .headers import redact_url
 from .jobs import DownloadJob, Status
 from .storage import StateDir
+
+
+def on_disk(state: StateDir, model_id: str, sidecar: dict[str, Any] | None = None) -> int | None:
+    """The bytes a partial download has: the size of its ``.part``, or, for one
+    fetched in parallel ranges (preallocated to the whole size), what its ranges
+    record."""
+    size = state.part_size(model_id)
+    if size is None:
+        return None
+    sidecar = sidecar if sidecar is not None else state.read_sidecar(model_id)
+    if sidecar:
+        plan = Plan.from_json(sidecar.get("total"), sidecar.get("ranges"))
+        if plan is not None and plan.segmented:
+            return min(size, plan.durable)
+    return size
 
 
 def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:
@@ -24,7 +40,7 @@ def job_item(job: DownloadJob, state: StateDir) -> dict[str, Any]:
     """A job's snapshot; one that ended and kept its ``.part`` says it is resumable
     and how many bytes are on disk."""
     snap = job.snapshot()
-    size = state.part_size(job.id)
+    size = on_disk(state, job.id)
     if not job.active and job.status not in (Status.COMPLETE, Status.CANCELED) and size is not None:
         snap["resumable"] = True
         snap["downloaded"] = size
@@ -33,8 +49,8 @@ def job_item(job: DownloadJob, state: StateDir) -> dict[str, Any]:
 
 def resumable_item(model_id: str, state: StateDir) -> dict[str, Any] | None:
     """A partial download with no job in memory, from its ``.part`` and sidecar."""
-    size = state.part_size(model_id)
     sidecar = state.read_sidecar(model_id)
+    size = on_disk(state, model_id, sidecar)
     if size is None and sidecar is None:
         return None
     item: dict[str, Any] = {"id": model_id, "status": "resumable", "resumable": sidecar is not None,

@@ -72,6 +72,7 @@ DEFAULT_TESTS = {
     "arw_models/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
                              "tests/test_api.py", "tests/test_records.py"],
 }
+DEFAULT_TESTS = {target: list(dict.fromkeys(tests)) for target, tests in DEFAULT_TESTS.items()}  # each once
 
 # A target not in the map gets every test module but these, which start real
 # servers and take most of the suite's time (they do run the mutated code when named

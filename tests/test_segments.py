@@ -6,18 +6,27 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import re
+import signal
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from arw_models.engine.plan import Plan, Span
+from arw_models.manager import PROGRESS
 
 from .conftest import Service, post_download
 from .helpers import cancel, listing, models_dir, read
 from .origin import Origin, payload
+from .servers import Gunicorn
+from .sse import SSEClient
+from .test_deploy import is_status, read_frames_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -162,3 +171,51 @@ def test_a_cancel_stops_every_connection_at_once(service: Service, origin: Origi
     assert listing(app) == []
     assert threading.active_count() < before  # the connections' threads are gone
     assert len(res.data) == 8 * MiB
+
+
+def test_kill_9_during_a_segmented_download_resumes_every_range(
+    gunicorns: Callable[..., Gunicorn], origin: Origin, tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    size, window, count = 8 * MiB, 256 * KiB, 4
+    res = origin.add("/k.gguf", payload(size, seed=108), throttle=1 * MiB)
+    url = origin.url("/k.gguf")
+    body = {"id": "k", "url": url, "sha256": res.sha256}
+    env = {"ARW_DL_SEGMENTS": str(count), "ARW_DL_SEGMENT_MIN_MB": "1", "ARW_DL_FSYNC_BYTES": str(window),
+           "ARW_DL_RESUME_ON_START": "0"}
+    first = gunicorns("first", state, **env)
+    first.wait_ready()
+    with SSEClient(first.url + "/events") as sse:
+        assert sse.next().event == "service.connected"
+        assert requests.post(first.url + "/models/download", json=body, timeout=5).status_code == 202
+        read_frames_until(sse, lambda f: f.event == PROGRESS and f.payload.get("downloaded", 0) >= 2 * MiB
+                          and f.payload.get("segments", 0) > 1)
+    os.killpg(first.proc.pid, signal.SIGKILL)  # no handler runs: every connection dies mid-write
+    first.wait_exit(10)
+    res.throttle = None
+    sent_before = origin.bytes_sent("/k.gguf")
+    asked_before = len(origin.requests_for("/k.gguf"))
+    second = gunicorns("second", state, **env)
+    second.wait_ready()
+
+    recorded = json.loads((state / "models" / "k.part.json").read_text())["ranges"]
+    assert len(recorded) > 1
+    durable = sum(done for _, _, done in recorded)
+    part_bytes = (state / "models" / "k.part").read_bytes()
+    for start, _, done in recorded:  # what the ranges say is on disk is the file's bytes
+        assert part_bytes[start:start + done] == res.data[start:start + done]
+    [listed] = requests.get(second.url + "/models/downloads", timeout=5).json()["items"]
+    assert (listed["status"], listed["downloaded"]) == ("resumable", durable)
+
+    with SSEClient(second.url + "/events", params={"prefix": "Models."}) as sse:
+        assert sse.next().event == "service.connected"
+        assert requests.post(second.url + "/models/download", json=body, timeout=5).status_code == 202
+        frames = read_frames_until(sse, is_status("k", "complete", "error", "canceled"))
+    assert frames[-1].payload["status"] == "complete" and frames[-1].payload["sha256"] == res.sha256
+    assert (state / "models" / "k.gguf").read_bytes() == res.data
+    resent = origin.bytes_sent("/k.gguf") - sent_before
+    # The unfinished parts, plus at most one fsync window per range that was written
+    # but not yet recorded as durable when the process died.
+    assert resent <= (size - min(sent_before, size)) + count * window + 64 * KiB, (resent, sent_before, durable)
+    assert resent >= size - durable  # (a range cut short by a steal may have been sent a little more)
+    assert all(r.range and r.status == 206 for r in origin.requests_for("/k.gguf")[asked_before:])
