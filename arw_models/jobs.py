@@ -193,14 +193,7 @@ class DownloadJob:
             if self.stop_reason is None:
                 self.stop_reason = reason  # the first reason wins: a cancel stays a cancel
             self.stop_event.set()
-            socks, responses = list(self._socks.values()), list(self._responses.values())
-        for sock in socks:
-            self.wake(sock)
-        for response in responses:
-            try:
-                response.raw.shutdown()
-            except (AttributeError, ValueError, RuntimeError, OSError):
-                pass
+        self.interrupt()
         return True
 
     def interrupt(self) -> None:
