@@ -183,6 +183,24 @@ def cancel() -> Response:
     return jsonify(service().manager.cancel(model_id))
 
 
+@bp.post("/models/download/pause")
+def pause() -> Response:
+    body = json_body()
+    return jsonify(service().manager.pause(checked_id(body.get("id"))))
+
+
+@bp.post("/models/download/resume")
+def resume() -> Response:
+    body = json_body()
+    model_id = checked_id(body.get("id"))
+    status, item = service().manager.resume(model_id)
+    response = jsonify(item)
+    response.status_code = status
+    if status == 202:
+        response.headers["Location"] = url_for(".download_status", model_id=model_id)
+    return response
+
+
 @bp.get("/models")
 def models() -> Response:
     state = service()

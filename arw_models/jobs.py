@@ -37,6 +37,8 @@ class Status(str, Enum):
     COMPLETE = "complete"
     ERROR = "error"
     CANCELED = "canceled"
+    # Stopped on request, keeping the .part and its sidecar for a later resume.
+    PAUSED = "paused"
     # Stopped by a shutdown, or taken over by a newer request: the .part stays, and
     # no terminal event is sent (the download goes on later, or under a new job).
     INTERRUPTED = "interrupted"
@@ -45,10 +47,10 @@ class Status(str, Enum):
         return self.value
 
 
-TERMINAL = frozenset({Status.COMPLETE, Status.ERROR, Status.CANCELED, Status.INTERRUPTED})
+TERMINAL = frozenset({Status.COMPLETE, Status.ERROR, Status.CANCELED, Status.PAUSED, Status.INTERRUPTED})
 # Statuses in which a job holds a transfer slot.
 RUNNING = frozenset({Status.STARTED, Status.RESUMED, Status.DOWNLOADING, Status.VERIFYING})
-_ENDS = {Status.ERROR, Status.CANCELED, Status.INTERRUPTED}
+_ENDS = {Status.ERROR, Status.CANCELED, Status.PAUSED, Status.INTERRUPTED}
 _BEGINS = {Status.STARTED, Status.RESUMED}
 
 MOVES: dict[Status, frozenset[Status]] = {
@@ -66,6 +68,7 @@ MOVES: dict[Status, frozenset[Status]] = {
     Status.COMPLETE: frozenset(),
     Status.ERROR: frozenset(),
     Status.CANCELED: frozenset(),
+    Status.PAUSED: frozenset(),
     Status.INTERRUPTED: frozenset(),
 }
 

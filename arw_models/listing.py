@@ -41,9 +41,10 @@ def job_item(job: DownloadJob, state: StateDir) -> dict[str, Any]:
     and how many bytes are on disk."""
     snap = job.snapshot()
     size = on_disk(state, job.id)
-    if not job.active and job.status not in (Status.COMPLETE, Status.CANCELED) and size is not None:
+    if not job.active and job.status not in (Status.COMPLETE, Status.CANCELED) and (
+            size is not None or job.status is Status.PAUSED):
         snap["resumable"] = True
-        snap["downloaded"] = size
+        snap["downloaded"] = size or 0
     return snap
 
 
@@ -53,8 +54,9 @@ def resumable_item(model_id: str, state: StateDir) -> dict[str, Any] | None:
     size = on_disk(state, model_id, sidecar)
     if size is None and sidecar is None:
         return None
-    item: dict[str, Any] = {"id": model_id, "status": "resumable", "resumable": sidecar is not None,
-                            "downloaded": size or 0}
+    paused = bool(sidecar and sidecar.get("paused"))
+    item: dict[str, Any] = {"id": model_id, "status": "paused" if paused else "resumable",
+                            "resumable": sidecar is not None, "downloaded": size or 0}
     if sidecar:
         item["url"] = redact_url(str(sidecar.get("url", "")))
         item["provider"] = sidecar.get("provider", "local")

@@ -35,7 +35,7 @@ from .events import EventHub
 from .headers import redact_url
 from .http import new_session
 from .jobs import DownloadJob, Status
-from .listing import job_item, public_model, resumable_item
+from .listing import job_item, on_disk, public_model, resumable_item
 from .slots import Slots
 from .storage import Registry, StateDir, remove_quietly, utcnow
 
@@ -129,6 +129,7 @@ class DownloadManager:
                 return 200, public_model(installed, self.state)
             job = self._new_job(model_id, url, sha256, provider, auto=auto)
             job.after = previous
+            self._unpause(model_id)
             self._jobs[model_id] = job
             if self.slots.busy() >= self.settings.max_conc:
                 job.announce()
@@ -140,6 +141,12 @@ class DownloadManager:
             answer = job.snapshot()  # as it begins: a slot may take it over at once
             self.slots.enqueue(job)
             return 202, answer
+
+    def _unpause(self, model_id: str) -> None:
+        """A paused download is asked for again: a restart must resume it now."""
+        sidecar = self.state.read_sidecar(model_id)
+        if sidecar is not None and sidecar.pop("paused", None):
+            self.state.write_sidecar(model_id, sidecar)
 
     def _installed_as_asked(self, model_id: str, url: str, sha256: str | None) -> dict[str, Any] | None:
         """The installed model, if it is what a POST of ``url`` (and ``sha256``) asks for."""
@@ -247,6 +254,15 @@ class DownloadManager:
             # this one over, continues them.
             job.transition(Status.INTERRUPTED, quiet=True)
             return
+        if job.stop_reason == "pause":
+            # The .part and its sidecar stay, marked so that a restart leaves them be.
+            sidecar = self.state.read_sidecar(job.id) or {
+                "id": job.id, "url": job.url, "sha256": job.sha256, "provider": job.provider, "created_at": utcnow()}
+            sidecar["paused"] = True
+            self.state.write_sidecar(job.id, sidecar)
+            job.downloaded = on_disk(self.state, job.id) or 0
+            job.transition(Status.PAUSED, downloaded=job.downloaded)
+            return
         self.state.remove_partial(job.id)
         job.downloaded = 0
         job.transition(Status.CANCELED)
@@ -308,6 +324,29 @@ class DownloadManager:
         if self.slots.take_back(job):
             self._stopped(job)
             self._ended(job)
+
+    def pause(self, model_id: str, wait: float = 10.0) -> dict[str, Any]:
+        """Stops a running, queued or waiting job, keeping its ``.part``; answers
+        once it has stopped, with the job as it is then."""
+        with self._lock:
+            job = self._jobs.get(model_id)
+            if job is None or not job.active or job.status is Status.COMPLETE or job.stop_event.is_set():
+                raise NotFound(f"no download of {model_id} is running or queued", code="no-active-download")
+            self._stop_job(job, "pause")
+        job.done.wait(wait)
+        return job_item(job, self.state)
+
+    def resume(self, model_id: str) -> tuple[int, dict[str, Any]]:
+        """Continues a paused (or any resumable) download with what it was asked
+        for; a running one is answered as a repeated POST would be."""
+        with self._lock:
+            job = self._jobs.get(model_id)
+            if job is not None and job.active:
+                return self.submit(model_id, job.url, job.sha256, job.provider)
+        sidecar = self.state.read_sidecar(model_id)
+        if sidecar is None or not isinstance(sidecar.get("url"), str):
+            raise NotFound(f"no download of {model_id} is paused or resumable", code="no-active-download")
+        return self.submit(model_id, sidecar["url"], sidecar.get("sha256"), sidecar.get("provider") or "local")
 
     def cancel(self, model_id: str, wait: float = 10.0) -> dict[str, Any]:
         with self._lock:
@@ -376,6 +415,9 @@ class DownloadManager:
                 self.state.remove_partial(model_id)
                 continue
             sidecar = self.state.read_sidecar(model_id)
+            if sidecar and sidecar.get("paused"):
+                log.info("leaving %s paused", model_id)
+                continue
             if s.resume_on_start and sidecar and isinstance(sidecar.get("url"), str):
                 log.info("resuming %s from %s", model_id, redact_url(sidecar["url"]))
                 try:

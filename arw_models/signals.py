@@ -27,6 +27,7 @@ download_retrying = _signals.signal("download-retrying")
 download_completed = _signals.signal("download-completed")
 download_failed = _signals.signal("download-failed")
 download_canceled = _signals.signal("download-canceled")
+download_paused = _signals.signal("download-paused")
 models_changed = _signals.signal("models-changed")
 
 BY_STATUS = {
@@ -38,4 +39,5 @@ BY_STATUS = {
     "complete": download_completed,
     "error": download_failed,
     "canceled": download_canceled,
+    "paused": download_paused,
 }

@@ -27,18 +27,19 @@ def sha256_of(data: bytes) -> str:
 # -- the status machine ----------------------------------------------------------------
 
 ALLOWED = {
-    Status.QUEUED: {"started", "resumed", "retrying", "verifying", "error", "canceled", "interrupted"},
-    Status.STARTED: {"started", "resumed", "downloading", "retrying", "verifying", "error", "canceled",
+    Status.QUEUED: {"started", "resumed", "retrying", "verifying", "error", "canceled", "paused", "interrupted"},
+    Status.STARTED: {"started", "resumed", "downloading", "retrying", "verifying", "error", "canceled", "paused",
                      "interrupted"},
-    Status.RESUMED: {"started", "resumed", "downloading", "retrying", "verifying", "error", "canceled",
+    Status.RESUMED: {"started", "resumed", "downloading", "retrying", "verifying", "error", "canceled", "paused",
                      "interrupted"},
     Status.DOWNLOADING: {"started", "resumed", "downloading", "retrying", "verifying", "error", "canceled",
-                         "interrupted"},
-    Status.RETRYING: {"started", "resumed", "retrying", "verifying", "error", "canceled", "interrupted"},
-    Status.VERIFYING: {"complete", "retrying", "error", "canceled", "interrupted"},
+                         "paused", "interrupted"},
+    Status.RETRYING: {"started", "resumed", "retrying", "verifying", "error", "canceled", "paused", "interrupted"},
+    Status.VERIFYING: {"complete", "retrying", "error", "canceled", "paused", "interrupted"},
     Status.COMPLETE: set(),
     Status.ERROR: set(),
     Status.CANCELED: set(),
+    Status.PAUSED: set(),
     Status.INTERRUPTED: set(),
 }
 
@@ -56,6 +57,7 @@ def job_in(status: Status, published: list[dict[str, Any]]) -> DownloadJob:
         Status.COMPLETE: [Status.STARTED, Status.VERIFYING, Status.COMPLETE],
         Status.ERROR: [Status.ERROR],
         Status.CANCELED: [Status.CANCELED],
+        Status.PAUSED: [Status.PAUSED],
         Status.INTERRUPTED: [Status.INTERRUPTED],
     }[status]
     for step in path:

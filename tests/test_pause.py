@@ -1,0 +1,131 @@
+"""Pause and resume: a paused download keeps its bytes, survives a restart as
+paused, continues from where it stopped, and a cancel still removes everything."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from arw_models import ArwModels, signals
+
+from .conftest import Service, Watch, post_download
+from .helpers import cancel, listing, models_dir, part, read, sidecar
+from .origin import Origin, payload
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def pause(client: Any, model_id: str) -> Any:
+    return client.post("/models/download/pause", json={"id": model_id})
+
+
+def resume(client: Any, model_id: str) -> Any:
+    return client.post("/models/download/resume", json={"id": model_id})
+
+
+def test_pause_keeps_the_part_and_resume_continues_from_where_it_stopped(service: Service,
+                                                                          origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/p.gguf", payload(2 * MiB, seed=120), stall_after=700 * KiB)
+    paused_signals: list[dict[str, Any]] = []
+    with signals.download_paused.connected_to(lambda sender, payload: paused_signals.append(payload), sender=app):
+        post_download(client, "p", origin.url("/p.gguf"), sha256=res.sha256)
+        assert res.stalled.wait(5)
+        watch.until(lambda e: e.payload.get("id") == "p" and e.payload.get("downloaded") == 700 * KiB)
+        r = pause(client, "p")
+        assert r.status_code == 200 and r.json["status"] == "paused" and r.json["downloaded"] == 700 * KiB
+    event = watch.status("p", "paused")
+    assert event == {"id": "p", "status": "paused", "downloaded": 700 * KiB}
+    assert paused_signals == [event]
+    assert read(part(app, "p")) == res.data[: 700 * KiB]
+    assert json.loads(read(sidecar(app, "p")))["paused"] is True
+    [item] = client.get("/models/downloads").json["items"]
+    assert (item["id"], item["status"], item["downloaded"]) == ("p", "paused", 700 * KiB)
+
+    res.release.set()
+    r = resume(client, "p")
+    assert r.status_code == 202 and r.json["status"] == "resumed"
+    assert r.headers["Location"].endswith("/models/downloads/p")
+    done = watch.terminal("p")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert origin.requests_for("/p.gguf")[-1].range == f"bytes={700 * KiB}-"
+    assert read(os.path.join(models_dir(app), "p.gguf")) == res.data
+
+
+def test_the_same_post_as_the_original_also_resumes(service: Service, origin: Origin) -> None:
+    _, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/q.gguf", payload(MiB, seed=121), stall_after=300 * KiB)
+    post_download(client, "q", origin.url("/q.gguf"))
+    assert res.stalled.wait(5)
+    watch.status("q", "downloading")
+    assert pause(client, "q").status_code == 200
+    res.release.set()
+    again = post_download(client, "q", origin.url("/q.gguf"))
+    assert again.status_code == 202 and again.json["status"] == "resumed"
+    assert watch.status("q", "complete", "error")["status"] == "complete"
+
+
+def test_a_paused_download_stays_paused_after_a_restart(make_app: Any, origin: Origin, tmp_path: Any) -> None:
+    res = origin.add("/r.gguf", payload(MiB, seed=122), stall_after=200 * KiB)
+    first = make_app(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    watch = Watch(first)
+    client = first.test_client()
+    post_download(client, "r", origin.url("/r.gguf"))
+    assert res.stalled.wait(5)
+    watch.status("r", "downloading")
+    assert pause(client, "r").status_code == 200
+    watch.close()
+    first.extensions["arw_models"].shutdown()
+    res.release.set()
+    seen = len(origin.requests_for("/r.gguf"))
+
+    second = make_app(ARW_DL_RESUME_ON_START=True)
+    watch = Watch(second)  # starts it: a resumable .part would be resumed now
+    client = second.test_client()
+    item = client.get("/models/downloads/r").json
+    assert item["status"] == "paused" and item["downloaded"] == 200 * KiB
+    assert len(origin.requests_for("/r.gguf")) == seen  # nothing moved
+    assert resume(client, "r").status_code == 202
+    assert watch.status("r", "complete", "error")["status"] == "complete"
+    watch.close()
+
+
+def test_cancel_of_a_paused_download_removes_its_files(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/c.gguf", payload(MiB, seed=123), stall_after=100 * KiB)
+    post_download(client, "c", origin.url("/c.gguf"))
+    assert res.stalled.wait(5)
+    assert pause(client, "c").status_code == 200
+    assert watch.status("c", "paused")["downloaded"] == os.path.getsize(part(app, "c"))
+    res.release.set()
+    assert cancel(client, "c").json == {"id": "c", "status": "canceled"}
+    assert watch.terminal("c")["status"] == "canceled"
+    assert listing(app) == []
+    assert client.get("/models/downloads").json["items"] == []
+
+
+def test_a_queued_download_can_be_paused_and_resumed(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(MiB, seed=124), stall_after=KiB)
+    wait = origin.add("/wait.gguf", payload(100 * KiB, seed=125))
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    assert post_download(client, "wait", origin.url("/wait.gguf")).json["status"] == "queued"
+    r = pause(client, "wait")
+    assert r.status_code == 200 and r.json["status"] == "paused"
+    assert origin.requests_for("/wait.gguf") == []
+    hold.release.set()
+    assert cancel(client, "hold").status_code == 200
+    assert resume(client, "wait").status_code == 202
+    assert watch.status("wait", "complete", "error")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "wait.gguf")) == wait.data
+
+
+def test_pause_and_resume_of_nothing_are_404(service: Service) -> None:
+    app, client, _ = service()
+    for r in (pause(client, "none"), resume(client, "none")):
+        assert r.status_code == 404 and r.json["code"] == "no-active-download"
+    assert pause(client, "../x").json["code"] == "invalid-id"
+    assert ArwModels.state(app).manager.find("none") is None
