@@ -131,7 +131,8 @@ class Download:
         if plan.resumes and sidecar is not None:
             ranges = self._plan or Plan.from_json(sidecar.get("total"), sidecar.get("ranges"))
             if ranges is not None and ranges.segmented and ranges.total:
-                self._sidecar = sidecar
+                # A re-signed url of the same object is the one to ask from now on.
+                self._sidecar = {**sidecar, "url": job.url, "sha256": job.sha256}
                 self._limits(job, ranges.total, ranges.durable)
                 job.began(ranges.durable, ranges.total)
                 self._segments(ranges, plan.validator)
