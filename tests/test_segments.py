@@ -218,7 +218,9 @@ def test_kill_9_during_a_segmented_download_resumes_every_range(
         frames = read_frames_until(sse, is_status("k", "complete", "error", "canceled"))
     assert frames[-1].payload["status"] == "complete" and frames[-1].payload["sha256"] == res.sha256
     assert (state / "models" / "k.gguf").read_bytes() == res.data
-    resent = origin.bytes_sent("/k.gguf") - sent_before
+    # Counted on the requests of the second run only: the handlers of the killed
+    # connections may still be writing into them for a moment.
+    resent = sum(r.sent for r in origin.requests_for("/k.gguf")[asked_before:])
     # The unfinished parts, plus at most one fsync window per range that was written
     # but not yet recorded as durable when the process died.
     assert resent <= (size - min(sent_before, size)) + count * window + 64 * KiB, (resent, sent_before, durable)
