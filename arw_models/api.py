@@ -153,6 +153,15 @@ def checked_sha256(value: Any) -> str | None:
     return value.lower()
 
 
+def checked_rate(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**12:
+        raise BadRequest(f"{name} must be a whole number of bytes per second (1 or more), or null",
+                         code="invalid-rate-limit")
+    return value
+
+
 def checked_provider(value: Any) -> str:
     if value is None:
         return "local"
@@ -168,12 +177,24 @@ def download() -> Response | tuple[Response, int]:
     url = checked_url(body.get("url"))
     sha256 = checked_sha256(body.get("sha256"))
     provider = checked_provider(body.get("provider"))
-    status, item = service().manager.submit(model_id, url, sha256, provider)
+    rate_limit = checked_rate(body.get("rate_limit"), "rate_limit")
+    status, item = service().manager.submit(model_id, url, sha256, provider, rate_limit=rate_limit)
     response = jsonify(item)
     response.status_code = status
     if status == 202:
         response.headers["Location"] = url_for(".download_status", model_id=model_id)
     return response
+
+
+@bp.put("/settings/rate-limit")
+def rate_limit() -> Response:
+    body = json_body()
+    if "bytes_per_sec" not in body:
+        raise BadRequest("bytes_per_sec is required: a number of bytes per second, or null for no limit",
+                         code="invalid-rate-limit")
+    limit = checked_rate(body["bytes_per_sec"], "bytes_per_sec")
+    service().manager.set_rate_limit(limit)
+    return jsonify({"bytes_per_sec": limit})
 
 
 @bp.post("/models/download/cancel")

@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "ARW_EVENTS_KEEPALIVE_SECS": 15.0,
     # Reconnection delay suggested to SSE clients (the `retry:` field), in ms.
     "ARW_EVENTS_RETRY_MS": 3000,
+    # Bytes per second for all downloads together (None: no limit); changeable at run time.
+    "ARW_DL_RATE_LIMIT": None,
     # Parallel connections (ranges) for one download, 1 to 16; 1: one stream.
     "ARW_DL_SEGMENTS": 8,
     # Files smaller than this (MiB) are fetched as one stream.
@@ -119,6 +121,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_EVENTS_QUEUE": int,
     "ARW_EVENTS_KEEPALIVE_SECS": float,
     "ARW_EVENTS_RETRY_MS": int,
+    "ARW_DL_RATE_LIMIT": _optional(int),
     "ARW_DL_SEGMENTS": int,
     "ARW_DL_SEGMENT_MIN_MB": float,
     "ARW_JOBS_KEEP": int,
@@ -175,6 +178,7 @@ class Settings:
     jobs_keep: int
     segments: int
     segment_min_bytes: int
+    rate_limit: int | None
     lock_wait: float
     threads: int | None
     max_streams: int
@@ -219,6 +223,7 @@ class Settings:
             retry_ms=int(get("ARW_EVENTS_RETRY_MS")),
             jobs_keep=int(get("ARW_JOBS_KEEP")),
             segments=int(get("ARW_DL_SEGMENTS")),
+            rate_limit=None if get("ARW_DL_RATE_LIMIT") is None else int(get("ARW_DL_RATE_LIMIT")),
             segment_min_bytes=int(float(get("ARW_DL_SEGMENT_MIN_MB")) * MiB),
             lock_wait=float(get("ARW_LOCK_WAIT_SECS")),
             threads=threads,
@@ -231,6 +236,8 @@ class Settings:
             raise ValueError("ARW_DL_CHUNK_BYTES must be at least 1024")
         if settings.retries < 0:
             raise ValueError("ARW_DL_RETRIES must not be negative")
+        if settings.rate_limit is not None and settings.rate_limit < 1:
+            raise ValueError("ARW_DL_RATE_LIMIT must be at least 1 (bytes per second), or unset")
         if not 1 <= settings.segments <= 16:
             raise ValueError("ARW_DL_SEGMENTS must be between 1 and 16")
         if settings.segment_min_bytes < 0:
@@ -269,6 +276,7 @@ class Settings:
             "events_retry_ms": self.retry_ms,
             "jobs_keep": self.jobs_keep,
             "segments": self.segments,
+            "rate_limit": self.rate_limit,
             "segment_min_mb": self.segment_min_bytes / MiB,
             "lock_wait_secs": self.lock_wait,
             "events_max_streams": self.max_streams,

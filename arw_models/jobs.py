@@ -24,6 +24,7 @@ from enum import Enum
 from typing import Any
 
 from .headers import redact_url
+from .ratelimit import Bucket
 from .storage import utcnow
 
 
@@ -90,6 +91,9 @@ class DownloadJob:
         # Resumed by the service itself at start: a POST that differs takes it over.
         self.auto = auto
         self.clock = clock
+        # The request's own limit (bytes/s), and the bucket its connections draw from.
+        self.rate_limit: int | None = None
+        self.bucket = Bucket(None, clock)
         self._status = Status.QUEUED
         # publish (the event hub, which never blocks) runs under the job's lock, so
         # events keep the order of the moves; notify (a host's signal receivers, which

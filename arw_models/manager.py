@@ -36,6 +36,7 @@ from .headers import redact_url
 from .http import new_session
 from .jobs import DownloadJob, Status
 from .listing import job_item, on_disk, public_model, resumable_item
+from .ratelimit import shares
 from .slots import Slots
 from .storage import Registry, StateDir, remove_quietly, utcnow
 
@@ -70,7 +71,9 @@ class DownloadManager:
         self._finished: OrderedDict[str, DownloadJob] = OrderedDict()
         self._downloads: dict[DownloadJob, Download] = {}
         self._lock = threading.RLock()
-        self.slots = Slots(settings.max_conc, settings.progress_interval, self._lock, self._run, clock)
+        self.rate_limit: int | None = settings.rate_limit
+        self.slots = Slots(settings.max_conc, settings.progress_interval, self._lock, self._run, clock,
+                           self._balance)
         self._closed = False
 
     # -- events -------------------------------------------------------------------------
@@ -93,8 +96,20 @@ class DownloadManager:
 
     # -- submitting ---------------------------------------------------------------------
 
+    def set_rate_limit(self, bytes_per_sec: int | None) -> None:
+        """The limit for all downloads together, from now on (running ones too)."""
+        with self._lock:
+            self.rate_limit = bytes_per_sec
+            self.slots.rebalance()
+        log.info("rate limit for all downloads: %s", "none" if bytes_per_sec is None else f"{bytes_per_sec} B/s")
+
+    def _balance(self, running: list[DownloadJob]) -> None:
+        """Under the lock: each running download's share of the limit."""
+        for job, rate in shares(self.rate_limit, {j: j.rate_limit for j in running}).items():
+            job.bucket.set_rate(rate)  # type: ignore[attr-defined]
+
     def submit(self, model_id: str, url: str, sha256: str | None, provider: str,
-               *, auto: bool = False) -> tuple[int, dict[str, Any]]:
+               *, auto: bool = False, rate_limit: int | None = None) -> tuple[int, dict[str, Any]]:
         """Starts, resumes or joins a download; (200, model) when already installed.
         ``auto``: resumed by the service itself, so a POST that differs takes it over."""
         with self._lock:
@@ -114,6 +129,9 @@ class DownloadManager:
                 return 200, public_model(installed, self.state)
             if job is not None and job.active:
                 if job.url == url and (sha256 is None or sha256 == job.sha256):
+                    if rate_limit is not None:  # asked again with another limit: the new one holds
+                        job.rate_limit = rate_limit
+                        self.slots.rebalance()
                     # The running job, its status put as a start would have been: how it began.
                     return 202, {**job.snapshot(), "status": _began(job)}
                 if not job.auto:
@@ -128,6 +146,7 @@ class DownloadManager:
             if installed is not None:
                 return 200, public_model(installed, self.state)
             job = self._new_job(model_id, url, sha256, provider, auto=auto)
+            job.rate_limit = rate_limit
             job.after = previous
             self._unpause(model_id)
             self._jobs[model_id] = job
@@ -346,7 +365,8 @@ class DownloadManager:
         sidecar = self.state.read_sidecar(model_id)
         if sidecar is None or not isinstance(sidecar.get("url"), str):
             raise NotFound(f"no download of {model_id} is paused or resumable", code="no-active-download")
-        return self.submit(model_id, sidecar["url"], sidecar.get("sha256"), sidecar.get("provider") or "local")
+        return self.submit(model_id, sidecar["url"], sidecar.get("sha256"), sidecar.get("provider") or "local",
+                           rate_limit=_rate(sidecar))
 
     def cancel(self, model_id: str, wait: float = 10.0) -> dict[str, Any]:
         with self._lock:
@@ -422,7 +442,7 @@ class DownloadManager:
                 log.info("resuming %s from %s", model_id, redact_url(sidecar["url"]))
                 try:
                     self.submit(model_id, sidecar["url"], sidecar.get("sha256"), sidecar.get("provider") or "local",
-                                auto=True)
+                                auto=True, rate_limit=_rate(sidecar))
                 except ArwError as exc:
                     log.warning("cannot resume %s: %s", model_id, exc.detail)
 
@@ -443,6 +463,11 @@ class DownloadManager:
         with self._lock:
             job = self._jobs.get(model_id)
         return True if job is None else job.done.wait(timeout)
+
+
+def _rate(sidecar: dict[str, Any]) -> int | None:
+    value = sidecar.get("rate_limit")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _began(job: DownloadJob) -> str:

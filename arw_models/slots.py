@@ -25,12 +25,15 @@ from .jobs import DownloadJob, Status
 
 class Slots:
     def __init__(self, size: int, interval: float, lock: threading.RLock, run: Callable[[DownloadJob], None],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], balance: Callable[[list[DownloadJob]], None] = lambda jobs: None,
+                 ) -> None:
         self.size = size
         self.interval = max(0.005, interval)
         self.clock = clock
         self._lock = lock
         self._run = run
+        # Called with the jobs in a slot whenever they change, and once an interval.
+        self._balance = balance
         self._tick = threading.Condition(lock)
         # The jobs waiting for a slot; the jobs in one; the jobs waiting on a retry
         # timer (the clock's time it fires).
@@ -41,6 +44,10 @@ class Slots:
         self._executor: ThreadPoolExecutor | None = None
         self._ticker: threading.Thread | None = None
         self._closed = False
+
+    def rebalance(self) -> None:
+        """Under the lock: the limits changed; share them out now."""
+        self._balance(list(self._running))
 
     def busy(self) -> int:
         """Jobs in a slot or queued for one (not those waiting on a timer)."""
@@ -87,11 +94,13 @@ class Slots:
                     return
                 job = self._pending.popleft()
                 self._running.add(job)
+                self._balance(list(self._running))
             try:
                 self._run(job)
             finally:
                 with self._lock:
                     self._running.discard(job)
+                    self._balance(list(self._running))
 
     def _tick_loop(self) -> None:
         """Fires retry timers and publishes progress, once an interval."""
@@ -104,6 +113,7 @@ class Slots:
                     del self._waiting[job]
                     self.enqueue(job, front=True)
                 running = list(self._running)
+                self._balance(running)
             for job in running:
                 fields = job.tick(now)
                 if fields is not None:

@@ -97,8 +97,9 @@ def test_cancel_of_a_paused_download_removes_its_files(service: Service, origin:
     res = origin.add("/c.gguf", payload(MiB, seed=123), stall_after=100 * KiB)
     post_download(client, "c", origin.url("/c.gguf"))
     assert res.stalled.wait(5)
+    watch.status("c", "downloading")
     assert pause(client, "c").status_code == 200
-    assert watch.status("c", "paused")["downloaded"] == os.path.getsize(part(app, "c"))
+    assert watch.status("c", "paused")["downloaded"] == os.path.getsize(part(app, "c")) == 100 * KiB
     res.release.set()
     assert cancel(client, "c").json == {"id": "c", "status": "canceled"}
     assert watch.terminal("c")["status"] == "canceled"

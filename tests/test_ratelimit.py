@@ -5,8 +5,15 @@ runs takes effect)."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
+from typing import Any
+
+import pytest
 
 from arw_models.ratelimit import MIN_READ, Bucket, shares
+
+from .conftest import Service, post_download
+from .origin import Origin, payload
 
 
 def test_the_limit_is_shared_equally_and_a_capped_download_leaves_the_rest_to_others() -> None:
@@ -52,3 +59,72 @@ def test_a_stop_ends_the_wait() -> None:
     stop = threading.Event()
     stop.set()
     assert Bucket(1.0).take(10_000, stop) is False
+
+
+# -- through the service ------------------------------------------------------------------------
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def _elapsed(watch: Any, model_id: str) -> float:
+    """Seconds from the origin's answer to the end, as the events' times say."""
+    times = {e.payload["status"]: e.time for e in watch.events if e.payload.get("id") == model_id and "status" in e.payload}
+    return (_when(times["complete"]) - _when(times["started"])).total_seconds()
+
+
+def _when(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_a_limited_download_keeps_to_the_limit(service: Service, origin: Origin) -> None:
+    _app, client, watch = service(ARW_DL_RATE_LIMIT=8 * MiB, ARW_DL_CHUNK_BYTES=MiB)
+    res = origin.add("/l.gguf", payload(20 * MiB, seed=130))
+    post_download(client, "l", origin.url("/l.gguf"), sha256=res.sha256)
+    assert watch.terminal("l", timeout=15)["status"] == "complete"
+    assert 2.0 <= _elapsed(watch, "l") <= 3.5  # 20 MiB at 8 MiB/s: 2.5 s
+    assert client.get("/probe").json["settings"]["rate_limit"] == 8 * MiB
+
+
+def test_a_change_of_the_limit_takes_effect_on_a_running_download(service: Service, origin: Origin) -> None:
+    _app, client, watch = service(ARW_DL_RATE_LIMIT=MiB)
+    res = origin.add("/c.gguf", payload(8 * MiB, seed=131))
+    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
+    watch.until(lambda e: e.payload.get("id") == "c" and e.payload.get("downloaded", 0) >= MiB // 2)
+    r = client.put("/settings/rate-limit", json={"bytes_per_sec": None})
+    assert r.status_code == 200 and r.json == {"bytes_per_sec": None}
+    lifted = watch.hub.last_id
+    done = watch.terminal("c", timeout=10)
+    assert done["status"] == "complete"
+    # At 1 MiB/s the rest would take 6 s or more; lifted, it comes at once.
+    after = [e for e in watch.events if e.id is not None and e.id > lifted and e.payload.get("id") == "c"]
+    assert (_when(after[-1].time) - _when(after[0].time)).total_seconds() < 2.0
+
+
+def test_a_download_can_have_its_own_limit(service: Service, origin: Origin) -> None:
+    _app, client, watch = service()
+    res = origin.add("/o.gguf", payload(2 * MiB, seed=132))
+    r = post_download(client, "o", origin.url("/o.gguf"), rate_limit=2 * MiB)
+    assert r.status_code == 202
+    assert watch.terminal("o")["status"] == "complete"
+    assert 0.7 <= _elapsed(watch, "o") <= 2.5  # 2 MiB at 2 MiB/s
+    assert len(res.data) == 2 * MiB
+
+
+@pytest.mark.parametrize("value", ["fast", 0, -1, 1.5, True, [1]])
+def test_a_limit_must_be_a_whole_positive_number_or_null(client: Any, value: Any) -> None:
+    r = client.put("/settings/rate-limit", json={"bytes_per_sec": value})
+    assert r.status_code == 400 and r.json["code"] == "invalid-rate-limit"
+    r = client.post("/models/download", json={"id": "m", "url": "http://127.0.0.1:9/m", "rate_limit": value})
+    assert r.status_code == 400 and r.json["code"] == "invalid-rate-limit"
+    assert client.put("/settings/rate-limit", json={}).json["code"] == "invalid-rate-limit"
+
+
+def test_the_connections_of_a_download_share_its_limit(service: Service, origin: Origin) -> None:
+    _app, client, watch = service(ARW_DL_RATE_LIMIT=8 * MiB, ARW_DL_SEGMENTS=4, ARW_DL_SEGMENT_MIN_MB=1,
+                                 ARW_DL_CHUNK_BYTES=256 * KiB)
+    res = origin.add("/s.gguf", payload(16 * MiB, seed=133))
+    post_download(client, "s", origin.url("/s.gguf"), sha256=res.sha256)
+    assert watch.terminal("s", timeout=15)["status"] == "complete"
+    assert max(p.get("segments", 0) for p in watch.payloads("s")) > 1
+    assert 1.5 <= _elapsed(watch, "s") <= 3.0  # 16 MiB at 8 MiB/s for all four connections: 2 s

@@ -274,6 +274,7 @@ class Download:
             "filename": self._filename,
             "sha256": job.sha256,
             "provider": job.provider,
+            "rate_limit": job.rate_limit,
             "created_at": previous.get("created_at") or utcnow(),
             "ranges": Plan.single(answer.total, answer.offset).to_json(),
         }

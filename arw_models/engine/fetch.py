@@ -180,15 +180,16 @@ def stream(response: Any, job: DownloadJob, settings: Settings, fh: BinaryIO, of
     write = fh.write
     downloaded = offset
     unsynced = 0
+    bucket = job.bucket
     while True:
         try:
-            buf = read(chunk, decode_content=False)
+            buf = read(bucket.read_size(chunk), decode_content=False)
         except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
             check_stop(job)
             raise network_error(exc, job, f"at byte {downloaded}") from None
         if not buf:
             break
-        if stop.is_set():
+        if stop.is_set() or (bucket.rate and not bucket.take(len(buf), stop)):
             raise JobStopped()
         try:
             written = write(buf)

@@ -189,7 +189,7 @@ class Segments:
         job, fd, lock = self.job, self.fd, self._lock
         raw = response.raw
         read = getattr(raw, "read1", raw.read)
-        chunk, abort, stop = self.s.chunk_bytes, self._abort, job.stop_event
+        chunk, abort, stop, bucket = self.s.chunk_bytes, self._abort, job.stop_event, job.bucket
         assert span.end is not None
         while True:
             with lock:
@@ -197,13 +197,13 @@ class Segments:
             if want <= 0:
                 return
             try:
-                buf = read(min(chunk, want), decode_content=False)
+                buf = read(min(bucket.read_size(chunk), want), decode_content=False)
             except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
                 fetch.check_stop(job)
                 if abort.is_set():
                     raise _Aborted() from None
                 raise fetch.network_error(exc, job, f"at byte {span.position}") from None
-            if stop.is_set():
+            if stop.is_set() or (buf and bucket.rate and not bucket.take(len(buf), stop)):
                 raise JobStopped()
             if abort.is_set():
                 raise _Aborted()
