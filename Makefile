@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARW_STATE_DIR ?= ./state
 ARW_PORT ?= 8090
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.installed-test
+	$(BIN)/python -m tests.bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
