@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARW_STATE_DIR ?= ./state
 ARW_PORT ?= 8090
 
-.PHONY: run test lint bench mutation clean
+.PHONY: run test lint bench bench-quick mutation clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(VENV)/.installed-test
 
 mutation: $(VENV)/.installed-test
 	$(BIN)/python -m tests.mutation $(MUTATION_ARGS)
+
+bench-quick: $(VENV)/.installed-test
+	$(BIN)/python -m tests.bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

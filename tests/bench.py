@@ -1,166 +1,344 @@
-"""``make bench``: the transfer loop against curl, on the same file, in the same run.
+"""``make bench``: arw-models against the download tools its users would compare it
+with, on the same files from the same origins, in one run.
 
-A local origin serves one file with ``sendfile`` (so the origin is not what is
-measured); curl fetches it to disk, then arw-models downloads it the way a user's
-POST does (stream, SHA-256 while streaming, fsync, rename). Figures are printed as
-ratios to curl's, which makes them comparable across machines:
+Every figure is a ratio to a reference measured in the same run (curl, mostly), so
+that numbers from two machines can be compared. The runs of the tools being
+compared alternate (the order rotates from one round to the next), and each
+measured run starts after the disk is synced and the machine has idled a few
+seconds, because the cost of writing depends on what was written just before.
 
-* throughput ratio: arw-models bytes/s divided by curl's (1.0 = as fast as curl;
-  curl neither hashes nor fsyncs, so a ratio near 1 means those cost nothing extra);
-* also against ``curl | sha256sum``-free baselines: hashlib alone on the same bytes;
-* memory: growth of the process's peak RSS during the download, as a fraction of
-  the file size (a streaming loop keeps this near zero whatever the size).
+* fast origin (nginx with ``sendfile``; a Python ``sendfile`` origin without nginx):
+  the service (a real gunicorn, ``POST`` with ``sha256``, until the ``complete``
+  event reaches a subscriber), ``curl -o``, ``curl -o && sha256sum`` and
+  ``aria2c -x8 -s8``: throughput, CPU seconds per GiB, peak RSS;
+* throttled origin (a rate limit per connection, ``limit_rate`` in nginx): the
+  service against one curl connection and against aria2c's eight;
+* memory: peak RSS of the service's worker (``VmHWM``, a fresh gunicorn per run) at
+  the default size and at a four times larger file, against curl's;
+* latency, from :mod:`tests.bench_latency`: bytes to progress event, cancel to
+  ``canceled`` event, each against a ``/healthz`` round trip.
 
-Options: ``--size-mb N`` (default 1024), ``--runs N`` (default 3, best run counts).
+The benchmark asserts nothing on time; it measures, prints RST tables and writes
+every run to ``--json`` (default ``bench-report.json`` at the top of the repository).
+``--quick`` runs it small, once, as a smoke check.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
-import http.server
+import json
 import os
-import re
+import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import Callable
+from statistics import median
 from typing import Any
 
+import pytest
+
+from . import bench_latency, bench_run, debian
+from .bench_origin import PyOrigin
+from .bench_run import Run, Service
+from .bench_table import ARIA2, CURL, CURL_SHA, SERVICE, tables
+from .nginx import Nginx
+from .servers import ROOT
+
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+FULL = {"size_mb": 1024, "throttled_mb": 512, "big_mb": 4096, "runs": 3, "idle": 3.0, "cancels": 20,
+        "latency_secs": 10.0}
+QUICK = {"size_mb": 64, "throttled_mb": 64, "big_mb": 256, "runs": 1, "idle": 1.0, "cancels": 5,
+         "latency_secs": 3.0}
+LATENCY_RATE = 4 * MiB  # per connection: far below what any client takes in, so bytes arrive as sent
+MARGIN = 256 * MiB  # free space left over beyond the files and the service's own reserve
 
 
-class _SendfileHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    path_on_disk = ""
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        size = os.path.getsize(self.path_on_disk)
-        start = 0
-        match = re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
-        if match:
-            start = int(match.group(1))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(size - start))
-        self.send_header("ETag", '"bench"')
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        with open(self.path_on_disk, "rb") as fh:
-            try:
-                self.connection.sendfile(fh, offset=start)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small files, one round: a smoke check")
+    parser.add_argument("--size-mb", type=int, help="file from the fast origin (1024; quick 64)")
+    parser.add_argument("--throttled-mb", type=int, help="file from the throttled origin (512; quick 64)")
+    parser.add_argument("--big-mb", type=int, help="the larger file of the memory figure (4096; quick 256)")
+    parser.add_argument("--runs", type=int, help="rounds of each comparison (3; quick 1)")
+    parser.add_argument("--idle", type=float, help="seconds idle before each measured run (3; quick 1)")
+    parser.add_argument("--cancels", type=int, help="cancels timed (20; quick 5)")
+    parser.add_argument("--latency-secs", type=float, help="length of the progress-latency download (10; quick 3)")
+    parser.add_argument("--rate-mb", type=int, default=30, help="throttle per connection, MiB/s (30)")
+    parser.add_argument("--origin", choices=("nginx", "python"), default="nginx",
+                        help="nginx (the Python origin when nginx cannot be had), or the Python origin")
+    parser.add_argument("--dir", default=None, help="where the temporary files go (default: $TMPDIR)")
+    parser.add_argument("--json", default=str(ROOT / "bench-report.json"), help="report file")
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
-def _peak_rss_kib() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
-def _reset_peak_rss() -> bool:
+def write_file(path: str, size: int) -> str:
+    """``size`` random bytes (one random block, repeated: as costly to move and hash
+    as any other bytes); returns their SHA-256."""
+    block = os.urandom(16 * MiB)
+    digest = hashlib.sha256()
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            piece = block[: min(left, len(block))]
+            fh.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+    return digest.hexdigest()
+
+
+def version(argv: list[str]) -> str:
     try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
     except OSError:
-        return False
+        return "?"
+    return ((done.stdout or done.stderr).strip().splitlines() or ["?"])[0]
 
 
-def _curl(url: str, out: str) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(["curl", "-s", "-f", "-o", out, url], check=True)
-    elapsed = time.perf_counter() - t0
-    os.unlink(out)
-    return elapsed
+class Bench:
+    """One benchmark run: its origins, its work directory (the origin's files, the
+    service's state directories and the other programs' output, all on one file
+    system) and what it found."""
+
+    def __init__(self, args: argparse.Namespace, work: str) -> None:
+        self.args = args
+        self.work = work
+        self.root = ""  # the directory the origins serve
+        self.out_dir = os.path.join(work, "out")
+        os.makedirs(self.out_dir)
+        self.notes: list[str] = []
+        self.report: dict[str, Any] = {}
+        self.services = 0
+        self.nginx: Nginx | None = None
+        self.py_fast: PyOrigin | None = None
+        self.py_slow: PyOrigin | None = None
+        self.aria2 = self._tool("aria2", "aria2c")
+        if not self._tool("time", "time", "/usr/bin/time"):
+            self.note("the peak RSS of the programs compared is unknown without GNU time")
+        self.origin_name = "python sendfile origin"
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        say("note: " + text)
+
+    def _tool(self, package: str, name: str, *places: str) -> bool:
+        try:
+            debian.binary(package, name, *places)
+            return True
+        except pytest.skip.Exception as exc:
+            self.note(f"no {ARIA2 if name == 'aria2c' else name}: {exc.msg}")
+            return False
+
+    # -- origins ---------------------------------------------------------------------------
+
+    def start_origins(self) -> None:
+        base = os.path.join(self.work, "origin")
+        try:
+            if self.args.origin == "python":
+                pytest.skip("--origin python")
+            binary = debian.binary("nginx-light", "nginx", "/usr/sbin/nginx")
+        except pytest.skip.Exception as exc:
+            if self.args.origin != "python":
+                self.note(f"the Python origin stands in for nginx: {exc.msg}")
+            self.root = base
+            os.makedirs(base)
+            self.py_fast = PyOrigin(base)
+            self.py_slow = PyOrigin(base, rate=self.args.rate_mb * MiB)
+            return
+        root = os.path.join(base, "root")
+        self.nginx = Nginx(binary, base, f"""
+        sendfile on;
+        tcp_nopush on;
+        location /slow/ {{ alias {root}/; limit_rate {self.args.rate_mb}m; }}""")
+        self.root = self.nginx.root
+        self.origin_name = version([binary, "-v"]).replace("nginx version: ", "") + ", sendfile"
+
+    def fast_url(self, name: str) -> str:
+        return self.nginx.url(name) if self.nginx else self.py_fast.url(name)  # type: ignore[union-attr]
+
+    def slow_url(self, name: str) -> str:
+        return self.nginx.url("slow/" + name) if self.nginx else self.py_slow.url(name)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        for origin in (self.nginx, self.py_fast, self.py_slow):
+            if origin is not None:
+                origin.close()
+
+    # -- one measured run ------------------------------------------------------------------
+
+    def fit(self, want_mb: int, label: str, copies: int = 2) -> int:
+        """The size in bytes that leaves room for ``copies`` files on the disk of the
+        work directory (0: none fits), saying so when it is less than asked."""
+        reserve = float(os.environ.get("ARW_MODELS_DISK_RESERVE_MB") or 256) * MiB + MARGIN
+        free = shutil.disk_usage(self.work).free
+        room = int((free - reserve) // copies) // (16 * MiB) * 16 * MiB
+        if room >= want_mb * MiB:
+            return want_mb * MiB
+        if room < 16 * MiB:
+            self.note(f"{label}: skipped, {free // MiB} MiB free on {self.work}")
+            return 0
+        self.note(f"{label}: {room // MiB} MiB instead of {want_mb} MiB, to fit in the "
+                  f"{free // MiB} MiB free on {self.work}")
+        return room
+
+    def idle(self) -> None:
+        os.sync()  # what earlier runs wrote goes to disk now, not during the next run
+        time.sleep(self.args.idle)
+
+    def measure(self, client: str, url: str, size: int, sha256: str) -> Run:
+        out = os.path.join(self.out_dir, "model.bin")
+        if client == SERVICE:
+            self.services += 1
+            service = Service(self.work, f"state-{self.services}")  # a fresh worker: VmHWM is for its life
+            try:
+                service.start()
+                self.idle()
+                return service.download("bench", url, size, sha256)
+            finally:
+                service.close()
+        self.idle()
+        try:
+            if client == CURL:
+                return bench_run.curl(url, out, size)
+            if client == CURL_SHA:
+                return bench_run.curl_sha256sum(url, out, size, sha256)
+            return bench_run.aria2c(url, out, size)
+        finally:
+            for leftover in os.listdir(self.out_dir):
+                os.unlink(os.path.join(self.out_dir, leftover))
+
+    def compare(self, label: str, clients: list[str], url_of: Callable[[str], str], size: int,
+                runs: int) -> dict[str, list[Run]]:
+        """``runs`` rounds; in each, every client once, the order rotating by one."""
+        name = label.split()[0] + ".bin"
+        path = os.path.join(self.root, name)
+        say(f"{label}: writing {size // MiB} MiB")
+        sha256 = write_file(path, size)
+        results: dict[str, list[Run]] = {c: [] for c in clients}
+        try:
+            for r in range(runs):
+                for client in clients[r % len(clients):] + clients[: r % len(clients)]:
+                    run = self.measure(client, url_of(name), size, sha256)
+                    results[client].append(run)
+                    rss = "?" if run.rss is None else f"{run.rss / MiB:.1f}"
+                    say(f"{label}, round {r + 1}/{runs}: {client:22} {size / run.secs / MiB:8.1f} MiB/s  "
+                        f"cpu {run.cpu:6.2f} s  peak rss {rss} MiB")
+        finally:
+            os.unlink(path)
+        return results
+
+    # -- the four parts --------------------------------------------------------------------
+
+    def fast(self) -> None:
+        size = self.fit(self.args.size_mb, "fast origin")
+        if not size:
+            return
+        clients = [SERVICE, CURL, CURL_SHA] + ([ARIA2] if self.aria2 else [])
+        results = self.compare("fast origin", clients, self.fast_url, size, self.args.runs)
+        self.report["fast"] = {"size": size, "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()},
+                               "summary": summarize(results, size)}
+
+    def throttled(self) -> None:
+        size = self.fit(self.args.throttled_mb, "throttled origin")
+        if not size:
+            return
+        clients = [SERVICE, CURL] + ([ARIA2] if self.aria2 else [])
+        results = self.compare("throttled origin", clients, self.slow_url, size, self.args.runs)
+        self.report["throttled"] = {"size": size, "rate_per_connection": self.args.rate_mb * MiB,
+                                    "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()},
+                                    "summary": summarize(results, size)}
+
+    def memory(self) -> None:
+        size = self.fit(self.args.big_mb, "memory, larger file")
+        if not size:
+            return
+        results = self.compare("big file", [SERVICE, CURL], self.fast_url, size, 1)
+        self.report["big"] = {"size": size, "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()},
+                              "summary": summarize(results, size)}
+
+    def latency(self) -> None:
+        size = int(LATENCY_RATE * self.args.latency_secs)
+        if not self.fit(size // MiB + 1, "latency", copies=3):
+            return
+        root = os.path.join(self.work, "paced")
+        os.makedirs(root)
+        write_file(os.path.join(root, "paced.bin"), size)
+        origin = PyOrigin(root, rate=LATENCY_RATE)
+        service = Service(self.work, "state-latency")
+        try:
+            service.start()
+            self.idle()
+            say(f"latency: one download at {LATENCY_RATE // MiB} MiB/s per connection, then {self.args.cancels} "
+                "cancels")
+            progress = bench_latency.progress_latency(service, origin, origin.url("paced.bin"))
+            to_event, to_answer = bench_latency.cancel_latency(service, origin.url("paced.bin"), self.args.cancels)
+            rtt = bench_latency.round_trips(service, 50)
+            interval = service.session.get(service.url + "/probe", timeout=10).json()["settings"].get(
+                "progress_interval_ms")
+        finally:
+            service.close()
+            origin.close()
+            shutil.rmtree(root, ignore_errors=True)
+        self.report["latency"] = {
+            "rate_per_connection": LATENCY_RATE, "progress_interval_ms": interval,
+            "progress": bench_latency.summary(progress), "cancel_to_event": bench_latency.summary(to_event),
+            "cancel_to_answer": bench_latency.summary(to_answer), "healthz": bench_latency.summary(rtt),
+            "samples": {"progress": progress, "cancel_to_event": to_event, "cancel_to_answer": to_answer},
+        }
 
 
-def _arw(url: str, state_dir: str, sha256: str) -> tuple[float, int]:
-    from arw_models import ArwModels, create_app
-
-    shutil.rmtree(state_dir, ignore_errors=True)
-    app = create_app({"ARW_STATE_DIR": state_dir, "ARW_MODELS_DISK_RESERVE_MB": 0,
-                      "ARW_DL_RESUME_ON_START": False})
-    state = ArwModels.state(app)
-    client = app.test_client()
-    _reset_peak_rss()
-    rss_before = _peak_rss_kib()
-    t0 = time.perf_counter()
-    r = client.post("/models/download", json={"id": "bench", "url": url, "sha256": sha256})
-    assert r.status_code == 202, r.json
-    state.manager.wait("bench")
-    elapsed = time.perf_counter() - t0
-    growth = _peak_rss_kib() - rss_before
-    job = client.get("/models/downloads/bench").json
-    state.shutdown()
-    if job["status"] != "complete":
-        raise SystemExit(f"bench download failed: {job}")
-    return elapsed, growth * 1024
+def summarize(results: dict[str, list[Run]], size: int) -> dict[str, dict[str, float]]:
+    """Per client: the median run's rate and CPU (per GiB), and the highest peak RSS."""
+    return {client: {"mib_s": size / median(r.secs for r in runs) / MiB,
+                     "cpu_s_per_gib": median(r.cpu for r in runs) / (size / GiB),
+                     "peak_rss_mib": None if any(r.rss is None for r in runs) else max(r.rss for r in runs) / MiB}
+            for client, runs in results.items() if runs}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make bench")
-    parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args(argv)
-    if shutil.which("curl") is None:
-        print("curl is needed as the reference", file=sys.stderr)
-        return 2
-
-    work = tempfile.mkdtemp(prefix="arw-bench-")
+    args = parse(argv)
     try:
-        src = os.path.join(work, "model.bin")
-        size = args.size_mb * MiB
-        with open(src, "wb") as fh:
-            block = os.urandom(4 * MiB)
-            fh.writelines(block for _ in range(size // len(block)))
-            fh.write(block[: size % len(block)])
-        hasher = hashlib.sha256()
-        t0 = time.perf_counter()
-        with open(src, "rb") as fh:
-            while chunk := fh.read(4 * MiB):
-                hasher.update(chunk)
-        hash_secs = time.perf_counter() - t0
-        digest = hasher.hexdigest()
-
-        _SendfileHandler.path_on_disk = src
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SendfileHandler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/model.bin"
-        try:
-            curl_secs = min(_curl(url, os.path.join(work, "curl.out")) for _ in range(args.runs))
-            runs = [_arw(url, os.path.join(work, "state"), digest) for _ in range(args.runs)]
-        finally:
-            server.shutdown()
-            server.server_close()
-        arw_secs = min(r[0] for r in runs)
-        rss_growth = max(r[1] for r in runs)
-
-        def rate(secs: float) -> str:
-            return f"{size / secs / MiB:8.1f} MiB/s"
-
-        print(f"file: {args.size_mb} MiB, best of {args.runs} runs, origin: local sendfile server")
-        print(f"curl -o FILE          {rate(curl_secs)}  (reference)")
-        print(f"arw-models download   {rate(arw_secs)}  (stream + sha256 + fsync + rename)")
-        print(f"sha256 of the file    {rate(hash_secs)}  (hashlib alone, from the page cache)")
-        print(f"throughput ratio arw/curl:           {curl_secs / arw_secs:.2f}")
-        print(f"throughput ratio arw/(curl then sha256): {(curl_secs + hash_secs) / arw_secs:.2f}")
-        print(f"peak RSS growth / file size:          {rss_growth / size:.4f} ({rss_growth / MiB:.1f} MiB)")
+        debian.binary("curl", "curl")
+    except pytest.skip.Exception as exc:
+        say(f"curl is the reference and cannot be had: {exc.msg}")
+        return 2
+    work = tempfile.mkdtemp(prefix="arw-bench-", dir=args.dir)
+    began = time.monotonic()
+    bench = Bench(args, work)
+    try:
+        bench.start_origins()
+        bench.fast()
+        bench.throttled()
+        bench.memory()
+        bench.latency()
     finally:
+        bench.close()
         shutil.rmtree(work, ignore_errors=True)
+    report = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                    "origin": bench.origin_name, "curl": version(["curl", "--version"]),
+                    "aria2c": version(["aria2c", "--version"]) if bench.aria2 else None},
+        "args": vars(args), "env": {k: v for k, v in os.environ.items() if k.startswith("ARW_") and "TOKEN" not in k},
+        "notes": bench.notes, "seconds": round(time.monotonic() - began, 1), **bench.report,
+    }
+    print(tables(report))
+    with open(args.json, "w") as fh:
+        json.dump(report, fh, indent=2)
+    say(f"report written to {args.json}")
     return 0
 
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +24,7 @@ from arw_models.headers import same_version
 from . import debian
 from .conftest import Service, Watch, post_download
 from .helpers import listing, models_dir, part, read, sidecar, write_partial
+from .nginx import Nginx
 from .origin import Origin, Resource, payload
 
 MiB = 1024 * 1024
@@ -207,67 +205,6 @@ def test_a_416_of_another_version_is_not_taken_for_a_whole_part(service: Service
 
 
 # -- a real server: nginx ---------------------------------------------------------------
-
-
-class Nginx:
-    """nginx serving ``root``, on a socket this process listens on first (nginx takes
-    it over through ``NGINX=<fd>;``): no port race, no wait for it to come up."""
-
-    def __init__(self, binary: str, base: str) -> None:
-        self.root = os.path.join(base, "root")
-        os.makedirs(self.root)
-        self.access_log = os.path.join(base, "access.log")
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        conf = os.path.join(base, "nginx.conf")
-        with open(conf, "w") as fh:
-            fh.write(f"""
-daemon off;
-worker_processes 1;
-{"user root;" if os.geteuid() == 0 else ""}
-pid {base}/nginx.pid;
-error_log {base}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    log_format ranges escape=none '$status "$http_range" "$http_if_range"';
-    access_log {self.access_log} ranges;
-    client_body_temp_path {base}/body;
-    server {{
-        listen 127.0.0.1:{self.port};
-        root {self.root};
-    }}
-}}
-""")
-        try:
-            self.proc = subprocess.Popen(
-                [binary, "-p", base, "-e", os.path.join(base, "error.log"), "-c", conf],
-                pass_fds=[listener.fileno()], env=dict(os.environ, NGINX=f"{listener.fileno()};"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        finally:
-            listener.close()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def log(self) -> list[str]:
-        """The access log, once nginx has stopped (and so written every line)."""
-        self.close()
-        with open(self.access_log) as fh:
-            return fh.read().splitlines()
-
-    def close(self) -> None:
-        if self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)  # fast shutdown of the master and its worker
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
 
 
 @pytest.fixture

@@ -1,0 +1,267 @@
+"""What the benchmark runs and how it measures one run: the reference programs (curl,
+sha256sum, aria2c) as child processes whose CPU time and peak memory come from
+``wait4``, and the service as a real gunicorn whose worker is read in ``/proc``.
+
+Each function here measures one transfer and returns a :class:`Run`; choosing
+the order, idling between runs and summarizing is :mod:`tests.bench`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Self
+
+import requests
+
+from .servers import CONF, GUNICORN, ROOT, free_port
+from .sse import SSEClient
+
+PROGRESS = "Models.DownloadProgress"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    secs: float  # wall time of the transfer
+    cpu: float  # user + system CPU seconds of the process(es) doing it
+    rss: int | None  # peak resident set size, bytes (None: not known)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BenchError(RuntimeError):
+    """A run did not do what it was asked (a failed download, a wrong size)."""
+
+
+# -- child processes --------------------------------------------------------------------
+
+
+def gnu_time() -> str | None:
+    found = shutil.which("time")  # the program, not the shell keyword
+    return found if found else ("/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None)
+
+
+def measured(argv: list[str], capture: bool = False) -> tuple[Run, str]:
+    """Runs ``argv`` to its end: its wall time, its CPU time from ``wait4`` (for that
+    child and what it waited for, not for every child this process ever had), and
+    its peak RSS as GNU time reports it (None without GNU time).
+
+    Not ``wait4``'s peak RSS: Linux carries the high-water mark of the address space
+    a child had before ``exec`` into its ``ru_maxrss``, so a child of this process
+    would show at least this process's own peak. GNU time is small, and forks the
+    program being measured."""
+    timer = gnu_time()
+    report = os.path.join(tempfile.gettempdir(), f"bench-time-{os.getpid()}.txt")
+    command = [timer, "-f", "%M", "-o", report, *argv] if timer else argv
+    began = time.perf_counter()
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Not communicate(): it would reap the child, and wait4 must be the one to do it.
+    # The outputs are a line or two, so reading one pipe after the other cannot block.
+    out = proc.stdout.read() if proc.stdout else b""
+    err = proc.stderr.read() if proc.stderr else b""
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - began
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe:
+            pipe.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, so Popen must not wait again
+    rss = None
+    if timer:
+        with open(report) as fh:
+            lines = fh.read().split()
+        os.unlink(report)
+        rss = int(lines[-1]) * 1024 if lines and lines[-1].isdigit() else None
+    if proc.returncode != 0:
+        raise BenchError(f"{argv[0]} exited with {proc.returncode}: {err.decode(errors='replace').strip()}")
+    return Run(secs, usage.ru_utime + usage.ru_stime, rss), out.decode()
+
+
+def _check_size(path: str, size: int, who: str) -> None:
+    got = os.path.getsize(path)
+    if got != size:
+        raise BenchError(f"{who} wrote {got} bytes, not {size}")
+
+
+def curl(url: str, out: str, size: int) -> Run:
+    run, _ = measured(["curl", "-s", "-S", "-f", "-o", out, url])
+    _check_size(out, size, "curl")
+    return run
+
+
+def curl_sha256sum(url: str, out: str, size: int, sha256: str) -> Run:
+    """``curl -o file && sha256sum file``: the same work as the service, in two passes."""
+    first = curl(url, out, size)
+    second, printed = measured(["sha256sum", out], capture=True)
+    if printed.split()[0] != sha256:
+        raise BenchError(f"sha256sum printed {printed.strip()!r}, expected {sha256}")
+    rss = None if first.rss is None or second.rss is None else max(first.rss, second.rss)
+    return Run(first.secs + second.secs, first.cpu + second.cpu, rss)
+
+
+def aria2c(url: str, out: str, size: int) -> Run:
+    run, _ = measured(["aria2c", "-x8", "-s8", "-q", "--allow-overwrite=true", "--auto-file-renaming=false",
+                       "-d", os.path.dirname(out), "-o", os.path.basename(out), url])
+    _check_size(out, size, "aria2c")
+    return run
+
+
+# -- the service -------------------------------------------------------------------------
+
+
+def _proc_stat_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of proc(5)
+
+
+def _proc_status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"no {key} in /proc/{pid}/status")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except FileNotFoundError:  # a kernel without CONFIG_PROC_CHILDREN: look for the parent in every stat
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+
+def admin_headers() -> dict[str, str]:
+    token = os.environ.get("ARW_ADMIN_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class Service:
+    """``gunicorn -c python:arw_models.gunicorn_conf wsgi:app`` on a free port with a
+    fresh state directory, in its own process group. The environment passes through
+    as it is (``ARW_DL_SEGMENTS`` and the like), so the benchmark measures whatever
+    the service is set to do; only the state directory, address and port are ours."""
+
+    def __init__(self, work: str, name: str) -> None:
+        self.state_dir = os.path.join(work, name)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, ARW_STATE_DIR=self.state_dir, ARW_BIND="127.0.0.1", ARW_PORT=str(self.port),
+                   XDG_RUNTIME_DIR=work)
+        self.log_path = os.path.join(work, name + ".log")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
+        self.headers = admin_headers()
+        self.session = requests.Session()
+        self.proc = subprocess.Popen([GUNICORN, "-c", CONF, "wsgi:app"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.worker = 0
+
+    def output(self) -> str:
+        self._log.flush()
+        with open(self.log_path, errors="replace") as fh:
+            return fh.read()[-4000:]
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Waits for /healthz (a bounded connect-retry), then finds the worker."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"gunicorn exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if self.session.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"gunicorn did not answer within {timeout}s:\n{self.output()}")
+            try:
+                self.proc.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        workers = _children(self.proc.pid)
+        if len(workers) != 1:
+            raise BenchError(f"expected one gunicorn worker, found {workers}")
+        self.worker = workers[0]
+        return self
+
+    def cpu(self) -> float:
+        return _proc_stat_cpu(self.worker)
+
+    def peak_rss(self) -> int:
+        """VmHWM: the worker's high-water mark over its whole life, hence a fresh
+        gunicorn for every size measured."""
+        return _proc_status_kib(self.worker, "VmHWM") * 1024
+
+    def rss(self) -> int:
+        return _proc_status_kib(self.worker, "VmRSS") * 1024
+
+    def events(self, timeout: float = 60.0) -> SSEClient:
+        """A subscriber to the progress events, connected (its first frame read)."""
+        client = SSEClient(self.url + "/events", headers=self.headers, timeout=timeout,
+                           params={"prefix": PROGRESS})
+        try:
+            first = client.next()
+        except BaseException:
+            client.close()
+            raise
+        if first.event != "service.connected":
+            client.close()
+            raise BenchError(f"the event stream began with {first.event!r}")
+        return client
+
+    def post(self, path: str, body: dict[str, Any]) -> requests.Response:
+        return self.session.post(self.url + path, json=body, headers=self.headers, timeout=30)
+
+    def download(self, model_id: str, url: str, size: int, sha256: str) -> Run:
+        """POST with ``sha256``, timed until the ``complete`` event reaches a subscriber."""
+        with self.events() as events:
+            rss_idle = self.rss()
+            cpu_before = self.cpu()
+            began = time.perf_counter()
+            answer = self.post("/models/download", {"id": model_id, "url": url, "sha256": sha256})
+            if answer.status_code != 202:
+                raise BenchError(f"POST /models/download answered {answer.status_code}: {answer.text}")
+            done = events.until(lambda f: f.payload.get("id") == model_id and f.payload.get("status") in (
+                "complete", "error", "canceled")).payload
+            secs = time.perf_counter() - began
+            cpu = self.cpu() - cpu_before
+        if done["status"] != "complete" or done.get("bytes") != size:
+            raise BenchError(f"the download ended with {done}\n{self.output()}")
+        return Run(secs, cpu, self.peak_rss(), {"rss_idle": rss_idle})
+
+    def close(self) -> None:
+        self.session.close()
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        finally:
+            self._log.close()
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
