@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "ARW_DL_RATE_LIMIT": None,
     # Parallel connections (ranges) for one download, 1 to 16; 1: one stream.
     "ARW_DL_SEGMENTS": 8,
+    # More connections are opened only while the first brings less than this (MiB/s).
+    "ARW_DL_SPLIT_BELOW_MBPS": 100.0,
     # Files smaller than this (MiB) are fetched as one stream.
     "ARW_DL_SEGMENT_MIN_MB": 64.0,
     # How many finished jobs stay in memory for GET /models/downloads/<id>; oldest go first.
@@ -124,6 +126,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_DL_RATE_LIMIT": _optional(int),
     "ARW_DL_SEGMENTS": int,
     "ARW_DL_SEGMENT_MIN_MB": float,
+    "ARW_DL_SPLIT_BELOW_MBPS": float,
     "ARW_JOBS_KEEP": int,
     "ARW_LOCK_WAIT_SECS": float,
     "ARW_EVENTS_MAX_STREAMS": _optional(int),
@@ -178,6 +181,7 @@ class Settings:
     jobs_keep: int
     segments: int
     segment_min_bytes: int
+    split_below: float
     rate_limit: int | None
     lock_wait: float
     threads: int | None
@@ -225,6 +229,7 @@ class Settings:
             segments=int(get("ARW_DL_SEGMENTS")),
             rate_limit=None if get("ARW_DL_RATE_LIMIT") is None else int(get("ARW_DL_RATE_LIMIT")),
             segment_min_bytes=int(float(get("ARW_DL_SEGMENT_MIN_MB")) * MiB),
+            split_below=float(get("ARW_DL_SPLIT_BELOW_MBPS")) * MiB,
             lock_wait=float(get("ARW_LOCK_WAIT_SECS")),
             threads=threads,
             max_streams=events_stream_cap(threads) if max_streams is None else int(max_streams),
@@ -278,6 +283,7 @@ class Settings:
             "segments": self.segments,
             "rate_limit": self.rate_limit,
             "segment_min_mb": self.segment_min_bytes / MiB,
+            "split_below_mbps": self.split_below / MiB,
             "lock_wait_secs": self.lock_wait,
             "events_max_streams": self.max_streams,
             "threads": self.threads,

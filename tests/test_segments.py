@@ -92,7 +92,7 @@ def ranged(origin: Origin, path: str) -> list[tuple[int, int]]:
 
 def test_a_large_file_comes_in_parallel_ranges_and_is_whole(service: Service, origin: Origin) -> None:
     app, client, watch = service(**SEGMENTED)
-    res = origin.add("/big.gguf", payload(8 * MiB, seed=100), throttle=16 * MiB)
+    res = origin.add("/big.gguf", payload(8 * MiB, seed=100), throttle=4 * MiB)  # one connection: 2 s
     post_download(client, "big", origin.url("/big.gguf"), sha256=res.sha256)
     done = watch.terminal("big")
     assert done["status"] == "complete" and done["sha256"] == res.sha256
@@ -226,3 +226,14 @@ def test_kill_9_during_a_segmented_download_resumes_every_range(
     assert resent <= (size - min(sent_before, size)) + count * window + 64 * KiB, (resent, sent_before, durable)
     assert resent >= size - durable  # (a range cut short by a steal may have been sent a little more)
     assert all(r.range and r.status == 206 for r in origin.requests_for("/k.gguf")[asked_before:])
+
+
+def test_a_fast_origin_is_read_on_one_connection(service: Service, origin: Origin) -> None:
+    """The first connection brings more than ARW_DL_SPLIT_BELOW_MBPS: opening more
+    would cost CPU time for nothing, so the ranges are fetched one after another."""
+    app, client, watch = service(**dict(SEGMENTED, ARW_DL_SPLIT_BELOW_MBPS=0.001))
+    res = origin.add("/fast.gguf", payload(8 * MiB, seed=109), throttle=4 * MiB)
+    post_download(client, "fast", origin.url("/fast.gguf"), sha256=res.sha256)
+    assert watch.terminal("fast")["status"] == "complete"
+    assert max(p.get("segments", 0) for p in watch.payloads("fast")) == 1
+    assert read(os.path.join(models_dir(app), "fast.gguf")) == res.data
