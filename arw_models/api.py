@@ -17,7 +17,7 @@ from flask import (
     url_for,
 )
 
-from . import __version__
+from . import __version__, web
 from .errors import (
     ArwError,
     BadRequest,
@@ -294,4 +294,14 @@ def probe() -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     return jsonify({"ok": True})
+
+
+@bp.get("/")
+def index() -> Response:
+    return web.page()
+
+
+@bp.get("/web/<name>")
+def web_asset(name: str) -> Response:
+    return web.asset(name)
 
