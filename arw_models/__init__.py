@@ -28,7 +28,7 @@ from flask import Flask, current_app
 from werkzeug.exceptions import HTTPException
 
 from . import signals
-from .config import DEFAULTS, Settings, from_env
+from .config import DEFAULTS, Settings, from_env, parse_origins
 from .errors import handle_http_exception
 from .events import EventHub
 from .limits import StreamSlots
@@ -182,15 +182,20 @@ class ArwModels:
             self.init_app(app, url_prefix=url_prefix)
 
     def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
+        from . import cors
         from .api import bp
 
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         if EXTENSION in app.extensions:
             raise RuntimeError("arw_models is already set up on this app")
+        # Read now, unlike the other settings: response hooks must be in place before
+        # the first request.
+        origins = parse_origins(app.config.get("ARW_CORS_ORIGINS"))
         app.extensions[EXTENSION] = ServiceState(app)
         prefix = url_prefix if url_prefix is not None else self.url_prefix
         app.register_blueprint(bp, url_prefix=prefix.rstrip("/") if prefix else None)
+        cors.enable(app, origins, bp.name)
 
     @staticmethod
     def claim(app: Flask) -> None:

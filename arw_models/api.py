@@ -17,7 +17,7 @@ from flask import (
     url_for,
 )
 
-from . import __version__
+from . import __version__, web
 from .errors import (
     ArwError,
     BadRequest,
@@ -50,6 +50,10 @@ MAX_URL = 8192
 SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 EVENT_ID_RE = re.compile(r"[0-9]{1,20}")  # ASCII digits only: str.isdigit() also accepts '²'
 PROTECTED_ENDPOINTS = {"arw_models.events"}
+# EventSource cannot send headers: a page's stream carries the token in the query,
+# on this one read-only route (see "Web page" in the README for why not elsewhere).
+QUERY_TOKEN_ENDPOINT = "arw_models.events"
+QUERY_TOKEN = "access_token"
 
 
 def service() -> ServiceState:
@@ -66,12 +70,16 @@ def service() -> ServiceState:
 @bp.before_request
 def require_token() -> None:
     token = service().settings.admin_token
-    if not token or (request.method in ("GET", "HEAD", "OPTIONS") and request.endpoint not in PROTECTED_ENDPOINTS):
+    # A CORS preflight never carries credentials, whatever the route.
+    if not token or request.method == "OPTIONS" or (
+            request.method in ("GET", "HEAD") and request.endpoint not in PROTECTED_ENDPOINTS):
         return
     given = request.headers.get("X-ARW-Admin")
     auth = request.headers.get("Authorization", "")
     if given is None and auth[:7].lower() == "bearer ":
         given = auth[7:].strip()
+    if given is None and request.method == "GET" and request.endpoint == QUERY_TOKEN_ENDPOINT:
+        given = request.args.get(QUERY_TOKEN)
     if given is None or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
         raise Unauthorized(
             "this endpoint needs the admin token (Authorization: Bearer <token> or X-ARW-Admin: <token>)",
@@ -307,4 +315,14 @@ def probe() -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     return jsonify({"ok": True})
+
+
+@bp.get("/")
+def index() -> Response:
+    return web.page()
+
+
+@bp.get("/web/<name>")
+def web_asset(name: str) -> Response:
+    return web.asset(name)
 

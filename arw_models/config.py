@@ -9,6 +9,7 @@ itself, and :meth:`ArwModels.init_app` fills in the defaults with ``setdefault``
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "ARW_PORT": 8090,
     # Unset: no token needed. Set: POST, DELETE and /events need it.
     "ARW_ADMIN_TOKEN": None,
+    # Origins (comma-separated) whose pages may call the API from a browser; None: none.
+    "ARW_CORS_ORIGINS": None,
     # How many transfers run at once; more wait as `queued`.
     "ARW_MODELS_MAX_CONC": 2,
     # Largest model accepted, in MiB (None: no cap).
@@ -101,11 +104,34 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse_optional
 
 
+ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+")
+
+
+def parse_origins(value: Any) -> list[str]:
+    """``ARW_CORS_ORIGINS`` as a list: a comma-separated string (or a list, in
+    ``app.config``) of origins such as ``https://ops.example.org:8443``, or ``*``
+    for any. Raises ``ValueError`` for anything else, so that a typo stops the
+    app at start rather than silently keeping a page out."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    origins = []
+    for item in items:
+        origin = str(item).strip().rstrip("/")
+        if not origin:
+            continue
+        if origin != "*" and not ORIGIN_RE.fullmatch(origin):
+            raise ValueError(f"ARW_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port]) or '*'")
+        origins.append(origin)
+    return origins
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_STATE_DIR": str,
     "ARW_BIND": str,
     "ARW_PORT": int,
     "ARW_ADMIN_TOKEN": _optional(str),
+    "ARW_CORS_ORIGINS": _optional(parse_origins),
     "ARW_MODELS_MAX_CONC": int,
     "ARW_MODELS_MAX_MB": _optional(float),
     "ARW_MODELS_DISK_RESERVE_MB": float,
@@ -161,6 +187,7 @@ class Settings:
 
     state_dir: str
     admin_token: str | None
+    cors_origins: tuple[str, ...]
     max_conc: int
     max_bytes: int | None
     disk_reserve_bytes: int
@@ -208,6 +235,7 @@ class Settings:
             state_dir=os.path.abspath(os.fspath(get("ARW_STATE_DIR"))),
             # Surrounding blanks are not part of a token; a blank one is no token.
             admin_token=(get("ARW_ADMIN_TOKEN") or "").strip() or None,
+            cors_origins=tuple(parse_origins(get("ARW_CORS_ORIGINS"))),
             max_conc=int(get("ARW_MODELS_MAX_CONC")),
             max_bytes=None if max_mb is None else int(float(max_mb) * MiB),
             disk_reserve_bytes=int(float(get("ARW_MODELS_DISK_RESERVE_MB")) * MiB),
@@ -262,6 +290,7 @@ class Settings:
     def public(self) -> dict[str, Any]:
         """What /probe shows: everything but the token itself."""
         return {
+            "cors_origins": list(self.cors_origins),
             "max_conc": self.max_conc,
             "max_mb": None if self.max_bytes is None else self.max_bytes / MiB,
             "disk_reserve_mb": self.disk_reserve_bytes / MiB,

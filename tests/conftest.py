@@ -131,9 +131,10 @@ def watch(app: Any) -> Iterator[Watch]:
 class LiveServer:
     """The app under a real threaded WSGI server, for tests that need a socket."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0) -> None:
         self.app = app
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        # A port of its own (0) unless told: a restarted service takes its predecessor's.
+        self.server = make_server("127.0.0.1", port, app, threaded=True)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        name="test-live-server")
         self.thread.start()
