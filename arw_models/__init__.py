@@ -35,6 +35,7 @@ from .limits import StreamSlots
 from .logs import JobLog
 from .logs import configure as configure_logging
 from .manager import PROGRESS, DownloadManager
+from .metrics import Metrics, configured_rate_limit
 from .observe import Observer
 from .storage import Registry, StateDir, StateDirError, StateLock, StateLockError
 
@@ -60,6 +61,7 @@ class ServiceState:
         self.hub: EventHub
         self.manager: DownloadManager
         self.streams: StreamSlots
+        self.metrics: Metrics
         self.observer: Observer
         self._undo_logging: Callable[[], None] | None = None
         self._state_lock: StateLock | None = None
@@ -90,7 +92,9 @@ class ServiceState:
             self.registry = Registry(dirs)
             self.hub = EventHub(settings.events_replay, settings.events_queue)
             self.streams = StreamSlots(settings.max_streams)
-            self.observer = Observer([JobLog().observe])
+            self.metrics = Metrics(jobs=lambda: self.manager.jobs(), subscribers=lambda: self.hub.subscriber_count,
+                                   rate_limit=lambda: configured_rate_limit(self.settings, self.app.config))
+            self.observer = Observer([self.metrics.observe, JobLog().observe])
             self._undo_logging = configure_logging(settings.log_format)
             self.manager = DownloadManager(settings, dirs, self.registry, self.hub, notify=self._notify)
             self._started = True
@@ -152,7 +156,7 @@ class ServiceState:
 
     def _notify(self, kind: str, payload: dict[str, Any]) -> None:
         if kind == PROGRESS:
-            self.observer.take(payload)  # the job log, whatever the host's signals
+            self.observer.take(payload)  # the metrics and the job log, whatever the host's signals
         signal = signals.BY_STATUS.get(payload.get("status", "")) if kind == PROGRESS else signals.models_changed
         if signal is None or not signal.receivers or getattr(signal, "is_muted", False):
             return

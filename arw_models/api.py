@@ -36,6 +36,7 @@ from .limits import (
     read_body,
 )
 from .listing import public_model
+from .metrics import CONTENT_TYPE
 from .storage import StateLockError, valid_id
 
 if TYPE_CHECKING:
@@ -268,4 +269,10 @@ def probe() -> Response:
 @bp.get("/healthz")
 def healthz() -> Response:
     return jsonify({"ok": True})
+
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(service().metrics.render(), content_type=CONTENT_TYPE)
 
