@@ -37,6 +37,7 @@ from .limits import (
 )
 from .listing import public_model
 from .metrics import CONTENT_TYPE
+from .openapi import document
 from .storage import StateLockError, valid_id
 
 if TYPE_CHECKING:
@@ -276,3 +277,9 @@ def healthz() -> Response:
 def metrics() -> Response:
     return Response(service().metrics.render(), content_type=CONTENT_TYPE)
 
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    # Where the blueprint is mounted (script root and url_prefix): the document's paths hang below it.
+    here = url_for(".openapi")
+    return jsonify(document(here[: -len("/openapi.json")] or "/"))
