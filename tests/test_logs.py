@@ -13,7 +13,7 @@ import pytest
 
 from arw_models import ArwModels
 from arw_models.config import DEFAULTS, Settings
-from arw_models.logs import JsonFormatter
+from arw_models.logs import JobLog, JsonFormatter
 
 from .conftest import Service, post_download
 from .helpers import cancel
@@ -48,6 +48,7 @@ def test_one_line_per_state_change(service: Service, origin: Origin, caplog: Any
     settle(app, ("whole", "complete"))
     post_download(client, "slow", origin.url("/slow.gguf"))
     assert slow.stalled.wait(10)
+    settle(app, ("slow", "started"))  # the origin may stall before the answer is taken
     cancel(client, "slow")
     slow.release.set()
     settle(app, ("slow", "canceled"))
@@ -151,3 +152,17 @@ def test_an_unknown_format_is_refused(value: Any) -> None:
         Settings.from_config(dict(DEFAULTS, ARW_LOG_FORMAT=value))
     assert Settings.from_config(dict(DEFAULTS, ARW_LOG_FORMAT=" JSON ")).log_format == "json"
     assert Settings.from_config(dict(DEFAULTS, ARW_LOG_FORMAT="")).log_format is None
+
+
+def test_each_job_of_an_id_has_its_own_clock_and_bytes(caplog: Any) -> None:
+    now = [100.0]
+    job_log = JobLog(clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger=JOBS)
+    for at, event in ((100.0, {"status": "started"}), (102.5, {"status": "downloading", "downloaded": 700}),
+                      (103.0, {"status": "error", "code": "network", "error": "reset"}),
+                      (200.0, {"status": "resumed", "offset": 700}), (201.25, {"status": "canceled"})):
+        now[0] = at
+        job_log.observe({"id": "m", **event})
+    first_end, second_end = [r.arw for r in caplog.records if r.arw.get("outcome")]
+    assert (first_end["duration_s"], first_end["bytes"]) == (3.0, 700)
+    assert (second_end["duration_s"], second_end["bytes"]) == (1.25, 700)
