@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARW_STATE_DIR ?= ./state
 ARW_PORT ?= 8090
 
-.PHONY: run test lint bench bench-quick mutation clean
+.PHONY: run test lint bench bench-quick mutation fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(VENV)/.installed: $(BIN)/python setup.py setup.cfg
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-fuzz: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,fuzz]'
 	touch $@
 
 run: $(VENV)/.installed
@@ -36,6 +40,9 @@ mutation: $(VENV)/.installed-test
 
 bench-quick: $(VENV)/.installed-test
 	$(BIN)/python -m tests.bench --quick $(BENCH_ARGS)
+
+fuzz: $(VENV)/.installed-fuzz
+	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask, current_app
@@ -32,7 +32,11 @@ from .config import DEFAULTS, Settings, from_env, parse_origins
 from .errors import handle_http_exception
 from .events import EventHub
 from .limits import StreamSlots
+from .logs import JobLog
+from .logs import configure as configure_logging
 from .manager import PROGRESS, DownloadManager
+from .metrics import Metrics
+from .observe import Observer
 from .storage import Registry, StateDir, StateDirError, StateLock, StateLockError
 
 __all__ = ["ArwModels", "ServiceState", "StateDirError", "StateLockError", "__version__", "create_app"]
@@ -57,6 +61,9 @@ class ServiceState:
         self.hub: EventHub
         self.manager: DownloadManager
         self.streams: StreamSlots
+        self.metrics: Metrics
+        self.observer: Observer
+        self._undo_logging: Callable[[], None] | None = None
         self._state_lock: StateLock | None = None
         # Set in a process that claimed the lock and then forked before serving
         # (gunicorn --preload): each child, not the parent, takes the lock.
@@ -85,6 +92,10 @@ class ServiceState:
             self.registry = Registry(dirs)
             self.hub = EventHub(settings.events_replay, settings.events_queue)
             self.streams = StreamSlots(settings.max_streams)
+            self.metrics = Metrics(jobs=lambda: self.manager.jobs(), subscribers=lambda: self.hub.subscriber_count,
+                                   rate_limit=lambda: self.manager.rate_limit)
+            self.observer = Observer([self.metrics.observe, JobLog().observe])
+            self._undo_logging = configure_logging(settings.log_format)
             self.manager = DownloadManager(settings, dirs, self.registry, self.hub, notify=self._notify)
             self._started = True
             ref = weakref.ref(self)
@@ -144,6 +155,8 @@ class ServiceState:
                 os._exit(3)
 
     def _notify(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == PROGRESS:
+            self.observer.take(payload)  # the metrics and the job log, whatever the host's signals
         signal = signals.BY_STATUS.get(payload.get("status", "")) if kind == PROGRESS else signals.models_changed
         if signal is None or not signal.receivers or getattr(signal, "is_muted", False):
             return
@@ -169,6 +182,8 @@ class ServiceState:
             self._stopped = True
         self.manager.shutdown(wait=wait)
         self.hub.close()
+        if self._undo_logging is not None:
+            self._undo_logging()
         if self._state_lock is not None:
             self._state_lock.release()
 

@@ -36,6 +36,8 @@ from .limits import (
     read_body,
 )
 from .listing import public_model
+from .metrics import CONTENT_TYPE
+from .openapi import document
 from .storage import StateLockError, valid_id
 
 if TYPE_CHECKING:
@@ -326,3 +328,14 @@ def index() -> Response:
 def web_asset(name: str) -> Response:
     return web.asset(name)
 
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(service().metrics.render(), content_type=CONTENT_TYPE)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    # Where the blueprint is mounted (script root and url_prefix): the document's paths hang below it.
+    here = url_for(".openapi")
+    return jsonify(document(here[: -len("/openapi.json")] or "/"))

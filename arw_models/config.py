@@ -81,6 +81,10 @@ DEFAULTS: dict[str, Any] = {
     "ARW_THREADS": None,
     # Seconds a request body may take to arrive before it is answered with 408.
     "ARW_BODY_TIMEOUT_SECS": 10.0,
+    # Unset: the service leaves logging to its host. "text" or "json": the
+    # `arw_models` logger gets its own stderr handler in that format (json: one
+    # object per line), at INFO unless its level is set.
+    "ARW_LOG_FORMAT": None,
 }
 
 # What ARW_EVENTS_MAX_STREAMS is when neither it nor the thread count is known:
@@ -158,6 +162,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_EVENTS_MAX_STREAMS": _optional(int),
     "ARW_THREADS": _optional(int),
     "ARW_BODY_TIMEOUT_SECS": float,
+    "ARW_LOG_FORMAT": _optional(str),
 }
 
 
@@ -167,6 +172,19 @@ def events_stream_cap(threads: int | None) -> int:
     if threads is None:
         return UNKNOWN_THREADS_STREAM_CAP
     return max(1, threads - max(4, threads // 4))
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(value: Any) -> str | None:
+    """None (logging is left to the host), "text" or "json"; blank is unset."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    text = str(value).strip().lower()
+    if text not in LOG_FORMATS:
+        raise ValueError(f"ARW_LOG_FORMAT must be text or json, not {value!r}")
+    return text
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -214,6 +232,7 @@ class Settings:
     threads: int | None
     max_streams: int
     body_timeout: float
+    log_format: str | None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -262,6 +281,7 @@ class Settings:
             threads=threads,
             max_streams=events_stream_cap(threads) if max_streams is None else int(max_streams),
             body_timeout=float(get("ARW_BODY_TIMEOUT_SECS")),
+            log_format=_log_format(get("ARW_LOG_FORMAT")),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -317,5 +337,6 @@ class Settings:
             "events_max_streams": self.max_streams,
             "threads": self.threads,
             "body_timeout_secs": self.body_timeout,
+            "log_format": self.log_format,
             "auth": "token" if self.admin_token else "none",
         }

@@ -143,7 +143,7 @@ def test_probe_and_health(client: Any, app: Any) -> None:
         "retry_backoff_ms", "retry_backoff_max_ms", "chunk_bytes", "fsync_bytes", "progress_interval_ms",
         "resume_on_start", "stale_part_hours", "events_replay", "events_queue", "events_keepalive_secs",
         "events_retry_ms", "jobs_keep", "segments", "segment_min_mb", "split_below_mbps", "rate_limit",
-        "lock_wait_secs", "events_max_streams", "threads", "body_timeout_secs", "auth", "cors_origins",
+        "lock_wait_secs", "events_max_streams", "threads", "body_timeout_secs", "log_format", "auth", "cors_origins",
     }
     assert len(probe["settings"]) == len(DEFAULTS) - 3  # all but ARW_STATE_DIR, ARW_BIND and ARW_PORT
 

@@ -1,0 +1,435 @@
+"""The HTTP contract as an OpenAPI 3.1 document, served at ``GET /openapi.json``.
+
+Built here as plain data so that it stays next to the code it describes: the
+tests check that every route of the blueprint is in it with its methods, that
+the problem codes listed in :data:`PROBLEM_CODES` are the ones the README lists,
+and ``make fuzz`` runs schemathesis against a live service with it.
+
+Every problem ``code`` an operation can answer is listed on that operation's
+response (a ``code`` enum), so a client can switch on it and a fuzzer notices a
+code the document does not promise.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+from . import __version__
+
+# Every problem code a request can be answered with, and the status it comes with.
+PROBLEM_CODES: dict[str, int] = {
+    "invalid-id": 400,
+    "invalid-url": 400,
+    "invalid-sha256": 400,
+    "invalid-provider": 400,
+    "invalid-rate-limit": 400,
+    "invalid-json": 400,
+    "invalid-body": 400,
+    "incomplete-body": 400,
+    "invalid-event-id": 400,
+    "missing-token": 401,
+    "invalid-token": 401,
+    "no-active-download": 404,
+    "unknown-model": 404,
+    "unknown-download": 404,
+    "unknown-asset": 404,
+    "request-timeout": 408,
+    "already-downloading": 409,
+    "download-ending": 409,
+    "download-in-progress": 409,
+    "body-too-large": 413,
+    "unsupported-media-type": 415,
+    "shutting-down": 503,
+    "state-dir-in-use": 503,
+    "state-dir-unsafe": 503,
+    "too-many-streams": 503,
+}
+
+# The ``code`` of an ``error`` event (a failed download), not of an HTTP answer.
+EVENT_ERROR_CODES = (
+    "checksum-mismatch", "size-mismatch", "http-status", "network", "tls", "resume-invalid",
+    "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
+    "invalid-redirect", "invalid-url", "internal-error",
+)
+
+JOB_STATUSES = ("queued", "started", "resumed", "downloading", "retrying", "verifying", "complete", "error",
+                "canceled", "paused", "interrupted", "resumable")
+
+PROBLEM_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 408: "Request timeout",
+                  409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
+                  503: "Service unavailable"}
+
+ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+EVENT_ID_PATTERN = r"^\s*[0-9]{1,20}\s*$"
+# A subset of what is accepted (IPv6 hosts, userinfo and non-ASCII paths are too),
+# but one that every url matching it is: ports 1-65535, no blanks or controls.
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:" + _PORT + r")?(/[!-~]*)?$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _problems(*codes: str, **headers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The problem responses of an operation, one per status, each with its codes."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(PROBLEM_CODES[code], []).append(code)
+    responses: dict[str, dict[str, Any]] = {}
+    for status, listed in sorted(by_status.items()):
+        schema = {"allOf": [_ref("Problem"), {"properties": {"status": {"const": status},
+                                                             "code": {"enum": listed}}}]}
+        response: dict[str, Any] = {
+            "description": f"{PROBLEM_TITLES[status]}: " + ", ".join(f"``{c}``" for c in listed),
+            "content": {"application/problem+json": {"schema": schema}},
+        }
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"},
+                                                         "description": 'Bearer realm="arw-models"'}}
+        if status == 503 and "too-many-streams" in listed:
+            response["headers"] = {"Retry-After": {"schema": {"type": "string"},
+                                                   "description": "seconds; sent with ``too-many-streams``"}}
+        responses[str(status)] = response
+    return responses
+
+
+SERVICE = ("state-dir-in-use", "state-dir-unsafe")  # any request may meet these
+AUTH = ("missing-token", "invalid-token")
+BODY = ("invalid-json", "invalid-body", "incomplete-body", "request-timeout", "body-too-large",
+        "unsupported-media-type")
+ADMIN = [{"adminBearer": []}, {"adminHeader": []}]
+
+_LOCATION = {"Location": {"required": True, "schema": {"type": "string"},
+                          "description": "where the job's status is: ``/models/downloads/<id>``"}}
+
+
+def _id_body(description: str) -> dict[str, Any]:
+    return {"required": True, "description": description, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["id"], "properties": {"id": _ref("ModelId")}}}}}
+
+
+def _operation(summary: str, responses: dict[str, Any], *, admin: bool = False, body: dict[str, Any] | None = None,
+               parameters: list[dict[str, Any]] | None = None, operation_id: str, **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": operation_id, "summary": summary, **extra}
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = body
+    if admin:
+        op["security"] = ADMIN
+    op["responses"] = responses
+    return op
+
+
+def _paths() -> dict[str, Any]:
+    model_id_param = {"name": "model_id", "in": "path", "required": True, "schema": _ref("ModelId")}
+    return {
+        "/models/download": {"post": _operation(
+            "Start, resume or join a download",
+            {"200": _json(_ref("Model"), "Already installed from that url (and sha256): nothing is transferred"),
+             "202": _json(_ref("Job"), "Accepted: the job as it begins (queued, started or resumed), or the "
+                          "running job of the same id, url and sha256", _LOCATION),
+             **_problems("invalid-id", "invalid-url", "invalid-sha256", "invalid-provider", "invalid-rate-limit",
+                         "already-downloading", "download-ending", "shutting-down", *BODY, *AUTH, *SERVICE)},
+            admin=True, operation_id="startDownload",
+            body={"required": True, "content": {"application/json": {"schema": _ref("DownloadRequest")}}},
+            description="Answers at once; the transfer goes on in the background and reports on ``/events``.",
+        )},
+        "/models/download/cancel": {"post": _operation(
+            "Cancel a download and remove its partial file",
+            {"200": _json({"type": "object", "required": ["id", "status"],
+                           "properties": {"id": _ref("ModelId"), "status": {"const": "canceled"}}},
+                          "Canceled: the transfer has stopped and its partial file is gone"),
+             **_problems("invalid-id", "no-active-download", *BODY, *AUTH, *SERVICE)},
+            admin=True, operation_id="cancelDownload", body=_id_body("The download to cancel"),
+        )},
+        "/models/download/pause": {"post": _operation(
+            "Pause a running or queued download, keeping its partial file",
+            {"200": _json(_ref("Job"), "Paused (status ``paused``): the transfer has stopped"),
+             **_problems("invalid-id", "no-active-download", *BODY, *AUTH, *SERVICE)},
+            admin=True, operation_id="pauseDownload", body=_id_body("The download to pause"),
+        )},
+        "/models/download/resume": {"post": _operation(
+            "Continue a paused or resumable download",
+            {"202": _json(_ref("Job"), "Accepted: the job continues from the bytes on disk", _LOCATION),
+             **_problems("invalid-id", "no-active-download", "download-ending", "shutting-down", *BODY, *AUTH,
+                         *SERVICE)},
+            admin=True, operation_id="resumeDownload", body=_id_body("The download to continue"),
+        )},
+        "/models": {"get": _operation(
+            "Installed models",
+            {"200": _json(_items("Model"), "Every installed model"), **_problems(*SERVICE)},
+            operation_id="listModels",
+        )},
+        "/models/{model_id}": {"delete": _operation(
+            "Remove an installed model and its file",
+            {"200": _json({"type": "object", "required": ["id", "status"],
+                           "properties": {"id": _ref("ModelId"), "status": {"const": "deleted"}}}, "Removed"),
+             **_problems("invalid-id", "unknown-model", "download-in-progress", *AUTH, *SERVICE)},
+            admin=True, operation_id="deleteModel", parameters=[model_id_param],
+        )},
+        "/models/downloads": {"get": _operation(
+            "Queued and running jobs, then partial downloads a POST would resume",
+            {"200": _json(_items("Job"), "The jobs"), **_problems(*SERVICE)},
+            operation_id="listDownloads",
+        )},
+        "/models/downloads/{model_id}": {"get": _operation(
+            "One job, including the last state of a finished one",
+            {"200": _json(_ref("Job"), "The job"), **_problems("invalid-id", "unknown-download", *SERVICE)},
+            operation_id="getDownload", parameters=[model_id_param],
+        )},
+        "/events": {"get": _operation(
+            "The Server-Sent Events stream",
+            {"200": {"description": "A stream of SSE frames that does not end: ``service.connected`` first "
+                     "(without an id), then replayed and live events, ``: keep-alive`` comments when idle, "
+                     "``bus.gap`` after dropped events. Each frame's ``data`` is an ``EventEnvelope``.",
+                     "headers": {"Cache-Control": {"schema": {"const": "no-cache"}},
+                                 "X-Accel-Buffering": {"schema": {"const": "no"}}},
+                     "content": {"text/event-stream": {
+                         "schema": {"type": "string"},
+                         "x-events": {kind: _ref(name) for kind, name in EVENT_KINDS.items()}}}},
+             **_problems("invalid-event-id", "too-many-streams", *AUTH, *SERVICE)},
+            admin=True, operation_id="events",
+            parameters=[
+                {"name": "after", "in": "query", "schema": {"type": "string", "pattern": EVENT_ID_PATTERN},
+                 "description": "replay the buffered events after this id, then continue live"},
+                {"name": "replay", "in": "query", "schema": {"type": "string", "pattern": EVENT_ID_PATTERN},
+                 "description": "start with the last N events (ignored with ``after`` or Last-Event-ID)"},
+                {"name": "prefix", "in": "query", "style": "form", "explode": True,
+                 "schema": {"type": "array", "items": {"type": "string"}},
+                 "description": "keep only kinds that start with one of these (repeatable)"},
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": EVENT_ID_PATTERN},
+                 "description": "sent by a reconnecting browser; wins over ``after``"},
+            ],
+        )},
+        "/probe": {"get": _operation(
+            "Where state lives and how the service is set up",
+            {"200": _json(_ref("Probe"), "The service's setup"), **_problems(*SERVICE)},
+            operation_id="probe",
+        )},
+        "/healthz": {"get": _operation(
+            "Liveness",
+            {"200": _json({"type": "object", "required": ["ok"], "properties": {"ok": {"const": True}}}, "Alive"),
+             **_problems(*SERVICE)},
+            operation_id="healthz",
+        )},
+        "/settings/rate-limit": {"put": _operation(
+            "Set the rate limit of all downloads, at once",
+            {"200": _json(_ref("RateLimit"), "The limit now in force"),
+             **_problems("invalid-rate-limit", *BODY, *AUTH, *SERVICE)},
+            admin=True, operation_id="setRateLimit",
+            body={"required": True, "content": {"application/json": {"schema": _ref("RateLimit")}}},
+        )},
+        "/": {"get": _operation(
+            "The web page",
+            {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}},
+             **_problems(*SERVICE)},
+            operation_id="webPage",
+        )},
+        "/web/{name}": {"get": _operation(
+            "The web page's script or stylesheet",
+            {"200": {"description": "app.js or app.css",
+                     "content": {"text/javascript": {"schema": {"type": "string"}},
+                                 "text/css": {"schema": {"type": "string"}}}},
+             **_problems("unknown-asset", *SERVICE)},
+            operation_id="webAsset",
+            parameters=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        )},
+        "/openapi.json": {"get": _operation(
+            "This document",
+            {"200": _json({"type": "object"}, "The OpenAPI 3.1 document"), **_problems(*SERVICE)},
+            operation_id="openapi",
+        )},
+        "/metrics": {"get": _operation(
+            "Metrics in the Prometheus text format",
+            {"200": {"description": "Counters of downloads and bytes, gauges of jobs, event subscribers and "
+                     "the rate limit", "content": {"text/plain": {"schema": {"type": "string"}}}},
+             **_problems(*SERVICE)},
+            operation_id="metrics",
+        )},
+    }
+
+
+def _items(name: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": _ref(name)}}}
+
+
+EVENT_KINDS = {
+    "Models.DownloadProgress": "DownloadProgressEvent",
+    "Models.Changed": "ModelsChangedEvent",
+    "service.connected": "ConnectedEvent",
+    "bus.gap": "GapEvent",
+}
+
+_INT = {"type": "integer", "minimum": 0}
+_OPT_SHA = {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"}
+
+
+def _progress(status: str, required: tuple[str, ...] = (), **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": ["id", "status", *required],
+            "properties": {"id": _ref("ModelId"), "status": {"const": status}, **properties}}
+
+
+def _envelope(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["time", "kind", "payload"], "properties": {
+        "time": {"type": "string", "description": "UTC, ISO 8601 with milliseconds"},
+        "kind": {"const": kind}, "payload": payload}}
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "ModelId": {"type": "string", "pattern": ID_PATTERN, "minLength": 1, "maxLength": 128,
+                    "description": "1-128 characters of A-Z a-z 0-9 . _ -, not starting with a dot"},
+        "Problem": {
+            "type": "object", "required": ["type", "title", "status", "detail", "code"],
+            "description": "An RFC 9457 problem document; some carry more members (``job`` with a 409)",
+            "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                "detail": {"type": "string"}, "code": {"type": "string", "enum": list(PROBLEM_CODES)},
+                "job": _ref("Job"),
+            },
+        },
+        "DownloadRequest": {
+            "type": "object", "required": ["id", "url"],
+            "properties": {
+                "id": _ref("ModelId"),
+                "url": {"type": "string", "minLength": 1, "maxLength": 8192,
+                        "pattern": URL_PATTERN,
+                        "description": "an http or https URL (no spaces; port 0 is refused)"},
+                "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{64}$",
+                           "description": "the expected SHA-256, 64 hex digits in either case"},
+                "provider": {"type": ["string", "null"], "minLength": 1, "maxLength": 64,
+                             "pattern": "^[ -~]+$", "description": "a short printable label; default ``local``"},
+                "rate_limit": {"type": "integer", "minimum": 1,
+                               "description": "optional: bytes per second for this download"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "optional request headers for a gated origin (``Authorization``, "
+                                           "say): sent only to the url's own host, never shown"},
+            },
+        },
+        "Model": {
+            "type": "object", "required": ["id", "file", "status"],
+            "properties": {
+                "id": _ref("ModelId"), "provider": {"type": "string"},
+                "status": {"enum": ["available", "missing"]},
+                "file": {"type": "string"}, "path": {"type": "string"}, "sha256": _OPT_SHA,
+                "bytes": _INT, "url": {"type": "string", "description": "without credentials"},
+                "downloaded_at": {"type": "string"},
+            },
+        },
+        "Job": {
+            "type": "object", "required": ["id", "status"],
+            "description": "A job's snapshot; an ``error`` one carries the failure's ``code``, ``error`` and "
+                           "context, a finished one that kept its ``.part`` ``resumable: true``",
+            "properties": {
+                "id": _ref("ModelId"), "url": {"type": "string"}, "provider": {"type": "string"},
+                "sha256": _OPT_SHA, "status": {"enum": list(JOB_STATUSES)}, "retries": _INT,
+                "created_at": {"type": "string"}, "finished_at": {"type": "string"},
+                "downloaded": _INT, "total": _INT, "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                "offset": _INT, "file": {"type": "string"}, "resumable": {"type": "boolean"},
+                "code": {"type": "string"}, "error": {"type": "string"},
+            },
+        },
+        "Probe": {
+            "type": "object",
+            "required": ["service", "version", "state_dir", "models_dir", "settings", "subscribers", "streams",
+                         "last_event_id"],
+            "properties": {
+                "service": {"const": "arw-models"}, "version": {"type": "string"},
+                "state_dir": {"type": "string"}, "models_dir": {"type": "string"},
+                "settings": {"type": "object", "description": "the effective settings, without the token"},
+                "subscribers": _INT, "streams": _INT, "last_event_id": {"type": "integer"},
+            },
+        },
+        "RateLimit": {
+            "type": "object", "required": ["bytes_per_sec"],
+            "properties": {"bytes_per_sec": {"type": ["integer", "null"], "minimum": 1,
+                                             "description": "bytes per second; null: unlimited"}},
+        },
+        "EventEnvelope": {
+            "type": "object", "required": ["time", "kind", "payload"],
+            "description": "The ``data`` of every SSE frame",
+            "properties": {"time": {"type": "string"}, "kind": {"type": "string"}, "payload": {"type": "object"}},
+        },
+        "DownloadProgress": {"oneOf": [
+            _progress("queued"),
+            _progress("started", total=_INT),
+            _progress("resumed", ("offset",), offset=_INT, total=_INT),
+            _progress("downloading", ("downloaded",), downloaded=_INT, total=_INT,
+                      progress={"type": "integer", "minimum": 0, "maximum": 100},
+                      speed={**_INT, "description": "bytes/s over the last few seconds"},
+                      eta_s={"type": "number", "minimum": 0}, segments=_INT),
+            _progress("retrying", ("attempt", "delay_ms", "code"), attempt=_INT, delay_ms=_INT,
+                      code={"enum": list(EVENT_ERROR_CODES)}, error={"type": "string"}, downloaded=_INT),
+            _progress("complete", ("file", "provider", "sha256", "bytes"), file={"type": "string"},
+                      provider={"type": "string"}, sha256={"type": "string"}, bytes=_INT),
+            _progress("error", ("code", "error"), code={"enum": list(EVENT_ERROR_CODES)}, error={"type": "string"},
+                      expected={"type": "string"}, actual={"type": "string"}, http_status={"type": "integer"}),
+            _progress("canceled"),
+            _progress("paused", ("downloaded",), downloaded=_INT),
+        ]},
+        "DownloadProgressEvent": _envelope("Models.DownloadProgress", _ref("DownloadProgress")),
+        "ModelsChangedEvent": _envelope("Models.Changed", {
+            "type": "object", "required": ["op", "id"],
+            "properties": {"op": {"enum": ["add", "remove"]}, "id": _ref("ModelId")}}),
+        "ConnectedEvent": _envelope("service.connected", {
+            "type": "object", "properties": {"version": {"type": "string"}, "last_event_id": {"type": "integer"}}}),
+        "GapEvent": _envelope("bus.gap", {
+            "type": "object", "required": ["missed"],
+            "properties": {"missed": {"type": ["integer", "null"],
+                                      "description": "events missed; null: unknown (before a restart)"}}}),
+    }
+
+
+@lru_cache(maxsize=1)
+def _base() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "arw-models",
+            "version": __version__,
+            "summary": "Fetch, verify and keep local model files over HTTP, with live progress as "
+                       "Server-Sent Events",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "adminBearer": {"type": "http", "scheme": "bearer",
+                                "description": "``Authorization: Bearer <ARW_ADMIN_TOKEN>``; needed only when "
+                                               "the service has a token"},
+                "adminHeader": {"type": "apiKey", "in": "header", "name": "X-ARW-Admin",
+                                "description": "the same token in a header of its own"},
+            },
+        },
+    }
+
+
+def document(server_url: str = "/") -> dict[str, Any]:
+    """The OpenAPI document, its paths relative to ``server_url`` (the path where
+    the blueprint is mounted, with the app's script root)."""
+    doc = copy.deepcopy(_base())
+    doc["servers"] = [{"url": server_url or "/", "description": "this service"}]
+    return doc
+
+
+def problem_codes(doc: dict[str, Any]) -> set[str]:
+    """Every problem code the document's operations answer with."""
+    found: set[str] = set()
+    for item in doc["paths"].values():
+        for op in item.values():
+            for response in op["responses"].values():
+                media = response.get("content", {}).get("application/problem+json")
+                if media:
+                    found.update(media["schema"]["allOf"][1]["properties"]["code"]["enum"])
+    return found
