@@ -166,6 +166,8 @@ def checked_sha256(value: Any) -> str | None:
 def checked_rate(value: Any, name: str) -> int | None:
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():  # JSON has one kind of number: 5e6 is a whole one
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**12:
         raise BadRequest(f"{name} must be a whole number of bytes per second (1 or more), or null",
                          code="invalid-rate-limit")

@@ -310,7 +310,7 @@ def _schemas() -> dict[str, Any]:
                            "description": "the expected SHA-256, 64 hex digits in either case"},
                 "provider": {"type": ["string", "null"], "minLength": 1, "maxLength": 64,
                              "pattern": "^[ -~]+$", "description": "a short printable label; default ``local``"},
-                "rate_limit": {"type": "integer", "minimum": 1,
+                "rate_limit": {"type": ["integer", "null"], "minimum": 1, "maximum": 10**12,
                                "description": "optional: bytes per second for this download"},
                 "headers": {"type": "object", "additionalProperties": {"type": "string"},
                             "description": "optional request headers for a gated origin (``Authorization``, "
@@ -353,7 +353,7 @@ def _schemas() -> dict[str, Any]:
         },
         "RateLimit": {
             "type": "object", "required": ["bytes_per_sec"],
-            "properties": {"bytes_per_sec": {"type": ["integer", "null"], "minimum": 1,
+            "properties": {"bytes_per_sec": {"type": ["integer", "null"], "minimum": 1, "maximum": 10**12,
                                              "description": "bytes per second; null: unlimited"}},
         },
         "EventEnvelope": {

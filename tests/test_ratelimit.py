@@ -111,7 +111,7 @@ def test_a_download_can_have_its_own_limit(service: Service, origin: Origin) -> 
     assert len(res.data) == 2 * MiB
 
 
-@pytest.mark.parametrize("value", ["fast", 0, -1, 1.5, True, [1]])
+@pytest.mark.parametrize("value", ["fast", 0, -1, 1.5, 0.0, True, [1], 1e13])
 def test_a_limit_must_be_a_whole_positive_number_or_null(client: Any, value: Any) -> None:
     r = client.put("/settings/rate-limit", json={"bytes_per_sec": value})
     assert r.status_code == 400 and r.json["code"] == "invalid-rate-limit"
@@ -128,3 +128,8 @@ def test_the_connections_of_a_download_share_its_limit(service: Service, origin:
     assert watch.terminal("s", timeout=15)["status"] == "complete"
     assert max(p.get("segments", 0) for p in watch.payloads("s")) > 1
     assert 1.5 <= _elapsed(watch, "s") <= 3.0  # 16 MiB at 8 MiB/s for all four connections: 2 s
+
+
+def test_a_whole_number_written_as_a_float_is_a_limit(client: Any) -> None:
+    r = client.put("/settings/rate-limit", json={"bytes_per_sec": 5e6})
+    assert r.status_code == 200 and r.json == {"bytes_per_sec": 5_000_000}
