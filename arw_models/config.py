@@ -16,76 +16,6 @@ from typing import Any
 
 MiB = 1024 * 1024
 
-DEFAULTS: dict[str, Any] = {
-    # Where models, partial downloads, models.json and the lock live.
-    "ARW_STATE_DIR": "./state",
-    # Address and port for `make run` and the `arw-models serve` command.
-    "ARW_BIND": "127.0.0.1",
-    "ARW_PORT": 8090,
-    # Unset: no token needed. Set: POST, DELETE and /events need it.
-    "ARW_ADMIN_TOKEN": None,
-    # Origins (comma-separated) whose pages may call the API from a browser; None: none.
-    "ARW_CORS_ORIGINS": None,
-    # How many transfers run at once; more wait as `queued`.
-    "ARW_MODELS_MAX_CONC": 2,
-    # Largest model accepted, in MiB (None: no cap).
-    "ARW_MODELS_MAX_MB": None,
-    # Free space, in MiB, that downloads must leave on the state directory's disk.
-    "ARW_MODELS_DISK_RESERVE_MB": 256,
-    # Seconds to wait for a TCP connection to the origin.
-    "ARW_DL_CONNECT_TIMEOUT_SECS": 10.0,
-    # Seconds without a single byte from the origin before the read is a stall.
-    "ARW_DL_IDLE_TIMEOUT_SECS": 30.0,
-    # Retries of transient failures in a row (reset while bytes keep arriving).
-    "ARW_DL_RETRIES": 8,
-    # First retry delay in ms; doubles per retry, with jitter.
-    "ARW_DL_RETRY_BACKOFF_MS": 500,
-    # Ceiling of one retry delay (and of an honoured Retry-After), in ms.
-    "ARW_DL_RETRY_BACKOFF_MAX_MS": 30000,
-    # Bytes asked of the socket per read in the transfer loop.
-    "ARW_DL_CHUNK_BYTES": 1 * MiB,
-    # Bytes written between two fsyncs of a `.part` (bounds what a crash can lose).
-    "ARW_DL_FSYNC_BYTES": 64 * MiB,
-    # Least time between two progress events of one job, in ms.
-    "ARW_DL_PROGRESS_INTERVAL_MS": 250,
-    # Resume the incomplete downloads found in the state directory at start.
-    "ARW_DL_RESUME_ON_START": True,
-    # `.part` files with no job, untouched for this many hours, are removed at start.
-    "ARW_DL_STALE_PART_HOURS": 168.0,
-    # How many recent events the stream keeps for replay.
-    "ARW_EVENTS_REPLAY": 4096,
-    # How many events may wait for one slow subscriber before it gets bus.gap.
-    "ARW_EVENTS_QUEUE": 1024,
-    # Seconds between keep-alive comments on an idle event stream.
-    "ARW_EVENTS_KEEPALIVE_SECS": 15.0,
-    # Reconnection delay suggested to SSE clients (the `retry:` field), in ms.
-    "ARW_EVENTS_RETRY_MS": 3000,
-    # Bytes per second for all downloads together (None: no limit); changeable at run time.
-    "ARW_DL_RATE_LIMIT": None,
-    # Parallel connections (ranges) for one download, 1 to 16; 1: one stream.
-    "ARW_DL_SEGMENTS": 8,
-    # More connections are opened only while the first brings less than this (MiB/s).
-    "ARW_DL_SPLIT_BELOW_MBPS": 100.0,
-    # Files smaller than this (MiB) are fetched as one stream.
-    "ARW_DL_SEGMENT_MIN_MB": 64.0,
-    # How many finished jobs stay in memory for GET /models/downloads/<id>; oldest go first.
-    "ARW_JOBS_KEEP": 1000,
-    # Seconds a starting server waits for the state directory's lock (held by a
-    # process that is still exiting, say); a sibling worker is refused at once.
-    "ARW_LOCK_WAIT_SECS": 5.0,
-    # Event streams open at once (each holds a request thread); more get 503.
-    # None: derived from ARW_THREADS (see events_stream_cap), 8 if that is unknown.
-    "ARW_EVENTS_MAX_STREAMS": None,
-    # Request threads of the server. The bundled gunicorn configuration sets the
-    # real number; None: unknown (a host app under some other server).
-    "ARW_THREADS": None,
-    # Seconds a request body may take to arrive before it is answered with 408.
-    "ARW_BODY_TIMEOUT_SECS": 10.0,
-    # Unset: the service leaves logging to its host. "text" or "json": the
-    # `arw_models` logger gets its own stderr handler in that format (json: one
-    # object per line), at INFO unless its level is set.
-    "ARW_LOG_FORMAT": None,
-}
 
 # What ARW_EVENTS_MAX_STREAMS is when neither it nor the thread count is known:
 # small enough to leave threads over under most servers' defaults.
@@ -130,40 +60,112 @@ def parse_origins(value: Any) -> list[str]:
     return origins
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "ARW_STATE_DIR": str,
-    "ARW_BIND": str,
-    "ARW_PORT": int,
-    "ARW_ADMIN_TOKEN": _optional(str),
-    "ARW_CORS_ORIGINS": _optional(parse_origins),
-    "ARW_MODELS_MAX_CONC": int,
-    "ARW_MODELS_MAX_MB": _optional(float),
-    "ARW_MODELS_DISK_RESERVE_MB": float,
-    "ARW_DL_CONNECT_TIMEOUT_SECS": float,
-    "ARW_DL_IDLE_TIMEOUT_SECS": float,
-    "ARW_DL_RETRIES": int,
-    "ARW_DL_RETRY_BACKOFF_MS": float,
-    "ARW_DL_RETRY_BACKOFF_MAX_MS": float,
-    "ARW_DL_CHUNK_BYTES": int,
-    "ARW_DL_FSYNC_BYTES": int,
-    "ARW_DL_PROGRESS_INTERVAL_MS": float,
-    "ARW_DL_RESUME_ON_START": _bool,
-    "ARW_DL_STALE_PART_HOURS": float,
-    "ARW_EVENTS_REPLAY": int,
-    "ARW_EVENTS_QUEUE": int,
-    "ARW_EVENTS_KEEPALIVE_SECS": float,
-    "ARW_EVENTS_RETRY_MS": int,
-    "ARW_DL_RATE_LIMIT": _optional(int),
-    "ARW_DL_SEGMENTS": int,
-    "ARW_DL_SEGMENT_MIN_MB": float,
-    "ARW_DL_SPLIT_BELOW_MBPS": float,
-    "ARW_JOBS_KEEP": int,
-    "ARW_LOCK_WAIT_SECS": float,
-    "ARW_EVENTS_MAX_STREAMS": _optional(int),
-    "ARW_THREADS": _optional(int),
-    "ARW_BODY_TIMEOUT_SECS": float,
-    "ARW_LOG_FORMAT": _optional(str),
-}
+def _log_format(value: Any) -> str | None:
+    """None (logging is left to the host), "text" or "json"; blank is unset."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    text = str(value).strip().lower()
+    if text not in LOG_FORMATS:
+        raise ValueError(f"ARW_LOG_FORMAT must be text or json, not {value!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``ARW_*`` key: its default, how its environment text is read, and what it
+    does. The app, the command line, the gunicorn configuration and the README's
+    table (a test compares them) all take their keys from :data:`SETTINGS`."""
+
+    key: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ARW_STATE_DIR", "./state", str,
+            'Where models, partial downloads, models.json and the lock live.'),
+    Setting("ARW_BIND", "127.0.0.1", str,
+            'Address and port for `make run` and the `arw-models serve` command.'),
+    Setting("ARW_ALLOW_REMOTE", False, _bool,
+            'Serve a non-loopback ARW_BIND without ARW_ADMIN_TOKEN (the bundled gunicorn configuration refuses it otherwise).'),
+    Setting("ARW_PORT", 8090, int,
+            'Address and port for `make run` and the `arw-models serve` command.'),
+    Setting("ARW_ADMIN_TOKEN", None, _optional(str),
+            'Unset: no token needed. Set: POST, DELETE and /events need it.'),
+    Setting("ARW_CORS_ORIGINS", None, _optional(parse_origins),
+            'Origins (comma-separated) whose pages may call the API from a browser; None: none.'),
+    Setting("ARW_MODELS_MAX_CONC", 2, int,
+            'How many transfers run at once; more wait as `queued`.'),
+    Setting("ARW_MODELS_MAX_MB", None, _optional(float),
+            'Largest model accepted, in MiB (None: no cap).'),
+    Setting("ARW_MODELS_DISK_RESERVE_MB", 256, float,
+            "Free space, in MiB, that downloads must leave on the state directory's disk."),
+    Setting("ARW_DL_CONNECT_TIMEOUT_SECS", 10.0, float,
+            'Seconds to wait for a TCP connection to the origin.'),
+    Setting("ARW_DL_IDLE_TIMEOUT_SECS", 30.0, float,
+            'Seconds without a single byte from the origin before the read is a stall.'),
+    Setting("ARW_DL_RETRIES", 8, int,
+            'Retries of transient failures in a row (reset while bytes keep arriving).'),
+    Setting("ARW_DL_RETRY_BACKOFF_MS", 500, float,
+            'First retry delay in ms; doubles per retry, with jitter.'),
+    Setting("ARW_DL_RETRY_BACKOFF_MAX_MS", 30000, float,
+            'Ceiling of one retry delay (and of an honoured Retry-After), in ms.'),
+    Setting("ARW_DL_CHUNK_BYTES", 1 * MiB, int,
+            'Bytes asked of the socket per read in the transfer loop.'),
+    Setting("ARW_DL_FSYNC_BYTES", 64 * MiB, int,
+            'Bytes written between two fsyncs of a `.part` (bounds what a crash can lose).'),
+    Setting("ARW_DL_PROGRESS_INTERVAL_MS", 250, float,
+            'Least time between two progress events of one job, in ms.'),
+    Setting("ARW_DL_RESUME_ON_START", True, _bool,
+            'Resume the incomplete downloads found in the state directory at start.'),
+    Setting("ARW_DL_STALE_PART_HOURS", 168.0, float,
+            '`.part` files with no job, untouched for this many hours, are removed at start.'),
+    Setting("ARW_EVENTS_REPLAY", 4096, int,
+            'How many recent events the stream keeps for replay.'),
+    Setting("ARW_EVENTS_QUEUE", 1024, int,
+            'How many events may wait for one slow subscriber before it gets bus.gap.'),
+    Setting("ARW_EVENTS_KEEPALIVE_SECS", 15.0, float,
+            'Seconds between keep-alive comments on an idle event stream.'),
+    Setting("ARW_EVENTS_RETRY_MS", 3000, int,
+            'Reconnection delay suggested to SSE clients (the `retry:` field), in ms.'),
+    Setting("ARW_DL_RATE_LIMIT", None, _optional(int),
+            'Bytes per second for all downloads together (None: no limit); changeable at run time.'),
+    Setting("ARW_DL_SEGMENTS", 8, int,
+            'Parallel connections (ranges) for one download, 1 to 16; 1: one stream.'),
+    Setting("ARW_DL_SPLIT_BELOW_MBPS", 100.0, float,
+            'More connections are opened only while the first brings less than this (MiB/s).'),
+    Setting("ARW_DL_SEGMENT_MIN_MB", 64.0, float,
+            'Files smaller than this (MiB) are fetched as one stream.'),
+    Setting("ARW_JOBS_KEEP", 1000, int,
+            'How many finished jobs stay in memory for GET /models/downloads/<id>; oldest go first.'),
+    Setting("ARW_LOCK_WAIT_SECS", 5.0, float,
+            "Seconds a starting server waits for the state directory's lock (held by a process that is still exiting, say); a sibling worker is refused at once."),
+    Setting("ARW_EVENTS_MAX_STREAMS", None, _optional(int),
+            'Event streams open at once (each holds a request thread); more get 503. None: derived from ARW_THREADS (see events_stream_cap), 8 if that is unknown.'),
+    Setting("ARW_THREADS", None, _optional(int),
+            'Request threads of the server. The bundled gunicorn configuration sets the real number; None: unknown (a host app under some other server).'),
+    Setting("ARW_BODY_TIMEOUT_SECS", 10.0, float,
+            'Seconds a request body may take to arrive before it is answered with 408.'),
+    Setting("ARW_LOG_FORMAT", None, _optional(str),
+            'Unset: the service leaves logging to its host. "text" or "json": the `arw_models` logger gets its own stderr handler in that format (json: one object per line), at INFO unless its level is set.'),
+)
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+DEFAULTS: dict[str, Any] = {s.key: s.default for s in SETTINGS}
+_PARSERS: dict[str, Callable[[str], Any]] = {s.key: s.parse for s in SETTINGS}
+
+
+def env_setting(key: str, environ: Mapping[str, str] | None = None) -> Any:
+    """One setting as the environment gives it, parsed, or its default: for the
+    parts that run before any app exists (the gunicorn configuration, the CLI)."""
+    environ = os.environ if environ is None else environ
+    setting = BY_KEY[key]
+    if key not in environ:
+        return setting.default
+    try:
+        return setting.parse(environ[key])
+    except ValueError as exc:
+        raise ValueError(f"{key}={environ[key]!r}: {exc}") from None
 
 
 def events_stream_cap(threads: int | None) -> int:
@@ -175,16 +177,6 @@ def events_stream_cap(threads: int | None) -> int:
 
 
 LOG_FORMATS = ("text", "json")
-
-
-def _log_format(value: Any) -> str | None:
-    """None (logging is left to the host), "text" or "json"; blank is unset."""
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return None
-    text = str(value).strip().lower()
-    if text not in LOG_FORMATS:
-        raise ValueError(f"ARW_LOG_FORMAT must be text or json, not {value!r}")
-    return text
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -19,10 +19,15 @@ import signal
 import sys
 from typing import Any
 
+from arw_models.config import env_setting
+
+# Request threads when ARW_THREADS is unset; each open event stream holds one.
+DEFAULT_THREADS = 32
+
 worker_class = "gthread"
 workers = 1
-threads = int(os.environ.get("ARW_THREADS", "32"))
-bind = [f"{os.environ.get('ARW_BIND', '127.0.0.1')}:{os.environ.get('ARW_PORT', '8090')}"]
+threads = env_setting("ARW_THREADS") or DEFAULT_THREADS
+bind = [f"{env_setting('ARW_BIND')}:{env_setting('ARW_PORT')}"]
 # Streams and transfers end within a second of SIGTERM; this bounds the rest.
 graceful_timeout = 10
 timeout = 60
@@ -54,7 +59,7 @@ def on_starting(server: Any) -> None:
     if server.cfg.workers != 1:
         # Every worker would need the state directory's lock: the second could never
         # serve. Refuse before binding, with the reason, whatever the command line said.
-        state_dir = os.path.abspath(os.environ.get("ARW_STATE_DIR", "./state"))
+        state_dir = os.path.abspath(env_setting("ARW_STATE_DIR"))
         sys.stderr.write(
             f"arw-models: refusing to start {server.cfg.workers} workers on one state directory "
             f"({state_dir}, lock {os.path.join(state_dir, 'arw-models.lock')}): one process serves it, "
@@ -63,8 +68,8 @@ def on_starting(server: Any) -> None:
         sys.exit(2)
     addresses = server.cfg.bind or []
     remote = [a for a in addresses if not _is_loopback(a)]
-    allowed = os.environ.get("ARW_ALLOW_REMOTE", "").lower() in ("1", "true", "yes", "on")
-    token = os.environ.get("ARW_ADMIN_TOKEN", "").strip()  # as the app reads it: blank is no token
+    allowed = env_setting("ARW_ALLOW_REMOTE")
+    token = (env_setting("ARW_ADMIN_TOKEN") or "").strip()  # as the app reads it: blank is no token
     if remote and not token and not allowed:
         sys.stderr.write(
             f"arw-models: refusing to listen on {', '.join(remote)} without ARW_ADMIN_TOKEN; "

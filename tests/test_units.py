@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from arw_models.config import DEFAULTS, Settings, from_env
@@ -205,3 +208,30 @@ def test_redact_text_hides_query_and_userinfo_of_quoted_urls() -> None:
     assert "/m.gguf?***" in redacted and "ftp://***@h/m.gguf?***" in redacted
     assert redact_text("connection refused") == "connection refused"
 
+
+
+def _config_table() -> dict[str, str]:
+    """The README's configuration table: each key, and its row's text."""
+    readme = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    section = readme[readme.index("\nConfiguration\n"):]
+    start = section.index("\n=====")
+    end = section.index("\n=====", section.index("\n=====", start + 1) + 1)
+    rows: dict[str, str] = {}
+    key = ""
+    for line in section[start:end].splitlines():
+        found = re.findall(r"``(ARW_[A-Z_]+)``", line[:34])
+        if found:
+            key = found[0]
+            for other in found:
+                rows[other] = line
+        elif key and line.strip():
+            rows[key] += " " + line.strip()
+    return rows
+
+
+def test_the_readme_lists_every_setting_and_no_other() -> None:
+    from arw_models.config import SETTINGS
+
+    table = _config_table()
+    assert set(table) == {s.key for s in SETTINGS}
+    assert all(s.doc for s in SETTINGS)
