@@ -237,3 +237,28 @@ def test_a_fast_origin_is_read_on_one_connection(service: Service, origin: Origi
     assert watch.terminal("fast")["status"] == "complete"
     assert max(p.get("segments", 0) for p in watch.payloads("fast")) == 1
     assert read(os.path.join(models_dir(app), "fast.gguf")) == res.data
+
+
+def test_a_segmented_download_paused_before_its_first_fsync_resumes_whole(service: Service,
+                                                                           origin: Origin) -> None:
+    """The .part is preallocated to the whole size at once: only the recorded ranges
+    say which bytes are there, so they are on record from the start, and a pause
+    records what every range wrote."""
+    app, client, watch = service(**SEGMENTED)
+    res = origin.add("/p.gguf", payload(8 * MiB, seed=110), throttle=2 * MiB)
+    post_download(client, "p", origin.url("/p.gguf"))  # no sha256: nothing else would catch a hole
+    watch.until(lambda e: e.payload.get("id") == "p" and e.payload.get("segments", 0) > 1)
+    r = client.post("/models/download/pause", json={"id": "p"})
+    assert r.status_code == 200 and r.json["status"] == "paused"
+    paused = r.json["downloaded"]
+    assert 0 < paused < 8 * MiB
+    recorded = json.loads(read(os.path.join(models_dir(app), "p.part.json")))["ranges"]
+    assert len(recorded) > 1 and sum(done for _, _, done in recorded) == paused
+    res.throttle = None
+    before = len(origin.requests_for("/p.gguf"))
+    assert client.post("/models/download/resume", json={"id": "p"}).status_code == 202
+    assert watch.status("p", "complete", "error")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "p.gguf")) == res.data
+    again = origin.requests_for("/p.gguf")[before:]
+    assert all(r.status == 206 for r in again)
+    assert sum(r.sent for r in again) <= 8 * MiB - paused + len(again) * 512 * KiB  # (socket buffers)

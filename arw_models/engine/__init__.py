@@ -205,6 +205,9 @@ class Download:
     def _segments(self, plan: Plan, validator: str | None, first: Any = None, first_span: Span | None = None) -> None:
         job = self.job
         assert plan.total is not None
+        # The ranges go on record before the .part grows to its full size: from then
+        # on only they say which bytes are there (its size no longer does).
+        self._record_plan(plan)
         try:
             fh = open_part_at(self.part)
         except OSError as exc:
@@ -226,13 +229,23 @@ class Download:
                 self._truncate()
                 raise TransferError("resume-invalid", "the file changed during the download; starting again from "
                                     "byte 0", retryable=True, url=redact_url(job.url)) from None
-            except BaseException:
+            except BaseException as exc:
                 hasher.abandon()
                 self._hasher, self._hashed = hasher.hasher, hasher.hashed
+                if isinstance(exc, (JobStopped, TransferError)):
+                    self._keep_what_was_written(transfer)
                 raise
             self._hasher, self._hashed = hasher.finish(), hasher.hashed
             job.downloaded = plan.durable
         fetch.check_stop(job)
+
+    def _keep_what_was_written(self, transfer: Segments) -> None:
+        """A stop or a failure: what every range wrote is fsynced and recorded, so
+        a pause or a later attempt fetches none of it again."""
+        try:
+            transfer.sync()
+        except TransferError:
+            pass  # the disk refuses even this: the last record stands
 
     def _fall_back_to_one_stream(self, fh: BinaryIO, plan: Plan, hasher: PrefixHasher) -> None:
         """A range was answered with the whole file: from now on this download is one

@@ -114,7 +114,7 @@ class Segments:
                     if isinstance(err, kind):
                         raise err
             raise self._errors[0]
-        self._sync()
+        self.sync()
 
     def _connection(self, response: Any = None, span: Span | None = None) -> None:
         session = self._session()
@@ -248,9 +248,9 @@ class Segments:
             if at <= self._hasher.hashed:
                 self._hasher.poke()
             if due:
-                self._sync()
+                self.sync()
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         """fsyncs the ``.part``; the ranges as they were before it are durable."""
         with self._sync_lock:
             with self._lock:
