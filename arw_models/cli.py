@@ -263,7 +263,8 @@ def cmd_pause(remote: Remote, args: argparse.Namespace, out: Out) -> int:
 
 def cmd_resume(remote: Remote, args: argparse.Namespace, out: Out) -> int:
     answer = post_id(remote, "resume", args.id)
-    out.result(answer, f"{args.id}: {answer.get('status', 'resumed')} ({amount(answer)})")
+    # "resumed", or "queued" while every transfer slot is taken.
+    out.result(answer, f"{args.id}: {answer.get('status', 'resumed')}")
     return 0
 
 

@@ -15,6 +15,8 @@ PLAIN_EVERY = 2.0
 FINAL = ("complete", "error", "canceled", "paused")
 # ANSI "erase to the end of the line": a shorter redraw leaves no tail behind.
 ERASE = "\x1b[K"
+# Columns kept for what follows the bar: " 25.2 MiB/48.0 MiB  7.9 MiB/s  ETA 3s  8 conn".
+TAIL_ROOM = 46
 
 
 def human_bytes(n: float | None) -> str:
@@ -169,8 +171,10 @@ class Progress:
         width = max(20, self._width() - 1)  # never the last column: some terminals wrap there
         if total:
             percent = 100 if status == "complete" else min(100, done * 100 // total)
-            room = width - len(head) - len(right) - len(" 100% ||")
-            bar_width = max(0, min(40, room))
+            # Sized for a typical tail rather than this one, so that the bar does
+            # not jump as the numbers change length.
+            room = width - len(head) - len(" 100% ||") - TAIL_ROOM
+            bar_width = max(0, min(30, room))
             filled = bar_width * percent // 100
             bar = f"|{self._fill * filled}{self._empty * (bar_width - filled)}|" if bar_width >= 5 else ""
             line = f"{head}{percent:3d}% {bar}{right}"
