@@ -123,6 +123,11 @@ def run_client(args: argparse.Namespace, server: str, token: str | None,
     except Problem as exc:
         out.problem(exc)
         return 1
+    except KeyboardInterrupt:
+        # A Ctrl-C outside a download's own handling (a listing, a second Ctrl-C
+        # while a pause is being sent): stop without a traceback.
+        out.note("arw-models: interrupted")
+        return INTERRUPTED
     finally:
         remote.close()
 
@@ -374,7 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         token = (setting("ARW_ADMIN_TOKEN") or "").strip() or None
     except ValueError as exc:
         parser.error(str(exc))
-    return run_client(args, server, token, sys.stdout, sys.stderr)
+    try:
+        return run_client(args, server, token, sys.stdout, sys.stderr)
+    except BrokenPipeError:
+        # The reader left (`arw-models events | head`): stop quietly, as other
+        # tools do, and keep the interpreter's last flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -80,7 +80,8 @@ class Remote:
     """Calls to one service at ``server``, with the admin token when there is one."""
 
     def __init__(self, server: str, token: str | None = None) -> None:
-        self.server = server.rstrip("/")
+        # `--server localhost:8090` means what it would mean to curl.
+        self.server = (server if "://" in server else "http://" + server).rstrip("/")
         self.session = requests.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"

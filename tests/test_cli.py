@@ -195,7 +195,7 @@ def test_the_token_comes_from_the_environment(make_app: Callable[..., Any], orig
 
 def test_the_server_comes_from_arw_server_else_arw_port(live: LiveServer, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("ARW_SERVER", live.url)
+    monkeypatch.setenv("ARW_SERVER", live.url.removeprefix("http://"))  # a scheme is optional
     assert main(["list"]) == 0
     monkeypatch.delenv("ARW_SERVER")
     monkeypatch.setenv("ARW_PORT", str(live.server.server_port))
