@@ -4,7 +4,8 @@ to a running one over HTTP (``--server``, or ``ARW_SERVER``, or 127.0.0.1 on
 
 Exit codes: 0 done; 1 the service said no (a problem document) or the download
 failed, was canceled or paused elsewhere; 2 no service answers (and bad usage);
-130 a download left on Ctrl-C (paused, canceled or still running, as chosen).
+130 interrupted by Ctrl-C (a download is then paused, canceled or still running,
+as chosen).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
     parser = argparse.ArgumentParser(
         prog="arw-models", description="Fetch, verify and keep local model files; talk to the service.",
-        epilog="Exit codes: 0 done, 1 refused or failed, 2 no service answers, 130 a download left on Ctrl-C.")
+        epilog="Exit codes: 0 done, 1 refused or failed, 2 no service answers, 130 interrupted by Ctrl-C.")
     parser.add_argument("--server", default=None, help=SERVER_HELP)
     parser.add_argument("--json", action="store_true", default=False, help=JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
