@@ -70,6 +70,10 @@ def _log_format(value: Any) -> str | None:
     return text
 
 
+# Request threads of the bundled gunicorn configuration when ARW_THREADS is unset.
+SERVER_THREADS = 32
+
+
 @dataclass(frozen=True)
 class Setting:
     """One ``ARW_*`` key: its default, how its environment text is read, and what it
@@ -91,6 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
             'Serve a non-loopback ARW_BIND without ARW_ADMIN_TOKEN (the bundled gunicorn configuration refuses it otherwise).'),
     Setting("ARW_PORT", 8090, int,
             'Address and port for `make run` and the `arw-models serve` command.'),
+    Setting("ARW_SERVER", None, _optional(str),
+            "Where the command line finds the service (its --server); None: 127.0.0.1 on ARW_PORT."),
     Setting("ARW_ADMIN_TOKEN", None, _optional(str),
             'Unset: no token needed. Set: POST, DELETE and /events need it.'),
     Setting("ARW_CORS_ORIGINS", None, _optional(parse_origins),

@@ -19,14 +19,11 @@ import signal
 import sys
 from typing import Any
 
-from arw_models.config import env_setting
-
-# Request threads when ARW_THREADS is unset; each open event stream holds one.
-DEFAULT_THREADS = 32
+from arw_models.config import SERVER_THREADS, env_setting
 
 worker_class = "gthread"
 workers = 1
-threads = env_setting("ARW_THREADS") or DEFAULT_THREADS
+threads = env_setting("ARW_THREADS") or SERVER_THREADS  # each open event stream holds one
 bind = [f"{env_setting('ARW_BIND')}:{env_setting('ARW_PORT')}"]
 # Streams and transfers end within a second of SIGTERM; this bounds the rest.
 graceful_timeout = 10

@@ -1,0 +1,185 @@
+"""How the command line shows things to people: sizes, durations, tables, and one
+download's progress (a bar redrawn in place on a terminal, plain lines elsewhere)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+# Seconds between two plain progress lines: a log or a CI job wants a trace, not
+# one line per event.
+PLAIN_EVERY = 2.0
+# How a job ends: its last event, which the caller reports in its own words.
+FINAL = ("complete", "error", "canceled", "paused")
+# ANSI "erase to the end of the line": a shorter redraw leaves no tail behind.
+ERASE = "\x1b[K"
+# Columns kept for what follows the bar: " 25.2 MiB/48.0 MiB  7.9 MiB/s  ETA 3s  8 conn".
+TAIL_ROOM = 46
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell; the columns in ``right`` (numbers) aligned right."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def amount(item: dict[str, Any]) -> str:
+    """``downloaded / total`` of a job or an event, or just what came when the total is unknown."""
+    done = human_bytes(item.get("downloaded", item.get("offset", 0)) or 0)
+    total = item.get("total")
+    return f"{done} / {human_bytes(total)}" if isinstance(total, int) else done
+
+
+def describe(payload: dict[str, Any]) -> str:
+    """One job event in words, without the bar."""
+    status = str(payload.get("status", "?"))
+    if status == "downloading":
+        parts = []
+        if isinstance(payload.get("progress"), int):
+            parts.append(f"{payload['progress']}%")
+        parts.append(amount(payload))
+        if payload.get("speed") is not None:
+            parts.append(f"{human_bytes(payload['speed'])}/s")
+        if payload.get("eta_s") is not None:
+            parts.append(f"ETA {human_duration(payload['eta_s'])}")
+        if (payload.get("segments") or 0) > 1:
+            parts.append(f"{payload['segments']} connections")
+        return "  ".join(parts)
+    if status == "started":
+        return "started" + (f", {human_bytes(payload['total'])}" if isinstance(payload.get("total"), int) else "")
+    if status == "resumed":
+        return f"resumed at {human_bytes(payload.get('offset') or 0)}"
+    if status == "retrying":
+        delay = (payload.get("delay_ms") or 0) / 1000.0
+        return f"retrying (attempt {payload.get('attempt', '?')} in {delay:.1f}s: {payload.get('code', '?')})"
+    if status == "complete":
+        sha = str(payload.get("sha256") or "")
+        return (f"complete: {payload.get('file', '?')} ({human_bytes(payload.get('bytes'))}"
+                + (f", sha256 {sha[:12]}" if sha else "") + ")")
+    if status == "error":
+        return f"error {payload.get('code', '?')}: {payload.get('error', '')}"
+    if status == "paused":
+        return f"paused at {human_bytes(payload.get('downloaded') or 0)}"
+    return status
+
+
+class Progress:
+    """One download's progress on ``out``.
+
+    On a terminal, one line redrawn in place (``\\r``): percent, bar, bytes, speed,
+    ETA. Elsewhere (a pipe, a log file), plain lines with no control characters:
+    each change of status, and the progress every ``PLAIN_EVERY`` seconds.
+    """
+
+    def __init__(self, out: TextIO, model_id: str, terminal: bool,
+                 width: Callable[[], int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out
+        self.id = model_id
+        self.terminal = terminal
+        self._width = width or (lambda: shutil.get_terminal_size((80, 24)).columns)
+        self._clock = clock
+        self._drawn = False
+        self._last_status: str | None = None
+        self._last_plain = float("-inf")
+        self._last: dict[str, Any] = {}
+        encoding = getattr(out, "encoding", None) or "ascii"
+        try:
+            "█░".encode(encoding)
+            self._fill, self._empty = "█", "░"
+        except (UnicodeEncodeError, LookupError):
+            self._fill, self._empty = "#", "-"
+
+    def update(self, payload: dict[str, Any]) -> None:
+        status = str(payload.get("status", ""))
+        if status in ("downloading", "started", "resumed") or not self._last:
+            # What the bar shows: the last known numbers, whatever event brought them.
+            self._last = {**self._last, **{k: v for k, v in payload.items() if k != "status"}}
+        if self.terminal:
+            self._draw(payload)
+        elif status not in FINAL:
+            now = self._clock()
+            if status != self._last_status or now - self._last_plain >= PLAIN_EVERY:
+                self._line(f"{self.id}: {describe(payload)}")
+                self._last_plain = now
+        self._last_status = status
+
+    def end(self, message: str | None = None) -> None:
+        """Leaves the bar where it is and moves on to a new line (then ``message``)."""
+        if self._drawn:
+            self.out.write("\n")
+            self._drawn = False
+        if message is not None:
+            self.out.write(message + "\n")
+        self.out.flush()
+
+    def _line(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _draw(self, payload: dict[str, Any]) -> None:
+        status = str(payload.get("status", ""))
+        known = self._last
+        total = known.get("total") if isinstance(known.get("total"), int) else None
+        done = known.get("downloaded", known.get("offset", 0)) or 0
+        if status == "complete" and isinstance(payload.get("bytes"), int):
+            total = done = payload["bytes"]
+        head = f"{self.id} "
+        tail = []
+        if total:
+            tail.append(f" {human_bytes(done)}/{human_bytes(total)}")
+        else:
+            tail.append(f" {human_bytes(done)}")
+        if status == "downloading":
+            if known.get("speed") is not None:
+                tail.append(f"{human_bytes(known['speed'])}/s")
+            if known.get("eta_s") is not None:
+                tail.append(f"ETA {human_duration(known['eta_s'])}")
+            if (known.get("segments") or 0) > 1:
+                tail.append(f"{known['segments']} conn")
+        elif status:
+            tail.append(status if status != "retrying" else describe(payload))
+        right = "  ".join(tail)
+        width = max(20, self._width() - 1)  # never the last column: some terminals wrap there
+        if total:
+            percent = 100 if status == "complete" else min(100, done * 100 // total)
+            # Sized for a typical tail rather than this one, so that the bar does
+            # not jump as the numbers change length.
+            room = width - len(head) - len(" 100% ||") - TAIL_ROOM
+            bar_width = max(0, min(30, room))
+            filled = bar_width * percent // 100
+            bar = f"|{self._fill * filled}{self._empty * (bar_width - filled)}|" if bar_width >= 5 else ""
+            line = f"{head}{percent:3d}% {bar}{right}"
+        else:
+            line = head + right.lstrip()
+        self.out.write("\r" + line[:width] + ERASE)
+        self.out.flush()
+        self._drawn = True
