@@ -43,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     "ARW_DL_CHUNK_BYTES": 1 * MiB,
     # Bytes written between two fsyncs of a `.part` (bounds what a crash can lose).
     "ARW_DL_FSYNC_BYTES": 64 * MiB,
+    # Write a single stream's `.part` past the page cache (O_DIRECT): `auto` where the
+    # file system allows it, `on` (a download fails if it refuses), `off`.
+    "ARW_DL_DIRECT_IO": "auto",
     # Least time between two progress events of one job, in ms.
     "ARW_DL_PROGRESS_INTERVAL_MS": 250,
     # Resume the incomplete downloads found in the state directory at start.
@@ -90,6 +93,16 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+DIRECT_IO_MODES = ("auto", "on", "off")
+
+
+def _direct_io(text: str) -> str:
+    value = text.strip().lower()
+    if value not in DIRECT_IO_MODES:
+        raise ValueError(f"not one of {', '.join(DIRECT_IO_MODES)}: {text!r}")
+    return value
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse_optional(text: str) -> Any:
         return None if text.strip() == "" else parse(text)
@@ -112,6 +125,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ARW_DL_RETRY_BACKOFF_MAX_MS": float,
     "ARW_DL_CHUNK_BYTES": int,
     "ARW_DL_FSYNC_BYTES": int,
+    "ARW_DL_DIRECT_IO": _direct_io,
     "ARW_DL_PROGRESS_INTERVAL_MS": float,
     "ARW_DL_RESUME_ON_START": _bool,
     "ARW_DL_STALE_PART_HOURS": float,
@@ -165,6 +179,7 @@ class Settings:
     backoff_max: float
     chunk_bytes: int
     fsync_bytes: int
+    direct_io: str
     progress_interval: float
     resume_on_start: bool
     stale_part_secs: float
@@ -210,6 +225,7 @@ class Settings:
             backoff_max=float(get("ARW_DL_RETRY_BACKOFF_MAX_MS")) / 1000.0,
             chunk_bytes=int(get("ARW_DL_CHUNK_BYTES")),
             fsync_bytes=int(get("ARW_DL_FSYNC_BYTES")),
+            direct_io=_direct_io(str(get("ARW_DL_DIRECT_IO"))),
             progress_interval=float(get("ARW_DL_PROGRESS_INTERVAL_MS")) / 1000.0,
             resume_on_start=bool(get("ARW_DL_RESUME_ON_START")),
             stale_part_secs=float(get("ARW_DL_STALE_PART_HOURS")) * 3600.0,
@@ -260,6 +276,7 @@ class Settings:
             "retry_backoff_max_ms": self.backoff_max * 1000.0,
             "chunk_bytes": self.chunk_bytes,
             "fsync_bytes": self.fsync_bytes,
+            "direct_io": self.direct_io,
             "progress_interval_ms": self.progress_interval * 1000.0,
             "resume_on_start": self.resume_on_start,
             "stale_part_hours": self.stale_part_secs / 3600.0,
