@@ -31,6 +31,16 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+DIRECT_IO_MODES = ("auto", "on", "off")
+
+
+def _direct_io(text: str) -> str:
+    value = text.strip().lower()
+    if value not in DIRECT_IO_MODES:
+        raise ValueError(f"not one of {', '.join(DIRECT_IO_MODES)}: {text!r}")
+    return value
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse_optional(text: str) -> Any:
         return None if text.strip() == "" else parse(text)
@@ -121,6 +131,8 @@ SETTINGS: tuple[Setting, ...] = (
             'Bytes asked of the socket per read in the transfer loop.'),
     Setting("ARW_DL_FSYNC_BYTES", 64 * MiB, int,
             'Bytes written between two fsyncs of a `.part` (bounds what a crash can lose).'),
+    Setting("ARW_DL_DIRECT_IO", "auto", _direct_io,
+            "Write a single stream's `.part` past the page cache (O_DIRECT): `auto` where the file system allows it, `on` (a download fails if it refuses), `off`."),
     Setting("ARW_DL_PROGRESS_INTERVAL_MS", 250, float,
             'Least time between two progress events of one job, in ms.'),
     Setting("ARW_DL_RESUME_ON_START", True, _bool,
@@ -214,6 +226,7 @@ class Settings:
     backoff_max: float
     chunk_bytes: int
     fsync_bytes: int
+    direct_io: str
     progress_interval: float
     resume_on_start: bool
     stale_part_secs: float
@@ -263,6 +276,7 @@ class Settings:
             backoff_max=float(get("ARW_DL_RETRY_BACKOFF_MAX_MS")) / 1000.0,
             chunk_bytes=int(get("ARW_DL_CHUNK_BYTES")),
             fsync_bytes=int(get("ARW_DL_FSYNC_BYTES")),
+            direct_io=_direct_io(str(get("ARW_DL_DIRECT_IO"))),
             progress_interval=float(get("ARW_DL_PROGRESS_INTERVAL_MS")) / 1000.0,
             resume_on_start=bool(get("ARW_DL_RESUME_ON_START")),
             stale_part_secs=float(get("ARW_DL_STALE_PART_HOURS")) * 3600.0,
@@ -319,6 +333,7 @@ class Settings:
             "retry_backoff_max_ms": self.backoff_max * 1000.0,
             "chunk_bytes": self.chunk_bytes,
             "fsync_bytes": self.fsync_bytes,
+            "direct_io": self.direct_io,
             "progress_interval_ms": self.progress_interval * 1000.0,
             "resume_on_start": self.resume_on_start,
             "stale_part_hours": self.stale_part_secs / 3600.0,

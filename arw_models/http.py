@@ -14,11 +14,18 @@ below); ``tests/test_http_fence.py`` checks every one against the installed urll
 and requests, so an upgrade that moves one of them fails by name rather than as a
 cancel that silently stops being prompt. ``setup.cfg`` keeps urllib3 below its next
 major version for the same reason.
+
+The body of a download is read here too, by :func:`body_reader`: straight from the
+socket into the caller's buffer, past urllib3 (whose ``read`` makes a new object of
+every chunk, which a fast link pays for in allocations and page faults), through
+the ``http.client`` response under it, keeping its framing.
 """
 
 from __future__ import annotations
 
 import errno
+import http.client
+import io
 import os
 import selectors
 import socket
@@ -34,6 +41,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    IncompleteRead,
     LocationParseError,
     NameResolutionError,
     NewConnectionError,
@@ -101,6 +109,22 @@ PRIVATE_NAMES: tuple[Private, ...] = (
     Private("requests.adapters.HTTPAdapter.proxy_manager_for", "method",
             "overridden to put the tracked pools into each HTTP(S) proxy manager",
             ("self", "proxy", "proxy_kwargs")),
+    Private("urllib3.response.HTTPResponse._fp", "instance attribute",
+            "the http.client response under urllib3's, whose body body_reader reads"),
+    Private("http.client.HTTPResponse.fp", "instance attribute",
+            "the buffered socket file the body is read from: first the bytes it holds, then "
+            "from its raw file; None once the body has ended"),
+    Private("http.client.HTTPResponse.length", "instance attribute",
+            "the body bytes still to come (None: up to the end of the connection), kept as "
+            "readinto keeps it"),
+    Private("http.client.HTTPResponse.chunked", "instance attribute",
+            "a chunked body is left to urllib3: only a plain one is read past it"),
+    Private("http.client.HTTPResponse._close_conn", "method",
+            "called where readinto calls it, at the end of the body", ("self",)),
+    Private("http.client.HTTPResponse.readinto", "method",
+            "mirrored by body_reader, which reads what has arrived where readinto waits for a "
+            "full buffer: the clip to length, the bookkeeping and the close must stay the same",
+            ("self", "b"), ("self.fp.readinto(b)", "self.length -= n", "self._close_conn()")),
 )
 
 __doc__ = (__doc__ or "") + "\nThe names relied on:\n\n" + "\n".join(
@@ -307,3 +331,77 @@ class socket_hook:
 
     def __exit__(self, *exc: object) -> None:
         _tls.on_socket = None
+
+
+def body_reader(response: Any) -> Callable[[memoryview], int]:
+    """A ``readinto`` for the body of a streamed ``requests`` response: it puts the
+    bytes that have arrived (waiting for at least one) at the start of the buffer,
+    exactly as sent (no content decoding), and returns how many; 0 at the end of the
+    body. A body shorter than its ``Content-Length`` raises urllib3's
+    ``IncompleteRead``, and socket errors come as they are (``OSError``).
+
+    A plain body goes from the socket into the buffer, with no copy in between and
+    no object made per read; a chunked one (or a response that is not urllib3's over
+    ``http.client``, such as a test double) is read through urllib3 and copied."""
+    raw = response.raw
+    fp = getattr(raw, "_fp", None)
+    if (isinstance(fp, http.client.HTTPResponse) and fp.chunked is False
+            and isinstance(getattr(fp, "fp", None), io.BufferedReader)):
+        return _PlainBody(fp).readinto
+    read = getattr(raw, "read1", None) or raw.read
+
+    def readinto(view: memoryview) -> int:
+        data = read(len(view), decode_content=False)
+        n = len(data)
+        view[:n] = data
+        return n
+
+    return readinto
+
+
+class _PlainBody:
+    """``http.client.HTTPResponse.readinto`` that returns what has arrived instead
+    of waiting for a full buffer: a stall must not hold back bytes already received
+    (they are written, counted and resumable), and a cancel must find them on disk.
+
+    The bytes that came with the headers sit in the buffered socket file; once they
+    are taken, each read is one ``recv_into`` on its raw file. (``readinto1`` of the
+    buffered file is no substitute: with a few bytes buffered and a large buffer to
+    fill, it waits for more after copying them, and a timeout then loses them.)"""
+
+    def __init__(self, fp: http.client.HTTPResponse) -> None:
+        self._fp = fp
+        self._got = 0
+        self._buffered: int | None = None  # bytes the buffered file holds, once known
+
+    def readinto(self, view: memoryview) -> int:
+        fp = self._fp
+        source = fp.fp
+        if source is None:
+            return 0
+        length = fp.length
+        if length is not None and len(view) > length:
+            view = view[:length]
+        if not len(view):
+            n = 0
+        else:
+            if self._buffered is None:
+                self._buffered = len(source.peek(1))  # reads once if nothing is buffered
+            if self._buffered:
+                n = source.readinto(view[: self._buffered])  # a copy of buffered bytes, no read
+                self._buffered -= n
+            else:
+                got = source.raw.readinto(view)
+                if got is None:  # only a non-blocking socket says "nothing yet", and ours block
+                    raise BlockingIOError(errno.EAGAIN, "the socket has no bytes to read yet")
+                n = got
+        if not n and len(view):
+            fp._close_conn()
+            if length:
+                raise IncompleteRead(self._got, length)
+        elif length is not None:
+            fp.length = length - n
+            if not fp.length:
+                fp._close_conn()
+        self._got += n
+        return n

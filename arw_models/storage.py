@@ -44,6 +44,7 @@ from .files import (
     restrict_tree,
     write_atomic,
 )
+from .partfile import PartFile
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +121,11 @@ def _read_json(path: str, *, follow_parent: bool = False) -> Any:
         return json.load(fh)
 
 
-def open_part(path: str, append: bool) -> BinaryIO:
-    """A ``.part`` opened for writing, never through a link, unbuffered so that a
-    failed write leaves nothing behind to fail again on close."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
-    return os.fdopen(open_fd(path, flags), "ab" if append else "wb", buffering=0)
+def open_part(path: str, append: bool) -> PartFile:
+    """A ``.part`` opened for writing at its end (emptied first unless ``append``),
+    never through a link, unbuffered so that a failed write leaves nothing behind
+    to fail again on close; it can bypass the page cache (see :mod:`.partfile`)."""
+    return PartFile(path, open_fd(path, os.O_WRONLY | os.O_CREAT | (0 if append else os.O_TRUNC)))
 
 
 def open_part_at(path: str) -> BinaryIO:

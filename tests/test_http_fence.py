@@ -10,8 +10,10 @@ private name of theirs that its list leaves out.
 from __future__ import annotations
 
 import ast
+import http.client
 import importlib
 import inspect
+import io
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 import requests.adapters
 import urllib3
+import urllib3.response
 from urllib3.connection import HTTPConnection
 from urllib3.poolmanager import PoolManager
 
@@ -54,11 +57,33 @@ def _connection() -> Iterator[Any]:
         conn.close()
 
 
+def _http_client_response() -> Iterator[Any]:
+    class Socket:  # all that HTTPResponse.__init__ asks of its socket; nothing is read
+        def makefile(self, mode: str) -> io.BytesIO:
+            return io.BytesIO(b"")
+
+    response = http.client.HTTPResponse(Socket())  # type: ignore[arg-type]
+    try:
+        yield response
+    finally:
+        response.close()
+
+
+def _urllib3_response() -> Iterator[Any]:
+    response = urllib3.response.HTTPResponse(body=io.BytesIO(b""), preload_content=False)
+    try:
+        yield response
+    finally:
+        response.close()
+
+
 # How to get an instance of each class whose instance attributes are relied on.
 INSTANCES: dict[str, Callable[[], Iterator[Any]]] = {
     "urllib3.connection.HTTPConnection": _connection,
     "urllib3.poolmanager.PoolManager": _pool_manager,
     "requests.adapters.HTTPAdapter": _adapter,
+    "http.client.HTTPResponse": _http_client_response,
+    "urllib3.response.HTTPResponse": _urllib3_response,
 }
 
 

@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 
 HASH_READ = 4 * 1024 * 1024
 
+# How a single stream's .part is opened for writing at its end (append) or from byte
+# 0: the object has write (which may write short), fileno and close, and is a context
+# manager. One that also has bypass_page_cache(required=...) is asked to write past
+# the page cache, as ARW_DL_DIRECT_IO says (storage.open_part's PartFile has it).
 Opener = Callable[[str, bool], BinaryIO]
 Limits = Callable[[DownloadJob, "int | None", int], None]
 
@@ -175,6 +179,15 @@ class Download:
             fh = self._open(self.part, bool(offset))
         except OSError as exc:
             raise fetch.disk_error(exc, offset) from None
+        # The default opener's file can write past the page cache; a file from
+        # another opener is written as it is.
+        bypass = getattr(fh, "bypass_page_cache", None)
+        if bypass is not None and self.s.direct_io != "off":
+            try:
+                bypass(required=self.s.direct_io == "on")
+            except OSError as exc:
+                fh.close()
+                raise fetch.disk_error(exc, offset) from None
 
         job.segments = 1
         try:

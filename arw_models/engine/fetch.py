@@ -1,16 +1,16 @@
 """One HTTP request for the rest of a range, the checks that its answer really
 continues the bytes on disk, and the loop that streams its body into the ``.part``.
 
-The hot loop only reads, writes, hashes and counts: no events, no logging, no
-clock. A stop is seen between chunks, and a cancel also shuts the socket down (see
-:mod:`arw_models.http`), so a read blocked on a stalled origin returns at once.
+The hot loop only reads and hands each read on to be written and hashed: no
+events, no logging, no clock, no allocation per chunk. A stop is seen between
+chunks, and a cancel also shuts the socket down (see :mod:`arw_models.http`), so a
+read blocked on a stalled origin returns at once.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -28,7 +28,10 @@ from ..headers import (
     redact_url,
     same_version,
 )
+from ..http import body_reader
 from ..jobs import DownloadJob
+from ..partfile import ALIGN
+from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -170,51 +173,48 @@ def _check_version(response: Any, job: DownloadJob, offset: int, recorded: dict[
 
 
 def stream(response: Any, job: DownloadJob, settings: Settings, fh: BinaryIO, offset: int,
-           update: Callable[[Any], None], durable: Callable[[int], None]) -> int:
-    """Streams the body into ``fh`` (positioned at ``offset``), hashing with
-    ``update``; calls ``durable(n)`` each time the first ``n`` bytes are fsynced.
-    Returns the bytes on disk at the end of the body."""
-    raw = response.raw
-    read = getattr(raw, "read1", raw.read)
-    chunk, stop, max_bytes, fsync_every = settings.chunk_bytes, job.stop_event, settings.max_bytes, settings.fsync_bytes
-    write = fh.write
-    downloaded = offset
-    unsynced = 0
-    bucket = job.bucket
-    while True:
-        try:
-            buf = read(bucket.read_size(chunk), decode_content=False)
-        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
-            check_stop(job)
-            raise network_error(exc, job, f"at byte {downloaded}") from None
-        if not buf:
-            break
-        if stop.is_set() or (bucket.rate and not bucket.take(len(buf), stop)):
-            raise JobStopped()
-        try:
-            written = write(buf)
-            while written < len(buf):  # a short write: the disk is filling up
-                written += write(memoryview(buf)[written:])
-        except OSError as exc:
-            raise disk_error(exc, downloaded) from None
-        update(buf)
-        downloaded += len(buf)
-        job.downloaded = downloaded
-        if max_bytes is not None and downloaded > max_bytes:
-            raise TransferError("size-limit", f"the file is larger than the limit of {max_bytes} bytes",
-                                keep_part=False, limit=max_bytes)
-        unsynced += len(buf)
-        if unsynced >= fsync_every:
-            sync(fh, downloaded)
-            durable(downloaded)
-            unsynced = 0
-    sync(fh, downloaded)
-    durable(downloaded)
-    return downloaded
+           update: Callable[[Any], Any], durable: Callable[[int], None]) -> int:
+    """Streams the body into ``fh`` (at ``offset``), hashing with ``update``; calls
+    ``durable(n)`` each time the first ``n`` bytes are fsynced. Returns the bytes
+    on disk at the end of the body; ``job.downloaded`` counts them as they are written.
 
+    This thread only reads, into the buffers of a :class:`~.pipeline.Pipeline`,
+    whose threads write and hash each read as it comes (a stall holds back nothing
+    received). The buffers line up with the file's blocks (byte ``i`` of a buffer
+    is at ``i`` modulo ``ALIGN`` in the file), so that a file bypassing the page
+    cache writes them as they are, whatever byte a resume starts from."""
+    readinto = body_reader(response)
+    stop, max_bytes, bucket = job.stop_event, settings.max_bytes, job.bucket
+    received = offset
+    size = -(-settings.chunk_bytes // ALIGN) * ALIGN
 
-def sync(fh: BinaryIO, at: int) -> None:
-    try:
-        os.fsync(fh.fileno())
-    except OSError as exc:
-        raise disk_error(exc, at) from None
+    def progress(n: int) -> None:
+        job.downloaded = n
+
+    with Pipeline(fh, offset, size, update=update, progress=progress, durable=durable,
+                  sync_every=settings.fsync_bytes, fail=disk_error, wake=job.interrupt) as pipe:
+        buf = pipe.take()
+        fill = offset % ALIGN
+        while True:
+            pipe.check()
+            try:
+                # Limited, a read takes a slice of the rate at most (ratelimit.Bucket).
+                n = readinto(buf[fill:] if not bucket.rate else buf[fill : fill + bucket.read_size(size - fill)])
+            except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+                check_stop(job)
+                pipe.check()  # a failed write woke this read
+                raise network_error(exc, job, f"at byte {received}") from None
+            if not n:
+                break
+            if stop.is_set() or (bucket.rate and not bucket.take(n, stop)):
+                raise JobStopped()
+            pipe.write(buf[fill : fill + n])
+            fill += n
+            received += n
+            if max_bytes is not None and received > max_bytes:
+                raise TransferError("size-limit", f"the file is larger than the limit of {max_bytes} bytes",
+                                    keep_part=False, limit=max_bytes)
+            if fill == size:
+                pipe.give_back(buf)
+                buf, fill = pipe.take(), 0
+        return pipe.finish()

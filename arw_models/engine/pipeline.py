@@ -1,0 +1,156 @@
+"""A single stream's buffers, and the two threads behind its reads.
+
+Design: the stream's own thread only reads. Each read lands in one of a few large
+buffers and is handed on at once to a writer thread, which writes it into the
+``.part`` (past the page cache where the file can: such a write waits for the
+device, and reading goes on meanwhile), counts it, fsyncs every ``sync_every``
+bytes and records what is durable; then to a hashing thread (hashlib lets go of
+the GIL on large buffers). A read, a write and a hash of three pieces run at once,
+and the digest covers exactly the bytes written, in order, and no other. A buffer
+is read into again only once all its bytes are hashed. The buffers are ``mmap``
+pages: aligned, as ``O_DIRECT`` needs, and allocated once per stream, not per read.
+
+A failed write (a full disk) is the writer's to report: it counts what reached the
+file, lets the pieces after it pass unwritten (their buffers still come back), and
+wakes the reader, which may be waiting on a stalled origin, through ``wake``; the
+reader raises the error at its next :meth:`Pipeline.check`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any, Self
+
+RING = 4  # buffers: one being read into, the others being written or hashed
+
+_Item = tuple[memoryview | None, memoryview | None] | None  # (a piece to pass on, a buffer to give back)
+
+
+class Pipeline:
+    """Writes and hashes, on threads of their own, what the caller reads into the
+    buffers from :meth:`take`. Use it as a context manager; :meth:`finish` at the
+    end of the body."""
+
+    def __init__(self, fh: Any, offset: int, size: int, *, update: Callable[[Any], Any],
+                 progress: Callable[[int], None], durable: Callable[[int], None], sync_every: int,
+                 fail: Callable[[OSError, int], BaseException], wake: Callable[[], None], count: int = RING) -> None:
+        self._fh = fh
+        self.written = offset
+        self._update, self._progress, self._durable = update, progress, durable
+        self._sync_every, self._unsynced = sync_every, 0
+        self._fail, self._wake = fail, wake
+        self._error: BaseException | None = None
+        self._free: SimpleQueue[memoryview] = SimpleQueue()
+        for _ in range(count):
+            self._free.put(memoryview(mmap.mmap(-1, size)))
+        self._writes: SimpleQueue[_Item] = SimpleQueue()
+        self._hashes: SimpleQueue[_Item] = SimpleQueue()
+        self._threads = [threading.Thread(target=self._write_loop, name="arw-write", daemon=True),
+                         threading.Thread(target=self._hash_loop, name="arw-hash", daemon=True)]
+        self._ended = False
+        for thread in self._threads:
+            thread.start()
+
+    # -- the reader's side ------------------------------------------------------------------
+
+    def take(self) -> memoryview:
+        """A buffer to read into, once its earlier bytes are written and hashed."""
+        return self._free.get()
+
+    def write(self, piece: memoryview) -> None:
+        """Writes, then hashes, ``piece``: a part of a buffer from :meth:`take`, not
+        to be read into again before that buffer comes back from :meth:`take`."""
+        self._writes.put((piece, None))
+
+    def give_back(self, buffer: memoryview) -> None:
+        """``buffer`` is full: it comes back from :meth:`take` once its bytes are through."""
+        self._writes.put((None, buffer))
+
+    def check(self) -> None:
+        """Raises the error of a write, an fsync or the hash, if one failed."""
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> int:
+        """Waits until everything read is written and hashed, fsyncs, and returns the
+        bytes in the file."""
+        self._end()
+        self.check()
+        self._sync()
+        self.check()
+        return self.written
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self._writes.put(None)
+            for thread in self._threads:
+                thread.join()
+
+    # -- the threads ------------------------------------------------------------------------
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+            self._wake()
+
+    def _write_loop(self) -> None:
+        try:
+            while (item := self._writes.get()) is not None:
+                piece, buffer = item
+                if piece is not None and self._error is None:
+                    self._hashes.put((self._write(piece), None))
+                    if self._unsynced >= self._sync_every and self._error is None:
+                        try:
+                            self._sync()
+                        except BaseException as exc:  # noqa: BLE001 - raised in the reader's thread by check()
+                            self._failed(exc)
+                if buffer is not None:
+                    self._hashes.put((None, buffer))
+        finally:
+            self._hashes.put(None)
+
+    def _write(self, piece: memoryview) -> memoryview:
+        """Writes ``piece``; returns the part of it now in the file (all of it, unless
+        the write failed)."""
+        write, size, done = self._fh.write, len(piece), 0
+        try:
+            while done < size:  # a short write: the disk is filling up
+                done += write(piece[done:] if done else piece)
+        except OSError as exc:
+            self._failed(self._fail(exc, self.written + done))
+        self.written += done
+        self._unsynced += done
+        self._progress(self.written)
+        return piece[:done] if done < size else piece
+
+    def _sync(self) -> None:
+        """fsyncs the file; then the bytes written so far may be recorded as durable."""
+        try:
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            self._failed(self._fail(exc, self.written))
+            return
+        self._unsynced = 0
+        self._durable(self.written)
+
+    def _hash_loop(self) -> None:
+        while (item := self._hashes.get()) is not None:
+            piece, buffer = item
+            if piece is not None:
+                try:
+                    self._update(piece)
+                except BaseException as exc:  # noqa: BLE001 - raised in the reader's thread by check()
+                    self._failed(exc)
+            if buffer is not None:
+                self._free.put(buffer)
