@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -35,7 +36,7 @@ from ..storage import (
 )
 from . import fetch
 from .plan import Continuation, Plan, Span, continuation, validator_of
-from .segments import FileChanged, RangesRefused, Segments, preallocate
+from .segments import PROBE_SECS, FileChanged, RangesRefused, Segments, preallocate
 from .verify import PrefixHasher
 
 log = logging.getLogger(__name__)
@@ -160,21 +161,33 @@ class Download:
             self._limits(job, answer.total, answer.offset)
             self._remember(response, answer, plan, sidecar or {})
             job.began(answer.offset, answer.total)
-            if self._splits(response, answer):
-                assert answer.total is not None
-                ranges = Plan.split(answer.total, answer.offset, self.s.segments)
-                first = next(s for s in ranges.spans if s.start == answer.offset)
+            self._prepare_hash(answer.offset)
+            if not self._splits(response, answer):
+                self._stream(response, answer.offset, answer.total)
+                return
+            # One stream for a moment: a fast origin gains nothing from more
+            # connections but CPU time, and a slow one gets them all.
+            assert answer.total is not None
+            started = time.monotonic()
+            have = self._stream(response, answer.offset, answer.total,
+                                until=lambda n: time.monotonic() - started >= PROBE_SECS)
+            rate = (have - answer.offset) / max(1e-6, time.monotonic() - started)
+            if have < answer.total and rate >= self.s.split_below:
+                self._stream(response, have, answer.total)
+            elif have < answer.total:
+                ranges = Plan.split(answer.total, have, self.s.segments)
+                first = next(s for s in ranges.spans if s.start == have)
                 first.active = True
                 self._segments(ranges, validator_of(self._sidecar), response, first)
-                return
-            self._prepare_hash(answer.offset)
-            self._stream(response, answer)
         finally:
             job.attach_response(None)
             response.close()
 
-    def _stream(self, response: Any, answer: fetch.Answer) -> None:
-        job, offset, total = self.job, answer.offset, answer.total
+    def _stream(self, response: Any, offset: int, total: int | None,
+                until: Callable[[int], bool] | None = None) -> int:
+        """The body into the ``.part`` from ``offset``, to its end (or until
+        ``until`` says so); returns the bytes on disk."""
+        job = self.job
         try:
             fh = self._open(self.part, bool(offset))
         except OSError as exc:
@@ -192,15 +205,19 @@ class Download:
         job.segments = 1
         try:
             with fh:
-                downloaded = fetch.stream(response, job, self.s, fh, offset, self._hasher.update, self._record_durable)
+                downloaded = fetch.stream(response, job, self.s, fh, offset, self._hasher.update,
+                                          self._record_durable, until)
         finally:
             job.segments = 0
             self._hashed = job.downloaded  # every byte written is hashed, and no other
         fetch.check_stop(job)  # a shut-down socket reads as EOF
+        if until is not None and total is not None and downloaded < total:
+            return downloaded  # cut short on purpose
         if total is not None and downloaded != total:
             raise TransferError("size-mismatch", f"received {downloaded} bytes, expected {total}",
                                 retryable=downloaded < total, keep_part=downloaded < total,
                                 received=downloaded, expected_bytes=total, url=redact_url(job.url))
+        return downloaded
 
     # -- parallel ranges -------------------------------------------------------------------
 

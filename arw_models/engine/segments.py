@@ -21,7 +21,6 @@ import errno
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -40,7 +39,8 @@ from .verify import PrefixHasher
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-# How long the first connection runs alone before more are opened, if it is slow.
+# How long a download that could be split runs on one stream before more
+# connections are opened, if that stream is slow (engine.Download).
 PROBE_SECS = 0.5
 
 
@@ -81,30 +81,16 @@ class Segments:
     # -- the connections ----------------------------------------------------------------
 
     def run(self, first: Any = None, first_span: Span | None = None) -> None:
-        """Fetches every range. ``first``, an answer already accepted for
-        ``first_span``, is read alone for a moment: more connections are opened only
-        if it brings less than ``ARW_DL_SPLIT_BELOW_MBPS`` (a fast origin gains
-        nothing from them but CPU time)."""
+        """Fetches every range; ``first``, an answer already accepted for
+        ``first_span``, is read on one of the connections."""
         count = max(1, min(self.s.segments, len([s for s in self.plan.spans if s.remaining])))
-        threads: list[threading.Thread] = []
-
-        def open_connections(n: int, *args: Any) -> None:
-            for _ in range(n):
-                thread = threading.Thread(target=self._connection, args=args, daemon=True,
-                                          name=f"arw-segment-{self.job.id}-{len(threads)}")
-                threads.append(thread)
-                thread.start()
-                args = ()
-
-        if first is not None and first_span is not None:
-            open_connections(1, first, first_span)
-            before, started = self.plan.durable, time.monotonic()
-            threads[0].join(PROBE_SECS)
-            rate = (self.plan.durable - before) / max(1e-6, time.monotonic() - started)
-            if threads[0].is_alive() and rate < self.s.split_below:
-                open_connections(count - 1)
-        else:
-            open_connections(count)
+        threads = []
+        for n in range(count):
+            args = (first, first_span) if n == 0 and first is not None else ()
+            thread = threading.Thread(target=self._connection, args=args, daemon=True,
+                                      name=f"arw-segment-{self.job.id}-{n}")
+            threads.append(thread)
+            thread.start()
         for thread in threads:
             thread.join()
         if self._errors:
