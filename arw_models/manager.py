@@ -12,7 +12,8 @@ Declared seams, for tests and for embedding: :attr:`DownloadManager.open_part`
 (how a ``.part`` is opened for writing; set it before the job starts),
 :attr:`~DownloadManager.disk_free`, :attr:`~DownloadManager.checkpoint` (called
 with a point's name and the job, in the job's thread: ``transferred`` when the body
-is on disk, ``verified`` before the install, ``installed`` after it, ``failed``
+is on disk, ``verified`` before the install, ``installed`` after it, ``answered``
+once the origin's answer has come (before it is checked), ``failed``
 when an attempt failed, before the retry is decided), and the ``clock``.
 """
 

@@ -43,6 +43,9 @@ class Resource:
     stall_after: int | None = None  # stop sending after this many body bytes of a response...
     stalls: int = 1  # ...this many times
     statuses: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # answered first, in order
+    range_status: int | None = None  # the answer to every request with a Range header
+    range_drop_after: int | None = None  # close a ranged response after this many body bytes...
+    range_drops: int = 0  # ...this many times
     announce_length: int | None = None  # a Content-Length that lies
     range_shift: int = 0  # answer a range that starts this far from the one asked for
     send_length: bool = True
@@ -102,6 +105,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._plain(seen, 404, {})
         if early is not None:
             return self._plain(seen, early[0], early[1])
+        if res.range_status is not None and self.headers.get("Range"):
+            return self._plain(seen, res.range_status, {})
         data = res.data
         start, end, status = 0, len(data) - 1, 200
         requested = _RANGE.match(self.headers.get("Range", ""))
@@ -157,6 +162,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             drop_at = res.drop_after if res.drop_after is not None and res.drops > 0 else None
             if drop_at is not None:
                 res.drops -= 1
+            elif res.range_drop_after is not None and res.range_drops > 0 and seen.range:
+                drop_at = res.range_drop_after
+                res.range_drops -= 1
             stall_at = res.stall_after if res.stall_after is not None and res.stalls > 0 else None
             if stall_at is not None:
                 res.stalls -= 1

@@ -150,6 +150,7 @@ class Download:
         response = fetch.request(session, job, self.s, headers)
         job.attach_response(response)
         try:
+            self._checkpoint("answered")
             fetch.check_stop(job)
             recorded = (sidecar or {}) if plan.resumes else {}
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)

@@ -1,0 +1,155 @@
+"""Failures inside a download fetched in parallel ranges (and at the edges of the
+single stream): a range that drops, a range refused, statuses at the edges of
+'retry', a stop right after the answer, a crash before the first fsync."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from arw_models import ArwModels
+from arw_models.manager import PROGRESS
+
+from .conftest import Service, post_download
+from .helpers import listing, models_dir, part, read
+from .origin import Origin, payload
+from .servers import Gunicorn
+from .sse import SSEClient
+from .test_deploy import is_status, read_frames_until
+
+KiB = 1024
+MiB = 1024 * KiB
+# Slow enough that the half-second probe splits the rest into ranges.
+SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB}
+
+
+def test_ranges_that_drop_are_fetched_again_on_their_own(service: Service, origin: Origin) -> None:
+    app, client, watch = service(**SPLIT)
+    res = origin.add("/d.gguf", payload(8 * MiB, seed=140), throttle=4 * MiB, range_drop_after=256 * KiB,
+                     range_drops=3)
+    post_download(client, "d", origin.url("/d.gguf"), sha256=res.sha256)
+    done = watch.terminal("d", timeout=20)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "d.gguf")) == res.data
+    ranged = [s for s in origin.requests_for("/d.gguf") if s.range]
+    assert len(ranged) >= 3 + 3  # the dropped ones, asked again from where they stopped
+    assert "error" not in watch.statuses("d")
+
+
+def test_a_range_refused_ends_the_download_with_that_status(service: Service, origin: Origin) -> None:
+    _app, client, watch = service(**SPLIT)
+    res = origin.add("/r.gguf", payload(8 * MiB, seed=141), throttle=4 * MiB, range_status=403)
+    post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
+    done = watch.terminal("r", timeout=20)
+    assert done["status"] == "error" and done["code"] == "http-status" and done["http_status"] == 403
+    assert client.get("/models").json["items"] == []
+
+
+def test_a_split_part_is_preallocated_to_the_whole_size(service: Service, origin: Origin) -> None:
+    app, client, watch = service(**dict(SPLIT, ARW_DL_IDLE_TIMEOUT_SECS=30))
+    res = origin.add("/p.gguf", payload(8 * MiB, seed=142), throttle=2 * MiB)
+    post_download(client, "p", origin.url("/p.gguf"))
+    watch.until(lambda e: e.payload.get("id") == "p" and e.payload.get("segments", 0) > 1)
+    assert os.path.getsize(part(app, "p")) == len(res.data)  # a full disk would have shown at once
+    recorded = json.loads(read(part(app, "p") + ".json"))["ranges"]
+    assert len(recorded) > 1  # on record before the file grew
+    client.post("/models/download/cancel", json={"id": "p"})
+    assert watch.terminal("p")["status"] == "canceled"
+
+
+@pytest.mark.parametrize("ignore_if_range", [False, True], ids=["if-range-honoured", "if-range-ignored"])
+def test_a_file_that_changes_while_its_ranges_run_is_fetched_again_whole(
+    service: Service, origin: Origin, ignore_if_range: bool,
+) -> None:
+    """The probe is over and the ranges run when the file changes (the first
+    answer's connection drops at that moment): the range asked again is of the new
+    version. The download starts over and installs the new file, never a mix."""
+    app, client, watch = service(**SPLIT)
+    old, new = payload(8 * MiB, seed=143), payload(8 * MiB, seed=144)
+    origin.add("/c.gguf", old, throttle=4 * MiB, drop_after=3 * MiB, ignore_if_range=ignore_if_range,
+               on_drop=lambda r: (r.replace(new), setattr(r, "throttle", None)))
+    post_download(client, "c", origin.url("/c.gguf"))
+    done = watch.terminal("c", timeout=20)
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "c.gguf")) == new
+    codes = [p["code"] for p in watch.payloads("c") if p["status"] == "retrying"]
+    assert "resume-invalid" in codes
+
+
+@pytest.mark.parametrize(("status", "retried"), [(499, False), (500, True), (599, True), (600, False)])
+def test_which_statuses_are_retried(service: Service, origin: Origin, status: int, retried: bool) -> None:
+    _app, client, watch = service()
+    res = origin.add("/s.gguf", payload(10 * KiB, seed=145), statuses=[(status, {})])
+    post_download(client, "s", origin.url("/s.gguf"), sha256=res.sha256)
+    done = watch.terminal("s")
+    if retried:
+        assert done["status"] == "complete" and "retrying" in watch.statuses("s")
+    else:
+        assert done["status"] == "error" and done["http_status"] == status
+
+
+@pytest.mark.parametrize(("status", "retried"), [(499, False), (500, True), (599, True)])
+def test_which_statuses_of_a_range_are_retried(service: Service, origin: Origin, status: int,
+                                               retried: bool) -> None:
+    app, client, watch = service(**SPLIT)
+    res = origin.add("/t.gguf", payload(8 * MiB, seed=146), throttle=4 * MiB)
+    post_download(client, "t", origin.url("/t.gguf"), sha256=res.sha256)
+    watch.until(lambda e: e.payload.get("id") == "t" and e.payload.get("status") == "downloading")
+    with origin.lock:
+        res.statuses.extend([(status, {})] * 2)  # the next range requests
+    done = watch.terminal("t", timeout=20)
+    if retried:
+        assert done["status"] == "complete" and read(os.path.join(models_dir(app), "t.gguf")) == res.data
+    else:
+        assert done["status"] == "error" and done["http_status"] == status
+
+
+def test_a_stop_right_after_the_answer_publishes_no_start(service: Service, origin: Origin,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    app, client, watch = service()
+    origin.add("/a.gguf", payload(100 * KiB, seed=147))
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "answered":
+            job.stop("cancel")
+
+    monkeypatch.setattr(ArwModels.state(app).manager, "checkpoint", checkpoint)
+    post_download(client, "a", origin.url("/a.gguf"))
+    assert watch.terminal("a")["status"] == "canceled"
+    assert watch.statuses("a") == ["canceled"]
+    assert listing(app) == []
+
+
+def test_kill_9_before_the_first_fsync_of_a_split_download_resumes_right(
+    gunicorns: Callable[..., Gunicorn], origin: Origin, tmp_path: Path,
+) -> None:
+    """No range has been fsynced yet (the window is 64 MiB), and no sha256 would
+    catch a hole: only the ranges on record say what the preallocated .part holds."""
+    state = tmp_path / "state"
+    res = origin.add("/k.gguf", payload(8 * MiB, seed=148), throttle=2 * MiB)
+    body = {"id": "k", "url": origin.url("/k.gguf")}
+    env = {"ARW_DL_SEGMENTS": "4", "ARW_DL_SEGMENT_MIN_MB": "1", "ARW_DL_RESUME_ON_START": "0"}
+    first = gunicorns("first", state, **env)
+    first.wait_ready()
+    with SSEClient(first.url + "/events") as sse:
+        assert sse.next().event == "service.connected"
+        assert requests.post(first.url + "/models/download", json=body, timeout=5).status_code == 202
+        read_frames_until(sse, lambda f: f.event == PROGRESS and f.payload.get("segments", 0) > 1)
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    res.throttle = None
+    second = gunicorns("second", state, **env)
+    second.wait_ready()
+    with SSEClient(second.url + "/events", params={"prefix": "Models."}) as sse:
+        assert sse.next().event == "service.connected"
+        assert requests.post(second.url + "/models/download", json=body, timeout=5).status_code == 202
+        frames = read_frames_until(sse, is_status("k", "complete", "error", "canceled"))
+    assert frames[-1].payload["status"] == "complete"
+    assert (state / "models" / "k.gguf").read_bytes() == res.data
