@@ -409,7 +409,7 @@ def test_a_cancel_that_lands_after_the_last_byte_still_wins(
     monkeypatch.setattr(manager, "checkpoint", checkpoint)
     post_download(client, "late", origin.url("/late.gguf"))
     assert watch.terminal("late")["status"] == "canceled"
-    assert points == ["transferred"]
+    assert points == ["answered", "transferred"]
     assert client.get("/models").json["items"] == []
     assert os.listdir(models_dir(app)) == []
 
@@ -571,3 +571,25 @@ def test_a_post_made_on_a_jobs_terminal_signal_finds_the_job_over(service: Servi
     assert len(origin.requests_for("/gone.gguf")) == 2
 
 
+
+
+def test_a_post_in_the_moment_after_the_install_gets_the_installed_model(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is installed and its job not yet over: the same POST answers 200 with
+    the model (not a 409, not a second download)."""
+    app, client, watch = service()
+    res = origin.add("/w.gguf", payload(1000, seed=59))
+    manager = ArwModels.state(app).manager
+    answers: list[Any] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "installed":
+            answers.append(manager.submit(job.id, job.url, None, "local"))
+
+    monkeypatch.setattr(manager, "checkpoint", checkpoint)
+    post_download(client, "w", origin.url("/w.gguf"), sha256=res.sha256)
+    assert watch.terminal("w")["status"] == "complete"
+    [(status, model)] = answers
+    assert status == 200 and model["sha256"] == res.sha256 and model["file"] == "w.gguf"
+    assert len(origin.requests_for("/w.gguf")) == 1

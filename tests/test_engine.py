@@ -145,6 +145,12 @@ def test_progress_is_told_only_for_new_bytes_with_speed_and_eta() -> None:
     fields = job.tick(4.0)
     # Over the last 3 s only (the window): 400 bytes since the sample at 1.0.
     assert fields is not None and fields["speed"] == 133 and fields["eta_s"] == 4.5
+    job.downloaded = 700
+    fields = job.tick(5.0)  # 600 bytes in the last 3 s: 200/s, 300 to go; eta to a tenth
+    assert fields is not None and fields["eta_s"] == 1.5
+    job.downloaded = 950
+    fields = job.tick(6.0)  # 850 bytes in 3 s: 50 to go in 0.176... s, told to a tenth
+    assert fields is not None and fields["speed"] == 283 and fields["eta_s"] == 0.2
 
 
 def test_progress_stops_once_the_job_verifies() -> None:
