@@ -57,7 +57,9 @@ DEFAULT_TARGETS = [
 # module's tests would catch; ``--tests`` overrides the map for one run.
 _ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_downloads.py",
                  "tests/test_resume_validators.py", "tests/test_scheduling.py", "tests/test_segments.py",
-                 "tests/test_edge_cases.py", "tests/test_resilience.py", "tests/test_symlinks.py"]
+                 "tests/test_segment_faults.py", "tests/test_pause.py", "tests/test_ratelimit.py",
+                 "tests/test_direct_io.py", "tests/test_edge_cases.py", "tests/test_resilience.py",
+                 "tests/test_symlinks.py"]
 DEFAULT_TESTS = {
     "arw_models/engine/__init__.py": _ENGINE_TESTS,
     "arw_models/engine/plan.py": ["tests/test_engine.py", "tests/test_segments.py", *_ENGINE_TESTS[1:]],
