@@ -83,7 +83,10 @@ def test_a_file_that_changes_while_its_ranges_run_is_fetched_again_whole(
     assert "resume-invalid" in codes
 
 
-@pytest.mark.parametrize(("status", "retried"), [(499, False), (500, True), (599, True), (600, False)])
+@pytest.mark.parametrize(("status", "retried"), [
+    (407, False), (408, True), (409, False), (428, False), (429, True), (430, False),
+    (499, False), (500, True), (599, True), (600, False),
+])
 def test_which_statuses_are_retried(service: Service, origin: Origin, status: int, retried: bool) -> None:
     _app, client, watch = service()
     res = origin.add("/s.gguf", payload(10 * KiB, seed=145), statuses=[(status, {})])
@@ -95,7 +98,8 @@ def test_which_statuses_are_retried(service: Service, origin: Origin, status: in
         assert done["status"] == "error" and done["http_status"] == status
 
 
-@pytest.mark.parametrize(("status", "retried"), [(499, False), (500, True), (599, True)])
+@pytest.mark.parametrize(("status", "retried"), [(407, False), (408, True), (429, True), (499, False), (500, True),
+                                               (599, True)])
 def test_which_statuses_of_a_range_are_retried(service: Service, origin: Origin, status: int,
                                                retried: bool) -> None:
     app, client, watch = service(**SPLIT)
@@ -153,3 +157,15 @@ def test_kill_9_before_the_first_fsync_of_a_split_download_resumes_right(
         frames = read_frames_until(sse, is_status("k", "complete", "error", "canceled"))
     assert frames[-1].payload["status"] == "complete"
     assert (state / "models" / "k.gguf").read_bytes() == res.data
+
+
+def test_a_file_without_a_validator_is_never_split(service: Service, origin: Origin) -> None:
+    """Ranges fetched apart must be shown to come from one version: without an ETag
+    or a Last-Modified nothing could show it, so the file comes as one stream."""
+    _app, client, watch = service(**SPLIT)
+    res = origin.add("/n.gguf", payload(4 * MiB, seed=149), throttle=4 * MiB, last_modified=None)
+    res.etag = None
+    post_download(client, "n", origin.url("/n.gguf"), sha256=res.sha256)
+    assert watch.terminal("n", timeout=20)["status"] == "complete"
+    assert [s.range for s in origin.requests_for("/n.gguf")] == [None]
+    assert max(p.get("segments", 0) for p in watch.payloads("n")) == 1

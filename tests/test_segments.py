@@ -254,6 +254,8 @@ def test_a_segmented_download_paused_before_its_first_fsync_resumes_whole(servic
     assert 0 < paused < 8 * MiB
     recorded = json.loads(read(os.path.join(models_dir(app), "p.part.json")))["ranges"]
     assert len(recorded) > 1 and sum(done for _, _, done in recorded) == paused
+    # What the parallel ranges wrote is on record too, not only the first stream's part.
+    assert sum(done for start, _, done in recorded if start > 0) > 0
     res.throttle = None
     before = len(origin.requests_for("/p.gguf"))
     assert client.post("/models/download/resume", json={"id": "p"}).status_code == 202
