@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Any
 
 import requests
 
 from arw_models import ArwModels
-from arw_models.events import EventHub
+from arw_models.events import EventHub, stream_response
 
 from .conftest import LiveServer
 from .origin import payload
@@ -240,3 +241,31 @@ def test_subscribe_during_publishing_has_no_gap_or_duplicate() -> None:
         ids = [e.id for e in backlog + live]
         assert ids == list(range(first + 1, total + 1))
     hub.close()
+
+
+def test_a_response_closed_twice_releases_once() -> None:
+    hub = EventHub()
+    released: list[int] = []
+    response = stream_response(hub, on_close=lambda: released.append(1))
+    assert hub.subscriber_count == 1
+    response.close()
+    response.close()
+    assert released == [1] and hub.subscriber_count == 0
+
+
+def test_a_queue_of_no_size_still_holds_one_event() -> None:
+    hub = EventHub(queue_size=0)
+    sub, _ = hub.subscribe()
+    hub.publish("Test.One", {})
+    got = sub.get(timeout=0)
+    assert got is not None and [e.kind for e in got] == ["Test.One"]
+    hub.unsubscribe(sub)
+
+
+def test_an_open_subscription_waits_for_events() -> None:
+    hub = EventHub()
+    sub, _ = hub.subscribe()
+    started = time.monotonic()
+    assert sub.get(timeout=0.2) == []
+    assert time.monotonic() - started >= 0.15  # it waited, it did not spin
+    hub.unsubscribe(sub)
