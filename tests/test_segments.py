@@ -247,7 +247,10 @@ def test_a_segmented_download_paused_before_its_first_fsync_resumes_whole(servic
     app, client, watch = service(**SEGMENTED)
     res = origin.add("/p.gguf", payload(8 * MiB, seed=110), throttle=2 * MiB)
     post_download(client, "p", origin.url("/p.gguf"))  # no sha256: nothing else would catch a hole
-    watch.until(lambda e: e.payload.get("id") == "p" and e.payload.get("segments", 0) > 1)
+    split = watch.until(lambda e: e.payload.get("id") == "p" and e.payload.get("segments", 0) > 1).payload
+    # The parallel ranges have written something of their own, still short of any fsync.
+    watch.until(lambda e: e.payload.get("id") == "p" and e.payload.get("downloaded", 0) >= split["downloaded"]
+                + 512 * KiB)
     r = client.post("/models/download/pause", json={"id": "p"})
     assert r.status_code == 200 and r.json["status"] == "paused"
     paused = r.json["downloaded"]
