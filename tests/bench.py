@@ -146,13 +146,13 @@ class Bench:
 
     def start_origins(self) -> None:
         base = os.path.join(self.work, "origin")
-        try:
-            if self.args.origin == "python":
-                pytest.skip("--origin python")
-            binary = debian.binary("nginx-light", "nginx", "/usr/sbin/nginx")
-        except pytest.skip.Exception as exc:
-            if self.args.origin != "python":
+        binary = None
+        if self.args.origin != "python":
+            try:
+                binary = debian.binary("nginx-light", "nginx", "/usr/sbin/nginx")
+            except pytest.skip.Exception as exc:
                 self.note(f"the Python origin stands in for nginx: {exc.msg}")
+        if binary is None:
             self.root = base
             os.makedirs(base)
             self.py_fast = PyOrigin(base)

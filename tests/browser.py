@@ -8,7 +8,6 @@ import contextlib
 import functools
 import http.server
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -16,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import debian
+from . import debian, nginx
 
 # Flags that keep Chromium quiet and offline: no QUIC, no updates, no sync, no
 # first-run work. Playwright adds --headless and --no-sandbox itself.
@@ -109,15 +108,7 @@ http {{
         return f"http://127.0.0.1:{self.port}"
 
     def close(self) -> None:
-        if self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)  # fast shutdown of the master and its worker
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+        nginx.stop(self.proc)
 
 
 def nginx_binary() -> str:

@@ -62,12 +62,17 @@ http {{
             return fh.read().splitlines()
 
     def close(self) -> None:
-        if self.proc.returncode is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)  # fast shutdown of the master and its worker
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+        stop(self.proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Ends an nginx master (and its worker): SIGTERM is its fast shutdown."""
+    if proc.returncode is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        raise
