@@ -18,6 +18,7 @@ from flask import (
 )
 
 from . import __version__, web
+from .engine import sources
 from .errors import (
     ArwError,
     BadRequest,
@@ -140,6 +141,12 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url is required: an http or https URL", code="invalid-url")
     if len(value) > MAX_URL or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise BadRequest("url must be a single http or https URL without spaces", code="invalid-url")
+    if value.startswith(sources.HF_SCHEME):
+        try:
+            sources.parse_hf(value)
+        except sources.InvalidReference as exc:
+            raise BadRequest(f"url is not a valid hf:// reference: {exc}", code="invalid-url") from None
+        return value
     try:
         parts = urlsplit(value)
         port = parts.port  # raises on a malformed port
@@ -174,6 +181,39 @@ def checked_rate(value: Any, name: str) -> int | None:
     return value
 
 
+# Headers the transfer sets itself, or that describe the connection rather than the request.
+RESERVED_HEADERS = frozenset({
+    "host", "range", "if-range", "accept-encoding", "content-length", "transfer-encoding", "connection",
+    "keep-alive", "te", "trailer", "upgrade", "expect", "proxy-connection",
+})
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+MAX_HEADERS = 32
+
+
+def checked_headers(value: Any) -> dict[str, str]:
+    """Request headers for a gated origin: an object of header names to strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_HEADERS:
+        raise BadRequest(f"headers must be an object of at most {MAX_HEADERS} header names to string values",
+                         code="invalid-headers")
+    seen: set[str] = set()
+    for name, text in value.items():
+        if not HEADER_NAME.fullmatch(name):
+            raise BadRequest("a header name must be an HTTP token", code="invalid-headers")
+        if name.lower() in RESERVED_HEADERS:
+            raise BadRequest(f"the header {name} is set by the service itself", code="invalid-headers")
+        if name.lower() in seen:
+            raise BadRequest(f"the header {name} is given twice", code="invalid-headers")
+        seen.add(name.lower())
+        # The value is never quoted back: it may be a credential.
+        if not isinstance(text, str) or len(text) > 8192 or any(ord(ch) < 32 and ch != "\t" or ord(ch) == 127
+                                                                 for ch in text):
+            raise BadRequest(f"the value of header {name} must be a string of printable characters",
+                             code="invalid-headers")
+    return {name: text.strip() for name, text in value.items()}
+
+
 def checked_provider(value: Any) -> str:
     if value is None:
         return "local"
@@ -190,7 +230,9 @@ def download() -> Response | tuple[Response, int]:
     sha256 = checked_sha256(body.get("sha256"))
     provider = checked_provider(body.get("provider"))
     rate_limit = checked_rate(body.get("rate_limit"), "rate_limit")
-    status, item = service().manager.submit(model_id, url, sha256, provider, rate_limit=rate_limit)
+    headers = checked_headers(body.get("headers"))
+    status, item = service().manager.submit(model_id, url, sha256, provider, rate_limit=rate_limit,
+                                            headers=headers)
     response = jsonify(item)
     response.status_code = status
     if status == 202:

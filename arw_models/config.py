@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+from .headers import redact_url
 
 MiB = 1024 * 1024
 
@@ -68,6 +71,34 @@ def parse_origins(value: Any) -> list[str]:
             raise ValueError(f"ARW_CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port]) or '*'")
         origins.append(origin)
     return origins
+
+
+def _endpoint(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("must be an http or https url, such as https://huggingface.co")
+    return text.strip().rstrip("/")
+
+
+def parse_mirrors(value: Any) -> tuple[str, ...]:
+    """``ARW_DL_MIRRORS``: url templates, each an http(s) url once ``{host}`` and
+    ``{path}`` are filled in."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        items = [v.strip() for v in str(value or "").split(",")]
+    templates = []
+    for item in items:
+        if not item:
+            continue
+        sample = item.replace("{host}", "example.org").replace("{path}", "/f")
+        parts = urlsplit(sample)
+        if parts.scheme not in ("http", "https") or not parts.hostname or "{" in sample or "}" in sample:
+            raise ValueError(f"{item!r} is not an http(s) url template with {{host}} and {{path}}")
+        if "{path}" not in item:
+            raise ValueError(f"{item!r} has no {{path}}: every file would be fetched from one url")
+        templates.append(item)
+    return tuple(templates)
 
 
 def _log_format(value: Any) -> str | None:
@@ -165,6 +196,12 @@ SETTINGS: tuple[Setting, ...] = (
             'Request threads of the server. The bundled gunicorn configuration sets the real number; None: unknown (a host app under some other server).'),
     Setting("ARW_BODY_TIMEOUT_SECS", 10.0, float,
             'Seconds a request body may take to arrive before it is answered with 408.'),
+    Setting("ARW_HF_ENDPOINT", "https://huggingface.co", _endpoint,
+            'The Hugging Face hub that `hf://` references resolve against (a mirror of it, say); unset: HF_ENDPOINT, else the public hub.'),
+    Setting("ARW_HF_TOKEN", None, _optional(str),
+            'Token sent (as `Authorization: Bearer`) with `hf://` downloads, to the hub host alone; unset: HF_TOKEN. Never shown.'),
+    Setting("ARW_DL_MIRRORS", None, _optional(parse_mirrors),
+            'Comma-separated url templates tried in order before the origin, with `{host}` (the url\'s host and port) and `{path}` (its path and query), e.g. `http://cache.lan:8080/{host}{path}`.'),
     Setting("ARW_LOG_FORMAT", None, _optional(str),
             'Unset: the service leaves logging to its host. "text" or "json": the `arw_models` logger gets its own stderr handler in that format (json: one object per line), at INFO unless its level is set.'),
 )
@@ -206,6 +243,10 @@ def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
                 found[key] = parse(environ[key])
             except ValueError as exc:
                 raise ValueError(f"{key}={environ[key]!r}: {exc}") from None
+    # The hub's own variables, as huggingface_hub reads them, when ours are unset.
+    for ours, theirs in (("ARW_HF_TOKEN", "HF_TOKEN"), ("ARW_HF_ENDPOINT", "HF_ENDPOINT")):
+        if ours not in found and environ.get(theirs):
+            found[ours] = _PARSERS[ours](environ[theirs])
     return found
 
 
@@ -244,6 +285,9 @@ class Settings:
     max_streams: int
     body_timeout: float
     log_format: str | None
+    hf_endpoint: str = "https://huggingface.co"
+    hf_token: str | None = field(default=None, repr=False)
+    mirrors: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -252,6 +296,7 @@ class Settings:
             if isinstance(value, str) and key in _PARSERS and key not in (
                 "ARW_STATE_DIR",
                 "ARW_ADMIN_TOKEN",
+                "ARW_HF_TOKEN",
                 "ARW_BIND",
             ):
                 value = _PARSERS[key](value)
@@ -294,6 +339,10 @@ class Settings:
             max_streams=events_stream_cap(threads) if max_streams is None else int(max_streams),
             body_timeout=float(get("ARW_BODY_TIMEOUT_SECS")),
             log_format=_log_format(get("ARW_LOG_FORMAT")),
+            # The hub's own variables, as huggingface_hub reads them, when ours are unset.
+            hf_endpoint=_endpoint(str(get("ARW_HF_ENDPOINT"))),
+            hf_token=(get("ARW_HF_TOKEN") or "").strip() or None,
+            mirrors=parse_mirrors(get("ARW_DL_MIRRORS") or ()),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -351,5 +400,8 @@ class Settings:
             "threads": self.threads,
             "body_timeout_secs": self.body_timeout,
             "log_format": self.log_format,
+            "hf_endpoint": self.hf_endpoint,
+            "hf_token": "set" if self.hf_token else None,
+            "mirrors": [redact_url(m) for m in self.mirrors],
             "auth": "token" if self.admin_token else "none",
         }

@@ -306,11 +306,26 @@ class _TrackingAdapter(HTTPAdapter):
         return manager
 
 
+class _Session(requests.Session):
+    """A session that keeps ``private_headers`` for the host they were meant for:
+    on a redirect to another host (or port) they are dropped, as requests drops
+    ``Authorization``. A gated origin's credentials or the hub's token must not
+    reach the CDN it redirects to."""
+
+    private_headers: frozenset[str] = frozenset()
+
+    def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if self.private_headers and self.should_strip_auth(response.request.url, prepared_request.url):
+            for name in self.private_headers:
+                prepared_request.headers.pop(name, None)
+
+
 def new_session(user_agent: str) -> requests.Session:
     """A session for one worker thread: one connection at a time, no retries of its
     own (the worker's loop retries, resuming from the bytes on disk), and sockets that
     go to the hook of :class:`socket_hook` while one is set."""
-    session = requests.Session()
+    session = _Session()
     adapter = _TrackingAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

@@ -88,6 +88,8 @@ class DownloadJob:
         self.url = url
         self.sha256 = sha256
         self.provider = provider
+        # Request headers for a gated origin: sent to its host alone, never shown.
+        self.headers: dict[str, str] = {}
         # Resumed by the service itself at start: a POST that differs takes it over.
         self.auto = auto
         self.clock = clock

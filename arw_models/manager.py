@@ -110,9 +110,12 @@ class DownloadManager:
             job.bucket.set_rate(rate)  # type: ignore[attr-defined]
 
     def submit(self, model_id: str, url: str, sha256: str | None, provider: str,
-               *, auto: bool = False, rate_limit: int | None = None) -> tuple[int, dict[str, Any]]:
+               *, auto: bool = False, rate_limit: int | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         """Starts, resumes or joins a download; (200, model) when already installed.
-        ``auto``: resumed by the service itself, so a POST that differs takes it over."""
+        ``auto``: resumed by the service itself, so a POST that differs takes it over.
+        ``headers``: for a gated origin (its host alone); not part of what the
+        download is, so a POST that differs only in them joins the running job."""
         with self._lock:
             if self._closed:
                 raise ArwError("the service is shutting down", status=503, code="shutting-down",
@@ -148,6 +151,7 @@ class DownloadManager:
                 return 200, public_model(installed, self.state)
             job = self._new_job(model_id, url, sha256, provider, auto=auto)
             job.rate_limit = rate_limit
+            job.headers = dict(headers or {})
             job.after = previous
             self._unpause(model_id)
             self._jobs[model_id] = job
@@ -252,6 +256,7 @@ class DownloadManager:
                 "file": final,
                 "path": path,
                 "sha256": result.digest,
+                "sha256_source": result.sha256_source,
                 "bytes": result.size,
                 "url": job.url,
                 "downloaded_at": utcnow(),
@@ -260,7 +265,11 @@ class DownloadManager:
                 remove_quietly(state.model_path(own))
             job.file = final
             job.downloaded = job.total = result.size
-            return {"file": final, "provider": job.provider, "sha256": result.digest, "bytes": result.size}
+            done = {"file": final, "provider": job.provider, "sha256": result.digest, "bytes": result.size,
+                    "sha256_source": result.sha256_source}
+            if result.deduplicated:
+                done["deduplicated"] = True
+            return done
 
         with self._lock:
             done = job.finish(install)
@@ -277,7 +286,8 @@ class DownloadManager:
         if job.stop_reason == "pause":
             # The .part and its sidecar stay, marked so that a restart leaves them be.
             sidecar = self.state.read_sidecar(job.id) or {
-                "id": job.id, "url": job.url, "sha256": job.sha256, "provider": job.provider, "created_at": utcnow()}
+                "id": job.id, "url": job.url, "sha256": job.sha256, "provider": job.provider, "created_at": utcnow(),
+                **({"headers": dict(job.headers)} if job.headers else {})}
             sidecar["paused"] = True
             self.state.write_sidecar(job.id, sidecar)
             job.downloaded = on_disk(self.state, job.id) or 0
@@ -367,7 +377,7 @@ class DownloadManager:
         if sidecar is None or not isinstance(sidecar.get("url"), str):
             raise NotFound(f"no download of {model_id} is paused or resumable", code="no-active-download")
         return self.submit(model_id, sidecar["url"], sidecar.get("sha256"), sidecar.get("provider") or "local",
-                           rate_limit=_rate(sidecar))
+                           rate_limit=_rate(sidecar), headers=_headers(sidecar))
 
     def cancel(self, model_id: str, wait: float = 10.0) -> dict[str, Any]:
         with self._lock:
@@ -443,7 +453,7 @@ class DownloadManager:
                 log.info("resuming %s from %s", model_id, redact_url(sidecar["url"]))
                 try:
                     self.submit(model_id, sidecar["url"], sidecar.get("sha256"), sidecar.get("provider") or "local",
-                                auto=True, rate_limit=_rate(sidecar))
+                                auto=True, rate_limit=_rate(sidecar), headers=_headers(sidecar))
                 except ArwError as exc:
                     log.warning("cannot resume %s: %s", model_id, exc.detail)
 
@@ -469,6 +479,14 @@ class DownloadManager:
 def _rate(sidecar: dict[str, Any]) -> int | None:
     value = sidecar.get("rate_limit")
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _headers(sidecar: dict[str, Any]) -> dict[str, str]:
+    """The gated origin's headers a paused or interrupted download was asked with."""
+    value = sidecar.get("headers")
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _began(job: DownloadJob) -> str:

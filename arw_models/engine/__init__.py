@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 
 from ..config import Settings
 from ..errors import JobStopped, TransferError
-from ..headers import filename_from_disposition, redact_url, strong_etag, url_filename
+from ..headers import filename_from_disposition, redact_url, strong_etag
 from ..http import socket_hook
 from ..jobs import DownloadJob, Status
 from ..storage import (
@@ -34,7 +34,7 @@ from ..storage import (
     sanitize_filename,
     utcnow,
 )
-from . import fetch
+from . import fetch, sources
 from .plan import Continuation, Plan, Span, continuation, validator_of
 from .segments import PROBE_SECS, FileChanged, RangesRefused, Segments, preallocate
 from .verify import PrefixHasher
@@ -59,6 +59,11 @@ class Result:
     name: str
     digest: str
     size: int
+    # Where the digest the file was checked against came from: the request's
+    # sha256, the origin's published one, or none (computed only).
+    sha256_source: str = "computed"
+    # The file is another model's, linked (or copied), not transferred.
+    deduplicated: bool = False
 
 
 def backoff_delay(failures: int, base: float, cap: float, uniform: Callable[[float, float], float] = random.uniform,
@@ -91,6 +96,7 @@ class Download:
         self._plan: Plan | None = None  # the parallel ranges, kept between attempts
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
+        self.source = sources.origin(job.url, job.headers, settings.hf_endpoint, settings.hf_token)
 
     # -- retries ------------------------------------------------------------------
 
@@ -138,6 +144,9 @@ class Download:
             if ranges is not None and ranges.segmented and ranges.total:
                 # A re-signed url of the same object is the one to ask from now on.
                 self._sidecar = {**sidecar, "url": job.url, "sha256": job.sha256}
+                self._sidecar.pop("headers", None)
+                if job.headers:
+                    self._sidecar["headers"] = dict(job.headers)
                 self._limits(job, ranges.total, ranges.durable)
                 job.began(ranges.durable, ranges.total)
                 self._segments(ranges, plan.validator)
@@ -147,7 +156,7 @@ class Download:
             headers["Range"] = f"bytes={plan.offset}-"
             if plan.validator:
                 headers["If-Range"] = plan.validator
-        response = fetch.request(session, job, self.s, headers)
+        response = fetch.request(session, job, self.s, headers, self.source)
         job.attach_response(response)
         try:
             self._checkpoint("answered")
@@ -249,7 +258,8 @@ class Download:
             hasher = PrefixHasher(fh.fileno(), plan.contiguous, self._hasher if start else None, start)
             self._plan = plan
             transfer = Segments(job, self.s, plan, fh, session=self._session, recorded=self._sidecar,
-                                validator=validator, hasher=hasher, durable=self._record_plan)
+                                validator=validator, hasher=hasher, durable=self._record_plan,
+                                source=self.source)
             try:
                 transfer.run(first, first_span)
             except RangesRefused:
@@ -319,6 +329,8 @@ class Download:
             "sha256": job.sha256,
             "provider": job.provider,
             "rate_limit": job.rate_limit,
+            # Needed again by a resume after a restart; the sidecar is the owner's alone (0600).
+            **({"headers": dict(job.headers)} if job.headers else {}),
             "created_at": previous.get("created_at") or utcnow(),
             "ranges": Plan.single(answer.total, answer.offset).to_json(),
         }
@@ -380,4 +392,5 @@ class Download:
         if job.sha256 and digest != job.sha256:
             raise TransferError("checksum-mismatch", "checksum mismatch", keep_part=False,
                                 expected=job.sha256, actual=digest)
-        return Result(sanitize_filename(self._filename or url_filename(job.url), fallback=job.id), digest, size)
+        return Result(sanitize_filename(self._filename or sources.filename_of(job.url), fallback=job.id), digest,
+                      size, sha256_source="request" if job.sha256 else "computed")

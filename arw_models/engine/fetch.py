@@ -32,6 +32,7 @@ from ..http import body_reader
 from ..jobs import DownloadJob
 from ..partfile import ALIGN
 from .pipeline import Pipeline
+from .sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,15 @@ def check_stop(job: DownloadJob) -> None:
         raise JobStopped()
 
 
-def request(session: requests.Session, job: DownloadJob, settings: Settings, headers: dict[str, str]) -> Any:
-    """Sends the request; every failure becomes a :class:`TransferError`."""
-    url = redact_url(job.url)
+def request(session: requests.Session, job: DownloadJob, settings: Settings, headers: dict[str, str],
+            source: Source) -> Any:
+    """Asks ``source`` (with ``headers`` for this request, and the source's own
+    headers for its host alone); every failure becomes a :class:`TransferError`."""
+    url = redact_url(source.url)
+    # The session drops these on a redirect to another host (arw_models.http._Session).
+    session.private_headers = frozenset(source.headers)  # type: ignore[attr-defined]
     try:
-        return session.get(job.url, headers=headers, stream=True,
+        return session.get(source.url, headers={**headers, **source.headers}, stream=True,
                            timeout=(settings.connect_timeout, settings.idle_timeout), allow_redirects=True)
     except requests.exceptions.SSLError as exc:
         check_stop(job)

@@ -34,6 +34,7 @@ from ..http import socket_hook
 from ..jobs import DownloadJob
 from . import fetch
 from .plan import Plan, Span
+from .sources import Source
 from .verify import PrefixHasher
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,9 @@ class _Aborted(Exception):
 class Segments:
     def __init__(self, job: DownloadJob, settings: Settings, plan: Plan, fh: BinaryIO, *,
                  session: Callable[[], Any], recorded: dict[str, Any], validator: str | None,
-                 hasher: PrefixHasher, durable: Callable[[Plan], None]) -> None:
+                 hasher: PrefixHasher, durable: Callable[[Plan], None], source: Source) -> None:
         self.job = job
+        self.source = source
         self.s = settings
         self.plan = plan
         self.fd = fh.fileno()
@@ -160,7 +162,7 @@ class Segments:
             headers = {"Range": f"bytes={span.position}-{span.end - 1}"}
             if self._validator:
                 headers["If-Range"] = self._validator
-            response = fetch.request(session, job, self.s, headers)
+            response = fetch.request(session, job, self.s, headers, self.source)
             job.attach_response(response)
             try:
                 self._accept(response, span)

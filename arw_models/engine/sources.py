@@ -1,0 +1,121 @@
+"""Where a download's bytes are asked for.
+
+A job names one url: an ``http(s)`` url, or ``hf://OWNER/REPO/PATH[@REVISION]``,
+a file on the Hugging Face hub (or on ``ARW_HF_ENDPOINT``), which resolves to the
+hub's ``/resolve/`` url. A :class:`Source` is one place to ask: its url, and the
+headers that may go to that url's own host and nowhere else (the hub token, the
+request's own ``headers`` for a gated origin). The session drops them on a
+redirect to another host (:func:`arw_models.http.new_session`): the hub answers
+with a redirect to a signed CDN url, which must never see the token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlsplit
+
+from ..headers import url_filename
+
+HF_SCHEME = "hf://"
+# The hub's own names: an owner (user or organisation) and a repository.
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95})")
+# Repositories that are not models live under a kind prefix, as huggingface_hub spells them.
+_KINDS = ("datasets", "spaces")
+
+
+class InvalidReference(ValueError):
+    """An ``hf://`` reference that names no file."""
+
+
+@dataclass(frozen=True)
+class HfRef:
+    kind: str | None  # None: a model repository
+    owner: str
+    repo: str
+    path: str
+    revision: str
+
+    def resolve_url(self, endpoint: str) -> str:
+        prefix = f"/{self.kind}" if self.kind else ""
+        return (f"{endpoint.rstrip('/')}{prefix}/{self.owner}/{self.repo}/resolve/"
+                f"{quote(self.revision, safe='')}/{quote(self.path)}")
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+def parse_hf(url: str) -> HfRef:
+    """``hf://[datasets/|spaces/]OWNER/REPO/PATH/IN/REPO[@REVISION]``; the revision
+    (a branch, a tag or a commit) defaults to ``main``."""
+    if not url.startswith(HF_SCHEME):
+        raise InvalidReference("not an hf:// reference")
+    rest = url[len(HF_SCHEME):]
+    if "?" in rest or "#" in rest or "\\" in rest:
+        raise InvalidReference("an hf:// reference has no query, fragment or backslash")
+    revision = "main"
+    head, at, tail = rest.rpartition("@")
+    if at and "/" in head and head.count("/") >= 2:
+        rest, revision = head, tail
+        if not revision or any(part in ("", ".", "..") for part in revision.split("/")):
+            raise InvalidReference("the revision after @ must name a branch, tag or commit")
+    parts = rest.split("/")
+    kind = parts.pop(0) if parts and parts[0] in _KINDS else None
+    if len(parts) < 3:
+        raise InvalidReference("an hf:// reference is hf://OWNER/REPO/PATH[@REVISION]")
+    owner, repo, path = parts[0], parts[1], parts[2:]
+    if not _NAME.fullmatch(owner) or not _NAME.fullmatch(repo):
+        raise InvalidReference("the owner and repository must be hub names (letters, digits, . _ -)")
+    if any(part in ("", ".", "..") for part in path):
+        raise InvalidReference("the path in the repository must not have empty, . or .. segments")
+    return HfRef(kind, owner, repo, "/".join(path), revision)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place to fetch the file from: ``url``, with ``headers`` that go to its
+    own host only. ``label`` is how events and listings name it."""
+
+    url: str
+    label: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    mirror: bool = False
+
+    def __repr__(self) -> str:  # never the headers' values
+        return f"Source({self.label!r}, headers={sorted(self.headers)!r})"
+
+
+def origin(url: str, headers: Mapping[str, str], hf_endpoint: str, hf_token: str | None) -> Source:
+    """The job's own url as a source: an ``hf://`` reference resolved, with the hub
+    token when there is one (for the hub's host only, like every header here)."""
+    private = dict(headers)
+    if url.startswith(HF_SCHEME):
+        url = parse_hf(url).resolve_url(hf_endpoint)
+        if hf_token and not any(k.lower() == "authorization" for k in private):
+            private["Authorization"] = f"Bearer {hf_token}"
+    return Source(url, "origin", private)
+
+
+def filename_of(url: str) -> str:
+    """The file name a url or an ``hf://`` reference suggests."""
+    if url.startswith(HF_SCHEME):
+        try:
+            return parse_hf(url).filename
+        except InvalidReference:
+            return ""
+    return url_filename(url)
+
+
+def same_host(a: str, b: str) -> bool:
+    """Whether two urls name the same host and port (the scheme's default port counted)."""
+    try:
+        x, y = urlsplit(a), urlsplit(b)
+        return (x.hostname, x.port or _default_port(x.scheme)) == (y.hostname, y.port or _default_port(y.scheme))
+    except ValueError:
+        return False
+
+
+def _default_port(scheme: str) -> int | None:
+    return {"http": 80, "https": 443}.get(scheme.lower())
