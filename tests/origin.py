@@ -50,6 +50,7 @@ class Resource:
     range_shift: int = 0  # answer a range that starts this far from the one asked for
     send_length: bool = True
     chunked: bool = False
+    headers: dict[str, str] = field(default_factory=dict)  # more headers on every 200 and 206
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -134,6 +135,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Disposition", res.content_disposition)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{start + len(body) - 1}/{len(data)}")
+        for name, value in res.headers.items():
+            self.send_header(name, value)
         if res.chunked:
             self.send_header("Transfer-Encoding", "chunked")
         elif res.send_length:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from .. import digests
 from ..config import Settings
 from ..errors import JobStopped, TransferError
 from ..headers import filename_from_disposition, redact_url, strong_etag
@@ -96,6 +97,7 @@ class Download:
         self._plan: Plan | None = None  # the parallel ranges, kept between attempts
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
+        self._published: str | None = None  # the SHA-256 the origin states for the bytes on disk
         self.source = sources.origin(job.url, job.headers, settings.hf_endpoint, settings.hf_token)
 
     # -- retries ------------------------------------------------------------------
@@ -139,6 +141,11 @@ class Download:
             self._truncate()
         if sidecar:
             self._filename = self._filename or sidecar.get("filename")
+        if plan.resumes:
+            recorded_digest = (sidecar or {}).get("published_sha256")
+            self._published = self._published or (recorded_digest if isinstance(recorded_digest, str) else None)
+        else:
+            self._published = None
         if plan.resumes and sidecar is not None:
             ranges = self._plan or Plan.from_json(sidecar.get("total"), sidecar.get("ranges"))
             if ranges is not None and ranges.segmented and ranges.total:
@@ -163,6 +170,7 @@ class Download:
             fetch.check_stop(job)
             recorded = (sidecar or {}) if plan.resumes else {}
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
+            self._take_published(response, answer)
             if answer.whole:
                 job.total = job.downloaded = answer.offset
                 return  # 416 for a .part that is already whole
@@ -192,6 +200,29 @@ class Download:
         finally:
             job.attach_response(None)
             response.close()
+
+    def _take_published(self, response: Any, answer: fetch.Answer) -> None:
+        """The SHA-256 the origin publishes (:mod:`arw_models.digests`), checked
+        before any byte of the body is read: against the request's, and against
+        the one published for the bytes on disk when they are continued."""
+        job = self.job
+        found = digests.along_chain(response)
+        size = digests.linked_size(response)
+        if size is not None and answer.total is not None and size != answer.total:
+            raise TransferError("size-mismatch", f"the origin states {size} bytes (X-Linked-Size) but serves "
+                                f"{answer.total}", expected_bytes=size, received=0, url=redact_url(job.url))
+        if found is None:
+            return
+        if job.sha256 and found.sha256 != job.sha256:
+            # The bytes on disk, if any, may still be right for a request with the right digest.
+            raise TransferError("checksum-mismatch", f"the origin publishes another sha256 ({found.header}) than "
+                                "the request's", expected=job.sha256, actual=found.sha256,
+                                published_by=found.header, url=redact_url(job.url))
+        if answer.offset and self._published and self._published != found.sha256:
+            self._truncate()
+            raise TransferError("resume-invalid", "the origin now publishes another sha256 for the file: it "
+                                "changed; starting again from byte 0", retryable=True, url=redact_url(job.url))
+        self._published = found.sha256
 
     def _stream(self, response: Any, offset: int, total: int | None,
                 until: Callable[[int], bool] | None = None) -> int:
@@ -334,6 +365,8 @@ class Download:
             "created_at": previous.get("created_at") or utcnow(),
             "ranges": Plan.single(answer.total, answer.offset).to_json(),
         }
+        if self._published:
+            self._sidecar["published_sha256"] = self._published
         if self._sidecar != previous:
             self.state.write_sidecar(job.id, self._sidecar)
 
@@ -344,7 +377,7 @@ class Download:
 
     def _truncate(self) -> None:
         self.state.truncate_part(self.job.id)
-        self._hasher, self._hashed, self._plan = None, 0, None
+        self._hasher, self._hashed, self._plan, self._published = None, 0, None, None
         self.job.downloaded = 0
 
     # -- the digest ----------------------------------------------------------------------
@@ -389,8 +422,11 @@ class Download:
         if job.total is not None and size != job.total:
             raise TransferError("size-mismatch", f"the file has {size} bytes, expected {job.total}",
                                 keep_part=False, received=size, expected_bytes=job.total)
-        if job.sha256 and digest != job.sha256:
-            raise TransferError("checksum-mismatch", "checksum mismatch", keep_part=False,
-                                expected=job.sha256, actual=digest)
+        expected = job.sha256 or self._published
+        origin = "request" if job.sha256 else "origin" if self._published else "computed"
+        if expected and digest != expected:
+            raise TransferError("checksum-mismatch", "checksum mismatch" if job.sha256 else
+                                "checksum mismatch: the file is not the one the origin publishes the sha256 of",
+                                keep_part=False, expected=expected, actual=digest, sha256_source=origin)
         return Result(sanitize_filename(self._filename or sources.filename_of(job.url), fallback=job.id), digest,
-                      size, sha256_source="request" if job.sha256 else "computed")
+                      size, sha256_source=origin)

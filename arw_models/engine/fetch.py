@@ -166,8 +166,9 @@ def _check_version(response: Any, job: DownloadJob, offset: int, recorded: dict[
         return
     if same is None:
         # No validator in the answer: it proves nothing either way. A 416 carries
-        # none as a rule; bytes of a 206 are kept only when a sha256 will catch a mix.
-        if response.status_code == 416 or job.sha256:
+        # none as a rule; bytes of a 206 are kept only when a sha256 (the request's,
+        # or one the origin published for them) will catch a mix.
+        if response.status_code == 416 or job.sha256 or recorded.get("published_sha256"):
             return
         why = "without a validator to show they are of the same version"
     else:

@@ -1,0 +1,166 @@
+"""Digests the origin publishes: each header form read right, refused when it
+does not cover the whole file, and used to verify a download that names none."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from typing import Any
+
+import pytest
+
+from arw_models import ArwModels, digests
+
+from .conftest import post_download
+from .helpers import listing, models_dir
+from .origin import payload
+
+MiB = 1024 * 1024
+DATA = b"the bytes of a model" * 1000
+HEX = hashlib.sha256(DATA).hexdigest()
+B64 = base64.b64encode(hashlib.sha256(DATA).digest()).decode()
+OTHER = hashlib.sha256(b"other bytes").hexdigest()
+OTHER_B64 = base64.b64encode(bytes.fromhex(OTHER)).decode()
+
+
+# -- reading one answer's headers ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers, header", [
+    ({"X-Linked-Etag": f'"{HEX}"'}, "X-Linked-Etag"),
+    ({"X-Linked-Etag": HEX.upper()}, "X-Linked-Etag"),
+    ({"Repr-Digest": f"sha-256=:{B64}:"}, "Repr-Digest"),
+    ({"Repr-Digest": f"sha-512=:{base64.b64encode(bytes(64)).decode()}:, sha-256=:{B64}:"}, "Repr-Digest"),
+    ({"Digest": f"SHA-256={B64}"}, "Digest"),
+    ({"Digest": f"md5=AAAAAAAAAAAAAAAAAAAAAA==, sha-256={B64.rstrip('=')}"}, "Digest"),
+    ({"x-amz-checksum-sha256": B64}, "x-amz-checksum-sha256"),
+    ({"x-amz-checksum-sha256": B64, "x-amz-checksum-type": "FULL_OBJECT"}, "x-amz-checksum-sha256"),
+])
+def test_each_form_is_read(headers: dict[str, str], header: str) -> None:
+    assert digests.published(headers) == (HEX, header)
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"X-Linked-Etag": '"' + "a" * 40 + '"'},  # a git blob id, not the file's SHA-256
+    {"X-Linked-Etag": f'W/"{HEX}"'},  # weak: names no bytes
+    {"X-Linked-Etag": HEX + "0"},
+    {"Repr-Digest": f"sha-256={B64}"},  # a byte sequence is written between colons
+    {"Repr-Digest": f"sha-512=:{B64}:"},
+    {"Repr-Digest": "sha-256=:bm90IGEgZGlnZXN0:"},  # 12 bytes
+    {"Digest": f"MD5={B64}"},
+    {"Digest": "SHA-256=!!!not base64!!!"},
+    {"x-amz-checksum-sha256": f"{B64}-3"},  # a checksum of the parts' checksums
+    {"x-amz-checksum-sha256": B64, "x-amz-checksum-type": "COMPOSITE"},
+    {"Content-Digest": f"sha-256=:{B64}:"},  # the message's, not the file's: a 206 carries a range's
+    # Under a content coding the representation is the coded bytes, not the file.
+    {"Repr-Digest": f"sha-256=:{B64}:", "Content-Encoding": "gzip"},
+    {"Digest": f"SHA-256={B64}", "Content-Encoding": "br"},
+])
+def test_what_does_not_state_the_files_digest_is_ignored(headers: dict[str, str]) -> None:
+    assert digests.published(headers) is None
+
+
+class _Answer:
+    def __init__(self, headers: dict[str, str], history: list[Any] | None = None) -> None:
+        self.headers, self.history = headers, history or []
+
+
+def test_the_redirect_chain_is_read_and_the_final_answer_comes_first() -> None:
+    hub = _Answer({"X-Linked-Etag": f'"{HEX}"', "X-Linked-Size": "20000", "Location": "https://cdn/x"})
+    cdn = _Answer({"ETag": '"abc"'}, [hub])
+    assert digests.along_chain(cdn) == (HEX, "X-Linked-Etag")
+    assert digests.linked_size(cdn) == 20000
+    assert digests.along_chain(_Answer({"Digest": f"SHA-256={OTHER_B64}"}, [hub])) == (OTHER, "Digest")
+    # A redirect's other digest headers describe the redirect, not the file.
+    assert digests.along_chain(_Answer({}, [_Answer({"Repr-Digest": f"sha-256=:{B64}:"})])) is None
+
+
+# -- downloads verified by them ---------------------------------------------------------------
+
+
+FORMS = {
+    "X-Linked-Etag": lambda hexdigest: {"X-Linked-Etag": f'"{hexdigest}"'},
+    "Repr-Digest": lambda hexdigest: {"Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(hexdigest)).decode()}:"},
+    "Digest": lambda hexdigest: {"Digest": f"SHA-256={base64.b64encode(bytes.fromhex(hexdigest)).decode()}"},
+    "x-amz-checksum-sha256": lambda hexdigest: {
+        "x-amz-checksum-sha256": base64.b64encode(bytes.fromhex(hexdigest)).decode()},
+}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_a_published_digest_verifies_the_download(form: str, client: Any, app: Any, origin: Any,
+                                                  watch: Any) -> None:
+    data = payload(MiB + 3)
+    res = origin.add("/m.gguf", data)
+    res.headers = FORMS[form](res.sha256)
+    assert post_download(client, "m", origin.url("/m.gguf")).status_code == 202
+    done = watch.terminal("m")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert done["sha256_source"] == "origin"
+    [model] = client.get("/models").json["items"]
+    assert model["sha256_source"] == "origin"
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_a_wrong_published_digest_fails_and_installs_nothing(form: str, client: Any, app: Any, origin: Any,
+                                                            watch: Any) -> None:
+    res = origin.add("/m.gguf", payload(MiB + 3))
+    res.headers = FORMS[form](OTHER)
+    post_download(client, "m", origin.url("/m.gguf"))
+    done = watch.terminal("m")
+    assert done["status"] == "error" and done["code"] == "checksum-mismatch"
+    assert (done["expected"], done["actual"]) == (OTHER, res.sha256)
+    assert done["sha256_source"] == "origin"
+    assert client.get("/models").json["items"] == []
+    assert listing(app) == []  # no .part, no sidecar, no file
+
+
+def test_a_request_sha256_that_disagrees_with_the_origins_fails_before_the_body(
+        client: Any, app: Any, origin: Any, watch: Any) -> None:
+    res = origin.add("/m.gguf", payload(8 * MiB))
+    res.headers = FORMS["Repr-Digest"](res.sha256)
+    manager = ArwModels.state(app).manager
+    opened: list[str] = []
+    real_open = manager.open_part
+    manager.open_part = lambda path, append: opened.append(path) or real_open(path, append)
+    post_download(client, "m", origin.url("/m.gguf"), sha256=OTHER)
+    done = watch.terminal("m")
+    assert done["status"] == "error" and done["code"] == "checksum-mismatch"
+    # Both values are shown: what the request expects and what the origin states.
+    assert (done["expected"], done["actual"]) == (OTHER, res.sha256)
+    assert opened == []  # the body was never read into a .part
+    assert listing(app) == []
+
+
+def test_without_a_digest_the_source_is_computed(client: Any, app: Any, origin: Any, watch: Any) -> None:
+    res = origin.add("/m.gguf", payload(MiB))
+    post_download(client, "m", origin.url("/m.gguf"))
+    done = watch.terminal("m")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert done["sha256_source"] == "computed"
+
+
+def test_a_resume_whose_origin_now_publishes_another_digest_starts_over(
+        client: Any, app: Any, origin: Any, watch: Any) -> None:
+    """Same ETag, same size, other bytes (an origin that reuses its validators): the
+    digest it publishes is what tells the versions apart."""
+    old, new = payload(2 * MiB, seed=1), payload(2 * MiB, seed=2)
+    res = origin.add("/m.gguf", old, drop_after=MiB, ignore_if_range=True)
+    res.headers = FORMS["X-Linked-Etag"](res.sha256)
+    etag = res.etag
+
+    def change(resource: Any) -> None:
+        resource.replace(new, etag=etag)
+        resource.last_modified = None
+        resource.headers = FORMS["X-Linked-Etag"](hashlib.sha256(new).hexdigest())
+
+    res.on_drop = change
+    post_download(client, "m", origin.url("/m.gguf"))
+    done = watch.terminal("m")
+    assert done["status"] == "complete" and done["sha256"] == hashlib.sha256(new).hexdigest()
+    with open(os.path.join(models_dir(app), "m.gguf"), "rb") as fh:
+        assert fh.read() == new
+    retried = [p for p in watch.payloads("m") if p["status"] == "retrying"]
+    assert any(p["code"] == "resume-invalid" for p in retried)
