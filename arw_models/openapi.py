@@ -25,6 +25,7 @@ PROBLEM_CODES: dict[str, int] = {
     "invalid-sha256": 400,
     "invalid-provider": 400,
     "invalid-rate-limit": 400,
+    "invalid-headers": 400,
     "invalid-json": 400,
     "invalid-body": 400,
     "incomplete-body": 400,
@@ -67,6 +68,9 @@ EVENT_ID_PATTERN = r"^\s*[0-9]{1,20}\s*$"
 # but one that every url matching it is: ports 1-65535, no blanks or controls.
 _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:" + _PORT + r")?(/[!-~]*)?$"
+_HUB_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+HF_PATTERN = (rf"^hf://((datasets|spaces)/)?{_HUB_NAME}/{_HUB_NAME}(/{_SEGMENT})+(@{_SEGMENT})?$")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -140,7 +144,7 @@ def _paths() -> dict[str, Any]:
              "202": _json(_ref("Job"), "Accepted: the job as it begins (queued, started or resumed), or the "
                           "running job of the same id, url and sha256", _LOCATION),
              **_problems("invalid-id", "invalid-url", "invalid-sha256", "invalid-provider", "invalid-rate-limit",
-                         "already-downloading", "download-ending", "shutting-down", *BODY, *AUTH, *SERVICE)},
+                         "invalid-headers", "already-downloading", "download-ending", "shutting-down", *BODY, *AUTH, *SERVICE)},
             admin=True, operation_id="startDownload",
             body={"required": True, "content": {"application/json": {"schema": _ref("DownloadRequest")}}},
             description="Answers at once; the transfer goes on in the background and reports on ``/events``.",
@@ -304,8 +308,9 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "id": _ref("ModelId"),
                 "url": {"type": "string", "minLength": 1, "maxLength": 8192,
-                        "pattern": URL_PATTERN,
-                        "description": "an http or https URL (no spaces; port 0 is refused)"},
+                        "anyOf": [{"pattern": URL_PATTERN}, {"pattern": HF_PATTERN}],
+                        "description": "an http or https URL (no spaces; port 0 is refused), or "
+                                       "hf://OWNER/REPO/PATH[@REVISION], a file on the Hugging Face hub"},
                 "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{64}$",
                            "description": "the expected SHA-256, 64 hex digits in either case"},
                 "provider": {"type": ["string", "null"], "minLength": 1, "maxLength": 64,
@@ -325,6 +330,8 @@ def _schemas() -> dict[str, Any]:
                 "file": {"type": "string"}, "path": {"type": "string"}, "sha256": _OPT_SHA,
                 "bytes": _INT, "url": {"type": "string", "description": "without credentials"},
                 "downloaded_at": {"type": "string"},
+                "sha256_source": {"enum": ["request", "origin", "computed"],
+                                  "description": "what the file was checked against"},
             },
         },
         "Job": {
@@ -372,7 +379,9 @@ def _schemas() -> dict[str, Any]:
             _progress("retrying", ("attempt", "delay_ms", "code"), attempt=_INT, delay_ms=_INT,
                       code={"enum": list(EVENT_ERROR_CODES)}, error={"type": "string"}, downloaded=_INT),
             _progress("complete", ("file", "provider", "sha256", "bytes"), file={"type": "string"},
-                      provider={"type": "string"}, sha256={"type": "string"}, bytes=_INT),
+                      provider={"type": "string"}, sha256={"type": "string"}, bytes=_INT,
+                      sha256_source={"enum": ["request", "origin", "computed"]},
+                      deduplicated={"type": "boolean", "description": "linked from a model already installed"}),
             _progress("error", ("code", "error"), code={"enum": list(EVENT_ERROR_CODES)}, error={"type": "string"},
                       expected={"type": "string"}, actual={"type": "string"}, http_status={"type": "integer"}),
             _progress("canceled"),
