@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--provider", help="a short label kept with the model (default: local)")
     download.add_argument("--rate-limit", type=int, metavar="BYTES_PER_SEC",
                           help="the most bytes per second for this download")
+    download.add_argument("--header", "-H", action="append", default=[], metavar="'NAME: VALUE'",
+                          type=_header, help="a request header for a gated origin (repeatable); sent to the "
+                          "url's own host only, never shown")
     download.add_argument("--on-interrupt", choices=ACTIONS,
                           help="what Ctrl-C does to the download, without asking (default: ask on a "
                                "terminal, else detach: it keeps running in the service)")
@@ -131,11 +134,22 @@ def post_id(remote: Remote, action: str, model_id: str) -> Any:
     return remote.call("POST", f"/models/download/{action}", {"id": model_id})[1]
 
 
+def _header(text: str) -> tuple[str, str]:
+    """``--header 'Name: value'``, as curl writes it."""
+    name, colon, value = text.partition(":")
+    if not colon or not name.strip() or name != name.strip():
+        # The value is not quoted back: it is often a credential.
+        raise argparse.ArgumentTypeError("a header is written 'NAME: VALUE'")
+    return name, value.strip()
+
+
 def cmd_download(remote: Remote, args: argparse.Namespace, out: Out) -> int:
     body: dict[str, Any] = {"id": args.id, "url": args.url}
     for key in ("sha256", "provider", "rate_limit"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
+    if args.header:
+        body["headers"] = dict(args.header)
     # Subscribe before the POST: every event of the job comes after this point, and
     # a reconnect asks for what came after the last one seen.
     stream = remote.events(["Models."])

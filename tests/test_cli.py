@@ -231,6 +231,29 @@ def test_download_sends_what_it_was_given_and_the_token(monkeypatch: pytest.Monk
     assert "m: complete" in capsys.readouterr().out  # the other job's error is not this one's
 
 
+@responses.activate
+def test_download_sends_gated_headers_and_never_prints_them(capsys: pytest.CaptureFixture[str]) -> None:
+    frames = ('event: service.connected\ndata: {"payload": {"last_event_id": 7}}\n\n'
+              'id: 9\nevent: Models.DownloadProgress\ndata: {"payload": {"id": "m", "status": "complete"}}\n\n')
+    responses.get("http://svc/events", body=frames, content_type="text/event-stream")
+    responses.post("http://svc/models/download", json={"id": "m", "status": "queued"}, status=202)
+    assert main(["--server", "http://svc/", "download", "m", "hf://o/r/m.gguf@v1", "-H", "Authorization: Bearer s3cret",
+                 "--header", "X-Team:  blue "]) == 0
+    post = responses.calls[1].request
+    assert json.loads(post.body) == {"id": "m", "url": "hf://o/r/m.gguf@v1",
+                                     "headers": {"Authorization": "Bearer s3cret", "X-Team": "blue"}}
+    out, err = capsys.readouterr()
+    assert "s3cret" not in out + err
+
+
+def test_a_malformed_header_is_refused_without_quoting_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--server", "http://svc/", "download", "m", "https://o/m.gguf", "-H", "Bearer-s3cret"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "NAME: VALUE" in err and "s3cret" not in err
+
+
 # Subprocesses: Ctrl-C, a terminal, and streams that break.
 
 def cli_env() -> dict[str, str]:
