@@ -49,6 +49,10 @@ HASH_READ = 4 * 1024 * 1024
 # the page cache, as ARW_DL_DIRECT_IO says (storage.open_part's PartFile has it).
 Opener = Callable[[str, bool], BinaryIO]
 Limits = Callable[[DownloadJob, "int | None", int], None]
+# Given a SHA-256: puts a link or copy of an installed file with that digest at the
+# job's .part (replacing what is there, sidecar included) and returns its size; None,
+# touching nothing, when no installed model has it. The manager's, see arw_models.dedup.
+Adopt = Callable[[str], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class Download:
 
     def __init__(self, job: DownloadJob, settings: Settings, state: StateDir, *,
                  session: Callable[[], Any], opener: Opener, limits: Limits,
-                 checkpoint: Callable[[str], None] = lambda point: None) -> None:
+                 checkpoint: Callable[[str], None] = lambda point: None,
+                 adopt: Adopt | None = None) -> None:
         self.job = job
         self.s = settings
         self.state = state
@@ -87,6 +92,7 @@ class Download:
         self._open = opener
         self._limits = limits
         self._checkpoint = checkpoint
+        self._adopt = adopt
         self.part = state.part_path(job.id)
         self._hasher: Any = None
         self._hashed = 0
@@ -120,6 +126,13 @@ class Download:
     # -- one attempt ------------------------------------------------------------------
 
     def attempt(self) -> Result:
+        if self.job.sha256 and self._adopt is not None:
+            # The digest asked for is known before any request: an installed model
+            # with it makes the transfer needless.
+            fetch.check_stop(self.job)
+            size = self._adopt(self.job.sha256)
+            if size is not None:
+                return self.adopted(self.job.sha256, "request", size)
         session = self._session()
         try:
             with socket_hook(self.job.attach_socket):
@@ -374,6 +387,18 @@ class Download:
                     raise TransferError("resume-invalid", "the .part is shorter than expected", retryable=True)
                 self._hasher.update(view[:n])
                 self._hashed += n
+
+    def adopted(self, digest: str, source: str, size: int) -> Result:
+        """The result of a ``.part`` that the ``adopt`` callback filled with an
+        installed file of ``digest`` (``source``: where that digest came from): not
+        hashed again, since it was verified when it was installed."""
+        job = self.job
+        self._hasher, self._hashed, self._plan = None, 0, None  # about bytes no longer there
+        job.began(0, size)
+        job.transition(Status.VERIFYING, quiet=True)
+        job.downloaded = size
+        return Result(sanitize_filename(self._filename or sources.filename_of(job.url), fallback=job.id), digest,
+                      size, sha256_source=source, deduplicated=True)
 
     def _verify(self) -> Result:
         job, state = self.job, self.state
