@@ -31,7 +31,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import JobStopped, TransferError
-from .files import directory_fd, fsync_dir, open_existing, open_fd, remove_quietly, rename_over, same_file, temp_path
+from .files import (
+    directory_fd,
+    fsync_dir,
+    open_existing,
+    open_fd,
+    remove_quietly,
+    rename_over,
+    same_file,
+    temp_path,
+)
 from .jobs import DownloadJob
 from .storage import Registry, StateDir
 

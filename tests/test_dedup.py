@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from arw_models import ArwModels, dedup
 
@@ -55,7 +56,12 @@ def test_same_sha256_under_another_id_is_linked_without_a_request(client: Any, a
     # The name is taken by a's file: c gets its own.
     assert done["file"] == "m-c.bin"
     assert requests_seen(origin) == before
-    assert watch.statuses("b") == ["started", "complete"]
+    assert watch.statuses("b") == ["complete"]  # nothing started: no transfer
+    assert ArwModels.state(app).observer.wait_for("c", "complete", timeout=10)
+    metrics = {s.name: s.value for f in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+               for s in f.samples}
+    assert metrics["arw_download_received_bytes_total"] == len(res.data)  # a's transfer alone
+    assert metrics["arw_downloads_started_total"] == 1 and metrics["arw_downloads_completed_total"] == 3
 
     paths = [os.path.join(models_dir(app), name) for name in ("m.bin", "missing.bin", "m-c.bin")]
     assert len({(os.stat(p).st_dev, os.stat(p).st_ino) for p in paths}) == 1  # one file, three names

@@ -9,6 +9,13 @@ manager to install, or raises :class:`~arw_models.errors.TransferError` (retryab
 or not) or :class:`~arw_models.errors.JobStopped`. Between attempts the
 :class:`Download` keeps what the next one can use: the digest of the bytes on disk
 and the retry budget; the manager decides when the next attempt runs.
+
+A download whose digest is known (the request's ``sha256``) first asks the
+manager's ``adopt`` callback for an installed file with it: when one exists, no
+request is made and :meth:`Download.adopted` gives the deduplicated result. A
+digest learned later (one the origin publishes) can be offered to the same
+callback: ``size = self._adopt(digest)``, then ``return self.adopted(digest,
+"origin", size)`` when it is not None.
 """
 
 from __future__ import annotations
@@ -93,6 +100,7 @@ class Download:
         self._limits = limits
         self._checkpoint = checkpoint
         self._adopt = adopt
+        self._asked_adopt = False
         self.part = state.part_path(job.id)
         self._hasher: Any = None
         self._hashed = 0
@@ -126,9 +134,11 @@ class Download:
     # -- one attempt ------------------------------------------------------------------
 
     def attempt(self) -> Result:
-        if self.job.sha256 and self._adopt is not None:
+        if self.job.sha256 and self._adopt is not None and not self._asked_adopt:
             # The digest asked for is known before any request: an installed model
-            # with it makes the transfer needless.
+            # with it makes the transfer needless. Asked once: a copy that failed
+            # would fail again on every retry.
+            self._asked_adopt = True
             fetch.check_stop(self.job)
             size = self._adopt(self.job.sha256)
             if size is not None:
@@ -394,9 +404,9 @@ class Download:
         hashed again, since it was verified when it was installed."""
         job = self.job
         self._hasher, self._hashed, self._plan = None, 0, None  # about bytes no longer there
-        job.began(0, size)
+        # No "started": nothing is transferred (the metrics count no bytes received).
+        job.total = job.downloaded = size
         job.transition(Status.VERIFYING, quiet=True)
-        job.downloaded = size
         return Result(sanitize_filename(self._filename or sources.filename_of(job.url), fallback=job.id), digest,
                       size, sha256_source=source, deduplicated=True)
 
