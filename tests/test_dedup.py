@@ -196,3 +196,15 @@ def test_without_a_sha256_the_file_is_fetched(client: Any, app: Any, origin: Any
     assert done["status"] == "complete" and "deduplicated" not in done
     assert done["sha256_source"] == "computed"
     assert origin.bytes_sent("/b/m.bin") == len(res.data)
+
+
+def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, origin: Any, watch: Any) -> None:
+    res = install(client, watch, origin)
+    with open(os.path.join(models_dir(app), "m.bin"), "ab") as fh:
+        fh.write(b"edited")
+    origin.add("/b/m.bin", res.data)
+    post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done
+    assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
