@@ -160,6 +160,41 @@ def is_regular(path: str) -> bool:
         return False
 
 
+def open_existing(path: str) -> int | None:
+    """The regular file at ``path`` opened for reading, or None: absent, a link (left
+    where it is, not followed) or anything else than a regular file."""
+    directory, name = os.path.split(path)
+    with directory_fd(directory) as dfd:
+        try:
+            fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
+                return None
+            raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return fd
+
+
+def same_file(a: os.stat_result | None, b: os.stat_result | None) -> bool:
+    return a is not None and b is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def rename_over(src: str, dst: str) -> None:
+    """``os.replace(src, dst)``, also when both names are hard links of one file:
+    rename(2) then does nothing at all (POSIX), and ``src`` would stay behind."""
+    try:
+        there = os.lstat(dst)
+    except FileNotFoundError:
+        there = None
+    if same_file(os.lstat(src), there):
+        os.unlink(src)
+    else:
+        os.replace(src, dst)
+
+
 def temp_path(path: str) -> str:
     """The temporary name :func:`write_atomic` uses for ``path`` in this thread."""
     directory, name = os.path.split(path)

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import __version__, storage
 from .config import Settings
+from .dedup import Adopter
 from .engine import Download, Result
 from .engine.plan import continuation
 from .errors import ArwError, Conflict, JobStopped, NotFound, TransferError
@@ -76,6 +77,7 @@ class DownloadManager:
         self.slots = Slots(settings.max_conc, settings.progress_interval, self._lock, self._run, clock,
                            self._balance)
         self._closed = False
+        self.adopter = Adopter(state, registry, self._lock, self.check_limits)
 
     # -- events -------------------------------------------------------------------------
 
@@ -196,7 +198,8 @@ class DownloadManager:
             download = self._downloads[job] = Download(
                 job, self.settings, self.state, session=lambda: new_session(f"arw-models/{__version__}"),
                 opener=self.open_part, limits=self.check_limits,
-                checkpoint=lambda point: self.checkpoint(point, job))
+                checkpoint=lambda point: self.checkpoint(point, job),
+                adopt=lambda digest: self.adopter.adopt(job, digest))
         try:
             self._install(job, download.attempt())
         except JobStopped:

@@ -41,6 +41,7 @@ from .files import (
     lstat_file,
     open_fd,
     remove_quietly,
+    rename_over,
     restrict_tree,
     write_atomic,
 )
@@ -226,7 +227,7 @@ class StateDir:
         st = lstat_file(part)
         if st is None or not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(errno.ENOENT, "the partial file is gone", part)
-        os.replace(part, path)
+        rename_over(part, path)  # the .part may be a link of the file it replaces
         st = lstat_file(path)
         if st is None or not stat.S_ISREG(st.st_mode):
             # Swapped for a link between the check and the rename: that link was

@@ -9,6 +9,13 @@ manager to install, or raises :class:`~arw_models.errors.TransferError` (retryab
 or not) or :class:`~arw_models.errors.JobStopped`. Between attempts the
 :class:`Download` keeps what the next one can use: the digest of the bytes on disk
 and the retry budget; the manager decides when the next attempt runs.
+
+A download whose digest is known (the request's ``sha256``) first asks the
+manager's ``adopt`` callback for an installed file with it: when one exists, no
+request is made and :meth:`Download.adopted` gives the deduplicated result. A
+digest learned later (one the origin publishes) can be offered to the same
+callback: ``size = self._adopt(digest)``, then ``return self.adopted(digest,
+"origin", size)`` when it is not None.
 """
 
 from __future__ import annotations
@@ -50,6 +57,10 @@ HASH_READ = 4 * 1024 * 1024
 # the page cache, as ARW_DL_DIRECT_IO says (storage.open_part's PartFile has it).
 Opener = Callable[[str, bool], BinaryIO]
 Limits = Callable[[DownloadJob, "int | None", int], None]
+# Given a SHA-256: puts a link or copy of an installed file with that digest at the
+# job's .part (replacing what is there, sidecar included) and returns its size; None,
+# touching nothing, when no installed model has it. The manager's, see arw_models.dedup.
+Adopt = Callable[[str], "int | None"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,8 @@ class Download:
 
     def __init__(self, job: DownloadJob, settings: Settings, state: StateDir, *,
                  session: Callable[[], Any], opener: Opener, limits: Limits,
-                 checkpoint: Callable[[str], None] = lambda point: None) -> None:
+                 checkpoint: Callable[[str], None] = lambda point: None,
+                 adopt: Adopt | None = None) -> None:
         self.job = job
         self.s = settings
         self.state = state
@@ -88,6 +100,8 @@ class Download:
         self._open = opener
         self._limits = limits
         self._checkpoint = checkpoint
+        self._adopt = adopt
+        self._asked_adopt = False
         self.part = state.part_path(job.id)
         self._hasher: Any = None
         self._hashed = 0
@@ -122,6 +136,15 @@ class Download:
     # -- one attempt ------------------------------------------------------------------
 
     def attempt(self) -> Result:
+        if self.job.sha256 and self._adopt is not None and not self._asked_adopt:
+            # The digest asked for is known before any request: an installed model
+            # with it makes the transfer needless. Asked once: a copy that failed
+            # would fail again on every retry.
+            self._asked_adopt = True
+            fetch.check_stop(self.job)
+            size = self._adopt(self.job.sha256)
+            if size is not None:
+                return self.adopted(self.job.sha256, "request", size)
         session = self._session()
         try:
             with socket_hook(self.job.attach_socket):
@@ -407,6 +430,18 @@ class Download:
                     raise TransferError("resume-invalid", "the .part is shorter than expected", retryable=True)
                 self._hasher.update(view[:n])
                 self._hashed += n
+
+    def adopted(self, digest: str, source: str, size: int) -> Result:
+        """The result of a ``.part`` that the ``adopt`` callback filled with an
+        installed file of ``digest`` (``source``: where that digest came from): not
+        hashed again, since it was verified when it was installed."""
+        job = self.job
+        self._hasher, self._hashed, self._plan = None, 0, None  # about bytes no longer there
+        # No "started": nothing is transferred (the metrics count no bytes received).
+        job.total = job.downloaded = size
+        job.transition(Status.VERIFYING, quiet=True)
+        return Result(sanitize_filename(self._filename or sources.filename_of(job.url), fallback=job.id), digest,
+                      size, sha256_source=source, deduplicated=True)
 
     def _verify(self) -> Result:
         job, state = self.job, self.state

@@ -1,0 +1,210 @@
+"""No model fetched twice: a download whose sha256 an installed model already has
+gets that model's file (a hard link, else a copy), with no request to any origin."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from arw_models import ArwModels, dedup
+
+from .conftest import post_download
+from .helpers import listing, models_dir, read, write_partial
+from .origin import payload
+
+MiB = 1024 * 1024
+# Nothing listens there: a transfer from it fails at once.
+UNREACHABLE = "http://127.0.0.1:9/never/m.bin"
+
+
+def requests_seen(origin: Any) -> int:
+    with origin.lock:
+        return len(origin.seen)
+
+
+def install(client: Any, watch: Any, origin: Any, model_id: str = "a", path: str = "/a/m.bin",
+            size: int = MiB + 7) -> Any:
+    res = origin.add(path, payload(size, seed=3))
+    assert post_download(client, model_id, origin.url(path), sha256=res.sha256).status_code == 202
+    done = watch.terminal(model_id)
+    assert done["status"] == "complete" and "deduplicated" not in done
+    return res
+
+
+def entry(client: Any, model_id: str) -> dict[str, Any]:
+    return next(m for m in client.get("/models").json["items"] if m["id"] == model_id)
+
+
+def test_same_sha256_under_another_id_is_linked_without_a_request(client: Any, app: Any, origin: Any,
+                                                                   watch: Any) -> None:
+    res = install(client, watch, origin)
+    before = requests_seen(origin)
+    # One url the origin would answer 404, one where nothing listens: neither is asked.
+    assert post_download(client, "b", origin.url("/b/missing.bin"), sha256=res.sha256.upper()).status_code == 202
+    done = watch.terminal("b")
+    assert done == {"id": "b", "status": "complete", "file": "missing.bin", "provider": "local",
+                    "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request", "deduplicated": True}
+    assert post_download(client, "c", UNREACHABLE, sha256=res.sha256).status_code == 202
+    done = watch.terminal("c")
+    assert done["status"] == "complete" and done["deduplicated"] is True
+    # The name is taken by a's file: c gets its own.
+    assert done["file"] == "m-c.bin"
+    assert requests_seen(origin) == before
+    assert watch.statuses("b") == ["complete"]  # nothing started: no transfer
+    assert ArwModels.state(app).observer.wait_for("c", "complete", timeout=10)
+    metrics = {s.name: s.value for f in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+               for s in f.samples}
+    assert metrics["arw_download_received_bytes_total"] == len(res.data)  # a's transfer alone
+    assert metrics["arw_downloads_started_total"] == 1 and metrics["arw_downloads_completed_total"] == 3
+
+    paths = [os.path.join(models_dir(app), name) for name in ("m.bin", "missing.bin", "m-c.bin")]
+    assert len({(os.stat(p).st_dev, os.stat(p).st_ino) for p in paths}) == 1  # one file, three names
+    assert all(read(p) == res.data for p in paths)
+    assert listing(app) == ["m-c.bin", "m.bin", "missing.bin"]  # no .part, sidecar or temporary file
+    b = entry(client, "b")
+    assert (b["file"], b["sha256"], b["bytes"], b["url"]) == ("missing.bin", res.sha256, len(res.data),
+                                                              origin.url("/b/missing.bin"))
+    job = client.get("/models/downloads/b").json
+    assert job["status"] == "complete" and job["downloaded"] == len(res.data) == job["total"]
+    # On disk, and so after a restart.
+    with open(os.path.join(app.config["ARW_STATE_DIR"], "models.json")) as fh:
+        assert json.load(fh)["models"]["c"]["file"] == "m-c.bin"
+
+
+@pytest.mark.parametrize("deleted, kept", [("a", "b"), ("b", "a")])
+def test_delete_of_either_keeps_the_others_file(client: Any, app: Any, origin: Any, watch: Any,
+                                               deleted: str, kept: str) -> None:
+    res = install(client, watch, origin)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    assert watch.terminal("b")["deduplicated"] is True
+    files = {"a": "m.bin", "b": "m-b.bin"}
+
+    assert client.delete(f"/models/{deleted}").status_code == 200
+    assert listing(app) == [files[kept]]
+    assert read(os.path.join(models_dir(app), files[kept])) == res.data
+    assert [m["id"] for m in client.get("/models").json["items"]] == [kept]
+    assert entry(client, kept)["status"] == "available"
+    # The one left is still what a POST of it asks for: no transfer.
+    kept_url = origin.url("/a/m.bin") if kept == "a" else UNREACHABLE
+    assert post_download(client, kept, kept_url, sha256=res.sha256).status_code == 200
+
+
+def test_without_hard_links_the_file_is_copied(client: Any, app: Any, origin: Any, watch: Any,
+                                              monkeypatch: Any) -> None:
+    res = install(client, watch, origin, size=3 * MiB + 5)
+    asked: list[tuple[str, str]] = []
+
+    def refuse(src: str, dst: str, **kw: Any) -> None:
+        asked.append((src, dst))
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(dedup, "link", refuse)
+    before = requests_seen(origin)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True and done["file"] == "m-b.bin"
+    assert asked and asked[0][0] == "m.bin"
+    assert requests_seen(origin) == before
+    a, b = (os.path.join(models_dir(app), n) for n in ("m.bin", "m-b.bin"))
+    assert os.stat(a).st_ino != os.stat(b).st_ino  # a file of its own
+    assert os.stat(b).st_mode & 0o777 == 0o600
+    assert hashlib.sha256(read(b)).hexdigest() == res.sha256
+    assert listing(app) == ["m-b.bin", "m.bin"]
+    # Separate files: deleting one leaves the other whole.
+    assert client.delete("/models/a").status_code == 200
+    assert read(b) == res.data
+
+
+def test_a_copy_that_does_not_fit_is_not_made(client: Any, app: Any, origin: Any, watch: Any,
+                                              monkeypatch: Any) -> None:
+    res = install(client, watch, origin)
+
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(dedup, "link", refuse)
+    ArwModels.state(app).manager.disk_free = lambda path: len(res.data) - 1
+    post_download(client, "b", origin.url("/a/m.bin"), sha256=res.sha256)
+    done = watch.terminal("b")
+    # The transfer decides (its own check refuses the file too); no copy, whole or half, stays.
+    assert done["status"] == "error" and done["code"] == "disk-insufficient"
+    assert listing(app) == ["m.bin"]
+
+
+def test_a_partial_download_of_the_id_is_replaced(client: Any, app: Any, origin: Any, watch: Any) -> None:
+    res = install(client, watch, origin)
+    write_partial(app, "b", b"x" * 4096, {"id": "b", "url": UNREACHABLE, "sha256": res.sha256,
+                                          "etag": '"old"', "total": len(res.data)})
+    before = requests_seen(origin)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True
+    assert requests_seen(origin) == before
+    assert listing(app) == ["m-b.bin", "m.bin"]  # neither the .part nor its sidecar is left
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+
+
+def test_same_id_another_url_same_sha256_moves_without_a_transfer(client: Any, app: Any, origin: Any,
+                                                                 watch: Any) -> None:
+    res = install(client, watch, origin)
+    inode = os.stat(os.path.join(models_dir(app), "m.bin")).st_ino
+    before = requests_seen(origin)
+    # The same file name: the .part is a link of the very file it is installed over.
+    moved = origin.url("/moved/m.bin")
+    assert post_download(client, "a", moved, sha256=res.sha256).status_code == 202
+    done = watch.terminal("a")
+    assert done["status"] == "complete" and done["deduplicated"] is True and done["file"] == "m.bin"
+    assert requests_seen(origin) == before
+    assert listing(app) == ["m.bin"]  # no .part left behind
+    assert os.stat(os.path.join(models_dir(app), "m.bin")).st_ino == inode
+    assert read(os.path.join(models_dir(app), "m.bin")) == res.data
+    a = entry(client, "a")
+    assert (a["url"], a["file"], a["sha256"]) == (moved, "m.bin", res.sha256)
+    # Now the new url is what the model is: asked again, nothing happens.
+    assert post_download(client, "a", moved, sha256=res.sha256).status_code == 200
+
+    # Under another file name: the model's file is renamed, its old name goes.
+    assert post_download(client, "a", UNREACHABLE.replace("m.bin", "n.bin"), sha256=res.sha256).status_code == 202
+    assert watch.terminal("a")["file"] == "n.bin"
+    assert listing(app) == ["n.bin"]
+    assert read(os.path.join(models_dir(app), "n.bin")) == res.data
+
+
+def test_a_digest_nobody_has_is_fetched(client: Any, app: Any, origin: Any, watch: Any) -> None:
+    install(client, watch, origin)
+    other = origin.add("/b/other.bin", payload(MiB, seed=4))
+    post_download(client, "b", origin.url("/b/other.bin"), sha256=other.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done
+    assert origin.bytes_sent("/b/other.bin") == len(other.data)
+    assert read(os.path.join(models_dir(app), "other.bin")) == other.data
+    assert os.stat(os.path.join(models_dir(app), "other.bin")).st_ino != os.stat(
+        os.path.join(models_dir(app), "m.bin")).st_ino
+
+
+def test_without_a_sha256_the_file_is_fetched(client: Any, app: Any, origin: Any, watch: Any) -> None:
+    res = install(client, watch, origin)
+    origin.add("/b/m.bin", res.data)
+    post_download(client, "b", origin.url("/b/m.bin"))
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done
+    assert done["sha256_source"] == "computed"
+    assert origin.bytes_sent("/b/m.bin") == len(res.data)
+
+
+def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, origin: Any, watch: Any) -> None:
+    res = install(client, watch, origin)
+    with open(os.path.join(models_dir(app), "m.bin"), "ab") as fh:
+        fh.write(b"edited")
+    origin.add("/b/m.bin", res.data)
+    post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done
+    assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
