@@ -164,3 +164,26 @@ def test_a_resume_whose_origin_now_publishes_another_digest_starts_over(
         assert fh.read() == new
     retried = [p for p in watch.payloads("m") if p["status"] == "retrying"]
     assert any(p["code"] == "resume-invalid" for p in retried)
+
+
+def test_a_published_digest_of_an_installed_model_links_it_instead_of_reading_the_body(
+        client: Any, app: Any, origin: Any, watch: Any) -> None:
+    data = payload(4 * MiB, seed=3)
+    first = origin.add("/a/first.gguf", data)
+    post_download(client, "first", origin.url("/a/first.gguf"))
+    assert watch.terminal("first")["status"] == "complete"
+    again = origin.add("/b/second.gguf", data)
+    again.headers = FORMS["X-Linked-Etag"](first.sha256)
+    manager = ArwModels.state(app).manager
+    opened: list[str] = []
+    real_open = manager.open_part
+    manager.open_part = lambda path, append: opened.append(path) or real_open(path, append)
+    post_download(client, "second", origin.url("/b/second.gguf"))
+    done = watch.terminal("second")
+    assert done["status"] == "complete" and done["deduplicated"] is True
+    assert done["sha256"] == first.sha256 and done["sha256_source"] == "origin"
+    assert done["file"] == "second.gguf"
+    assert opened == []  # the answer's body was never read
+    a, b = (os.stat(os.path.join(models_dir(app), name)) for name in ("first.gguf", "second.gguf"))
+    assert (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+    assert listing(app) == ["first.gguf", "second.gguf"]

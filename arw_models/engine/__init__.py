@@ -13,9 +13,8 @@ and the retry budget; the manager decides when the next attempt runs.
 A download whose digest is known (the request's ``sha256``) first asks the
 manager's ``adopt`` callback for an installed file with it: when one exists, no
 request is made and :meth:`Download.adopted` gives the deduplicated result. A
-digest learned later (one the origin publishes) can be offered to the same
-callback: ``size = self._adopt(digest)``, then ``return self.adopted(digest,
-"origin", size)`` when it is not None.
+digest the origin publishes is offered to the same callback once its first
+answer has come, before a byte of the body is read.
 """
 
 from __future__ import annotations
@@ -148,13 +147,17 @@ class Download:
         session = self._session()
         try:
             with socket_hook(self.job.attach_socket):
-                self._transfer(session)
+                adopted = self._transfer(session)
         finally:
             session.close()
+        if adopted is not None:
+            return adopted
         self._checkpoint("transferred")
         return self._verify()
 
-    def _transfer(self, session: Any) -> None:
+    def _transfer(self, session: Any) -> Result | None:
+        """Fetches what is missing; a Result when an installed file with the digest
+        the origin publishes made the rest needless."""
         job, state = self.job, self.state
         fetch.check_stop(job)
         sidecar = state.read_sidecar(job.id)
@@ -194,6 +197,14 @@ class Download:
             recorded = (sidecar or {}) if plan.resumes else {}
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
             self._take_published(response, answer)
+            if self._published and not job.sha256 and self._adopt is not None and not self._asked_adopt:
+                # Only now is the digest known: the answer's body is left unread.
+                self._asked_adopt = True
+                size = self._adopt(self._published)
+                if size is not None:
+                    self._filename = (filename_from_disposition(response.headers.get("Content-Disposition"))
+                                      or self._filename)
+                    return self.adopted(self._published, "origin", size)
             if answer.whole:
                 job.total = job.downloaded = answer.offset
                 return  # 416 for a .part that is already whole
