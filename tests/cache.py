@@ -33,16 +33,16 @@ def binary() -> str:
     return path
 
 
-def location(upstream: str, *, lock: bool = True) -> str:
+def location(upstream: str) -> str:
     """The ``location`` body of the cache, as the README gives it (with its comments
-    there); ``lock=False`` only for showing what the lock is for."""
+    there)."""
     return f"""
             slice {SLICE_BYTES // (1024 * 1024)}m;
             proxy_cache models;
             proxy_cache_key $uri$is_args$args$slice_range;
             proxy_set_header Range $slice_range;
             proxy_cache_valid 200 206 1h;
-            proxy_cache_lock {"on" if lock else "off"};
+            proxy_cache_lock on;
             proxy_cache_lock_timeout 60s;
             proxy_cache_lock_age 60s;
             proxy_http_version 1.1;
@@ -52,9 +52,11 @@ def location(upstream: str, *, lock: bool = True) -> str:
 
 
 class Cache:
-    """nginx caching ``upstream`` (``http://127.0.0.1:<port>``) slice by slice."""
+    """nginx caching the origin at ``host`` (``127.0.0.1:<port>``) slice by slice,
+    under ``/<host>/``: the layout of the mirror template ``http://cache/{host}{path}``."""
 
-    def __init__(self, binary: str, base: str, upstream: str, *, lock: bool = True) -> None:
+    def __init__(self, binary: str, base: str, host: str) -> None:
+        self.host = host
         os.makedirs(base)
         self.access_log = os.path.join(base, "access.log")
         listener = socket.socket()
@@ -78,8 +80,8 @@ http {{
     proxy_cache_path {base}/cache levels=1:2 keys_zone=models:10m max_size=1g inactive=1h use_temp_path=off;
     server {{
         listen 127.0.0.1:{self.port};
-        location / {{
-            {location(upstream, lock=lock)}
+        location /{host}/ {{
+            {location(f"http://{host}/")}
         }}
     }}
 }}
@@ -97,8 +99,14 @@ http {{
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def template(self) -> str:
+        """The ``ARW_DL_MIRRORS`` entry for this cache."""
+        return self.base + "/{host}{path}"
+
     def url(self, path: str) -> str:
-        return self.base + path
+        """Where the cache serves the origin's ``path``."""
+        return f"{self.base}/{self.host}{path}"
 
     def close(self) -> None:
         stop(self.proc)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from . import cache as caches
 from .conftest import Service, post_download
-from .helpers import models_dir
+from .helpers import listing, models_dir, part, read
 from .origin import Origin, payload
 
 MiB = 1024 * 1024
@@ -41,16 +42,17 @@ VIA_MIRRORS = False
 
 def mirror_env(cache: caches.Cache) -> dict[str, Any]:
     """The settings that send a service's downloads through ``cache`` first."""
-    return {"ARW_DL_MIRRORS": f"{cache.base}{{path}}"} if VIA_MIRRORS else {}
+    return {"ARW_DL_MIRRORS": cache.template} if VIA_MIRRORS else {}
 
 
-def model_url(origin: Origin, cache: caches.Cache) -> str:
-    return origin.url(PATH) if VIA_MIRRORS else cache.url(PATH)
+def model_url(origin: Origin, cache: caches.Cache, path: str) -> str:
+    """The url a service is given for the origin's ``path``."""
+    return origin.url(path) if VIA_MIRRORS else cache.url(path)
 
 
 @pytest.fixture
 def cache(tmp_path: Path, origin: Origin) -> Iterator[caches.Cache]:
-    server = caches.Cache(caches.binary(), str(tmp_path / "cache"), origin.base)
+    server = caches.Cache(caches.binary(), str(tmp_path / "cache"), origin.base.removeprefix("http://"))
     yield server
     server.close()
 
@@ -70,7 +72,7 @@ def test_three_hosts_behind_one_cache_get_the_model_while_the_origin_sends_it_on
 
     # No sha256 in the request: each file is checked here, not by the service.
     for _, client, _ in hosts:
-        assert post_download(client, "fleet", model_url(origin, cache)).status_code == 202
+        assert post_download(client, "fleet", model_url(origin, cache, PATH)).status_code == 202
     for app, _, watch in hosts:
         done = watch.terminal("fleet", timeout=60)
         assert done["status"] == "complete", done
@@ -84,3 +86,45 @@ def test_three_hosts_behind_one_cache_get_the_model_while_the_origin_sends_it_on
     step = caches.SLICE_BYTES
     slices = sorted(s.range or "" for s in origin.requests_for(PATH) if s.sent)
     assert set(slices) == {f"bytes={n}-{n + step - 1}" for n in range(0, SIZE, step)}, slices
+
+
+def test_a_file_that_changes_under_a_warm_cache_is_never_spliced(
+        tmp_path: Path, origin: Origin, cache: caches.Cache, service: Service) -> None:
+    path = "/org/fleet/changing.gguf"
+    old, new = payload(8 * MiB, seed=122), payload(8 * MiB, seed=123)
+    res = origin.add(path, old)
+    # Another host has fetched the first slices of the old version; then it changes.
+    warmed = 3 * caches.SLICE_BYTES
+    warm = requests.get(cache.url(path), headers={"Range": f"bytes=0-{warmed - 1}"}, timeout=10)
+    assert warm.status_code == 206 and warm.content == old[:warmed]
+    res.replace(new)
+
+    app, client, watch = service(ARW_STATE_DIR=str(tmp_path / "host"), **mirror_env(cache))
+    post_download(client, "changing", model_url(origin, cache, path))
+    done = watch.terminal("changing", timeout=30)
+    # The cache answers with the old slices' ETag, and cuts its answer where the next
+    # slice, from the origin, has another: no byte of the new version follows an old one.
+    if VIA_MIRRORS:
+        # ...and the service leaves the cache for the origin, which sends the new file whole.
+        assert done["status"] == "complete", done
+        assert read(os.path.join(models_dir(app), "changing.gguf")) == new
+    else:
+        assert done["status"] == "error", done
+        assert listing(app) == ["changing.part", "changing.part.json"]
+        kept = read(part(app, "changing"))
+        assert kept == old[:len(kept)] and len(kept) == warmed
+
+
+@pytest.mark.skipif(not VIA_MIRRORS, reason="needs a service that tries ARW_DL_MIRRORS before the origin")
+def test_a_host_whose_cache_is_down_gets_the_model_from_the_origin(
+        tmp_path: Path, origin: Origin, cache: caches.Cache, service: Service) -> None:
+    path = "/org/fleet/direct.gguf"
+    res = origin.add(path, payload(8 * MiB, seed=124))
+    cache.close()
+
+    app, client, watch = service(ARW_STATE_DIR=str(tmp_path / "host"), **mirror_env(cache))
+    post_download(client, "direct", origin.url(path))
+    done = watch.terminal("direct", timeout=30)
+    assert done["status"] == "complete", done
+    assert sha256_of(os.path.join(models_dir(app), "direct.gguf")) == res.sha256
+    assert origin.bytes_sent(path) == len(res.data)
