@@ -22,6 +22,7 @@ from .conftest import Service, post_download
 from .helpers import listing, models_dir, part, read
 from .origin import Origin, payload
 
+README = Path(__file__).resolve().parent.parent / "README.rst"
 MiB = 1024 * 1024
 SIZE = 64 * MiB
 PATH = "/org/fleet/fleet-64m.gguf"
@@ -128,3 +129,12 @@ def test_a_host_whose_cache_is_down_gets_the_model_from_the_origin(
     assert done["status"] == "complete", done
     assert sha256_of(os.path.join(models_dir(app), "direct.gguf")) == res.sha256
     assert origin.bytes_sent(path) == len(res.data)
+
+
+def test_the_readme_shows_the_cache_these_tests_run() -> None:
+    text = README.read_text()
+    section = text[text.index("A fleet behind one cache\n"):text.index("Access control\n")]
+    directives = [line.strip() for line in caches.location("http://origin/").splitlines()
+                  if line.strip() and not line.strip().startswith("proxy_pass ")]
+    assert directives and [d for d in directives if d not in section] == []
+    assert "ARW_DL_MIRRORS=http://cache.lan:8080/{host}{path}" in section
