@@ -79,6 +79,8 @@ def test_three_hosts_behind_one_cache_get_the_model_while_the_origin_sends_it_on
         assert done["status"] == "complete", done
         assert done["sha256"] == res.sha256
         assert sha256_of(os.path.join(models_dir(app), "fleet-64m.gguf")) == res.sha256
+        if VIA_MIRRORS:  # ...every byte of it from the cache
+            assert [(s["source"], "skipped" in s) for s in done["sources"]] == [(cache.base, False)], done
 
     served = origin.bytes_sent(PATH)
     ratio = served / SIZE
@@ -129,6 +131,7 @@ def test_a_host_whose_cache_is_down_gets_the_model_from_the_origin(
     assert done["status"] == "complete", done
     assert sha256_of(os.path.join(models_dir(app), "direct.gguf")) == res.sha256
     assert origin.bytes_sent(path) == len(res.data)
+    assert [(s["source"], "skipped" in s) for s in done["sources"]] == [(cache.base, True), ("origin", False)], done
 
 
 def test_the_readme_shows_the_cache_these_tests_run() -> None:
