@@ -42,16 +42,15 @@ class _GateHandler(_Handler):
         with gate.lock:
             required = gate.required.get(path)
             redirect = gate.redirects.get(path)
-        if required is None and redirect is None:
+        refused = required is not None and self.headers.get(required[0]) != required[1]
+        if not refused and redirect is None:
             return super().do_GET()  # the origin's own answer, recorded there
         seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
         with gate.lock:
             gate.seen.append(seen)
-        if required is not None and self.headers.get(required[0]) != required[1]:
+        if refused:
             return self._plain(seen, 401, {"WWW-Authenticate": 'Bearer realm="test"', "X-Error-Code": "GatedRepo"})
-        if redirect is None:
-            return super().do_GET()
-        seen.status = redirect.status
+        assert redirect is not None
         self._plain(seen, redirect.status, {"Location": redirect.location, **redirect.headers})
 
 

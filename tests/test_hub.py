@@ -131,6 +131,7 @@ def test_without_the_right_token_the_hub_401_ends_the_job(service: Service, hub:
     post_download(client, "gated", f"hf://{REPO}/gated.gguf")
     end = watch.terminal("gated")
     assert (end["status"], end["code"], end.get("http_status")) == ("error", "http-status", 401), end
+    assert "401" in end["error"]
     assert [p["status"] for p in watch.payloads("gated")].count("retrying") == 0  # a 401 is not transient
     assert hub.cdn.all_seen() == []
     assert client.get("/models").json["items"] == []
