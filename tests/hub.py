@@ -33,6 +33,16 @@ class _Redirect:
     headers: dict[str, str]
 
 
+def _carries(given: str | None, name: str, value: str) -> bool:
+    """Whether a request's header ``name`` (``given``) holds ``value``: the whole
+    value, or for ``Cookie`` one of its pairs (others may have been set on the way)."""
+    if given is None:
+        return False
+    if name.lower() == "cookie":
+        return value in [pair.strip() for pair in given.split(";")]
+    return given == value
+
+
 class _GateHandler(_Handler):
     server: _Server
 
@@ -42,7 +52,7 @@ class _GateHandler(_Handler):
         with gate.lock:
             required = gate.required.get(path)
             redirect = gate.redirects.get(path)
-        refused = required is not None and self.headers.get(required[0]) != required[1]
+        refused = required is not None and not _carries(self.headers.get(required[0]), *required)
         if not refused and redirect is None:
             return super().do_GET()  # the origin's own answer, recorded there
         seen = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})

@@ -84,11 +84,11 @@ def test_without_its_header_a_gated_origin_ends_the_job_with_401(service: Servic
 
 
 @needs_second_host
-@pytest.mark.parametrize("name", ["Authorization", KEY])
+@pytest.mark.parametrize("name", ["Authorization", KEY, "Cookie"])
 @pytest.mark.parametrize("elsewhere", ["127.0.0.2", "127.0.0.1"], ids=["other-host", "other-port"])
 def test_a_redirect_elsewhere_drops_the_header(service: Service, gate: Server, servers: Callable[[str], Server],
                                                name: str, elsewhere: str) -> None:
-    value = f"Bearer {SECRET}" if name == "Authorization" else SECRET
+    value = {"Authorization": f"Bearer {SECRET}", "Cookie": f"sid={SECRET}"}.get(name, SECRET)
     cdn = servers(elsewhere)
     res = cdn.add("/blob/abc", payload(400 * KiB, seed=802))
     gate.require("/g.gguf", name, value)
@@ -101,6 +101,24 @@ def test_a_redirect_elsewhere_drops_the_header(service: Service, gate: Server, s
     assert cdn.saw(SECRET) == [] and name.lower() not in cdn.all_seen()[0].headers
 
 
+@needs_second_host
+def test_a_redirect_that_has_left_the_host_never_gets_the_header_back(service: Service, gate: Server,
+                                                                      servers: Callable[[str], Server]) -> None:
+    """Once dropped, the header stays dropped for the rest of the chain, even on
+    a redirect within the other host."""
+    cdn = servers("127.0.0.2")
+    res = cdn.add("/blob/abc", payload(100 * KiB, seed=808))
+    cdn.redirect("/hop", "/blob/abc")
+    gate.require("/g.gguf", KEY, SECRET)
+    gate.redirect("/g.gguf", cdn.url("/hop"))
+    app, client, watch = service()
+    post_download(client, "g", gate.url("/g.gguf"), headers={KEY: SECRET})
+    assert watch.terminal("g")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "g.gguf")) == res.data
+    assert [s.path for s in cdn.all_seen()] == ["/hop", "/blob/abc"]
+    assert cdn.saw(SECRET) == []
+
+
 @pytest.mark.parametrize("location", ["absolute", "relative"])
 def test_a_redirect_on_the_same_host_keeps_the_header(service: Service, gate: Server, location: str) -> None:
     res = gated(gate, "/new/g.gguf", payload(200 * KiB, seed=803))
@@ -111,6 +129,24 @@ def test_a_redirect_on_the_same_host_keeps_the_header(service: Service, gate: Se
     assert watch.terminal("g")["status"] == "complete"
     assert read(os.path.join(models_dir(app), "g.gguf")) == res.data
     assert [s.headers.get(KEY.lower()) for s in gate.all_seen()] == [SECRET, SECRET]
+
+
+@pytest.mark.parametrize("set_cookie", [False, True], ids=["plain", "and-one-set-on-the-way"])
+def test_a_cookie_header_survives_a_redirect_on_the_same_host(service: Service, gate: Server,
+                                                              set_cookie: bool) -> None:
+    """requests drops a Cookie header it did not make itself on every redirect; the
+    one given for the origin is still the origin's on its own host."""
+    cookie = f"sid={SECRET}"
+    res = gated(gate, "/files/g.gguf", payload(200 * KiB, seed=807), name="Cookie", value=cookie)
+    gate.require("/download/g", "Cookie", cookie)
+    gate.redirect("/download/g", "/files/g.gguf", headers={"Set-Cookie": "hop=1; Path=/"} if set_cookie else {})
+    app, client, watch = service()
+    post_download(client, "g", gate.url("/download/g"), headers={"Cookie": cookie})
+    end = watch.terminal("g")
+    assert end["status"] == "complete", end
+    assert read(os.path.join(models_dir(app), end["file"])) == res.data
+    sent = [s.headers.get("cookie") for s in gate.all_seen()]
+    assert sent == [cookie, f"{cookie}; hop=1" if set_cookie else cookie]
 
 
 def sse_text(stream: SSEClient, model_id: str) -> str:
