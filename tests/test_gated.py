@@ -290,3 +290,36 @@ def test_thirty_two_headers_are_accepted(service: Service, gate: Server) -> None
     assert done["status"] == "complete" and done["sha256"] == res.sha256
     [seen] = gate.requests_for("/g.gguf")
     assert all(seen.headers[name.lower()] == value for name, value in headers.items())
+
+
+def test_parallel_ranges_carry_the_header_and_a_paused_one_resumes_with_it_after_a_restart(
+        make_app: Callable[..., Any], gate: Server) -> None:
+    segmented = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1}
+    res = gated(gate, "/big.gguf", payload(8 * MiB, seed=809), throttle=4 * MiB)  # one connection alone: 2 s
+    first = make_app(**segmented)
+    watch = Watch(first)
+    client = first.test_client()
+    try:
+        post_download(client, "big", gate.url("/big.gguf"), headers={KEY: SECRET}, sha256=res.sha256)
+        watch.until(lambda e: e.payload.get("id") == "big" and e.payload.get("segments", 0) > 1)
+        assert client.post("/models/download/pause", json={"id": "big"}).status_code == 200
+    finally:
+        watch.close()
+    first.extensions["arw_models"].shutdown()
+    assert state_files_holding(first.config["ARW_STATE_DIR"], SECRET) == [sidecar(first, "big")]
+    assert mode(sidecar(first, "big")) == 0o600
+    before = len(gate.requests_for("/big.gguf"))
+
+    second = make_app(ARW_DL_RESUME_ON_START=True, **segmented)
+    watch = Watch(second)
+    try:
+        assert second.test_client().post("/models/download/resume", json={"id": "big"}).status_code == 202
+        done = watch.terminal("big", timeout=20)
+    finally:
+        watch.close()
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    seen = gate.requests_for("/big.gguf")
+    assert len(seen) > before and all(s.status in (200, 206) for s in seen)  # not one 401
+    assert all(s.headers.get(KEY.lower()) == SECRET for s in seen)
+    assert sum(1 for s in seen if s.range) >= 2
+    assert state_files_holding(second.config["ARW_STATE_DIR"], SECRET) == []
