@@ -310,15 +310,31 @@ class _Session(requests.Session):
     """A session that keeps ``private_headers`` for the host they were meant for:
     on a redirect to another host (or port) they are dropped, as requests drops
     ``Authorization``. A gated origin's credentials or the hub's token must not
-    reach the CDN it redirects to."""
+    reach the CDN it redirects to. On a redirect within that host they stay, even
+    ``Cookie``, which requests drops on every redirect unless its cookie jar made it."""
 
     private_headers: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        # The private headers of the request under way, while its redirects stay on its host.
+        self._given: dict[str, str] = {}
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        private = {name.lower() for name in self.private_headers}
+        self._given = {k: v for k, v in (kwargs.get("headers") or {}).items() if k.lower() in private}
+        return super().request(method, url, *args, **kwargs)
 
     def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
         super().rebuild_auth(prepared_request, response)
         if self.private_headers and self.should_strip_auth(response.request.url, prepared_request.url):
             for name in self.private_headers:
                 prepared_request.headers.pop(name, None)
+            self._given = {}  # nor to a later hop back to the host: the chain has left it
+            return
+        for name, value in self._given.items():
+            made = prepared_request.headers.get(name)  # by the jar, from a Set-Cookie on the way
+            prepared_request.headers[name] = f"{value}; {made}" if made and name.lower() == "cookie" else value
 
 
 def new_session(user_agent: str) -> requests.Session:
