@@ -86,12 +86,16 @@ def test_an_hf_reference_comes_from_the_cdn_and_only_the_hub_sees_the_token(serv
 
 
 @pytest.mark.parametrize("revision", ["v1.0", "refs/pr/1", "0123456789abcdef0123456789abcdef01234567"])
-def test_a_revision_reaches_its_own_resolve_path(service: Service, hub: Hub, revision: str) -> None:
+@pytest.mark.parametrize("form", ["after-path", "after-repo"])
+def test_a_revision_reaches_its_own_resolve_path(service: Service, hub: Hub, revision: str, form: str) -> None:
     wanted = payload(200 * KiB, seed=701)
     hub.publish(REPO, "model.gguf", payload(200 * KiB, seed=702))  # main: another file
     hub.publish(REPO, "model.gguf", wanted, revision=revision)
     _, client, watch = hub_app(service, hub)
-    post_download(client, "rev", f"hf://{REPO}/model.gguf@{revision}")
+    # Ours, or huggingface_hub's (the revision after the repository, its slashes escaped).
+    url = (f"hf://{REPO}/model.gguf@{revision}" if form == "after-path"
+           else f"hf://{REPO}@{revision.replace('/', '%2F')}/model.gguf")
+    post_download(client, "rev", url)
     done = watch.terminal("rev")
     assert done["status"] == "complete" and done["sha256"] == hashlib.sha256(wanted).hexdigest()
     [asked] = hub.resolves(REPO, "model.gguf", revision)
@@ -244,6 +248,9 @@ def test_the_token_is_shown_and_kept_nowhere(service: Service, hub: Hub, caplog:
     "hf://acme/model/x.gguf#frag",
     "hf://acme/model/x.gguf@",  # an empty revision
     "hf://acme/model/x.gguf@refs/../main",
+    "hf://acme/model@/x.gguf",  # huggingface_hub's form, with an empty revision
+    "hf://acme/model@../x.gguf",
+    "hf://acme/model@v1",  # and no path
     "hf://-acme/model/x.gguf",  # owners and repositories start with a letter or digit
     "hf://acme/.model/x.gguf",
     "hf://ac$me/model/x.gguf",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..headers import url_filename
 
@@ -49,25 +49,30 @@ class HfRef:
 
 def parse_hf(url: str) -> HfRef:
     """``hf://[datasets/|spaces/]OWNER/REPO/PATH/IN/REPO[@REVISION]``; the revision
-    (a branch, a tag or a commit) defaults to ``main``."""
+    (a branch, a tag or a commit) defaults to ``main``. huggingface_hub's own form,
+    ``hf://OWNER/REPO@REVISION/PATH`` (a revision with a slash written ``%2F``), is
+    read too."""
     if not url.startswith(HF_SCHEME):
         raise InvalidReference("not an hf:// reference")
     rest = url[len(HF_SCHEME):]
     if "?" in rest or "#" in rest or "\\" in rest:
         raise InvalidReference("an hf:// reference has no query, fragment or backslash")
-    revision = "main"
-    head, at, tail = rest.rpartition("@")
-    if at and "/" in head and head.count("/") >= 2:
-        rest, revision = head, tail
-        if not revision or any(part in ("", ".", "..") for part in revision.split("/")):
-            raise InvalidReference("the revision after @ must name a branch, tag or commit")
     parts = rest.split("/")
     kind = parts.pop(0) if parts and parts[0] in _KINDS else None
     if len(parts) < 3:
         raise InvalidReference("an hf:// reference is hf://OWNER/REPO/PATH[@REVISION]")
-    owner, repo, path = parts[0], parts[1], parts[2:]
+    owner, repo, in_repo = parts[0], parts[1], "/".join(parts[2:])
+    revision = "main"
+    if "@" in repo:  # huggingface_hub's form: the revision after the repository
+        repo, _, revision = repo.partition("@")
+        revision = unquote(revision)
+    elif "@" in in_repo:  # the revision after the path
+        in_repo, _, revision = in_repo.rpartition("@")
+    if not revision or any(part in ("", ".", "..") for part in revision.split("/")):
+        raise InvalidReference("the revision after @ must name a branch, tag or commit")
     if not _NAME.fullmatch(owner) or not _NAME.fullmatch(repo):
         raise InvalidReference("the owner and repository must be hub names (letters, digits, . _ -)")
+    path = in_repo.split("/")
     if any(part in ("", ".", "..") for part in path):
         raise InvalidReference("the path in the repository must not have empty, . or .. segments")
     return HfRef(kind, owner, repo, "/".join(path), revision)
