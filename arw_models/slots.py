@@ -16,7 +16,7 @@ Everything here runs under the lock of the manager that owns it.
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,7 +38,10 @@ class Slots:
         # The jobs waiting for a slot; the jobs in one; the jobs waiting on a retry
         # timer (the clock's time it fires).
         self._pending: deque[DownloadJob] = deque()
-        self._running: set[DownloadJob] = set()
+        # The jobs in a slot, each with how many slots hold it: a job whose retry timer
+        # fires may be taken by a second slot before the first has let go of it, and
+        # the first one's letting go must not take it off the ticker's list.
+        self._running: Counter[DownloadJob] = Counter()
         self._waiting: dict[DownloadJob, float] = {}
         self._draining = 0
         self._executor: ThreadPoolExecutor | None = None
@@ -93,13 +96,15 @@ class Slots:
                     self._draining -= 1
                     return
                 job = self._pending.popleft()
-                self._running.add(job)
+                self._running[job] += 1
                 self._balance(list(self._running))
             try:
                 self._run(job)
             finally:
                 with self._lock:
-                    self._running.discard(job)
+                    self._running[job] -= 1
+                    if self._running[job] <= 0:
+                        del self._running[job]
                     self._balance(list(self._running))
 
     def _tick_loop(self) -> None:

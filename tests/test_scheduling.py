@@ -5,11 +5,14 @@ alike."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from arw_models import signals
 
 from .conftest import Service, post_download
 from .helpers import cancel
@@ -111,3 +114,30 @@ def test_a_job_that_waited_to_retry_resumes_where_it_was(service: Service, origi
     resumed = next(p for p in watch.payloads("w") if p["status"] == "resumed")
     assert resumed["offset"] == 300 * KiB
     assert origin.bytes_sent("/w.gguf") == MiB
+
+
+def test_progress_goes_on_when_a_retry_is_taken_by_another_slot_before_the_first_lets_go(
+        service: Service, origin: Origin) -> None:
+    """A retry timer may fire, and a free slot take the job, while the slot whose
+    attempt failed is still on its way out (here: held in a host's receiver of the
+    retrying signal). The ticker must keep publishing the new attempt's progress."""
+    app, client, watch = service(ARW_MODELS_MAX_CONC=2)
+    data = payload(1024 * 1024, seed=41)
+    origin.add("/r.gguf", data, drop_after=256 * 1024, throttle=1024 * 1024)
+    resumed = threading.Event()
+
+    def hold_the_failed_slot(sender: Any, payload: dict[str, Any]) -> None:
+        if payload["id"] == "r":
+            resumed.wait(10)  # the second slot has the job and its answer before this one returns
+
+    def on_started(sender: Any, payload: dict[str, Any]) -> None:
+        if payload["id"] == "r" and payload["status"] == "resumed":
+            resumed.set()
+
+    with signals.download_retrying.connected_to(hold_the_failed_slot, sender=app), \
+            signals.download_started.connected_to(on_started, sender=app):
+        post_download(client, "r", origin.url("/r.gguf"))
+        assert watch.terminal("r")["status"] == "complete"
+    after = watch.statuses("r")[watch.statuses("r").index("resumed"):]
+    # About 0.75 s of bytes after the resume, at most 10 ms between two progress events.
+    assert after.count("downloading") >= 3, after
