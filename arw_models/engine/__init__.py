@@ -36,6 +36,7 @@ from ..storage import (
 )
 from . import fetch, sources
 from .plan import Continuation, Plan, Span, continuation, validator_of
+from .route import Route
 from .segments import PROBE_SECS, FileChanged, RangesRefused, Segments, preallocate
 from .verify import PrefixHasher
 
@@ -96,7 +97,14 @@ class Download:
         self._plan: Plan | None = None  # the parallel ranges, kept between attempts
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
-        self.source = sources.origin(job.url, job.headers, settings.hf_endpoint, settings.hf_token)
+        # Mirrors first, the origin last: the route says which one this attempt asks.
+        self.route = Route(job.id, sources.for_job(job.url, job.headers, settings.hf_endpoint, settings.hf_token,
+                                                   settings.mirrors))
+        job.sources = self.route
+
+    @property
+    def source(self) -> sources.Source:
+        return self.route.current
 
     # -- retries ------------------------------------------------------------------
 
@@ -104,14 +112,21 @@ class Download:
         """Seconds to wait before the next attempt after ``err``; None when the
         retries are spent. A flaky link that keeps delivering never runs out: only
         bytes beyond the furthest point count, so an origin whose answers make the
-        job discard and fetch the same bytes again cannot loop forever."""
+        job discard and fetch the same bytes again cannot loop forever. Moving on
+        from a mirror to the next source is at once, and the next starts afresh."""
+        if err is self.route.moved:
+            self.failures = 0
+            return 0.0
         downloaded = self.job.downloaded
         if downloaded > self._reached:
             self.failures, self._reached = 1, downloaded
         else:
             self.failures += 1
         if self.failures > self.s.retries:
-            return None
+            if not self.route.exhausted(err):
+                return None
+            self.failures = 0
+            return 0.0
         delay = err.retry_after
         if delay is None:
             delay = backoff_delay(self.failures, self.s.backoff, self.s.backoff_max)
@@ -120,14 +135,22 @@ class Download:
     # -- one attempt ------------------------------------------------------------------
 
     def attempt(self) -> Result:
-        session = self._session()
+        self.route.attempt(self.state.part_size(self.job.id))
         try:
-            with socket_hook(self.job.attach_socket):
-                self._transfer(session)
-        finally:
-            session.close()
-        self._checkpoint("transferred")
-        return self._verify()
+            session = self._session()
+            try:
+                with socket_hook(self.job.attach_socket):
+                    self._transfer(session)
+            finally:
+                session.close()
+                self.route.settle(self.job.downloaded)
+            self._checkpoint("transferred")
+            return self._verify()
+        except TransferError as err:
+            moved = self.route.failed(err, self._truncate)
+            if moved is None:
+                raise
+            raise moved from None
 
     def _transfer(self, session: Any) -> None:
         job, state = self.job, self.state
@@ -162,6 +185,7 @@ class Download:
             self._checkpoint("answered")
             fetch.check_stop(job)
             recorded = (sidecar or {}) if plan.resumes else {}
+            self.route.check(response, recorded.get("total"))
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
             if answer.whole:
                 job.total = job.downloaded = answer.offset
@@ -259,7 +283,7 @@ class Download:
             self._plan = plan
             transfer = Segments(job, self.s, plan, fh, session=self._session, recorded=self._sidecar,
                                 validator=validator, hasher=hasher, durable=self._record_plan,
-                                source=self.source)
+                                source=self.source, check=self.route.check)
             try:
                 transfer.run(first, first_span)
             except RangesRefused:
@@ -293,6 +317,7 @@ class Download:
         stream. The bytes from 0 up to the first hole stay (their validator still
         vouches for them), the others go."""
         keep = plan.contiguous()
+        self.route.cut(self.job.downloaded, keep)
         os.ftruncate(fh.fileno(), keep)
         self._no_split, self._plan = True, None
         self._hasher, self._hashed = hasher.hasher, hasher.hashed
@@ -343,6 +368,7 @@ class Download:
         self.state.write_sidecar(self.job.id, self._sidecar)
 
     def _truncate(self) -> None:
+        self.route.cut(self.job.downloaded, 0)
         self.state.truncate_part(self.job.id)
         self._hasher, self._hashed, self._plan = None, 0, None
         self.job.downloaded = 0

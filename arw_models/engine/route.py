@@ -1,0 +1,206 @@
+"""The sources one download asks, in order, and what each of them served.
+
+Design: a job has one :class:`Route` across its attempts. An attempt asks the
+route's current source for everything it fetches, its parallel ranges included:
+each mirror of ``ARW_DL_MIRRORS`` in turn, and last the origin. A mirror that fails
+in a way of its own (no answer, a stall, a status other than 200 or 206, a file of
+another size than the job knows, bytes that do not match the sha256) is skipped for
+the rest of the job, and the next source is asked at once; the origin's failures
+are retried as they always were. Bytes on disk stay when the next source's answer
+vouches for them (the continuation rule and the validator checks decide, as for any
+resume), so one file may be assembled from several sources.
+
+What each source served is counted without touching the transfer loops: within an
+attempt the job's byte counter only grows from where the source began (the offset
+of :meth:`Route.began`), except where the engine cuts the ``.part`` back, and it
+says so (:meth:`Route.cut`). The counts are bytes received, kept or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import TransferError
+from ..headers import content_length, parse_content_range
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+# Failures of this host, not of the source: moving to another source cannot mend them.
+LOCAL = frozenset({"disk-full", "disk-error", "disk-insufficient", "size-limit", "internal-error"})
+
+
+@dataclass
+class _Use:
+    source: Source
+    bytes: int = 0
+    skipped: str | None = None
+
+
+class Route:
+    """The job's sources (mirrors first, the origin last) and their accounts."""
+
+    def __init__(self, job_id: str, sources: list[Source]) -> None:
+        assert sources and not sources[-1].mirror
+        self.job_id = job_id
+        self._sources = sources
+        self._at = 0
+        self._lock = threading.Lock()
+        self._uses: dict[int, _Use] = {}  # in the order the sources were first asked
+        self._live: int | None = None  # the byte counter when the current source began serving
+        self._on_disk: set[int] = set()  # the sources whose bytes the .part holds
+        self._earlier = False  # the .part holds bytes from before this job (an earlier run's)
+        self._total: int | None = None  # the size a source's answer gave, and which source
+        self._total_from: int | None = None
+        self._attempts = 0
+        #: The error a failed attempt was turned into to move on to the next source.
+        self.moved: TransferError | None = None
+
+    @property
+    def current(self) -> Source:
+        return self._sources[self._at]
+
+    @property
+    def mirrored(self) -> bool:
+        return len(self._sources) > 1
+
+    # -- the accounts ------------------------------------------------------------------------
+
+    def attempt(self, on_disk: int | None) -> Source:
+        """An attempt begins, with ``on_disk`` bytes in the ``.part``; returns the
+        source it asks."""
+        with self._lock:
+            self._uses.setdefault(self._at, _Use(self.current))
+            self._live = None
+            if not self._attempts and on_disk:
+                self._earlier = True
+            self._attempts += 1
+            return self.current
+
+    def began(self, offset: int) -> None:
+        """The current source's answer was accepted: its bytes follow ``offset``."""
+        with self._lock:
+            self._live = offset
+
+    def settle(self, downloaded: int) -> None:
+        """The attempt's transfer ended at ``downloaded`` bytes."""
+        with self._lock:
+            self._settle(downloaded)
+
+    def _settle(self, downloaded: int) -> None:
+        if self._live is not None:
+            served = downloaded - self._live
+            if served > 0:
+                self._uses[self._at].bytes += served
+                self._on_disk.add(self._at)
+            self._live = None
+
+    def cut(self, downloaded: int, keep: int) -> None:
+        """The ``.part`` holding ``downloaded`` bytes was cut back to its first ``keep``."""
+        with self._lock:
+            live = self._live is not None
+            self._settle(downloaded)
+            if not keep:
+                self._on_disk.clear()
+                self._earlier = False
+            if live:
+                self._live = keep
+
+    def summary(self, downloaded: int) -> list[dict[str, Any]] | None:
+        """``[{"source", "bytes"[, "skipped"]}]`` in the order the sources were
+        asked; None for a job without mirrors (the origin served it all)."""
+        if not self.mirrored:
+            return None
+        with self._lock:
+            items = []
+            for index, use in self._uses.items():
+                served = use.bytes
+                if index == self._at and self._live is not None:
+                    served += max(0, downloaded - self._live)
+                item: dict[str, Any] = {"source": use.source.label, "bytes": served}
+                if use.skipped:
+                    item["skipped"] = use.skipped
+                items.append(item)
+            return items
+
+    # -- the checks --------------------------------------------------------------------------
+
+    def check(self, response: Any, known: int | None) -> None:
+        """Refuses a mirror's answer for a file of another size than ``known`` (the
+        ``.part``'s record, or the plan's) or than another source announced; the
+        bytes on disk are left alone: the next source may continue them."""
+        total = _total_of(response)
+        if total is None or not (response.status_code in (200, 206, 416)):
+            return
+        with self._lock:
+            expected = known if known is not None else self._total
+            if self._total is None and response.status_code != 416:
+                self._total, self._total_from = total, self._at
+        if self.current.mirror and expected is not None and total != expected:
+            raise TransferError("size-mismatch", f"the mirror's file has {total} bytes, not {expected}",
+                                received=0, expected_bytes=expected)
+
+    def failed(self, err: TransferError, truncate: Any) -> TransferError | None:
+        """After a failed attempt: the error to raise instead when the job moves on to
+        the next source (at once), or None when ``err`` stands as it is. ``truncate``
+        drops the bytes on disk."""
+        if not self.mirrored:
+            return None
+        if err.code == "checksum-mismatch":
+            with self._lock:
+                culprits = sorted(i for i in self._on_disk if self._sources[i].mirror)
+                earlier = self._earlier
+            if not culprits and not earlier:
+                return None  # the origin's own bytes: it fails as always
+            why = "its bytes did not match the sha256" if culprits else "the bytes on disk did not match the sha256"
+            truncate()
+            for index in culprits:
+                self._skip(index, why)
+            return self._move_on(err, why)
+        if not self.current.mirror or err.code in LOCAL or err.code == "resume-invalid":
+            return None
+        why = _why(err)
+        if not err.keep_part:
+            truncate()
+        self._skip(self._at, why)
+        return self._move_on(err, why)
+
+    def exhausted(self, err: TransferError) -> bool:
+        """The retries are spent: a mirror is skipped (True), the origin is not."""
+        if not self.current.mirror:
+            return False
+        self._skip(self._at, _why(err))
+        return True
+
+    def _skip(self, index: int, why: str) -> None:
+        source = self._sources[index]
+        with self._lock:
+            self._uses.setdefault(index, _Use(source)).skipped = why
+            if self._total_from == index:
+                self._total = self._total_from = None
+            if index == self._at:
+                self._at = next(i for i in range(index + 1, len(self._sources))
+                                if not (i in self._uses and self._uses[i].skipped))
+        log.warning("download %s: mirror %s skipped: %s", self.job_id, source.label, why)
+
+    def _move_on(self, err: TransferError, why: str) -> TransferError:
+        self.moved = TransferError(err.code, f"a mirror was skipped ({why}); asking {self.current.label}",
+                                   retryable=True, retry_after=0)
+        return self.moved
+
+
+def _total_of(response: Any) -> int | None:
+    """The size of the file an answer is of (None: it does not say)."""
+    if response.status_code == 200:
+        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        return None if encoded else content_length(response.headers)
+    announced = parse_content_range(response.headers.get("Content-Range"))
+    return announced.total if announced is not None else None
+
+
+def _why(err: TransferError) -> str:
+    status = err.context.get("http_status")
+    return f"it answered {status}" if status else err.message
