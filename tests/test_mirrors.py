@@ -21,6 +21,7 @@ from arw_models.engine import sources
 from .conftest import Service, post_download
 from .helpers import models_dir, read
 from .origin import Origin, payload
+from .test_openapi import Contract
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -100,7 +101,9 @@ def test_a_healthy_mirror_serves_everything(service: Service, origin: Origin, se
     assert done["sources"] == [{"source": mirror.base, "bytes": len(data)}]
     assert origin.requests_for("/m/a.gguf") == []  # the origin served nothing, not even an answer
     assert mirror.bytes_sent(where) == len(data)
-    assert client.get("/models/downloads/a").json["sources"] == [{"source": mirror.base, "bytes": len(data)}]
+    job = client.get("/models/downloads/a")
+    assert job.json["sources"] == [{"source": mirror.base, "bytes": len(data)}]
+    Contract(client.get("/openapi.json").json).check("/models/downloads/{model_id}", "get", job)
 
 
 def test_without_mirrors_no_sources_are_listed(service: Service, origin: Origin) -> None:
@@ -122,7 +125,8 @@ def test_a_mirror_that_answers_404_is_skipped_at_once_and_the_origin_serves(
     origin.add("/b.gguf", data)
     mirror = servers()  # has no such file
     template = mirror.base.replace("//", "//k:mirror-pw@") + "{path}"
-    _app, client, watch = service(**mirrors(template), ARW_DL_RETRY_BACKOFF_MS=60_000,
+    # Moving on is no retry: none allowed, and a backoff of a minute, change nothing.
+    _app, client, watch = service(**mirrors(template), ARW_DL_RETRIES=0, ARW_DL_RETRY_BACKOFF_MS=60_000,
                                   ARW_DL_RETRY_BACKOFF_MAX_MS=60_000)
     with caplog.at_level(logging.INFO, logger="arw_models"):
         post_download(client, "b", origin.url("/b.gguf"))
@@ -132,7 +136,6 @@ def test_a_mirror_that_answers_404_is_skipped_at_once_and_the_origin_serves(
                                {"source": "origin", "bytes": len(data)}]
     assert len(mirror.requests_for("/b.gguf")) == 1  # skipped for the rest of the job
     assert origin.bytes_sent("/b.gguf") == len(data)
-    # The next source was asked at once: a backoff of a minute would have outlasted the wait.
     moved = [p for p in watch.payloads("b") if p["status"] == "retrying"]
     assert [p["delay_ms"] for p in moved] == [0]
     skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -175,17 +178,23 @@ def test_a_mirror_with_a_file_of_another_size_fails_the_sha256(
     assert [(s["bytes"], "skipped" in s) for s in done["sources"]] == [(len(data) + 4, True), (len(data), False)]
 
 
+@pytest.mark.parametrize("other", ["shorter", "unsaid"])
 def test_a_mirror_of_another_size_than_the_job_knows_is_skipped_keeping_the_bytes_on_disk(
-    service: Service, origin: Origin, servers: Callable[[], Origin],
+    service: Service, origin: Origin, servers: Callable[[], Origin], other: str,
 ) -> None:
     """The first mirror served a part and dropped; the second has a file of another
-    size (a different version): it is refused before its bytes are read, and the
-    origin continues the bytes on disk."""
+    size (a different version), or sends the whole file without saying its size: it
+    is refused before its bytes are read, and the origin continues the bytes on disk."""
     data = payload(3 * MiB, seed=306)
     origin.add("/e.gguf", data)
     first, second = servers(), servers()
     first.add("/e.gguf", data, drop_after=MiB)
-    second.add("/e.gguf", data[: 2 * MiB])
+    if other == "shorter":
+        second.add("/e.gguf", data[: 2 * MiB])
+        has = f"{2 * MiB} bytes"
+    else:
+        second.add("/e.gguf", data, ignore_range=True, chunked=True)
+        has = "a size it does not say"
     app, client, watch = service(**mirrors(at(first), at(second)))
     post_download(client, "e", origin.url("/e.gguf"))  # no sha256: the size is what tells
     done = watch.terminal("e")
@@ -193,7 +202,7 @@ def test_a_mirror_of_another_size_than_the_job_knows_is_skipped_keeping_the_byte
     assert installed(app, "e.gguf") == data
     assert done["sources"][0] == {"source": first.base, "bytes": MiB, "skipped": done["sources"][0]["skipped"]}
     assert done["sources"][1:] == [
-        {"source": second.base, "bytes": 0, "skipped": f"the mirror's file has {2 * MiB} bytes, not {3 * MiB}"},
+        {"source": second.base, "bytes": 0, "skipped": f"the mirror's file has {has}, not {3 * MiB} bytes"},
         {"source": "origin", "bytes": 2 * MiB},
     ]
     assert [s.range for s in origin.requests_for("/e.gguf")] == [f"bytes={MiB}-"]
@@ -261,6 +270,23 @@ def test_bytes_from_a_mirror_whose_validators_differ_are_fetched_again(
     # Asked to continue under the mirror's ETag, the origin sent the whole file.
     assert [(s.headers.get("if-range"), s.status) for s in origin.requests_for("/h.gguf")] == [('"another"', 200)]
     assert done["sources"][1] == {"source": "origin", "bytes": len(data)}
+
+
+def test_the_origins_own_bytes_that_fail_the_sha256_fail_as_ever(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """A mirror's bytes were dropped (its validators were not the origin's): the
+    bytes that failed the sha256 are the origin's alone, so the job fails, once."""
+    data = payload(2 * MiB, seed=313)
+    origin.add("/x.gguf", data)
+    mirror = servers()
+    mirror.add("/x.gguf", data, etag='"another"', last_modified=None, drop_after=MiB)
+    _app, client, watch = service(**mirrors(at(mirror)))
+    post_download(client, "x", origin.url("/x.gguf"), sha256="0" * 64)
+    done = watch.terminal("x")
+    assert (done["status"], done["code"]) == ("error", "checksum-mismatch"), done
+    assert len(origin.requests_for("/x.gguf")) == 1
+    assert client.get("/models").json["items"] == []
 
 
 def test_ranges_of_a_mirror_that_dies_are_resumed_from_the_next(

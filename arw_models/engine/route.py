@@ -132,15 +132,18 @@ class Route:
         """Refuses a mirror's answer for a file of another size than ``known`` (the
         ``.part``'s record, or the plan's) or than another source announced; the
         bytes on disk are left alone: the next source may continue them."""
+        status = response.status_code
         total = _total_of(response)
-        if total is None or not (response.status_code in (200, 206, 416)):
+        if status not in (200, 206, 416) or (total is None and status == 416):
             return
         with self._lock:
             expected = known if known is not None else self._total
-            if self._total is None and response.status_code != 416:
+            if self._total is None and total is not None and status != 416:
                 self._total, self._total_from = total, self._at
+        # A mirror that does not say its size cannot be held to it: the next source can.
         if self.current.mirror and expected is not None and total != expected:
-            raise TransferError("size-mismatch", f"the mirror's file has {total} bytes, not {expected}",
+            has = f"{total} bytes" if total is not None else "a size it does not say"
+            raise TransferError("size-mismatch", f"the mirror's file has {has}, not {expected} bytes",
                                 received=0, expected_bytes=expected)
 
     def failed(self, err: TransferError, truncate: Any) -> TransferError | None:
