@@ -227,6 +227,24 @@ def test_a_stalled_mirror_is_skipped_and_the_origin_continues_its_bytes(
     assert first["skipped"].startswith("network error")
     assert len(mirror.requests_for("/f.gguf")) == 1
     assert origin.bytes_sent("/f.gguf") == 2 * MiB - 512 * KiB
+    # While it stalled, progress said who had served the bytes so far.
+    stalled = [p for p in watch.payloads("f") if p["status"] == "downloading" and p["downloaded"] == 512 * KiB]
+    assert stalled and stalled[0]["sources"] == [{"source": mirror.base, "bytes": 512 * KiB}]
+
+
+def test_a_mirror_nobody_listens_on_is_skipped(service: Service, origin: Origin,
+                                               servers: Callable[[], Origin]) -> None:
+    res = origin.add("/l.gguf", payload(256 * KiB, seed=314))
+    gone = servers()
+    base = gone.base
+    gone.close()  # its port refuses connections now
+    app, client, watch = service(**mirrors(base + "{path}"))
+    post_download(client, "l", origin.url("/l.gguf"))
+    done = watch.terminal("l")
+    assert done["status"] == "complete", done
+    assert installed(app, "l.gguf") == res.data
+    assert [(s["source"], s["bytes"], s.get("skipped", "")[:13]) for s in done["sources"]] == [
+        (base, 0, "network error"), ("origin", len(res.data), "")]
 
 
 # -- one file from several sources ------------------------------------------------------------------

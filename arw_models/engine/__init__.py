@@ -8,7 +8,9 @@ file. It returns a :class:`Result` (the file's name, digest and size) for the
 manager to install, or raises :class:`~arw_models.errors.TransferError` (retryable
 or not) or :class:`~arw_models.errors.JobStopped`. Between attempts the
 :class:`Download` keeps what the next one can use: the digest of the bytes on disk
-and the retry budget; the manager decides when the next attempt runs.
+and the retry budget; the manager decides when the next attempt runs. Which
+source an attempt asks (a mirror, or the origin) is the :class:`~.route.Route`'s
+to say: a mirror's failure makes the attempt's error one that moves on at once.
 """
 
 from __future__ import annotations

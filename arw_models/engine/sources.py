@@ -7,6 +7,10 @@ headers that may go to that url's own host and nowhere else (the hub token, the
 request's own ``headers`` for a gated origin). The session drops them on a
 redirect to another host (:func:`arw_models.http.new_session`): the hub answers
 with a redirect to a signed CDN url, which must never see the token.
+
+:func:`for_job` lists a job's sources: each mirror of ``ARW_DL_MIRRORS`` (a
+template filled in for the origin's url, with no private headers at all), then the
+origin; :mod:`.route` says which one an attempt asks.
 """
 
 from __future__ import annotations
