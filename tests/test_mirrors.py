@@ -8,6 +8,7 @@ Every mirror here is a real local origin serving the same path (or the path unde
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -16,10 +17,11 @@ from typing import Any
 
 import pytest
 
+from arw_models import ArwModels
 from arw_models.engine import sources
 
 from .conftest import Service, post_download
-from .helpers import models_dir, read
+from .helpers import models_dir, read, write_partial
 from .origin import Origin, payload
 from .test_openapi import Contract
 
@@ -178,7 +180,7 @@ def test_a_mirror_with_a_file_of_another_size_fails_the_sha256(
     assert [(s["bytes"], "skipped" in s) for s in done["sources"]] == [(len(data) + 4, True), (len(data), False)]
 
 
-@pytest.mark.parametrize("other", ["shorter", "unsaid"])
+@pytest.mark.parametrize("other", ["shorter", "unsaid", "missing"])
 def test_a_mirror_of_another_size_than_the_job_knows_is_skipped_keeping_the_bytes_on_disk(
     service: Service, origin: Origin, servers: Callable[[], Origin], other: str,
 ) -> None:
@@ -192,7 +194,7 @@ def test_a_mirror_of_another_size_than_the_job_knows_is_skipped_keeping_the_byte
     if other == "shorter":
         second.add("/e.gguf", data[: 2 * MiB])
         has = f"{2 * MiB} bytes"
-    else:
+    elif other == "unsaid":
         second.add("/e.gguf", data, ignore_range=True, chunked=True)
         has = "a size it does not say"
     app, client, watch = service(**mirrors(at(first), at(second)))
@@ -202,11 +204,29 @@ def test_a_mirror_of_another_size_than_the_job_knows_is_skipped_keeping_the_byte
     assert installed(app, "e.gguf") == data
     assert done["sources"][0] == {"source": first.base, "bytes": MiB, "skipped": done["sources"][0]["skipped"]}
     assert done["sources"][1:] == [
-        {"source": second.base, "bytes": 0, "skipped": f"the mirror's file has {has}, not {3 * MiB} bytes"},
+        {"source": second.base, "bytes": 0,
+         "skipped": f"the mirror's file has {has}, not {3 * MiB} bytes" if other != "missing" else "it answered 404"},
         {"source": "origin", "bytes": 2 * MiB},
     ]
     assert [s.range for s in origin.requests_for("/e.gguf")] == [f"bytes={MiB}-"]
     assert origin.bytes_sent("/e.gguf") == 2 * MiB
+
+
+def test_a_size_announced_by_a_mirror_that_then_stalled_holds_the_next_mirror_to_it(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    data = payload(MiB, seed=315)
+    origin.add("/k.gguf", data)
+    first, second = servers(), servers()
+    first.add("/k.gguf", data, stall_after=0)  # its answer, then nothing
+    second.add("/k.gguf", data + b"x")
+    app, client, watch = service(**mirrors(at(first), at(second)), ARW_DL_IDLE_TIMEOUT_SECS=0.5)
+    post_download(client, "k", origin.url("/k.gguf"))
+    done = watch.terminal("k")
+    assert done["status"] == "complete", done
+    assert installed(app, "k.gguf") == data
+    assert [(s["bytes"], s.get("skipped", "")) for s in done["sources"][1:]] == [
+        (0, f"the mirror's file has {MiB + 1} bytes, not {MiB} bytes"), (MiB, "")]
 
 
 def test_a_stalled_mirror_is_skipped_and_the_origin_continues_its_bytes(
@@ -296,14 +316,15 @@ def test_the_origins_own_bytes_that_fail_the_sha256_fail_as_ever(
     """A mirror's bytes were dropped (its validators were not the origin's): the
     bytes that failed the sha256 are the origin's alone, so the job fails, once."""
     data = payload(2 * MiB, seed=313)
-    origin.add("/x.gguf", data)
+    origin.add("/x.gguf", data, drop_after=512 * KiB)  # its bytes come in two attempts
     mirror = servers()
     mirror.add("/x.gguf", data, etag='"another"', last_modified=None, drop_after=MiB)
     _app, client, watch = service(**mirrors(at(mirror)))
     post_download(client, "x", origin.url("/x.gguf"), sha256="0" * 64)
     done = watch.terminal("x")
     assert (done["status"], done["code"]) == ("error", "checksum-mismatch"), done
-    assert len(origin.requests_for("/x.gguf")) == 1
+    assert [(s.range, s.status) for s in origin.requests_for("/x.gguf")] == [
+        (f"bytes={MiB}-", 200), (f"bytes={512 * KiB}-", 206)]  # the mirror's bytes went at once
     assert client.get("/models").json["items"] == []
 
 
@@ -330,6 +351,60 @@ def test_ranges_of_a_mirror_that_dies_are_resumed_from_the_next(
     assert asked and all(s.range and not s.range.startswith("bytes=0-") for s in asked)
     assert second.bytes_sent("/s.gguf") == served_two  # nothing the first mirror wrote came again
     assert origin.requests_for("/s.gguf") == []
+
+
+def test_bytes_an_earlier_run_left_that_fail_the_sha256_are_fetched_again(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """Who served the bytes of an earlier run is not known: with mirrors, they may
+    have; the file is fetched again rather than failed."""
+    data = payload(MiB, seed=316)
+    res = origin.add("/y.gguf", data)
+    mirror = servers()  # 404
+    app, client, watch = service(**mirrors(at(mirror)))
+    write_partial(app, "y", b"\0" * (256 * KiB), {"id": "y", "url": origin.url("/y.gguf"), "etag": res.etag,
+                                                  "total": len(data), "sha256": res.sha256})
+    post_download(client, "y", origin.url("/y.gguf"), sha256=res.sha256)
+    done = watch.terminal("y")
+    assert done["status"] == "complete", done
+    assert installed(app, "y.gguf") == data
+    assert [s.range for s in origin.requests_for("/y.gguf")] == [f"bytes={256 * KiB}-", None]
+
+
+def test_a_full_disk_is_not_the_mirrors_fault(service: Service, origin: Origin,
+                                               servers: Callable[[], Origin]) -> None:
+    data = payload(256 * KiB, seed=317)
+    origin.add("/z.gguf", data)
+    mirror = servers()
+    mirror.add("/z.gguf", data)
+    app, client, watch = service(**mirrors(at(mirror)))
+
+    def full(path: str, append: bool) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    ArwModels.state(app).manager.open_part = full
+    post_download(client, "z", origin.url("/z.gguf"))
+    done = watch.terminal("z")
+    assert (done["status"], done["code"]) == ("error", "disk-full"), done
+    assert origin.requests_for("/z.gguf") == []
+    assert "skipped" not in client.get("/models/downloads/z").json["sources"][0]
+
+
+def test_a_mirror_whose_answers_cannot_be_continued_is_skipped_when_its_retries_are_spent(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    data = payload(2 * MiB, seed=318)
+    origin.add("/r.gguf", data)
+    first, second = servers(), servers()
+    first.add("/r.gguf", data, drop_after=MiB)
+    second.add("/r.gguf", data, range_shift=1)  # a range one byte off what was asked
+    app, client, watch = service(**mirrors(at(first), at(second)), ARW_DL_RETRIES=0)
+    post_download(client, "r", origin.url("/r.gguf"))
+    done = watch.terminal("r")
+    assert done["status"] == "complete", done
+    assert installed(app, "r.gguf") == data
+    assert [(s["bytes"], "skipped" in s) for s in done["sources"]] == [(MiB, True), (0, True), (2 * MiB, False)]
+    assert [s.range for s in origin.requests_for("/r.gguf")] == [None]  # the bytes on disk went with the answer
 
 
 # -- what a mirror never sees -------------------------------------------------------------------------

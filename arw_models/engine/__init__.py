@@ -101,7 +101,7 @@ class Download:
         self._sidecar: dict[str, Any] = {}
         # Mirrors first, the origin last: the route says which one this attempt asks.
         self.route = Route(job.id, sources.for_job(job.url, job.headers, settings.hf_endpoint, settings.hf_token,
-                                                   settings.mirrors))
+                                                   settings.mirrors), state.part_size(job.id))
         job.sources = self.route
 
     @property
@@ -137,7 +137,7 @@ class Download:
     # -- one attempt ------------------------------------------------------------------
 
     def attempt(self) -> Result:
-        self.route.attempt(self.state.part_size(self.job.id))
+        self.route.attempt()
         try:
             session = self._session()
             try:

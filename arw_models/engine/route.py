@@ -43,7 +43,9 @@ class _Use:
 class Route:
     """The job's sources (mirrors first, the origin last) and their accounts."""
 
-    def __init__(self, job_id: str, sources: list[Source]) -> None:
+    def __init__(self, job_id: str, sources: list[Source], on_disk: int | None = None) -> None:
+        """``on_disk``: the bytes in the ``.part`` as the job begins (from an earlier
+        run or job: who served them is not known)."""
         assert sources and not sources[-1].mirror
         self.job_id = job_id
         self._sources = sources
@@ -52,10 +54,8 @@ class Route:
         self._uses: dict[int, _Use] = {}  # in the order the sources were first asked
         self._live: int | None = None  # the byte counter when the current source began serving
         self._on_disk: set[int] = set()  # the sources whose bytes the .part holds
-        self._earlier = False  # the .part holds bytes from before this job (an earlier run's)
-        self._total: int | None = None  # the size a source's answer gave, and which source
-        self._total_from: int | None = None
-        self._attempts = 0
+        self._earlier = bool(on_disk)  # the .part holds bytes from before this job
+        self._total: int | None = None  # the size the sources announce
         #: The error a failed attempt was turned into to move on to the next source.
         self.moved: TransferError | None = None
 
@@ -69,16 +69,10 @@ class Route:
 
     # -- the accounts ------------------------------------------------------------------------
 
-    def attempt(self, on_disk: int | None) -> Source:
-        """An attempt begins, with ``on_disk`` bytes in the ``.part``; returns the
-        source it asks."""
+    def attempt(self) -> None:
+        """An attempt begins: it asks the current source."""
         with self._lock:
             self._uses.setdefault(self._at, _Use(self.current))
-            self._live = None
-            if not self._attempts and on_disk:
-                self._earlier = True
-            self._attempts += 1
-            return self.current
 
     def began(self, offset: int) -> None:
         """The current source's answer was accepted: its bytes follow ``offset``."""
@@ -99,15 +93,13 @@ class Route:
             self._live = None
 
     def cut(self, downloaded: int, keep: int) -> None:
-        """The ``.part`` holding ``downloaded`` bytes was cut back to its first ``keep``."""
+        """The ``.part`` holding ``downloaded`` bytes is cut back to its first ``keep``
+        (the attempt ends there, or has not begun to receive)."""
         with self._lock:
-            live = self._live is not None
             self._settle(downloaded)
             if not keep:
                 self._on_disk.clear()
                 self._earlier = False
-            if live:
-                self._live = keep
 
     def summary(self, downloaded: int) -> list[dict[str, Any]] | None:
         """``[{"source", "bytes"[, "skipped"]}]`` in the order the sources were
@@ -130,8 +122,9 @@ class Route:
 
     def check(self, response: Any, known: int | None) -> None:
         """Refuses a mirror's answer for a file of another size than ``known`` (the
-        ``.part``'s record, or the plan's) or than another source announced; the
-        bytes on disk are left alone: the next source may continue them."""
+        ``.part``'s record, or the plan's) or than an earlier source announced (one
+        that failed after its answer: a stall, a drop); the bytes on disk are left
+        alone, for the next source to continue."""
         status = response.status_code
         total = _total_of(response)
         if status not in (200, 206, 416) or (total is None and status == 416):
@@ -139,12 +132,11 @@ class Route:
         with self._lock:
             expected = known if known is not None else self._total
             if self._total is None and total is not None and status != 416:
-                self._total, self._total_from = total, self._at
+                self._total = total
         # A mirror that does not say its size cannot be held to it: the next source can.
         if self.current.mirror and expected is not None and total != expected:
             has = f"{total} bytes" if total is not None else "a size it does not say"
-            raise TransferError("size-mismatch", f"the mirror's file has {has}, not {expected} bytes",
-                                received=0, expected_bytes=expected)
+            raise TransferError("size-mismatch", f"the mirror's file has {has}, not {expected} bytes")
 
     def failed(self, err: TransferError, truncate: Any) -> TransferError | None:
         """After a failed attempt: the error to raise instead when the job moves on to
@@ -160,6 +152,8 @@ class Route:
                 return None  # the origin's own bytes: it fails as always
             why = "its bytes did not match the sha256" if culprits else "the bytes on disk did not match the sha256"
             truncate()
+            with self._lock:
+                self._total = None  # announced by the sources that sent the wrong bytes, perhaps
             for index in culprits:
                 self._skip(index, why)
             return self._move_on(err, why)
@@ -182,16 +176,13 @@ class Route:
         source = self._sources[index]
         with self._lock:
             self._uses.setdefault(index, _Use(source)).skipped = why
-            if self._total_from == index:
-                self._total = self._total_from = None
-            if index == self._at:
-                self._at = next(i for i in range(index + 1, len(self._sources))
-                                if not (i in self._uses and self._uses[i].skipped))
+            # The first source not skipped: the origin, at the latest (never skipped).
+            self._at = next(i for i in range(len(self._sources)) if i not in self._uses or not self._uses[i].skipped)
         log.warning("download %s: mirror %s skipped: %s", self.job_id, source.label, why)
 
     def _move_on(self, err: TransferError, why: str) -> TransferError:
         self.moved = TransferError(err.code, f"a mirror was skipped ({why}); asking {self.current.label}",
-                                   retryable=True, retry_after=0)
+                                   retryable=True)
         return self.moved
 
 
