@@ -170,46 +170,61 @@ def test_a_mirror_with_a_file_of_another_size_fails_the_sha256(
 ) -> None:
     data = payload(2 * MiB, seed=305)
     res = origin.add("/d.gguf", data)
-    mirror = servers()
+    mirror, good = servers(), servers()
     mirror.add("/d.gguf", data + b"more")
-    app, client, watch = service(**mirrors(at(mirror)))
+    good.add("/d.gguf", data)
+    app, client, watch = service(**mirrors(at(mirror), at(good)))
     post_download(client, "d", origin.url("/d.gguf"), sha256=res.sha256)
     done = watch.terminal("d")
     assert done["status"] == "complete", done
     assert installed(app, "d.gguf") == data and done["bytes"] == len(data)
+    # The size the first announced went with its bytes: the next is not held to it.
     assert [(s["bytes"], "skipped" in s) for s in done["sources"]] == [(len(data) + 4, True), (len(data), False)]
+    assert origin.requests_for("/d.gguf") == []
 
 
-@pytest.mark.parametrize("other", ["shorter", "unsaid", "missing"])
+DATA_E = payload(3 * MiB, seed=306)
+ETAG_E = '"e-version"'
+# The second mirror, after the first served a part: how it answers, and why it is skipped.
+OTHERS = {
+    # A smaller file under the same ETag (a cache that lies): a 206 of another size.
+    "shorter": (MiB, {"data": DATA_E[: 2 * MiB], "etag": ETAG_E}, f"the mirror's file has {2 * MiB} bytes"),
+    # ... and where the .part already reaches past its end: a 416 of another size.
+    "ends-before": (2 * MiB + 5, {"data": DATA_E[: 2 * MiB], "etag": ETAG_E}, f"the mirror's file has {2 * MiB} bytes"),
+    # Another version (its ETag does not match If-Range): a whole file of another size.
+    "other-version": (MiB, {"data": DATA_E[: 2 * MiB]}, f"the mirror's file has {2 * MiB} bytes"),
+    # The whole file, chunked, without saying its size.
+    "unsaid": (MiB, {"data": DATA_E, "ignore_range": True, "chunked": True}, "the mirror's file has a size it does not say"),
+    "missing": (MiB, None, "it answered 404"),
+}
+
+
+@pytest.mark.parametrize("other", list(OTHERS))
 def test_a_mirror_of_another_size_than_the_job_knows_is_skipped_keeping_the_bytes_on_disk(
     service: Service, origin: Origin, servers: Callable[[], Origin], other: str,
 ) -> None:
     """The first mirror served a part and dropped; the second has a file of another
-    size (a different version), or sends the whole file without saying its size: it
-    is refused before its bytes are read, and the origin continues the bytes on disk."""
-    data = payload(3 * MiB, seed=306)
-    origin.add("/e.gguf", data)
+    size, or does not say its size: it is refused before its bytes are read, and the
+    origin continues the bytes on disk."""
+    dropped, second_file, why = OTHERS[other]
+    data = DATA_E
+    origin.add("/e.gguf", data, etag=ETAG_E)
     first, second = servers(), servers()
-    first.add("/e.gguf", data, drop_after=MiB)
-    if other == "shorter":
-        second.add("/e.gguf", data[: 2 * MiB])
-        has = f"{2 * MiB} bytes"
-    elif other == "unsaid":
-        second.add("/e.gguf", data, ignore_range=True, chunked=True)
-        has = "a size it does not say"
+    first.add("/e.gguf", data, etag=ETAG_E, drop_after=dropped)
+    if second_file is not None:
+        second.add("/e.gguf", **second_file)
     app, client, watch = service(**mirrors(at(first), at(second)))
     post_download(client, "e", origin.url("/e.gguf"))  # no sha256: the size is what tells
     done = watch.terminal("e")
     assert done["status"] == "complete", done
     assert installed(app, "e.gguf") == data
-    assert done["sources"][0] == {"source": first.base, "bytes": MiB, "skipped": done["sources"][0]["skipped"]}
+    assert done["sources"][0] == {"source": first.base, "bytes": dropped, "skipped": done["sources"][0]["skipped"]}
     assert done["sources"][1:] == [
-        {"source": second.base, "bytes": 0,
-         "skipped": f"the mirror's file has {has}, not {3 * MiB} bytes" if other != "missing" else "it answered 404"},
-        {"source": "origin", "bytes": 2 * MiB},
+        {"source": second.base, "bytes": 0, "skipped": why if other == "missing" else f"{why}, not {3 * MiB} bytes"},
+        {"source": "origin", "bytes": len(data) - dropped},
     ]
-    assert [s.range for s in origin.requests_for("/e.gguf")] == [f"bytes={MiB}-"]
-    assert origin.bytes_sent("/e.gguf") == 2 * MiB
+    assert [s.range for s in origin.requests_for("/e.gguf")] == [f"bytes={dropped}-"]
+    assert origin.bytes_sent("/e.gguf") == len(data) - dropped
 
 
 def test_a_size_announced_by_a_mirror_that_then_stalled_holds_the_next_mirror_to_it(
@@ -353,22 +368,41 @@ def test_ranges_of_a_mirror_that_dies_are_resumed_from_the_next(
     assert origin.requests_for("/s.gguf") == []
 
 
+@pytest.mark.parametrize("case", ["mirrors", "wrong-sha256", "no-mirrors"])
 def test_bytes_an_earlier_run_left_that_fail_the_sha256_are_fetched_again(
-    service: Service, origin: Origin, servers: Callable[[], Origin],
+    service: Service, origin: Origin, servers: Callable[[], Origin], case: str,
 ) -> None:
     """Who served the bytes of an earlier run is not known: with mirrors, they may
-    have; the file is fetched again rather than failed."""
+    have, so the file is fetched again rather than failed (once: bytes of the origin
+    alone that fail again fail the job). Without mirrors it fails as it always did."""
     data = payload(MiB, seed=316)
     res = origin.add("/y.gguf", data)
     mirror = servers()  # 404
-    app, client, watch = service(**mirrors(at(mirror)))
+    app, client, watch = service(**(mirrors(at(mirror)) if case != "no-mirrors" else {}))
+    sha256 = "0" * 64 if case == "wrong-sha256" else res.sha256
     write_partial(app, "y", b"\0" * (256 * KiB), {"id": "y", "url": origin.url("/y.gguf"), "etag": res.etag,
-                                                  "total": len(data), "sha256": res.sha256})
-    post_download(client, "y", origin.url("/y.gguf"), sha256=res.sha256)
+                                                  "total": len(data), "sha256": sha256})
+    post_download(client, "y", origin.url("/y.gguf"), sha256=sha256)
     done = watch.terminal("y")
-    assert done["status"] == "complete", done
-    assert installed(app, "y.gguf") == data
-    assert [s.range for s in origin.requests_for("/y.gguf")] == [f"bytes={256 * KiB}-", None]
+    asked = [s.range for s in origin.requests_for("/y.gguf")]
+    if case == "mirrors":
+        assert done["status"] == "complete", done
+        assert installed(app, "y.gguf") == data
+        assert asked == [f"bytes={256 * KiB}-", None]
+    else:
+        assert (done["status"], done["code"]) == ("error", "checksum-mismatch"), done
+        assert asked == ([f"bytes={256 * KiB}-", None] if case == "wrong-sha256" else [f"bytes={256 * KiB}-"])
+
+
+def test_the_origins_spent_retries_fail_the_job_as_ever(service: Service, origin: Origin,
+                                                        servers: Callable[[], Origin]) -> None:
+    origin.add("/u.gguf", b"u", statuses=[(503, {})] * 5)
+    mirror = servers()  # 404
+    _app, client, watch = service(**mirrors(at(mirror)), ARW_DL_RETRIES=1)
+    post_download(client, "u", origin.url("/u.gguf"))
+    done = watch.terminal("u")
+    assert (done["status"], done["code"], done["http_status"]) == ("error", "http-status", 503), done
+    assert len(origin.requests_for("/u.gguf")) == 2
 
 
 def test_a_full_disk_is_not_the_mirrors_fault(service: Service, origin: Origin,

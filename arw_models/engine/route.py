@@ -111,7 +111,7 @@ class Route:
             for index, use in self._uses.items():
                 served = use.bytes
                 if index == self._at and self._live is not None:
-                    served += max(0, downloaded - self._live)
+                    served += downloaded - self._live
                 item: dict[str, Any] = {"source": use.source.label, "bytes": served}
                 if use.skipped:
                     item["skipped"] = use.skipped
@@ -131,10 +131,11 @@ class Route:
             return
         with self._lock:
             expected = known if known is not None else self._total
-            if self._total is None and total is not None and status != 416:
+            # A mirror that does not say its size cannot be held to it: the next source can.
+            refused = self.current.mirror and expected is not None and total != expected
+            if not refused and self._total is None:
                 self._total = total
-        # A mirror that does not say its size cannot be held to it: the next source can.
-        if self.current.mirror and expected is not None and total != expected:
+        if refused:
             has = f"{total} bytes" if total is not None else "a size it does not say"
             raise TransferError("size-mismatch", f"the mirror's file has {has}, not {expected} bytes")
 
