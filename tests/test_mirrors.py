@@ -247,24 +247,43 @@ def test_a_size_announced_by_a_mirror_that_then_stalled_holds_the_next_mirror_to
 def test_a_stalled_mirror_is_skipped_and_the_origin_continues_its_bytes(
     service: Service, origin: Origin, servers: Callable[[], Origin],
 ) -> None:
+    """The first mirror drops after 1 MiB, the second continues and stalls 512 KiB
+    later: the origin continues from there."""
     data = payload(2 * MiB, seed=307)
     origin.add("/f.gguf", data)
-    mirror = servers()
-    mirror.add("/f.gguf", data, stall_after=512 * KiB)
-    app, client, watch = service(**mirrors(at(mirror)), ARW_DL_IDLE_TIMEOUT_SECS=0.5)
+    first, second = servers(), servers()
+    first.add("/f.gguf", data, drop_after=MiB)
+    second.add("/f.gguf", data, stall_after=512 * KiB)
+    app, client, watch = service(**mirrors(at(first), at(second)), ARW_DL_IDLE_TIMEOUT_SECS=0.5)
     post_download(client, "f", origin.url("/f.gguf"))
     done = watch.terminal("f")
     assert done["status"] == "complete", done
     assert installed(app, "f.gguf") == data
-    first, rest = done["sources"]
-    assert (first["source"], first["bytes"], rest) == (mirror.base, 512 * KiB,
-                                                       {"source": "origin", "bytes": 2 * MiB - 512 * KiB})
-    assert first["skipped"].startswith("network error")
-    assert len(mirror.requests_for("/f.gguf")) == 1
-    assert origin.bytes_sent("/f.gguf") == 2 * MiB - 512 * KiB
-    # While it stalled, progress said who had served the bytes so far.
-    stalled = [p for p in watch.payloads("f") if p["status"] == "downloading" and p["downloaded"] == 512 * KiB]
-    assert stalled and stalled[0]["sources"] == [{"source": mirror.base, "bytes": 512 * KiB}]
+    dropped, stalled, rest = done["sources"]
+    assert (dropped["bytes"], stalled["source"], stalled["bytes"], rest) == (
+        MiB, second.base, 512 * KiB, {"source": "origin", "bytes": MiB - 512 * KiB})
+    assert stalled["skipped"].startswith("network error")
+    assert len(second.requests_for("/f.gguf")) == 1
+    assert origin.bytes_sent("/f.gguf") == MiB - 512 * KiB
+    # While the second stalled, progress said who had served the bytes so far.
+    during = [p for p in watch.payloads("f") if p["status"] == "downloading" and p["downloaded"] == MiB + 512 * KiB]
+    assert during and during[0]["sources"] == [dropped, {"source": second.base, "bytes": 512 * KiB}]
+
+
+def test_the_origin_is_not_held_to_a_mirrors_size(service: Service, origin: Origin,
+                                                   servers: Callable[[], Origin]) -> None:
+    """The mirror has a stale version: the origin's newer one, of another size, is
+    what the job installs."""
+    old, new = payload(2 * MiB, seed=319), payload(3 * MiB, seed=320)
+    origin.add("/v.gguf", new)
+    mirror = servers()
+    mirror.add("/v.gguf", old, drop_after=MiB)
+    app, client, watch = service(**mirrors(at(mirror)))
+    post_download(client, "v", origin.url("/v.gguf"))
+    done = watch.terminal("v")
+    assert done["status"] == "complete", done
+    assert installed(app, "v.gguf") == new
+    assert [(s.range, s.status) for s in origin.requests_for("/v.gguf")] == [(f"bytes={MiB}-", 200)]
 
 
 def test_a_mirror_nobody_listens_on_is_skipped(service: Service, origin: Origin,
