@@ -90,6 +90,9 @@ class DownloadJob:
         self.provider = provider
         # Request headers for a gated origin: sent to its host alone, never shown.
         self.headers: dict[str, str] = {}
+        # What each source served, when the download has mirrors (engine.route.Route:
+        # began(offset), summary(downloaded)); set by the transfer.
+        self.sources: Any = None
         # Resumed by the service itself at start: a POST that differs takes it over.
         self.auto = auto
         self.clock = clock
@@ -191,6 +194,9 @@ class DownloadJob:
             if self.stop_event.is_set() or Status.COMPLETE not in MOVES[self._status]:
                 return None
             fields = install()
+            sources = self._sources()
+            if sources is not None:
+                fields["sources"] = sources
             return self.transition(Status.COMPLETE, **fields)
 
     def stop(self, reason: str) -> bool:
@@ -278,7 +284,13 @@ class DownloadJob:
         if self.total and speed > 0:
             fields["eta_s"] = round(max(0, self.total - downloaded) / speed, 1)
         fields["segments"] = self.segments
+        sources = self._sources()
+        if sources is not None:
+            fields["sources"] = sources
         return fields
+
+    def _sources(self) -> list[dict[str, Any]] | None:
+        return None if self.sources is None else self.sources.summary(self.downloaded)
 
     def began(self, offset: int, total: int | None) -> None:
         """The origin's answer was accepted: from ``offset`` of ``total`` bytes."""
@@ -286,6 +298,8 @@ class DownloadJob:
         self._samples.clear()
         self._samples.append((self.clock(), offset))  # the speed counts from here
         self._published = offset
+        if self.sources is not None:
+            self.sources.began(offset)
         extra = {} if total is None else {"total": total}
         if offset:
             self.transition(Status.RESUMED, offset=offset, **extra)
@@ -313,4 +327,7 @@ class DownloadJob:
             snap.update(self.error)
         if self.finished_at:
             snap["finished_at"] = self.finished_at
+        sources = self._sources()
+        if sources is not None:
+            snap["sources"] = sources
         return snap

@@ -345,7 +345,15 @@ def _schemas() -> dict[str, Any]:
                 "downloaded": _INT, "total": _INT, "progress": {"type": "integer", "minimum": 0, "maximum": 100},
                 "offset": _INT, "file": {"type": "string"}, "resumable": {"type": "boolean"},
                 "code": {"type": "string"}, "error": {"type": "string"},
+                "sources": _ref("Sources"),
             },
+        },
+        "Sources": {
+            "type": "array", "description": "With ARW_DL_MIRRORS set: each source asked, in order, and the bytes "
+                                            "it sent; a skipped mirror says why",
+            "items": {"type": "object", "required": ["source", "bytes"], "properties": {
+                "source": {"type": "string", "description": "a mirror's scheme://host:port, or ``origin``"},
+                "bytes": _INT, "skipped": {"type": "string"}}},
         },
         "Probe": {
             "type": "object",
@@ -375,13 +383,15 @@ def _schemas() -> dict[str, Any]:
             _progress("downloading", ("downloaded",), downloaded=_INT, total=_INT,
                       progress={"type": "integer", "minimum": 0, "maximum": 100},
                       speed={**_INT, "description": "bytes/s over the last few seconds"},
-                      eta_s={"type": "number", "minimum": 0}, segments=_INT),
+                      eta_s={"type": "number", "minimum": 0}, segments=_INT,
+                      sources=_ref("Sources")),
             _progress("retrying", ("attempt", "delay_ms", "code"), attempt=_INT, delay_ms=_INT,
                       code={"enum": list(EVENT_ERROR_CODES)}, error={"type": "string"}, downloaded=_INT),
             _progress("complete", ("file", "provider", "sha256", "bytes"), file={"type": "string"},
                       provider={"type": "string"}, sha256={"type": "string"}, bytes=_INT,
                       sha256_source={"enum": ["request", "origin", "computed"]},
-                      deduplicated={"type": "boolean", "description": "linked from a model already installed"}),
+                      deduplicated={"type": "boolean", "description": "linked from a model already installed"},
+                      sources=_ref("Sources")),
             _progress("error", ("code", "error"), code={"enum": list(EVENT_ERROR_CODES)}, error={"type": "string"},
                       expected={"type": "string"}, actual={"type": "string"}, http_status={"type": "integer"}),
             _progress("canceled"),

@@ -19,7 +19,7 @@ import requests
 
 from . import cache as caches
 from .conftest import Service, post_download
-from .helpers import listing, models_dir, part, read
+from .helpers import models_dir, read
 from .origin import Origin, payload
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
@@ -35,20 +35,9 @@ MOST = 1.2
 # as on a real uplink.
 PACE = 40e6
 
-# How the services reach the cache. True: each is given the origin's url and the
-# cache as its mirror (ARW_DL_MIRRORS), the way a fleet is set up. False: the
-# engine does not try mirrors, so each is given the cache's url itself.
-VIA_MIRRORS = False
-
-
 def mirror_env(cache: caches.Cache) -> dict[str, Any]:
     """The settings that send a service's downloads through ``cache`` first."""
-    return {"ARW_DL_MIRRORS": cache.template} if VIA_MIRRORS else {}
-
-
-def model_url(origin: Origin, cache: caches.Cache, path: str) -> str:
-    """The url a service is given for the origin's ``path``."""
-    return origin.url(path) if VIA_MIRRORS else cache.url(path)
+    return {"ARW_DL_MIRRORS": cache.template}
 
 
 @pytest.fixture
@@ -73,14 +62,14 @@ def test_three_hosts_behind_one_cache_get_the_model_while_the_origin_sends_it_on
 
     # No sha256 in the request: each file is checked here, not by the service.
     for _, client, _ in hosts:
-        assert post_download(client, "fleet", model_url(origin, cache, PATH)).status_code == 202
+        assert post_download(client, "fleet", origin.url(PATH)).status_code == 202
     for app, _, watch in hosts:
         done = watch.terminal("fleet", timeout=60)
         assert done["status"] == "complete", done
         assert done["sha256"] == res.sha256
         assert sha256_of(os.path.join(models_dir(app), "fleet-64m.gguf")) == res.sha256
-        if VIA_MIRRORS:  # ...every byte of it from the cache
-            assert [(s["source"], "skipped" in s) for s in done["sources"]] == [(cache.base, False)], done
+        # ...every byte of it from the cache
+        assert [(s["source"], "skipped" in s) for s in done["sources"]] == [(cache.base, False)], done
 
     served = origin.bytes_sent(PATH)
     ratio = served / SIZE
@@ -103,22 +92,15 @@ def test_a_file_that_changes_under_a_warm_cache_is_never_spliced(
     res.replace(new)
 
     app, client, watch = service(ARW_STATE_DIR=str(tmp_path / "host"), **mirror_env(cache))
-    post_download(client, "changing", model_url(origin, cache, path))
+    post_download(client, "changing", origin.url(path))
     done = watch.terminal("changing", timeout=30)
     # The cache answers with the old slices' ETag, and cuts its answer where the next
     # slice, from the origin, has another: no byte of the new version follows an old one.
-    if VIA_MIRRORS:
-        # ...and the service leaves the cache for the origin, which sends the new file whole.
-        assert done["status"] == "complete", done
-        assert read(os.path.join(models_dir(app), "changing.gguf")) == new
-    else:
-        assert done["status"] == "error", done
-        assert listing(app) == ["changing.part", "changing.part.json"]
-        kept = read(part(app, "changing"))
-        assert kept == old[:len(kept)] and len(kept) == warmed
+    # ...and the service leaves the cache for the origin, which sends the new file whole.
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "changing.gguf")) == new
 
 
-@pytest.mark.skipif(not VIA_MIRRORS, reason="needs a service that tries ARW_DL_MIRRORS before the origin")
 def test_a_host_whose_cache_is_down_gets_the_model_from_the_origin(
         tmp_path: Path, origin: Origin, cache: caches.Cache, service: Service) -> None:
     path = "/org/fleet/direct.gguf"

@@ -8,13 +8,16 @@ file. It returns a :class:`Result` (the file's name, digest and size) for the
 manager to install, or raises :class:`~arw_models.errors.TransferError` (retryable
 or not) or :class:`~arw_models.errors.JobStopped`. Between attempts the
 :class:`Download` keeps what the next one can use: the digest of the bytes on disk
-and the retry budget; the manager decides when the next attempt runs.
+and the retry budget; the manager decides when the next attempt runs. Which
+source an attempt asks (a mirror, or the origin) is the :class:`~.route.Route`'s
+to say: a mirror's failure makes the attempt's error one that moves on at once.
 
 A download whose digest is known (the request's ``sha256``) first asks the
 manager's ``adopt`` callback for an installed file with it: when one exists, no
 request is made and :meth:`Download.adopted` gives the deduplicated result. A
-digest the origin publishes is offered to the same callback once its first
-answer has come, before a byte of the body is read.
+digest the origin (or a mirror, relaying the origin's headers) publishes is
+offered to the same callback once its first answer has come, before a byte of
+the body is read.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from ..storage import (
 )
 from . import fetch, sources
 from .plan import Continuation, Plan, Span, continuation, validator_of
+from .route import Route
 from .segments import PROBE_SECS, FileChanged, RangesRefused, Segments, preallocate
 from .verify import PrefixHasher
 
@@ -111,7 +115,14 @@ class Download:
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
         self._published: str | None = None  # the SHA-256 the origin states for the bytes on disk
-        self.source = sources.origin(job.url, job.headers, settings.hf_endpoint, settings.hf_token)
+        # Mirrors first, the origin last: the route says which one this attempt asks.
+        self.route = Route(job.id, sources.for_job(job.url, job.headers, settings.hf_endpoint, settings.hf_token,
+                                                   settings.mirrors), state.part_size(job.id))
+        job.sources = self.route
+
+    @property
+    def source(self) -> sources.Source:
+        return self.route.current
 
     # -- retries ------------------------------------------------------------------
 
@@ -119,14 +130,21 @@ class Download:
         """Seconds to wait before the next attempt after ``err``; None when the
         retries are spent. A flaky link that keeps delivering never runs out: only
         bytes beyond the furthest point count, so an origin whose answers make the
-        job discard and fetch the same bytes again cannot loop forever."""
+        job discard and fetch the same bytes again cannot loop forever. Moving on
+        from a mirror to the next source is at once, and the next starts afresh."""
+        if err is self.route.moved:
+            self.failures = 0
+            return 0.0
         downloaded = self.job.downloaded
         if downloaded > self._reached:
             self.failures, self._reached = 1, downloaded
         else:
             self.failures += 1
         if self.failures > self.s.retries:
-            return None
+            if not self.route.exhausted(err):
+                return None
+            self.failures = 0
+            return 0.0
         delay = err.retry_after
         if delay is None:
             delay = backoff_delay(self.failures, self.s.backoff, self.s.backoff_max)
@@ -144,16 +162,24 @@ class Download:
             size = self._adopt(self.job.sha256)
             if size is not None:
                 return self.adopted(self.job.sha256, "request", size)
-        session = self._session()
+        self.route.attempt()
         try:
-            with socket_hook(self.job.attach_socket):
-                adopted = self._transfer(session)
-        finally:
-            session.close()
-        if adopted is not None:
-            return adopted
-        self._checkpoint("transferred")
-        return self._verify()
+            session = self._session()
+            try:
+                with socket_hook(self.job.attach_socket):
+                    adopted = self._transfer(session)
+            finally:
+                session.close()
+                self.route.settle(self.job.downloaded)
+            if adopted is not None:
+                return adopted
+            self._checkpoint("transferred")
+            return self._verify()
+        except TransferError as err:
+            moved = self.route.failed(err, self._truncate)
+            if moved is None:
+                raise
+            raise moved from None
 
     def _transfer(self, session: Any) -> Result | None:
         """Fetches what is missing; a Result when an installed file with the digest
@@ -195,6 +221,7 @@ class Download:
             self._checkpoint("answered")
             fetch.check_stop(job)
             recorded = (sidecar or {}) if plan.resumes else {}
+            self.route.check(response, recorded.get("total"))
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
             self._take_published(response, answer)
             if self._published and not job.sha256 and self._adopt is not None and not self._asked_adopt:
@@ -324,7 +351,7 @@ class Download:
             self._plan = plan
             transfer = Segments(job, self.s, plan, fh, session=self._session, recorded=self._sidecar,
                                 validator=validator, hasher=hasher, durable=self._record_plan,
-                                source=self.source)
+                                source=self.source, check=self.route.check)
             try:
                 transfer.run(first, first_span)
             except RangesRefused:
@@ -358,6 +385,7 @@ class Download:
         stream. The bytes from 0 up to the first hole stay (their validator still
         vouches for them), the others go."""
         keep = plan.contiguous()
+        self.route.cut(self.job.downloaded, keep)
         os.ftruncate(fh.fileno(), keep)
         self._no_split, self._plan = True, None
         self._hasher, self._hashed = hasher.hasher, hasher.hashed
@@ -410,6 +438,7 @@ class Download:
         self.state.write_sidecar(self.job.id, self._sidecar)
 
     def _truncate(self) -> None:
+        self.route.cut(self.job.downloaded, 0)
         self.state.truncate_part(self.job.id)
         self._hasher, self._hashed, self._plan, self._published = None, 0, None, None
         self.job.downloaded = 0

@@ -60,9 +60,11 @@ class _Aborted(Exception):
 class Segments:
     def __init__(self, job: DownloadJob, settings: Settings, plan: Plan, fh: BinaryIO, *,
                  session: Callable[[], Any], recorded: dict[str, Any], validator: str | None,
-                 hasher: PrefixHasher, durable: Callable[[Plan], None], source: Source) -> None:
+                 hasher: PrefixHasher, durable: Callable[[Plan], None], source: Source,
+                 check: Callable[[Any, int | None], None] = lambda response, total: None) -> None:
         self.job = job
         self.source = source
+        self._check = check  # refuses an answer of the source before it is read (engine.route)
         self.s = settings
         self.plan = plan
         self.fd = fh.fileno()
@@ -125,7 +127,8 @@ class Segments:
                     except TransferError as err:
                         if self._abort.is_set():
                             raise _Aborted() from None
-                        if not err.retryable:
+                        # A mirror's range is not asked again: the next source takes it over.
+                        if not err.retryable or self.source.mirror:
                             raise
                         failures = 0 if span.done > before else failures + 1
                         if failures > self.s.retries:
@@ -165,6 +168,7 @@ class Segments:
             response = fetch.request(session, job, self.s, headers, self.source)
             job.attach_response(response)
             try:
+                self._check(response, self.plan.total)
                 self._accept(response, span)
                 self._stream(response, span)
             finally:

@@ -7,6 +7,10 @@ headers that may go to that url's own host and nowhere else (the hub token, the
 request's own ``headers`` for a gated origin). The session drops them on a
 redirect to another host (:func:`arw_models.http.new_session`): the hub answers
 with a redirect to a signed CDN url, which must never see the token.
+
+:func:`for_job` lists a job's sources: each mirror of ``ARW_DL_MIRRORS`` (a
+template filled in for the origin's url, with no private headers at all), then the
+origin; :mod:`.route` says which one an attempt asks.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-from ..headers import url_filename
+from ..headers import redact_url, url_filename
 
 HF_SCHEME = "hf://"
 # The hub's own names: an owner (user or organisation) and a repository.
@@ -101,6 +105,31 @@ def origin(url: str, headers: Mapping[str, str], hf_endpoint: str, hf_token: str
         if hf_token and not any(k.lower() == "authorization" for k in private):
             private["Authorization"] = f"Bearer {hf_token}"
     return Source(url, "origin", private)
+
+
+def mirror(template: str, url: str) -> Source:
+    """``template`` filled in for ``url``: ``{host}`` is its host (with its port,
+    if it names one; never its userinfo), ``{path}`` its path and query. A mirror
+    gets no private headers: they belong to the origin's host."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    filled = template.replace("{host}", host).replace("{path}", path)
+    return Source(filled, mirror_label(filled), mirror=True)
+
+
+def mirror_label(url: str) -> str:
+    """How a mirror is shown: its scheme, host and port, nothing that may be secret."""
+    shown = urlsplit(redact_url(url))
+    return f"{shown.scheme}://{shown.netloc.rpartition('@')[2]}"
+
+
+def for_job(url: str, headers: Mapping[str, str], hf_endpoint: str, hf_token: str | None,
+            templates: tuple[str, ...] = ()) -> list[Source]:
+    """Where a job asks, in order: each mirror (filled in for the resolved url of
+    the job, an ``hf://`` reference's ``/resolve/`` url included), then the origin."""
+    own = origin(url, headers, hf_endpoint, hf_token)
+    return [*(mirror(t, own.url) for t in templates), own]
 
 
 def filename_of(url: str) -> str:
