@@ -49,6 +49,10 @@ DEFAULT_TARGETS = [
     "arw_models/slots.py",
     "arw_models/manager.py",
     "arw_models/events.py",
+    "arw_models/engine/route.py",
+    "arw_models/engine/sources.py",
+    "arw_models/digests.py",
+    "arw_models/dedup.py",
 ]
 
 # The tests run against the mutants of each target: the modules that exercise it,
@@ -59,7 +63,8 @@ _ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_do
                  "tests/test_resume_validators.py", "tests/test_scheduling.py", "tests/test_segments.py",
                  "tests/test_segment_faults.py", "tests/test_pause.py", "tests/test_ratelimit.py",
                  "tests/test_direct_io.py", "tests/test_edge_cases.py", "tests/test_resilience.py",
-                 "tests/test_symlinks.py"]
+                 "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
+                 "tests/test_hub.py", "tests/test_gated.py"]
 DEFAULT_TESTS = {
     "arw_models/engine/__init__.py": _ENGINE_TESTS,
     "arw_models/engine/plan.py": ["tests/test_engine.py", "tests/test_segments.py", *_ENGINE_TESTS[1:]],
@@ -71,6 +76,10 @@ DEFAULT_TESTS = {
     "arw_models/slots.py": ["tests/test_scheduling.py", *_ENGINE_TESTS, "tests/test_one_process.py"],
     "arw_models/manager.py": ["tests/test_api.py", "tests/test_scheduling.py", *_ENGINE_TESTS,
                               "tests/test_one_process.py"],
+    "arw_models/engine/route.py": ["tests/test_mirrors.py", "tests/test_fleet.py", "tests/test_digests.py"],
+    "arw_models/engine/sources.py": ["tests/test_mirrors.py", "tests/test_hub.py", "tests/test_gated.py"],
+    "arw_models/digests.py": ["tests/test_digests.py", "tests/test_hub.py"],
+    "arw_models/dedup.py": ["tests/test_dedup.py", "tests/test_digests.py"],
     "arw_models/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
                              "tests/test_api.py", "tests/test_records.py"],
 }

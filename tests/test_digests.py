@@ -187,3 +187,29 @@ def test_a_published_digest_of_an_installed_model_links_it_instead_of_reading_th
     a, b = (os.stat(os.path.join(models_dir(app), name)) for name in ("first.gguf", "second.gguf"))
     assert (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
     assert listing(app) == ["first.gguf", "second.gguf"]
+
+
+def test_a_mirror_whose_published_digest_disagrees_with_the_request_is_skipped(
+        service: Any, origin: Any) -> None:
+    from .origin import Origin
+
+    data = payload(MiB, seed=5)
+    res = origin.add("/m.gguf", data)
+    mirror = Origin()
+    try:
+        relayed = mirror.add("/m.gguf", data)
+        relayed.headers = FORMS["Digest"](OTHER)
+        app, client, watch = service(ARW_DL_MIRRORS=mirror.base + "{path}")
+        opened: list[str] = []
+        manager = ArwModels.state(app).manager
+        real_open = manager.open_part
+        manager.open_part = lambda path, append: opened.append(path) or real_open(path, append)
+        post_download(client, "m", origin.url("/m.gguf"), sha256=res.sha256)
+        done = watch.terminal("m")
+    finally:
+        mirror.close()
+    assert done["status"] == "complete" and done["sha256_source"] == "request"
+    [skipped, served] = done["sources"]
+    assert skipped["source"] == mirror.base and skipped["bytes"] == 0 and "skipped" in skipped
+    assert served == {"source": "origin", "bytes": len(data)}
+    assert len(opened) == 1  # the mirror's body was never written

@@ -145,6 +145,13 @@ class Route:
         drops the bytes on disk."""
         if not self.mirrored:
             return None
+        if err.code == "checksum-mismatch" and "published_by" in err.context:
+            # Refused before its body: the source states another digest than the request's.
+            if not self.current.mirror:
+                return None
+            why = "it published another sha256 than the request's"
+            self._skip(self._at, why)
+            return self._move_on(err, why)
         if err.code == "checksum-mismatch":
             with self._lock:
                 culprits = sorted(i for i in self._on_disk if self._sources[i].mirror)
