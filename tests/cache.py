@@ -9,13 +9,12 @@ Like :class:`tests.nginx.Nginx`, it listens on a socket this process bound first
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 
 import pytest
 
 from . import debian
-from .nginx import stop
+from .nginx import launch, stop
 
 # The bytes of one slice: what the cache fetches from, and stores per key for, the
 # upstream. Small enough that a range starts being served at once, large enough that
@@ -59,41 +58,19 @@ class Cache:
         self.host = host
         os.makedirs(base)
         self.access_log = os.path.join(base, "access.log")
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        conf = os.path.join(base, "nginx.conf")
-        with open(conf, "w") as fh:
-            fh.write(f"""
-daemon off;
-worker_processes 1;
-{"user root;" if os.geteuid() == 0 else ""}
-pid {base}/nginx.pid;
-error_log {base}/error.log;
-events {{ worker_connections 256; }}
-http {{
+        self.proc, self.port = launch(binary, base, lambda port: f"""
     log_format cache escape=none '$status "$http_range" $upstream_cache_status $body_bytes_sent';
     access_log {self.access_log} cache;
     client_body_temp_path {base}/body;
     proxy_temp_path {base}/proxy;
     proxy_cache_path {base}/cache levels=1:2 keys_zone=models:10m max_size=1g inactive=1h use_temp_path=off;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen 127.0.0.1:{port};
         location /{host}/ {{
             {location(f"http://{host}/")}
         }}
     }}
-}}
-""")
-        try:
-            self.proc = subprocess.Popen(
-                [binary, "-p", base, "-e", os.path.join(base, "error.log"), "-c", conf],
-                pass_fds=[listener.fileno()], env=dict(os.environ, NGINX=f"{listener.fileno()};"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        finally:
-            listener.close()
+""", connections=256)
 
     @property
     def base(self) -> str:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 
 
 class Nginx:
@@ -19,38 +20,16 @@ class Nginx:
         self.root = os.path.join(base, "root")
         os.makedirs(self.root)
         self.access_log = os.path.join(base, "access.log")
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        conf = os.path.join(base, "nginx.conf")
-        with open(conf, "w") as fh:
-            fh.write(f"""
-daemon off;
-worker_processes 1;
-{"user root;" if os.geteuid() == 0 else ""}
-pid {base}/nginx.pid;
-error_log {base}/error.log;
-events {{ worker_connections 64; }}
-http {{
+        self.proc, self.port = launch(binary, base, lambda port: f"""
     log_format ranges escape=none '$status "$http_range" "$http_if_range"';
     access_log {self.access_log} ranges;
     client_body_temp_path {base}/body;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen 127.0.0.1:{port};
         root {self.root};
         {server_conf}
     }}
-}}
 """)
-        try:
-            self.proc = subprocess.Popen(
-                [binary, "-p", base, "-e", os.path.join(base, "error.log"), "-c", conf],
-                pass_fds=[listener.fileno()], env=dict(os.environ, NGINX=f"{listener.fileno()};"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        finally:
-            listener.close()
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
@@ -63,6 +42,39 @@ http {{
 
     def close(self) -> None:
         stop(self.proc)
+
+
+def launch(binary: str, base: str, http: Callable[[int], str],
+           connections: int = 64) -> tuple[subprocess.Popen[bytes], int]:
+    """Starts nginx with its pid file and logs in ``base`` and the ``http`` block
+    that ``http(port)`` writes, on a port this process has bound and listens on:
+    nginx takes the socket over (``NGINX=<fd>;``), so it is ready at once."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    conf = os.path.join(base, "nginx.conf")
+    with open(conf, "w") as fh:
+        fh.write(f"""
+daemon off;
+worker_processes 1;
+{"user root;" if os.geteuid() == 0 else ""}
+pid {base}/nginx.pid;
+error_log {base}/error.log;
+events {{ worker_connections {connections}; }}
+http {{
+{http(port)}
+}}
+""")
+    try:
+        proc = subprocess.Popen(
+            [binary, "-p", base, "-e", os.path.join(base, "error.log"), "-c", conf],
+            pass_fds=[listener.fileno()], env=dict(os.environ, NGINX=f"{listener.fileno()};"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    finally:
+        listener.close()
+    return proc, port
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
