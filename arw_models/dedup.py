@@ -17,8 +17,9 @@ file agree. A copy reads from the open descriptor outside that lock (a long copy
 not hold up the API); a later install or delete under that name cannot change the
 file it reads.
 
-Declared seam, for tests: :data:`link` (makes the hard link; a test replaces it to
-act as a file system without hard links).
+Declared seams, for tests: :data:`link` (makes the hard link; a test replaces it to
+act as a file system without hard links) and :data:`copy_file_range` (likewise, for
+one that cannot copy in the kernel).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 #: descriptor, no link followed); anything it raises means "copy instead" (EXDEV,
 #: EPERM, EMLINK, ENOTSUP, ... from file systems without, or out of, hard links).
 link: Callable[..., None] = os.link
+#: ``os.copy_file_range`` where the platform has it (None: plain reads and writes);
+#: a test sets one that fails as a file system without it does.
+copy_file_range: Callable[..., int] | None = getattr(os, "copy_file_range", None)
 
 COPY_CHUNK = 16 * 1024 * 1024
 # copy_file_range refuses these where the kernel or file system lacks it: then plain
@@ -176,9 +180,9 @@ def _copy_file(src: int, path: str, size: int, stop: threading.Event) -> None:
 
 
 def _copy_range(src: int, dst: int, offset: int, count: int) -> int:
-    if hasattr(os, "copy_file_range"):  # in the kernel, and a reflink where the file system shares extents
+    if copy_file_range is not None:  # in the kernel, and a reflink where the file system shares extents
         try:
-            return os.copy_file_range(src, dst, count, offset, offset)
+            return copy_file_range(src, dst, count, offset, offset)
         except OSError as exc:
             if exc.errno not in _NO_COPY_RANGE:
                 raise

@@ -34,7 +34,6 @@ class Published(NamedTuple):
 
 
 def _b64_sha256(text: str) -> str | None:
-    text = text.strip()
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
@@ -51,16 +50,14 @@ def _members(value: str) -> Iterable[tuple[str, str]]:
 
 
 def linked_etag(headers: Mapping[str, str]) -> str | None:
-    value = (headers.get("X-Linked-Etag") or "").strip()
-    if value.startswith("W/"):
-        return None  # a weak tag names no bytes
-    value = value.strip('"')
+    # A weak tag (W/"...") names no bytes, and is no 64 hex digits in quotes.
+    value = (headers.get("X-Linked-Etag") or "").strip().strip('"')
     return value.lower() if _HEX64.fullmatch(value) else None
 
 
 def repr_digest(headers: Mapping[str, str]) -> str | None:
     for key, item in _members(headers.get("Repr-Digest") or ""):
-        if key == "sha-256" and len(item) >= 2 and item[0] == item[-1] == ":":
+        if key == "sha-256" and len(item) > 2 and item.startswith(":") and item.endswith(":"):
             return _b64_sha256(item[1:-1])
     return None
 
@@ -73,12 +70,10 @@ def instance_digest(headers: Mapping[str, str]) -> str | None:
 
 
 def amz_checksum(headers: Mapping[str, str]) -> str | None:
-    value = (headers.get("x-amz-checksum-sha256") or "").strip()
-    if not value or "-" in value.rstrip("="):
-        return None  # absent, or a checksum of the parts' checksums
+    # A checksum of the parts' checksums, "<base64>-<parts>", is no base64: refused as such.
     if (headers.get("x-amz-checksum-type") or "FULL_OBJECT").strip().upper() != "FULL_OBJECT":
         return None
-    return _b64_sha256(value)
+    return _b64_sha256((headers.get("x-amz-checksum-sha256") or "").strip())
 
 
 def _coded(headers: Mapping[str, str]) -> bool:

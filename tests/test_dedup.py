@@ -208,3 +208,48 @@ def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, 
     assert done["status"] == "complete" and "deduplicated" not in done
     assert origin.bytes_sent("/b/m.bin") == len(res.data)
     assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+
+
+def test_a_copy_without_copy_file_range_reads_and_writes(client: Any, app: Any, origin: Any, watch: Any,
+                                                         monkeypatch: Any) -> None:
+    """Both fallbacks at once: no hard link, and no copy in the kernel (ENOSYS, as
+    on file systems and kernels without it): the bytes go through this process."""
+    res = install(client, watch, origin, size=dedup.COPY_CHUNK + 3 * MiB + 5)  # more than one chunk
+
+    def refuse(src: str, dst: str, **kw: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def unsupported(*args: Any) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(dedup, "link", refuse)
+    monkeypatch.setattr(dedup, "copy_file_range", unsupported)
+    before = requests_seen(origin)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True, done
+    assert requests_seen(origin) == before
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+
+
+def test_an_installed_name_swapped_before_the_link_is_copied_from_the_file_opened(
+        client: Any, app: Any, origin: Any, watch: Any, monkeypatch: Any) -> None:
+    """The name is linked after the file was opened (and its size checked): a file
+    put under that name in between is not what the link must give. The link made of
+    it is refused, and the bytes come from the file that was opened."""
+    res = install(client, watch, origin, size=2 * MiB)
+    impostor = os.path.join(models_dir(app), "impostor.bin")
+    with open(impostor, "wb") as fh:
+        fh.write(b"x" * len(res.data))
+
+    def link_another(src: str, dst: str, **kw: Any) -> None:
+        os.link("impostor.bin", dst, src_dir_fd=kw["src_dir_fd"], dst_dir_fd=kw["dst_dir_fd"])
+
+    monkeypatch.setattr(dedup, "link", link_another)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True, done
+    copied = os.path.join(models_dir(app), "m-b.bin")
+    assert read(copied) == res.data
+    assert os.stat(copied).st_ino not in (os.stat(impostor).st_ino, os.stat(os.path.join(models_dir(app), "m.bin")).st_ino)
+    assert os.stat(impostor).st_nlink == 1  # the refused link was removed

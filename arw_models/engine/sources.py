@@ -140,16 +140,3 @@ def filename_of(url: str) -> str:
         except InvalidReference:
             return ""
     return url_filename(url)
-
-
-def same_host(a: str, b: str) -> bool:
-    """Whether two urls name the same host and port (the scheme's default port counted)."""
-    try:
-        x, y = urlsplit(a), urlsplit(b)
-        return (x.hostname, x.port or _default_port(x.scheme)) == (y.hostname, y.port or _default_port(y.scheme))
-    except ValueError:
-        return False
-
-
-def _default_port(scheme: str) -> int | None:
-    return {"http": 80, "https": 443}.get(scheme.lower())
