@@ -207,8 +207,9 @@ def checked_headers(value: Any) -> dict[str, str]:
             raise BadRequest(f"the header {name} is given twice", code="invalid-headers")
         seen.add(name.lower())
         # The value is never quoted back: it may be a credential.
+        # HTTP sends a field value as latin-1: a character beyond it could not be sent.
         if not isinstance(text, str) or len(text) > 8192 or any(ord(ch) < 32 and ch != "\t" or ord(ch) == 127
-                                                                 for ch in text):
+                                                                 or ord(ch) > 255 for ch in text):
             raise BadRequest(f"the value of header {name} must be a string of printable characters",
                              code="invalid-headers")
     return {name: text.strip() for name, text in value.items()}
