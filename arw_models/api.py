@@ -141,6 +141,8 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url is required: an http or https URL", code="invalid-url")
     if len(value) > MAX_URL or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise BadRequest("url must be a single http or https URL without spaces", code="invalid-url")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):  # JSON's lone surrogates: no url can encode them
+        raise BadRequest("url must be valid Unicode", code="invalid-url")
     if value.startswith(sources.HF_SCHEME):
         try:
             sources.parse_hf(value)
