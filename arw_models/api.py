@@ -141,6 +141,8 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url is required: an http or https URL", code="invalid-url")
     if len(value) > MAX_URL or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise BadRequest("url must be a single http or https URL without spaces", code="invalid-url")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):  # JSON's lone surrogates: no url can encode them
+        raise BadRequest("url must be valid Unicode", code="invalid-url")
     if value.startswith(sources.HF_SCHEME):
         try:
             sources.parse_hf(value)
@@ -207,8 +209,9 @@ def checked_headers(value: Any) -> dict[str, str]:
             raise BadRequest(f"the header {name} is given twice", code="invalid-headers")
         seen.add(name.lower())
         # The value is never quoted back: it may be a credential.
+        # HTTP sends a field value as latin-1: a character beyond it could not be sent.
         if not isinstance(text, str) or len(text) > 8192 or any(ord(ch) < 32 and ch != "\t" or ord(ch) == 127
-                                                                 for ch in text):
+                                                                 or ord(ch) > 255 for ch in text):
             raise BadRequest(f"the value of header {name} must be a string of printable characters",
                              code="invalid-headers")
     return {name: text.strip() for name, text in value.items()}

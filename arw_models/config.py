@@ -400,7 +400,7 @@ class Settings:
             "threads": self.threads,
             "body_timeout_secs": self.body_timeout,
             "log_format": self.log_format,
-            "hf_endpoint": self.hf_endpoint,
+            "hf_endpoint": redact_url(self.hf_endpoint),  # its userinfo may be a credential
             "hf_token": "set" if self.hf_token else None,
             "mirrors": [redact_url(m) for m in self.mirrors],
             "auth": "token" if self.admin_token else "none",

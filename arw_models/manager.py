@@ -193,14 +193,15 @@ class DownloadManager:
         if previous is not None:
             previous.done.wait()  # the job this one takes over has let go of the .part
             job.after = None
-        download = self._downloads.get(job)
-        if download is None:
-            download = self._downloads[job] = Download(
-                job, self.settings, self.state, session=lambda: new_session(f"arw-models/{__version__}"),
-                opener=self.open_part, limits=self.check_limits,
-                checkpoint=lambda point: self.checkpoint(point, job),
-                adopt=lambda digest: self.adopter.adopt(job, digest))
         try:
+            # Inside the try: a job whose transfer cannot even be set up must still end.
+            download = self._downloads.get(job)
+            if download is None:
+                download = self._downloads[job] = Download(
+                    job, self.settings, self.state, session=lambda: new_session(f"arw-models/{__version__}"),
+                    opener=self.open_part, limits=self.check_limits,
+                    checkpoint=lambda point: self.checkpoint(point, job),
+                    adopt=lambda digest: self.adopter.adopt(job, digest))
             self._install(job, download.attempt())
         except JobStopped:
             self._stopped(job)
