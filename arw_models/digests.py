@@ -83,10 +83,12 @@ def _coded(headers: Mapping[str, str]) -> bool:
 def published(headers: Mapping[str, str], final: bool = True) -> Published | None:
     """The whole file's SHA-256 as one answer states it. ``final``: the answer
     whose body is the file (a redirect's only vouches with ``X-Linked-Etag``)."""
+    if final and _coded(headers):
+        return None  # the bytes as sent are not the file any digest describes
     found = linked_etag(headers)
     if found:
         return Published(found, "X-Linked-Etag")
-    if not final or _coded(headers):
+    if not final:
         return None
     for name, read in (("Repr-Digest", repr_digest), ("Digest", instance_digest),
                        ("x-amz-checksum-sha256", amz_checksum)):
@@ -99,6 +101,8 @@ def published(headers: Mapping[str, str], final: bool = True) -> Published | Non
 def along_chain(response: Any) -> Published | None:
     """The digest the answer, or a redirect that led to it, publishes: the final
     answer's first, then the redirects' from the last to the first."""
+    if _coded(response.headers):
+        return None
     found = published(response.headers)
     if found:
         return found

@@ -57,6 +57,7 @@ def test_each_form_is_read(headers: dict[str, str], header: str) -> None:
     # Under a content coding the representation is the coded bytes, not the file.
     {"Repr-Digest": f"sha-256=:{B64}:", "Content-Encoding": "gzip"},
     {"Digest": f"SHA-256={B64}", "Content-Encoding": "br"},
+    {"X-Linked-Etag": f'"{HEX}"', "Content-Encoding": "gzip"},
 ])
 def test_what_does_not_state_the_files_digest_is_ignored(headers: dict[str, str]) -> None:
     assert digests.published(headers) is None
@@ -75,6 +76,8 @@ def test_the_redirect_chain_is_read_and_the_final_answer_comes_first() -> None:
     assert digests.along_chain(_Answer({"Digest": f"SHA-256={OTHER_B64}"}, [hub])) == (OTHER, "Digest")
     # A redirect's other digest headers describe the redirect, not the file.
     assert digests.along_chain(_Answer({}, [_Answer({"Repr-Digest": f"sha-256=:{B64}:"})])) is None
+    # A coded final answer is not the file the hub's digest describes.
+    assert digests.along_chain(_Answer({"Content-Encoding": "gzip"}, [hub])) is None
 
 
 # -- downloads verified by them ---------------------------------------------------------------
