@@ -29,6 +29,7 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
+from .headers import HEADER_NAME_PATTERN, RESERVED_HEADERS
 from .limits import (
     BodyIncomplete,
     BodyTimeout,
@@ -183,12 +184,7 @@ def checked_rate(value: Any, name: str) -> int | None:
     return value
 
 
-# Headers the transfer sets itself, or that describe the connection rather than the request.
-RESERVED_HEADERS = frozenset({
-    "host", "range", "if-range", "accept-encoding", "content-length", "transfer-encoding", "connection",
-    "keep-alive", "te", "trailer", "upgrade", "expect", "proxy-connection",
-})
-HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
 MAX_HEADERS = 32
 
 
@@ -199,22 +195,27 @@ def checked_headers(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or len(value) > MAX_HEADERS:
         raise BadRequest(f"headers must be an object of at most {MAX_HEADERS} header names to string values",
                          code="invalid-headers")
-    seen: set[str] = set()
     for name, text in value.items():
         if not HEADER_NAME.fullmatch(name):
             raise BadRequest("a header name must be an HTTP token", code="invalid-headers")
         if name.lower() in RESERVED_HEADERS:
             raise BadRequest(f"the header {name} is set by the service itself", code="invalid-headers")
-        if name.lower() in seen:
-            raise BadRequest(f"the header {name} is given twice", code="invalid-headers")
-        seen.add(name.lower())
         # The value is never quoted back: it may be a credential.
         # HTTP sends a field value as latin-1: a character beyond it could not be sent.
         if not isinstance(text, str) or len(text) > 8192 or any(ord(ch) < 32 and ch != "\t" or ord(ch) == 127
                                                                  or ord(ch) > 255 for ch in text):
             raise BadRequest(f"the value of header {name} must be a string of printable characters",
                              code="invalid-headers")
-    return {name: text.strip() for name, text in value.items()}
+    # One name in two spellings is one field; its lines combine as HTTP combines them.
+    fields: dict[str, tuple[str, str]] = {}
+    for name, text in value.items():
+        if name.lower() in fields:
+            first, joined = fields[name.lower()]
+            glue = "; " if name.lower() == "cookie" else ", "
+            fields[name.lower()] = (first, f"{joined}{glue}{text.strip()}")
+        else:
+            fields[name.lower()] = (name, text.strip())
+    return dict(fields.values())
 
 
 def checked_provider(value: Any) -> str:

@@ -159,6 +159,15 @@ def filename_from_disposition(header: str | None) -> str | None:
     return options.get("filename") or None
 
 
+# Request headers for a gated origin: names are HTTP tokens, and these are the ones
+# the transfer sets itself, or that describe the connection rather than the request.
+HEADER_NAME_PATTERN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}"
+RESERVED_HEADERS = frozenset({
+    "host", "range", "if-range", "accept-encoding", "content-length", "transfer-encoding", "connection",
+    "keep-alive", "te", "trailer", "upgrade", "expect", "proxy-connection",
+})
+
+
 def url_filename(url: str) -> str:
     """The last path segment, without its parameters (``f.bin;token=...`` is ``f.bin``)."""
     path = urlsplit(url).path

@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import __version__
+from .headers import HEADER_NAME_PATTERN, RESERVED_HEADERS
 
 # Every problem code a request can be answered with, and the status it comes with.
 PROBLEM_CODES: dict[str, int] = {
@@ -68,6 +69,10 @@ EVENT_ID_PATTERN = r"^\s*[0-9]{1,20}\s*$"
 # but one that every url matching it is: ports 1-65535, no blanks or controls.
 _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:" + _PORT + r")?(/[!-~]*)?$"
+# The reserved header names in any case (a JSON Schema pattern has no flags).
+_RESERVED_PATTERN = "^(" + "|".join(
+    "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in name)
+    for name in sorted(RESERVED_HEADERS)) + ")$"
 _HUB_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 HF_PATTERN = (rf"^hf://((datasets|spaces)/)?{_HUB_NAME}/{_HUB_NAME}(/{_SEGMENT})+(@{_SEGMENT})?$")
@@ -317,9 +322,15 @@ def _schemas() -> dict[str, Any]:
                              "pattern": "^[ -~]+$", "description": "a short printable label; default ``local``"},
                 "rate_limit": {"type": ["integer", "null"], "minimum": 1, "maximum": 10**12,
                                "description": "optional: bytes per second for this download"},
-                "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                "headers": {"type": ["object", "null"], "maxProperties": 32,
+                            "propertyNames": {"pattern": f"^{HEADER_NAME_PATTERN}$",
+                                              "not": {"pattern": _RESERVED_PATTERN}},
+                            "additionalProperties": {"type": "string", "maxLength": 8192,
+                                                     "pattern": "^[\t\u0020-\u007e\u0080-\u00ff]*$"},
                             "description": "optional request headers for a gated origin (``Authorization``, "
-                                           "say): sent only to the url's own host, never shown"},
+                                           "say): sent only to the url's own host, never shown; values are "
+                                           "latin-1 text, and the names the transfer sets itself (Host, Range, "
+                                           "Accept-Encoding...) are refused"},
             },
         },
         "Model": {

@@ -24,7 +24,7 @@ from .hub import (
     shown_nowhere,
     state_files_holding,
 )
-from .origin import payload
+from .origin import Origin, payload
 from .sse import SSEClient
 
 KiB = 1024
@@ -266,7 +266,6 @@ INVALID_HEADERS = {
     "a-colon-in-the-name": {"X-Api-Key:": SECRET},
     "an-empty-name": {"": SECRET},
     "a-non-ascii-name": {"X-Ключ": SECRET},
-    "twice": {KEY: "a", KEY.lower(): SECRET},  # the same header, in another case
 }
 
 
@@ -279,6 +278,19 @@ def test_invalid_headers_are_a_400_that_never_quotes_the_value(service: Service,
     text = r.get_data(as_text=True)
     assert SECRET not in text and "918273645" not in text
     assert client.get("/models/downloads").json["items"] == []
+
+
+def test_one_header_in_two_spellings_is_sent_as_one_field(service: Service, origin: Origin) -> None:
+    """JSON tells "X-Team" and "x-team" apart, HTTP does not: their values combine as
+    repeated field lines do (a Cookie's with "; ")."""
+    res = origin.add("/t.gguf", payload(KiB, seed=810))
+    _, client, watch = service()
+    headers = {"X-Team": "blue", "x-team": "green", "Cookie": "a=1", "COOKIE": "b=2"}
+    assert post_download(client, "t", origin.url("/t.gguf"), headers=headers).status_code == 202
+    assert watch.terminal("t")["sha256"] == res.sha256
+    [seen] = origin.requests_for("/t.gguf")
+    assert seen.headers["x-team"] == "blue, green"
+    assert sorted(seen.headers["cookie"].split("; ")) == ["a=1", "b=2"]  # one Cookie field, in some order
 
 
 def test_thirty_two_headers_are_accepted(service: Service, gate: Server) -> None:
