@@ -32,6 +32,7 @@ OTHER_B64 = base64.b64encode(bytes.fromhex(OTHER)).decode()
     ({"X-Linked-Etag": HEX.upper()}, "X-Linked-Etag"),
     ({"Repr-Digest": f"sha-256=:{B64}:"}, "Repr-Digest"),
     ({"Repr-Digest": f"sha-512=:{base64.b64encode(bytes(64)).decode()}:, sha-256=:{B64}:"}, "Repr-Digest"),
+    ({"Repr-Digest": f"sha-256=:{B64}:;since=1;by=cdn"}, "Repr-Digest"),  # a member's parameters
     ({"Digest": f"SHA-256={B64}"}, "Digest"),
     ({"Digest": f"md5=AAAAAAAAAAAAAAAAAAAAAA==, sha-256={B64.rstrip('=')}"}, "Digest"),
     ({"x-amz-checksum-sha256": B64}, "x-amz-checksum-sha256"),
@@ -216,3 +217,24 @@ def test_a_mirror_whose_published_digest_disagrees_with_the_request_is_skipped(
     assert skipped["source"] == mirror.base and skipped["bytes"] == 0 and "skipped" in skipped
     assert served == {"source": "origin", "bytes": len(data)}
     assert len(opened) == 1  # the mirror's body was never written
+
+
+def test_the_origins_own_published_digest_that_disagrees_fails_even_with_mirrors(
+        service: Any, origin: Any) -> None:
+    """Mirrors are skipped for what they publish; the origin is the last word."""
+    from .origin import Origin
+
+    res = origin.add("/m.gguf", payload(MiB, seed=6))
+    res.headers = FORMS["Repr-Digest"](OTHER)
+    mirror = Origin()  # has no such file: 404, skipped
+    try:
+        app, client, watch = service(ARW_DL_MIRRORS=mirror.base + "{path}")
+        post_download(client, "m", origin.url("/m.gguf"), sha256=res.sha256)
+        done = watch.terminal("m")
+    finally:
+        mirror.close()
+    assert done["status"] == "error" and done["code"] == "checksum-mismatch"
+    assert (done["expected"], done["actual"]) == (res.sha256, OTHER)
+    job = client.get("/models/downloads/m").json
+    assert [s["source"] for s in job["sources"]] == [mirror.base, "origin"]
+    assert listing(app) == []
