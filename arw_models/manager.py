@@ -441,6 +441,8 @@ class DownloadManager:
     def start(self) -> None:
         """Sweeps stale partial files and resumes the others if so configured."""
         s = self.settings
+        for path in self.state.sweep_temporaries():
+            log.info("removed %s, left by a process that stopped while writing it", path)
         now = time.time()
         for model_id in list(self.state.partial_ids()):
             paths = [self.state.part_path(model_id), self.state.sidecar_path(model_id)]

@@ -236,6 +236,28 @@ class StateDir:
         fsync_dir(self.models_dir)
         return path
 
+    def sweep_temporaries(self) -> list[str]:
+        """Removes the temporary files (``.<name>.<pid>.<thread>.tmp``, see
+        :func:`~arw_models.files.temp_path`) a process that died left in the state
+        directory and in ``models/``. Called at start, under the state lock, when no
+        other process writes here: each one is stale. A temporary hard link of a model
+        would otherwise keep its bytes on the disk after the model is deleted."""
+        removed = []
+        for directory in (self.root, self.models_dir):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if not _TEMPORARY.fullmatch(name):
+                    continue
+                try:
+                    if remove_quietly(os.path.join(directory, name)):
+                        removed.append(os.path.join(directory, name))
+                except OSError as exc:  # a directory of that name, say: not ours to touch
+                    log.warning("cannot remove %s: %s", os.path.join(directory, name), exc.strerror or exc)
+        return removed
+
     def partial_ids(self) -> Iterator[str]:
         """Ids that have a ``.part`` or a sidecar in ``models/``."""
         try:
@@ -251,6 +273,10 @@ class StateDir:
                         seen.add(model_id)
                         yield model_id
                     break
+
+
+# The names files.temp_path gives: "." + a name + "." + pid + "." + thread id + ".tmp".
+_TEMPORARY = re.compile(r"\..+\.[0-9]+\.[0-9]+\.tmp")
 
 
 class Registry:

@@ -253,3 +253,29 @@ def test_an_installed_name_swapped_before_the_link_is_copied_from_the_file_opene
     assert read(copied) == res.data
     assert os.stat(copied).st_ino not in (os.stat(impostor).st_ino, os.stat(os.path.join(models_dir(app), "m.bin")).st_ino)
     assert os.stat(impostor).st_nlink == 1  # the refused link was removed
+
+
+def test_a_temporary_link_left_by_a_crash_is_removed_at_start(make_app: Any, origin: Any) -> None:
+    """A process that died between linking an installed file and renaming the link
+    leaves a temporary name, which would keep the model's bytes on the disk after
+    the model is deleted. The next start removes it (and any other temporary file of
+    a write that never finished), and nothing else."""
+    app = make_app()
+    client = app.test_client()
+    res = origin.add("/a/m.bin", payload(MiB, seed=9))
+    post_download(client, "a", origin.url("/a/m.bin"), sha256=res.sha256)
+    assert ArwModels.state(app).manager.wait("a", 10)
+    models = models_dir(app)
+    os.link(os.path.join(models, "m.bin"), os.path.join(models, ".b.part.4242.139.tmp"))
+    with open(os.path.join(app.config["ARW_STATE_DIR"], ".models.json.4242.139.tmp"), "w") as fh:
+        fh.write("{")
+    keep = os.path.join(models, ".notes.tmp")  # not a name the service writes
+    with open(keep, "w") as fh:
+        fh.write("mine")
+    ArwModels.state(app).shutdown()
+
+    again = make_app(ARW_STATE_DIR=app.config["ARW_STATE_DIR"])
+    assert again.test_client().get("/models").json["items"][0]["id"] == "a"  # the service starts
+    assert sorted(os.listdir(models_dir(again))) == [".notes.tmp", "m.bin"]
+    assert os.stat(os.path.join(models, "m.bin")).st_nlink == 1
+    assert not os.path.exists(os.path.join(app.config["ARW_STATE_DIR"], ".models.json.4242.139.tmp"))
