@@ -7,9 +7,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
-import os
-import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,25 +61,13 @@ class NginxProxy:
     def __init__(self, binary: str, base: Path, upstream: int) -> None:
         base.mkdir()
         self.access_log = base / "access.log"
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        conf = base / "nginx.conf"
-        conf.write_text(f"""
-daemon off;
-worker_processes 1;
-{"user root;" if os.geteuid() == 0 else ""}
-pid {base}/nginx.pid;
-error_log {base}/error.log;
-events {{ worker_connections 64; }}
-http {{
+        self.proc, self.port = nginx.launch(binary, str(base), lambda port: f"""
     log_format brief '$status $request_method $uri';
     access_log {self.access_log} brief;
     client_body_temp_path {base}/body;
     proxy_temp_path {base}/proxy;
     server {{
-        listen 127.0.0.1:{self.port};
+        listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://127.0.0.1:{upstream};
             proxy_http_version 1.1;
@@ -92,16 +77,7 @@ http {{
             proxy_read_timeout 60s;
         }}
     }}
-}}
 """)
-        try:
-            self.proc = subprocess.Popen(
-                [binary, "-p", str(base), "-e", str(base / "error.log"), "-c", str(conf)],
-                pass_fds=[listener.fileno()], env=dict(os.environ, NGINX=f"{listener.fileno()};"),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-        finally:
-            listener.close()
 
     @property
     def url(self) -> str:
