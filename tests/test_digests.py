@@ -238,3 +238,14 @@ def test_the_origins_own_published_digest_that_disagrees_fails_even_with_mirrors
     job = client.get("/models/downloads/m").json
     assert [s["source"] for s in job["sources"]] == [mirror.base, "origin"]
     assert listing(app) == []
+
+
+def test_a_size_the_hub_states_that_the_answer_does_not_serve_fails_before_the_body(
+        client: Any, app: Any, origin: Any, watch: Any) -> None:
+    res = origin.add("/m.gguf", payload(MiB, seed=7))
+    res.headers = {**FORMS["X-Linked-Etag"](res.sha256), "X-Linked-Size": str(MiB + 1)}
+    post_download(client, "m", origin.url("/m.gguf"))
+    done = watch.terminal("m")
+    assert done["status"] == "error" and done["code"] == "size-mismatch"
+    assert done["expected_bytes"] == MiB + 1
+    assert listing(app) == []

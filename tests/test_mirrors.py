@@ -451,12 +451,16 @@ def test_a_mirror_whose_answers_cannot_be_continued_is_skipped_when_its_retries_
     first, second = servers(), servers()
     first.add("/r.gguf", data, drop_after=MiB)
     second.add("/r.gguf", data, range_shift=1)  # a range one byte off what was asked
-    app, client, watch = service(**mirrors(at(first), at(second)), ARW_DL_RETRIES=0)
+    # A long backoff: moving on to the next source must not wait for it.
+    app, client, watch = service(**mirrors(at(first), at(second)), ARW_DL_RETRIES=0,
+                                 ARW_DL_RETRY_BACKOFF_MS=5000, ARW_DL_RETRY_BACKOFF_MAX_MS=10000)
     post_download(client, "r", origin.url("/r.gguf"))
     done = watch.terminal("r")
     assert done["status"] == "complete", done
     assert installed(app, "r.gguf") == data
     assert [(s["bytes"], "skipped" in s) for s in done["sources"]] == [(MiB, True), (0, True), (2 * MiB, False)]
+    moves = [p for p in watch.payloads("r") if p["status"] == "retrying"]
+    assert len(moves) == 2 and all(p["delay_ms"] == 0 for p in moves), moves
     assert [s.range for s in origin.requests_for("/r.gguf")] == [None]  # the bytes on disk went with the answer
 
 

@@ -765,3 +765,20 @@ def test_part_without_validator_or_sha256_is_not_resumed(service: Service, origi
     assert watch.terminal("nv")["status"] == "complete"
     assert [s.range for s in origin.requests_for("/nv.gguf")] == [None]
     assert read(os.path.join(models_dir(app), "nv.gguf")) == res.data
+
+
+def test_a_short_body_whose_resumes_bring_nothing_ends_the_job_and_keeps_the_part(
+        service: Service, origin: Origin) -> None:
+    """Every resume is a 206 without a Content-Length whose body ends, cleanly,
+    before its first byte: the retries run out without progress, and the bytes on
+    disk stay for a later resume."""
+    app, client, watch = service(ARW_DL_RETRIES=2)
+    cut = 300_000
+    res = origin.add("/short.gguf", payload(MiB, seed=11), send_length=False, range_drop_after=0, range_drops=10)
+    url = origin.url("/short.gguf")
+    write_partial(app, "short", res.data[:cut], {"url": url, "etag": res.etag, "total": MiB})
+    post_download(client, "short", url, sha256=res.sha256)
+    err = watch.terminal("short")
+    assert err["status"] == "error" and err["code"] == "size-mismatch", err
+    assert read(part(app, "short")) == res.data[:cut]
+    assert [s.range for s in origin.requests_for("/short.gguf")] == [f"bytes={cut}-"] * 3

@@ -22,7 +22,7 @@ from arw_models.engine.plan import Plan, Span
 from arw_models.manager import PROGRESS
 
 from .conftest import Service, post_download
-from .helpers import cancel, listing, models_dir, read
+from .helpers import cancel, listing, models_dir, read, write_partial
 from .origin import Origin, payload
 from .servers import Gunicorn
 from .sse import SSEClient
@@ -231,7 +231,8 @@ def test_kill_9_during_a_segmented_download_resumes_every_range(
 def test_a_fast_origin_is_read_on_one_connection(service: Service, origin: Origin) -> None:
     """The first connection brings more than ARW_DL_SPLIT_BELOW_MBPS: opening more
     would cost CPU time for nothing, so the ranges are fetched one after another."""
-    app, client, watch = service(**dict(SEGMENTED, ARW_DL_SPLIT_BELOW_MBPS=0.001))
+    # The first connection brings about 4 MiB/s, well above the 0.5 asked for.
+    app, client, watch = service(**dict(SEGMENTED, ARW_DL_SPLIT_BELOW_MBPS=0.5))
     res = origin.add("/fast.gguf", payload(8 * MiB, seed=109), throttle=4 * MiB)
     post_download(client, "fast", origin.url("/fast.gguf"), sha256=res.sha256)
     assert watch.terminal("fast")["status"] == "complete"
@@ -267,3 +268,18 @@ def test_a_segmented_download_paused_before_its_first_fsync_resumes_whole(servic
     again = origin.requests_for("/p.gguf")[before:]
     assert all(r.status == 206 for r in again)
     assert sum(r.sent for r in again) <= 8 * MiB - paused + len(again) * 512 * KiB  # (socket buffers)
+
+
+def test_a_resume_is_split_by_the_speed_of_what_it_fetches_not_what_it_had(service: Service,
+                                                                              origin: Origin) -> None:
+    """6 MiB on disk, then 2 MiB/s from a slow origin: slower than the 8 MiB/s asked
+    for, so the rest comes in parallel ranges, whatever the bytes already there."""
+    app, client, watch = service(**dict(SEGMENTED, ARW_DL_SPLIT_BELOW_MBPS=8))
+    data = payload(12 * MiB, seed=110)
+    res = origin.add("/slow.gguf", data, throttle=2 * MiB)
+    url = origin.url("/slow.gguf")
+    write_partial(app, "slow", data[:6 * MiB], {"url": url, "etag": res.etag, "total": len(data)})
+    post_download(client, "slow", url, sha256=res.sha256)
+    assert watch.terminal("slow", timeout=20)["status"] == "complete"
+    assert max(p.get("segments", 0) for p in watch.payloads("slow")) > 1
+    assert read(os.path.join(models_dir(app), "slow.gguf")) == data
