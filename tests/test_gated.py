@@ -5,6 +5,7 @@ file of the state directory. Against the real local servers of tests/hub.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -15,7 +16,7 @@ import pytest
 import requests
 
 from .conftest import LiveServer, Service, Watch, post_download
-from .helpers import listing, models_dir, read, sidecar
+from .helpers import listing, models_dir, read, sidecar, write_partial
 from .hub import (
     Server,
     events_text,
@@ -335,3 +336,22 @@ def test_parallel_ranges_carry_the_header_and_a_paused_one_resumes_with_it_after
     assert all(s.headers.get(KEY.lower()) == SECRET for s in seen)
     assert sum(1 for s in seen if s.range) >= 2
     assert state_files_holding(second.config["ARW_STATE_DIR"], SECRET) == []
+
+
+def test_a_post_without_headers_drops_those_a_paused_download_kept(service: Service, origin: Origin) -> None:
+    """A download in parallel ranges, paused with a gated header in its sidecar, then
+    asked for again without one: what the POST says now is what a restart would use."""
+    data = payload(8 * MiB, seed=811)
+    res = origin.add("/open.gguf", data, throttle=2 * MiB)
+    url = origin.url("/open.gguf")
+    app, client, watch = service(ARW_DL_SEGMENTS=4, ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_CHUNK_BYTES=64 * KiB)
+    ranges = [[0, 4 * MiB, MiB], [4 * MiB, 8 * MiB, MiB]]
+    write_partial(app, "o", data, {"url": url, "etag": res.etag, "total": len(data), "ranges": ranges,
+                                   "headers": {KEY: SECRET}})
+    post_download(client, "o", url)
+    watch.until(lambda e: e.payload.get("id") == "o" and e.payload.get("segments", 0) > 1)
+    assert client.post("/models/download/pause", json={"id": "o"}).status_code == 200
+    with open(sidecar(app, "o")) as fh:
+        kept = json.load(fh)
+    assert "headers" not in kept and SECRET not in json.dumps(kept)
+    assert all(KEY.lower() not in s.headers for s in origin.requests_for("/open.gguf"))
