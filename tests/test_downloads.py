@@ -32,6 +32,8 @@ def test_download_verifies_and_installs(client: Any, app: Any, origin: Any, watc
     with open(os.path.join(models_dir(app), "qwen.gguf"), "rb") as fh:
         assert fh.read() == res.data
     assert listing(app) == ["qwen.gguf"]  # no .part, no sidecar left
+    job = client.get("/models/downloads/qwen").json
+    assert job["status"] == "complete" and job["finished_at"] >= job["created_at"]
     items = client.get("/models").json["items"]
     assert [(m["id"], m["status"], m["file"], m["bytes"], m["sha256"]) for m in items] == [
         ("qwen", "available", "qwen.gguf", len(res.data), res.sha256)

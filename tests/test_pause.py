@@ -116,6 +116,7 @@ def test_a_queued_download_can_be_paused_and_resumed(service: Service, origin: O
     assert post_download(client, "wait", origin.url("/wait.gguf")).json["status"] == "queued"
     r = pause(client, "wait")
     assert r.status_code == 200 and r.json["status"] == "paused"
+    assert watch.status("wait", "paused")["downloaded"] == 0  # nothing on disk: not a byte
     assert origin.requests_for("/wait.gguf") == []
     hold.release.set()
     assert cancel(client, "hold").status_code == 200
