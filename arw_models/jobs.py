@@ -194,7 +194,7 @@ class DownloadJob:
             if self.stop_event.is_set() or Status.COMPLETE not in MOVES[self._status]:
                 return None
             fields = install()
-            sources = self._sources()
+            sources = self.served()
             if sources is not None:
                 fields["sources"] = sources
             return self.transition(Status.COMPLETE, **fields)
@@ -284,12 +284,13 @@ class DownloadJob:
         if self.total and speed > 0:
             fields["eta_s"] = round(max(0, self.total - downloaded) / speed, 1)
         fields["segments"] = self.segments
-        sources = self._sources()
+        sources = self.served()
         if sources is not None:
             fields["sources"] = sources
         return fields
 
-    def _sources(self) -> list[dict[str, Any]] | None:
+    def served(self) -> list[dict[str, Any]] | None:
+        """What each source served, for a job with mirrors (None without)."""
         return None if self.sources is None else self.sources.summary(self.downloaded)
 
     def began(self, offset: int, total: int | None) -> None:
@@ -327,7 +328,7 @@ class DownloadJob:
             snap.update(self.error)
         if self.finished_at:
             snap["finished_at"] = self.finished_at
-        sources = self._sources()
+        sources = self.served()
         if sources is not None:
             snap["sources"] = sources
         return snap

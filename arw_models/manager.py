@@ -305,7 +305,9 @@ class DownloadManager:
         if not err.keep_part:
             self.state.remove_partial(job.id)
         log.warning("download %s failed: %s (%s)", job.id, err.message, err.code)
-        job.transition(Status.ERROR, code=err.code, error=err.message, **err.context)
+        served = job.served()
+        job.transition(Status.ERROR, code=err.code, error=err.message, **err.context,
+                       **({"sources": served} if served is not None else {}))
 
     def _ended(self, job: DownloadJob) -> None:
         """Marks the job done and forgets the oldest finished jobs beyond ``jobs_keep``,

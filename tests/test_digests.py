@@ -237,6 +237,7 @@ def test_the_origins_own_published_digest_that_disagrees_fails_even_with_mirrors
     assert (done["expected"], done["actual"]) == (res.sha256, OTHER)
     job = client.get("/models/downloads/m").json
     assert [s["source"] for s in job["sources"]] == [mirror.base, "origin"]
+    assert done["sources"] == job["sources"]  # the error event says who served what, too
     assert listing(app) == []
 
 
