@@ -25,6 +25,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from .headers import content_coded
+
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -76,14 +78,10 @@ def amz_checksum(headers: Mapping[str, str]) -> str | None:
     return _b64_sha256((headers.get("x-amz-checksum-sha256") or "").strip())
 
 
-def _coded(headers: Mapping[str, str]) -> bool:
-    return (headers.get("Content-Encoding") or "identity").strip().lower() not in ("", "identity")
-
-
 def published(headers: Mapping[str, str], final: bool = True) -> Published | None:
     """The whole file's SHA-256 as one answer states it. ``final``: the answer
     whose body is the file (a redirect's only vouches with ``X-Linked-Etag``)."""
-    if final and _coded(headers):
+    if final and content_coded(headers):
         return None  # the bytes as sent are not the file any digest describes
     found = linked_etag(headers)
     if found:
@@ -101,7 +99,7 @@ def published(headers: Mapping[str, str], final: bool = True) -> Published | Non
 def along_chain(response: Any) -> Published | None:
     """The digest the answer, or a redirect that led to it, publishes: the final
     answer's first, then the redirects' from the last to the first."""
-    if _coded(response.headers):
+    if content_coded(response.headers):
         return None
     found = published(response.headers)
     if found:

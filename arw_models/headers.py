@@ -134,6 +134,12 @@ def same_version(recorded_etag: str | None, recorded_modified: str | None,
     return None
 
 
+def content_coded(headers: Mapping[str, str]) -> bool:
+    """Whether the body is sent under a content coding (gzip, br...): its bytes are
+    then not the file's, and neither its length nor a digest of the file fits them."""
+    return (headers.get("Content-Encoding") or "identity").strip().lower() not in ("", "identity")
+
+
 def content_length(headers: Mapping[str, str]) -> int | None:
     """The ``Content-Length``, or None when it is absent or not a plain number.
     (werkzeug's ``get_content_length`` answers 0 for a malformed one.)"""

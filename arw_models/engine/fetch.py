@@ -21,6 +21,7 @@ from urllib3.exceptions import IncompleteRead
 from ..config import Settings
 from ..errors import JobStopped, TransferError
 from ..headers import (
+    content_coded,
     content_length,
     parse_content_range,
     parse_retry_after,
@@ -140,8 +141,7 @@ def accept(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any
             # The origin ignored the range, or the file changed (If-Range): start over.
             log.info("download %s: the origin sent the whole file; restarting from byte 0", job.id)
             truncate()
-        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-        return Answer(0, None if encoded else content_length(response.headers))
+        return Answer(0, file_size(response))
     announced = parse_content_range(response.headers.get("Content-Range"))
     if (
         not offset
@@ -155,6 +155,15 @@ def accept(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any
                             f"the origin sent range {response.headers.get('Content-Range')!r} for a request "
                             f"from byte {offset}; starting again", retryable=True, url=url)
     return Answer(offset, announced.total)
+
+
+def file_size(response: Any) -> int | None:
+    """The size of the file an answer is of: a 200's length (unless coded), a 206's
+    or 416's Content-Range total; None when it does not say."""
+    if response.status_code == 200:
+        return None if content_coded(response.headers) else content_length(response.headers)
+    announced = parse_content_range(response.headers.get("Content-Range"))
+    return announced.total if announced is not None else None
 
 
 def _check_version(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any],

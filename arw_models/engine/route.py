@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TransferError
-from ..headers import content_length, parse_content_range
+from .fetch import file_size
 from .sources import Source
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Route:
         that failed after its answer: a stall, a drop); the bytes on disk are left
         alone, for the next source to continue."""
         status = response.status_code
-        total = _total_of(response)
+        total = file_size(response)
         if status not in (200, 206, 416) or (total is None and status == 416):
             return
         with self._lock:
@@ -192,15 +192,6 @@ class Route:
         self.moved = TransferError(err.code, f"a mirror was skipped ({why}); asking {self.current.label}",
                                    retryable=True)
         return self.moved
-
-
-def _total_of(response: Any) -> int | None:
-    """The size of the file an answer is of (None: it does not say)."""
-    if response.status_code == 200:
-        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-        return None if encoded else content_length(response.headers)
-    announced = parse_content_range(response.headers.get("Content-Range"))
-    return announced.total if announced is not None else None
 
 
 def _why(err: TransferError) -> str:
