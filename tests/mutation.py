@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{' '.join(tests)}")
 
         def one(m: Mutant) -> Result:
-            if m.id in equivalent:
+            if m.id in equivalent and not args.id:  # one named is run all the same: to check the listing
                 return Result(m, "equivalent")
             if not is_valid(m.apply(sources[m.module]), sources[m.module]):
                 return Result(m, "invalid")

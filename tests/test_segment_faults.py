@@ -43,6 +43,21 @@ def test_ranges_that_drop_are_fetched_again_on_their_own(service: Service, origi
     assert "error" not in watch.statuses("d")
 
 
+def test_a_range_without_length_that_ends_early_is_fetched_again(service: Service, origin: Origin) -> None:
+    """Without Content-Length, the end of a range's connection is the end of its
+    body as far as the client library knows: a range cut short reads as a clean end,
+    which must be retried rather than read again for ever."""
+    app, client, watch = service(**SPLIT)
+    res = origin.add("/l.gguf", payload(4 * MiB, seed=145), throttle=2 * MiB, range_length=False,
+                     range_drop_after=128 * KiB, range_drops=2)
+    post_download(client, "l", origin.url("/l.gguf"), sha256=res.sha256)
+    done = watch.terminal("l", timeout=10)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "l.gguf")) == res.data
+    ranged = [s for s in origin.requests_for("/l.gguf") if s.range]
+    assert len(ranged) >= 2 + 2 and all(s.status == 206 for s in ranged)  # the cut ones, asked again
+
+
 def test_a_range_refused_ends_the_download_with_that_status(service: Service, origin: Origin) -> None:
     _app, client, watch = service(**SPLIT)
     res = origin.add("/r.gguf", payload(8 * MiB, seed=141), throttle=4 * MiB, range_status=403)
