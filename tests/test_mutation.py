@@ -202,14 +202,14 @@ def test_fix_equivalent_writes_the_ids_of_now(tmp_path: Path, capsys: pytest.Cap
     assert eq.resolve(entries, {"m.py": (tmp_path / "m.py").read_text()}.get).moved == []
 
 
-def test_equivalent_list_matches_the_code() -> None:
-    # Every listed entry has its hashes and is where they say: after a change above
-    # one, `python -m tests.mutation --fix-equivalent` writes where it went.
+def test_equivalent_list_is_well_formed() -> None:
+    # Every entry with its hashes and its reason. Where the entries are now is for
+    # `make mutation` to say (moved, or gone), not for the suite: code that moves
+    # above an entry is no failure.
     items, bad = eq.read(ROOT / "tests" / "mutation_equivalent.txt")
     entries = [i for i in items if isinstance(i, eq.Entry)]
     assert not bad and entries and all(e.line_hash and e.why for e in entries)
-    found = eq.resolve(entries, lambda m: (ROOT / m).read_text() if (ROOT / m).is_file() else None)
-    assert (found.moved, found.gone) == ([], [])
+    assert len({e.id for e in entries}) == len(entries)
 
 
 def test_only_a_failing_test_kills_a_mutant() -> None:

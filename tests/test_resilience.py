@@ -580,7 +580,7 @@ def test_a_part_shorter_than_what_was_written_is_not_installed(
     """No sha256 to catch it: only the size of the ``.part`` against the file's
     tells that bytes were lost; its bytes are of no use for a resume either."""
     app, client, watch = service()
-    res = origin.add("/lost.gguf", payload(MiB, seed=30))
+    origin.add("/lost.gguf", payload(MiB, seed=30))
     manager = ArwModels.state(app).manager
     real_open = manager.open_part
     monkeypatch.setattr(manager, "open_part", lambda path, append: LosingDisk(real_open(path, append), [300_000]))
