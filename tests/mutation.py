@@ -6,10 +6,16 @@ chosen for its module run there with ``pytest -x``: ``PYTHONPATH`` and the worki
 directory point at the copy, so the processes the tests start (gunicorn, ``python
 -c``) import the mutated code too. The working tree is never written to.
 
-A mutant is *killed* when the tests fail, or when they run past the timeout (then
-counted as killed and reported as ``timeout``); it *survives* when they pass. Ids
-listed in ``tests/mutation_equivalent.txt`` (mutants that change nothing a test
-could observe) are not run and leave the score: killed / (total - equivalent).
+Only a failing test kills a mutant (pytest's exit status 1), a test that hangs
+included: each test has a time limit of its own (pytest-timeout), past which it
+fails and is named. A mutant *survives* when the tests pass (status 0). Any other
+status (2 interrupted or a collection error, 3 internal error, 4 usage, 5 no tests)
+is an ``error``: the run proves nothing either way. The whole run has a limit too,
+a safety net: a run past it is run again once with a longer one, and if that one
+runs past too it is a ``timeout``. Errors and timeouts are listed, loudly, and left
+out of the score: killed / (killed + survived). Ids listed in
+``tests/mutation_equivalent.txt`` (mutants that change nothing a test could
+observe, see :mod:`tests.equivalent`) are not run.
 
 Every process a run starts carries a marker in its environment; when pytest ends,
 or is stopped at the timeout, whatever still carries that marker is killed, even
@@ -33,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import equivalent as eq
 from .mutants import Mutant, is_valid, mutants, show
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,14 +102,38 @@ SEED = 20261126
 EQUIVALENT_FILE = ROOT / "tests" / "mutation_equivalent.txt"
 MARKER = "MUTATION_RUN"  # not ARW_*: tests/servers.py drops those from a server's environment
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider"]
+TEST_TIMEOUT = 30.0  # seconds a single test may take under a mutant (pytest-timeout); --test-timeout
+RERUN_FACTOR = 3  # a run past the whole-run limit is run again with this many times the limit
+
+# pytest's exit status: what a mutant's run means. Only failing tests kill it.
+EXIT_STATUS = {0: "survived", 1: "killed"}
+EXIT_NAMES = {2: "interrupted (a collection error?)", 3: "internal error", 4: "usage error", 5: "no tests collected"}
 
 
 @dataclass
 class Result:
     mutant: Mutant
-    status: str  # killed, timeout, survived, equivalent, invalid
+    status: str  # killed, survived, error, timeout, equivalent, invalid, stopped
     seconds: float = 0.0
-    detail: str = ""  # the first failing test of a killed mutant
+    detail: str = ""  # the first failing test of a killed mutant; what went wrong for an error or a timeout
+
+
+def classify(returncode: int | None) -> str:
+    """What a run's exit status says of its mutant (None: the run went past its limit)."""
+    if returncode is None:
+        return "timeout"
+    return EXIT_STATUS.get(returncode, "error")
+
+
+def error_detail(returncode: int, output: str) -> str:
+    """Why a run proves nothing: pytest's status and the error it reported."""
+    what = EXIT_NAMES.get(returncode, f"killed by signal {-returncode}" if returncode < 0 else "unknown")
+    found = first_failure(output)
+    if not found:
+        where = [line.strip("_ ") for line in output.splitlines() if " ERROR collecting " in line]
+        error = [line[1:].strip() for line in output.splitlines() if line.startswith("E   ")]
+        found = " - ".join([*where[:1], *error[:1]])[:200]
+    return f"pytest exit status {returncode}, {what}" + (f": {found}" if found else "")
 
 
 def tests_for(target: str, override: list[str] | None) -> list[str]:
@@ -116,11 +147,9 @@ def tests_for(target: str, override: list[str] | None) -> list[str]:
 
 
 def read_equivalent(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    lines = (line.split("#", 1)[0].strip() if not line.lstrip().startswith("#") else ""
-             for line in path.read_text().splitlines())
-    return {line.split()[0] for line in lines if line}
+    """The ids the list holds, as written (see :func:`tests.equivalent.resolve` for where they are now)."""
+    items, _ = eq.read(path)
+    return {item.id for item in items if isinstance(item, eq.Entry)}
 
 
 def sample(found: dict[str, list[Mutant]], n: int, seed: int) -> list[Mutant]:
@@ -171,10 +200,16 @@ def kill_marked(value: str, exact: bool = True) -> int:
 
 
 class Runner:
-    def __init__(self, workdir: Path, packages: list[str], python: str = sys.executable) -> None:
+    """Runs the tests in copies of ``root`` (the repository; a test points it at a
+    tiny project of its own), each test limited to ``test_timeout`` seconds."""
+
+    def __init__(self, workdir: Path, packages: list[str], python: str = sys.executable, root: Path = ROOT,
+                 test_timeout: float = TEST_TIMEOUT) -> None:
         self.workdir = workdir
         self.packages = packages
         self.python = python
+        self.root = root
+        self.test_timeout = test_timeout
         self.stopping = threading.Event()
         self._count = 0
         self._lock = threading.Lock()
@@ -182,14 +217,15 @@ class Runner:
     def _copy(self, dest: Path) -> None:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
         for name in [*self.packages, "tests"]:
-            shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-        for path in ROOT.iterdir():  # wsgi.py, setup.cfg (pytest's settings), ...
+            shutil.copytree(self.root / name, dest / name, ignore=ignore)
+        for path in self.root.iterdir():  # wsgi.py, setup.cfg (pytest's settings), ...
             if path.is_file() and not path.name.startswith("."):
                 shutil.copy2(path, dest / path.name)
 
     def run(self, tests: list[str], timeout: float, mutant: Mutant | None = None,
-            text: str = "") -> tuple[str, float, str]:
-        """One pytest run in a fresh copy; returns (status, seconds, output)."""
+            text: str = "") -> tuple[int | None, float, str]:
+        """One pytest run in a fresh copy; returns (exit status, None past ``timeout``;
+        seconds; output)."""
         with self._lock:
             self._count += 1
             name = f"{os.getpid()}-{self._count}"
@@ -200,7 +236,8 @@ class Runner:
         if mutant is not None:
             (copy / mutant.module).write_text(mutant.apply(text))
         env = dict(os.environ, PYTHONPATH=str(copy), TMPDIR=str(tmp), **{MARKER: name})
-        cmd = [self.python, "-m", "pytest", *PYTEST_ARGS, f"--basetemp={tmp / 'pytest'}", *tests]
+        cmd = [self.python, "-m", "pytest", *PYTEST_ARGS, "-p", "timeout", "-o", f"timeout={self.test_timeout:g}",
+               "-o", "timeout_method=signal", f"--basetemp={tmp / 'pytest'}", *tests]
         log = base / "pytest.log"
         started = time.monotonic()
         try:
@@ -210,9 +247,9 @@ class Runner:
                 if self.stopping.is_set():  # a Ctrl-C swept the processes just before this one
                     _killpg(proc.pid)
                 try:
-                    status = "survived" if proc.wait(timeout) == 0 else "killed"
+                    status: int | None = proc.wait(timeout)
                 except subprocess.TimeoutExpired:
-                    status = "timeout"
+                    status = None
                 finally:
                     _killpg(proc.pid)
                     kill_marked(name)
@@ -221,6 +258,24 @@ class Runner:
             return status, seconds, log.read_text(errors="replace")
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+    def judge(self, tests: list[str], timeout: float, mutant: Mutant | None = None,
+              text: str = "") -> tuple[str, float, str]:
+        """Runs the tests against ``mutant`` and says what became of it: (status,
+        seconds, detail). A run past ``timeout`` is run once more with a longer limit
+        (a machine busy for a moment is no verdict); past that too, it is a timeout."""
+        returncode, seconds, output = self.run(tests, timeout, mutant, text)
+        if returncode is None:
+            returncode, seconds, output = self.run(tests, timeout * RERUN_FACTOR, mutant, text)
+        status = classify(returncode)
+        if status == "killed":
+            return status, seconds, first_failure(output)
+        if status == "timeout":
+            return status, seconds, f"still running after {timeout:.0f}s, and after {timeout * RERUN_FACTOR:.0f}s"
+        if status == "error":
+            assert returncode is not None
+            return status, seconds, error_detail(returncode, output)
+        return status, seconds, ""
 
     def check_imports(self) -> None:
         """Refuse to run if a process started the way the tests start them would
@@ -265,9 +320,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id", action="append", default=[], help="run this mutant only (repeatable)")
     parser.add_argument("--tests", nargs="+", help="test modules (or node ids) for every target")
     parser.add_argument("--jobs", type=int, default=2, help="mutants at once (default 2)")
-    parser.add_argument("--timeout", type=float, help="seconds per mutant (default 4x the baseline, 10 at least)")
+    parser.add_argument("--timeout", type=float,
+                        help="seconds for one mutant's whole run (default 4x the baseline, 10 at least, plus the "
+                             "--test-timeout); past it, the run is tried once more with 3x as long")
+    parser.add_argument("--test-timeout", type=float, default=TEST_TIMEOUT,
+                        help=f"seconds one test may take before it fails (default {TEST_TIMEOUT:g})")
+    parser.add_argument("--fix-equivalent", action="store_true",
+                        help=f"write {EQUIVALENT_FILE.name} again with the ids and line hashes of now, run nothing")
     parser.add_argument("--json", default=str(ROOT / "mutation-report.json"), help="where the report goes")
     args = parser.parse_args(argv)
+    if args.fix_equivalent:
+        return fix_equivalent(EQUIVALENT_FILE)
 
     missing = [m for m in args.modules if not Path(m).resolve().is_relative_to(ROOT) or not Path(m).is_file()]
     if missing:
@@ -276,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = {t: (ROOT / t).read_text() for t in targets}
     found = {t: mutants(t, sources[t]) for t in targets}
     known = {m.id for v in found.values() for m in v}
-    equivalent = read_equivalent(EQUIVALENT_FILE)
+    equivalent = current_equivalent(EQUIVALENT_FILE, targets, sources)
     if args.id:
         chosen = [m for v in found.values() for m in v if m.id in args.id]
         if unknown := set(args.id) - {m.id for m in chosen}:
@@ -289,35 +352,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.id}{'  (equivalent)' if m.id in equivalent else ''}\n    - {before}\n    + {after}")
         print(f"{len(chosen)} of {len(known)} mutants")
         return 0
-    for stale in sorted({i for i in equivalent if i.split(":")[0] in targets} - known):
-        print(f"note: {EQUIVALENT_FILE.name} lists {stale}, which no longer exists (did the code move?)")
-
     selections = {t: tests_for(t, args.tests) for t in targets}
     workdir = Path(tempfile.mkdtemp(prefix="arw-mutation-"))
-    runner = Runner(workdir, sorted({t.split("/")[0] for t in targets if "/" in t}))
+    runner = Runner(workdir, sorted({t.split("/")[0] for t in targets if "/" in t}), test_timeout=args.test_timeout)
     results: list[Result] = []
     try:
         runner.check_imports()
         timeouts = {}
         for tests in dict.fromkeys(tuple(v) for v in selections.values()):
-            status, seconds, output = runner.run(list(tests), timeout=600)
-            if status != "survived":
+            returncode, seconds, output = runner.run(list(tests), timeout=600)
+            if returncode != 0:
                 print(output[-4000:])
                 print(f"mutation: the tests fail without any mutant ({' '.join(tests)}); fix that first")
                 return 2
-            timeouts[tests] = args.timeout or max(10.0, 4 * seconds)
-            print(f"baseline {seconds:.1f}s, timeout {timeouts[tests]:.0f}s: {' '.join(tests)}")
+            # Past this, a hanging test would have failed at its own limit already.
+            timeouts[tests] = args.timeout or max(10.0, 4 * seconds) + args.test_timeout
+            print(f"baseline {seconds:.1f}s, timeout {timeouts[tests]:.0f}s a run, {args.test_timeout:g}s a test: "
+                  f"{' '.join(tests)}")
 
         def one(m: Mutant) -> Result:
-            if m.id in equivalent:
+            if m.id in equivalent and not args.id:  # one named is run all the same: to check the listing
                 return Result(m, "equivalent")
             if not is_valid(m.apply(sources[m.module]), sources[m.module]):
                 return Result(m, "invalid")
             if runner.stopping.is_set():
                 return Result(m, "stopped")
             tests = tuple(selections[m.module])
-            status, seconds, output = runner.run(list(tests), timeouts[tests], m, sources[m.module])
-            return Result(m, status, seconds, first_failure(output) if status == "killed" else "")
+            return Result(m, *runner.judge(list(tests), timeouts[tests], m, sources[m.module]))
 
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             futures = [pool.submit(one, m) for m in chosen]
@@ -343,10 +404,11 @@ def report(results: list[Result], chosen: list[Mutant], total_found: int, args: 
            targets: list[str], selections: dict[str, list[str]], sources: dict[str, str]) -> int:
     order = {m.id: i for i, m in enumerate(chosen)}
     results.sort(key=lambda r: order[r.mutant.id])
-    count = {s: sum(r.status == s for r in results) for s in ("killed", "timeout", "survived", "equivalent",
-                                                              "invalid")}
-    scored = len(results) - count["equivalent"] - count["invalid"]
-    score = (count["killed"] + count["timeout"]) / scored if scored else 1.0
+    count = {s: sum(r.status == s for r in results) for s in STATUSES}
+    # Only a failing test or passing tests say anything of a mutant: an error or a
+    # timeout is neither a kill nor a survivor.
+    scored = count["killed"] + count["survived"]
+    score = count["killed"] / scored if scored else 1.0
     survivors = [r for r in results if r.status == "survived"]
     if survivors:
         print("\nsurvivors (id, original, mutated):")
@@ -354,11 +416,18 @@ def report(results: list[Result], chosen: list[Mutant], total_found: int, args: 
     for r in results:
         before, after = show(r.mutant, sources[r.mutant.module])
         rows.append({"id": r.mutant.id, "status": r.status, "seconds": round(r.seconds, 2),
-                     "killed_by": r.detail, "original": before, "mutated": after})
+                     "killed_by": r.detail if r.status == "killed" else "", "detail": r.detail,
+                     "original": before, "mutated": after})
         if r.status == "survived":
             print(f"  {r.mutant.id}\n      - {before}\n      + {after}")
-    print(f"\nmutation score {score:.1%}: {count['killed'] + count['timeout']} killed "
-          f"({count['timeout']} by timeout) of {scored}; {count['survived']} survived; "
+    unjudged = [r for r in results if r.status in ("error", "timeout", "stopped")]
+    if unjudged:
+        print(f"\nNOT IN THE SCORE: {count['error']} error, {count['timeout']} timeout, {count['stopped']} stopped "
+              "(neither killed nor survived; an error usually means the tool or the tests broke, not the mutant):")
+        for r in unjudged:
+            print(f"  {r.status:<8} {r.mutant.id}  {r.detail}")
+    print(f"\nmutation score {score:.1%}: {count['killed']} killed of {scored} ({count['killed']} killed, "
+          f"{count['survived']} survived; {count['error']} error and {count['timeout']} timeout left out); "
           f"{count['equivalent']} equivalent excluded; {len(results)} run of {total_found} mutants "
           f"in {len(targets)} modules, seed {args.seed}")
     document = {"score": round(score, 4), "counts": count, "scored": scored, "mutants_in_targets": total_found,
@@ -366,6 +435,34 @@ def report(results: list[Result], chosen: list[Mutant], total_found: int, args: 
                 "tests": selections, "mutants": rows}
     Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     print(f"report: {args.json}")
+    return 0
+
+
+STATUSES = ("killed", "survived", "error", "timeout", "equivalent", "invalid", "stopped")
+
+
+def current_equivalent(path: Path, targets: list[str], sources: dict[str, str]) -> set[str]:
+    """The ids of now of the listed equivalent mutants of ``targets``; says which
+    moved (to where) and which are gone."""
+    items, bad = eq.read(path)
+    for line in bad:
+        print(f"note: {path.name}: not an entry: {line!r}")
+    entries = [item for item in items if isinstance(item, eq.Entry) and item.module in targets]
+    found = eq.resolve(entries, sources.get)
+    for entry, now in found.moved:
+        print(f"note: {path.name}: {entry.id} has moved to {now} (--fix-equivalent writes that)")
+    for entry in found.gone:
+        print(f"note: {path.name}: {entry.id} is gone: its line is nowhere in {entry.module}")
+    return found.ids
+
+
+def fix_equivalent(path: Path, root: Path = ROOT) -> int:
+    found, written = eq.rewrite(path, root)
+    for entry, now in found.moved:
+        print(f"moved: {entry.id} -> {now}")
+    for entry in found.gone:
+        print(f"gone (left out): {entry.id}  # {entry.why}")
+    print(f"{path.name}: {written} entries written, {len(found.moved)} moved, {len(found.gone)} gone")
     return 0
 
 

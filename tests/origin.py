@@ -49,6 +49,7 @@ class Resource:
     announce_length: int | None = None  # a Content-Length that lies
     range_shift: int = 0  # answer a range that starts this far from the one asked for
     send_length: bool = True
+    range_length: bool = True  # False: a 206 has no Content-Length (the connection's end is the body's)
     chunked: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # more headers on every 200 and 206
     stalled: threading.Event = field(default_factory=threading.Event)
@@ -139,7 +140,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         if res.chunked:
             self.send_header("Transfer-Encoding", "chunked")
-        elif res.send_length:
+        elif res.send_length and (status != 206 or res.range_length):
             self.send_header("Content-Length", str(res.announce_length if res.announce_length is not None else len(body)))
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Connection", "close")

@@ -153,6 +153,18 @@ def test_progress_is_told_only_for_new_bytes_with_speed_and_eta() -> None:
     assert fields is not None and fields["speed"] == 283 and fields["eta_s"] == 0.2
 
 
+def test_eta_below_a_byte_a_second_and_once_every_byte_is_in() -> None:
+    job = job_in(Status.QUEUED, [])
+    job.clock = lambda: 0.0
+    job.began(0, 10)
+    job.downloaded = 2
+    fields = job.tick(4.0)  # 2 bytes in 4 s: half a byte a second, 8 to go
+    assert fields is not None and fields["speed"] == 0 and fields["eta_s"] == 16.0
+    job.downloaded = 10
+    fields = job.tick(8.0)  # 8 bytes in the last 4 s, none to go: nothing left to wait for
+    assert fields is not None and fields["speed"] == 2 and fields["eta_s"] == 0.0
+
+
 def test_progress_stops_once_the_job_verifies() -> None:
     job = job_in(Status.STARTED, [])
     job.began(0, None)

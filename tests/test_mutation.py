@@ -3,19 +3,29 @@ themselves are too slow for the suite; README, "Mutation testing")."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from . import equivalent as eq
 from .mutants import is_valid, mutants, show
 from .mutation import (
     DEFAULT_TARGETS,
     MARKER,
     ROOT,
+    Result,
+    Runner,
+    classify,
     first_failure,
+    fix_equivalent,
     kill_marked,
     read_equivalent,
+    report,
     sample,
 )
 
@@ -135,9 +145,134 @@ def test_sample_is_fixed_by_the_seed_and_spread_in_proportion() -> None:
 
 def test_equivalent_file_takes_one_id_a_line_with_comments(tmp_path: Path) -> None:
     path = tmp_path / "eq.txt"
-    path.write_text("# header\n\na/b.py:1:2:flip-lt  # why\n  a/b.py:3:0:del-call\n")
-    assert read_equivalent(path) == {"a/b.py:1:2:flip-lt", "a/b.py:3:0:del-call"}
+    path.write_text("# header\n\na/b.py:1:2:flip-lt  # why\n  a/b.py:3:0:del-call\n"
+                    "a/b.py:4:4:del-return  @0123abcd/4567ef01  # why: not # this\n")
+    assert read_equivalent(path) == {"a/b.py:1:2:flip-lt", "a/b.py:3:0:del-call", "a/b.py:4:4:del-return"}
+    entry = [i for i in eq.read(path)[0] if isinstance(i, eq.Entry)][2]
+    assert (entry.line_hash, entry.context_hash, entry.why) == ("0123abcd", "4567ef01", "why: not # this")
+    assert entry.render() == "a/b.py:4:4:del-return  @0123abcd/4567ef01  # why: not # this"
     assert read_equivalent(tmp_path / "none.txt") == set()
+
+
+MODULE = '''def f(a):
+    if a:
+        return 1
+    return None
+
+
+def g(b):
+    b.close()
+    return None
+'''
+
+
+def test_an_equivalent_entry_follows_its_line_when_code_above_moves(tmp_path: Path) -> None:
+    lines = MODULE.split("\n")
+    listed = [eq.stamped(eq.Entry(i, "why"), i, lines) for i in ("m.py:4:4:del-return", "m.py:9:4:del-return",
+                                                                 "m.py:8:4:del-call", "m.py:3:15:int-plus")]
+    # Where nothing moved, every entry is where it was.
+    same = eq.resolve(listed, {"m.py": MODULE}.get)
+    assert (same.ids, same.moved, same.gone) == ({e.id for e in listed}, [], [])
+    # Two lines above, one line in between, and `return 1` changed: the two
+    # `return None` keep apart by their neighbours; the changed line is gone.
+    moved = "import os\n\n" + MODULE.replace("return 1", "return 2").replace("    b.close()\n",
+                                                                             "    b.flush()\n    b.close()\n")
+    found = eq.resolve(listed, {"m.py": moved}.get)
+    assert [(e.id, now) for e, now in found.moved] == [
+        ("m.py:4:4:del-return", "m.py:6:4:del-return"), ("m.py:9:4:del-return", "m.py:12:4:del-return"),
+        ("m.py:8:4:del-call", "m.py:11:4:del-call")]
+    assert [e.id for e in found.gone] == ["m.py:3:15:int-plus"]
+    assert found.ids == {"m.py:6:4:del-return", "m.py:12:4:del-return", "m.py:11:4:del-call"}
+    # A module that is no more: every entry of it is gone.
+    assert len(eq.resolve(listed, {}.get).gone) == 4
+
+
+def test_fix_equivalent_writes_the_ids_of_now(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "m.py").write_text(MODULE)
+    path = tmp_path / "eq.txt"
+    path.write_text("# header\nm.py:4:4:del-return  # falls off the end\nm.py:3:15:int-plus  # gone soon\n")
+    fix_equivalent(path, tmp_path)  # an entry without hashes gets them
+    written = path.read_text().splitlines()
+    assert written[0] == "# header" and written[1].startswith("m.py:4:4:del-return  @")
+    (tmp_path / "m.py").write_text("import os\n" + MODULE.replace("return 1", "return 2"))
+    fix_equivalent(path, tmp_path)
+    assert "moved: m.py:4:4:del-return -> m.py:5:4:del-return" in capsys.readouterr().out
+    entries = [i for i in eq.read(path)[0] if isinstance(i, eq.Entry)]
+    assert [(e.id, e.why) for e in entries] == [("m.py:5:4:del-return", "falls off the end")]
+    assert eq.resolve(entries, {"m.py": (tmp_path / "m.py").read_text()}.get).moved == []
+
+
+def test_equivalent_list_is_well_formed() -> None:
+    # Every entry with its hashes and its reason. Where the entries are now is for
+    # `make mutation` to say (moved, or gone), not for the suite: code that moves
+    # above an entry is no failure.
+    items, bad = eq.read(ROOT / "tests" / "mutation_equivalent.txt")
+    entries = [i for i in items if isinstance(i, eq.Entry)]
+    assert not bad and entries and all(e.line_hash and e.why for e in entries)
+    assert len({e.id for e in entries}) == len(entries)
+
+
+def test_only_a_failing_test_kills_a_mutant() -> None:
+    assert classify(0) == "survived"
+    assert classify(1) == "killed"
+    # interrupted (a collection error), internal error, usage error, no tests, a signal
+    assert [classify(code) for code in (2, 3, 4, 5, -9)] == ["error"] * 5
+    assert classify(None) == "timeout"
+
+
+TINY_TESTS = {
+    "test_ok.py": "from pkg.mod import f\n\n\ndef test_f():\n    assert f() == 1\n",
+    "test_broken.py": "import pkg.missing  # a collection error\n",
+    "test_none.py": "X = 1\n",
+    "test_hang.py": "import threading\n\n\ndef test_hang():\n    threading.Event().wait()\n",
+}
+
+
+def test_a_run_is_judged_by_pytest_exit_status_and_its_time_limits(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    (root / "pkg").mkdir(parents=True)
+    (root / "tests").mkdir()
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "mod.py").write_text("def f():\n    return 1\n")
+    (root / "tests" / "__init__.py").write_text("")
+    for name, text in TINY_TESTS.items():
+        (root / "tests" / name).write_text(text)
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = Runner(work, ["pkg"], root=root, test_timeout=1)
+    mutant = next(m for m in mutants("pkg/mod.py", "def f():\n    return 1\n") if m.op == "int-plus")
+
+    assert runner.judge(["tests/test_ok.py"], 30)[0] == "survived"
+    status, _, detail = runner.judge(["tests/test_ok.py"], 30, mutant, "def f():\n    return 1\n")
+    assert (status, detail.split(" ")[0]) == ("killed", "tests/test_ok.py::test_f")
+    status, _, detail = runner.judge(["tests/test_broken.py"], 30)
+    assert status == "error" and detail.startswith("pytest exit status 2") and "test_broken.py" in detail
+    status, _, detail = runner.judge(["tests/test_none.py"], 30)
+    assert status == "error" and detail.startswith("pytest exit status 5, no tests collected")
+    # A hang fails its test at the test's own limit: a kill, and the test is named.
+    status, _, detail = runner.judge(["tests/test_hang.py"], 30)
+    assert status == "killed" and detail.startswith("tests/test_hang.py::test_hang") and "Timeout" in detail
+    # Past the whole run's limit twice (the test's own limit is longer): a timeout.
+    runner.test_timeout = 60
+    status, seconds, detail = runner.judge(["tests/test_hang.py"], 0.3)
+    assert status == "timeout" and seconds >= 0.9 and "after 1s" in detail
+    assert list(work.iterdir()) == []  # the copies are gone
+
+
+def test_errors_and_timeouts_are_listed_and_left_out_of_the_score(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    text = "a = 1\nb = 2\nc = 3\nd = 4\ne = 5\n"
+    found = [m for m in mutants("m.py", text) if m.op == "int-plus"]
+    statuses = ["killed", "survived", "error", "timeout", "equivalent"]
+    results = [Result(m, s, 1.0, f"why {s}") for m, s in zip(found, statuses)]
+    args = argparse.Namespace(seed=1, all=True, id=[], sample=0, json=str(tmp_path / "r.json"))
+    report(results, found, len(found), args, ["m.py"], {"m.py": []}, {"m.py": text})
+    out = capsys.readouterr().out
+    assert "mutation score 50.0%: 1 killed of 2" in out
+    assert "NOT IN THE SCORE: 1 error, 1 timeout" in out
+    assert "error    m.py:3:4:int-plus  why error" in out and "timeout  m.py:4:4:int-plus  why timeout" in out
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert (document["scored"], document["counts"]["error"], document["counts"]["timeout"]) == (2, 1, 1)
 
 
 def test_first_failure_reads_the_summary_not_log_lines() -> None:

@@ -111,6 +111,19 @@ def test_a_download_can_have_its_own_limit(service: Service, origin: Origin) -> 
     assert len(res.data) == 2 * MiB
 
 
+def test_a_download_asked_again_with_a_higher_limit_speeds_up_at_once(service: Service, origin: Origin) -> None:
+    # Progress events (and the ticker that also shares the limits out) a minute
+    # apart: only the POST itself can carry the new limit to the running download.
+    _app, client, watch = service(ARW_DL_PROGRESS_INTERVAL_MS=60_000)
+    res = origin.add("/h.gguf", payload(2 * MiB, seed=134))
+    assert post_download(client, "h", origin.url("/h.gguf"), rate_limit=128 * KiB).status_code == 202
+    watch.status("h", "started")  # 2 MiB at 128 KiB/s: 16 s
+    again = post_download(client, "h", origin.url("/h.gguf"), rate_limit=64 * MiB)
+    assert again.status_code == 202 and again.json["status"] == "started"
+    done = watch.terminal("h", timeout=4)
+    assert done["status"] == "complete" and done["bytes"] == len(res.data)
+
+
 @pytest.mark.parametrize("value", ["fast", 0, -1, 1.5, 0.0, True, [1], 1e13])
 def test_a_limit_must_be_a_whole_positive_number_or_null(client: Any, value: Any) -> None:
     r = client.put("/settings/rate-limit", json={"bytes_per_sec": value})

@@ -562,6 +562,34 @@ def test_disk_full_keeps_the_part_and_a_later_post_resumes(
     assert listing(app) == ["full.gguf"]
 
 
+class LosingDisk(FillingDisk):
+    """A ``.part`` file on a disk that loses writes silently once ``room`` bytes are
+    used: each write says it wrote everything (a failing network file system)."""
+
+    def write(self, buf: Any) -> int:
+        kept = max(0, min(len(buf), self.budget[0]))
+        if kept:
+            self.fh.write(memoryview(buf)[:kept])
+            self.budget[0] -= kept
+        return len(buf)
+
+
+def test_a_part_shorter_than_what_was_written_is_not_installed(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No sha256 to catch it: only the size of the ``.part`` against the file's
+    tells that bytes were lost; its bytes are of no use for a resume either."""
+    app, client, watch = service()
+    origin.add("/lost.gguf", payload(MiB, seed=30))
+    manager = ArwModels.state(app).manager
+    real_open = manager.open_part
+    monkeypatch.setattr(manager, "open_part", lambda path, append: LosingDisk(real_open(path, append), [300_000]))
+    post_download(client, "lost", origin.url("/lost.gguf"))
+    err = watch.terminal("lost")
+    assert err["status"] == "error" and err["code"] == "size-mismatch"
+    assert client.get("/models").json["items"] == [] and listing(app) == []
+
+
 def test_disk_insufficient_before_a_fresh_transfer_leaves_nothing(
     service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
 ) -> None:

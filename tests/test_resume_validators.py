@@ -244,3 +244,24 @@ def test_nginx_resumes_the_same_file_and_sends_a_new_one_whole(service: Service,
     models = {m["id"]: m for m in client.get("/models").json["items"]}
     assert read(models["changed"]["path"]) == new
     assert nginx.log()[1:] == [f'206 "bytes={have}-" "{etag}"', f'200 "bytes={have}-" "{etag}"']
+
+
+def test_nginx_416_with_a_body_for_a_whole_part_adds_nothing_to_it(service: Service, nginx: Nginx) -> None:
+    """nginx (as Apache) sends an HTML page with its 416: for a ``.part`` that is
+    already whole, that body is no part of the file."""
+    app, client, watch = service()
+    path = os.path.join(nginx.root, "w.bin")
+    data = payload(300_000, seed=75)
+    with open(path, "wb") as fh:
+        fh.write(data)
+    head = requests.head(nginx.url("w.bin"), timeout=5)
+    etag, modified = head.headers["ETag"], head.headers["Last-Modified"]
+    answer = requests.get(nginx.url("w.bin"), headers={"Range": f"bytes={len(data)}-"}, timeout=5)
+    assert answer.status_code == 416 and answer.content  # what makes this case: a body
+    write_partial(app, "w", data, {"url": nginx.url("w.bin"), "etag": etag, "last_modified": modified,
+                                   "total": len(data)})
+    post_download(client, "w", nginx.url("w.bin"))
+    done = watch.terminal("w")
+    assert done["status"] == "complete" and done["bytes"] == len(data)
+    assert installed(app, "w.bin") == data
+    assert nginx.log()[-1] == f'416 "bytes={len(data)}-" "{etag}"'

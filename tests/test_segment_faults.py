@@ -43,6 +43,38 @@ def test_ranges_that_drop_are_fetched_again_on_their_own(service: Service, origi
     assert "error" not in watch.statuses("d")
 
 
+def test_a_range_without_length_that_ends_early_is_fetched_again(service: Service, origin: Origin) -> None:
+    """Without Content-Length, the end of a range's connection is the end of its
+    body as far as the client library knows: a range cut short reads as a clean end,
+    which must be retried rather than read again for ever."""
+    app, client, watch = service(**SPLIT)
+    res = origin.add("/l.gguf", payload(4 * MiB, seed=145), throttle=2 * MiB, range_length=False,
+                     range_drop_after=128 * KiB, range_drops=2)
+    post_download(client, "l", origin.url("/l.gguf"), sha256=res.sha256)
+    done = watch.terminal("l", timeout=10)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "l.gguf")) == res.data
+    ranged = [s for s in origin.requests_for("/l.gguf") if s.range]
+    assert len(ranged) >= 2 + 2 and all(s.status == 206 for s in ranged)  # the cut ones, asked again
+
+
+def test_a_range_that_fails_before_its_first_byte_has_every_retry(service: Service, origin: Origin) -> None:
+    """The first answer to a range's first request is a 503: that is its first
+    failure, and with one retry allowed, the range is asked again on its own (the
+    download does not fail, nor retry as a whole)."""
+    app, client, watch = service(**SPLIT, ARW_DL_RETRIES=1)
+    res = origin.add("/f.gguf", payload(4 * MiB, seed=146), throttle=2 * MiB)
+    post_download(client, "f", origin.url("/f.gguf"), sha256=res.sha256)
+    watch.status("f", "started")
+    res.statuses.append((503, {}))  # for the next request: a range's, once the probe is over
+    done = watch.terminal("f", timeout=10)
+    assert done["status"] == "complete" and read(os.path.join(models_dir(app), "f.gguf")) == res.data
+    seen = origin.requests_for("/f.gguf")
+    assert seen[0].range is None and seen[1].range and seen[1].status == 503
+    assert [s.status for s in seen[2:]] == [206] * (len(seen) - 2)  # that range asked again, and the others
+    assert "retrying" not in watch.statuses("f")
+
+
 def test_a_range_refused_ends_the_download_with_that_status(service: Service, origin: Origin) -> None:
     _app, client, watch = service(**SPLIT)
     res = origin.add("/r.gguf", payload(8 * MiB, seed=141), throttle=4 * MiB, range_status=403)
