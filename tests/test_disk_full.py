@@ -1,8 +1,10 @@
 """A disk that fills up, for real: a small tmpfs as the state directory's file
-system, filled by another file.
+system, filled by another file while a download runs.
 
-A ``.part`` preallocated for parallel ranges already holds its blocks, so a little
-free space is enough to go on.
+The download ends as ``disk-full`` whatever write met the full disk (the ``.part``
+or its sidecar), keeps its ``.part`` and the last whole sidecar, and continues
+from there once space is free; a ``.part`` preallocated for parallel ranges
+already holds its blocks, so a little free space is enough to go on.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from arw_models.engine.plan import Plan
 
 from .conftest import Service, post_download
-from .helpers import read
+from .helpers import listing, part, read, sidecar
 from .origin import Origin, payload
 
 KiB = 1024
@@ -76,6 +78,50 @@ def recorded(path: str) -> Plan:
     plan = Plan.from_json(side["total"], side["ranges"])
     assert plan is not None, side
     return plan
+
+
+@pytest.mark.parametrize("segments, freed", [(4, MiB), (1, None)], ids=["ranges", "stream"])
+def test_a_disk_that_fills_during_a_download_ends_it_as_disk_full_and_a_resume_continues(
+    small_disk: Callable[[int], Path], service: Service, origin: Origin, segments: int, freed: int | None,
+) -> None:
+    disk = small_disk(16 * MiB)
+    # Checkpoints often: the sidecar is written many times while the disk fills.
+    app, client, watch = service(ARW_STATE_DIR=str(disk / "state"), ARW_DL_SEGMENTS=segments,
+                                 ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_CHECKPOINT_SECS=0.02)
+    size = 8 * MiB
+    res = origin.add("/f.gguf", payload(size, seed=311), throttle=1 * MiB)
+    post_download(client, "f", origin.url("/f.gguf"), sha256=res.sha256)
+    watch.until(lambda e: e.payload.get("id") == "f" and e.payload.get("downloaded", 0) >= MiB
+                and e.payload.get("segments", 0) >= min(segments, 2))
+    filler = fill(disk)
+    # Kept full until the download ends: each event tops the filler up.
+    err = watch.until(lambda e: fill(disk) is None or (e.payload.get("id") == "f" and e.payload.get("status") in (
+        "complete", "error", "canceled"))).payload
+    assert (err["status"], err["code"]) == ("error", "disk-full"), err
+    # The .part and the last whole sidecar stay; no temporary file is left beside them.
+    assert listing(app) == ["f.part", "f.part.json"]
+    plan = recorded(sidecar(app, "f"))
+    on_disk = read(part(app, "f"))
+    for span in plan.spans:
+        assert on_disk[span.start:span.position] == res.data[span.start:span.position]
+    assert MiB // 2 <= plan.durable < size - MiB
+    [item] = client.get("/models/downloads").json["items"]
+    # What a resume keeps: the recorded ranges, or a single stream's whole .part.
+    assert (item["code"], item["resumable"]) == ("disk-full", True)
+    assert item["downloaded"] == (plan.durable if segments > 1 else len(on_disk))
+
+    # Ranges need only a little space to go on (their .part holds the whole file);
+    # a single stream, all it has still to fetch.
+    free(filler, freed)
+    res.throttle = None
+    before = len(origin.requests_for("/f.gguf"))
+    post_download(client, "f", origin.url("/f.gguf"), sha256=res.sha256)
+    done = watch.terminal("f")
+    assert done["status"] == "complete", done
+    assert read(os.path.join(app.config["ARW_STATE_DIR"], "models", "f.gguf")) == res.data
+    again = origin.requests_for("/f.gguf")[before:]
+    assert all(r.status == 206 for r in again)
+    assert sum(r.sent for r in again) <= size - plan.durable
 
 
 def test_a_preallocated_part_counts_as_space_already_taken(
