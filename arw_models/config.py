@@ -162,6 +162,8 @@ SETTINGS: tuple[Setting, ...] = (
             'Bytes asked of the socket per read in the transfer loop.'),
     Setting("ARW_DL_FSYNC_BYTES", 64 * MiB, int,
             'Bytes written between two fsyncs of a `.part` (bounds what a crash can lose).'),
+    Setting("ARW_DL_CHECKPOINT_SECS", 1.0, float,
+            'Seconds between two fsyncs of a `.part` that is being written, however few bytes came (with ARW_DL_FSYNC_BYTES, bounds what a kill -9 can lose).'),
     Setting("ARW_DL_DIRECT_IO", "auto", _direct_io,
             "Write a single stream's `.part` past the page cache (O_DIRECT): `auto` where the file system allows it, `on` (a download fails if it refuses), `off`."),
     Setting("ARW_DL_PROGRESS_INTERVAL_MS", 250, float,
@@ -267,6 +269,7 @@ class Settings:
     backoff_max: float
     chunk_bytes: int
     fsync_bytes: int
+    checkpoint_secs: float
     direct_io: str
     progress_interval: float
     resume_on_start: bool
@@ -321,6 +324,7 @@ class Settings:
             backoff_max=float(get("ARW_DL_RETRY_BACKOFF_MAX_MS")) / 1000.0,
             chunk_bytes=int(get("ARW_DL_CHUNK_BYTES")),
             fsync_bytes=int(get("ARW_DL_FSYNC_BYTES")),
+            checkpoint_secs=float(get("ARW_DL_CHECKPOINT_SECS")),
             direct_io=_direct_io(str(get("ARW_DL_DIRECT_IO"))),
             progress_interval=float(get("ARW_DL_PROGRESS_INTERVAL_MS")) / 1000.0,
             resume_on_start=bool(get("ARW_DL_RESUME_ON_START")),
@@ -364,6 +368,8 @@ class Settings:
             raise ValueError("ARW_THREADS must be at least 1")
         if settings.max_streams < 1:
             raise ValueError("ARW_EVENTS_MAX_STREAMS must be at least 1")
+        if not settings.checkpoint_secs > 0:
+            raise ValueError("ARW_DL_CHECKPOINT_SECS must be positive")
         if not settings.body_timeout > 0:
             raise ValueError("ARW_BODY_TIMEOUT_SECS must be positive")
         return settings
@@ -382,6 +388,7 @@ class Settings:
             "retry_backoff_max_ms": self.backoff_max * 1000.0,
             "chunk_bytes": self.chunk_bytes,
             "fsync_bytes": self.fsync_bytes,
+            "checkpoint_secs": self.checkpoint_secs,
             "direct_io": self.direct_io,
             "progress_interval_ms": self.progress_interval * 1000.0,
             "resume_on_start": self.resume_on_start,

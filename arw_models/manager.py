@@ -332,7 +332,11 @@ class DownloadManager:
 
     def check_limits(self, job: DownloadJob, total: int | None, offset: int) -> None:
         """Refuses a file over ``ARW_MODELS_MAX_MB``, or one the disk cannot hold
-        beside the other downloads and the reserve."""
+        beside the other downloads and the reserve. What the job's ``.part``
+        already occupies is not asked for again: a ``.part`` preallocated for
+        parallel ranges holds the blocks of the whole file, however few bytes are
+        done, so a download cut short by a full disk can go on once a little
+        space is free."""
         s = self.settings
         if total is None:
             return
@@ -342,13 +346,15 @@ class DownloadManager:
         with self._lock:
             others = sum(max(0, j.total - j.downloaded) for j in self._jobs.values()
                          if j is not job and j.active and j.total is not None)
-        need = (total - offset) + others + s.disk_reserve_bytes
+        held = storage.allocated(self.state.part_path(job.id))
+        missing = max(0, total - max(offset, min(held, total)))
+        need = missing + others + s.disk_reserve_bytes
         free = self.disk_free(self.state.models_dir)
         if free < need:
             raise TransferError(
                 "disk-insufficient",
-                f"not enough free space: {total - offset} bytes to fetch, {others} for other downloads and "
-                f"{s.disk_reserve_bytes} reserved, {free} free",
+                f"not enough free space: {missing} bytes to fetch (besides the {held} the partial file holds), "
+                f"{others} for other downloads and {s.disk_reserve_bytes} reserved, {free} free",
                 needed=need, free=free,
             )
 

@@ -111,6 +111,14 @@ def disk_free(path: str) -> int:
     return shutil.disk_usage(path).free
 
 
+def allocated(path: str) -> int:
+    """Bytes of disk the file at ``path`` occupies (its allocated blocks: all of a
+    preallocated file, only the written parts of a sparse one); 0 when there is
+    none, or a link is there (not followed)."""
+    st = lstat_file(path)
+    return 0 if st is None or not stat.S_ISREG(st.st_mode) else st.st_blocks * 512
+
+
 def atomic_write_json(path: str, data: Any, *, follow_parent: bool = False) -> None:
     """Write JSON so that readers see the old file or the new one, never a mix."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"

@@ -390,7 +390,7 @@ class Download:
         self._no_split, self._plan = True, None
         self._hasher, self._hashed = hasher.hasher, hasher.hashed
         self._sidecar["ranges"] = Plan.single(plan.total, keep).to_json()
-        self.state.write_sidecar(self.job.id, self._sidecar)
+        self._save_sidecar(keep)
         self.job.downloaded = keep
         raise TransferError("resume-invalid", "the origin answered a range with the whole file; going on as one "
                             "stream", retryable=True, retry_after=0, url=redact_url(self.job.url))
@@ -398,7 +398,16 @@ class Download:
     def _record_plan(self, plan: Plan) -> None:
         """The ranges as of the last fsync: what a crash would leave."""
         self._sidecar["ranges"] = plan.to_json()
-        self.state.write_sidecar(self.job.id, self._sidecar)
+        self._save_sidecar(plan.durable)
+
+    def _save_sidecar(self, durable: int) -> None:
+        """Writes the sidecar (whole, or not at all: the last one stands). A full
+        disk is ``disk-full``, as a failed write of the ``.part`` is, which keeps
+        the ``.part`` and that last record for a resume."""
+        try:
+            self.state.write_sidecar(self.job.id, self._sidecar)
+        except OSError as exc:
+            raise fetch.disk_error(exc, durable) from None
 
     def _remember(self, response: Any, answer: fetch.Answer, plan: Continuation, previous: dict[str, Any]) -> None:
         """Writes the sidecar: what a later resume must match, and the plan."""
@@ -430,12 +439,12 @@ class Download:
         if self._published:
             self._sidecar["published_sha256"] = self._published
         if self._sidecar != previous:
-            self.state.write_sidecar(job.id, self._sidecar)
+            self._save_sidecar(answer.offset)
 
     def _record_durable(self, n: int) -> None:
         """The first ``n`` bytes are fsynced: the sidecar may say so."""
         self._sidecar["ranges"] = Plan.single(self._sidecar["total"], n).to_json()
-        self.state.write_sidecar(self.job.id, self._sidecar)
+        self._save_sidecar(n)
 
     def _truncate(self) -> None:
         self.route.cut(self.job.downloaded, 0)

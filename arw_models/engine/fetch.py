@@ -208,7 +208,8 @@ def stream(response: Any, job: DownloadJob, settings: Settings, fh: BinaryIO, of
         job.downloaded = n
 
     with Pipeline(fh, offset, size, update=update, progress=progress, durable=durable,
-                  sync_every=settings.fsync_bytes, fail=disk_error, wake=job.interrupt) as pipe:
+                  sync_every=settings.fsync_bytes, sync_secs=settings.checkpoint_secs, fail=disk_error,
+                  wake=job.interrupt) as pipe:
         buf = pipe.take()
         fill = offset % ALIGN
         while True:

@@ -3,9 +3,10 @@
 Design: the stream's own thread only reads. Each read lands in one of a few large
 buffers and is handed on at once to a writer thread, which writes it into the
 ``.part`` (past the page cache where the file can: such a write waits for the
-device, and reading goes on meanwhile), counts it, fsyncs every ``sync_every``
-bytes and records what is durable; then to a hashing thread (hashlib lets go of
-the GIL on large buffers). A read, a write and a hash of three pieces run at once,
+device, and reading goes on meanwhile), counts it, and fsyncs and records what is
+durable every ``sync_secs`` seconds or ``sync_every`` bytes, whichever comes first
+(the clock is looked at once every few pieces, not per piece); then to a hashing
+thread (hashlib lets go of the GIL on large buffers). A read, a write and a hash of three pieces run at once,
 and the digest covers exactly the bytes written, in order, and no other. A buffer
 is read into again only once all its bytes are hashed. The buffers are ``mmap``
 pages: aligned, as ``O_DIRECT`` needs, and allocated once per stream, not per read.
@@ -13,7 +14,9 @@ pages: aligned, as ``O_DIRECT`` needs, and allocated once per stream, not per re
 A failed write (a full disk) is the writer's to report: it counts what reached the
 file, lets the pieces after it pass unwritten (their buffers still come back), and
 wakes the reader, which may be waiting on a stalled origin, through ``wake``; the
-reader raises the error at its next :meth:`Pipeline.check`.
+reader raises the error at its next :meth:`Pipeline.check`. However the body ends
+(its end, a stop, a network error), what was written is fsynced and recorded before
+the pipeline is left, unless a write or an fsync failed.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, Self
 
 RING = 4  # buffers: one being read into, the others being written or hashed
+LOOK_EVERY = 8  # pieces written between two looks at the clock
 
 _Item = tuple[memoryview | None, memoryview | None] | None  # (a piece to pass on, a buffer to give back)
 
@@ -37,11 +42,15 @@ class Pipeline:
 
     def __init__(self, fh: Any, offset: int, size: int, *, update: Callable[[Any], Any],
                  progress: Callable[[int], None], durable: Callable[[int], None], sync_every: int,
-                 fail: Callable[[OSError, int], BaseException], wake: Callable[[], None], count: int = RING) -> None:
+                 fail: Callable[[OSError, int], BaseException], wake: Callable[[], None], count: int = RING,
+                 sync_secs: float = 1.0) -> None:
         self._fh = fh
         self.written = offset
         self._update, self._progress, self._durable = update, progress, durable
         self._sync_every, self._unsynced = sync_every, 0
+        self._sync_secs = sync_secs
+        self._sync_at = time.monotonic() + sync_secs
+        self._pieces = 0
         self._fail, self._wake = fail, wake
         self._error: BaseException | None = None
         self._free: SimpleQueue[memoryview] = SimpleQueue()
@@ -89,6 +98,13 @@ class Pipeline:
 
     def __exit__(self, *exc: object) -> None:
         self._end()
+        if exc[0] is not None and self._unsynced and self._error is None:
+            # A stop or a failure of the stream: what reached the file is kept, on
+            # record, so a pause costs nothing and a resume fetches none of it again.
+            try:
+                self._sync()
+            except Exception as refused:  # noqa: BLE001 - the error on its way out says more; the last record stands
+                self._failed(refused)
 
     def _end(self) -> None:
         if not self._ended:
@@ -110,7 +126,9 @@ class Pipeline:
                 piece, buffer = item
                 if piece is not None and self._error is None:
                     self._hashes.put((self._write(piece), None))
-                    if self._unsynced >= self._sync_every and self._error is None:
+                    self._pieces += 1
+                    if self._error is None and (self._unsynced >= self._sync_every or (
+                            not self._pieces % LOOK_EVERY and time.monotonic() >= self._sync_at)):
                         try:
                             self._sync()
                         except BaseException as exc:  # noqa: BLE001 - raised in the reader's thread by check()
@@ -142,6 +160,7 @@ class Pipeline:
             self._failed(self._fail(exc, self.written))
             return
         self._unsynced = 0
+        self._sync_at = time.monotonic() + self._sync_secs
         self._durable(self.written)
 
     def _hash_loop(self) -> None:

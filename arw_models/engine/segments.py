@@ -11,8 +11,14 @@ did); a ``200`` means ranges are not served after all (:class:`RangesRefused`: t
 download goes on as one stream), another version means the file changed (the
 bytes on disk are dropped). A range whose connection fails is retried on its own
 a few times, and then the attempt ends with that error, keeping what every range
-has fetched for the next one. The sidecar records each range's progress after
-each fsync, so a crash resumes them all. The job's stop wakes every connection.
+has fetched for the next one. The job's stop wakes every connection.
+
+Checkpoints: a thread of the download's own fsyncs the ``.part`` and records each
+range's progress in the sidecar every ``ARW_DL_CHECKPOINT_SECS``, or sooner once
+``ARW_DL_FSYNC_BYTES`` were written since the last time, so a crash resumes every
+range from at most one interval back; no connection waits for an fsync to read on.
+The connections only count what they write, and wake it when the bytes are due.
+The end of the ranges, a stop or a failure records everything written.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ class Segments:
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._unsynced = 0
+        self._wake_checkpoint = threading.Event()  # the bytes are due, or the connections are done
+        self._done = False
         self._abort = threading.Event()
         self._errors: list[BaseException] = []
         self._connections = 0
@@ -95,8 +103,16 @@ class Segments:
                                       name=f"arw-segment-{self.job.id}-{n}")
             threads.append(thread)
             thread.start()
-        for thread in threads:
-            thread.join()
+        checkpoints = threading.Thread(target=self._checkpoints, daemon=True,
+                                       name=f"arw-checkpoint-{self.job.id}")
+        checkpoints.start()
+        try:
+            for thread in threads:
+                thread.join()
+        finally:
+            self._done = True
+            self._wake_checkpoint.set()
+            checkpoints.join()
         if self._errors:
             # A stop first (it explains the others), then what says the most.
             for kind in (JobStopped, FileChanged, RangesRefused):
@@ -147,9 +163,7 @@ class Segments:
         except _Aborted:
             pass
         except BaseException as exc:  # noqa: BLE001 - handed to run(), in the job's thread
-            self._errors.append(exc)
-            self._abort.set()
-            self.job.interrupt()  # wakes the other connections
+            self._fail(exc)
         finally:
             with self._lock:
                 if span is not None:
@@ -157,6 +171,27 @@ class Segments:
                 self._connections -= 1
                 self.job.segments = self._connections
             session.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._errors.append(exc)
+        self._abort.set()
+        self.job.interrupt()  # wakes the connections
+
+    def _checkpoints(self) -> None:
+        """The checkpoint thread: makes what was written durable every interval,
+        or as soon as a connection says enough bytes are due."""
+        wake, interval = self._wake_checkpoint, self.s.checkpoint_secs
+        while True:
+            wake.wait(interval)
+            wake.clear()
+            if self._done or self._abort.is_set():
+                return  # run() or the failure makes the last record
+            if self._unsynced:
+                try:
+                    self.sync()
+                except BaseException as exc:  # noqa: BLE001 - handed to run(), in the job's thread
+                    self._fail(exc)
+                    return
 
     def _fetch(self, session: Any, span: Span, response: Any) -> None:
         job = self.job
@@ -200,6 +235,7 @@ class Segments:
         raw = response.raw
         read = getattr(raw, "read1", raw.read)
         chunk, abort, stop, bucket = self.s.chunk_bytes, self._abort, job.stop_event, job.bucket
+        fsync_bytes, wake = self.s.fsync_bytes, self._wake_checkpoint
         assert span.end is not None
         while True:
             with lock:
@@ -236,14 +272,16 @@ class Segments:
                 span.done += n
                 self._unsynced += n
                 job.downloaded = self.plan.durable
-                due = self._unsynced >= self.s.fsync_bytes
+                due = self._unsynced >= fsync_bytes
             if at <= self._hasher.hashed:
                 self._hasher.poke()
-            if due:
-                self.sync()
+            if due and not wake.is_set():
+                wake.set()  # the checkpoint thread fsyncs; this connection reads on
 
     def sync(self) -> None:
-        """fsyncs the ``.part``; the ranges as they were before it are durable."""
+        """fsyncs the ``.part``; the ranges as they were before it are durable, and
+        recorded (``durable``). Raises a ``disk-full`` or ``disk-error``
+        :class:`TransferError` when either fails."""
         with self._sync_lock:
             with self._lock:
                 snapshot = Plan(self.plan.total, [Span(s.start, s.end, s.done) for s in self.plan.spans])
