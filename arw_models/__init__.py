@@ -35,7 +35,7 @@ from .limits import StreamSlots
 from .logs import JobLog
 from .logs import configure as configure_logging
 from .manager import PROGRESS, DownloadManager
-from .metrics import Metrics
+from .metrics import Metrics, store_usage
 from .observe import Observer
 from .storage import Registry, StateDir, StateDirError, StateLock, StateLockError
 
@@ -93,7 +93,8 @@ class ServiceState:
             self.hub = EventHub(settings.events_replay, settings.events_queue)
             self.streams = StreamSlots(settings.max_streams)
             self.metrics = Metrics(jobs=lambda: self.manager.jobs(), subscribers=lambda: self.hub.subscriber_count,
-                                   rate_limit=lambda: self.manager.rate_limit)
+                                   rate_limit=lambda: self.manager.rate_limit,
+                                   store=lambda: store_usage(self.dirs, self.registry))
             self.observer = Observer([self.metrics.observe, JobLog().observe])
             self._undo_logging = configure_logging(settings.log_format)
             self.manager = DownloadManager(settings, dirs, self.registry, self.hub, notify=self._notify)
