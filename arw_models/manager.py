@@ -271,6 +271,7 @@ class DownloadManager:
             job.downloaded = job.total = result.size
             done = {"file": final, "provider": job.provider, "sha256": result.digest, "bytes": result.size,
                     "sha256_source": result.sha256_source}
+            done["path"] = path  # where a host (a signal receiver) finds the file, not just its name
             if result.deduplicated:
                 done["deduplicated"] = True
             return done

@@ -49,7 +49,9 @@ def test_same_sha256_under_another_id_is_linked_without_a_request(client: Any, a
     assert post_download(client, "b", origin.url("/b/missing.bin"), sha256=res.sha256.upper()).status_code == 202
     done = watch.terminal("b")
     assert done == {"id": "b", "status": "complete", "file": "missing.bin", "provider": "local",
-                    "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request", "deduplicated": True}
+                    "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request", "deduplicated": True,
+                    "path": done["path"]}
+    assert done["path"].endswith("/models/missing.bin")
     assert post_download(client, "c", UNREACHABLE, sha256=res.sha256).status_code == 202
     done = watch.terminal("c")
     assert done["status"] == "complete" and done["deduplicated"] is True
