@@ -82,7 +82,7 @@ class ServiceState:
             if self._started:
                 return self
             settings = Settings.from_config(self.app.config)
-            dirs = StateDir(settings.state_dir)
+            dirs = StateDir(settings.state_dir, settings.models_mode)
             dirs.ensure()
             if self._state_lock is None:
                 lock = StateLock(dirs)
@@ -116,7 +116,7 @@ class ServiceState:
             if self._state_lock is not None or self._started:
                 return
             settings = Settings.from_config(self.app.config)
-            lock = StateLock(StateDir(settings.state_dir))
+            lock = StateLock(StateDir(settings.state_dir, settings.models_mode))
             lock.acquire(settings.lock_wait)
             self._state_lock = lock
             if not self._fork_hooks:
