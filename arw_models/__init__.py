@@ -35,7 +35,7 @@ from .limits import StreamSlots
 from .logs import JobLog
 from .logs import configure as configure_logging
 from .manager import PROGRESS, DownloadManager
-from .metrics import Metrics
+from .metrics import Metrics, store_usage
 from .observe import Observer
 from .storage import Registry, StateDir, StateDirError, StateLock, StateLockError
 
@@ -82,7 +82,7 @@ class ServiceState:
             if self._started:
                 return self
             settings = Settings.from_config(self.app.config)
-            dirs = StateDir(settings.state_dir)
+            dirs = StateDir(settings.state_dir, settings.models_mode)
             dirs.ensure()
             if self._state_lock is None:
                 lock = StateLock(dirs)
@@ -93,7 +93,8 @@ class ServiceState:
             self.hub = EventHub(settings.events_replay, settings.events_queue)
             self.streams = StreamSlots(settings.max_streams)
             self.metrics = Metrics(jobs=lambda: self.manager.jobs(), subscribers=lambda: self.hub.subscriber_count,
-                                   rate_limit=lambda: self.manager.rate_limit)
+                                   rate_limit=lambda: self.manager.rate_limit,
+                                   store=lambda: store_usage(self.dirs, self.registry))
             self.observer = Observer([self.metrics.observe, JobLog().observe])
             self._undo_logging = configure_logging(settings.log_format)
             self.manager = DownloadManager(settings, dirs, self.registry, self.hub, notify=self._notify)
@@ -115,7 +116,7 @@ class ServiceState:
             if self._state_lock is not None or self._started:
                 return
             settings = Settings.from_config(self.app.config)
-            lock = StateLock(StateDir(settings.state_dir))
+            lock = StateLock(StateDir(settings.state_dir, settings.models_mode))
             lock.acquire(settings.lock_wait)
             self._state_lock = lock
             if not self._fork_hooks:

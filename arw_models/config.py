@@ -111,6 +111,24 @@ def _log_format(value: Any) -> str | None:
     return text
 
 
+def parse_mode(value: Any) -> int:
+    """``ARW_MODELS_MODE``: a file mode in octal (``0644``, ``644``, ``0o644``), or an
+    int in ``app.config``. Only permission bits; the owner must be able to read and
+    write (the service hashes and replaces its models), and no one else to write
+    (the service vouches for the bytes by their SHA-256)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        text = str(value).strip().lower().removeprefix("0o")
+        if not re.fullmatch(r"[0-7]{1,4}", text):
+            raise ValueError(f"ARW_MODELS_MODE must be an octal file mode such as 0644, not {value!r}")
+        mode = int(text, 8)
+    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600 or mode & 0o022:
+        raise ValueError(f"ARW_MODELS_MODE must be a file mode that lets the owner read and write and no one "
+                         f"else write (0600 to 0755, such as 0644 or 0640), not {value!r}")
+    return mode
+
+
 # Request threads of the bundled gunicorn configuration when ARW_THREADS is unset.
 SERVER_THREADS = 32
 
@@ -146,6 +164,8 @@ SETTINGS: tuple[Setting, ...] = (
             'How many transfers run at once; more wait as `queued`.'),
     Setting("ARW_MODELS_MAX_MB", None, _optional(float),
             'Largest model accepted, in MiB (None: no cap).'),
+    Setting("ARW_MODELS_MODE", "0644", parse_mode,
+            'Mode (octal) of installed model files, readable by runtimes that run as another user; their folders get the matching search bits (0644: 0755). Partial files, sidecars, models.json and the lock stay 0600.'),
     Setting("ARW_MODELS_DISK_RESERVE_MB", 256, float,
             "Free space, in MiB, that downloads must leave on the state directory's disk."),
     Setting("ARW_DL_CONNECT_TIMEOUT_SECS", 10.0, float,
@@ -291,6 +311,7 @@ class Settings:
     hf_endpoint: str = "https://huggingface.co"
     hf_token: str | None = field(default=None, repr=False)
     mirrors: tuple[str, ...] = ()
+    models_mode: int = 0o644
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -347,6 +368,7 @@ class Settings:
             hf_endpoint=_endpoint(str(get("ARW_HF_ENDPOINT"))),
             hf_token=(get("ARW_HF_TOKEN") or "").strip() or None,
             mirrors=parse_mirrors(get("ARW_DL_MIRRORS") or ()),
+            models_mode=parse_mode(get("ARW_MODELS_MODE")),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -407,6 +429,7 @@ class Settings:
             "threads": self.threads,
             "body_timeout_secs": self.body_timeout,
             "log_format": self.log_format,
+            "models_mode": f"{self.models_mode:04o}",
             "hf_endpoint": redact_url(self.hf_endpoint),  # its userinfo may be a credential
             "hf_token": "set" if self.hf_token else None,
             "mirrors": [redact_url(m) for m in self.mirrors],

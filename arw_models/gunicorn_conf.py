@@ -38,6 +38,10 @@ control_socket_disable = True
 accesslog = "-"
 # Never log query strings or headers: a token may travel in either.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(D)sus'
+if (env_setting("ARW_LOG_FORMAT") or "").strip().lower() == "json":
+    # gunicorn's error and access lines as JSON objects too (the access line's
+    # fields by name, never a query string or a header): one format on the stream.
+    logger_class = "arw_models.gunicorn_log.JsonLogger"
 
 
 def _is_loopback(address: str) -> bool:

@@ -7,9 +7,13 @@ events told, with the bytes and the time each job took; it never reaches into a
 transfer. Progress (``downloading``) is not logged: it only updates the bytes
 that the next line reports.
 
-Logging is the host's business: with ``ARW_LOG_FORMAT`` unset nothing is
-configured, and the records go wherever the host's root logging sends them. Set,
-it gives the ``arw_models`` logger (and no other) a handler of its own on stderr.
+Logging is the host's business: with ``ARW_LOG_FORMAT`` unset the records go
+wherever the host's root logging sends them; only when nothing at all is configured
+(no handler on the root logger, as under gunicorn or a bare script) does the package
+logger get a text handler on stderr, so that a warning says when, how bad and from
+where (Python's last-resort handler prints the bare message). It steps aside as soon
+as the host configures the root logger. Set, ``ARW_LOG_FORMAT`` gives the
+``arw_models`` logger (and no other) a handler of its own on stderr.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class JobLog:
                 seen = 0
             elif status == "complete":
                 seen = _int(payload.get("bytes"))
+            elif status == "error" and seen is None:
+                # An event without the job's count: what the failed check found.
+                seen = _int(payload.get("received"))
             if seen is not None:
                 self._bytes[model_id] = seen
             done = self._bytes.get(model_id)
@@ -70,7 +77,8 @@ class JobLog:
         fields: dict[str, Any] = {"id": model_id, "status": status, "duration_s": round(now - began, 3)}
         if done is not None:
             fields["bytes"] = done
-        for key in ("total", "offset", "attempt", "delay_ms", "code", "http_status", "file", "sha256"):
+        for key in ("total", "expected_bytes", "offset", "attempt", "delay_ms", "code", "http_status", "file",
+                "sha256"):
             if payload.get(key) is not None:
                 fields[key] = payload[key]
         if status in OUTCOMES:
@@ -105,9 +113,11 @@ def _describe(status: str, payload: dict[str, Any], fields: dict[str, Any]) -> s
     if status == "complete":
         return f"complete, {size} bytes in {took} ({payload.get('file')})"
     if status == "error":
-        return f"failed ({payload.get('code')}) after {took}, {size or 0} bytes: {payload.get('error')}"
+        expected = payload.get("expected_bytes", payload.get("total"))
+        of = f" of {expected}" if isinstance(expected, int) else ""
+        return f"failed ({payload.get('code')}) after {took}, {size or 0}{of} bytes: {payload.get('error')}"
     if status == "canceled":
-        return f"canceled after {took}"
+        return f"canceled after {took}, {size or 0} bytes downloaded and discarded"
     if status == "paused":
         return f"paused after {took} at byte {size or 0}"
     return f"{status} after {took}"
@@ -163,14 +173,54 @@ _saved: dict[str, Any] = {}
 _install_lock = threading.Lock()
 
 
+class _Fallback(_StderrHandler):
+    """The text handler of a process whose logging nobody configured: it writes
+    only while the root logger has no handler, so a host that sets up logging
+    later (``basicConfig``, ``dictConfig``), or an app with ``ARW_LOG_FORMAT``, gets
+    each line once, in its format."""
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        if logging.getLogger().handlers or len(logging.getLogger(PACKAGE_LOGGER).handlers) > 1:
+            return False  # the host's handlers, or an ARW_LOG_FORMAT handler, write it
+        return bool(super().handle(record))
+
+
+_fallback = _Fallback()
+_fallback.setFormatter(logging.Formatter(TEXT_FORMAT))
+_fallback_users: list[object] = []
+
+
+def _use_fallback() -> Callable[[], None] | None:
+    """Attaches :data:`_fallback` when neither the root nor the package logger has
+    a handler; returns what detaches it (once the last app that asked lets go)."""
+    logger = logging.getLogger(PACKAGE_LOGGER)
+    token = object()
+    with _install_lock:
+        if not _fallback_users and (logging.getLogger().handlers or logger.handlers):
+            return None  # the host configured logging: its setup decides
+        if not _fallback_users:
+            logger.addHandler(_fallback)
+        _fallback_users.append(token)
+
+    def undo() -> None:
+        with _install_lock:
+            if token in _fallback_users:
+                _fallback_users.remove(token)
+                if not _fallback_users:
+                    logger.removeHandler(_fallback)
+
+    return undo
+
+
 def configure(log_format: str | None) -> Callable[[], None] | None:
     """Gives the package's logger a stderr handler in ``log_format`` ("text" or
-    "json"); returns what undoes it, or None when ``log_format`` is None and
-    nothing was changed. Only the ``arw_models`` logger is touched: it stops
-    propagating (its lines would otherwise be written again by the root's
-    handlers), and logs INFO unless a level was set on it."""
+    "json"); returns what undoes it. Only the ``arw_models`` logger is touched: it
+    stops propagating (its lines would otherwise be written again by the root's
+    handlers), and logs INFO unless a level was set on it. With ``log_format``
+    None, the package logger gets a text handler only if the process has no
+    logging configured at all (see :class:`_Fallback`); None when nothing changed."""
     if log_format is None:
-        return None
+        return _use_fallback()
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logger = logging.getLogger(PACKAGE_LOGGER)

@@ -271,6 +271,7 @@ class DownloadManager:
             job.downloaded = job.total = result.size
             done = {"file": final, "provider": job.provider, "sha256": result.digest, "bytes": result.size,
                     "sha256_source": result.sha256_source}
+            done["path"] = path  # where a host (a signal receiver) finds the file, not just its name
             if result.deduplicated:
                 done["deduplicated"] = True
             return done
@@ -297,16 +298,17 @@ class DownloadManager:
             job.downloaded = on_disk(self.state, job.id) or 0
             job.transition(Status.PAUSED, downloaded=job.downloaded)
             return
+        discarded = on_disk(self.state, job.id) or job.downloaded  # for the log: what the cancel threw away
         self.state.remove_partial(job.id)
         job.downloaded = 0
-        job.transition(Status.CANCELED)
+        job.transition(Status.CANCELED, downloaded=discarded)
 
     def _failed(self, job: DownloadJob, err: TransferError) -> None:
         if not err.keep_part:
             self.state.remove_partial(job.id)
-        log.warning("download %s failed: %s (%s)", job.id, err.message, err.code)
+        # Logged once, from the error event, by the job log (logs.JobLog), with the bytes.
         served = job.served()
-        job.transition(Status.ERROR, code=err.code, error=err.message, **err.context,
+        job.transition(Status.ERROR, code=err.code, error=err.message, downloaded=job.downloaded, **err.context,
                        **({"sources": served} if served is not None else {}))
 
     def _ended(self, job: DownloadJob) -> None:

@@ -1,9 +1,12 @@
 """Metrics in the Prometheus text format, for ``GET /metrics``.
 
-Counters are counted from the ``Models.DownloadProgress`` payloads of the app
-(through :class:`~arw_models.observe.Observer`), not by calls in the transfer: the
-metrics say what clients were told. Gauges (jobs by state, event stream
-subscribers, the rate limit) are read when the metrics are scraped.
+Counters and the duration histogram are counted from the
+``Models.DownloadProgress`` payloads of the app (through
+:class:`~arw_models.observe.Observer`), not by calls in the transfer: the metrics
+say what clients were told. Gauges (jobs by state, event stream subscribers, the
+rate limit, the disk and what the store holds on it) are read when the metrics
+are scraped. The failure counter has a series at zero for every stable error code
+from the start, so that a dashboard's rate() sees the first failure.
 
 Each app has its own :class:`prometheus_client.CollectorRegistry`, never the
 process-wide default: several apps in one process (a host with two state
@@ -13,15 +16,29 @@ directories, the tests) must not add to one another's counters.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .openapi import EVENT_ERROR_CODES
+from .storage import PART_SUFFIX, Registry, StateDir, disk_free
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
@@ -37,6 +54,12 @@ ACTIVE = frozenset({"started", "resumed", "downloading", "verifying", "retrying"
 # A label value comes from a payload: anything that is not a plain code is "other",
 # so that a label cannot grow without bound.
 _CODE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}")
+# Every stable code an error event may carry, each a series from the start.
+ERROR_CODES = tuple(dict.fromkeys((*EVENT_ERROR_CODES, "dns-error", "connection-refused")))
+# How a job that ran ended, as the duration histogram labels it.
+DURATION_OUTCOMES = ("complete", "error", "canceled")
+# Seconds, from a small file on a LAN to a large one over a slow link.
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, float("inf"))
 
 
 @dataclass
@@ -45,6 +68,7 @@ class _Track:
 
     counted: int = 0
     begun: bool = False
+    since: float = 0.0
 
 
 class Metrics:
@@ -58,9 +82,12 @@ class Metrics:
         jobs: Callable[[], Iterable[Mapping[str, Any]]],
         subscribers: Callable[[], int],
         rate_limit: Callable[[], int | None] = lambda: None,
+        store: Callable[[], Mapping[str, int]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.clock = clock
         self.started = Counter("arw_downloads_started", "Downloads whose transfer began (once per job, "
                                "whatever its retries)", registry=r)
         self.completed = Counter("arw_downloads_completed", "Downloads verified and installed", registry=r)
@@ -73,7 +100,19 @@ class Metrics:
                                ["code"], registry=r)
         self.bytes = Counter("arw_download_received_bytes", "Bytes received from origins and written to "
                              "partial files (a resume counts only what it fetched)", registry=r)
-        r.register(_Snapshot(jobs, subscribers, rate_limit))
+        self.durations = Histogram("arw_download_duration_seconds", "Seconds from a job's first event (its "
+                                   "request) to its end, by outcome", ["outcome"], buckets=DURATION_BUCKETS,
+                                   registry=r)
+        for code in ERROR_CODES:
+            self.failed.labels(code=code)
+        for outcome in DURATION_OUTCOMES:
+            self.durations.labels(outcome=outcome)
+        r.register(_Snapshot(jobs, subscribers, rate_limit, store))
+        # The process's own series (CPU, memory, descriptors, GC, Python version), on
+        # this registry: the process-wide one is never used.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self._lock = threading.Lock()
         self._tracks: dict[str, _Track] = {}
 
@@ -85,7 +124,7 @@ class Metrics:
         with self._lock:
             track = self._tracks.get(model_id)
             if status == "queued" or track is None:
-                track = self._tracks[model_id] = _Track()
+                track = self._tracks[model_id] = _Track(since=self.clock())
             if status in ("started", "resumed"):
                 if not track.begun:
                     track.begun = True
@@ -110,6 +149,8 @@ class Metrics:
             else:
                 return
             if status != "retrying":
+                if status in DURATION_OUTCOMES:
+                    self.durations.labels(outcome=status).observe(max(0.0, self.clock() - track.since))
                 del self._tracks[model_id]  # the job is over; the next one of this id is new
 
     def render(self) -> bytes:
@@ -125,14 +166,48 @@ def _label(code: Any) -> str:
     return code if isinstance(code, str) and _CODE.fullmatch(code) else "other"
 
 
+def store_usage(state: StateDir, registry: Registry) -> dict[str, int]:
+    """What the store holds on its disk now: ``free`` (bytes free on the state
+    directory's file system), ``models`` (the installed models' files, each file
+    once however many models share it), ``installed`` (how many models have
+    their file), ``partial`` (the ``.part`` files)."""
+    seen: set[tuple[int, int]] = set()
+    models = installed = partial = 0
+    for entry in registry.all():
+        try:
+            st = os.lstat(state.model_path(str(entry.get("file") or "")))
+        except (OSError, ValueError):
+            continue  # missing, or a name that is not ours: not installed
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        installed += 1
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            models += st.st_size
+    try:
+        names = os.listdir(state.models_dir)
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        if name.endswith(PART_SUFFIX):
+            try:
+                st = os.lstat(os.path.join(state.models_dir, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                partial += st.st_size
+    return {"free": disk_free(state.root), "models": models, "installed": installed, "partial": partial}
+
+
 class _Snapshot(Collector):
     """The gauges, read at scrape time."""
 
     def __init__(self, jobs: Callable[[], Iterable[Mapping[str, Any]]], subscribers: Callable[[], int],
-                 rate_limit: Callable[[], int | None]) -> None:
+                 rate_limit: Callable[[], int | None], store: Callable[[], Mapping[str, int]] | None) -> None:
         self._jobs = jobs
         self._subscribers = subscribers
         self._rate_limit = rate_limit
+        self._store = store
 
     def describe(self) -> Iterator[Metric]:
         # Names only, without reading the service: registering must not start it.
@@ -141,6 +216,9 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("arw_jobs_paused", "")
         yield GaugeMetricFamily("arw_sse_subscribers", "")
         yield GaugeMetricFamily("arw_rate_limit_bytes_per_second", "")
+        if self._store is not None:
+            for name in (*STORE_GAUGES, "arw_store_used_bytes"):
+                yield GaugeMetricFamily(name, "")
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -161,3 +239,22 @@ class _Snapshot(Collector):
         limit = self._rate_limit()
         yield GaugeMetricFamily("arw_rate_limit_bytes_per_second", "The download rate limit for all "
                                 "downloads; 0: unlimited", value=limit or 0)
+        if self._store is None:
+            return
+        try:
+            usage = self._store()
+        except Exception:  # the disk gone, say: the other metrics still count
+            log.exception("metrics: cannot read the state directory's disk usage")
+            return
+        for name, (key, text) in STORE_GAUGES.items():
+            yield GaugeMetricFamily(name, text, value=usage[key])
+        yield GaugeMetricFamily("arw_store_used_bytes", "Bytes the store uses on its disk: installed model "
+                                "files and partial files", value=usage["models"] + usage["partial"])
+
+
+STORE_GAUGES = {
+    "arw_disk_free_bytes": ("free", "Bytes free on the state directory's file system"),
+    "arw_models_installed_bytes": ("models", "Bytes of the installed model files (each file once)"),
+    "arw_models_installed": ("installed", "Installed models whose file is there"),
+    "arw_partial_bytes": ("partial", "Bytes of the partial files of downloads in progress, paused or left"),
+}

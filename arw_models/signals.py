@@ -11,7 +11,12 @@ logged and does not affect the download.
 
     @signals.download_completed.connect_via(app)
     def on_done(sender, payload):
-        print("ready:", payload["id"], payload["file"])
+        print("ready:", payload["id"], payload["path"])
+
+The payload of ``download_completed`` has ``file`` (the name in ``models/``) and
+``path`` (the installed file's absolute path). A receiver that logs through
+``app.logger`` at INFO needs that logger's level set (or logging configured):
+outside debug mode Flask leaves it at Python's default, WARNING.
 """
 
 from __future__ import annotations

@@ -11,8 +11,17 @@ Layout::
 
 Every name that reaches the file system comes from :func:`valid_id` (ids) or
 :func:`sanitize_filename` (final names), so nothing a client sends can name a path
-outside ``models/``; and no file is reached through a symbolic link, nor readable by
-other users (see :mod:`arw_models.files`).
+outside ``models/``; and no file is reached through a symbolic link (see
+:mod:`arw_models.files`).
+
+Modes: what can hold a url, a header or a token (``models.json``, the lock,
+``.part`` files and sidecars, temporary files) is ``0600``. Installed model files
+are not secrets, and runtimes often run as another user: they get the models
+mode (``ARW_MODELS_MODE``, ``0644``), set explicitly whatever the umask, when
+installed and, for files an older version installed, at start; ``models/`` gets
+the matching read and search bits (``0755``), and the state directory only the
+search bits (``0711``), so that a model can be opened by its path while the state
+directory cannot be listed.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from typing import Any, BinaryIO
 from .files import (
     DIR_MODE,
     StateDirError,
+    directory_fd,
     fsync_dir,
     is_regular,
     linked_dir_error,
@@ -152,15 +162,22 @@ def read_part(path: str) -> BinaryIO:
 class StateDir:
     """Paths inside one state directory."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, models_mode: int = 0o644) -> None:
         self.root = os.path.abspath(root)
+        # The mode of installed model files, and what their folders need for it:
+        # read and search where the files are readable, search alone on the way.
+        self.models_mode = models_mode
+        readable = models_mode & 0o044
+        self.models_dir_mode = DIR_MODE | readable | readable >> 2
+        self.search_bits = readable >> 2
         self.models_dir = os.path.join(self.root, "models")
         self.registry_path = os.path.join(self.root, "models.json")
         self.lock_path = os.path.join(self.root, "arw-models.lock")
 
     def ensure(self) -> None:
-        """Creates the directories (``0700``) and narrows the modes of what we own
-        there; refuses a ``models/`` that is not a real directory."""
+        """Creates the directories, narrows the modes of the private files we own
+        there, gives the installed models (and their folders) the models mode;
+        refuses a ``models/`` that is not a real directory."""
         # The state directory itself may be a link: the operator chose that path.
         os.makedirs(self.root, mode=DIR_MODE, exist_ok=True)
         try:
@@ -174,7 +191,20 @@ class StateDir:
             raise StateDirError(f"{self.models_dir} is not a directory")
         restrict_tree(self.root, [os.path.basename(self.registry_path), os.path.basename(self.lock_path)],
                       follow=True)
-        restrict_tree(self.models_dir)
+        names = os.listdir(self.models_dir)
+        restrict_tree(self.models_dir, [n for n in names if self._private(n)])
+        with directory_fd(self.root, follow=True) as dfd:
+            _chmod_own(dfd, stat.S_IMODE(os.fstat(dfd).st_mode) | self.search_bits)
+        with directory_fd(self.models_dir) as dfd:
+            _chmod_own(dfd, self.models_dir_mode)
+            # Models an older version installed 0600 get the mode now, as new ones do.
+            for name in names:
+                if not self._private(name):
+                    _set_mode(dfd, name, self.models_mode)
+
+    @staticmethod
+    def _private(name: str) -> bool:
+        return name.endswith((PART_SUFFIX, SIDECAR_SUFFIX)) or _TEMPORARY.fullmatch(name) is not None
 
     def part_path(self, model_id: str) -> str:
         assert valid_id(model_id), model_id
@@ -241,6 +271,8 @@ class StateDir:
             # Swapped for a link between the check and the rename: that link was
             # removed by lstat_file, not installed.
             raise FileNotFoundError(errno.ENOENT, "the partial file was not a regular file", part)
+        with directory_fd(self.models_dir) as dfd:
+            _set_mode(dfd, filename, self.models_mode)  # the .part was 0600
         fsync_dir(self.models_dir)
         return path
 
@@ -285,6 +317,33 @@ class StateDir:
 
 # The names files.temp_path gives: "." + a name + "." + pid + "." + thread id + ".tmp".
 _TEMPORARY = re.compile(r"\..+\.[0-9]+\.[0-9]+\.tmp")
+
+
+def _chmod_own(fd: int, mode: int) -> None:
+    """``fchmod`` on an open file or directory of ours (another user's is left as
+    it is), whatever the umask was when it was made."""
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
+def _set_mode(dir_fd: int, name: str, mode: int) -> None:
+    """Gives the regular file ``name`` of ours (never through a link) ``mode``."""
+    try:
+        fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return  # gone, a link, or not ours to read: nothing to give a mode to
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            _chmod_own(fd, mode)
+    except OSError as exc:
+        log.warning("cannot set the mode of model file %s: %s", name, exc.strerror or exc)
+    finally:
+        os.close(fd)
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class Registry:

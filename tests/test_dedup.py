@@ -49,7 +49,9 @@ def test_same_sha256_under_another_id_is_linked_without_a_request(client: Any, a
     assert post_download(client, "b", origin.url("/b/missing.bin"), sha256=res.sha256.upper()).status_code == 202
     done = watch.terminal("b")
     assert done == {"id": "b", "status": "complete", "file": "missing.bin", "provider": "local",
-                    "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request", "deduplicated": True}
+                    "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request", "deduplicated": True,
+                    "path": done["path"]}
+    assert done["path"].endswith("/models/missing.bin")
     assert post_download(client, "c", UNREACHABLE, sha256=res.sha256).status_code == 202
     done = watch.terminal("c")
     assert done["status"] == "complete" and done["deduplicated"] is True
@@ -113,7 +115,7 @@ def test_without_hard_links_the_file_is_copied(client: Any, app: Any, origin: An
     assert requests_seen(origin) == before
     a, b = (os.path.join(models_dir(app), n) for n in ("m.bin", "m-b.bin"))
     assert os.stat(a).st_ino != os.stat(b).st_ino  # a file of its own
-    assert os.stat(b).st_mode & 0o777 == 0o600
+    assert os.stat(b).st_mode & 0o777 == 0o644  # ARW_MODELS_MODE, as every installed model
     assert hashlib.sha256(read(b)).hexdigest() == res.sha256
     assert listing(app) == ["m-b.bin", "m.bin"]
     # Separate files: deleting one leaves the other whole.

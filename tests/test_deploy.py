@@ -294,7 +294,7 @@ def test_signals_carry_the_app_and_the_event_payload(make_app: Callable[..., Any
         assert failed["id"] == "bad" and failed["code"] == "checksum-mismatch"
         assert failed["expected"] == "0" * 64 and failed["actual"] == bad.sha256
         (canceled,) = by_name["download-canceled"]
-        assert canceled == {"id": "slow", "status": "canceled"}
+        assert canceled == {"id": "slow", "status": "canceled", "downloaded": canceled["downloaded"]}
         assert any(p["id"] == "slow" for p in by_name["download-progress"])
         assert all(p["status"] == "downloading" for p in by_name["download-progress"])
         assert not any(p.get("id") == "o" for _, _, p in got)

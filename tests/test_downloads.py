@@ -28,7 +28,8 @@ def test_download_verifies_and_installs(client: Any, app: Any, origin: Any, watc
     assert r.json["status"] in ("started", "queued")
     done = watch.terminal("qwen")
     assert done == {"id": "qwen", "status": "complete", "file": "qwen.gguf", "provider": "local",
-                    "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request"}
+                    "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request",
+                    "path": os.path.join(models_dir(app), "qwen.gguf")}
     with open(os.path.join(models_dir(app), "qwen.gguf"), "rb") as fh:
         assert fh.read() == res.data
     assert listing(app) == ["qwen.gguf"]  # no .part, no sidecar left

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from arw_models import ArwModels
 from arw_models.config import DEFAULTS, Settings
@@ -18,6 +24,7 @@ from arw_models.logs import JobLog, JsonFormatter
 from .conftest import Service, post_download
 from .helpers import cancel
 from .origin import Origin, payload
+from .servers import Gunicorn
 
 JOBS = "arw_models.downloads"
 
@@ -107,8 +114,8 @@ def test_json_lines(make_app: Any, origin: Origin, capsys: Any, caplog: Any) -> 
     (complete,) = [r for r in records if r["logger"] == JOBS and r.get("outcome") == "complete"]
     assert complete["id"] == "m" and complete["bytes"] == 20_000 and complete["level"] == "INFO"
     assert isinstance(complete["duration_s"], float) and complete["message"].startswith("download m: complete")
-    # The manager's own warning is a JSON line too.
-    assert any(r["logger"] == "arw_models.manager" and r["level"] == "WARNING" for r in records)
+    # The failure is one WARNING line, a JSON line like the others.
+    assert [r["id"] for r in records if r["level"] == "WARNING"] == ["gone"]
     # The root's handlers (caplog's among them) do not write the lines again.
     assert not [r for r in caplog.records if r.name.startswith("arw_models")]
 
@@ -166,3 +173,106 @@ def test_each_job_of_an_id_has_its_own_clock_and_bytes(caplog: Any) -> None:
     first_end, second_end = [r.arw for r in caplog.records if r.arw.get("outcome")]
     assert (first_end["duration_s"], first_end["bytes"]) == (3.0, 700)
     assert (second_end["duration_s"], second_end["bytes"]) == (1.25, 700)
+
+
+def failure_lines(caplog: Any, model_id: str) -> list[logging.LogRecord]:
+    """Every WARNING or worse that speaks of the job, from any logger of the package."""
+    return [r for r in caplog.records if r.name.startswith("arw_models") and r.levelno >= logging.WARNING
+            and f"download {model_id}" in r.getMessage()]
+
+
+def test_a_checksum_mismatch_is_one_line_with_the_bytes_received(service: Service, origin: Origin,
+                                                                  caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="arw_models")
+    app, client, watch = service(ARW_DL_SEGMENTS=1)
+    origin.add("/bad.gguf", payload(300_000, seed=7))
+    post_download(client, "bad", origin.url("/bad.gguf"), sha256="0" * 64)
+    assert watch.terminal("bad")["code"] == "checksum-mismatch"
+    settle(app, ("bad", "error"))
+    (line,) = failure_lines(caplog, "bad")  # once, not by the manager and again by the job log
+    assert line.name == JOBS and line.arw["code"] == "checksum-mismatch" and line.arw["bytes"] == 300_000
+    assert re.fullmatch(r"download bad: failed \(checksum-mismatch\) after [0-9.]+ s, 300000 bytes: "
+                        r"checksum mismatch", line.getMessage()), line.getMessage()
+
+
+def test_a_size_mismatch_says_what_was_received_of_what(service: Service, origin: Origin, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="arw_models")
+    app, client, watch = service(ARW_DL_SEGMENTS=1, ARW_DL_RETRIES=0)
+    origin.add("/short.gguf", payload(100_000, seed=8), drop_after=40_000)
+    post_download(client, "short", origin.url("/short.gguf"))
+    assert watch.terminal("short")["status"] == "error"
+    settle(app, ("short", "error"))
+    (line,) = failure_lines(caplog, "short")
+    assert line.arw["bytes"] == 40_000, line.getMessage()
+    assert ", 40000 " in line.getMessage()
+
+
+def test_a_cancel_says_how_many_bytes_it_discarded(service: Service, origin: Origin, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="arw_models")
+    app, client, watch = service(ARW_DL_SEGMENTS=1)
+    slow = origin.add("/slow.gguf", payload(400_000, seed=9), stall_after=100_000)
+    post_download(client, "slow", origin.url("/slow.gguf"))
+    assert slow.stalled.wait(10)
+    watch.until(lambda e: e.payload.get("id") == "slow" and e.payload.get("downloaded") == 100_000)
+    assert cancel(client, "slow").status_code == 200
+    slow.release.set()
+    assert watch.terminal("slow")["downloaded"] == 100_000
+    settle(app, ("slow", "canceled"))
+    (line,) = [r for r in lines(caplog, "slow") if r.arw["status"] == "canceled"]
+    assert line.arw["bytes"] == 100_000
+    assert line.getMessage().endswith(", 100000 bytes downloaded and discarded"), line.getMessage()
+
+
+# A process that fails one download and prints what its log wrote; HOST_LOGGING
+# set: the host configured logging first, in a format of its own.
+SCRIPT = textwrap.dedent("""
+    import logging, os, sys
+    if os.environ.get("HOST_LOGGING"):
+        logging.basicConfig(format="HOST %(levelname)s %(name)s %(message)s")
+    from arw_models import ArwModels, create_app
+    app = create_app({"ARW_STATE_DIR": sys.argv[1], "ARW_DL_RESUME_ON_START": False})
+    answer = app.test_client().post("/models/download", json={"id": "gone", "url": sys.argv[2]})
+    assert answer.status_code in (200, 202), answer.get_data()
+    state = ArwModels.state(app)
+    assert state.observer.wait_for("gone", "error", timeout=10)
+    state.shutdown()
+""")
+
+
+def run_script(tmp_path: Path, url: str, **env: str) -> str:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ARW_")}
+    environ.update(env)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "state"), url], check=False,
+                          env=environ, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_without_log_format_a_warning_has_its_time_level_and_logger(tmp_path: Path, origin: Origin) -> None:
+    err = run_script(tmp_path, origin.url("/gone.gguf"))
+    (line,) = [x for x in err.splitlines() if "download gone" in x]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING arw_models.downloads: "
+                        r"download gone: failed \(http-status\) after .*", line), err
+
+
+def test_a_host_logging_setup_is_left_alone(tmp_path: Path, origin: Origin) -> None:
+    err = run_script(tmp_path, origin.url("/gone.gguf"), HOST_LOGGING="1")
+    (line,) = [x for x in err.splitlines() if "download gone" in x]  # once: in the host's format only
+    assert line.startswith("HOST WARNING arw_models.downloads download gone: failed (http-status)"), err
+
+
+def test_gunicorn_access_lines_are_json_objects_without_the_query(gunicorns: Any, tmp_path: Path) -> None:
+    g: Gunicorn = gunicorns("json", tmp_path / "state", ARW_LOG_FORMAT="json")
+    g.wait_ready()
+    assert requests.get(g.url + "/models?token=s3cret", headers={"X-Secret": "h3ader"}, timeout=5).ok
+    g.proc.terminate()
+    g.wait_exit(15)
+    out = g.output()
+    records = [json.loads(x) for x in out.splitlines() if x.strip()]  # every line, gunicorn's too
+    (access,) = [r for r in records if r["logger"] == "gunicorn.access" and r.get("path") == "/models"]
+    assert {"time", "level", "message"} <= set(access)
+    assert access["method"] == "GET" and access["status"] == 200 and access["protocol"] == "HTTP/1.1"
+    assert access["remote"] == "127.0.0.1" and isinstance(access["bytes"], int)
+    assert isinstance(access["duration_us"], int)
+    assert "s3cret" not in out and "h3ader" not in out
+    assert any(r["logger"] == "gunicorn.error" for r in records)

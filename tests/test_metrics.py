@@ -3,13 +3,14 @@ gauges read at scrape time; one registry per app."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from arw_models import ArwModels
-from arw_models.metrics import Metrics
+from arw_models.metrics import ERROR_CODES, Metrics
 
 from .conftest import Service, Watch, post_download
 from .helpers import cancel
@@ -137,3 +138,71 @@ def test_paused_and_resumed_downloads_count_each_byte_once() -> None:
     assert value(samples, "arw_downloads_completed_total") == 1
     assert value(samples, "arw_download_received_bytes_total") == 1000
     assert value(samples, "arw_jobs_paused") == 1
+
+
+def test_a_fresh_service_has_every_series_a_dashboard_needs(make_app: Any, tmp_path: Any) -> None:
+    client = make_app().test_client()
+    samples = scrape(client)
+    # Every stable error code, and every outcome of the durations, is a series at zero from the start.
+    for code in ERROR_CODES:
+        assert value(samples, "arw_downloads_failed_total", code=code) == 0, code
+    assert {"checksum-mismatch", "size-mismatch", "http-status", "network", "dns-error", "connection-refused",
+            "disk-insufficient", "disk-full", "size-limit", "resume-invalid", "internal-error"} <= set(ERROR_CODES)
+    for outcome in ("complete", "error", "canceled"):
+        assert value(samples, "arw_download_duration_seconds_count", outcome=outcome) == 0
+        assert value(samples, "arw_download_duration_seconds_bucket", outcome=outcome, le="+Inf") == 0
+    assert value(samples, "arw_models_installed") == value(samples, "arw_models_installed_bytes") == 0
+    assert value(samples, "arw_partial_bytes") == value(samples, "arw_store_used_bytes") == 0
+    free = value(samples, "arw_disk_free_bytes")
+    assert free is not None and abs(free - shutil.disk_usage(tmp_path).free) < 64 * 1024 * 1024
+    # The process's own series, on the service's registry.
+    names = {name for name, _ in samples}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds",
+            "python_info", "python_gc_collections_total"} <= names
+
+
+def test_durations_and_the_store_move_with_downloads(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_SEGMENTS=1, ARW_DL_DIRECT_IO="off")
+    ok = origin.add("/ok.gguf", payload(300_000, seed=11))
+    slow = origin.add("/slow.gguf", payload(400_000, seed=12), stall_after=100_000)
+    post_download(client, "ok", origin.url("/ok.gguf"), sha256=ok.sha256)
+    post_download(client, "bad", origin.url("/ok.gguf"), sha256="0" * 64)
+    for model_id, status in (("ok", "complete"), ("bad", "error")):
+        observed(app, model_id, status)  # in either order
+    post_download(client, "slow", origin.url("/slow.gguf"))
+    assert slow.stalled.wait(10)
+    watch.until(lambda e: e.payload.get("id") == "slow" and e.payload.get("downloaded") == 100_000)
+
+    during = scrape(client)
+    assert value(during, "arw_models_installed") == 1
+    assert value(during, "arw_models_installed_bytes") == 300_000
+    assert value(during, "arw_partial_bytes") == 100_000  # read at scrape time, from the disk
+    assert value(during, "arw_store_used_bytes") == 400_000
+    assert value(during, "arw_downloads_failed_total", code="checksum-mismatch") == 1
+    assert value(during, "arw_download_duration_seconds_count", outcome="complete") == 1
+    assert value(during, "arw_download_duration_seconds_count", outcome="error") == 1
+    assert value(during, "arw_download_duration_seconds_count", outcome="canceled") == 0
+
+    assert cancel(client, "slow").status_code == 200
+    slow.release.set()
+    assert watch.terminal("slow")["status"] == "canceled"
+    observed(app, "slow", "canceled")
+    after = scrape(client)
+    assert value(after, "arw_download_duration_seconds_count", outcome="canceled") == 1
+    assert 0 < value(after, "arw_download_duration_seconds_sum", outcome="canceled") < 10  # type: ignore[operator]
+    assert value(after, "arw_partial_bytes") == 0
+    assert value(after, "arw_store_used_bytes") == value(after, "arw_models_installed_bytes") == 300_000
+
+
+def test_a_duration_runs_from_the_request_to_the_end() -> None:
+    now = [100.0]
+    metrics = Metrics(jobs=list, subscribers=lambda: 0, clock=lambda: now[0])
+    for at, event in ((100.0, {"status": "queued"}), (130.0, {"status": "started"}),
+                      (142.0, {"status": "complete", "bytes": 1})):
+        now[0] = at
+        metrics.observe({"id": "m", **event})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+    assert value(samples, "arw_download_duration_seconds_sum", outcome="complete") == 42.0
+    assert value(samples, "arw_download_duration_seconds_bucket", outcome="complete", le="30.0") == 0
+    assert value(samples, "arw_download_duration_seconds_bucket", outcome="complete", le="60.0") == 1

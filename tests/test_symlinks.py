@@ -318,14 +318,15 @@ def test_state_files_are_private_while_downloading_and_after(
     post_download(client, "h", origin.url("/h.gguf"), sha256=res.sha256)
     assert opened.wait(10) and res.stalled.wait(10)
     root = state_dir(app)
-    assert mode(root) == 0o700 and mode(models_dir(app)) == 0o700
+    # The state directory searchable, models/ readable: model files are for runtimes of other users.
+    assert mode(root) == 0o711 and mode(models_dir(app)) == 0o755
     assert mode(part(app, "h")) == 0o600 and mode(sidecar(app, "h")) == 0o600
     assert mode(os.path.join(root, "arw-models.lock")) == 0o600
 
     res.release.set()
     assert watch.terminal("h")["status"] == "complete"
     assert mode(os.path.join(root, "models.json")) == 0o600
-    assert mode(os.path.join(models_dir(app), "h.gguf")) == 0o600
+    assert mode(os.path.join(models_dir(app), "h.gguf")) == 0o644  # ARW_MODELS_MODE
 
 
 def test_wider_modes_are_narrowed_at_start(make_app: Callable[..., Any], outside: Callable[..., Outside]) -> None:
@@ -339,8 +340,11 @@ def test_wider_modes_are_narrowed_at_start(make_app: Callable[..., Any], outside
         os.path.join(root, "arw-models.lock"): b"",
         os.path.join(models, "w.part"): b"x" * 10,
         os.path.join(models, "w.part.json"): b"{}",
-        os.path.join(models, "old.gguf"): b"a model",
     }
+    model = os.path.join(models, "old.gguf")
+    with open(model, "wb") as fh:
+        fh.write(b"a model")
+    os.chmod(model, 0o666)
     for path, data in ours.items():
         with open(path, "wb") as fh:
             fh.write(data)
@@ -354,7 +358,8 @@ def test_wider_modes_are_narrowed_at_start(make_app: Callable[..., Any], outside
     os.chmod(models, 0o777)
 
     ArwModels.state(app)
-    assert mode(root) == 0o700 and mode(models) == 0o700
+    assert mode(root) == 0o711 and mode(models) == 0o755
     assert {path: mode(path) for path in ours} == dict.fromkeys(ours, 0o600)
+    assert mode(model) == 0o644  # a model file gets ARW_MODELS_MODE, no one else's write
     assert mode(notes) == 0o644
     assert mode(str(victim.path)) == 0o644 and victim.untouched()
