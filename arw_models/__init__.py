@@ -27,7 +27,7 @@ from typing import Any
 from flask import Flask, current_app
 from werkzeug.exceptions import HTTPException
 
-from . import signals
+from . import hosting, signals
 from .config import DEFAULTS, Settings, from_env, parse_origins
 from .errors import handle_http_exception
 from .events import EventHub
@@ -64,6 +64,7 @@ class ServiceState:
         self.metrics: Metrics
         self.observer: Observer
         self._undo_logging: Callable[[], None] | None = None
+        self._unwatch: Callable[[], None] | None = None
         self._state_lock: StateLock | None = None
         # Set in a process that claimed the lock and then forked before serving
         # (gunicorn --preload): each child, not the parent, takes the lock.
@@ -81,6 +82,7 @@ class ServiceState:
         with self._lock:
             if self._started:
                 return self
+            worker = hosting.gunicorn_worker()
             settings = Settings.from_config(self.app.config)
             dirs = StateDir(settings.state_dir)
             dirs.ensure()
@@ -100,6 +102,8 @@ class ServiceState:
             self._started = True
             ref = weakref.ref(self)
             atexit.register(lambda: (s := ref()) is not None and s.shutdown())
+            # The server's own stop, whatever its signal handlers: see hosting.
+            self._unwatch = hosting.STOPS.watch(self._stop_with_the_server, worker)
         self.manager.start()
         return self
 
@@ -168,6 +172,11 @@ class ServiceState:
             except Exception:  # a host's receiver must not break a download, nor another receiver
                 log.exception("a receiver of %s failed", signal.name)
 
+    def _stop_with_the_server(self) -> None:
+        # Transfers are told to stop and streams end now; the interpreter's exit
+        # waits for the slots' threads, which finish within a chunk.
+        self.shutdown(wait=False)
+
     def shutdown(self, wait: bool = True) -> None:
         """Stops transfers (their ``.part`` stays resumable), ends every event
         stream and releases the state directory. Safe to call twice."""
@@ -180,6 +189,8 @@ class ServiceState:
             if self._stopped:
                 return
             self._stopped = True
+        if self._unwatch is not None:
+            self._unwatch()
         self.manager.shutdown(wait=wait)
         self.hub.close()
         if self._undo_logging is not None:
