@@ -28,7 +28,7 @@ from flask import Flask, current_app
 from werkzeug.exceptions import HTTPException
 
 from . import hosting, signals
-from .config import DEFAULTS, Settings, from_env, parse_origins
+from .config import DEFAULTS, Settings, describe_stream_cap, from_env, parse_origins
 from .errors import handle_http_exception
 from .events import EventHub
 from .limits import StreamSlots
@@ -82,8 +82,16 @@ class ServiceState:
         with self._lock:
             if self._started:
                 return self
+            # Under gunicorn, its real capacity, whatever the command line said: the
+            # cap on event streams follows it.
             worker = hosting.gunicorn_worker()
-            settings = Settings.from_config(self.app.config)
+            capacity = hosting.worker_capacity(worker) if worker is not None else None
+            config: Mapping[str, Any] = self.app.config
+            threads_from = "ARW_THREADS"
+            if capacity is not None:
+                config = {**config, "ARW_THREADS": capacity.count}
+                threads_from = capacity.source
+            settings = Settings.from_config(config)
             dirs = StateDir(settings.state_dir)
             dirs.ensure()
             if self._state_lock is None:
@@ -93,7 +101,9 @@ class ServiceState:
             self.settings, self.dirs = settings, dirs
             self.registry = Registry(dirs)
             self.hub = EventHub(settings.events_replay, settings.events_queue)
-            self.streams = StreamSlots(settings.max_streams)
+            self.streams = StreamSlots(settings.max_streams, describe_stream_cap(
+                settings.max_streams, settings.threads, threads_from,
+                explicit=config.get("ARW_EVENTS_MAX_STREAMS") not in (None, "")))
             self.metrics = Metrics(jobs=lambda: self.manager.jobs(), subscribers=lambda: self.hub.subscriber_count,
                                    rate_limit=lambda: self.manager.rate_limit)
             self.observer = Observer([self.metrics.observe, JobLog().observe])

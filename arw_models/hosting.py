@@ -1,6 +1,10 @@
-"""What the service learns of the server that hosts it, under any command line:
-when it stops (then transfers must stop too, whatever signal handlers the server
-has).
+"""What the service learns of the server that hosts it, under any command line.
+
+Three things depend on the server and cannot wait for a configuration file to say
+them: how many requests it serves at once (the cap on event streams follows it),
+whether an event stream would hold its only request thread (then streams are
+refused), and when it stops (then transfers must stop too, whatever signal
+handlers the server has).
 
 Design of the stop: the slots' threads are plain non-daemon threads, so nothing
 joins them before the main thread has finished (``concurrent.futures`` joins its
@@ -22,8 +26,12 @@ import inspect
 import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+# Worker classes that serve more than one request at a time, for the detail of a refusal.
+STREAM_WORKERS = "gthread (-k gthread --threads N), gevent or eventlet"
 
 
 def gunicorn_worker() -> Any | None:
@@ -49,6 +57,57 @@ def gunicorn_worker() -> Any | None:
         return None
     finally:
         del frame  # a frame kept in a local would keep every caller's locals alive
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How many requests the server serves at once, and what sets that number."""
+
+    count: int
+    source: str
+
+
+def worker_capacity(worker: Any) -> Capacity | None:
+    """The capacity of a gunicorn worker: its threads (gthread), its connections
+    (gevent and the other asynchronous workers), or None (sync: one at a time)."""
+    gthread = sys.modules.get("gunicorn.workers.gthread")
+    if gthread is not None and isinstance(worker, gthread.ThreadWorker):
+        return Capacity(int(worker.cfg.threads), "gunicorn --threads")
+    base_async = sys.modules.get("gunicorn.workers.base_async")
+    if base_async is not None and isinstance(worker, base_async.AsyncWorker):
+        return Capacity(int(worker.cfg.worker_connections), "gunicorn --worker-connections")
+    return None
+
+
+def _cooperative() -> bool:
+    """Whether threads are green here (gevent or eventlet patched ``threading``):
+    then a waiting stream yields to every other request."""
+    gevent_monkey = sys.modules.get("gevent.monkey")
+    if gevent_monkey is not None and gevent_monkey.is_module_patched("threading"):
+        return True
+    eventlet_patcher = sys.modules.get("eventlet.patcher")
+    return eventlet_patcher is not None and bool(eventlet_patcher.is_monkey_patched("thread"))
+
+
+def streams_unsupported(environ: Mapping[str, Any]) -> str | None:
+    """Why this request's server cannot hold an event stream, or None when it can.
+
+    A stream holds its request's thread for as long as the client listens. A server
+    that serves one request at a time per process says so in ``wsgi.multithread``
+    (False): gunicorn's sync worker (and its tornado worker), werkzeug's server
+    without threads, CGI. Servers that run many requests at once say True
+    (gunicorn's gthread and gevent workers, werkzeug's threaded server, waitress),
+    except gevent's own server, which says False although each request has a
+    greenlet of its own. An environ that names no server (a test client, which
+    calls the app in-process) holds no server thread at all."""
+    if environ.get("wsgi.multithread", False):
+        return None
+    software = str(environ.get("SERVER_SOFTWARE", ""))
+    if not software or software.lower().startswith(("gevent", "eventlet")) or _cooperative():
+        return None
+    return (f"this server ({software.split()[0]}) serves one request at a time, and an event stream would "
+            f"hold it for as long as the client listens; run it with a worker class that serves "
+            f"streams: {STREAM_WORKERS}")
 
 
 class StopWatch:
