@@ -27,8 +27,8 @@ from typing import Any
 from flask import Flask, current_app
 from werkzeug.exceptions import HTTPException
 
-from . import signals
-from .config import DEFAULTS, Settings, from_env, parse_origins
+from . import hosting, signals
+from .config import DEFAULTS, Settings, describe_stream_cap, from_env, parse_origins
 from .errors import handle_http_exception
 from .events import EventHub
 from .limits import StreamSlots
@@ -64,6 +64,7 @@ class ServiceState:
         self.metrics: Metrics
         self.observer: Observer
         self._undo_logging: Callable[[], None] | None = None
+        self._unwatch: Callable[[], None] | None = None
         self._state_lock: StateLock | None = None
         # Set in a process that claimed the lock and then forked before serving
         # (gunicorn --preload): each child, not the parent, takes the lock.
@@ -81,7 +82,16 @@ class ServiceState:
         with self._lock:
             if self._started:
                 return self
-            settings = Settings.from_config(self.app.config)
+            # Under gunicorn, its real capacity, whatever the command line said: the
+            # cap on event streams follows it.
+            worker = hosting.gunicorn_worker()
+            capacity = hosting.worker_capacity(worker) if worker is not None else None
+            config: Mapping[str, Any] = self.app.config
+            threads_from = "ARW_THREADS"
+            if capacity is not None:
+                config = {**config, "ARW_THREADS": capacity.count}
+                threads_from = capacity.source
+            settings = Settings.from_config(config)
             dirs = StateDir(settings.state_dir, settings.models_mode)
             dirs.ensure()
             if self._state_lock is None:
@@ -91,7 +101,9 @@ class ServiceState:
             self.settings, self.dirs = settings, dirs
             self.registry = Registry(dirs)
             self.hub = EventHub(settings.events_replay, settings.events_queue)
-            self.streams = StreamSlots(settings.max_streams)
+            self.streams = StreamSlots(settings.max_streams, describe_stream_cap(
+                settings.max_streams, settings.threads, threads_from,
+                explicit=config.get("ARW_EVENTS_MAX_STREAMS") not in (None, "")))
             self.metrics = Metrics(jobs=lambda: self.manager.jobs(), subscribers=lambda: self.hub.subscriber_count,
                                    rate_limit=lambda: self.manager.rate_limit,
                                    store=lambda: store_usage(self.dirs, self.registry))
@@ -101,6 +113,8 @@ class ServiceState:
             self._started = True
             ref = weakref.ref(self)
             atexit.register(lambda: (s := ref()) is not None and s.shutdown())
+            # The server's own stop, whatever its signal handlers: see hosting.
+            self._unwatch = hosting.STOPS.watch(self._stop_with_the_server, worker)
         self.manager.start()
         return self
 
@@ -169,6 +183,11 @@ class ServiceState:
             except Exception:  # a host's receiver must not break a download, nor another receiver
                 log.exception("a receiver of %s failed", signal.name)
 
+    def _stop_with_the_server(self) -> None:
+        # Transfers are told to stop and streams end now; the interpreter's exit
+        # waits for the slots' threads, which finish within a chunk.
+        self.shutdown(wait=False)
+
     def shutdown(self, wait: bool = True) -> None:
         """Stops transfers (their ``.part`` stays resumable), ends every event
         stream and releases the state directory. Safe to call twice."""
@@ -181,6 +200,8 @@ class ServiceState:
             if self._stopped:
                 return
             self._stopped = True
+        if self._unwatch is not None:
+            self._unwatch()
         self.manager.shutdown(wait=wait)
         self.hub.close()
         if self._undo_logging is not None:

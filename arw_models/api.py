@@ -17,7 +17,7 @@ from flask import (
     url_for,
 )
 
-from . import __version__, web
+from . import __version__, hosting, web
 from .engine import sources
 from .errors import (
     ArwError,
@@ -322,13 +322,22 @@ def events() -> Response:
         after = header  # a reconnecting browser knows best where it stopped
     replay = _event_id(request.args.get("replay"), "replay")
     prefixes = [p for p in request.args.getlist("prefix") if p]
+    unsupported = hosting.streams_unsupported(request.environ)
+    if unsupported is not None:
+        # The stream would hold the server's only thread until the client leaves,
+        # and every other request (the host app's too) would wait. No Retry-After:
+        # waiting does not change the server.
+        raise ArwError(unsupported, status=503, code="streams-unsupported", title="Service unavailable")
     release = state.streams.acquire()
     if release is None:
         # Each stream holds a server thread: past the cap, the threads left over
         # stay free for every other request.
         retry_after = max(1, -(-state.settings.retry_ms // 1000))
-        raise ArwError(f"{state.streams.limit} event streams are open, the most this service allows; "
-                       "try again later", status=503, code="too-many-streams", title="Service unavailable",
+        raise ArwError(f"{state.streams.limit} event streams are open, the most this service allows "
+                       f"({state.streams.why}); try again later. To allow more, set ARW_EVENTS_MAX_STREAMS, "
+                       "or give the server more threads (gunicorn --threads N, and ARW_THREADS=N under a "
+                       "server whose thread count the service cannot read)",
+                       status=503, code="too-many-streams", title="Service unavailable",
                        headers={"Retry-After": str(retry_after)})
     try:
         return stream_response(

@@ -129,8 +129,11 @@ def parse_mode(value: Any) -> int:
     return mode
 
 
-# Request threads of the bundled gunicorn configuration when ARW_THREADS is unset.
-SERVER_THREADS = 32
+# Request threads of the bundled gunicorn configuration when ARW_THREADS is unset:
+# 102 event streams (100 browser tabs, say) and a reserve of 34 for other requests.
+# gthread starts its threads as they are needed, so an idle worker pays nothing for
+# them; an open stream costs about 37 KiB of RSS (measured: see the README).
+SERVER_THREADS = 136
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARW_EVENTS_MAX_STREAMS", None, _optional(int),
             'Event streams open at once (each holds a request thread); more get 503. None: derived from ARW_THREADS (see events_stream_cap), 8 if that is unknown.'),
     Setting("ARW_THREADS", None, _optional(int),
-            'Request threads of the server. The bundled gunicorn configuration sets the real number; None: unknown (a host app under some other server).'),
+            'Request threads of the server. Under gunicorn the service reads the real number, which wins; None: unknown (a host app under some other server).'),
     Setting("ARW_BODY_TIMEOUT_SECS", 10.0, float,
             'Seconds a request body may take to arrive before it is answered with 408.'),
     Setting("ARW_HF_ENDPOINT", "https://huggingface.co", _endpoint,
@@ -251,6 +254,15 @@ def events_stream_cap(threads: int | None) -> int:
     if threads is None:
         return UNKNOWN_THREADS_STREAM_CAP
     return max(1, threads - max(4, threads // 4))
+
+
+def describe_stream_cap(max_streams: int, threads: int | None, threads_from: str, explicit: bool) -> str:
+    """Where the cap on event streams came from, for the refusal that names it."""
+    if explicit:
+        return "set by ARW_EVENTS_MAX_STREAMS"
+    if threads is None:
+        return "the default while the server's thread count is unknown: set ARW_THREADS to it"
+    return f"{threads} server threads ({threads_from}) less a reserve of {threads - max_streams} for other requests"
 
 
 LOG_FORMATS = ("text", "json")

@@ -99,6 +99,8 @@ def post_worker_init(worker: Any) -> None:
     def on_term(signum: int, frame: Any) -> None:
         # Stop transfers (their .part stays resumable) and end event streams, so
         # that the graceful shutdown has no long-lived request left to wait for.
+        # The service notices a stop without this handler too (hosting.StopWatch,
+        # under any command line); here it is at once rather than within a tick.
         state.shutdown(wait=False)
         if callable(previous):
             previous(signum, frame)

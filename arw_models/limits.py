@@ -40,10 +40,12 @@ _HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL | _RDHUP
 
 
 class StreamSlots:
-    """Counts open event streams against a limit."""
+    """Counts open event streams against a limit; ``why`` says where the limit
+    came from, for the refusal that names it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, why: str = "") -> None:
         self.limit = limit
+        self.why = why
         self._in_use = 0
         self._lock = threading.Lock()
 

@@ -47,6 +47,7 @@ PROBLEM_CODES: dict[str, int] = {
     "state-dir-in-use": 503,
     "state-dir-unsafe": 503,
     "too-many-streams": 503,
+    "streams-unsupported": 503,
 }
 
 # The ``code`` of an ``error`` event (a failed download), not of an HTTP answer.
@@ -207,7 +208,7 @@ def _paths() -> dict[str, Any]:
                      "content": {"text/event-stream": {
                          "schema": {"type": "string"},
                          "x-events": {kind: _ref(name) for kind, name in EVENT_KINDS.items()}}}},
-             **_problems("invalid-event-id", "too-many-streams", *AUTH, *SERVICE)},
+             **_problems("invalid-event-id", "too-many-streams", "streams-unsupported", *AUTH, *SERVICE)},
             admin=True, operation_id="events",
             parameters=[
                 {"name": "after", "in": "query", "schema": {"type": "string", "pattern": EVENT_ID_PATTERN},

@@ -1,8 +1,11 @@
 """Transfer slots, the queue in front of them, retry timers, and the ticker.
 
-Design: up to ``ARW_MODELS_MAX_CONC`` executor threads (created on first use,
-never at import or in ``init_app``, so forking servers and ``--preload`` work) are
-the slots. Each takes the oldest job of the queue, runs it (one attempt), and takes
+Design: up to ``ARW_MODELS_MAX_CONC`` threads (created on first use, never at
+import or in ``init_app``, so forking servers and ``--preload`` work) are the
+slots. They are plain non-daemon threads, not a ``concurrent.futures`` pool: the
+interpreter's exit joins a pool's threads before the main thread counts as
+finished, so a stop noticed then (see ``hosting``) would come only after every
+transfer had run to its end. A slot's thread ends when the queue is empty. Each takes the oldest job of the queue, runs it (one attempt), and takes
 the next until the queue is empty: there is never one executor task per job, so a
 job taken out of the queue (canceled while queued) leaves nothing behind. A job
 that must wait to retry holds no slot; the ticker puts it at the head of the queue
@@ -18,7 +21,6 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from .jobs import DownloadJob, Status
 
@@ -44,7 +46,7 @@ class Slots:
         self._running: Counter[DownloadJob] = Counter()
         self._waiting: dict[DownloadJob, float] = {}
         self._draining = 0
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: set[threading.Thread] = set()
         self._ticker: threading.Thread | None = None
         self._closed = False
 
@@ -63,11 +65,11 @@ class Slots:
             self._pending.appendleft(job)
         else:
             self._pending.append(job)
-        if self._draining < self.size:
+        if self._draining < self.size and not self._closed:
             self._draining += 1
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.size, thread_name_prefix="arw-download")
-            self._executor.submit(self._drain)
+            thread = threading.Thread(target=self._drain, name=f"arw-download-{len(self._threads)}")
+            self._threads.add(thread)
+            thread.start()
         if self._ticker is None:
             self._ticker = threading.Thread(target=self._tick_loop, name="arw-ticker", daemon=True)
             self._ticker.start()
@@ -94,6 +96,7 @@ class Slots:
             with self._lock:
                 if not self._pending or self._closed:
                     self._draining -= 1
+                    self._threads.discard(threading.current_thread())
                     return
                 job = self._pending.popleft()
                 self._running[job] += 1
@@ -137,7 +140,10 @@ class Slots:
             self._closed = True
             self._tick.notify_all()
             ticker = self._ticker
-        if self._executor is not None:
-            self._executor.shutdown(wait=wait, cancel_futures=True)
-        if wait and ticker is not None:
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+        if wait and ticker is not None and ticker is not threading.current_thread():
             ticker.join()

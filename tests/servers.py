@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -95,3 +96,14 @@ class Gunicorn:
             pass
         self.proc.wait(10)
         self._log.close()
+
+
+def plain(start: Callable[..., Gunicorn], name: str, state_dir: Path, *argv: str, **env: str) -> Gunicorn:
+    """gunicorn as people type it, without the bundled configuration: ``argv`` (worker
+    class, threads, the app) after an explicit loopback bind and no control socket.
+    ARW_THREADS is left unset, as it would be on such a command line."""
+    port = free_port()
+    env.setdefault("ARW_THREADS", "")
+    g = start(name, state_dir, argv=["-b", f"127.0.0.1:{port}", "--no-control-socket", *argv], **env)
+    g.port, g.url = port, f"http://127.0.0.1:{port}"
+    return g

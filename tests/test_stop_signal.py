@@ -1,0 +1,96 @@
+"""A stop (SIGTERM) ends transfers promptly under any command line, not only under
+the bundled gunicorn configuration, and leaves each ``.part`` resumable.
+
+Real gunicorn processes started as people type them (no ``-c``), a paced local
+origin, and a second process that resumes what the first left. Every process is
+killed and reaped by the ``gunicorns`` fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from arw_models.manager import PROGRESS
+
+from .origin import payload
+from .servers import Gunicorn, plain
+from .sse import SSEClient
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def wait_for_bytes(g: Gunicorn, model_id: str, at_least: int, timeout: float = 10.0) -> None:
+    """Asks the service (one request after another, no pause) until the job has
+    written ``at_least`` bytes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = requests.get(f"{g.url}/models/downloads/{model_id}", timeout=5)
+        if r.status_code == 200 and r.json().get("downloaded", 0) >= at_least:
+            return
+        assert g.proc.poll() is None, g.output()
+    raise AssertionError(f"{model_id} did not reach {at_least} bytes in {timeout}s:\n{g.output()}")
+
+
+@pytest.mark.parametrize("worker", [
+    ("-k", "gthread", "--threads", "8"),
+    ("-k", "sync"),
+], ids=["gthread", "sync"])
+def test_sigterm_under_a_plain_command_line_stops_the_transfer_and_keeps_it_resumable(
+    gunicorns: Callable[..., Gunicorn], origin: Any, tmp_path: Path, worker: tuple[str, ...],
+) -> None:
+    state = tmp_path / "state"
+    # 8 s of transfer at this pace: a stop that waits for it cannot pass.
+    res = origin.add("/big.gguf", payload(8 * MiB, seed=31), throttle=1 * MiB)
+    url = origin.url("/big.gguf")
+    first = plain(gunicorns, "first", state, *worker, "wsgi:app")
+    first.wait_ready()
+    stream = None
+    if "gthread" in worker:
+        # An open page's stream: the stop must not wait for it either.
+        stream = SSEClient(first.url + "/events")
+        assert stream.next().event == "service.connected"
+    try:
+        r = requests.post(first.url + "/models/download", json={"id": "big", "url": url, "sha256": res.sha256},
+                          timeout=5)
+        assert r.status_code == 202, r.text
+        wait_for_bytes(first, "big", 128 * KiB)
+        sent = time.monotonic()
+        os.kill(first.proc.pid, signal.SIGTERM)
+        first.wait_exit(10)
+        elapsed = time.monotonic() - sent
+    finally:
+        if stream is not None:
+            stream.close()
+    assert elapsed < 3, f"the stop took {elapsed:.1f}s:\n{first.output()}"
+    assert "Traceback" not in first.output(), first.output()
+    # The origin was not read to the end: the transfer stopped with the process.
+    assert origin.bytes_sent("/big.gguf") < len(res.data)
+
+    part, sidecar = state / "models" / "big.part", state / "models" / "big.part.json"
+    assert part.exists() and sidecar.exists()
+    kept = part.stat().st_size
+    assert 128 * KiB <= kept < len(res.data)
+    assert part.read_bytes() == res.data[:kept]
+    assert json.loads(sidecar.read_text())["url"] == url
+
+    res.throttle = None
+    before = len(origin.requests_for("/big.gguf"))
+    second = gunicorns("second", state)  # the bundled configuration resumes at boot
+    second.wait_ready()
+    with SSEClient(second.url + "/events", params={"replay": "4096", "prefix": "Models."}) as sse:
+        done = sse.until(lambda f: f.event == PROGRESS and f.payload["id"] == "big"
+                         and f.payload["status"] in ("complete", "error", "canceled"))
+    assert done.payload["status"] == "complete" and done.payload["sha256"] == res.sha256
+    resumed = origin.requests_for("/big.gguf")[before:]
+    assert resumed and resumed[0].range == f"bytes={kept}-" and resumed[0].status == 206
+    assert (state / "models" / "big.gguf").read_bytes() == res.data
