@@ -393,18 +393,24 @@ class DownloadManager:
                 leftover = None
             else:
                 # Nothing runs (or its model is installed already); a .part left by an
-                # earlier run or a failed job is canceled too.
+                # earlier run, a paused or a failed job is canceled too.
                 part, sidecar = self.state.part_path(model_id), self.state.sidecar_path(model_id)
                 if not (os.path.lexists(part) or os.path.lexists(sidecar)):
                     raise NotFound(f"no download of {model_id} is active or resumable", code="no-active-download")
+                recorded = self.state.read_sidecar(model_id) or {}
                 self.state.remove_partial(model_id)
-                leftover = self._new_job(model_id, "", None, "local")
+                # The table answers for the id from now on as for any canceled job:
+                # the paused (or failed) job it held would still say it is resumable.
+                url = job.url if job is not None else str(recorded.get("url") or "")
+                sha256 = job.sha256 if job is not None else recorded.get("sha256")
+                provider = job.provider if job is not None else str(recorded.get("provider") or "local")
+                leftover = self._new_job(model_id, url, sha256, provider)
                 leftover.transition(Status.CANCELED)
-                final = leftover.close()
+                self._jobs[model_id] = leftover
         if leftover is None:
             job.done.wait(wait)  # type: ignore[union-attr]
-        elif final is not None:
-            leftover.notify(final)
+        else:
+            self._ended(leftover)  # out of the lock: it tells the host's receivers
         return {"id": model_id, "status": "canceled"}
 
     def delete(self, model_id: str) -> dict[str, Any]:
