@@ -38,6 +38,7 @@ from .headers import redact_url
 from .http import new_session
 from .jobs import DownloadJob, Status
 from .listing import job_item, on_disk, public_model, resumable_item
+from .names import free_name
 from .ratelimit import shares
 from .slots import Slots
 from .storage import Registry, StateDir, remove_quietly, utcnow
@@ -246,7 +247,7 @@ class DownloadManager:
             old = self.registry.get(job.id)
             own = old.get("file") if old else None
             taken = self.registry.files_in_use(except_id=job.id)
-            final = _free_name(result.name, job.id,
+            final = free_name(result.name, job.id,
                                lambda n: n in taken or (n != own and os.path.lexists(state.model_path(n))))
             try:
                 path = state.install_part(job.id, final)
@@ -507,14 +508,3 @@ def _began(job: DownloadJob) -> str:
     if job.status is Status.QUEUED:
         return "queued"
     return "resumed" if job.offset or job.status is Status.RESUMED else "started"
-
-
-def _free_name(name: str, model_id: str, taken: Callable[[str], bool]) -> str:
-    if not taken(name):
-        return name
-    stem, ext = os.path.splitext(name)
-    for n in range(1, 10000):
-        candidate = f"{stem}-{model_id}{ext}" if n == 1 else f"{stem}-{model_id}-{n}{ext}"
-        if not taken(candidate):
-            return candidate
-    raise TransferError("internal-error", f"no free file name for {name}")
