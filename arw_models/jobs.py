@@ -111,6 +111,9 @@ class DownloadJob:
         self.retries = 0
         self.segments = 0
         self.error: dict[str, Any] | None = None
+        # While the job waits to retry, and until the origin's next answer is
+        # accepted: the failure it retries ({"code", "error"}), for the listings.
+        self.last_error: dict[str, Any] | None = None
         self.file: str | None = None
         self.created_at = utcnow()
         self.finished_at: str | None = None
@@ -156,6 +159,8 @@ class DownloadJob:
             self._status = to
             if to is Status.ERROR:
                 self.error = dict(fields)
+            if to in TERMINAL:
+                self.last_error = None  # an error tells its own code; any other end mends it
             payload = {"id": self.id, "status": to.value, **fields}
             if to in TERMINAL:
                 # Told by close(), once the job is over: a client that acts on
@@ -299,6 +304,7 @@ class DownloadJob:
         self._samples.clear()
         self._samples.append((self.clock(), offset))  # the speed counts from here
         self._published = offset
+        self.last_error = None  # bytes flow again
         if self.sources is not None:
             self.sources.began(offset)
         extra = {} if total is None else {"total": total}
@@ -326,6 +332,9 @@ class DownloadJob:
             snap["file"] = self.file
         if self.error:
             snap.update(self.error)
+        last_error = self.last_error
+        if last_error:
+            snap["last_error"] = dict(last_error)
         if self.finished_at:
             snap["finished_at"] = self.finished_at
         sources = self.served()

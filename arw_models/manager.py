@@ -31,6 +31,7 @@ from . import __version__, storage
 from .config import Settings
 from .dedup import Adopter
 from .engine import Download, Result
+from .engine.fetch import QUICK_CODES, QUICK_RETRIES
 from .engine.plan import continuation
 from .errors import ArwError, Conflict, JobStopped, NotFound, TransferError
 from .events import EventHub
@@ -223,7 +224,7 @@ class DownloadManager:
 
     def _retry_later(self, job: DownloadJob, download: Download, err: TransferError) -> bool:
         delay = download.retry_delay(err)
-        if delay is None:
+        if delay is None or (err.code in QUICK_CODES and download.failures > QUICK_RETRIES):
             return False
         with self._lock:
             moved = job.transition(Status.RETRYING, unless_stopped=True, deferred=True, attempt=download.failures,
@@ -231,6 +232,7 @@ class DownloadManager:
                                    downloaded=job.downloaded)
             if moved is None:
                 return False
+            job.last_error = {"code": err.code, "error": err.message}
             job.retries += 1
             self.slots.wait(job, delay)
         log.info("download %s: %s; retry %d in %.2fs", job.id, err.message, download.failures, delay)

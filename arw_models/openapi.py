@@ -51,7 +51,8 @@ PROBLEM_CODES: dict[str, int] = {
 
 # The ``code`` of an ``error`` event (a failed download), not of an HTTP answer.
 EVENT_ERROR_CODES = (
-    "checksum-mismatch", "size-mismatch", "http-status", "network", "tls", "resume-invalid",
+    "checksum-mismatch", "size-mismatch", "http-status", "network", "dns-error", "connection-refused", "tls",
+    "resume-invalid",
     "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
     "invalid-redirect", "invalid-url", "internal-error",
 )
@@ -356,6 +357,11 @@ def _schemas() -> dict[str, Any]:
                 "downloaded": _INT, "total": _INT, "progress": {"type": "integer", "minimum": 0, "maximum": 100},
                 "offset": _INT, "file": {"type": "string"}, "resumable": {"type": "boolean"},
                 "code": {"type": "string"}, "error": {"type": "string"},
+                "last_error": {"type": "object", "required": ["code", "error"],
+                               "description": "while the job waits to retry (and until bytes flow again): "
+                                              "the failure it retries",
+                               "properties": {"code": {"enum": list(EVENT_ERROR_CODES)},
+                                              "error": {"type": "string"}}},
                 "sources": _ref("Sources"),
             },
         },

@@ -29,7 +29,7 @@ from ..headers import (
     redact_url,
     same_version,
 )
-from ..http import body_reader
+from ..http import body_reader, failure_of
 from ..jobs import DownloadJob
 from ..partfile import ALIGN
 from .pipeline import Pipeline
@@ -40,7 +40,21 @@ log = logging.getLogger(__name__)
 Opener = Callable[[str, bool], BinaryIO]
 
 
-def network_error(exc: BaseException, job: DownloadJob, where: str) -> TransferError:
+# A refused connection (nobody listens: a service restarting, a wrong port) or a
+# name the resolver says may resolve in a moment is tried again a few times, soon,
+# then ends the job: waiting minutes for the ordinary backoff to run out helps
+# nobody. The manager holds them to QUICK_RETRIES (see QUICK_CODES).
+QUICK_RETRIES = 3
+QUICK_RETRY_SECS = 0.25
+QUICK_CODES = frozenset({"connection-refused", "dns-error"})
+
+
+def network_error(exc: BaseException, job: DownloadJob, where: str,
+                  retry_secs: float = QUICK_RETRY_SECS) -> TransferError:
+    """The error for what requests or urllib3 raised, with a message written from
+    its kind and host (see :func:`arw_models.http.failure_of`): a name that does
+    not resolve is a ``dns-error`` (not retried), a refused connection a
+    ``connection-refused`` (retried a few times, ``retry_secs`` apart)."""
     short = isinstance(exc, IncompleteRead) or any(isinstance(a, IncompleteRead) for a in exc.args)
     if short:
         return TransferError(
@@ -52,13 +66,21 @@ def network_error(exc: BaseException, job: DownloadJob, where: str) -> TransferE
             received=job.downloaded,
             expected_bytes=job.total,
         )
-    return TransferError(
-        "network",
-        f"network error {where}: {exc.__class__.__name__}: {redact_text(str(exc))}",
-        retryable=True,
-        url=redact_url(job.url),
-        received=job.downloaded,
-    )
+    failure = failure_of(exc)
+    reason = redact_text(failure.reason)
+    context = {"url": redact_url(job.url), "received": job.downloaded}
+    if failure.kind == "dns":
+        return TransferError("dns-error", f"cannot resolve host {failure.host or '?'}: {reason}",
+                             retryable=failure.transient, retry_after=retry_secs if failure.transient else None,
+                             host=failure.host, **context)
+    if failure.kind == "refused":
+        return TransferError("connection-refused", f"cannot connect to {failure.address or '?'}: connection refused",
+                             retryable=True, retry_after=retry_secs, host=failure.host, **context)
+    if failure.kind == "connect-timeout":
+        text = f"cannot connect to {failure.address or 'the origin'}: timed out"
+    else:
+        text = f"{reason} ({failure.address})" if failure.address else reason
+    return TransferError("network", f"network error {where}: {text}", retryable=True, **context)
 
 
 def disk_error(exc: OSError, at: int) -> TransferError:
@@ -85,7 +107,9 @@ def request(session: requests.Session, job: DownloadJob, settings: Settings, hea
                            timeout=(settings.connect_timeout, settings.idle_timeout), allow_redirects=True)
     except requests.exceptions.SSLError as exc:
         check_stop(job)
-        raise TransferError("tls", f"TLS error: {redact_text(str(exc))}", url=url) from None
+        failure = failure_of(exc)
+        with_host = f" with {failure.address}" if failure.address else ""
+        raise TransferError("tls", f"TLS error{with_host}: {redact_text(failure.reason)}", url=url) from None
     except requests.exceptions.TooManyRedirects:
         raise TransferError("too-many-redirects", f"more than {session.max_redirects} redirects", url=url) from None
     except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
@@ -95,7 +119,8 @@ def request(session: requests.Session, job: DownloadJob, settings: Settings, hea
         raise TransferError("invalid-url", f"cannot fetch: {redact_text(str(exc))}", url=url) from None
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         check_stop(job)
-        raise network_error(exc, job, "before the response") from None
+        # Soon: no later than the ordinary first retry would be.
+        raise network_error(exc, job, "before the response", min(QUICK_RETRY_SECS, settings.backoff)) from None
 
 
 class Answer:
