@@ -93,6 +93,12 @@ class DownloadJob:
         # What each source served, when the download has mirrors (engine.route.Route:
         # began(offset), summary(downloaded)); set by the transfer.
         self.sources: Any = None
+        # Whether the origin was seen to serve byte ranges (None: not known), set by
+        # the transfer; kept in the sidecar so that a later resume's answer knows.
+        self.accept_ranges: bool | None = None
+        # What the answer to the POST said of the bytes on disk (kept, discarded,
+        # provisional), as a repeated POST repeats it until the origin has answered.
+        self.prospect: dict[str, Any] = {}
         # Resumed by the service itself at start: a POST that differs takes it over.
         self.auto = auto
         self.clock = clock
@@ -145,6 +151,11 @@ class DownloadJob:
     @property
     def terminal(self) -> bool:
         return self._status in TERMINAL
+
+    @property
+    def answered(self) -> bool:
+        """An answer of the origin was accepted in this job: its counters are of it."""
+        return self._published is not None
 
     def transition(self, to: Status, *, quiet: bool = False, unless_stopped: bool = False,
                    deferred: bool = False, **fields: Any) -> dict[str, Any] | None:

@@ -32,13 +32,12 @@ from .config import Settings
 from .dedup import Adopter
 from .engine import Download, Result
 from .engine.fetch import QUICK_CODES, QUICK_RETRIES
-from .engine.plan import continuation
 from .errors import ArwError, Conflict, JobStopped, NotFound, TransferError
 from .events import EventHub
 from .headers import redact_url
 from .http import new_session
 from .jobs import DownloadJob, Status
-from .listing import job_item, on_disk, public_model, resumable_item
+from .listing import job_item, on_disk, outlook, public_model, resumable_item
 from .names import free_name
 from .ratelimit import shares
 from .slots import Slots
@@ -141,7 +140,7 @@ class DownloadManager:
                         job.rate_limit = rate_limit
                         self.slots.rebalance()
                     # The running job, its status put as a start would have been: how it began.
-                    return 202, {**job.snapshot(), "status": _began(job)}
+                    return 202, {**job.snapshot(), **_began(job)}
                 if not job.auto:
                     raise Conflict(f"{model_id} is already downloading from another url or with another sha256",
                                    code="already-downloading", job=job.snapshot())
@@ -159,14 +158,16 @@ class DownloadManager:
             job.after = previous
             self._unpause(model_id)
             self._jobs[model_id] = job
+            prospect = outlook(self.state, model_id, url, sha256)
+            job.downloaded = prospect["kept"]
+            job.prospect = {k: v for k, v in prospect.items() if k != "status"}
             if self.slots.busy() >= self.settings.max_conc:
                 job.announce()
             else:
                 # What the slot will do, as the answer says it; the event comes when the
                 # origin has answered.
-                keeps = continuation(self.state.read_sidecar(model_id), self.state.part_size(model_id), url, sha256)
-                job.transition(Status.RESUMED if keeps.resumes else Status.STARTED, quiet=True)
-            answer = job.snapshot()  # as it begins: a slot may take it over at once
+                job.transition(Status.RESUMED if prospect["status"] == "resumed" else Status.STARTED, quiet=True)
+            answer = {**job.snapshot(), **job.prospect}  # as it begins: a slot may take it over at once
             self.slots.enqueue(job)
             return 202, answer
 
@@ -226,6 +227,7 @@ class DownloadManager:
         delay = download.retry_delay(err)
         if delay is None or (err.code in QUICK_CODES and download.failures > QUICK_RETRIES):
             return False
+        self._note_ranges(job)  # before the timer: the next attempt writes the sidecar
         with self._lock:
             moved = job.transition(Status.RETRYING, unless_stopped=True, deferred=True, attempt=download.failures,
                                    delay_ms=int(delay * 1000), code=err.code, error=err.message,
@@ -288,6 +290,7 @@ class DownloadManager:
         if job.stop_reason in ("shutdown", "superseded"):
             # The .part and its sidecar stay: the next start, or the job that took
             # this one over, continues them.
+            self._note_ranges(job)
             job.transition(Status.INTERRUPTED, quiet=True)
             return
         if job.stop_reason == "pause":
@@ -296,6 +299,8 @@ class DownloadManager:
                 "id": job.id, "url": job.url, "sha256": job.sha256, "provider": job.provider, "created_at": utcnow(),
                 **({"headers": dict(job.headers)} if job.headers else {})}
             sidecar["paused"] = True
+            if job.accept_ranges is not None:
+                sidecar["accept_ranges"] = job.accept_ranges
             self.state.write_sidecar(job.id, sidecar)
             job.downloaded = on_disk(self.state, job.id) or 0
             job.transition(Status.PAUSED, downloaded=job.downloaded)
@@ -307,10 +312,24 @@ class DownloadManager:
     def _failed(self, job: DownloadJob, err: TransferError) -> None:
         if not err.keep_part:
             self.state.remove_partial(job.id)
+        else:
+            self._note_ranges(job)
         log.warning("download %s failed: %s (%s)", job.id, err.message, err.code)
         served = job.served()
         job.transition(Status.ERROR, code=err.code, error=err.message, **err.context,
                        **({"sources": served} if served is not None else {}))
+
+    def _note_ranges(self, job: DownloadJob) -> None:
+        """In the job's thread, between attempts: records in the sidecar whether the
+        origin served ranges, so that a later resume's answer can say what it will
+        keep (see listing.outlook). The transfer rewrites the sidecar from its own
+        record while it runs; this is written when it has stopped."""
+        if job.accept_ranges is None:
+            return
+        sidecar = self.state.read_sidecar(job.id)
+        if sidecar is not None and sidecar.get("accept_ranges") is not job.accept_ranges:
+            sidecar["accept_ranges"] = job.accept_ranges
+            self.state.write_sidecar(job.id, sidecar)
 
     def _ended(self, job: DownloadJob) -> None:
         """Marks the job done and forgets the oldest finished jobs beyond ``jobs_keep``,
@@ -506,7 +525,11 @@ def _headers(sidecar: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def _began(job: DownloadJob) -> str:
-    if job.status is Status.QUEUED:
-        return "queued"
-    return "resumed" if job.offset or job.status is Status.RESUMED else "started"
+def _began(job: DownloadJob) -> dict[str, Any]:
+    """What a repeated POST says of a running job: how it began, and what it keeps."""
+    if not job.answered:  # the origin has not answered yet: as the first answer said
+        status = "queued" if job.status is Status.QUEUED else (
+            "resumed" if job.prospect.get("kept") or job.status is Status.RESUMED else "started")
+        return {"status": status, **job.prospect}
+    status = "queued" if job.status is Status.QUEUED else ("resumed" if job.offset else "started")
+    return {"status": status, "kept": job.offset, "discarded": 0, "provisional": False}

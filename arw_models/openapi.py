@@ -148,7 +148,8 @@ def _paths() -> dict[str, Any]:
             "Start, resume or join a download",
             {"200": _json(_ref("Model"), "Already installed from that url (and sha256): nothing is transferred"),
              "202": _json(_ref("Job"), "Accepted: the job as it begins (queued, started or resumed), or the "
-                          "running job of the same id, url and sha256", _LOCATION),
+                          "running job of the same id, url and sha256; ``kept``, ``discarded`` and "
+                          "``provisional`` say what becomes of the bytes on disk", _LOCATION),
              **_problems("invalid-id", "invalid-url", "invalid-sha256", "invalid-provider", "invalid-rate-limit",
                          "invalid-headers", "already-downloading", "download-ending", "shutting-down", *BODY, *AUTH, *SERVICE)},
             admin=True, operation_id="startDownload",
@@ -171,7 +172,9 @@ def _paths() -> dict[str, Any]:
         )},
         "/models/download/resume": {"post": _operation(
             "Continue a paused or resumable download",
-            {"202": _json(_ref("Job"), "Accepted: the job continues from the bytes on disk", _LOCATION),
+            {"202": _json(_ref("Job"), "Accepted: the job continues from the bytes on disk (``resumed``, "
+                          "``kept``), or starts over (``started``, ``discarded``) when they cannot be kept",
+                          _LOCATION),
              **_problems("invalid-id", "no-active-download", "download-ending", "shutting-down", *BODY, *AUTH,
                          *SERVICE)},
             admin=True, operation_id="resumeDownload", body=_id_body("The download to continue"),
@@ -363,6 +366,14 @@ def _schemas() -> dict[str, Any]:
                                "properties": {"code": {"enum": list(EVENT_ERROR_CODES)},
                                               "error": {"type": "string"}}},
                 "sources": _ref("Sources"),
+                "kept": {**_INT, "description": "in a POST's or resume's answer: the bytes on disk that will be "
+                                                "continued"},
+                "discarded": {**_INT, "description": "in a POST's or resume's answer: the bytes on disk that "
+                                                     "will be thrown away as the download starts over"},
+                "provisional": {"type": "boolean",
+                                "description": "in a POST's or resume's answer: the origin has not yet shown "
+                                               "whether it serves ranges, so a resumed download may still start "
+                                               "over"},
             },
         },
         "Sources": {

@@ -103,8 +103,12 @@ def request(session: requests.Session, job: DownloadJob, settings: Settings, hea
     # The session drops these on a redirect to another host (arw_models.http._Session).
     session.private_headers = frozenset(source.headers)  # type: ignore[attr-defined]
     try:
-        return session.get(source.url, headers={**headers, **source.headers}, stream=True,
-                           timeout=(settings.connect_timeout, settings.idle_timeout), allow_redirects=True)
+        response = session.get(source.url, headers={**headers, **source.headers}, stream=True,
+                                timeout=(settings.connect_timeout, settings.idle_timeout), allow_redirects=True)
+        served = ranges_served(headers, response)
+        if served is not None:
+            job.accept_ranges = served
+        return response
     except requests.exceptions.SSLError as exc:
         check_stop(job)
         failure = failure_of(exc)
@@ -121,6 +125,24 @@ def request(session: requests.Session, job: DownloadJob, settings: Settings, hea
         check_stop(job)
         # Soon: no later than the ordinary first retry would be.
         raise network_error(exc, job, "before the response", min(QUICK_RETRY_SECS, settings.backoff)) from None
+
+
+def ranges_served(asked: dict[str, str], response: Any) -> bool | None:
+    """Whether ``response`` shows that its origin serves byte ranges: a 206 or a 416
+    does; a 200 to a ``Range`` it could have served (no ``If-Range``, or one that
+    the answer's validator still matches) does not, whatever ``Accept-Ranges``
+    claims; otherwise ``Accept-Ranges`` says, if it says anything (None: unknown)."""
+    status = response.status_code
+    if status in (206, 416):
+        return True
+    if status == 200 and "Range" in asked:
+        if_range = asked.get("If-Range")
+        if if_range is None or if_range in (response.headers.get("ETag"), response.headers.get("Last-Modified")):
+            return False
+    said = {token.strip() for token in response.headers.get("Accept-Ranges", "").lower().split(",")}
+    if "bytes" in said:
+        return True
+    return False if "none" in said else None
 
 
 class Answer:
