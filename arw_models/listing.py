@@ -1,5 +1,6 @@
 """What the listings show: an installed model, a job, and a download that left a
-resumable ``.part`` behind (from this run or an earlier one)."""
+resumable ``.part`` behind (from this run or an earlier one); and what the answer
+to a POST says of the bytes on disk."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ def outlook(state: StateDir, model_id: str, url: str, sha256: str | None) -> dic
     if keeps.resumes and have and ranges is not False:
         return {"status": "resumed", "kept": have, "discarded": 0, "provisional": ranges is None}
     return {"status": "started", "kept": 0, "discarded": have, "provisional": False}
+
+
+def began_as(job: DownloadJob) -> dict[str, Any]:
+    """What a repeated POST says of a running job: how it began, and what it keeps."""
+    if not job.answered:  # the origin has not answered yet: as the first answer said
+        status = "queued" if job.status is Status.QUEUED else (
+            "resumed" if job.prospect.get("kept") or job.status is Status.RESUMED else "started")
+        return {"status": status, **job.prospect}
+    status = "queued" if job.status is Status.QUEUED else ("resumed" if job.offset else "started")
+    return {"status": status, "kept": job.offset, "discarded": 0, "provisional": False}
 
 
 def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:

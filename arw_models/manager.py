@@ -37,7 +37,7 @@ from .events import EventHub
 from .headers import redact_url
 from .http import new_session
 from .jobs import DownloadJob, Status
-from .listing import job_item, on_disk, outlook, public_model, resumable_item
+from .listing import began_as, job_item, on_disk, outlook, public_model, resumable_item
 from .names import free_name
 from .ratelimit import shares
 from .slots import Slots
@@ -140,7 +140,7 @@ class DownloadManager:
                         job.rate_limit = rate_limit
                         self.slots.rebalance()
                     # The running job, its status put as a start would have been: how it began.
-                    return 202, {**job.snapshot(), **_began(job)}
+                    return 202, {**job.snapshot(), **began_as(job)}
                 if not job.auto:
                     raise Conflict(f"{model_id} is already downloading from another url or with another sha256",
                                    code="already-downloading", job=job.snapshot())
@@ -523,13 +523,3 @@ def _headers(sidecar: dict[str, Any]) -> dict[str, str]:
     if not isinstance(value, dict):
         return {}
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def _began(job: DownloadJob) -> dict[str, Any]:
-    """What a repeated POST says of a running job: how it began, and what it keeps."""
-    if not job.answered:  # the origin has not answered yet: as the first answer said
-        status = "queued" if job.status is Status.QUEUED else (
-            "resumed" if job.prospect.get("kept") or job.status is Status.RESUMED else "started")
-        return {"status": status, **job.prospect}
-    status = "queued" if job.status is Status.QUEUED else ("resumed" if job.offset else "started")
-    return {"status": status, "kept": job.offset, "discarded": 0, "provisional": False}

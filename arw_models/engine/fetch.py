@@ -20,6 +20,7 @@ from urllib3.exceptions import IncompleteRead
 
 from ..config import Settings
 from ..errors import JobStopped, TransferError
+from ..failures import failure_of
 from ..headers import (
     content_coded,
     content_length,
@@ -29,7 +30,7 @@ from ..headers import (
     redact_url,
     same_version,
 )
-from ..http import body_reader, failure_of
+from ..http import body_reader
 from ..jobs import DownloadJob
 from ..partfile import ALIGN
 from .pipeline import Pipeline
@@ -52,7 +53,7 @@ QUICK_CODES = frozenset({"connection-refused", "dns-error"})
 def network_error(exc: BaseException, job: DownloadJob, where: str,
                   retry_secs: float = QUICK_RETRY_SECS) -> TransferError:
     """The error for what requests or urllib3 raised, with a message written from
-    its kind and host (see :func:`arw_models.http.failure_of`): a name that does
+    its kind and host (see :func:`arw_models.failures.failure_of`): a name that does
     not resolve is a ``dns-error`` (not retried), a refused connection a
     ``connection-refused`` (retried a few times, ``retry_secs`` apart)."""
     short = isinstance(exc, IncompleteRead) or any(isinstance(a, IncompleteRead) for a in exc.args)
