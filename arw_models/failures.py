@@ -46,7 +46,7 @@ class Failure(NamedTuple):
 
 def failure_of(exc: BaseException) -> Failure:
     """Classifies what requests or urllib3 raised, by the exception types in its
-    chain (never by its text, whose reprs name this module's pool classes). The
+    chain (never by its text, which quotes reprs of arw_models.http's pools). The
     reason is the text of the system error underneath (``Connection refused``,
     ``Name or service not known``), never a repr of a urllib3 object."""
     chain = _chain(exc)
@@ -101,7 +101,8 @@ def _wrapper(exc: BaseException) -> bool:
 
 def _os_reason(exc: OSError) -> str:
     if isinstance(exc, ssl.SSLError):
-        return getattr(exc, "verify_message", None) or exc.reason or "TLS error"
+        # "self-signed certificate"; else OpenSSL's reason, WRONG_VERSION_NUMBER, in words.
+        return getattr(exc, "verify_message", None) or (exc.reason or "TLS error").lower().replace("_", " ")
     return exc.strerror or str(exc) or exc.__class__.__name__
 
 

@@ -110,3 +110,14 @@ def test_the_listing_shows_the_error_a_job_retries_until_bytes_flow_again(servic
     assert now["status"] == "downloading" and "last_error" not in now
     res.release.set()
     assert watch.terminal("l")["status"] == "complete"
+
+
+def test_a_tls_failure_is_told_in_words(service: Service, origin: Origin) -> None:
+    _, client, watch = service()
+    origin.add("/t.gguf", payload(KiB, seed=603))
+    host = origin.base.split("//", 1)[1]
+    post_download(client, "t", f"https://{host}/t.gguf")  # a plain HTTP origin: no TLS there
+    done = watch.terminal("t")
+    assert done["code"] == "tls", done
+    assert done["error"].startswith(f"TLS error with {host}: "), done
+    no_private_names(done)
