@@ -425,6 +425,7 @@ class DownloadManager:
                 # the paused (or failed) job it held would still say it is resumable.
                 url = job.url if job is not None else str(recorded.get("url") or "")
                 sha256 = job.sha256 if job is not None else recorded.get("sha256")
+                sha256 = sha256 if isinstance(sha256, str) else None
                 provider = job.provider if job is not None else str(recorded.get("provider") or "local")
                 leftover = self._new_job(model_id, url, sha256, provider)
                 leftover.transition(Status.CANCELED)
