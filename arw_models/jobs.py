@@ -93,6 +93,12 @@ class DownloadJob:
         # What each source served, when the download has mirrors (engine.route.Route:
         # began(offset), summary(downloaded)); set by the transfer.
         self.sources: Any = None
+        # Whether the origin was seen to serve byte ranges (None: not known), set by
+        # the transfer; kept in the sidecar so that a later resume's answer knows.
+        self.accept_ranges: bool | None = None
+        # What the answer to the POST said of the bytes on disk (kept, discarded,
+        # provisional), as a repeated POST repeats it until the origin has answered.
+        self.prospect: dict[str, Any] = {}
         # Resumed by the service itself at start: a POST that differs takes it over.
         self.auto = auto
         self.clock = clock
@@ -111,6 +117,9 @@ class DownloadJob:
         self.retries = 0
         self.segments = 0
         self.error: dict[str, Any] | None = None
+        # While the job waits to retry, and until the origin's next answer is
+        # accepted: the failure it retries ({"code", "error"}), for the listings.
+        self.last_error: dict[str, Any] | None = None
         self.file: str | None = None
         self.created_at = utcnow()
         self.finished_at: str | None = None
@@ -143,6 +152,11 @@ class DownloadJob:
     def terminal(self) -> bool:
         return self._status in TERMINAL
 
+    @property
+    def answered(self) -> bool:
+        """An answer of the origin was accepted in this job: its counters are of it."""
+        return self._published is not None
+
     def transition(self, to: Status, *, quiet: bool = False, unless_stopped: bool = False,
                    deferred: bool = False, **fields: Any) -> dict[str, Any] | None:
         """Moves to ``to`` and publishes the event (its payload: id, status and
@@ -156,6 +170,8 @@ class DownloadJob:
             self._status = to
             if to is Status.ERROR:
                 self.error = dict(fields)
+            if to in TERMINAL:
+                self.last_error = None  # an error tells its own code; any other end mends it
             payload = {"id": self.id, "status": to.value, **fields}
             if to in TERMINAL:
                 # Told by close(), once the job is over: a client that acts on
@@ -299,6 +315,7 @@ class DownloadJob:
         self._samples.clear()
         self._samples.append((self.clock(), offset))  # the speed counts from here
         self._published = offset
+        self.last_error = None  # bytes flow again
         if self.sources is not None:
             self.sources.began(offset)
         extra = {} if total is None else {"total": total}
@@ -326,6 +343,9 @@ class DownloadJob:
             snap["file"] = self.file
         if self.error:
             snap.update(self.error)
+        last_error = self.last_error
+        if last_error:
+            snap["last_error"] = dict(last_error)
         if self.finished_at:
             snap["finished_at"] = self.finished_at
         sources = self.served()

@@ -1,11 +1,12 @@
 """What the listings show: an installed model, a job, and a download that left a
-resumable ``.part`` behind (from this run or an earlier one)."""
+resumable ``.part`` behind (from this run or an earlier one); and what the answer
+to a POST says of the bytes on disk."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .engine.plan import Plan
+from .engine.plan import Plan, continuation
 from .headers import redact_url
 from .jobs import DownloadJob, Status
 from .storage import StateDir
@@ -24,6 +25,43 @@ def on_disk(state: StateDir, model_id: str, sidecar: dict[str, Any] | None = Non
         if plan is not None and plan.segmented:
             return min(size, plan.durable)
     return size
+
+
+def ranges_known(sidecar: dict[str, Any] | None) -> bool | None:
+    """Whether the origin of a partial download served byte ranges, as its sidecar
+    says (a plan of several ranges shows it did); None when not known."""
+    if not sidecar:
+        return None
+    recorded = sidecar.get("accept_ranges")
+    if isinstance(recorded, bool):
+        return recorded
+    plan = Plan.from_json(sidecar.get("total"), sidecar.get("ranges"))
+    return True if plan is not None and plan.segmented else None
+
+
+def outlook(state: StateDir, model_id: str, url: str, sha256: str | None) -> dict[str, Any]:
+    """What a POST (or a resume) of ``url`` will do with the bytes on disk:
+    ``resumed`` keeping ``kept`` bytes, or ``started`` throwing ``discarded`` away.
+    The continuation rule decides, and then the origin: one recorded not to serve
+    ranges will send the whole file again. ``provisional``: the origin has not shown
+    either way, so its first answer may still make a ``resumed`` start over."""
+    sidecar = state.read_sidecar(model_id)
+    have = on_disk(state, model_id, sidecar) or 0
+    keeps = continuation(sidecar, state.part_size(model_id), url, sha256)
+    ranges = ranges_known(sidecar)
+    if keeps.resumes and have and ranges is not False:
+        return {"status": "resumed", "kept": have, "discarded": 0, "provisional": ranges is None}
+    return {"status": "started", "kept": 0, "discarded": have, "provisional": False}
+
+
+def began_as(job: DownloadJob) -> dict[str, Any]:
+    """What a repeated POST says of a running job: how it began, and what it keeps."""
+    if not job.answered:  # the origin has not answered yet: as the first answer said
+        status = "queued" if job.status is Status.QUEUED else (
+            "resumed" if job.prospect.get("kept") or job.status is Status.RESUMED else "started")
+        return {"status": status, **job.prospect}
+    status = "queued" if job.status is Status.QUEUED else ("resumed" if job.offset else "started")
+    return {"status": status, "kept": job.offset, "discarded": 0, "provisional": False}
 
 
 def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:

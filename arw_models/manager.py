@@ -31,13 +31,14 @@ from . import __version__, storage
 from .config import Settings
 from .dedup import Adopter
 from .engine import Download, Result
-from .engine.plan import continuation
+from .engine.fetch import QUICK_CODES, QUICK_RETRIES
 from .errors import ArwError, Conflict, JobStopped, NotFound, TransferError
 from .events import EventHub
 from .headers import redact_url
 from .http import new_session
 from .jobs import DownloadJob, Status
-from .listing import job_item, on_disk, public_model, resumable_item
+from .listing import began_as, job_item, on_disk, outlook, public_model, resumable_item
+from .names import free_name
 from .ratelimit import shares
 from .slots import Slots
 from .storage import Registry, StateDir, remove_quietly, utcnow
@@ -139,7 +140,7 @@ class DownloadManager:
                         job.rate_limit = rate_limit
                         self.slots.rebalance()
                     # The running job, its status put as a start would have been: how it began.
-                    return 202, {**job.snapshot(), "status": _began(job)}
+                    return 202, {**job.snapshot(), **began_as(job)}
                 if not job.auto:
                     raise Conflict(f"{model_id} is already downloading from another url or with another sha256",
                                    code="already-downloading", job=job.snapshot())
@@ -157,14 +158,16 @@ class DownloadManager:
             job.after = previous
             self._unpause(model_id)
             self._jobs[model_id] = job
+            prospect = outlook(self.state, model_id, url, sha256)
+            job.downloaded = prospect["kept"]
+            job.prospect = {k: v for k, v in prospect.items() if k != "status"}
             if self.slots.busy() >= self.settings.max_conc:
                 job.announce()
             else:
                 # What the slot will do, as the answer says it; the event comes when the
                 # origin has answered.
-                keeps = continuation(self.state.read_sidecar(model_id), self.state.part_size(model_id), url, sha256)
-                job.transition(Status.RESUMED if keeps.resumes else Status.STARTED, quiet=True)
-            answer = job.snapshot()  # as it begins: a slot may take it over at once
+                job.transition(Status.RESUMED if prospect["status"] == "resumed" else Status.STARTED, quiet=True)
+            answer = {**job.snapshot(), **job.prospect}  # as it begins: a slot may take it over at once
             self.slots.enqueue(job)
             return 202, answer
 
@@ -222,14 +225,16 @@ class DownloadManager:
 
     def _retry_later(self, job: DownloadJob, download: Download, err: TransferError) -> bool:
         delay = download.retry_delay(err)
-        if delay is None:
+        if delay is None or (err.code in QUICK_CODES and download.failures > QUICK_RETRIES):
             return False
+        self._note_ranges(job)  # before the timer: the next attempt writes the sidecar
         with self._lock:
             moved = job.transition(Status.RETRYING, unless_stopped=True, deferred=True, attempt=download.failures,
                                    delay_ms=int(delay * 1000), code=err.code, error=err.message,
                                    downloaded=job.downloaded)
             if moved is None:
                 return False
+            job.last_error = {"code": err.code, "error": err.message}
             job.retries += 1
             self.slots.wait(job, delay)
         log.info("download %s: %s; retry %d in %.2fs", job.id, err.message, download.failures, delay)
@@ -246,7 +251,7 @@ class DownloadManager:
             old = self.registry.get(job.id)
             own = old.get("file") if old else None
             taken = self.registry.files_in_use(except_id=job.id)
-            final = _free_name(result.name, job.id,
+            final = free_name(result.name, job.id,
                                lambda n: n in taken or (n != own and os.path.lexists(state.model_path(n))))
             try:
                 path = state.install_part(job.id, final)
@@ -286,6 +291,7 @@ class DownloadManager:
         if job.stop_reason in ("shutdown", "superseded"):
             # The .part and its sidecar stay: the next start, or the job that took
             # this one over, continues them.
+            self._note_ranges(job)
             job.transition(Status.INTERRUPTED, quiet=True)
             return
         if job.stop_reason == "pause":
@@ -294,7 +300,14 @@ class DownloadManager:
                 "id": job.id, "url": job.url, "sha256": job.sha256, "provider": job.provider, "created_at": utcnow(),
                 **({"headers": dict(job.headers)} if job.headers else {})}
             sidecar["paused"] = True
-            self.state.write_sidecar(job.id, sidecar)
+            if job.accept_ranges is not None:
+                sidecar["accept_ranges"] = job.accept_ranges
+            try:
+                self.state.write_sidecar(job.id, sidecar)
+            except OSError as exc:
+                # A full disk, say: the .part and its last record stay, only unmarked as
+                # paused (a restart resumes it). The pause itself must not fail.
+                log.warning("download %s: paused, but its sidecar cannot say so: %s", job.id, exc.strerror or exc)
             job.downloaded = on_disk(self.state, job.id) or 0
             job.transition(Status.PAUSED, downloaded=job.downloaded)
             return
@@ -304,12 +317,30 @@ class DownloadManager:
         job.transition(Status.CANCELED, downloaded=discarded)
 
     def _failed(self, job: DownloadJob, err: TransferError) -> None:
+        # Logged once, from the error event, by the job log (logs.JobLog), with the bytes.
         if not err.keep_part:
             self.state.remove_partial(job.id)
-        # Logged once, from the error event, by the job log (logs.JobLog), with the bytes.
+        else:
+            self._note_ranges(job)
         served = job.served()
         job.transition(Status.ERROR, code=err.code, error=err.message, downloaded=job.downloaded, **err.context,
                        **({"sources": served} if served is not None else {}))
+
+    def _note_ranges(self, job: DownloadJob) -> None:
+        """In the job's thread, between attempts: records in the sidecar whether the
+        origin served ranges, so that a later resume's answer can say what it will
+        keep (see listing.outlook). The transfer rewrites the sidecar from its own
+        record while it runs; this is written when it has stopped."""
+        if job.accept_ranges is None:
+            return
+        sidecar = self.state.read_sidecar(job.id)
+        if sidecar is not None and sidecar.get("accept_ranges") is not job.accept_ranges:
+            sidecar["accept_ranges"] = job.accept_ranges
+            try:
+                self.state.write_sidecar(job.id, sidecar)
+            except OSError as exc:  # a full disk, say: only the answer's forecast is the poorer for it
+                log.info("download %s: cannot note in its sidecar whether the origin serves ranges: %s", job.id,
+                         exc.strerror or exc)
 
     def _ended(self, job: DownloadJob) -> None:
         """Marks the job done and forgets the oldest finished jobs beyond ``jobs_keep``,
@@ -401,18 +432,25 @@ class DownloadManager:
                 leftover = None
             else:
                 # Nothing runs (or its model is installed already); a .part left by an
-                # earlier run or a failed job is canceled too.
+                # earlier run, a paused or a failed job is canceled too.
                 part, sidecar = self.state.part_path(model_id), self.state.sidecar_path(model_id)
                 if not (os.path.lexists(part) or os.path.lexists(sidecar)):
                     raise NotFound(f"no download of {model_id} is active or resumable", code="no-active-download")
+                recorded = self.state.read_sidecar(model_id) or {}
                 self.state.remove_partial(model_id)
-                leftover = self._new_job(model_id, "", None, "local")
+                # The table answers for the id from now on as for any canceled job:
+                # the paused (or failed) job it held would still say it is resumable.
+                url = job.url if job is not None else str(recorded.get("url") or "")
+                sha256 = job.sha256 if job is not None else recorded.get("sha256")
+                sha256 = sha256 if isinstance(sha256, str) else None
+                provider = job.provider if job is not None else str(recorded.get("provider") or "local")
+                leftover = self._new_job(model_id, url, sha256, provider)
                 leftover.transition(Status.CANCELED)
-                final = leftover.close()
+                self._jobs[model_id] = leftover
         if leftover is None:
             job.done.wait(wait)  # type: ignore[union-attr]
-        elif final is not None:
-            leftover.notify(final)
+        else:
+            self._ended(leftover)  # out of the lock: it tells the host's receivers
         return {"id": model_id, "status": "canceled"}
 
     def delete(self, model_id: str) -> dict[str, Any]:
@@ -503,20 +541,3 @@ def _headers(sidecar: dict[str, Any]) -> dict[str, str]:
     if not isinstance(value, dict):
         return {}
     return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def _began(job: DownloadJob) -> str:
-    if job.status is Status.QUEUED:
-        return "queued"
-    return "resumed" if job.offset or job.status is Status.RESUMED else "started"
-
-
-def _free_name(name: str, model_id: str, taken: Callable[[str], bool]) -> str:
-    if not taken(name):
-        return name
-    stem, ext = os.path.splitext(name)
-    for n in range(1, 10000):
-        candidate = f"{stem}-{model_id}{ext}" if n == 1 else f"{stem}-{model_id}-{n}{ext}"
-        if not taken(candidate):
-            return candidate
-    raise TransferError("internal-error", f"no free file name for {name}")

@@ -52,7 +52,8 @@ PROBLEM_CODES: dict[str, int] = {
 
 # The ``code`` of an ``error`` event (a failed download), not of an HTTP answer.
 EVENT_ERROR_CODES = (
-    "checksum-mismatch", "size-mismatch", "http-status", "network", "tls", "resume-invalid",
+    "checksum-mismatch", "size-mismatch", "http-status", "network", "dns-error", "connection-refused", "tls",
+    "resume-invalid",
     "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
     "invalid-redirect", "invalid-url", "internal-error",
 )
@@ -148,7 +149,8 @@ def _paths() -> dict[str, Any]:
             "Start, resume or join a download",
             {"200": _json(_ref("Model"), "Already installed from that url (and sha256): nothing is transferred"),
              "202": _json(_ref("Job"), "Accepted: the job as it begins (queued, started or resumed), or the "
-                          "running job of the same id, url and sha256", _LOCATION),
+                          "running job of the same id, url and sha256; ``kept``, ``discarded`` and "
+                          "``provisional`` say what becomes of the bytes on disk", _LOCATION),
              **_problems("invalid-id", "invalid-url", "invalid-sha256", "invalid-provider", "invalid-rate-limit",
                          "invalid-headers", "already-downloading", "download-ending", "shutting-down", *BODY, *AUTH, *SERVICE)},
             admin=True, operation_id="startDownload",
@@ -171,7 +173,9 @@ def _paths() -> dict[str, Any]:
         )},
         "/models/download/resume": {"post": _operation(
             "Continue a paused or resumable download",
-            {"202": _json(_ref("Job"), "Accepted: the job continues from the bytes on disk", _LOCATION),
+            {"202": _json(_ref("Job"), "Accepted: the job continues from the bytes on disk (``resumed``, "
+                          "``kept``), or starts over (``started``, ``discarded``) when they cannot be kept",
+                          _LOCATION),
              **_problems("invalid-id", "no-active-download", "download-ending", "shutting-down", *BODY, *AUTH,
                          *SERVICE)},
             admin=True, operation_id="resumeDownload", body=_id_body("The download to continue"),
@@ -357,7 +361,20 @@ def _schemas() -> dict[str, Any]:
                 "downloaded": _INT, "total": _INT, "progress": {"type": "integer", "minimum": 0, "maximum": 100},
                 "offset": _INT, "file": {"type": "string"}, "resumable": {"type": "boolean"},
                 "code": {"type": "string"}, "error": {"type": "string"},
+                "last_error": {"type": "object", "required": ["code", "error"],
+                               "description": "while the job waits to retry (and until bytes flow again): "
+                                              "the failure it retries",
+                               "properties": {"code": {"enum": list(EVENT_ERROR_CODES)},
+                                              "error": {"type": "string"}}},
                 "sources": _ref("Sources"),
+                "kept": {**_INT, "description": "in a POST's or resume's answer: the bytes on disk that will be "
+                                                "continued"},
+                "discarded": {**_INT, "description": "in a POST's or resume's answer: the bytes on disk that "
+                                                     "will be thrown away as the download starts over"},
+                "provisional": {"type": "boolean",
+                                "description": "in a POST's or resume's answer: the origin has not yet shown "
+                                               "whether it serves ranges, so a resumed download may still start "
+                                               "over"},
             },
         },
         "Sources": {

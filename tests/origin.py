@@ -33,6 +33,7 @@ class Resource:
     last_modified: str | None = "Wed, 25 Nov 2026 10:00:00 GMT"
     content_disposition: str | None = None
     ignore_range: bool = False
+    accept_ranges: str | None = "bytes"  # the Accept-Ranges header of a 200 or 206 (None: none sent)
     ignore_if_range: bool = False  # serve a range of the current data, whatever If-Range says
     range_validators: bool = True  # False: a 206 carries neither ETag nor Last-Modified
     on_drop: Callable[[Resource], None] | None = None  # called, under the lock, before a drop
@@ -126,7 +127,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = data[start : end + 1]
         seen.status = status
         self.send_response(status)
-        self.send_header("Accept-Ranges", "bytes")
+        if res.accept_ranges is not None:
+            self.send_header("Accept-Ranges", res.accept_ranges)
         validators = status == 200 or res.range_validators
         if res.etag and validators:
             self.send_header("ETag", res.etag)

@@ -507,7 +507,7 @@ def test_credentials_in_the_url_are_not_in_network_error_messages(make_app: Call
         url = f"http://user:secret@127.0.0.1:{closed_port()}/m.gguf?token=abcXYZ"
         r = post_download(app.test_client(), "m", url)
         assert r.status_code == 202
-        assert watch.terminal("m")["code"] == "network"
+        assert watch.terminal("m")["code"] == "connection-refused"
         assert "retrying" in watch.statuses("m")
         assert_no_secret(app.test_client().get("/models/downloads/m").get_data(as_text=True), "the failed job")
         for event in watch.events:

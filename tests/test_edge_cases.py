@@ -133,7 +133,7 @@ def test_a_network_failure_that_ends_the_job_keeps_the_part(service: Service) ->
     write_partial(app, "m", b"p" * 1000, {"url": url, "etag": '"v1"', "total": 5000})
     post_download(client, "m", url)
     err = watch.terminal("m")
-    assert err["status"] == "error" and err["code"] == "network"
+    assert err["status"] == "error" and err["code"] == "connection-refused"
     assert read(part(app, "m")) == b"p" * 1000
     assert os.path.exists(sidecar(app, "m"))
     listed = client.get("/models/downloads").json["items"]

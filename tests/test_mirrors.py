@@ -297,8 +297,11 @@ def test_a_mirror_nobody_listens_on_is_skipped(service: Service, origin: Origin,
     done = watch.terminal("l")
     assert done["status"] == "complete", done
     assert installed(app, "l.gguf") == res.data
-    assert [(s["source"], s["bytes"], s.get("skipped", "")[:13]) for s in done["sources"]] == [
-        (base, 0, "network error"), ("origin", len(res.data), "")]
+    host = base.split("//", 1)[1]
+    assert [(s["source"], s["bytes"], s.get("skipped", "")) for s in done["sources"]] == [
+        (base, 0, f"cannot connect to {host}: connection refused"), ("origin", len(res.data), "")]
+    # Skipped at once: the refusal is not retried on the mirror.
+    assert [p["delay_ms"] for p in watch.payloads("l") if p["status"] == "retrying"] == [0]
 
 
 # -- one file from several sources ------------------------------------------------------------------
@@ -500,3 +503,18 @@ def test_the_hub_token_never_reaches_a_mirror(service: Service, origin: Origin,
     (asked,) = mirror.requests_for("/org/repo/resolve/main/w.gguf")
     assert "authorization" not in asked.headers
     assert origin.requests_for("/org/repo/resolve/main/w.gguf") == []
+
+
+def test_a_mirror_whose_name_does_not_resolve_is_skipped_at_once(service: Service, origin: Origin) -> None:
+    res = origin.add("/n.gguf", payload(256 * KiB, seed=330))
+    app, client, watch = service(**mirrors("http://mirror.example.invalid{path}"), ARW_DL_RETRY_BACKOFF_MS=500,
+                                 ARW_DL_RETRY_BACKOFF_MAX_MS=30_000)
+    post_download(client, "n", origin.url("/n.gguf"))
+    done = watch.terminal("n")
+    assert done["status"] == "complete", done
+    assert installed(app, "n.gguf") == res.data
+    [skipped, served] = done["sources"]
+    assert skipped["skipped"].startswith("cannot resolve host mirror.example.invalid: ")
+    assert served == {"source": "origin", "bytes": len(res.data)}
+    retrying = [p for p in watch.payloads("n") if p["status"] == "retrying"]
+    assert all(p["delay_ms"] == 0 for p in retrying)  # on to the origin at once

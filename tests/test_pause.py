@@ -131,3 +131,27 @@ def test_pause_and_resume_of_nothing_are_404(service: Service) -> None:
         assert r.status_code == 404 and r.json["code"] == "no-active-download"
     assert pause(client, "../x").json["code"] == "invalid-id"
     assert ArwModels.state(app).manager.find("none") is None
+
+
+def test_a_canceled_paused_download_is_answered_as_canceled(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/cp.gguf", payload(MiB, seed=126), stall_after=100 * KiB)
+    post_download(client, "cp", origin.url("/cp.gguf"))
+    assert res.stalled.wait(5)
+    watch.status("cp", "downloading")
+    assert pause(client, "cp").status_code == 200
+    res.release.set()
+    assert cancel(client, "cp").json == {"id": "cp", "status": "canceled"}
+    watch.status("cp", "canceled")
+    # As a canceled running job is answered: the job, canceled, with nothing on disk.
+    item = client.get("/models/downloads/cp").json
+    assert (item["status"], item["downloaded"], item.get("resumable")) == ("canceled", 0, None)
+    assert item["url"] == origin.url("/cp.gguf")
+    assert client.get("/models/downloads").json["items"] == []
+    assert listing(app) == []
+    # Once: a later download's end shows that no second one came meanwhile.
+    origin.add("/after.gguf", payload(KiB, seed=127))
+    post_download(client, "after", origin.url("/after.gguf"))
+    watch.status("after", "complete")
+    assert watch.statuses("cp").count("canceled") == 1
+    assert cancel(client, "cp").status_code == 404

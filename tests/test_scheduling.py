@@ -4,13 +4,9 @@ alike."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from arw_models import signals
 
@@ -22,22 +18,14 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
-@pytest.fixture
-def refused_port() -> Iterator[int]:
-    """A port on which connections are refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    yield port
-
-
-def test_jobs_waiting_to_retry_give_their_slots_to_a_queued_one(service: Service, origin: Origin,
-                                                                  refused_port: int) -> None:
+def test_jobs_waiting_to_retry_give_their_slots_to_a_queued_one(service: Service, origin: Origin) -> None:
     _, client, watch = service(ARW_MODELS_MAX_CONC=2, ARW_DL_RETRIES=50, ARW_DL_RETRY_BACKOFF_MS=200,
                                  ARW_DL_RETRY_BACKOFF_MAX_MS=400)
     good = origin.add("/good.gguf", payload(256 * KiB, seed=80))
     for name in ("dead1", "dead2"):
-        assert post_download(client, name, f"http://127.0.0.1:{refused_port}/{name}.gguf").status_code == 202
+        # An origin that keeps answering 503 (a refused connection would end the job soon).
+        origin.add(f"/{name}.gguf", payload(KiB), statuses=[(503, {})] * 100)
+        assert post_download(client, name, origin.url(f"/{name}.gguf")).status_code == 202
     assert post_download(client, "good", origin.url("/good.gguf"), sha256=good.sha256).status_code == 202
     done = watch.terminal("good", timeout=10)
     assert done["status"] == "complete"
@@ -49,11 +37,12 @@ def test_jobs_waiting_to_retry_give_their_slots_to_a_queued_one(service: Service
         assert watch.terminal(name)["status"] == "canceled"
 
 
-def test_a_cancel_of_a_job_waiting_to_retry_ends_it_at_once(service: Service, refused_port: int) -> None:
+def test_a_cancel_of_a_job_waiting_to_retry_ends_it_at_once(service: Service, origin: Origin) -> None:
     _, client, watch = service(ARW_DL_RETRY_BACKOFF_MS=30_000, ARW_DL_RETRY_BACKOFF_MAX_MS=30_000)
-    post_download(client, "d", f"http://127.0.0.1:{refused_port}/d.gguf")
+    origin.add("/d.gguf", payload(KiB), statuses=[(503, {})])
+    post_download(client, "d", origin.url("/d.gguf"))
     retrying = watch.status("d", "retrying")
-    assert retrying["code"] == "network" and retrying["attempt"] == 1 and retrying["delay_ms"] >= 15_000
+    assert retrying["code"] == "http-status" and retrying["attempt"] == 1 and retrying["delay_ms"] >= 15_000
     t0 = time.monotonic()
     assert cancel(client, "d").json == {"id": "d", "status": "canceled"}
     assert time.monotonic() - t0 < 2

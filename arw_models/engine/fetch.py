@@ -20,6 +20,7 @@ from urllib3.exceptions import IncompleteRead
 
 from ..config import Settings
 from ..errors import JobStopped, TransferError
+from ..failures import failure_of
 from ..headers import (
     content_coded,
     content_length,
@@ -40,7 +41,21 @@ log = logging.getLogger(__name__)
 Opener = Callable[[str, bool], BinaryIO]
 
 
-def network_error(exc: BaseException, job: DownloadJob, where: str) -> TransferError:
+# A refused connection (nobody listens: a service restarting, a wrong port) or a
+# name the resolver says may resolve in a moment is tried again a few times, soon,
+# then ends the job: waiting minutes for the ordinary backoff to run out helps
+# nobody. The manager holds them to QUICK_RETRIES (see QUICK_CODES).
+QUICK_RETRIES = 3
+QUICK_RETRY_SECS = 0.25
+QUICK_CODES = frozenset({"connection-refused", "dns-error"})
+
+
+def network_error(exc: BaseException, job: DownloadJob, where: str,
+                  retry_secs: float = QUICK_RETRY_SECS) -> TransferError:
+    """The error for what requests or urllib3 raised, with a message written from
+    its kind and host (see :func:`arw_models.failures.failure_of`): a name that does
+    not resolve is a ``dns-error`` (not retried), a refused connection a
+    ``connection-refused`` (retried a few times, ``retry_secs`` apart)."""
     short = isinstance(exc, IncompleteRead) or any(isinstance(a, IncompleteRead) for a in exc.args)
     if short:
         return TransferError(
@@ -52,13 +67,21 @@ def network_error(exc: BaseException, job: DownloadJob, where: str) -> TransferE
             received=job.downloaded,
             expected_bytes=job.total,
         )
-    return TransferError(
-        "network",
-        f"network error {where}: {exc.__class__.__name__}: {redact_text(str(exc))}",
-        retryable=True,
-        url=redact_url(job.url),
-        received=job.downloaded,
-    )
+    failure = failure_of(exc)
+    reason = redact_text(failure.reason)
+    context = {"url": redact_url(job.url), "received": job.downloaded}
+    if failure.kind == "dns":
+        return TransferError("dns-error", f"cannot resolve host {failure.host or '?'}: {reason}",
+                             retryable=failure.transient, retry_after=retry_secs if failure.transient else None,
+                             host=failure.host, **context)
+    if failure.kind == "refused":
+        return TransferError("connection-refused", f"cannot connect to {failure.address or '?'}: connection refused",
+                             retryable=True, retry_after=retry_secs, host=failure.host, **context)
+    if failure.kind == "connect-timeout":
+        text = f"cannot connect to {failure.address or 'the origin'}: timed out"
+    else:
+        text = f"{reason} ({failure.address})" if failure.address else reason
+    return TransferError("network", f"network error {where}: {text}", retryable=True, **context)
 
 
 def disk_error(exc: OSError, at: int) -> TransferError:
@@ -81,11 +104,17 @@ def request(session: requests.Session, job: DownloadJob, settings: Settings, hea
     # The session drops these on a redirect to another host (arw_models.http._Session).
     session.private_headers = frozenset(source.headers)  # type: ignore[attr-defined]
     try:
-        return session.get(source.url, headers={**headers, **source.headers}, stream=True,
-                           timeout=(settings.connect_timeout, settings.idle_timeout), allow_redirects=True)
+        response = session.get(source.url, headers={**headers, **source.headers}, stream=True,
+                                timeout=(settings.connect_timeout, settings.idle_timeout), allow_redirects=True)
+        served = ranges_served(headers, response)
+        if served is not None:
+            job.accept_ranges = served
+        return response
     except requests.exceptions.SSLError as exc:
         check_stop(job)
-        raise TransferError("tls", f"TLS error: {redact_text(str(exc))}", url=url) from None
+        failure = failure_of(exc)
+        with_host = f" with {failure.address}" if failure.address else ""
+        raise TransferError("tls", f"TLS error{with_host}: {redact_text(failure.reason)}", url=url) from None
     except requests.exceptions.TooManyRedirects:
         raise TransferError("too-many-redirects", f"more than {session.max_redirects} redirects", url=url) from None
     except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
@@ -95,7 +124,26 @@ def request(session: requests.Session, job: DownloadJob, settings: Settings, hea
         raise TransferError("invalid-url", f"cannot fetch: {redact_text(str(exc))}", url=url) from None
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         check_stop(job)
-        raise network_error(exc, job, "before the response") from None
+        # Soon: no later than the ordinary first retry would be.
+        raise network_error(exc, job, "before the response", min(QUICK_RETRY_SECS, settings.backoff)) from None
+
+
+def ranges_served(asked: dict[str, str], response: Any) -> bool | None:
+    """Whether ``response`` shows that its origin serves byte ranges: a 206 or a 416
+    does; a 200 to a ``Range`` it could have served (no ``If-Range``, or one that
+    the answer's validator still matches) does not, whatever ``Accept-Ranges``
+    claims; otherwise ``Accept-Ranges`` says, if it says anything (None: unknown)."""
+    status = response.status_code
+    if status in (206, 416):
+        return True
+    if status == 200 and "Range" in asked:
+        if_range = asked.get("If-Range")
+        if if_range is None or if_range in (response.headers.get("ETag"), response.headers.get("Last-Modified")):
+            return False
+    said = {token.strip() for token in response.headers.get("Accept-Ranges", "").lower().split(",")}
+    if "bytes" in said:
+        return True
+    return False if "none" in said else None
 
 
 class Answer:

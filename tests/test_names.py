@@ -1,0 +1,76 @@
+"""File names: a name from the url or ``Content-Disposition`` and the name made
+when it collides with another model's file both fit the file system's limit on a
+name (in UTF-8 bytes), keep the extension, and cut the stem between characters."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import quote
+
+import pytest
+
+from arw_models.names import free_name
+from arw_models.storage import MAX_NAME_BYTES
+
+from .conftest import Service, post_download
+from .helpers import models_dir, read
+from .origin import Origin, payload
+
+NAME_MAX = 255  # bytes, on Linux file systems
+LONG_ID = "m" * 100  # "-<id>" alone would push a 200-byte name past NAME_MAX
+
+# 250 bytes each: plain ASCII, and 3-byte characters whose cut lands inside one.
+ASCII = "a" * 245 + ".gguf"
+MULTIBYTE = "模" * 81 + "é" + ".gguf"
+
+
+@pytest.mark.parametrize("name", [ASCII, MULTIBYTE], ids=["ascii", "multibyte"])
+@pytest.mark.parametrize("via", ["url", "content-disposition"])
+def test_a_long_name_that_collides_gets_a_name_that_fits(service: Service, origin: Origin, name: str,
+                                                         via: str) -> None:
+    assert len(name.encode("utf-8")) == 250
+    app, client, watch = service()
+    paths = []
+    for n in range(2):
+        if via == "url":
+            path = f"/{n}/{quote(name)}"
+            origin.add(path, payload(4096, seed=n))
+        else:
+            path = f"/{n}/download"
+            origin.add(path, payload(4096, seed=n),
+                       content_disposition=f"attachment; filename*=UTF-8''{quote(name)}")
+        paths.append(path)
+    first = post_download(client, "first", origin.url(paths[0]))
+    assert first.status_code == 202
+    assert watch.terminal("first")["status"] == "complete"
+    post_download(client, LONG_ID, origin.url(paths[1]))
+    done = watch.terminal(LONG_ID)
+    assert done["status"] == "complete", done
+    made = done["file"]
+    installed = {m["id"]: m["file"] for m in client.get("/models").json["items"]}
+    taken = installed["first"]
+    assert installed[LONG_ID] == made != taken
+    for file in (taken, made):
+        assert len(file.encode("utf-8")) <= MAX_NAME_BYTES < NAME_MAX
+        assert file.endswith(".gguf")
+    stem = made[: -len(".gguf")]
+    assert stem.endswith("-" + LONG_ID)
+    assert name.startswith(stem[: -len("-" + LONG_ID)])  # a prefix of whole characters
+    assert read(os.path.join(models_dir(app), made)) == payload(4096, seed=1)
+
+
+@pytest.mark.parametrize("ext", [".gguf", ""])
+def test_free_name_cuts_the_stem_on_a_character_boundary(ext: str) -> None:
+    name = "é" * 90 + "模" * 6 + ext  # 198 bytes with the extension
+    taken = {name}
+    made = free_name(name, "i" * 128, taken.__contains__)
+    assert len(made.encode("utf-8")) <= MAX_NAME_BYTES and made.endswith("-" + "i" * 128 + ext)
+    assert name.startswith(made[: -len("-" + "i" * 128 + ext)])
+    taken.add(made)
+    again = free_name(name, "i" * 128, taken.__contains__)
+    assert again.endswith("-" + "i" * 128 + "-2" + ext) and len(again.encode("utf-8")) <= MAX_NAME_BYTES
+
+
+def test_a_short_name_is_kept_whole() -> None:
+    assert free_name("a.gguf", "m", lambda n: False) == "a.gguf"
+    assert free_name("a.gguf", "m", {"a.gguf"}.__contains__) == "a-m.gguf"

@@ -1,0 +1,115 @@
+"""What the answer to a resume (or to the same POST again) says: ``resumed`` only
+when bytes on disk will be continued, with how many are ``kept``; ``started`` with
+how many are ``discarded``; ``provisional`` while the origin has not yet shown
+whether it serves ranges (its answer may still make the download start over)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from .conftest import Service, Watch, post_download
+from .helpers import models_dir, part, read, sidecar, write_partial
+from .origin import Origin, Resource, payload
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def again(client: Any, how: str, model_id: str, url: str) -> Any:
+    if how == "resume":
+        return client.post("/models/download/resume", json={"id": model_id})
+    return post_download(client, model_id, url)
+
+
+def paused_at(client: Any, watch: Watch, res: Resource, model_id: str, url: str, at: int) -> None:
+    """Starts (or goes on with) the download until the origin stalls at ``at``, then pauses it."""
+    watch.until(lambda e: e.payload.get("id") == model_id and e.payload.get("downloaded") == at)
+    r = client.post("/models/download/pause", json={"id": model_id})
+    assert r.status_code == 200 and r.json["status"] == "paused", r.json
+
+
+@pytest.mark.parametrize("how", ["resume", "post"])
+def test_a_paused_download_from_an_origin_that_serves_ranges_is_resumed_with_its_bytes(
+        service: Service, origin: Origin, how: str) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/a.gguf", payload(2 * MiB, seed=701), stall_after=768 * KiB)
+    url = origin.url("/a.gguf")
+    post_download(client, "a", url)
+    paused_at(client, watch, res, "a", url, 768 * KiB)
+    assert json.loads(read(sidecar(app, "a")))["accept_ranges"] is True
+    res.release.set()
+    r = again(client, how, "a", url)
+    assert r.status_code == 202
+    assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
+        "status": "resumed", "downloaded": 768 * KiB, "kept": 768 * KiB, "discarded": 0, "provisional": False}
+    assert watch.terminal("a")["status"] == "complete"
+    assert origin.requests_for("/a.gguf")[-1].range == f"bytes={768 * KiB}-"
+
+
+def test_an_origin_that_ignores_ranges_is_first_provisional_then_known_to_start_over(
+        service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    # Like Python's http.server: no Accept-Ranges, and a Range is answered with the whole file.
+    res = origin.add("/n.gguf", payload(2 * MiB, seed=702), stall_after=512 * KiB, stalls=2,
+                     ignore_range=True, accept_ranges=None)
+    url = origin.url("/n.gguf")
+    post_download(client, "n", url)
+    paused_at(client, watch, res, "n", url, 512 * KiB)
+    assert json.loads(read(sidecar(app, "n"))).get("accept_ranges") is None  # not known yet
+    r = again(client, "resume", "n", url)
+    assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == (
+        "resumed", 512 * KiB, 0, True)
+    # The origin sends the whole file again: the job starts over, and stalls at the same byte.
+    assert watch.status("n", "started", "resumed")["status"] == "started"
+    paused_at(client, watch, res, "n", url, 512 * KiB)
+    assert json.loads(read(sidecar(app, "n")))["accept_ranges"] is False
+    r = again(client, "post", "n", url)
+    assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
+        "status": "started", "downloaded": 0, "kept": 0, "discarded": 512 * KiB, "provisional": False}
+    res.release.set()
+    assert watch.terminal("n")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "n.gguf")) == res.data
+
+
+def test_bytes_the_continuation_rule_will_not_keep_are_said_to_be_discarded(service: Service,
+                                                                             origin: Origin) -> None:
+    app, client, watch = service()
+    res = origin.add("/new.gguf", payload(256 * KiB, seed=703))
+    # Bytes of another url, and no sha256 to vouch for them: they go.
+    write_partial(app, "o", b"x" * 5000, {"url": origin.url("/old.gguf"), "etag": '"v1"', "total": 9000,
+                                          "accept_ranges": True})
+    r = post_download(client, "o", origin.url("/new.gguf"))
+    assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
+        "status": "started", "downloaded": 0, "kept": 0, "discarded": 5000, "provisional": False}
+    assert watch.terminal("o")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "new.gguf")) == res.data
+
+
+def test_a_download_in_ranges_keeps_its_recorded_durable_bytes(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    data = payload(2000, seed=704)
+    res = origin.add("/r.gguf", data)
+    # Preallocated to the whole size; the ranges record 400 + 300 bytes fsynced.
+    disk = data[:400] + bytes(600) + data[1000:1300] + bytes(700)
+    write_partial(app, "r", disk, {"url": origin.url("/r.gguf"), "etag": res.etag, "total": 2000,
+                                   "last_modified": res.last_modified, "ranges": [[0, 1000, 400], [1000, 2000, 300]],
+                                   "paused": True})
+    r = client.post("/models/download/resume", json={"id": "r"})
+    assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
+        "status": "resumed", "downloaded": 700, "kept": 700, "discarded": 0, "provisional": False}
+    assert watch.terminal("r")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "r.gguf")) == data
+    assert not os.path.exists(part(app, "r"))
+
+
+def test_nothing_on_disk_is_a_start_with_nothing_discarded(service: Service, origin: Origin) -> None:
+    _, client, watch = service()
+    origin.add("/f.gguf", payload(KiB, seed=705))
+    r = post_download(client, "f", origin.url("/f.gguf"))
+    assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
+        "status": "started", "downloaded": 0, "kept": 0, "discarded": 0, "provisional": False}
+    assert watch.terminal("f")["status"] == "complete"
