@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .headers import HEADER_NAME_PATTERN, RESERVED_HEADERS
+from .urlschema import url_schema
 
 # Every problem code a request can be answered with, and the status it comes with.
 PROBLEM_CODES: dict[str, int] = {
@@ -65,17 +66,10 @@ PROBLEM_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 408
 
 ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 EVENT_ID_PATTERN = r"^\s*[0-9]{1,20}\s*$"
-# A subset of what is accepted (IPv6 hosts, userinfo and non-ASCII paths are too),
-# but one that every url matching it is: ports 1-65535, no blanks or controls.
-_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
-URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:" + _PORT + r")?(/[!-~]*)?$"
 # The reserved header names in any case (a JSON Schema pattern has no flags).
 _RESERVED_PATTERN = "^(" + "|".join(
     "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in name)
     for name in sorted(RESERVED_HEADERS)) + ")$"
-_HUB_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
-_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
-HF_PATTERN = (rf"^hf://((datasets|spaces)/)?{_HUB_NAME}/{_HUB_NAME}(/{_SEGMENT})+(@{_SEGMENT})?$")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -312,10 +306,7 @@ def _schemas() -> dict[str, Any]:
             "type": "object", "required": ["id", "url"],
             "properties": {
                 "id": _ref("ModelId"),
-                "url": {"type": "string", "minLength": 1, "maxLength": 8192,
-                        "anyOf": [{"pattern": URL_PATTERN}, {"pattern": HF_PATTERN}],
-                        "description": "an http or https URL (no spaces; port 0 is refused), or "
-                                       "hf://OWNER/REPO/PATH[@REVISION], a file on the Hugging Face hub"},
+                "url": url_schema(),
                 "sha256": {"type": ["string", "null"], "pattern": "^[0-9a-fA-F]{64}$",
                            "description": "the expected SHA-256, 64 hex digits in either case"},
                 "provider": {"type": ["string", "null"], "minLength": 1, "maxLength": 64,
