@@ -17,6 +17,8 @@ from arw_models.errors import BadRequest
 from arw_models.openapi import document
 from arw_models.urlschema import NFKC_DELIMITERS, SPACES
 
+from .fuzz import GENERATED_URL_PATTERNS
+
 
 def service_accepts(url: str) -> bool:
     try:
@@ -101,6 +103,17 @@ def test_random_urls_get_the_same_answer_from_both() -> None:
         if service_accepts(url) != document_accepts(url):
             differ.append(url)
     assert not differ, differ[:20]
+
+
+def test_the_fuzzers_plain_patterns_take_only_urls_the_service_accepts() -> None:
+    # make fuzz generates "valid" urls from these: each must be one the service takes.
+    rng = random.Random(7)
+    plain = [re.compile(p) for p in GENERATED_URL_PATTERNS]
+    for _ in range(30_000):
+        url = rng.choice(["http://", "hf://", "hf://o/r/"]) + "".join(
+            rng.choice(PIECES) for _ in range(rng.randint(0, 9)))
+        if any(p.search(url) for p in plain):
+            assert service_accepts(url) and document_accepts(url), url
 
 
 def test_the_characters_the_pattern_names_are_pythons() -> None:
