@@ -10,7 +10,8 @@ tunnel https), so each of those downloads ends at once with an ``error`` event.
 
 Operations that this blueprint does not serve yet (documented for the code being
 built alongside) are left out, and so is ``GET /events``, a stream that never ends
-by itself. Options: ``--max-examples N`` (per operation), ``--seed N``,
+by itself. The url of a download request is generated from plain patterns (see
+``GENERATED_URL_PATTERNS``): the document's exact ones need lookaheads. Options: ``--max-examples N`` (per operation), ``--seed N``,
 ``--checks LIST``; anything after ``--`` goes to ``schemathesis run`` as it is.
 """
 
