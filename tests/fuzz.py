@@ -10,7 +10,8 @@ tunnel https), so each of those downloads ends at once with an ``error`` event.
 
 Operations that this blueprint does not serve yet (documented for the code being
 built alongside) are left out, and so is ``GET /events``, a stream that never ends
-by itself. Options: ``--max-examples N`` (per operation), ``--seed N``,
+by itself. The url of a download request is generated from plain patterns (see
+``GENERATED_URL_PATTERNS``): the document's exact ones need lookaheads. Options: ``--max-examples N`` (per operation), ``--seed N``,
 ``--checks LIST``; anything after ``--`` goes to ``schemathesis run`` as it is.
 """
 
@@ -52,6 +53,19 @@ SKIPPED_CHECKS = {
 # type of rate limit and expects a 400). Each is probed, and a body field that the
 # service does not check yet is left out of the fuzzed copy of the document.
 BODY_FIELDS = {"rate_limit": "no", "headers": "no"}
+# The document's url patterns are exact (arw_models/urlschema.py), and so use
+# lookaheads, which schemathesis cannot generate from: it drops them and sends any
+# string as a "valid" url. The fuzzed copy has these instead: plain patterns of urls
+# the service accepts (a subset: no IPv6 hosts, userinfo or non-ASCII; \Z, as "$"
+# also matches before a final newline, which the service refuses), checked
+# against the document's own in tests/test_url_pattern.py.
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_HUB_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+GENERATED_URL_PATTERNS = [
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:" + _PORT + r")?(/[!-~]*)?\Z",
+    rf"^hf://((datasets|spaces)/)?{_HUB_NAME}/{_HUB_NAME}(/{_SEGMENT})+(@{_SEGMENT})?\Z",
+]
 # Statuses that refuse input: 408 and 413 (a body too slow or too large) too.
 REFUSALS = ["400", "401", "404", "405", "408", "409", "413", "415", "422"]
 
@@ -126,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 for name in unchecked:
                     del doc["components"]["schemas"]["DownloadRequest"]["properties"][name]
+            url = doc["components"]["schemas"]["DownloadRequest"]["properties"]["url"]
+            url["anyOf"] = [{"pattern": pattern} for pattern in GENERATED_URL_PATTERNS]
             schema_path = os.path.join(tmp, "openapi.json")
             with open(schema_path, "w") as fh:
                 json.dump(doc, fh)

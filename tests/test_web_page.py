@@ -8,6 +8,7 @@ README's picture is made so)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -236,3 +237,113 @@ def test_a_copy_of_the_page_on_another_origin_works_through_cors(
         if service is not None:
             service.close()
         site.close()
+
+
+def cells(page: Any, model_id: str) -> dict[str, str]:
+    """What a download row shows: status, speed, ETA, and the state of its bar and buttons."""
+    return page.eval_on_selector(f'#downloads tr[data-id="{model_id}"]', """r => ({
+        status: r.cells[1].textContent, speed: r.cells[4].textContent, eta: r.cells[5].textContent,
+        busy: r.querySelector("progress").matches(":indeterminate"), stale: r.dataset.stale,
+        buttons: [...r.querySelectorAll("button")].filter(b => !b.hidden).map(b => b.textContent).join(","),
+    })""")
+
+
+def test_a_failed_download_without_a_part_offers_retry_not_resume(
+    make_app: Callable[..., Any], origin: Origin, browser: Any
+) -> None:
+    data = payload(200_000, seed=6)
+    url = origin.url("/late.gguf")  # not there yet: the origin answers 404
+    service = LiveServer(make_app(ARW_DL_RETRIES=0))
+    try:
+        page = browser.new_page()
+        page.goto(service.url + "/")
+        page.wait_for_selector('#conn[data-state="live"]')
+        page.locator('#download-form input[name="id"]').fill("late")
+        page.locator('#download-form input[name="url"]').fill(url)
+        page.locator('#download-form input[name="sha256"]').fill(hashlib.sha256(data).hexdigest())
+        page.locator("#download-form button[type=submit]").click()
+        wait_row(page, "late", "error", below=1)
+        assert "late.part" not in listing(service.app)
+        # The row says why, its bar stands still, and it offers what the service can do.
+        page.wait_for_function("""() => [...document.querySelectorAll('#downloads tr[data-id="late"] button')]
+            .some(b => b.textContent === "Retry" && !b.hidden)""", polling=50)
+        shown = cells(page, "late")
+        assert shown["status"].startswith("error: http-status") and "404" in shown["status"], shown
+        assert not shown["busy"] and shown["buttons"] == "Retry", shown
+
+        # Retry POSTs the same url and sha256 again: now the file is there, and checked.
+        origin.add("/late.gguf", data)
+        row(page, "downloads", "late").get_by_role("button", name="Retry").click()
+        wait_row(page, "late", "complete", least=100)
+        installed = requests.get(service.url + "/models", timeout=5).json()["items"]
+        assert [(m["id"], m["sha256_source"]) for m in installed] == [("late", "request")]
+        assert page.locator("#message").is_hidden()
+    finally:
+        service.close()
+
+
+def test_the_page_says_why_it_cannot_reach_the_service(make_app: Callable[..., Any], browser: Any) -> None:
+    service = LiveServer(make_app(ARW_EVENTS_MAX_STREAMS=1, ARW_EVENTS_RETRY_MS=300))
+    held = requests.get(service.url + "/events", stream=True, timeout=5)  # the one stream there is
+    try:
+        assert held.status_code == 200
+        page = browser.new_page()
+        page.goto(service.url + "/")
+        # The stream is refused with a problem document: the badge gives its detail and code.
+        page.wait_for_selector('#conn[data-state="disconnected"]:text("too-many-streams")')
+        assert "HTTP 503: 1 event streams are open" in page.locator("#conn").inner_text()
+
+        # The service goes away: a request from the page, and the stream, say so.
+        held.close()
+        service.close()
+        page.locator('#download-form input[name="id"]').fill("gone")
+        page.locator('#download-form input[name="url"]').fill("http://127.0.0.1:9/gone.gguf")
+        page.locator("#download-form button[type=submit]").click()
+        page.wait_for_selector('#message:text("cannot reach the service")')
+        assert page.locator("#message").inner_text().startswith("download gone: cannot reach the service: ")
+        page.wait_for_selector('#conn[data-state="disconnected"]:text("cannot reach the service")')
+    finally:
+        held.close()
+        service.close()
+
+
+def test_speed_and_eta_are_not_shown_while_the_page_is_disconnected(
+    make_app: Callable[..., Any], origin: Origin, browser: Any
+) -> None:
+    settings = {"ARW_EVENTS_RETRY_MS": 300, "ARW_DL_PROGRESS_INTERVAL_MS": 100}
+    res = origin.add("/eps.gguf", payload(3 * MiB, seed=7), stall_after=MiB, throttle=MiB)
+    first = LiveServer(make_app(**settings))
+    port = first.server.server_port
+    second: LiveServer | None = None
+    try:
+        page = browser.new_page()
+        page.goto(first.url + "/")
+        page.wait_for_selector('#conn[data-state="live"]')
+        assert requests.post(first.url + "/models/download", json={"id": "eps", "url": origin.url("/eps.gguf")},
+                             timeout=5).status_code == 202
+        assert res.stalled.wait(10)
+        page.wait_for_function("""() => {
+            const r = document.querySelector('#downloads tr[data-id="eps"]');
+            return r && r.cells[4].textContent.endsWith("/s") && r.cells[5].textContent !== "";
+        }""", polling=50)
+
+        # The service stops: what the row last said about speed and time left is stale.
+        first.close()
+        page.wait_for_selector('#conn[data-state="disconnected"]')
+        shown = cells(page, "eps")
+        assert (shown["speed"], shown["eta"], shown["stale"]) == ("", "", "true"), shown
+        assert shown["status"] == "downloading" and not shown["busy"]
+
+        # Back (resuming its .part): with the stream, speed and ETA are back too.
+        res.release.set()
+        second = LiveServer(make_app(ARW_DL_RESUME_ON_START=True, **settings), port=port)
+        page.wait_for_selector('#conn[data-state="live"]')
+        page.wait_for_function("""() => {
+            const r = document.querySelector('#downloads tr[data-id="eps"]');
+            return r.cells[4].textContent.endsWith("/s") && r.dataset.stale === "false";
+        }""", polling=50)
+        wait_row(page, "eps", "complete", least=100)
+    finally:
+        if second is not None:
+            second.close()
+        first.close()

@@ -9,7 +9,11 @@
 // network error, but gives up for good on any non-200 answer (a proxy's 502
 // while the service restarts, a 503 too-many-streams, a 401). The page then
 // opens a new stream with ?after=<last id>, backing off, and says on screen
-// that it is disconnected until a stream is back.
+// that it is disconnected, and why, until a stream is back. While it is, speeds
+// and ETAs are not shown: they would be stale.
+//
+// A failed job whose .part was kept offers Resume; one without (nothing to resume:
+// /resume would answer 404) offers Retry, which POSTs its url and sha256 again.
 "use strict";
 
 (() => {
@@ -37,6 +41,8 @@
     modelsSeq: 0,
     syncing: null, // events that arrive while a snapshot is being read
     loaded: false, // the first snapshot is in
+    live: false, // the event stream is open: speeds and ETAs are current
+    posted: new Map(), // id -> the body this page POSTed for it, whole url included
   };
 
   // -- helpers ---------------------------------------------------------------------
@@ -96,7 +102,13 @@
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const res = await fetch(apiUrl(path), init);
+    let res;
+    try {
+      res = await fetch(apiUrl(path), init);
+    } catch (err) {
+      // fetch says no more than this (the browser keeps the cause to itself).
+      throw new ApiError(`cannot reach the service: ${err.message}`, 0, null);
+    }
     let data = null;
     try {
       data = await res.json();
@@ -107,7 +119,9 @@
       const problem = data || {};
       if (res.status === 401) askToken(problem.code === "invalid-token");
       const code = problem.code ? ` (${problem.code})` : "";
-      throw new ApiError((problem.detail || problem.title || res.statusText) + code, res.status, problem.code);
+      // Not a problem document (a proxy's 502 page, say): the status says what there is.
+      const detail = problem.detail || problem.title || `HTTP ${res.status} ${res.statusText}`.trim();
+      throw new ApiError(detail + code, res.status, problem.code);
     }
     return { status: res.status, data };
   }
@@ -115,6 +129,11 @@
   // -- connection status and token ---------------------------------------------------
 
   function setConn(what, detail) {
+    const live = what === "live";
+    if (live !== state.live) {
+      state.live = live;
+      for (const job of state.jobs.values()) showJob(job); // speeds and ETAs shown or hidden
+    }
     const node = $("conn");
     node.dataset.state = what;
     node.dataset.failures = String(state.failures);
@@ -161,13 +180,15 @@
       eta: el("td"),
       pause: el("button", { type: "button", textContent: "Pause" }),
       resume: el("button", { type: "button", textContent: "Resume" }),
+      retry: el("button", { type: "button", textContent: "Retry" }),
       cancel: el("button", { type: "button", textContent: "Cancel" }),
     };
     cells.pause.addEventListener("click", () => control("pause", id));
     cells.resume.addEventListener("click", () => control("resume", id));
     cells.cancel.addEventListener("click", () => control("cancel", id));
+    cells.retry.addEventListener("click", () => retry(id));
     const row = el("tr", {}, el("td", {}, el("code", { textContent: id })), cells.status, el("td", {}, cells.bar),
-      cells.bytes, cells.speed, cells.eta, el("td", { className: "actions" }, cells.pause, cells.resume, cells.cancel));
+      cells.bytes, cells.speed, cells.eta, el("td", { className: "actions" }, cells.pause, cells.resume, cells.retry, cells.cancel));
     row.dataset.id = id;
     $("downloads").tBodies[0].append(row);
     job = { fields: { id }, row, cells };
@@ -190,18 +211,24 @@
       c.bar.textContent = f.progress + " %";
     } else if (status === "complete") {
       c.bar.value = 100;
+    } else if (!ACTIVE.has(status)) {
+      c.bar.value = 0; // nothing moves: a bar that looks busy would say otherwise
     } else {
       c.bar.removeAttribute("value"); // size unknown: an indeterminate bar
     }
     c.bytes.textContent = f.total ? `${bytes(f.downloaded || 0)} / ${bytes(f.total)}` : bytes(f.downloaded);
-    const moving = status === "downloading";
+    // Disconnected, the last speed and ETA are stale: they come back with the stream.
+    const moving = status === "downloading" && state.live;
     let speed = moving && typeof f.speed === "number" ? bytes(f.speed) + "/s" : "";
     if (speed && f.segments > 1) speed += ` · ${f.segments} connections`;
     c.speed.textContent = speed;
     c.eta.textContent = moving ? duration(f.eta_s) : "";
-    const resumable = status === "paused" || status === "resumable" || (status === "error" && f.resumable !== false);
+    job.row.dataset.stale = String(status === "downloading" && !state.live);
+    // A failed job is resumable only when the service says its .part was kept.
+    const resumable = status === "paused" || status === "resumable" || (status === "error" && f.resumable === true);
     c.pause.hidden = !ACTIVE.has(status);
     c.resume.hidden = !resumable;
+    c.retry.hidden = !(status === "error" && !resumable && retryBody(f));
     c.cancel.hidden = !(ACTIVE.has(status) || resumable);
     $("downloads-empty").hidden = state.jobs.size > 0;
   }
@@ -217,6 +244,8 @@
     } else {
       f = Object.assign({}, before);
     }
+    // Whether a .part was kept is known afresh for each new state.
+    if (p.status !== before.status && typeof p.resumable !== "boolean") delete f.resumable;
     Object.assign(f, p);
     if (p.status === "resumed" && typeof p.offset === "number") f.downloaded = p.offset;
     if (p.status === "complete" && typeof p.bytes === "number") {
@@ -229,6 +258,47 @@
     }
     job.fields = f;
     showJob(job);
+    if (p.status === "error" && before.status !== "error" && typeof p.resumable !== "boolean") learnResumable(p.id);
+  }
+
+  // What a retry POSTs: the url this page sent, or the one the service shows when
+  // it is whole (a shown url has its credentials and query replaced by ***).
+  function retryBody(f) {
+    const own = state.posted.get(f.id);
+    if (own) return own;
+    if (typeof f.url !== "string" || !f.url || f.url.includes("***")) return null;
+    const body = { id: f.id, url: f.url };
+    if (f.sha256) body.sha256 = f.sha256;
+    return body;
+  }
+
+  async function retry(id) {
+    const job = state.jobs.get(id);
+    const body = job && retryBody(job.fields);
+    if (!body) return;
+    say("");
+    try {
+      const { status, data } = await call("POST", "models/download", body);
+      if (status === 200) say(`${id} is already installed from this url.`, "info");
+      else if (data && data.status && job.fields.status === "error") apply(data); // unless an event came first
+    } catch (err) {
+      say(`retry ${id}: ${err.message}`);
+    }
+  }
+
+  // An error event does not say whether the .part was kept: the job's snapshot does.
+  async function learnResumable(id) {
+    try {
+      const { data } = await call("GET", `models/downloads/${encodeURIComponent(id)}`);
+      const job = state.jobs.get(id);
+      if (job && job.fields.status === "error" && data && data.status === "error") {
+        job.fields = Object.assign({}, job.fields, { resumable: data.resumable === true, url: data.url,
+          sha256: data.sha256 });
+        showJob(job);
+      }
+    } catch (err) {
+      // Not known: no Resume, and Retry when the url is.
+    }
   }
 
   async function control(action, id) {
@@ -248,6 +318,7 @@
     const body = { id: form.elements.id.value.trim(), url: form.elements.url.value.trim() };
     const sha = form.elements.sha256.value.trim();
     if (sha) body.sha256 = sha;
+    state.posted.set(body.id, body);
     say("");
     try {
       const { status, data } = await call("POST", "models/download", body);
@@ -391,41 +462,60 @@
       if (es !== state.source) return;
       if (es.readyState === EventSource.CLOSED) {
         state.source = null;
-        if (opened || state.auth !== "token") {
-          retryLater();
-          return;
-        }
-        // Refused at once: a wrong token is worth saying, rather than retrying it forever.
-        tokenRefused().then((refused) => {
-          if (!refused) return retryLater();
+        // Refused: why (a wrong token is worth saying, rather than retrying it forever).
+        whyRefused().then((why) => {
+          if (why.status !== 401 || opened || state.auth !== "token") return retryLater(why.reason);
           askToken(true);
           setConn("disconnected", "the admin token was refused");
-        }, retryLater);
+        });
       } else {
-        setConn("disconnected", "reconnecting…"); // the browser retries by itself
+        // The browser retries by itself; the reason is asked of /probe meanwhile.
+        setConn("disconnected", "connection lost, reconnecting…");
+        call("GET", "probe").then(
+          () => {
+            if (es === state.source && !state.live) setConn("disconnected", "the event stream broke, reconnecting…");
+          },
+          (err) => {
+            if (es === state.source && !state.live) setConn("disconnected", `${err.message}; reconnecting…`);
+          });
       }
     });
   }
 
-  // EventSource does not say why it was refused; a fetch of the same route does.
-  async function tokenRefused() {
+  // EventSource does not say why it was refused; a fetch of the same route does:
+  // {status, reason}, status 0 when the service could not be reached at all.
+  async function whyRefused() {
     const abort = new AbortController();
+    const headers = { Accept: "text/event-stream, application/problem+json" };
+    if (token()) headers.Authorization = "Bearer " + token();
     try {
-      const res = await fetch(apiUrl("events?prefix=arw-token-check"), {
-        headers: { Authorization: "Bearer " + token() },
+      const res = await fetch(apiUrl("events?prefix=arw-stream-check"), {
+        headers,
         cache: "no-store",
         signal: abort.signal,
       });
-      return res.status === 401;
+      if (res.ok) return { status: res.status, reason: "the event stream ended" };
+      let problem = {};
+      try {
+        problem = (await res.json()) || {};
+      } catch (err) {
+        problem = {};
+      }
+      const code = problem.code ? ` (${problem.code})` : "";
+      const detail = problem.detail || `${res.statusText}`.trim();
+      return { status: res.status, reason: `HTTP ${res.status}${detail ? ": " + detail : ""}${code}` };
+    } catch (err) {
+      return { status: 0, reason: `cannot reach the service: ${err.message}` };
     } finally {
       abort.abort(); // a stream that was granted is not read
     }
   }
 
-  function retryLater() {
+  function retryLater(reason) {
     state.failures += 1;
     const delay = Math.min(state.retryMs * 2 ** (state.failures - 1), MAX_DELAY_MS) * (0.8 + Math.random() * 0.4);
-    setConn("disconnected", `retrying in ${Math.ceil(delay / 1000)} s`);
+    const when = `retrying in ${Math.ceil(delay / 1000)} s`;
+    setConn("disconnected", reason ? `${reason}; ${when}` : when);
     clearTimeout(state.timer);
     state.timer = setTimeout(connect, delay);
   }
@@ -454,7 +544,7 @@
       }
     } catch (err) {
       if (!state.loaded) say(`loading: ${err.message}`);
-      retryLater();
+      retryLater(err.message);
       return;
     }
     if (state.auth === "token" && !token()) {
