@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 from .. import digests
 from ..config import Settings
 from ..errors import JobStopped, TransferError
-from ..headers import filename_from_disposition, redact_url, strong_etag
+from ..headers import content_coded, filename_from_disposition, redact_url, strong_etag
 from ..http import socket_hook
 from ..jobs import DownloadJob, Status
 from ..storage import (
@@ -44,7 +44,7 @@ from ..storage import (
     sanitize_filename,
     utcnow,
 )
-from . import fetch, sources
+from . import fetch, recheck, sources
 from .plan import Continuation, Plan, Span, continuation, validator_of
 from .route import Route
 from .segments import PROBE_SECS, FileChanged, RangesRefused, Segments, preallocate
@@ -168,6 +168,8 @@ class Download:
             try:
                 with socket_hook(self.job.attach_socket):
                     adopted = self._transfer(session)
+                    if adopted is None:
+                        self._still_one_version(session)
             finally:
                 session.close()
                 self.route.settle(self.job.downloaded)
@@ -262,6 +264,23 @@ class Download:
             job.attach_response(None)
             response.close()
 
+    def _still_one_version(self, session: Any) -> None:
+        """After the last byte: the file must still be the version the bytes on disk
+        were fetched under (:mod:`.recheck`), or they may be a mix of two. A digest
+        (the request's, or the origin's own) shows a mix by itself."""
+        job = self.job
+        if job.sha256 or self._published:
+            return
+        fetch.check_stop(job)
+        why = recheck.changed(session, job, self.s, self.source, self.state.read_sidecar(job.id) or {},
+                              self.state.part_size(job.id) or 0)
+        if why is None:
+            return
+        log.warning("download %s: the file changed during the download: %s", job.id, why)
+        self._truncate()
+        raise TransferError("resume-invalid", f"the file changed during the download ({why}); starting again "
+                            "from byte 0", retryable=True, url=redact_url(job.url))
+
     def _take_published(self, response: Any, answer: fetch.Answer) -> None:
         """The SHA-256 the origin publishes (:mod:`arw_models.digests`), checked
         before any byte of the body is read: against the request's, and against
@@ -272,6 +291,10 @@ class Download:
         if size is not None and answer.total is not None and size != answer.total:
             raise TransferError("size-mismatch", f"the origin states {size} bytes (X-Linked-Size) but serves "
                                 f"{answer.total}", expected_bytes=size, received=0, url=redact_url(job.url))
+        if size is not None and answer.total is None and not content_coded(response.headers):
+            # A body without a length of its own (chunked, or ended by closing the
+            # connection) is held to the size the origin states: a cut one is not whole.
+            answer.total = size
         if found is None:
             return
         if job.sha256 and found.sha256 != job.sha256:
