@@ -15,9 +15,11 @@ to say: a mirror's failure makes the attempt's error one that moves on at once.
 A download whose digest is known (the request's ``sha256``) first asks the
 manager's ``adopt`` callback for an installed file with it: when one exists, no
 request is made and :meth:`Download.adopted` gives the deduplicated result. A
-digest the origin (or a mirror, relaying the origin's headers) publishes is
-offered to the same callback once its first answer has come, before a byte of
-the body is read.
+digest the origin publishes is offered to the same callback once its first
+answer has come, before a byte of the body is read. A mirror's never is, nor
+does it verify the bytes: a mirror cannot vouch for what it serves (it can only
+show, by publishing another digest than the request's, that it serves something
+else).
 """
 
 from __future__ import annotations
@@ -299,9 +301,14 @@ class Download:
             return
         if job.sha256 and found.sha256 != job.sha256:
             # The bytes on disk, if any, may still be right for a request with the right digest.
-            raise TransferError("checksum-mismatch", f"the origin publishes another sha256 ({found.header}) than "
-                                "the request's", expected=job.sha256, actual=found.sha256,
-                                published_by=found.header, url=redact_url(job.url))
+            raise TransferError("checksum-mismatch", f"the {'mirror' if self.source.mirror else 'origin'} "
+                                f"publishes another sha256 ({found.header}) than the request's",
+                                expected=job.sha256, actual=found.sha256, published_by=found.header,
+                                url=redact_url(job.url))
+        if self.source.mirror:
+            # A mirror may refuse itself (above), never vouch: its digest neither adopts
+            # an installed file nor verifies the bytes. Only the origin's does.
+            return
         if answer.offset and self._published and self._published != found.sha256:
             self._truncate()
             raise TransferError("resume-invalid", "the origin now publishes another sha256 for the file: it "
