@@ -29,7 +29,7 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
-from .headers import HEADER_NAME_PATTERN, RESERVED_HEADERS
+from .headers import HEADER_NAME_PATTERN, RESERVED_HEADERS, without_dot_segments
 from .limits import (
     BodyIncomplete,
     BodyTimeout,
@@ -162,7 +162,10 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url must use http or https", code="invalid-url")
     if not parts.hostname:
         raise BadRequest("url must name a host", code="invalid-url")
-    return value
+    # Resolved once, here: the job, its sidecar, the model entry, the origin and every
+    # mirror template see the same path, and a ".." cannot climb out of a mirror's
+    # prefix ({path} after "/cache/{host}") once an HTTP client or server resolves it.
+    return without_dot_segments(value)
 
 
 def checked_sha256(value: Any) -> str | None:
