@@ -542,7 +542,7 @@ def test_sha256_source_names_who_vouched(service: Service, origin: Origin, serve
         res.headers = FORMS["Repr-Digest"](digest)  # the mirror has no such file: the origin serves it
     else:
         mirror.add("/s.gguf", data, headers=FORMS["Repr-Digest"](digest) if who == "mirror" else {})
-    app, client, watch = service(**mirrors(at(mirror)))
+    _app, client, watch = service(**mirrors(at(mirror)))
     post_download(client, "s", origin.url("/s.gguf"), **({"sha256": digest} if who == "request" else {}))
     done = watch.terminal("s")
     expected = {"request": "request", "origin": "origin", "mirror": "computed", "nobody": "computed"}[who]
