@@ -2,7 +2,8 @@
 
 nginx, Apache and lighttpd each serve a directory; the file is overwritten where it
 is (``cp`` over it: truncated, then written; ``dd conv=notrunc``: written over, its
-size never changing) while a download of it runs on several connections. Whatever
+size never changing; or emptied, and written only once the download saw it empty)
+while a download of it runs on several connections. Whatever
 each server then sends (ranges of the new version under the old validators, a
 short body, a 200 of a half-written file, no validators at all for a file just
 modified), the model installed is exactly one version of the file, or none.
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Service, post_download
+from .conftest import TERMINAL, Service, Watch, post_download
 from .origin import payload
 from .webservers import KINDS, WebServer, serving
 
@@ -36,16 +37,32 @@ def web(request: Any, tmp_path: Path) -> Iterator[WebServer]:
         yield server
 
 
-def rewrite(how: str, source: str, target: str) -> None:
-    """``target`` overwritten in place with the bytes of ``source``, as an operator would."""
+def rewrite(how: str, source: str, target: str, watch: Watch) -> dict[str, Any] | None:
+    """``target`` overwritten in place with the bytes of ``source``, as an operator would.
+
+    ``truncate`` is a slow ``cp`` (or a shell's ``>`` before a slow writer): the file
+    stays empty until the download has seen it so (or has ended), then is written.
+    Returns the download's end when it came meanwhile."""
     if how == "cp":
         subprocess.run(["cp", source, target], check=True, timeout=10)
-    else:
+    elif how == "dd":
         subprocess.run(["dd", f"if={source}", f"of={target}", "bs=256K", "conv=notrunc", "status=none"],
                        check=True, timeout=10)
+    else:
+        with open(target, "r+b") as fh:
+            fh.truncate(0)
+            fh.flush()
+            seen = watch.until(lambda e: e.payload.get("id") == "m" and (
+                e.payload.get("status") in TERMINAL
+                or (e.payload.get("status") == "retrying" and "empty" in e.payload.get("error", ""))), timeout=20)
+            with open(source, "rb") as new:
+                fh.write(new.read())
+        if seen.payload["status"] in TERMINAL:
+            return seen.payload
+    return None
 
 
-@pytest.mark.parametrize("how", ["cp", "dd"])
+@pytest.mark.parametrize("how", ["cp", "dd", "truncate"])
 def test_a_file_rewritten_in_place_during_its_ranges_installs_one_version(
         service: Service, web: WebServer, tmp_path: Path, how: str) -> None:
     old, new = payload(SIZE, seed=81), payload(SIZE, seed=82)
@@ -63,8 +80,7 @@ def test_a_file_rewritten_in_place_during_its_ranges_installs_one_version(
     # Parallel ranges in flight, about a third of the file on disk.
     watch.until(lambda e: e.payload.get("id") == "m" and e.payload.get("status") == "downloading"
                 and e.payload.get("segments", 0) >= 2 and e.payload.get("downloaded", 0) >= SIZE // 3)
-    rewrite(how, staged, path)
-    end = watch.terminal("m", timeout=30)
+    end = rewrite(how, staged, path, watch) or watch.terminal("m", timeout=30)
     models = {m["id"]: m for m in client.get("/models").json["items"]}
     if end["status"] != "complete":
         assert "m" not in models  # an error is allowed; an install of neither version is not

@@ -117,6 +117,7 @@ class Download:
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
         self._published: str | None = None  # the SHA-256 the origin states for the bytes on disk
+        self._announced = 0  # the largest size any answer of this job announced
         # Mirrors first, the origin last: the route says which one this attempt asks.
         self.route = Route(job.id, sources.for_job(job.url, job.headers, settings.hf_endpoint, settings.hf_token,
                                                    settings.mirrors), state.part_size(job.id))
@@ -210,6 +211,7 @@ class Download:
                 self._sidecar.pop("headers", None)
                 if job.headers:
                     self._sidecar["headers"] = dict(job.headers)
+                self._announced = max(self._announced, ranges.total)
                 self._limits(job, ranges.total, ranges.durable)
                 job.began(ranges.durable, ranges.total)
                 self._segments(ranges, plan.validator)
@@ -227,6 +229,7 @@ class Download:
             recorded = (sidecar or {}) if plan.resumes else {}
             self.route.check(response, recorded.get("total"))
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
+            self._announced = max(self._announced, answer.total or 0)
             self._take_published(response, answer)
             if self._published and not job.sha256 and self._adopt is not None and not self._asked_adopt:
                 # Only now is the digest known: the answer's body is left unread.
@@ -271,11 +274,18 @@ class Download:
         were fetched under (:mod:`.recheck`), or they may be a mix of two. A digest
         (the request's, or the origin's own) shows a mix by itself."""
         job = self.job
-        if job.sha256 or self._published:
+        size = self.state.part_size(job.id) or 0
+        if not size and self._announced:
+            # Caught between the truncation and the first write of a file being
+            # rewritten (cp over it, a shell's >): an empty file is no version of one
+            # this job was told has bytes. A file really emptied ends the job when the
+            # retries run out; a new POST installs it.
+            why = f"it is empty now, after {self._announced} bytes were announced"
+        elif job.sha256 or self._published:
             return
-        fetch.check_stop(job)
-        why = recheck.changed(session, job, self.s, self.source, self.state.read_sidecar(job.id) or {},
-                              self.state.part_size(job.id) or 0)
+        else:
+            fetch.check_stop(job)
+            why = recheck.changed(session, job, self.s, self.source, self.state.read_sidecar(job.id) or {}, size)
         if why is None:
             return
         log.warning("download %s: the file changed during the download: %s", job.id, why)
