@@ -21,6 +21,7 @@ from urllib3.exceptions import IncompleteRead
 from ..config import Settings
 from ..errors import JobStopped, TransferError
 from ..headers import (
+    ContentRange,
     content_coded,
     content_length,
     parse_content_range,
@@ -158,7 +159,7 @@ def accept(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any
     return Answer(offset, announced.total)
 
 
-def framing_fault(response: Any, announced: Any, url: str) -> None:
+def framing_fault(response: Any, announced: ContentRange, url: str) -> None:
     """Refuses a 206 whose ``Content-Length`` is not the length of its
     ``Content-Range``: one of them is wrong, and which bytes the body holds is then
     anyone's guess. Nothing is read from it; the bytes on disk are not at fault."""
