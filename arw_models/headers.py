@@ -193,6 +193,21 @@ def remove_dot_segments(path: str) -> str:
     return "/".join(kept)
 
 
+_ENCODED_SLASH = re.compile(r"%2f|%5c|\\", re.IGNORECASE)
+
+
+def hides_dot_segment(path: str) -> bool:
+    """Whether a segment holds a ``.`` or ``..`` behind an encoded slash or a
+    backslash (``..%2f..``): servers that decode ``%2f`` (lighttpd by default) or
+    take ``\\`` for ``/`` resolve it after this service has, and climb. An encoded
+    slash between names (``group%2Fproject``) is the name's own and stays."""
+    for segment in path.split("/"):
+        pieces = _ENCODED_SLASH.split(segment)
+        if len(pieces) > 1 and any(p.lower().replace("%2e", ".") in (".", "..") for p in pieces):
+            return True
+    return False
+
+
 def without_dot_segments(url: str) -> str:
     """``url`` with the dot segments of its path resolved, byte for byte the same
     otherwise (its query and fragment untouched: they are not path)."""

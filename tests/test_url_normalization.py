@@ -82,3 +82,20 @@ def test_an_hf_reference_that_leaves_its_repository_is_refused(service: Service,
     _app, client, _watch = service()
     r = post_download(client, "h", ref)
     assert r.status_code == 400 and r.json["code"] == "invalid-url"
+
+
+@pytest.mark.parametrize("path", ["/cache/..%2f..%2fadmin/secret", "/a/..%5Cadmin", "/a/..\\admin", "/a/%2e%2e%2Fb"])
+def test_a_dot_segment_behind_an_encoded_slash_is_refused(service: Service, path: str) -> None:
+    # A server that decodes %2f (lighttpd does by default) or reads \ as / would
+    # resolve these after the service has, and climb out of a mirror's prefix.
+    _app, client, _watch = service()
+    r = post_download(client, "e", "http://files.example" + path)
+    assert r.status_code == 400 and r.json["code"] == "invalid-url"
+
+
+def test_an_encoded_slash_inside_a_name_is_kept(service: Service, origin: Origin) -> None:
+    origin.add("/api/group%2Fproject/m.gguf", payload(8 * KiB, seed=332))
+    _app, client, watch = service()
+    r = post_download(client, "g", origin.url("/api/group%2Fproject/m.gguf"))
+    assert r.status_code == 202 and r.json["url"] == origin.url("/api/group%2Fproject/m.gguf")
+    assert watch.terminal("g")["status"] == "complete"
