@@ -29,7 +29,12 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
-from .headers import HEADER_NAME_PATTERN, RESERVED_HEADERS, hides_dot_segment, without_dot_segments
+from .headers import (
+    HEADER_NAME_PATTERN,
+    RESERVED_HEADERS,
+    hides_dot_segment,
+    without_dot_segments,
+)
 from .limits import (
     BodyIncomplete,
     BodyTimeout,
