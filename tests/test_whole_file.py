@@ -39,3 +39,19 @@ def test_a_cut_body_is_held_to_the_size_the_origin_states(service: Service, orig
     assert done["status"] == "complete" and done["bytes"] == MiB
     assert read(os.path.join(models_dir(app), "l.gguf")) == res.data
     assert "size-mismatch" in [p["code"] for p in watch.payloads("l") if p["status"] == "retrying"]
+
+
+def test_a_check_refused_keeps_the_bytes_for_a_freshly_signed_url(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    # The whole file comes in one answer; the check after it (a range) is refused,
+    # as a signed url that expired during a long download would be.
+    res = origin.add("/s.gguf", payload(MiB, seed=97), range_status=403)
+    post_download(client, "s", origin.url("/s.gguf?sig=1"))
+    done = watch.terminal("s")
+    assert done["status"] == "error" and done["code"] == "http-status" and done["http_status"] == 403
+    assert client.get("/models").json["items"] == []
+    res.range_status = None
+    post_download(client, "s", origin.url("/s.gguf?sig=2"))
+    assert watch.terminal("s")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "s.gguf")) == res.data
+    assert origin.bytes_sent("/s.gguf") == MiB  # not one byte fetched twice

@@ -58,7 +58,9 @@ def changed(session: Any, job: DownloadJob, settings: Settings, source: Source, 
             # Gone, or refused now (an expired signed url, say): the bytes cannot be
             # shown to be one version, and are kept for a later resume to show it.
             raise TransferError("http-status", f"the origin answered {status} when asked whether the file "
-                                "changed", url=redact_url(job.url), http_status=status)
+                                "changed; the bytes are kept: the same POST (with a freshly signed url, if "
+                                "it expired) finishes without fetching them again", url=redact_url(job.url),
+                                http_status=status)
         if same_version(etag, modified, response.headers) is False:
             return "it now has other validators"
         now = fetch.file_size(response)
