@@ -3,10 +3,12 @@
 nginx, Apache and lighttpd each serve a directory; the file is overwritten where it
 is (``cp`` over it: truncated, then written; ``dd conv=notrunc``: written over, its
 size never changing; or emptied, and written only once the download saw it empty)
-while a download of it runs on several connections. Whatever
-each server then sends (ranges of the new version under the old validators, a
-short body, a 200 of a half-written file, no validators at all for a file just
-modified), the model installed is exactly one version of the file, or none.
+while a download of it runs on several connections. Whatever each server then sends
+(the rest of a range from the new version under the old validators, a body cut
+short, a 200 of an empty or half-written file), the model installed is exactly one
+version of the file, or none: without the check after the last byte, all three
+servers installed a mix (dd, and cp on Apache and lighttpd), and all three an
+empty file.
 """
 
 from __future__ import annotations
