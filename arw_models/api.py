@@ -29,7 +29,12 @@ from .errors import (
     handle_unexpected,
 )
 from .events import stream_response
-from .headers import HEADER_NAME_PATTERN, RESERVED_HEADERS
+from .headers import (
+    HEADER_NAME_PATTERN,
+    RESERVED_HEADERS,
+    hides_dot_segment,
+    without_dot_segments,
+)
 from .limits import (
     BodyIncomplete,
     BodyTimeout,
@@ -162,7 +167,13 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url must use http or https", code="invalid-url")
     if not parts.hostname:
         raise BadRequest("url must name a host", code="invalid-url")
-    return value
+    if hides_dot_segment(parts.path):
+        raise BadRequest("url must not hide a . or .. segment behind an encoded slash or a backslash",
+                         code="invalid-url")
+    # Resolved once, here: the job, its sidecar, the model entry, the origin and every
+    # mirror template see the same path, and a ".." cannot climb out of a mirror's
+    # prefix ({path} after "/cache/{host}") once an HTTP client or server resolves it.
+    return without_dot_segments(value)
 
 
 def checked_sha256(value: Any) -> str | None:

@@ -174,6 +174,55 @@ RESERVED_HEADERS = frozenset({
 })
 
 
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986's remove_dot_segments (5.2.4) for an absolute path: ``.`` segments
+    go, ``..`` takes the one before it, and one that would climb above the root stays
+    at the root (as browsers do). ``%2e`` counts as a dot in either case: servers
+    and caches decode it before they resolve."""
+    segments = path.split("/")
+    kept: list[str] = []
+    for n, segment in enumerate(segments):
+        dots = segment.lower().replace("%2e", ".")
+        if dots in (".", ".."):
+            if dots == ".." and len(kept) > 1:
+                kept.pop()
+            if n == len(segments) - 1:
+                kept.append("")  # "/a/b/.." is the directory "/a/", with its slash
+            continue
+        kept.append(segment)
+    return "/".join(kept)
+
+
+_ENCODED_SLASH = re.compile(r"%2f|%5c|\\", re.IGNORECASE)
+
+
+def hides_dot_segment(path: str) -> bool:
+    """Whether a segment holds a ``.`` or ``..`` behind an encoded slash or a
+    backslash (``..%2f..``): servers that decode ``%2f`` (lighttpd by default) or
+    take ``\\`` for ``/`` resolve it after this service has, and climb. An encoded
+    slash between names (``group%2Fproject``) is the name's own and stays."""
+    for segment in path.split("/"):
+        pieces = _ENCODED_SLASH.split(segment)
+        if len(pieces) > 1 and any(p.lower().replace("%2e", ".") in (".", "..") for p in pieces):
+            return True
+    return False
+
+
+def without_dot_segments(url: str) -> str:
+    """``url`` with the dot segments of its path resolved, byte for byte the same
+    otherwise (its query and fragment untouched: they are not path)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    path = remove_dot_segments(parts.path)
+    if path == parts.path or "//" not in url:
+        return url
+    # The path is the raw text right after "//netloc" (urlsplit decodes nothing).
+    start = url.index("//") + 2 + len(parts.netloc)
+    return url[:start] + path + url[start + len(parts.path):]
+
+
 def url_filename(url: str) -> str:
     """The last path segment, without its parameters (``f.bin;token=...`` is ``f.bin``)."""
     path = urlsplit(url).path

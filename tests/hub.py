@@ -90,8 +90,9 @@ class Server(Origin):
             self.redirects[path] = _Redirect(location, status, dict(headers or {}))
 
     def all_seen(self) -> list[Seen]:
+        """Every request but the checks after a download's last byte (``Seen.recheck``)."""
         with self.lock:
-            return list(self.seen)
+            return [s for s in self.seen if not s.recheck]
 
     def saw(self, secret: str) -> list[Seen]:
         """The requests that carried ``secret`` in any header's name or value."""

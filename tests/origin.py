@@ -48,6 +48,7 @@ class Resource:
     range_drop_after: int | None = None  # close a ranged response after this many body bytes...
     range_drops: int = 0  # ...this many times
     announce_length: int | None = None  # a Content-Length that lies
+    range_length_off: int = 0  # a 206's Content-Length this much off the length of its Content-Range
     range_shift: int = 0  # answer a range that starts this far from the one asked for
     send_length: bool = True
     range_length: bool = True  # False: a 206 has no Content-Length (the connection's end is the body's)
@@ -82,6 +83,12 @@ class Seen:
     @property
     def range(self) -> str | None:
         return self.headers.get("range")
+
+    @property
+    def recheck(self) -> bool:
+        """The one conditional byte a download asks for after its last byte, to see
+        whether the file is still that version (:mod:`arw_models.engine.recheck`)."""
+        return self.range == "bytes=0-0" and ("if-match" in self.headers or "if-unmodified-since" in self.headers)
 
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
@@ -143,7 +150,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if res.chunked:
             self.send_header("Transfer-Encoding", "chunked")
         elif res.send_length and (status != 206 or res.range_length):
-            self.send_header("Content-Length", str(res.announce_length if res.announce_length is not None else len(body)))
+            length = res.announce_length if res.announce_length is not None else len(body)
+            self.send_header("Content-Length", str(length + (res.range_length_off if status == 206 else 0)))
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Connection", "close")
         self.end_headers()
@@ -247,12 +255,19 @@ class Origin:
         return self.base + path
 
     def bytes_sent(self, path: str) -> int:
-        """Body bytes this origin wrote for ``path``, over every request."""
+        """Body bytes this origin wrote for ``path``, over every request that fetched it."""
         return sum(s.sent for s in self.requests_for(path))
 
     def requests_for(self, path: str) -> list[Seen]:
+        """The requests that fetched ``path``: all but the checks after the last
+        byte, which :meth:`rechecks` lists."""
         with self.lock:
-            return [s for s in self.seen if s.path.split("?", 1)[0] == path]
+            return [s for s in self.seen if s.path.split("?", 1)[0] == path and not s.recheck]
+
+    def rechecks(self, path: str) -> list[Seen]:
+        """The checks made after a download's last byte (:attr:`Seen.recheck`)."""
+        with self.lock:
+            return [s for s in self.seen if s.path.split("?", 1)[0] == path and s.recheck]
 
     def close(self) -> None:
         self.closing.set()

@@ -9,6 +9,7 @@ Every mirror here is a real local origin serving the same path (or the path unde
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from arw_models.engine import sources
 from .conftest import Service, post_download
 from .helpers import models_dir, read, write_partial
 from .origin import Origin, payload
+from .test_digests import FORMS
 from .test_openapi import Contract
 
 KiB = 1024
@@ -518,3 +520,51 @@ def test_a_mirror_whose_name_does_not_resolve_is_skipped_at_once(service: Servic
     assert served == {"source": "origin", "bytes": len(res.data)}
     retrying = [p for p in watch.payloads("n") if p["status"] == "retrying"]
     assert all(p["delay_ms"] == 0 for p in retrying)  # on to the origin at once
+
+
+# -- what a mirror cannot vouch for --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_a_digest_only_a_mirror_publishes_adopts_no_installed_file(
+        service: Service, origin: Origin, servers: Callable[[], Origin], form: str) -> None:
+    first, second = payload(256 * KiB, seed=320), payload(256 * KiB, seed=321)
+    mirror = servers()
+    a = origin.add("/a.gguf", first)
+    mirror.add("/a.gguf", first)
+    origin.add("/b.gguf", second)
+    # The mirror states the installed model's digest for another file.
+    mirror.add("/b.gguf", second, headers=FORMS[form](a.sha256))
+    app, client, watch = service(**mirrors(at(mirror)))
+    post_download(client, "a", origin.url("/a.gguf"), sha256=a.sha256)
+    assert watch.terminal("a")["status"] == "complete"
+    post_download(client, "b", origin.url("/b.gguf"))
+    done = watch.terminal("b")
+    assert done["status"] == "complete", done
+    assert "deduplicated" not in done and done["sha256_source"] == "computed"
+    assert installed(app, "b.gguf") == second  # its own bytes, read and hashed
+    assert mirror.bytes_sent("/b.gguf") == len(second)
+    models = {m["id"]: m for m in client.get("/models").json["items"]}
+    assert models["b"]["sha256"] == hashlib.sha256(second).hexdigest()
+    assert models["b"]["sha256_source"] == "computed"
+
+
+@pytest.mark.parametrize("who", ["request", "origin", "mirror", "nobody"])
+def test_sha256_source_names_who_vouched(service: Service, origin: Origin, servers: Callable[[], Origin],
+                                         who: str) -> None:
+    data = payload(128 * KiB, seed=322)
+    digest = hashlib.sha256(data).hexdigest()
+    mirror = servers()
+    res = origin.add("/s.gguf", data)
+    if who == "origin":
+        res.headers = FORMS["Repr-Digest"](digest)  # the mirror has no such file: the origin serves it
+    else:
+        mirror.add("/s.gguf", data, headers=FORMS["Repr-Digest"](digest) if who == "mirror" else {})
+    _app, client, watch = service(**mirrors(at(mirror)))
+    post_download(client, "s", origin.url("/s.gguf"), **({"sha256": digest} if who == "request" else {}))
+    done = watch.terminal("s")
+    expected = {"request": "request", "origin": "origin", "mirror": "computed", "nobody": "computed"}[who]
+    assert done["status"] == "complete" and done["sha256"] == digest
+    assert done["sha256_source"] == expected
+    [model] = client.get("/models").json["items"]
+    assert model["sha256_source"] == expected

@@ -15,9 +15,11 @@ to say: a mirror's failure makes the attempt's error one that moves on at once.
 A download whose digest is known (the request's ``sha256``) first asks the
 manager's ``adopt`` callback for an installed file with it: when one exists, no
 request is made and :meth:`Download.adopted` gives the deduplicated result. A
-digest the origin (or a mirror, relaying the origin's headers) publishes is
-offered to the same callback once its first answer has come, before a byte of
-the body is read.
+digest the origin publishes is offered to the same callback once its first
+answer has come, before a byte of the body is read. A mirror's never is, nor
+does it verify the bytes: a mirror cannot vouch for what it serves (it can only
+show, by publishing another digest than the request's, that it serves something
+else).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any, BinaryIO
 from .. import digests
 from ..config import Settings
 from ..errors import JobStopped, TransferError
-from ..headers import filename_from_disposition, redact_url, strong_etag
+from ..headers import content_coded, filename_from_disposition, redact_url, strong_etag
 from ..http import socket_hook
 from ..jobs import DownloadJob, Status
 from ..storage import (
@@ -44,7 +46,7 @@ from ..storage import (
     sanitize_filename,
     utcnow,
 )
-from . import fetch, sources
+from . import fetch, recheck, sources
 from .plan import Continuation, Plan, Span, continuation, validator_of
 from .route import Route
 from .segments import PROBE_SECS, FileChanged, RangesRefused, Segments, preallocate
@@ -115,6 +117,7 @@ class Download:
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
         self._published: str | None = None  # the SHA-256 the origin states for the bytes on disk
+        self._announced = 0  # the largest size any answer of this job announced
         # Mirrors first, the origin last: the route says which one this attempt asks.
         self.route = Route(job.id, sources.for_job(job.url, job.headers, settings.hf_endpoint, settings.hf_token,
                                                    settings.mirrors), state.part_size(job.id))
@@ -168,6 +171,8 @@ class Download:
             try:
                 with socket_hook(self.job.attach_socket):
                     adopted = self._transfer(session)
+                    if adopted is None:
+                        self._still_one_version(session)
             finally:
                 session.close()
                 self.route.settle(self.job.downloaded)
@@ -206,6 +211,7 @@ class Download:
                 self._sidecar.pop("headers", None)
                 if job.headers:
                     self._sidecar["headers"] = dict(job.headers)
+                self._announced = max(self._announced, ranges.total)
                 self._limits(job, ranges.total, ranges.durable)
                 job.began(ranges.durable, ranges.total)
                 self._segments(ranges, plan.validator)
@@ -223,6 +229,7 @@ class Download:
             recorded = (sidecar or {}) if plan.resumes else {}
             self.route.check(response, recorded.get("total"))
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
+            self._announced = max(self._announced, answer.total or 0)
             self._take_published(response, answer)
             if self._published and not job.sha256 and self._adopt is not None and not self._asked_adopt:
                 # Only now is the digest known: the answer's body is left unread.
@@ -262,6 +269,30 @@ class Download:
             job.attach_response(None)
             response.close()
 
+    def _still_one_version(self, session: Any) -> None:
+        """After the last byte: the file must still be the version the bytes on disk
+        were fetched under (:mod:`.recheck`), or they may be a mix of two. A digest
+        (the request's, or the origin's own) shows a mix by itself."""
+        job = self.job
+        size = self.state.part_size(job.id) or 0
+        if not size and self._announced:
+            # Caught between the truncation and the first write of a file being
+            # rewritten (cp over it, a shell's >): an empty file is no version of one
+            # this job was told has bytes. A file really emptied ends the job when the
+            # retries run out; a new POST installs it.
+            why = f"it is empty now, after {self._announced} bytes were announced"
+        elif job.sha256 or self._published:
+            return
+        else:
+            fetch.check_stop(job)
+            why = recheck.changed(session, job, self.s, self.source, self.state.read_sidecar(job.id) or {}, size)
+        if why is None:
+            return
+        log.warning("download %s: the file changed during the download: %s", job.id, why)
+        self._truncate()
+        raise TransferError("resume-invalid", f"the file changed during the download ({why}); starting again "
+                            "from byte 0", retryable=True, url=redact_url(job.url))
+
     def _take_published(self, response: Any, answer: fetch.Answer) -> None:
         """The SHA-256 the origin publishes (:mod:`arw_models.digests`), checked
         before any byte of the body is read: against the request's, and against
@@ -272,13 +303,22 @@ class Download:
         if size is not None and answer.total is not None and size != answer.total:
             raise TransferError("size-mismatch", f"the origin states {size} bytes (X-Linked-Size) but serves "
                                 f"{answer.total}", expected_bytes=size, received=0, url=redact_url(job.url))
+        if size is not None and answer.total is None and not content_coded(response.headers):
+            # A body without a length of its own (chunked, or ended by closing the
+            # connection) is held to the size the origin states: a cut one is not whole.
+            answer.total = size
         if found is None:
             return
         if job.sha256 and found.sha256 != job.sha256:
             # The bytes on disk, if any, may still be right for a request with the right digest.
-            raise TransferError("checksum-mismatch", f"the origin publishes another sha256 ({found.header}) than "
-                                "the request's", expected=job.sha256, actual=found.sha256,
-                                published_by=found.header, url=redact_url(job.url))
+            raise TransferError("checksum-mismatch", f"the {'mirror' if self.source.mirror else 'origin'} "
+                                f"publishes another sha256 ({found.header}) than the request's",
+                                expected=job.sha256, actual=found.sha256, published_by=found.header,
+                                url=redact_url(job.url))
+        if self.source.mirror:
+            # A mirror may refuse itself (above), never vouch: its digest neither adopts
+            # an installed file nor verifies the bytes. Only the origin's does.
+            return
         if answer.offset and self._published and self._published != found.sha256:
             self._truncate()
             raise TransferError("resume-invalid", "the origin now publishes another sha256 for the file: it "

@@ -22,6 +22,7 @@ from ..config import Settings
 from ..errors import JobStopped, TransferError
 from ..failures import failure_of
 from ..headers import (
+    ContentRange,
     content_coded,
     content_length,
     parse_content_range,
@@ -202,7 +203,22 @@ def accept(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any
         raise TransferError("resume-invalid",
                             f"the origin sent range {response.headers.get('Content-Range')!r} for a request "
                             f"from byte {offset}; starting again", retryable=True, url=url)
+    framing_fault(response, announced, url)
     return Answer(offset, announced.total)
+
+
+def framing_fault(response: Any, announced: ContentRange, url: str) -> None:
+    """Refuses a 206 whose ``Content-Length`` is not the length of its
+    ``Content-Range``: one of them is wrong, and which bytes the body holds is then
+    anyone's guess. Nothing is read from it; the bytes on disk are not at fault."""
+    length = content_length(response.headers)
+    if length is None or announced.start is None or announced.end is None or content_coded(response.headers):
+        return
+    spans = announced.end - announced.start + 1
+    if length != spans:
+        raise TransferError("size-mismatch", f"the origin's 206 has Content-Length {length} for the {spans} bytes "
+                            f"of its Content-Range {response.headers.get('Content-Range')!r}", retryable=True,
+                            url=url, expected_bytes=spans, received=0)
 
 
 def file_size(response: Any) -> int | None:

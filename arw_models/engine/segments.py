@@ -229,6 +229,7 @@ class Segments:
         if announced is None or announced.start != span.position or announced.total != self.plan.total:
             raise TransferError("resume-invalid", f"the origin sent range {response.headers.get('Content-Range')!r} "
                                 f"for a request from byte {span.position}", retryable=True, url=url)
+        fetch.framing_fault(response, announced, url)
 
     def _stream(self, response: Any, span: Span) -> None:
         job, fd, lock = self.job, self.fd, self._lock

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-from ..headers import redact_url, url_filename
+from ..headers import redact_url, remove_dot_segments, url_filename
 
 HF_SCHEME = "hf://"
 # The hub's own names: an owner (user or organisation) and a repository.
@@ -77,7 +77,8 @@ def parse_hf(url: str) -> HfRef:
     if not _NAME.fullmatch(owner) or not _NAME.fullmatch(repo):
         raise InvalidReference("the owner and repository must be hub names (letters, digits, . _ -)")
     path = in_repo.split("/")
-    if any(part in ("", ".", "..") for part in path):
+    # %2e is a dot to the hub's server, which decodes before it resolves.
+    if any(part.lower().replace("%2e", ".") in ("", ".", "..") for part in path):
         raise InvalidReference("the path in the repository must not have empty, . or .. segments")
     return HfRef(kind, owner, repo, "/".join(path), revision)
 
@@ -113,7 +114,9 @@ def mirror(template: str, url: str) -> Source:
     gets no private headers: they belong to the origin's host."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # The API resolved the url's dot segments; a url from an older sidecar may still
+    # have them, and "{path}" must not climb out of the template's own prefix.
+    path = (remove_dot_segments(parts.path) or "/") + (f"?{parts.query}" if parts.query else "")
     filled = template.replace("{host}", host).replace("{path}", path)
     return Source(filled, mirror_label(filled), mirror=True)
 

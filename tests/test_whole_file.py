@@ -1,0 +1,57 @@
+"""Never a file shorter than the origin says it is.
+
+A body that carries no length of its own (ended by closing the connection, or
+chunked) looks complete when it is cut. The size the origin states elsewhere holds
+it to account: ``X-Linked-Size`` in the answer, or, asked after the last byte, the
+size a fresh answer gives (see :mod:`arw_models.engine.recheck`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .conftest import Service, post_download
+from .helpers import models_dir, read
+from .origin import Origin, payload
+
+MiB = 1024 * 1024
+
+
+def test_a_body_cut_where_it_has_no_length_is_not_installed(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    # No Content-Length: the body ends where the connection closes, the first time halfway.
+    res = origin.add("/c.gguf", payload(MiB, seed=95), send_length=False, drop_after=MiB // 2)
+    post_download(client, "c", origin.url("/c.gguf"))
+    done = watch.terminal("c")
+    assert done["status"] == "complete" and done["bytes"] == MiB
+    assert read(os.path.join(models_dir(app), "c.gguf")) == res.data
+    assert "resume-invalid" in [p["code"] for p in watch.payloads("c") if p["status"] == "retrying"]
+    assert [s.status for s in origin.rechecks("/c.gguf")] == [206, 206]  # the short file, then the whole
+
+
+def test_a_cut_body_is_held_to_the_size_the_origin_states(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    # No validator either (nothing to ask about afterwards), but X-Linked-Size.
+    res = origin.add("/l.gguf", payload(MiB, seed=96), send_length=False, drop_after=MiB // 2, etag="",
+                     last_modified=None, headers={"X-Linked-Size": str(MiB)})
+    post_download(client, "l", origin.url("/l.gguf"))
+    done = watch.terminal("l")
+    assert done["status"] == "complete" and done["bytes"] == MiB
+    assert read(os.path.join(models_dir(app), "l.gguf")) == res.data
+    assert "size-mismatch" in [p["code"] for p in watch.payloads("l") if p["status"] == "retrying"]
+
+
+def test_a_check_refused_keeps_the_bytes_for_a_freshly_signed_url(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    # The whole file comes in one answer; the check after it (a range) is refused,
+    # as a signed url that expired during a long download would be.
+    res = origin.add("/s.gguf", payload(MiB, seed=97), range_status=403)
+    post_download(client, "s", origin.url("/s.gguf?sig=1"))
+    done = watch.terminal("s")
+    assert done["status"] == "error" and done["code"] == "http-status" and done["http_status"] == 403
+    assert client.get("/models").json["items"] == []
+    res.range_status = None
+    post_download(client, "s", origin.url("/s.gguf?sig=2"))
+    assert watch.terminal("s")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "s.gguf")) == res.data
+    assert origin.bytes_sent("/s.gguf") == MiB  # not one byte fetched twice
