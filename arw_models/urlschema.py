@@ -52,10 +52,14 @@ _KIND = "(?:(?:datasets|spaces)/|(?!(?:datasets|spaces)/))"  # a first segment o
 _HF_CHAR = _class("/?#\\")
 _HF_CHAR_NO_AT = _class("/?#\\@")
 # A path segment: not empty, not . or ..
-_PATH_SEG = rf"(?!\.\.?(?:/|$)){_HF_CHAR}+"
-_PATH_SEG_NO_AT = rf"(?!\.\.?(?:/|$)){_HF_CHAR_NO_AT}+"
+# A dot, written as it is or as %2e: the hub's server decodes before it resolves.
+_DOTS = "(?:\\.|%2[Ee]){1,2}"
+_PATH_SEG = rf"(?!{_DOTS}(?:/|$)){_HF_CHAR}+"
+_PATH_SEG_NO_AT = rf"(?!{_DOTS}(?:/|$)){_HF_CHAR_NO_AT}+"
 # Before the last @ of the path (which starts the revision): "." and ".." end there too.
-_PATH_SEG_BEFORE_REV = rf"(?!\.\.?(?:/|@[^@]*$)){_HF_CHAR}+"
+_PATH_SEG_BEFORE_REV = rf"(?!{_DOTS}(?:/|@[^@]*$)){_HF_CHAR}+"
+# A segment of a revision after the path's last @: only a literal . or .. is refused there.
+_REV_SEG = rf"(?!\.\.?(?:/|$)){_HF_CHAR_NO_AT}+"
 # huggingface_hub's REPO@REVISION: the revision is percent-decoded, so %2F is its "/"
 # and %2E a dot; no segment of it may be empty, . or ..
 _REV_SEG_QUOTED = rf"(?!(?:\.|%2[Ee]){{1,2}}(?:%2[Ff]|/))(?:(?!%2[Ff]){_HF_CHAR})+"
@@ -65,7 +69,7 @@ HF_PATTERN = (
     rf"^hf://{_KIND}{_NAME}/(?:"
     rf"{_NAME}@{_REV_QUOTED}(?:/{_PATH_SEG})+"  # OWNER/REPO@REVISION/PATH
     rf"|{_NAME}/{_PATH_SEG_NO_AT}(?:/{_PATH_SEG_NO_AT})*"  # OWNER/REPO/PATH
-    rf"|{_NAME}/{_PATH_SEG_BEFORE_REV}(?:/{_PATH_SEG_BEFORE_REV})*@{_PATH_SEG_NO_AT}(?:/{_PATH_SEG_NO_AT})*"
+    rf"|{_NAME}/{_PATH_SEG_BEFORE_REV}(?:/{_PATH_SEG_BEFORE_REV})*@{_REV_SEG}(?:/{_REV_SEG})*"
     rf"){_END}"
 )
 
@@ -106,9 +110,16 @@ _HOST_PLAIN = _class("/?#@:[" + NFKC_DELIMITERS) + "+" + _OPT_PORT
 _HOST_BRACKETED = (_class("/?#@[" + NFKC_DELIMITERS) + r"*\[" + _class("/?#@]" + NFKC_DELIMITERS) + "+"
                    + r"(?:\]" + _class("/?#@:" + NFKC_DELIMITERS) + "*" + _OPT_PORT + ")?")
 
+# A . or .. segment hidden behind an encoded slash or a backslash (headers.hides_dot_segment):
+# a dot piece with such a slash on at least one side, anywhere in the path (before ? or #).
+_ENCODED_SLASH = r"(?:%2[Ff]|%5[Cc]|\\)"
+_HIDES_DOT = (rf"(?:{_ENCODED_SLASH}{_DOTS}(?:/|{_ENCODED_SLASH}|[?#]|$(?!\n))"
+              rf"|/{_DOTS}{_ENCODED_SLASH})")
+_NO_HIDDEN_DOT = rf"(?![^?#]*{_HIDES_DOT})"
+
 HTTP_PATTERN = (
     rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_NO_BRACKETS}|{_FIRST_BRACKETS_VALID})"
-    rf"(?:{_NETLOC_CHAR}*@)?(?:{_HOST_PLAIN}|{_HOST_BRACKETED})(?:[/?#]{ANY}*)?{_END}"
+    rf"(?:{_NETLOC_CHAR}*@)?(?:{_HOST_PLAIN}|{_HOST_BRACKETED})(?:{_NO_HIDDEN_DOT}[/?#]{ANY}*)?{_END}"
 )
 
 MAX_URL = 8192

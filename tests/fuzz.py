@@ -63,7 +63,8 @@ _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|
 _HUB_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}"
 _SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
 GENERATED_URL_PATTERNS = [
-    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:" + _PORT + r")?(/[!-~]*)?\Z",
+    # No % or backslash in the path: they could hide a dot segment, which the service refuses.
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:" + _PORT + r")?(/[!-$&-\[\]-~]*)?\Z",
     rf"^hf://((datasets|spaces)/)?{_HUB_NAME}/{_HUB_NAME}(/{_SEGMENT})+(@{_SEGMENT})?\Z",
 ]
 # Statuses that refuse input: 408 and 413 (a body too slow or too large) too.

@@ -63,9 +63,13 @@ def changed(session: Any, job: DownloadJob, settings: Settings, source: Source, 
                                 http_status=status)
         if same_version(etag, modified, response.headers) is False:
             return "it now has other validators"
+        # The size the bytes were fetched under: a .part of another size (a disk that
+        # lost writes) is the verification's to refuse, as a size-mismatch.
+        total = recorded.get("total")
+        expected = total if isinstance(total, int) and not isinstance(total, bool) else size
         now = fetch.file_size(response)
-        if now is not None and now != size:
-            return f"it now has {now} bytes, not {size}"
+        if now is not None and now != expected:
+            return f"it now has {now} bytes, not {expected}"
         return None
     finally:
         response.close()  # a 200 ignoring the range is not read: closing drops its body
