@@ -26,8 +26,12 @@ run: $(VENV)/.installed
 	ARW_STATE_DIR=$(ARW_STATE_DIR) ARW_PORT=$(ARW_PORT) \
 	$(BIN)/gunicorn -c python:arw_models.gunicorn_conf wsgi:app
 
+# Four workers on two cores: most of the suite waits on sockets, servers and child
+# processes, not on the CPU (TEST_ARGS="-n 0" runs it in one process).
+TEST_ARGS ?= -n 4
+
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check arw_models tests
