@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -75,3 +76,31 @@ class SSEClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+PROGRESS = "Models.DownloadProgress"
+ENDED = ("complete", "error", "canceled")
+
+
+def read_frames_until(sse: SSEClient, predicate: Callable[[Frame], bool]) -> list[Frame]:
+    """Every frame up to and including the first that ``predicate`` accepts."""
+    frames = []
+    while True:
+        frame = sse.next()
+        frames.append(frame)
+        if predicate(frame):
+            return frames
+
+
+def is_status(model_id: str, *statuses: str) -> Callable[[Frame], bool]:
+    return lambda f: (f.event == PROGRESS and f.payload["id"] == model_id and f.payload["status"] in statuses)
+
+
+def post_and_follow(base: str, body: dict[str, Any], until: Callable[[Frame], bool]) -> list[Frame]:
+    """POSTs the download ``body`` to the service at ``base`` with its event stream
+    already open (so no event of it is missed), and reads the stream until ``until``."""
+    with SSEClient(base + "/events", params={"prefix": "Models."}) as sse:
+        assert sse.next().event == "service.connected"
+        answer = requests.post(base + "/models/download", json=body, timeout=5)
+        assert answer.status_code == 202, answer.text
+        return read_frames_until(sse, until)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from arw_models.engine.plan import Plan
 from arw_models.manager import PROGRESS
@@ -28,8 +27,7 @@ from .conftest import Service, post_download
 from .helpers import part, read, sidecar
 from .origin import Origin, payload
 from .servers import Gunicorn
-from .sse import SSEClient
-from .test_deploy import is_status, read_frames_until
+from .sse import is_status, post_and_follow
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -61,11 +59,11 @@ def test_kill_9_costs_at_most_two_checkpoint_intervals(
            "ARW_DL_RESUME_ON_START": "0"}
     first = gunicorns("first", state, **env)
     first.wait_ready()
-    with SSEClient(first.url + "/events") as sse:
-        assert sse.next().event == "service.connected"
-        assert requests.post(first.url + "/models/download", json=body, timeout=5).status_code == 202
-        frame = read_frames_until(sse, lambda f: f.event == PROGRESS and f.payload.get("downloaded", 0) >= size // 2
-                                  and f.payload.get("segments", 0) >= min(count, 2))
+    frame = post_and_follow(first.url, body, lambda f: (
+        f.event == PROGRESS
+        and f.payload.get("downloaded", 0) >= size // 2
+        and f.payload.get("segments", 0) >= min(count, 2)
+    ))
     os.killpg(first.proc.pid, signal.SIGKILL)  # no handler runs: every connection dies mid-write
     first.wait_exit(10)
     at_kill = frame[-1].payload["downloaded"]
@@ -82,10 +80,7 @@ def test_kill_9_costs_at_most_two_checkpoint_intervals(
     asked_before = len(origin.requests_for("/k.gguf"))
     second = gunicorns("second", state, **env)
     second.wait_ready()
-    with SSEClient(second.url + "/events", params={"prefix": "Models."}) as sse:
-        assert sse.next().event == "service.connected"
-        assert requests.post(second.url + "/models/download", json=body, timeout=5).status_code == 202
-        frames = read_frames_until(sse, is_status("k", "complete", "error", "canceled"))
+    frames = post_and_follow(second.url, body, is_status("k", "complete", "error", "canceled"))
     assert frames[-1].payload["status"] == "complete", frames[-1].payload
     assert (models / "k.gguf").read_bytes() == res.data
     # Counted on the second run's requests: a killed connection's handler may still be sending.

@@ -33,7 +33,7 @@ from arw_models.manager import CHANGED, PROGRESS
 from .conftest import FAST, LiveServer, Watch, post_download
 from .origin import payload
 from .servers import CONF, ROOT, Gunicorn, free_port
-from .sse import Frame, SSEClient
+from .sse import SSEClient, is_status, post_and_follow, read_frames_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -544,19 +544,6 @@ def test_a_second_app_on_the_same_state_dir_is_refused_until_the_first_stops(
 # -- gunicorn processes ---------------------------------------------------------------
 
 
-def read_frames_until(sse: SSEClient, predicate: Callable[[Frame], bool]) -> list[Frame]:
-    frames = []
-    while True:
-        frame = sse.next()
-        frames.append(frame)
-        if predicate(frame):
-            return frames
-
-
-def is_status(model_id: str, *statuses: str) -> Callable[[Frame], bool]:
-    return lambda f: (f.event == PROGRESS and f.payload["id"] == model_id and f.payload["status"] in statuses)
-
-
 def test_a_second_gunicorn_on_the_same_state_dir_exits_naming_dir_and_holder(
     gunicorns: Callable[..., Gunicorn], tmp_path: Path,
 ) -> None:
@@ -642,10 +629,10 @@ def test_kill_9_during_a_download_keeps_a_resumable_part_and_the_same_post_resum
     body = {"id": "k", "url": url, "sha256": res.sha256}
     first = gunicorns("first", state)
     first.wait_ready()
-    with SSEClient(first.url + "/events") as sse:
-        assert sse.next().event == "service.connected"
-        assert requests.post(first.url + "/models/download", json=body, timeout=5).status_code == 202
-        read_frames_until(sse, lambda f: is_status("k", "downloading")(f) and f.payload["downloaded"] >= 128 * KiB)
+    post_and_follow(first.url, body, lambda f: (
+        is_status("k", "downloading")(f)
+        and f.payload["downloaded"] >= 128 * KiB
+    ))
     os.killpg(first.proc.pid, signal.SIGKILL)  # no handler runs: master and worker die mid-write
     first.wait_exit(10)
     res.throttle = None
@@ -665,10 +652,7 @@ def test_kill_9_during_a_download_keeps_a_resumable_part_and_the_same_post_resum
     assert [(i["id"], i["status"], i["downloaded"], i["total"]) for i in listed] == [
         ("k", "resumable", kept, len(res.data))]
     assert origin.requests_for("/k.gguf")[before:] == []  # nothing moves until it is asked for
-    with SSEClient(second.url + "/events", params={"prefix": "Models."}) as sse:
-        assert sse.next().event == "service.connected"
-        assert requests.post(second.url + "/models/download", json=body, timeout=5).status_code == 202
-        frames = read_frames_until(sse, is_status("k", "complete", "error", "canceled"))
+    frames = post_and_follow(second.url, body, is_status("k", "complete", "error", "canceled"))
     payloads = [f.payload for f in frames if f.event == PROGRESS]
     assert payloads[0]["status"] == "resumed" and payloads[0]["offset"] == kept
     assert payloads[-1]["status"] == "complete" and payloads[-1]["sha256"] == res.sha256

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from arw_models import ArwModels
 from arw_models.manager import PROGRESS
@@ -21,8 +20,7 @@ from .conftest import Service, post_download
 from .helpers import listing, models_dir, part, read
 from .origin import Origin, payload
 from .servers import Gunicorn
-from .sse import SSEClient
-from .test_deploy import is_status, read_frames_until
+from .sse import is_status, post_and_follow
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -174,19 +172,13 @@ def test_kill_9_before_the_first_fsync_of_a_split_download_resumes_right(
     env = {"ARW_DL_SEGMENTS": "4", "ARW_DL_SEGMENT_MIN_MB": "1", "ARW_DL_RESUME_ON_START": "0"}
     first = gunicorns("first", state, **env)
     first.wait_ready()
-    with SSEClient(first.url + "/events") as sse:
-        assert sse.next().event == "service.connected"
-        assert requests.post(first.url + "/models/download", json=body, timeout=5).status_code == 202
-        read_frames_until(sse, lambda f: f.event == PROGRESS and f.payload.get("segments", 0) > 1)
+    post_and_follow(first.url, body, lambda f: f.event == PROGRESS and f.payload.get("segments", 0) > 1)
     os.killpg(first.proc.pid, signal.SIGKILL)
     first.wait_exit(10)
     res.throttle = None
     second = gunicorns("second", state, **env)
     second.wait_ready()
-    with SSEClient(second.url + "/events", params={"prefix": "Models."}) as sse:
-        assert sse.next().event == "service.connected"
-        assert requests.post(second.url + "/models/download", json=body, timeout=5).status_code == 202
-        frames = read_frames_until(sse, is_status("k", "complete", "error", "canceled"))
+    frames = post_and_follow(second.url, body, is_status("k", "complete", "error", "canceled"))
     assert frames[-1].payload["status"] == "complete"
     assert (state / "models" / "k.gguf").read_bytes() == res.data
 

@@ -25,8 +25,7 @@ from .conftest import Service, post_download
 from .helpers import cancel, listing, models_dir, read, write_partial
 from .origin import Origin, payload
 from .servers import Gunicorn
-from .sse import SSEClient
-from .test_deploy import is_status, read_frames_until
+from .sse import is_status, post_and_follow
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -190,11 +189,11 @@ def test_kill_9_during_a_segmented_download_resumes_every_range(
            "ARW_DL_RESUME_ON_START": "0"}
     first = gunicorns("first", state, **env)
     first.wait_ready()
-    with SSEClient(first.url + "/events") as sse:
-        assert sse.next().event == "service.connected"
-        assert requests.post(first.url + "/models/download", json=body, timeout=5).status_code == 202
-        read_frames_until(sse, lambda f: f.event == PROGRESS and f.payload.get("downloaded", 0) >= 2 * MiB
-                          and f.payload.get("segments", 0) > 1)
+    post_and_follow(first.url, body, lambda f: (
+        f.event == PROGRESS
+        and f.payload.get("downloaded", 0) >= 2 * MiB
+        and f.payload.get("segments", 0) > 1
+    ))
     os.killpg(first.proc.pid, signal.SIGKILL)  # no handler runs: every connection dies mid-write
     first.wait_exit(10)
     res.throttle = None
@@ -212,10 +211,7 @@ def test_kill_9_during_a_segmented_download_resumes_every_range(
     [listed] = requests.get(second.url + "/models/downloads", timeout=5).json()["items"]
     assert (listed["status"], listed["downloaded"]) == ("resumable", durable)
 
-    with SSEClient(second.url + "/events", params={"prefix": "Models."}) as sse:
-        assert sse.next().event == "service.connected"
-        assert requests.post(second.url + "/models/download", json=body, timeout=5).status_code == 202
-        frames = read_frames_until(sse, is_status("k", "complete", "error", "canceled"))
+    frames = post_and_follow(second.url, body, is_status("k", "complete", "error", "canceled"))
     assert frames[-1].payload["status"] == "complete" and frames[-1].payload["sha256"] == res.sha256
     assert (state / "models" / "k.gguf").read_bytes() == res.data
     # Counted on the requests of the second run only: the handlers of the killed
