@@ -1,11 +1,12 @@
-# arw-models: `make run` serves on 127.0.0.1:8090 with ./state; `make test` runs the suite.
+# arw-models: `make run` serves on 127.0.0.1:8090 with ./state; `make test` runs the suite;
+# `make docs` builds docs/ into docs/_build/html.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARW_STATE_DIR ?= ./state
 ARW_PORT ?= 8090
 
-.PHONY: run test lint bench bench-quick mutation fuzz clean
+.PHONY: run test docs lint bench bench-quick mutation fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ $(VENV)/.installed-fuzz: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,fuzz]'
 	touch $@
 
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	touch $@
+
 run: $(VENV)/.installed
 	ARW_STATE_DIR=$(ARW_STATE_DIR) ARW_PORT=$(ARW_PORT) \
 	$(BIN)/gunicorn -c python:arw_models.gunicorn_conf wsgi:app
@@ -32,6 +37,10 @@ TEST_ARGS ?= -n 4
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(TEST_ARGS)
+
+# Warnings are errors: a broken reference or a page the code no longer matches fails.
+docs: $(VENV)/.installed-docs
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check arw_models tests
@@ -49,4 +58,4 @@ fuzz: $(VENV)/.installed-fuzz
 	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info docs/_build

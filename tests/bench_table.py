@@ -1,5 +1,5 @@
 """The benchmark's report as RST simple tables (readable in a terminal, pasted as they
-are into the README)."""
+are into docs/maintainers.rst)."""
 
 from __future__ import annotations
 

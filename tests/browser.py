@@ -54,7 +54,7 @@ def chromium(profile: Path) -> Iterator[Any]:
 
 class NginxProxy:
     """nginx passing every request to ``127.0.0.1:<upstream>``, set up for event
-    streams as the README says. It listens on a socket this process bound first
+    streams as docs/deployment.rst says. It listens on a socket this process bound first
     (handed over through ``NGINX=<fd>;``): no port race, no wait for it to start.
     While nothing listens upstream it answers 502, as in front of a restarting service."""
 

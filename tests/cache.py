@@ -1,5 +1,5 @@
 """A real nginx pull-through cache for tests: ``proxy_cache`` with the slice module in
-front of one upstream, configured as the README's "A fleet behind one cache" section
+front of one upstream, configured as the "A fleet behind one cache" section of docs/deployment.rst
 shows, with its own cache directory, pid file and logs in a directory of the caller's.
 
 Like :class:`tests.nginx.Nginx`, it listens on a socket this process bound first
@@ -33,7 +33,7 @@ def binary() -> str:
 
 
 def location(upstream: str) -> str:
-    """The ``location`` body of the cache, as the README gives it (with its comments
+    """The ``location`` body of the cache, as docs/deployment.rst gives it (with its comments
     there)."""
     return f"""
             slice {SLICE_BYTES // (1024 * 1024)}m;

@@ -3,7 +3,7 @@ the same model at once through one nginx ``proxy_cache`` (slice module, cache lo
 and the origin sends the file about once, whatever the three do in parallel.
 
 The origin is the real test origin (ranges, ETag), which counts every body byte it
-writes; the cache is a real nginx configured as the README shows (tests/cache.py).
+writes; the cache is a real nginx configured as docs/deployment.rst shows (tests/cache.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .conftest import Service, post_download
 from .helpers import models_dir, read
 from .origin import Origin, payload
 
-README = Path(__file__).resolve().parent.parent / "README.rst"
+DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.rst"
 MiB = 1024 * 1024
 SIZE = 64 * MiB
 PATH = "/org/fleet/fleet-64m.gguf"
@@ -116,9 +116,9 @@ def test_a_host_whose_cache_is_down_gets_the_model_from_the_origin(
     assert [(s["source"], "skipped" in s) for s in done["sources"]] == [(cache.base, True), ("origin", False)], done
 
 
-def test_the_readme_shows_the_cache_these_tests_run() -> None:
-    text = README.read_text()
-    section = text[text.index("A fleet behind one cache\n"):text.index("Access control\n")]
+def test_the_deployment_page_shows_the_cache_these_tests_run() -> None:
+    text = DEPLOYMENT.read_text()
+    section = text[text.index("A fleet behind one cache\n"):]
     directives = [line.strip() for line in caches.location("http://origin/").splitlines()
                   if line.strip() and not line.strip().startswith("proxy_pass ")]
     assert directives and [d for d in directives if d not in section] == []

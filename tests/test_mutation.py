@@ -1,5 +1,5 @@
 """The ``make mutation`` driver: its operators, ids, sample and process sweep (the runs
-themselves are too slow for the suite; README, "Mutation testing")."""
+themselves are too slow for the suite; docs/maintainers.rst, "Mutation testing")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """GET /openapi.json: a valid OpenAPI 3.1 document of every route, every problem
-code the README lists, served where the blueprint is mounted; real answers of the
+code docs/api.rst lists, served where the blueprint is mounted; real answers of the
 service match the schemas it promises."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from arw_models.openapi import (
 from .conftest import Watch
 from .origin import Origin, payload
 
-README = Path(__file__).resolve().parent.parent / "README.rst"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 # Described before their routes exist in this blueprint: they are built alongside.
 ANNOUNCED = {("/", "get"), ("/models/download/pause", "post"), ("/models/download/resume", "post"),
              ("/settings/rate-limit", "put")}
@@ -49,8 +49,9 @@ def operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
     return {(path, method) for path, item in doc["paths"].items() for method in item}
 
 
-def readme_codes(start: str, end: str, pattern: re.Pattern[str] = KEBAB) -> set[str]:
-    text = README.read_text()
+def documented_codes(page: str, start: str, end: str, pattern: re.Pattern[str] = KEBAB) -> set[str]:
+    """The codes a page of docs/ lists between ``start`` and ``end``."""
+    text = (DOCS / page).read_text()
     begin = text.index(start)
     return set(pattern.findall(text[begin:text.index(end, begin)]))
 
@@ -83,9 +84,9 @@ def test_token_is_required_exactly_where_the_document_says(make_app: Any) -> Non
         assert (answer.status_code == 401) == secured, (method, path, answer.status_code)
 
 
-def test_problem_codes_are_the_readmes(client: Any) -> None:
-    listed = readme_codes("Errors are RFC 9457 problem documents", "\nInput:")
-    assert "invalid-id" in listed and "too-many-streams" in listed  # the README's list is found
+def test_problem_codes_are_the_documented_ones(client: Any) -> None:
+    listed = documented_codes("api.rst", "Errors are RFC 9457 problem documents", "\nInput:")
+    assert "invalid-id" in listed and "too-many-streams" in listed  # the page's list is found
     assert listed == set(PROBLEM_CODES), (sorted(listed - set(PROBLEM_CODES)), sorted(set(PROBLEM_CODES) - listed))
     served = client.get("/openapi.json").json
     assert problem_codes(served) == {*PROBLEM_CODES, INTERNAL_ERROR}
@@ -108,8 +109,8 @@ def test_every_problem_answer_is_the_one_problem_schema() -> None:
                     assert response["x-problem-codes"], (method, path, status)
 
 
-def test_event_error_codes_are_the_readmes() -> None:
-    listed = readme_codes("values in events", "\n\n", re.compile(r"``([a-z][a-z0-9-]*)``"))
+def test_event_error_codes_are_the_documented_ones() -> None:
+    listed = documented_codes("design.rst", "values in events", "\n\n", re.compile(r"``([a-z][a-z0-9-]*)``"))
     assert listed - {"http", "https"} == set(EVENT_ERROR_CODES)  # less the schemes a redirect may not leave
 
 

@@ -1,4 +1,4 @@
-"""Signals for a host app: the README's example runs as written against a real
+"""Signals for a host app: the example of docs/embedding.rst runs as written against a real
 download, and its receiver's line is seen; a completed download's payload says
 where the file is."""
 
@@ -18,12 +18,12 @@ from arw_models import signals
 from .conftest import Watch, post_download
 from .origin import Origin, payload
 
-README = Path(__file__).resolve().parent.parent / "README.rst"
+EMBEDDING = Path(__file__).resolve().parent.parent / "docs" / "embedding.rst"
 
 
-def readme_example(section: str) -> str:
-    """The first literal block (after a line ending in ``::``) of a README section."""
-    text = README.read_text(encoding="utf-8")
+def documented_example(section: str) -> str:
+    """The first literal block (after a line ending in ``::``) of a section of docs/embedding.rst."""
+    text = EMBEDDING.read_text(encoding="utf-8")
     start = text.index(f"\n{section}\n{'=' * len(section)}\n")
     lines = text[start:].splitlines()
     begin = next(i for i, line in enumerate(lines) if line.endswith("::")) + 1
@@ -35,7 +35,7 @@ def readme_example(section: str) -> str:
     return textwrap.dedent("\n".join(block)).strip() + "\n"
 
 
-# Runs after the README's block, in the same module: a real download through the
+# Runs after the page's block, in the same module: a real download through the
 # host app, until its last signal has been sent.
 HARNESS = textwrap.dedent("""
     import sys
@@ -49,8 +49,8 @@ HARNESS = textwrap.dedent("""
 """)
 
 
-def test_the_readme_example_runs_and_its_receiver_is_heard(tmp_path: Path, origin: Origin) -> None:
-    example = readme_example("Inside your own Flask app")
+def test_the_documented_example_runs_and_its_receiver_is_heard(tmp_path: Path, origin: Origin) -> None:
+    example = documented_example("Inside your own Flask app")
     assert "@signals.download_completed.connect_via(app)" in example
     origin.add("/m.gguf", payload(10_000, seed=1))
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ARW_")}

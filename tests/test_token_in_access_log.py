@@ -1,6 +1,6 @@
 """The page's event stream carries the admin token in its query (``EventSource`` sends
 no headers). gunicorn's default access log format writes the whole request line,
-query included; the format the README gives for a plain command line leaves it out.
+query included; the format docs/security.rst gives for a plain command line leaves it out.
 """
 
 from __future__ import annotations
@@ -17,9 +17,14 @@ import requests
 from .servers import Gunicorn, plain
 
 TOKEN = "q-T0ken-in-the-query-7x"
-# As README.rst "Access control" gives it: gunicorn's default, with the path (%(U)s)
+# As docs/security.rst "Access control" gives it: gunicorn's default, with the path (%(U)s)
 # in place of the request line (%(r)s).
 DOCUMENTED = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
+def test_the_security_page_gives_this_format() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "security.rst").read_text()
+    assert f"--access-logformat '{DOCUMENTED}'" in page
 
 
 @pytest.mark.parametrize(("logformat", "leaks"), [((), True), (("--access-logformat", DOCUMENTED), False)],

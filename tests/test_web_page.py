@@ -4,7 +4,7 @@ downloads from the page, a reload in the middle of one, and a service that goes
 away behind nginx and comes back.
 
 ``WEB_PAGE_SCREENSHOT=path`` saves the screenshot taken mid-download there (the
-README's picture is made so)."""
+picture in docs/web.rst is made so)."""
 
 from __future__ import annotations
 
