@@ -215,9 +215,12 @@ class Runner:
         self._lock = threading.Lock()
 
     def _copy(self, dest: Path) -> None:
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        ignore_names = ("__pycache__", "*.pyc")
+        ignore = shutil.ignore_patterns(*ignore_names)
         for name in [*self.packages, "tests"]:
             shutil.copytree(self.root / name, dest / name, ignore=ignore)
+        if (self.root / "docs").is_dir():  # tests read the pages (settings, problem codes, examples)
+            shutil.copytree(self.root / "docs", dest / "docs", ignore=shutil.ignore_patterns("_build", *ignore_names))
         for path in self.root.iterdir():  # wsgi.py, setup.cfg (pytest's settings), ...
             if path.is_file() and not path.name.startswith("."):
                 shutil.copy2(path, dest / path.name)
