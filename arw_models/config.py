@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .headers import redact_url
+from .redact import redact_url
 
 MiB = 1024 * 1024
 

@@ -1,21 +1,28 @@
-"""One root exception for everything a client can be told, and the handlers that
-turn it into an RFC 9457 problem document."""
+"""The domain errors: one root exception for everything a client can be told (a
+stable kebab-case ``code``, a title and a detail), a download's failure and its
+stop, as plain exceptions.
+
+Part of the shared kernel: every layer raises these, so this imports nothing of
+ours and nothing of Flask. How each becomes an HTTP answer (its status, its RFC 9457
+problem document) is the server's, in :mod:`arw_models.server.problems`."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from flask import Response, json
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger(__name__)
-
-PROBLEM_TYPE = "about:blank"
+# The ``code`` of an ``error`` event (a failed download), not of an HTTP answer.
+EVENT_ERROR_CODES = (
+    "checksum-mismatch", "size-mismatch", "http-status", "network", "dns-error", "connection-refused", "tls",
+    "resume-invalid",
+    "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
+    "invalid-redirect", "invalid-url", "internal-error",
+)
 
 
 class ArwError(Exception):
-    """An error with an HTTP status and a stable kebab-case ``code``."""
+    """An error a client is told of, with a stable kebab-case ``code``. ``status`` is
+    the HTTP status for a code the server's table
+    (:data:`arw_models.server.problems.PROBLEM_CODES`) does not list."""
 
     status = 400
     code = "bad-request"
@@ -69,47 +76,6 @@ class UnsupportedMediaType(ArwError):
     status = 415
     code = "unsupported-media-type"
     title = "Unsupported media type"
-
-
-def problem(
-    status: int,
-    code: str,
-    title: str,
-    detail: str,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> Response:
-    body = {"type": PROBLEM_TYPE, "title": title, "status": status, "detail": detail, "code": code}
-    body.update(extra)
-    response = Response(
-        json.dumps(body), status=status, mimetype="application/problem+json"
-    )
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def handle_arw_error(exc: ArwError) -> Response:
-    return problem(exc.status, exc.code, exc.title, exc.detail, exc.headers, **exc.extra)
-
-
-def handle_http_exception(exc: HTTPException) -> Response:
-    status = exc.code or 500
-    name = exc.name or "Error"
-    code = "-".join(name.lower().split())
-    response = problem(status, code, name, exc.description or name)
-    if status == 405 and exc.response is None:
-        allowed = getattr(exc, "valid_methods", None)
-        if allowed:
-            response.headers["Allow"] = ", ".join(allowed)
-    return response
-
-
-def handle_unexpected(exc: Exception) -> Response:
-    if isinstance(exc, HTTPException):
-        return handle_http_exception(exc)
-    log.exception("unhandled error")
-    return problem(500, "internal-error", "Internal error", "the service failed to handle this request")
 
 
 class JobStopped(Exception):

@@ -17,7 +17,7 @@ copyright = "arw-models"
 version = release = __version__
 
 extensions = [
-    "sphinxarg.ext",  # the command line page, from arw_models.cli.build_parser
+    "sphinxarg.ext",  # the command line page, from arw_models.client.cli.build_parser
     "arw_docs",  # the configuration and HTTP API pages, from SETTINGS and the OpenAPI document
 ]
 

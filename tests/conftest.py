@@ -10,7 +10,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from arw_models import ArwModels, create_app
-from arw_models.events import Event, Subscription
+from arw_models.service.events import Event, Subscription
 
 from .origin import Origin
 from .servers import Gunicorn

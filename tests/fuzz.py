@@ -33,7 +33,7 @@ from typing import Any
 from werkzeug.serving import make_server
 
 from arw_models import create_app
-from arw_models.openapi import document
+from arw_models.server.openapi import document
 
 from .origin import Origin
 
@@ -53,7 +53,7 @@ SKIPPED_CHECKS = {
 # type of rate limit and expects a 400). Each is probed, and a body field that the
 # service does not check yet is left out of the fuzzed copy of the document.
 BODY_FIELDS = {"rate_limit": "no", "headers": "no"}
-# The document's url patterns are exact (arw_models/urlschema.py), and so use
+# The document's url patterns are exact (arw_models/server/urlschema.py), and so use
 # lookaheads, which schemathesis cannot generate from: it drops them and sends any
 # string as a "valid" url. The fuzzed copy has these instead: plain patterns of urls
 # the service accepts (a subset: no IPv6 hosts, userinfo or non-ASCII; \Z, as "$"

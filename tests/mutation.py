@@ -45,21 +45,23 @@ from .mutants import Mutant, is_valid, mutants, show
 ROOT = Path(__file__).resolve().parent.parent
 
 # What is mutated when no module is named: the download engine, the manager, the
-# event hub. Paths from the repository root; any module of the package will do.
+# event hub and its stream. Paths from the repository root; any module of the package will do.
 DEFAULT_TARGETS = [
     "arw_models/engine/__init__.py",
     "arw_models/engine/plan.py",
     "arw_models/engine/fetch.py",
     "arw_models/engine/segments.py",
     "arw_models/engine/verify.py",
-    "arw_models/jobs.py",
-    "arw_models/slots.py",
-    "arw_models/manager.py",
-    "arw_models/events.py",
+    "arw_models/engine/transfer.py",
+    "arw_models/service/jobs.py",
+    "arw_models/service/slots.py",
+    "arw_models/service/manager.py",
+    "arw_models/service/events.py",
+    "arw_models/server/stream.py",
     "arw_models/engine/route.py",
     "arw_models/engine/sources.py",
-    "arw_models/digests.py",
-    "arw_models/dedup.py",
+    "arw_models/engine/digests.py",
+    "arw_models/service/dedup.py",
 ]
 
 # The tests run against the mutants of each target: the modules that exercise it,
@@ -78,18 +80,22 @@ DEFAULT_TESTS = {
     "arw_models/engine/fetch.py": _ENGINE_TESTS,
     "arw_models/engine/segments.py": ["tests/test_segments.py", *_ENGINE_TESTS],
     "arw_models/engine/verify.py": ["tests/test_segments.py", *_ENGINE_TESTS],
-    "arw_models/jobs.py": ["tests/test_engine.py", "tests/test_scheduling.py", *_ENGINE_TESTS[1:],
-                           "tests/test_api.py", "tests/test_events.py"],
-    "arw_models/slots.py": ["tests/test_scheduling.py", *_ENGINE_TESTS, "tests/test_one_process.py"],
-    "arw_models/manager.py": ["tests/test_api.py", "tests/test_scheduling.py", *_ENGINE_TESTS,
-                              "tests/test_one_process.py"],
+    "arw_models/engine/transfer.py": ["tests/test_engine.py", "tests/test_scheduling.py", *_ENGINE_TESTS[1:],
+                                      "tests/test_api.py", "tests/test_events.py"],
+    "arw_models/service/jobs.py": ["tests/test_engine.py", "tests/test_scheduling.py", *_ENGINE_TESTS[1:],
+                                   "tests/test_api.py", "tests/test_events.py"],
+    "arw_models/service/slots.py": ["tests/test_scheduling.py", *_ENGINE_TESTS, "tests/test_one_process.py"],
+    "arw_models/service/manager.py": ["tests/test_api.py", "tests/test_scheduling.py", *_ENGINE_TESTS,
+                                      "tests/test_one_process.py"],
     "arw_models/engine/route.py": ["tests/test_mirrors.py", "tests/test_fleet.py", "tests/test_digests.py"],
     "arw_models/engine/sources.py": ["tests/test_sources.py", "tests/test_mirrors.py", "tests/test_hub.py",
                                      "tests/test_gated.py"],
-    "arw_models/digests.py": ["tests/test_digests.py", "tests/test_hub.py"],
-    "arw_models/dedup.py": ["tests/test_dedup.py", "tests/test_digests.py"],
-    "arw_models/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
-                             "tests/test_api.py", "tests/test_records.py"],
+    "arw_models/engine/digests.py": ["tests/test_digests.py", "tests/test_hub.py"],
+    "arw_models/service/dedup.py": ["tests/test_dedup.py", "tests/test_digests.py"],
+    "arw_models/service/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
+                                     "tests/test_api.py", "tests/test_records.py"],
+    "arw_models/server/stream.py": ["tests/test_events.py", "tests/test_stream_limits.py", "tests/test_api.py",
+                                    "tests/test_records.py"],
 }
 DEFAULT_TESTS = {target: list(dict.fromkeys(tests)) for target, tests in DEFAULT_TESTS.items()}  # each once
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from arw_models.engine.plan import Plan
-from arw_models.manager import PROGRESS
+from arw_models.service.manager import PROGRESS
 
 from .conftest import Service, post_download
 from .helpers import part, read, sidecar

@@ -28,7 +28,7 @@ import requests
 import responses
 
 from arw_models import ArwModels
-from arw_models.cli import main
+from arw_models.client.cli import main
 
 from .conftest import LiveServer, Watch
 from .helpers import listing, models_dir, part
@@ -260,11 +260,11 @@ def cli_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ARW_")}
 
 
-# `python -m arw_models.cli ARGV`, with Ctrl-C as at a terminal even when the tests
+# `python -m arw_models.client.cli ARGV`, with Ctrl-C as at a terminal even when the tests
 # themselves run where SIGINT is ignored (a shell's background job), which a child
 # would inherit.
 RUN_CLI = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-           "sys.argv[0] = 'arw-models'; runpy.run_module('arw_models.cli', run_name='__main__', alter_sys=True)")
+           "sys.argv[0] = 'arw-models'; runpy.run_module('arw_models.client.cli', run_name='__main__', alter_sys=True)")
 
 
 class Proc:

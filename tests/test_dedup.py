@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from arw_models import ArwModels, dedup
+from arw_models import ArwModels
+from arw_models.service import dedup
 
 from .conftest import post_download
 from .helpers import listing, models_dir, read, write_partial

@@ -28,7 +28,7 @@ import requests
 from flask import Flask
 
 from arw_models import ArwModels, StateLockError, create_app, signals
-from arw_models.manager import CHANGED, PROGRESS
+from arw_models.service.manager import CHANGED, PROGRESS
 
 from .conftest import FAST, LiveServer, Watch, post_download
 from .origin import payload
@@ -682,7 +682,7 @@ def test_a_remote_bind_without_a_token_is_refused(gunicorns: Callable[..., Gunic
     ("0.0.0.0", False),
 ])
 def test_loopback_detection(address: str, loopback: bool) -> None:
-    from arw_models import gunicorn_conf
+    from arw_models.server import gunicorn_conf
 
     assert gunicorn_conf._is_loopback(address) is loopback
 
@@ -690,7 +690,7 @@ def test_loopback_detection(address: str, loopback: bool) -> None:
 def test_on_starting_allows_a_remote_bind_with_a_token_or_an_explicit_opt_in(monkeypatch: Any, capsys: Any) -> None:
     from types import SimpleNamespace
 
-    from arw_models import gunicorn_conf
+    from arw_models.server import gunicorn_conf
 
     server = SimpleNamespace(cfg=SimpleNamespace(bind=["127.0.0.1:1", "0.0.0.0:2"], workers=1))
     monkeypatch.delenv("ARW_ADMIN_TOKEN", raising=False)

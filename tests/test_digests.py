@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from arw_models import ArwModels, digests
+from arw_models import ArwModels
+from arw_models.engine import digests
 
 from .conftest import post_download
 from .helpers import listing, models_dir

@@ -2,7 +2,7 @@
 
 The state directory of these tests is on the machine's real disk (pytest's
 ``tmp_path``), where ``O_DIRECT`` works; a file system that refuses it is acted by
-the declared seams of :mod:`arw_models.partfile` (``open_direct``,
+the declared seams of :mod:`arw_models.store.partfile` (``open_direct``,
 ``pwrite_direct``), which also show what went past the page cache. ``/dev/shm``
 (tmpfs) is tried for real: older kernels refuse ``O_DIRECT`` there, Linux 6.6 and
 later accept it, and the test expects whichever this kernel does.
@@ -22,10 +22,11 @@ from typing import Any, Self
 
 import pytest
 
-from arw_models import ArwModels, partfile
+from arw_models import ArwModels
 from arw_models.config import DEFAULTS, Settings, from_env
-from arw_models.partfile import ALIGN, PartFile
-from arw_models.storage import open_part
+from arw_models.store import partfile
+from arw_models.store.partfile import ALIGN, PartFile
+from arw_models.store.storage import open_part
 
 from .conftest import Service, Watch, post_download
 from .helpers import models_dir, part, read, sidecar, write_partial
@@ -58,7 +59,7 @@ def real_disk(tmp_path: Any) -> None:
 
 
 class Seams:
-    """The declared seams of :mod:`arw_models.partfile`, wrapped: what was opened
+    """The declared seams of :mod:`arw_models.store.partfile`, wrapped: what was opened
     and written past the page cache, and faults on demand (a refusal at the open
     or at a write; a disk that fills up after ``room`` direct bytes)."""
 

@@ -17,8 +17,8 @@ import responses
 
 from arw_models import ArwModels, signals
 from arw_models.errors import ArwError
-from arw_models.events import EventHub
-from arw_models.jobs import DownloadJob
+from arw_models.service.events import EventHub
+from arw_models.service.jobs import DownloadJob
 
 from .conftest import Service, Watch, post_download
 from .helpers import cancel, models_dir, part, read, sidecar, write_partial

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from arw_models.engine.plan import Plan, Span, continuation, same_object
-from arw_models.jobs import MOVES, TERMINAL, DownloadJob, Status
+from arw_models.service.jobs import MOVES, TERMINAL, DownloadJob, Status
 
 from .conftest import Service, Watch, post_download
 from .helpers import listing, models_dir, read, write_partial

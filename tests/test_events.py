@@ -10,7 +10,8 @@ from typing import Any
 import requests
 
 from arw_models import ArwModels
-from arw_models.events import EventHub, stream_response
+from arw_models.server.stream import stream_response
+from arw_models.service.events import EventHub
 
 from .conftest import LiveServer
 from .origin import payload

@@ -1,4 +1,4 @@
-"""The origin's headers as :mod:`arw_models.headers` reads them on werkzeug's parsers:
+"""The origin's headers as :mod:`arw_models.engine.headers` reads them on werkzeug's parsers:
 the shapes a download depends on, the malformed values that must come out as None
 (never as an exception out of the worker), and, against the local origin, what
 the service does with them.
@@ -12,7 +12,7 @@ import os
 import pytest
 import requests
 
-from arw_models.headers import (
+from arw_models.engine.headers import (
     ContentRange,
     content_length,
     filename_from_disposition,

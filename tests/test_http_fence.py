@@ -1,4 +1,4 @@
-"""The urllib3 and requests names that :mod:`arw_models.http` relies on beyond their
+"""The urllib3 and requests names that :mod:`arw_models.engine.http` relies on beyond their
 public API are still there, with the shape it expects, in the installed versions.
 
 A failure here names the attribute and the module to update: after an upgrade, a
@@ -26,8 +26,8 @@ from urllib3.connection import HTTPConnection
 from urllib3.poolmanager import PoolManager
 
 import arw_models
-import arw_models.http
-from arw_models.http import PRIVATE_NAMES, Private, new_session
+import arw_models.engine.http
+from arw_models.engine.http import PRIVATE_NAMES, Private, new_session
 
 PACKAGE = pathlib.Path(arw_models.__file__).parent
 VERSIONS = f"urllib3 {urllib3.__version__}, requests {requests.__version__}"
@@ -97,15 +97,15 @@ def resolve(where: str) -> tuple[Any, str, str]:
             continue
         for attr in parts[split:-1]:
             if not hasattr(owner, attr):
-                pytest.fail(f"{VERSIONS}: {'.'.join(parts[:-1])} is gone; arw_models/http.py relies on "
+                pytest.fail(f"{VERSIONS}: {'.'.join(parts[:-1])} is gone; arw_models/engine/http.py relies on "
                             f"{where} and needs updating")
             owner = getattr(owner, attr)
         return owner, ".".join(parts[:-1]), parts[-1]
-    pytest.fail(f"{VERSIONS}: no module of {where} imports; arw_models/http.py needs updating")
+    pytest.fail(f"{VERSIONS}: no module of {where} imports; arw_models/engine/http.py needs updating")
 
 
 def missing(private: Private, what: str) -> str:
-    return (f"{VERSIONS}: {private.where} {what}; arw_models/http.py relies on it ({private.why}) "
+    return (f"{VERSIONS}: {private.where} {what}; arw_models/engine/http.py relies on it ({private.why}) "
             "and needs updating")
 
 
@@ -152,14 +152,14 @@ def test_the_pools_of_the_session_and_of_a_proxy_make_tracked_connections() -> N
         for manager in managers:
             for url in ("http://example.invalid/m.gguf", "https://example.invalid/m.gguf"):
                 pool = manager.connection_from_url(url)
-                assert pool.ConnectionCls.__module__ == arw_models.http.__name__, (manager, url, pool.ConnectionCls)
+                assert pool.ConnectionCls.__module__ == arw_models.engine.http.__name__, (manager, url, pool.ConnectionCls)
                 assert pool.ConnectionCls._new_conn is not HTTPConnection._new_conn
     finally:
         session.close()
 
 
 def test_the_docstring_lists_every_private_name() -> None:
-    doc = arw_models.http.__doc__ or ""
+    doc = arw_models.engine.http.__doc__ or ""
     for private in PRIVATE_NAMES:
         assert f"``{private.where}``" in doc
 
@@ -170,7 +170,7 @@ def _tree(path: pathlib.Path) -> ast.Module:
 
 def test_http_py_uses_no_private_urllib3_name_it_does_not_list() -> None:
     """Every ``_name`` that http.py reads off an object is its own or in PRIVATE_NAMES."""
-    tree = _tree(PACKAGE / "http.py")
+    tree = _tree(PACKAGE / "engine" / "http.py")
     own = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     own |= {target.attr for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
             for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
@@ -182,14 +182,14 @@ def test_http_py_uses_no_private_urllib3_name_it_does_not_list() -> None:
     used |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
     private = {name for name in used if name.startswith("_") and not name.startswith("__")}
     unlisted = sorted(private - own - listed)
-    assert unlisted == [], f"arw_models/http.py uses {unlisted}: add each to PRIVATE_NAMES, with why"
+    assert unlisted == [], f"arw_models/engine/http.py uses {unlisted}: add each to PRIVATE_NAMES, with why"
 
 
 # Where the connection machinery lives (the public names there, such as PoolManager,
 # are reached through the top-level packages or not at all outside http.py).
 FENCED = ("urllib3.connection", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.connection",
           "urllib3._", "requests.adapters")
-OTHER_MODULES = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p != PACKAGE / "http.py")
+OTHER_MODULES = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p != PACKAGE / "engine" / "http.py")
 
 
 @pytest.mark.parametrize("path", OTHER_MODULES)
@@ -204,4 +204,4 @@ def test_no_other_module_reaches_into_urllib3(path: str) -> None:
         elif isinstance(node, ast.Attribute):
             reached.append(ast.unparse(node))
     fenced = sorted({name for name in reached if name.startswith(FENCED)})
-    assert fenced == [], f"arw_models/{path} uses {fenced}: only arw_models/http.py may"
+    assert fenced == [], f"arw_models/{path} uses {fenced}: only arw_models/engine/http.py may"

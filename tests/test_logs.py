@@ -19,7 +19,7 @@ import requests
 
 from arw_models import ArwModels
 from arw_models.config import DEFAULTS, Settings
-from arw_models.logs import JobLog, JsonFormatter
+from arw_models.service.logs import JobLog, JsonFormatter
 
 from .conftest import Service, post_download
 from .helpers import cancel

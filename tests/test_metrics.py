@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from arw_models import ArwModels
-from arw_models.metrics import ERROR_CODES, Metrics
+from arw_models.service.metrics import ERROR_CODES, Metrics
 
 from .conftest import Service, Watch, post_download
 from .helpers import cancel

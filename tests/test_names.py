@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import pytest
 
-from arw_models.names import free_name
-from arw_models.storage import MAX_NAME_BYTES
+from arw_models.store.names import free_name
+from arw_models.store.storage import MAX_NAME_BYTES
 
 from .conftest import Service, post_download
 from .helpers import models_dir, read

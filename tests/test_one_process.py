@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from arw_models import ArwModels, StateLockError
-from arw_models.storage import StateDir, StateLock
+from arw_models.store.storage import StateDir, StateLock
 
 from .conftest import Watch, post_download
 from .helpers import cancel
@@ -83,7 +83,7 @@ class Holder:
     def __init__(self, state: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", (
-                "import os, sys; from arw_models.storage import StateDir, StateLock\n"
+                "import os, sys; from arw_models.store.storage import StateDir, StateLock\n"
                 "pid = os.fork()\n"
                 "if pid:\n"
                 "    os.waitpid(pid, 0); sys.exit(0)\n"

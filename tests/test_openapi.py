@@ -14,13 +14,9 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from arw_models import ArwModels
-from arw_models.openapi import (
-    EVENT_ERROR_CODES,
-    INTERNAL_ERROR,
-    PROBLEM_CODES,
-    document,
-    problem_codes,
-)
+from arw_models.errors import EVENT_ERROR_CODES
+from arw_models.server.openapi import INTERNAL_ERROR, document, problem_codes
+from arw_models.server.problems import PROBLEM_CODES
 
 from .conftest import Watch
 from .origin import Origin, payload

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from arw_models.ratelimit import MIN_READ, Bucket, shares
+from arw_models.engine.ratelimit import MIN_READ, Bucket, shares
 
 from .conftest import Service, post_download
 from .origin import Origin, payload

@@ -19,7 +19,7 @@ from typing import Any, Self
 
 import pytest
 
-import arw_models.http
+import arw_models.engine.http
 from arw_models import ArwModels
 
 from .conftest import Service, Watch, post_download
@@ -201,7 +201,7 @@ def test_cancel_during_a_hanging_connect_is_prompt(
     app, client, watch = service(ARW_DL_CONNECT_TIMEOUT_SECS=30)
     connecting = threading.Event()
     # connect() comes once the socket is the job's.
-    monkeypatch.setattr(arw_models.http, "on_hand_over", lambda sock: connecting.set())
+    monkeypatch.setattr(arw_models.engine.http, "on_hand_over", lambda sock: connecting.set())
     post_download(client, "void", f"http://127.0.0.1:{black_hole}/void.gguf")
     assert connecting.wait(5)
     t0 = time.monotonic()

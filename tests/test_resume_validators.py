@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from arw_models.headers import same_version
+from arw_models.engine.headers import same_version
 
 from . import debian
 from .conftest import Service, Watch, post_download

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from arw_models import ArwModels
-from arw_models.manager import PROGRESS
+from arw_models.service.manager import PROGRESS
 
 from .conftest import Service, post_download
 from .helpers import listing, models_dir, part, read

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from arw_models.engine.plan import Plan, Span
-from arw_models.manager import PROGRESS
+from arw_models.service.manager import PROGRESS
 
 from .conftest import Service, post_download
 from .helpers import cancel, listing, models_dir, read, write_partial

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from arw_models.manager import PROGRESS
+from arw_models.service.manager import PROGRESS
 
 from .origin import payload
 from .servers import Gunicorn, plain

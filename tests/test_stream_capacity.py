@@ -146,6 +146,6 @@ def test_the_sync_worker_refuses_streams_at_once_and_keeps_serving(
     ({"wsgi.multithread": False}, False),
 ], ids=["gunicorn-sync", "werkzeug-unthreaded", "threaded", "gevent-pywsgi", "test-client"])
 def test_which_servers_cannot_hold_a_stream(environ: dict[str, Any], refused: bool) -> None:
-    from arw_models import hosting
+    from arw_models.server import hosting
 
     assert (hosting.streams_unsupported(environ) is not None) is refused

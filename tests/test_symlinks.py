@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from arw_models import ArwModels, StateDirError, StateLockError
-from arw_models.files import temp_path
+from arw_models.store.files import temp_path
 
 from .conftest import Service, post_download
 from .helpers import listing, models_dir, part, read, sidecar, write_partial

@@ -9,19 +9,18 @@ import pytest
 
 from arw_models.config import DEFAULTS, Settings, from_env
 from arw_models.engine import backoff_delay
-from arw_models.events import Event, EventHub
-from arw_models.headers import (
+from arw_models.engine.headers import (
     ContentRange,
     content_length,
     filename_from_disposition,
     parse_content_range,
     parse_retry_after,
-    redact_text,
-    redact_url,
     strong_etag,
     url_filename,
 )
-from arw_models.storage import sanitize_filename, valid_id
+from arw_models.redact import redact_text, redact_url
+from arw_models.service.events import Event, EventHub
+from arw_models.store.storage import sanitize_filename, valid_id
 
 
 def test_event_frame_is_exact_bytes() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from arw_models.headers import remove_dot_segments, without_dot_segments
+from arw_models.engine.headers import remove_dot_segments, without_dot_segments
 
 from .conftest import Service, post_download
 from .origin import Origin, payload

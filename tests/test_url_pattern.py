@@ -12,10 +12,10 @@ import unicodedata
 
 import pytest
 
-from arw_models.api import checked_url
 from arw_models.errors import BadRequest
-from arw_models.openapi import document
-from arw_models.urlschema import NFKC_DELIMITERS, SPACES
+from arw_models.server.api import checked_url
+from arw_models.server.openapi import document
+from arw_models.server.urlschema import NFKC_DELIMITERS, SPACES
 
 from .fuzz import GENERATED_URL_PATTERNS
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from arw_models.headers import redact_text, redact_url, url_filename
+from arw_models.engine.headers import url_filename
+from arw_models.redact import redact_text, redact_url
 
 from .conftest import Service, Watch, post_download
 from .helpers import sidecar, write_partial

@@ -19,7 +19,7 @@ import pytest
 import requests
 from flask import Flask
 
-import arw_models.web
+import arw_models.server.web
 from arw_models import ArwModels
 
 from .browser import NginxProxy, StaticSite, chromium, nginx_binary
@@ -29,7 +29,7 @@ from .origin import Origin, payload
 
 MiB = 1024 * 1024
 TOKEN = "web-page-token-3f9a"
-WEB = Path(arw_models.web.__file__).parent
+WEB = Path(arw_models.server.web.__file__).parent
 
 
 @pytest.fixture

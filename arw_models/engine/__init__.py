@@ -33,23 +33,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from .. import digests
 from ..config import Settings
 from ..errors import JobStopped, TransferError
-from ..headers import content_coded, filename_from_disposition, redact_url, strong_etag
-from ..http import socket_hook
-from ..jobs import DownloadJob, Status
-from ..storage import (
-    StateDir,
-    open_part_at,
-    read_part,
-    sanitize_filename,
-    utcnow,
-)
-from . import fetch, recheck, sources
+from ..redact import redact_url
+from ..store.storage import StateDir, open_part_at, read_part, sanitize_filename, utcnow
+from . import digests, fetch, recheck, sources
+from .headers import content_coded, filename_from_disposition, strong_etag
+from .http import socket_hook
 from .plan import Continuation, Plan, Span, continuation, validator_of
 from .route import Route
 from .segments import PROBE_SECS, FileChanged, RangesRefused, Segments, preallocate
+from .transfer import Transfer
 from .verify import PrefixHasher
 
 log = logging.getLogger(__name__)
@@ -61,10 +55,10 @@ HASH_READ = 4 * 1024 * 1024
 # manager. One that also has bypass_page_cache(required=...) is asked to write past
 # the page cache, as ARW_DL_DIRECT_IO says (storage.open_part's PartFile has it).
 Opener = Callable[[str, bool], BinaryIO]
-Limits = Callable[[DownloadJob, "int | None", int], None]
+Limits = Callable[[Transfer, "int | None", int], None]
 # Given a SHA-256: puts a link or copy of an installed file with that digest at the
 # job's .part (replacing what is there, sidecar included) and returns its size; None,
-# touching nothing, when no installed model has it. The manager's, see arw_models.dedup.
+# touching nothing, when no installed model has it. The manager's, see arw_models.service.dedup.
 Adopt = Callable[[str], "int | None"]
 
 
@@ -94,7 +88,7 @@ def backoff_delay(failures: int, base: float, cap: float, uniform: Callable[[flo
 class Download:
     """The transfer of one job, across its attempts."""
 
-    def __init__(self, job: DownloadJob, settings: Settings, state: StateDir, *,
+    def __init__(self, job: Transfer, settings: Settings, state: StateDir, *,
                  session: Callable[[], Any], opener: Opener, limits: Limits,
                  checkpoint: Callable[[str], None] = lambda point: None,
                  adopt: Adopt | None = None) -> None:
@@ -294,7 +288,7 @@ class Download:
                             "from byte 0", retryable=True, url=redact_url(job.url))
 
     def _take_published(self, response: Any, answer: fetch.Answer) -> None:
-        """The SHA-256 the origin publishes (:mod:`arw_models.digests`), checked
+        """The SHA-256 the origin publishes (:mod:`arw_models.engine.digests`), checked
         before any byte of the body is read: against the request's, and against
         the one published for the bytes on disk when they are continued."""
         job = self.job
@@ -528,13 +522,13 @@ class Download:
         self._hasher, self._hashed, self._plan = None, 0, None  # about bytes no longer there
         # No "started": nothing is transferred (the metrics count no bytes received).
         job.total = job.downloaded = size
-        job.transition(Status.VERIFYING, quiet=True)
+        job.verifying()
         return Result(sanitize_filename(self._filename or sources.filename_of(job.url), fallback=job.id), digest,
                       size, sha256_source=source, deduplicated=True)
 
     def _verify(self) -> Result:
         job, state = self.job, self.state
-        job.transition(Status.VERIFYING, quiet=True)
+        job.verifying()
         size = state.part_size(job.id)
         if size is None:
             raise TransferError("resume-invalid", "the partial file disappeared", keep_part=False)

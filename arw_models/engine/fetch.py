@@ -3,7 +3,7 @@ continues the bytes on disk, and the loop that streams its body into the ``.part
 
 The hot loop only reads and hands each read on to be written and hashed: no
 events, no logging, no clock, no allocation per chunk. A stop is seen between
-chunks, and a cancel also shuts the socket down (see :mod:`arw_models.http`), so a
+chunks, and a cancel also shuts the socket down (see :mod:`arw_models.engine.http`), so a
 read blocked on a stalled origin returns at once.
 """
 
@@ -20,22 +20,21 @@ from urllib3.exceptions import IncompleteRead
 
 from ..config import Settings
 from ..errors import JobStopped, TransferError
-from ..failures import failure_of
-from ..headers import (
+from ..redact import redact_text, redact_url
+from ..store.partfile import ALIGN
+from .failures import failure_of
+from .headers import (
     ContentRange,
     content_coded,
     content_length,
     parse_content_range,
     parse_retry_after,
-    redact_text,
-    redact_url,
     same_version,
 )
-from ..http import body_reader
-from ..jobs import DownloadJob
-from ..partfile import ALIGN
+from .http import body_reader
 from .pipeline import Pipeline
 from .sources import Source
+from .transfer import Transfer
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +50,10 @@ QUICK_RETRY_SECS = 0.25
 QUICK_CODES = frozenset({"connection-refused", "dns-error"})
 
 
-def network_error(exc: BaseException, job: DownloadJob, where: str,
+def network_error(exc: BaseException, job: Transfer, where: str,
                   retry_secs: float = QUICK_RETRY_SECS) -> TransferError:
     """The error for what requests or urllib3 raised, with a message written from
-    its kind and host (see :func:`arw_models.failures.failure_of`): a name that does
+    its kind and host (see :func:`arw_models.engine.failures.failure_of`): a name that does
     not resolve is a ``dns-error`` (not retried), a refused connection a
     ``connection-refused`` (retried a few times, ``retry_secs`` apart)."""
     short = isinstance(exc, IncompleteRead) or any(isinstance(a, IncompleteRead) for a in exc.args)
@@ -92,17 +91,17 @@ def disk_error(exc: OSError, at: int) -> TransferError:
     return TransferError("disk-error", f"cannot write the partial file: {exc.strerror or exc}", received=at)
 
 
-def check_stop(job: DownloadJob) -> None:
+def check_stop(job: Transfer) -> None:
     if job.stop_event.is_set():
         raise JobStopped()
 
 
-def request(session: requests.Session, job: DownloadJob, settings: Settings, headers: dict[str, str],
+def request(session: requests.Session, job: Transfer, settings: Settings, headers: dict[str, str],
             source: Source) -> Any:
     """Asks ``source`` (with ``headers`` for this request, and the source's own
     headers for its host alone); every failure becomes a :class:`TransferError`."""
     url = redact_url(source.url)
-    # The session drops these on a redirect to another host (arw_models.http._Session).
+    # The session drops these on a redirect to another host (arw_models.engine.http._Session).
     session.private_headers = frozenset(source.headers)  # type: ignore[attr-defined]
     try:
         response = session.get(source.url, headers={**headers, **source.headers}, stream=True,
@@ -155,7 +154,7 @@ class Answer:
         self.offset, self.total, self.whole = offset, total, whole
 
 
-def accept(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any],
+def accept(response: Any, job: Transfer, offset: int, recorded: dict[str, Any],
            truncate: Callable[[], None]) -> Answer:
     """Checks that ``response`` continues the ``offset`` bytes on disk, whose sidecar
     is ``recorded``. An answer that cannot be continued calls ``truncate`` (the bytes
@@ -230,7 +229,7 @@ def file_size(response: Any) -> int | None:
     return announced.total if announced is not None else None
 
 
-def _check_version(response: Any, job: DownloadJob, offset: int, recorded: dict[str, Any],
+def _check_version(response: Any, job: Transfer, offset: int, recorded: dict[str, Any],
                    truncate: Callable[[], None]) -> None:
     """Refuses an answer of another version of the file than the ``.part``'s: an
     origin that ignores ``If-Range`` answers 206 (or 416) for a file that changed."""
@@ -251,7 +250,7 @@ def _check_version(response: Any, job: DownloadJob, offset: int, recorded: dict[
                         "byte 0", retryable=True, url=redact_url(job.url))
 
 
-def stream(response: Any, job: DownloadJob, settings: Settings, fh: BinaryIO, offset: int,
+def stream(response: Any, job: Transfer, settings: Settings, fh: BinaryIO, offset: int,
            update: Callable[[Any], Any], durable: Callable[[int], None],
            until: Callable[[int], bool] | None = None) -> int:
     """Streams the body into ``fh`` (at ``offset``), hashing with ``update``; calls

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..headers import strong_etag
+from .headers import strong_etag
 
 
 @dataclass(eq=False)
@@ -167,7 +167,7 @@ def continuation(sidecar: dict[str, Any] | None, part_size: int | None, url: str
     whether the origin still serves the same bytes:
 
     - the same url, with a validator (the answer's own validators are compared
-      with it, see :func:`arw_models.headers.same_version`) or a digest;
+      with it, see :func:`arw_models.engine.headers.same_version`) or a digest;
     - a url that differs only in its query, with a strong ETag (a re-signed url of
       the same object: the answer must carry the same ETag);
     - any url, when the request's ``sha256`` will verify the whole file.

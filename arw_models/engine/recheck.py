@@ -23,15 +23,16 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import TransferError
-from ..headers import redact_url, same_version, strong_etag
-from ..jobs import DownloadJob
+from ..redact import redact_url
 from . import fetch
+from .headers import same_version, strong_etag
 from .sources import Source
+from .transfer import Transfer
 
 log = logging.getLogger(__name__)
 
 
-def changed(session: Any, job: DownloadJob, settings: Settings, source: Source, recorded: dict[str, Any],
+def changed(session: Any, job: Transfer, settings: Settings, source: Source, recorded: dict[str, Any],
             size: int) -> str | None:
     """Why the file at ``source`` is no longer the version the ``.part`` (``size``
     bytes, fetched under the validators ``recorded`` in its sidecar) holds; None

@@ -35,12 +35,13 @@ import urllib3.exceptions
 
 from ..config import Settings
 from ..errors import JobStopped, TransferError
-from ..headers import parse_content_range, redact_url, same_version
-from ..http import socket_hook
-from ..jobs import DownloadJob
+from ..redact import redact_url
 from . import fetch
+from .headers import parse_content_range, same_version
+from .http import socket_hook
 from .plan import Plan, Span
 from .sources import Source
+from .transfer import Transfer
 from .verify import PrefixHasher
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class _Aborted(Exception):
 
 
 class Segments:
-    def __init__(self, job: DownloadJob, settings: Settings, plan: Plan, fh: BinaryIO, *,
+    def __init__(self, job: Transfer, settings: Settings, plan: Plan, fh: BinaryIO, *,
                  session: Callable[[], Any], recorded: dict[str, Any], validator: str | None,
                  hasher: PrefixHasher, durable: Callable[[Plan], None], source: Source,
                  check: Callable[[Any, int | None], None] = lambda response, total: None) -> None:

@@ -5,7 +5,7 @@ a file on the Hugging Face hub (or on ``ARW_HF_ENDPOINT``), which resolves to th
 hub's ``/resolve/`` url. A :class:`Source` is one place to ask: its url, and the
 headers that may go to that url's own host and nowhere else (the hub token, the
 request's own ``headers`` for a gated origin). The session drops them on a
-redirect to another host (:func:`arw_models.http.new_session`): the hub answers
+redirect to another host (:func:`arw_models.engine.http.new_session`): the hub answers
 with a redirect to a signed CDN url, which must never see the token.
 
 :func:`for_job` lists a job's sources: each mirror of ``ARW_DL_MIRRORS`` (a
@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-from ..headers import redact_url, remove_dot_segments, url_filename
+from ..redact import redact_url
+from .headers import remove_dot_segments, url_filename
 
 HF_SCHEME = "hf://"
 # The hub's own names: an owner (user or organisation) and a repository.

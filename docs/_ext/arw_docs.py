@@ -1,7 +1,7 @@
 """Sphinx directives that render pages from the code, so that they cannot drift
 from it: ``.. arw-settings::`` writes the table of :data:`arw_models.config.SETTINGS`
 (each key, its default and its doc line), ``.. arw-openapi::`` the operations and
-schemas of :func:`arw_models.openapi.document`. The text comes from :mod:`arw_render`;
+schemas of :func:`arw_models.server.openapi.document`. The text comes from :mod:`arw_render`;
 here it is parsed in place.
 """
 

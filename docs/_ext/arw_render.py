@@ -1,6 +1,6 @@
 """reStructuredText rendered from the code, for the pages that must not drift from
 it: :func:`settings_rst` from :data:`arw_models.config.SETTINGS` (each key, its
-default and its doc line), :func:`openapi_rst` from :func:`arw_models.openapi.document`.
+default and its doc line), :func:`openapi_rst` from :func:`arw_models.server.openapi.document`.
 
 No Sphinx here: the directives of :mod:`arw_docs` parse these, and the tests read
 them without a docs build.
@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from arw_models.config import SETTINGS
-from arw_models.openapi import document
+from arw_models.server.openapi import document
 
 METHODS = ("get", "post", "put", "delete")
 

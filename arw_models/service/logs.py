@@ -2,7 +2,7 @@
 handler that writes the package's log as text or as JSON lines.
 
 :class:`JobLog` reads the same ``Models.DownloadProgress`` payloads that clients
-get (through :class:`~arw_models.observe.Observer`), so the log tells what the
+get (through :class:`~arw_models.service.observe.Observer`), so the log tells what the
 events told, with the bytes and the time each job took; it never reaches into a
 transfer. Progress (``downloading``) is not logged: it only updates the bytes
 that the next line reports.

@@ -1,4 +1,5 @@
-"""What the origin's headers say, and urls as they may be shown.
+"""What the origin's headers say, and the url forms the engine works with (how urls
+are shown is :mod:`arw_models.redact`).
 
 Parsing rests on werkzeug's parsers (installed with Flask), which already refuse
 what ``int()`` would take and HTTP does not (non-ASCII digits, ``+``, ``_``). Each
@@ -14,7 +15,7 @@ import re
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from werkzeug.http import (
     parse_content_range_header,
@@ -227,43 +228,3 @@ def url_filename(url: str) -> str:
     """The last path segment, without its parameters (``f.bin;token=...`` is ``f.bin``)."""
     path = urlsplit(url).path
     return unquote(path.rstrip("/").rsplit("/", 1)[-1].split(";", 1)[0]) if path else ""
-
-
-def redact_url(url: str) -> str:
-    """The url as shown to clients and in logs: without userinfo, query string, path
-    parameters (``;token=...`` in any segment) or fragment, any of which may carry
-    credentials."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host + (f":{port}" if port else "")
-    if parts.username is not None or parts.password is not None:
-        netloc = "***@" + netloc
-    query = "***" if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, _PARAMS.sub(r"\1;***", parts.path), query, ""))
-
-
-# The characters that end a url quoted in a message: urllib3 and requests put urls and
-# request targets between quotes or before " (Caused by ...)".
-_QUERY = re.compile(r"\?[^\s'\"()]*")
-_USERINFO = re.compile(r"//[^/\s'\"@]*@")
-# A ';' counts only inside a path (after a '/' with no space between): prose keeps its semicolons.
-_PARAMS = re.compile(r"(/[^\s'\"()/;?#]*);[^\s'\"()/?#]*")
-_FRAGMENT = re.compile(r"(/[^\s'\"()#]*)#[^\s'\"()]*")
-
-
-def redact_text(text: str) -> str:
-    """A message (an exception's, say) without the query strings, path parameters,
-    fragments or userinfo of the urls it quotes: urllib3 quotes the request target,
-    and urls often carry credentials there."""
-    text = _FRAGMENT.sub(r"\1#***", text)
-    text = _QUERY.sub("?***", text)
-    return _USERINFO.sub("//***@", _PARAMS.sub(r"\1;***", text))

@@ -11,7 +11,7 @@ import os
 
 from flask import Response, send_from_directory
 
-from ..errors import NotFound
+from ...errors import NotFound
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAGE = "index.html"

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .engine.plan import Plan, continuation
-from .headers import redact_url
+from ..engine.plan import Plan, continuation
+from ..redact import redact_url
+from ..store.storage import StateDir
 from .jobs import DownloadJob, Status
-from .storage import StateDir
 
 
 def on_disk(state: StateDir, model_id: str, sidecar: dict[str, Any] | None = None) -> int | None:

@@ -2,7 +2,7 @@
 
 Counters and the duration histogram are counted from the
 ``Models.DownloadProgress`` payloads of the app (through
-:class:`~arw_models.observe.Observer`), not by calls in the transfer: the metrics
+:class:`~arw_models.service.observe.Observer`), not by calls in the transfer: the metrics
 say what clients were told. Gauges (jobs by state, event stream subscribers, the
 rate limit, the disk and what the store holds on it) are read when the metrics
 are scraped. The failure counter has a series at zero for every stable error code
@@ -37,8 +37,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .openapi import EVENT_ERROR_CODES
-from .storage import PART_SUFFIX, Registry, StateDir, disk_free
+from ..errors import EVENT_ERROR_CODES
+from ..store.storage import PART_SUFFIX, Registry, StateDir, disk_free
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 

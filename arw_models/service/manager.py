@@ -3,10 +3,10 @@ the install of verified downloads.
 
 Concurrency model: request threads call :meth:`DownloadManager.submit`,
 :meth:`~DownloadManager.cancel` and the listings, which touch the job table under
-one lock. The :class:`~arw_models.slots.Slots` run one attempt of a job's
+one lock. The :class:`~arw_models.service.slots.Slots` run one attempt of a job's
 :class:`~arw_models.engine.Download` at a time per slot; a retryable failure does
 not keep its slot: the job waits as ``retrying`` on a timer. A job's status
-changes only through :meth:`~arw_models.jobs.DownloadJob.transition`.
+changes only through :meth:`~arw_models.service.jobs.DownloadJob.transition`.
 
 Declared seams, for tests and for embedding: :attr:`DownloadManager.open_part`
 (how a ``.part`` is opened for writing; set it before the job starts),
@@ -27,21 +27,22 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, storage
-from .config import Settings
+from .._version import __version__
+from ..config import Settings
+from ..engine import Download, Result
+from ..engine.fetch import QUICK_CODES, QUICK_RETRIES
+from ..engine.http import new_session
+from ..engine.ratelimit import shares
+from ..errors import ArwError, Conflict, JobStopped, NotFound, TransferError
+from ..redact import redact_url
+from ..store import storage
+from ..store.names import free_name
+from ..store.storage import Registry, StateDir, remove_quietly, utcnow
 from .dedup import Adopter
-from .engine import Download, Result
-from .engine.fetch import QUICK_CODES, QUICK_RETRIES
-from .errors import ArwError, Conflict, JobStopped, NotFound, TransferError
 from .events import EventHub
-from .headers import redact_url
-from .http import new_session
 from .jobs import DownloadJob, Status
 from .listing import began_as, job_item, on_disk, outlook, public_model, resumable_item
-from .names import free_name
-from .ratelimit import shares
 from .slots import Slots
-from .storage import Registry, StateDir, remove_quietly, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .errors import JobStopped, TransferError
-from .files import (
+from ..errors import JobStopped, TransferError
+from ..store.files import (
     directory_fd,
     fsync_dir,
     open_existing,
@@ -42,8 +42,8 @@ from .files import (
     same_file,
     temp_path,
 )
+from ..store.storage import Registry, StateDir
 from .jobs import DownloadJob
-from .storage import Registry, StateDir
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 job log.
 
 The service hands it every ``Models.DownloadProgress`` payload at the point where
-it sends the blinker signals of :mod:`arw_models.signals` (after the hub has
+it sends the blinker signals of :mod:`arw_models.service.signals` (after the hub has
 published the event, in the thread that produced it: a transfer, the ticker, a
 request), so it sees exactly what clients and signal receivers see. It is not a
 receiver of those signals itself: a host's muted or disconnected signals do not

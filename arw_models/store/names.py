@@ -1,9 +1,9 @@
 """The name a model's file gets when the one it asks for is taken.
 
 A file system limits one name to ``NAME_MAX`` bytes (255 on Linux), counted in
-UTF-8 bytes, not characters. :func:`~arw_models.storage.sanitize_filename` keeps a
+UTF-8 bytes, not characters. :func:`~arw_models.store.storage.sanitize_filename` keeps a
 name from the url or ``Content-Disposition`` within
-:data:`~arw_models.storage.MAX_NAME_BYTES`, which leaves room for the temporary
+:data:`~arw_models.store.storage.MAX_NAME_BYTES`, which leaves room for the temporary
 names made beside it (``.<name>.<pid>.<thread>.tmp``); a name made for a collision
 keeps to the same limit, so it can never fail as too long at the install.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .errors import TransferError
+from ..errors import TransferError
 from .storage import MAX_NAME_BYTES
 
 # An "extension" longer than this is part of the stem (sanitize_filename's rule too).

@@ -17,7 +17,7 @@ import sys
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from . import config
+from .. import config
 from .display import FINAL, Progress, amount, describe, human_bytes, table
 from .remote import GAP, EventStream, Frame, Problem, Remote, Unreachable
 

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import ArwError
+from ..errors import ArwError
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,14 @@ install is decided here: :meth:`DownloadJob.finish` runs the install only if no
 stop came first, and a stop after it finds the job terminal.
 
 The transfer threads only write the byte counters (``downloaded``, ``total``);
-the manager's ticker reads them to publish progress.
+the manager's ticker reads them to publish progress. What the engine reads and
+writes is the job's :class:`arw_models.engine.transfer.Transfer` part; the two moves
+it reports (:meth:`DownloadJob.began`, :meth:`DownloadJob.verifying`) are status
+changes here.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import deque
@@ -23,9 +25,9 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
-from .headers import redact_url
-from .ratelimit import Bucket
-from .storage import utcnow
+from ..engine.transfer import Transfer
+from ..redact import redact_url
+from ..store.storage import utcnow
 
 
 class Status(str, Enum):
@@ -78,44 +80,25 @@ _quietly: Publish = lambda payload: None
 SPEED_WINDOW_SECS = 3.0
 
 
-class DownloadJob:
+class DownloadJob(Transfer):
     """The state of one download, shared by its transfer, the manager and the API."""
 
     def __init__(self, model_id: str, url: str, sha256: str | None, provider: str,
                  publish: Publish = _quietly, notify: Publish = _quietly, *, auto: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.id = model_id
-        self.url = url
-        self.sha256 = sha256
-        self.provider = provider
-        # Request headers for a gated origin: sent to its host alone, never shown.
-        self.headers: dict[str, str] = {}
-        # What each source served, when the download has mirrors (engine.route.Route:
-        # began(offset), summary(downloaded)); set by the transfer.
-        self.sources: Any = None
-        # Whether the origin was seen to serve byte ranges (None: not known), set by
-        # the transfer; kept in the sidecar so that a later resume's answer knows.
-        self.accept_ranges: bool | None = None
+        super().__init__(model_id, url, sha256, provider, clock=clock)
         # What the answer to the POST said of the bytes on disk (kept, discarded,
         # provisional), as a repeated POST repeats it until the origin has answered.
         self.prospect: dict[str, Any] = {}
         # Resumed by the service itself at start: a POST that differs takes it over.
         self.auto = auto
-        self.clock = clock
-        # The request's own limit (bytes/s), and the bucket its connections draw from.
-        self.rate_limit: int | None = None
-        self.bucket = Bucket(None, clock)
         self._status = Status.QUEUED
         # publish (the event hub, which never blocks) runs under the job's lock, so
         # events keep the order of the moves; notify (a host's signal receivers, which
         # may call back into the service) runs after it is released.
         self._publish = publish
         self.notify = notify
-        self.total: int | None = None
-        self.downloaded = 0
-        self.offset = 0
         self.retries = 0
-        self.segments = 0
         self.error: dict[str, Any] | None = None
         # While the job waits to retry, and until the origin's next answer is
         # accepted: the failure it retries ({"code", "error"}), for the listings.
@@ -123,16 +106,11 @@ class DownloadJob:
         self.file: str | None = None
         self.created_at = utcnow()
         self.finished_at: str | None = None
-        self.stop_event = threading.Event()
         self.stop_reason: str | None = None
         self.done = threading.Event()
         self._final: dict[str, Any] | None = None
         # The job this one takes over: it must have let go of the .part first.
         self.after: DownloadJob | None = None
-        self._lock = threading.RLock()
-        # What each of the job's transfer threads waits on (one per connection).
-        self._socks: dict[int, socket.socket] = {}
-        self._responses: dict[int, Any] = {}
         self._samples: deque[tuple[float, int]] = deque()
         # The bytes the last progress event showed; None until the origin's answer
         # was accepted (before it, the counters say nothing about this attempt).
@@ -227,49 +205,6 @@ class DownloadJob:
         self.interrupt()
         return True
 
-    def interrupt(self) -> None:
-        """Wakes every connection of the job without stopping it (one of its
-        parallel ranges failed, and the others must end their reads)."""
-        with self._lock:
-            socks, responses = list(self._socks.values()), list(self._responses.values())
-        for sock in socks:
-            self.wake(sock)
-        for response in responses:
-            try:
-                response.raw.shutdown()
-            except (AttributeError, ValueError, RuntimeError, OSError):
-                pass
-
-    @staticmethod
-    def wake(sock: socket.socket) -> None:
-        """Shuts ``sock`` down: a connect or read blocked on it returns at once."""
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    # -- what a cancel must be able to reach -------------------------------------------------
-
-    def attach_socket(self, sock: socket.socket) -> bool:
-        """The socket the transfer is about to connect or read; True if the job is
-        already stopped (the socket is then shut down at once)."""
-        with self._lock:
-            self._socks[threading.get_ident()] = sock
-            stopped = self.stop_event.is_set()
-        if stopped:
-            self.wake(sock)
-        return stopped
-
-    def attach_response(self, response: Any) -> None:
-        """The response this thread reads (None: it is done with its connection)."""
-        ident = threading.get_ident()
-        with self._lock:
-            if response is None:
-                self._responses.pop(ident, None)
-                self._socks.pop(ident, None)
-            else:
-                self._responses[ident] = response
-
     # -- progress --------------------------------------------------------------------------
 
     def progress_fields(self) -> dict[str, Any]:
@@ -323,6 +258,9 @@ class DownloadJob:
             self.transition(Status.RESUMED, offset=offset, **extra)
         else:
             self.transition(Status.STARTED, **extra)
+
+    def verifying(self) -> None:
+        self.transition(Status.VERIFYING, quiet=True)
 
     # -- what the API shows ----------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 requests and urllib3 raise their errors wrapped in one another, and the text of
 each quotes reprs of the pool and connection objects (``_TrackedHTTPSPool(host=...,
-port=...)`` of :mod:`arw_models.http`, ``<urllib3.connection.HTTPConnection object
+port=...)`` of :mod:`arw_models.engine.http`, ``<urllib3.connection.HTTPConnection object
 at 0x...>``), which mean nothing to a user and name private classes. Here a
 failure is classified by the exception types in its chain (never by parsing its
 text) and described by its kind, its host and the system's own reason
@@ -46,7 +46,7 @@ class Failure(NamedTuple):
 
 def failure_of(exc: BaseException) -> Failure:
     """Classifies what requests or urllib3 raised, by the exception types in its
-    chain (never by its text, which quotes reprs of arw_models.http's pools). The
+    chain (never by its text, which quotes reprs of arw_models.engine.http's pools). The
     reason is the text of the system error underneath (``Connection refused``,
     ``Name or service not known``), never a repr of a urllib3 object."""
     chain = _chain(exc)

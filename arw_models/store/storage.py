@@ -12,7 +12,7 @@ Layout::
 Every name that reaches the file system comes from :func:`valid_id` (ids) or
 :func:`sanitize_filename` (final names), so nothing a client sends can name a path
 outside ``models/``; and no file is reached through a symbolic link (see
-:mod:`arw_models.files`).
+:mod:`arw_models.store.files`).
 
 Modes: what can hold a url, a header or a token (``models.json``, the lock,
 ``.part`` files and sidecars, temporary files) is ``0600``. Installed model files
@@ -278,7 +278,7 @@ class StateDir:
 
     def sweep_temporaries(self) -> list[str]:
         """Removes the temporary files (``.<name>.<pid>.<thread>.tmp``, see
-        :func:`~arw_models.files.temp_path`) a process that died left in the state
+        :func:`~arw_models.store.files.temp_path`) a process that died left in the state
         directory and in ``models/``. Called at start, under the state lock, when no
         other process writes here: each one is stale. A temporary hard link of a model
         would otherwise keep its bytes on the disk after the model is deleted."""

@@ -18,58 +18,17 @@ import copy
 from functools import lru_cache
 from typing import Any
 
-from . import __version__
-from .headers import HEADER_NAME_PATTERN, RESERVED_HEADERS
+from .._version import __version__
+from ..engine.headers import HEADER_NAME_PATTERN, RESERVED_HEADERS
+from ..errors import EVENT_ERROR_CODES
+from .problems import PROBLEM_CODES, PROBLEM_TITLES
 from .urlschema import url_schema
-
-# Every problem code a request can be answered with, and the status it comes with.
-PROBLEM_CODES: dict[str, int] = {
-    "invalid-id": 400,
-    "invalid-url": 400,
-    "invalid-sha256": 400,
-    "invalid-provider": 400,
-    "invalid-rate-limit": 400,
-    "invalid-headers": 400,
-    "invalid-json": 400,
-    "invalid-body": 400,
-    "incomplete-body": 400,
-    "invalid-event-id": 400,
-    "missing-token": 401,
-    "invalid-token": 401,
-    "no-active-download": 404,
-    "unknown-model": 404,
-    "unknown-download": 404,
-    "unknown-asset": 404,
-    "request-timeout": 408,
-    "already-downloading": 409,
-    "download-ending": 409,
-    "download-in-progress": 409,
-    "body-too-large": 413,
-    "unsupported-media-type": 415,
-    "shutting-down": 503,
-    "state-dir-in-use": 503,
-    "state-dir-unsafe": 503,
-    "too-many-streams": 503,
-    "streams-unsupported": 503,
-}
-
-# The ``code`` of an ``error`` event (a failed download), not of an HTTP answer.
-EVENT_ERROR_CODES = (
-    "checksum-mismatch", "size-mismatch", "http-status", "network", "dns-error", "connection-refused", "tls",
-    "resume-invalid",
-    "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
-    "invalid-redirect", "invalid-url", "internal-error",
-)
 
 JOB_STATUSES = ("queued", "started", "resumed", "downloading", "retrying", "verifying", "complete", "error",
                 "canceled", "paused", "interrupted", "resumable")
 
 # Any operation may answer it: a failure the service did not foresee.
 INTERNAL_ERROR = "internal-error"
-
-PROBLEM_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 408: "Request timeout",
-                  409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
-                  500: "Internal error", 503: "Service unavailable"}
 
 ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 EVENT_ID_PATTERN = r"^\s*[0-9]{1,20}\s*$"

@@ -17,24 +17,19 @@ from flask import (
     url_for,
 )
 
-from . import __version__, hosting, web
-from .engine import sources
-from .errors import (
-    ArwError,
-    BadRequest,
-    NotFound,
-    Unauthorized,
-    UnsupportedMediaType,
-    handle_arw_error,
-    handle_unexpected,
-)
-from .events import stream_response
-from .headers import (
+from .._version import __version__
+from ..engine import sources
+from ..engine.headers import (
     HEADER_NAME_PATTERN,
     RESERVED_HEADERS,
     hides_dot_segment,
     without_dot_segments,
 )
+from ..errors import ArwError, BadRequest, NotFound, Unauthorized, UnsupportedMediaType
+from ..service.listing import public_model
+from ..service.metrics import CONTENT_TYPE
+from ..store.storage import StateLockError, valid_id
+from . import hosting, web
 from .limits import (
     BodyIncomplete,
     BodyTimeout,
@@ -42,13 +37,12 @@ from .limits import (
     close_after_response,
     read_body,
 )
-from .listing import public_model
-from .metrics import CONTENT_TYPE
 from .openapi import document
-from .storage import StateLockError, valid_id
+from .problems import handle_arw_error, handle_unexpected
+from .stream import stream_response
 
 if TYPE_CHECKING:
-    from . import ServiceState
+    from .app import ServiceState
 
 bp = Blueprint("arw_models", __name__)
 bp.register_error_handler(ArwError, handle_arw_error)

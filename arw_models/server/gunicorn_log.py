@@ -18,7 +18,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from .logs import JsonFormatter
+from ..service.logs import JsonFormatter
 
 # gunicorn's atoms (see its access_log_format setting) by the names a line gives them.
 ATOM_NAMES = {
@@ -52,7 +52,7 @@ def access_fields(access_log_format: str, atoms: Any) -> dict[str, Any]:
 
 class AccessJsonFormatter(JsonFormatter):
     """An access record (gunicorn logs it with the atoms as its argument) as one
-    JSON object; any other record as :class:`~arw_models.logs.JsonFormatter` does."""
+    JSON object; any other record as :class:`~arw_models.service.logs.JsonFormatter` does."""
 
     def __init__(self, access_log_format: str) -> None:
         super().__init__()
