@@ -42,8 +42,10 @@ test: $(VENV)/.installed-test
 docs: $(VENV)/.installed-docs
 	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
 
+# ruff, and the layers' import contracts (setup.cfg [importlinter]).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check arw_models tests
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
