@@ -67,5 +67,5 @@ def test_a_build_of_the_package_ships_the_page(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    shipped = {p.name for p in (tmp_path / "arw_models" / "web").iterdir()}
+    shipped = {p.name for p in (tmp_path / "arw_models" / "server" / "web").iterdir()}
     assert shipped == PAGE_FILES
