@@ -5,6 +5,7 @@ output captured) or as a subprocess where a signal or a terminal is the point.""
 from __future__ import annotations
 
 import fcntl
+import io
 import itertools
 import json
 import os
@@ -30,6 +31,7 @@ import responses
 
 from arw_models import ArwModels
 from arw_models.client.cli import main
+from arw_models.client.display import Progress
 
 from .conftest import LiveServer, Watch
 from .helpers import listing, models_dir, part
@@ -531,3 +533,29 @@ def test_events_reconnects_with_the_last_id_after_the_retry_and_shows_each_event
     # ...and waited the pause the service asked for (its retry:) between tries.
     tries = [at for at, _ in proxy.attempts[1:]]
     assert all(b - a >= retry_ms / 1000 * 0.9 for a, b in itertools.pairwise(tries)), tries
+
+
+class Terminal(io.StringIO):
+    encoding = "utf-8"
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_fits_a_narrow_terminal_and_leaves_no_thread_behind() -> None:
+    threads = set(threading.enumerate())
+    out = Terminal()
+    progress = Progress(out, "a-rather-long-model-id", terminal=True, width=lambda: 40)
+    progress.update({"status": "started", "total": 4 * KiB * KiB})
+    for done in (KiB * KiB, 3 * KiB * KiB):
+        progress.update({"status": "downloading", "downloaded": done, "total": 4 * KiB * KiB,
+                         "speed": 2 * KiB * KiB, "eta_s": 1.5, "segments": 4})
+    progress.update({"status": "complete", "bytes": 4 * KiB * KiB})
+    progress.end("done")
+    assert set(threading.enumerate()) == threads  # no monitor thread
+    text = out.getvalue()
+    assert text.endswith("\ndone\n") and "\x1b" not in text
+    redraws = text.removesuffix("\ndone\n").split("\r")[1:]
+    assert len(redraws) >= 4 and all(len(line) < 40 for line in redraws), redraws
+    assert [int(m.group(1)) for line in redraws if (m := re.match(r"a-rather-long-model-id +(\d+)%", line))][:4] \
+        == [0, 25, 75, 100]
