@@ -5,6 +5,8 @@ output captured) or as a subprocess where a signal or a terminal is the point.""
 from __future__ import annotations
 
 import fcntl
+import io
+import itertools
 import json
 import os
 import pty
@@ -29,6 +31,7 @@ import responses
 
 from arw_models import ArwModels
 from arw_models.client.cli import main
+from arw_models.client.display import Progress
 
 from .conftest import LiveServer, Watch
 from .helpers import listing, models_dir, part
@@ -410,11 +413,17 @@ class CuttingProxy:
         self.closing = threading.Event()
         self.open = 0
         self.cond = threading.Condition()
+        # When each connection came and whether it was turned away; the first bytes
+        # of each request let through (its request line and headers).
+        self.attempts: list[tuple[float, bool]] = []
+        self.heads: list[bytes] = []
         proxy = self
 
         class Pipe(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 with proxy.cond:
+                    proxy.attempts.append((time.monotonic(), proxy.refusing.is_set()))
+                    proxy.cond.notify_all()
                     if proxy.refusing.is_set():
                         return
                     generation = proxy.generation
@@ -422,11 +431,16 @@ class CuttingProxy:
                 try:
                     with socket.create_connection(proxy.target, timeout=5) as up:
                         pair = {self.request: up, up: self.request}
+                        first = True
                         while generation == proxy.generation and not proxy.closing.is_set():
                             for s in select.select(list(pair), [], [], 0.05)[0]:
                                 data = s.recv(65536)
                                 if not data:
                                     return
+                                if s is self.request and first:
+                                    first = False
+                                    with proxy.cond:
+                                        proxy.heads.append(data)
                                 pair[s].sendall(data)
                 finally:
                     with proxy.cond:
@@ -481,3 +495,67 @@ def test_download_survives_a_dropped_event_stream(make_app: Callable[..., Any], 
         watch.close()
         proxy.close()
         live.close()
+
+
+def test_events_reconnects_with_the_last_id_after_the_retry_and_shows_each_event_once(
+        make_app: Callable[..., Any], procs: Callable[..., Proc]) -> None:
+    retry_ms = 200
+    live = LiveServer(make_app(ARW_EVENTS_RETRY_MS=retry_ms))
+    proxy = CuttingProxy(live.server.server_port)
+    try:
+        hub = ArwModels.state(live.app).hub
+        p = procs("--server", proxy.url, "events", "--json", "--prefix", "Test.")
+        assert p.proc.stdout is not None
+        fd = p.proc.stdout.fileno()
+        p.read_until(fd, lambda b: b"service.connected" in b and b.endswith(b"\n"))
+        before = [hub.publish("Test.Before", {"n": n}) for n in range(3)]
+        p.read_until(fd, lambda b: b.count(b"Test.Before") == 3 and b.endswith(b"\n"))
+        proxy.cut()
+        # Published while the stream is down: the reconnect must ask for them.
+        away = [hub.publish("Test.Away", {"n": n}) for n in range(3)]
+        with proxy.cond:
+            assert proxy.cond.wait_for(lambda: sum(refused for _, refused in proxy.attempts) >= 3, timeout=10)
+            proxy.refusing.clear()
+        after = hub.publish("Test.After", {"n": 0})
+        p.read_until(fd, lambda b: b"Test.After" in b and b.endswith(b"\n"))
+        p.proc.send_signal(signal.SIGINT)
+        code, out, err = p.finish()
+    finally:
+        proxy.close()
+        live.close()
+    assert code == 0 and "Traceback" not in err
+    shown = [json.loads(line) for line in out.splitlines()[1:]]
+    # Every event once, in order: no gap, no duplicate.
+    assert [(e["event_id"], e["kind"]) for e in shown] == [(e.id, e.kind) for e in (*before, *away, after)]
+    # The reconnect named the last event seen...
+    (head,) = [h for h in proxy.heads[1:] if b"GET /events" in h]
+    assert re.search(rb"(?im)^Last-Event-ID: %d\r$" % before[-1].id, head), head
+    # ...and waited the pause the service asked for (its retry:) between tries.
+    tries = [at for at, _ in proxy.attempts[1:]]
+    assert all(b - a >= retry_ms / 1000 * 0.9 for a, b in itertools.pairwise(tries)), tries
+
+
+class Terminal(io.StringIO):
+    encoding = "utf-8"
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_fits_a_narrow_terminal_and_leaves_no_thread_behind() -> None:
+    threads = set(threading.enumerate())
+    out = Terminal()
+    progress = Progress(out, "a-rather-long-model-id", terminal=True, width=lambda: 40)
+    progress.update({"status": "started", "total": 4 * KiB * KiB})
+    for done in (KiB * KiB, 3 * KiB * KiB):
+        progress.update({"status": "downloading", "downloaded": done, "total": 4 * KiB * KiB,
+                         "speed": 2 * KiB * KiB, "eta_s": 1.5, "segments": 4})
+    progress.update({"status": "complete", "bytes": 4 * KiB * KiB})
+    progress.end("done")
+    assert set(threading.enumerate()) == threads  # no monitor thread
+    text = out.getvalue()
+    assert text.endswith("\ndone\n") and "\x1b" not in text
+    redraws = text.removesuffix("\ndone\n").split("\r")[1:]
+    assert len(redraws) >= 4 and all(len(line) < 40 for line in redraws), redraws
+    assert [int(m.group(1)) for line in redraws if (m := re.match(r"a-rather-long-model-id +(\d+)%", line))][:4] \
+        == [0, 25, 75, 100]

@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 import requests
+from gunicorn.glogging import SafeAtoms
 
 from arw_models import ArwModels
 from arw_models.config import DEFAULTS, Settings
+from arw_models.server.gunicorn_log import AccessJsonFormatter
 from arw_models.service.logs import JobLog, JsonFormatter
 
 from .conftest import Service, post_download
@@ -276,3 +278,26 @@ def test_gunicorn_access_lines_are_json_objects_without_the_query(gunicorns: Any
     assert isinstance(access["duration_us"], int)
     assert "s3cret" not in out and "h3ader" not in out
     assert any(r["logger"] == "gunicorn.error" for r in records)
+
+
+def test_a_gunicorn_access_line_never_writes_the_query_or_a_header_even_in_its_message() -> None:
+    atoms = SafeAtoms({"h": "127.0.0.1", "r": "GET /models?token=s3cret HTTP/1.1", "q": "token=s3cret",
+                       "{x-secret}i": "h3ader", "m": "GET", "U": "/models", "s": "200", "D": "1234"})
+    fmt = '%(h)s "%(r)s" %(q)s %({x-secret}i)s %(m)s %(U)s %(s)s %(D)sus %(Z)s'
+    record = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, fmt, (atoms,), None)
+    line = AccessJsonFormatter(fmt).format(record)
+    assert "s3cret" not in line and "h3ader" not in line
+    out = json.loads(line)
+    assert out["message"] == '127.0.0.1 "-" - - GET /models 200 1234us -'
+    assert (out["remote"], out["path"], out["status"], out["duration_us"]) == ("127.0.0.1", "/models", 200, 1234)
+    assert out["logger"] == "gunicorn.access" and out["level"] == "INFO"
+
+
+def test_a_json_line_carries_the_extra_fields_of_its_record() -> None:
+    record = logging.LogRecord("arw_models.x", logging.INFO, __file__, 1, "hello", (), None)
+    record.arw = {"id": "m", "level": "not this one"}
+    record.request_id = "r-1"  # as logger.info(..., extra={"request_id": "r-1"}) sets it
+    out = json.loads(JsonFormatter().format(record))
+    assert out == {"time": out["time"], "level": "INFO", "logger": "arw_models.x", "message": "hello",
+                   "id": "m", "request_id": "r-1"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", out["time"])

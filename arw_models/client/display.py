@@ -1,20 +1,22 @@
 """How the command line shows things to people: sizes, durations, tables, and one
-download's progress (a bar redrawn in place on a terminal, plain lines elsewhere)."""
+download's progress (a bar redrawn in place on a terminal by tqdm, plain lines
+elsewhere)."""
 
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
+
+from tqdm import tqdm
 
 # Seconds between two plain progress lines: a log or a CI job wants a trace, not
 # one line per event.
 PLAIN_EVERY = 2.0
 # How a job ends: its last event, which the caller reports in its own words.
 FINAL = ("complete", "error", "canceled", "paused")
-# ANSI "erase to the end of the line": a shorter redraw leaves no tail behind.
-ERASE = "\x1b[K"
 # Columns kept for what follows the bar: " 25.2 MiB/48.0 MiB  7.9 MiB/s  ETA 3s  8 conn".
 TAIL_ROOM = 46
 
@@ -92,12 +94,38 @@ def describe(payload: dict[str, Any]) -> str:
     return status
 
 
+class _Bar(tqdm):  # type: ignore[type-arg]
+    """tqdm drawing a line whose numbers are the service's (its speed, its ETA,
+    from its events), not tqdm's own estimates: ``tail`` and ``percent`` are
+    fields a ``bar_format`` can name."""
+
+    # No monitor thread: the bar is redrawn on each event, and nothing is left
+    # running when the command ends.
+    monitor_interval = 0
+
+    def __init__(self, tail: str, percent: int, **kwargs: Any) -> None:
+        # Set before tqdm's first draw, which happens as it is built.
+        self.tail = tail
+        self.percent = percent
+        super().__init__(**kwargs)
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        return {**super().format_dict, "tail": self.tail, "pct": self.percent}
+
+
+# A thread lock: tqdm's default one is a multiprocessing lock too, which a
+# command line with one bar has no use for.
+_Bar.set_lock(threading.RLock())
+
+
 class Progress:
     """One download's progress on ``out``.
 
-    On a terminal, one line redrawn in place (``\\r``): percent, bar, bytes, speed,
+    On a terminal, one line redrawn in place by tqdm: percent, bar, bytes, speed,
     ETA. Elsewhere (a pipe, a log file), plain lines with no control characters:
     each change of status, and the progress every ``PLAIN_EVERY`` seconds.
+    ``width`` (the terminal's columns) and ``clock`` are seams for tests.
     """
 
     def __init__(self, out: TextIO, model_id: str, terminal: bool,
@@ -107,16 +135,16 @@ class Progress:
         self.terminal = terminal
         self._width = width or (lambda: shutil.get_terminal_size((80, 24)).columns)
         self._clock = clock
-        self._drawn = False
+        self._bar: _Bar | None = None
         self._last_status: str | None = None
         self._last_plain = float("-inf")
         self._last: dict[str, Any] = {}
         encoding = getattr(out, "encoding", None) or "ascii"
         try:
             "█░".encode(encoding)
-            self._fill, self._empty = "█", "░"
+            self._charset = "░█"  # tqdm's order: empty, then full
         except (UnicodeEncodeError, LookupError):
-            self._fill, self._empty = "#", "-"
+            self._charset = "-#"
 
     def update(self, payload: dict[str, Any]) -> None:
         status = str(payload.get("status", ""))
@@ -134,9 +162,9 @@ class Progress:
 
     def end(self, message: str | None = None) -> None:
         """Leaves the bar where it is and moves on to a new line (then ``message``)."""
-        if self._drawn:
-            self.out.write("\n")
-            self._drawn = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if message is not None:
             self.out.write(message + "\n")
         self.out.flush()
@@ -148,11 +176,10 @@ class Progress:
     def _draw(self, payload: dict[str, Any]) -> None:
         status = str(payload.get("status", ""))
         known = self._last
-        total = known.get("total") if isinstance(known.get("total"), int) else None
+        total = known.get("total") if isinstance(known.get("total"), int) and known["total"] > 0 else None
         done = known.get("downloaded", known.get("offset", 0)) or 0
         if status == "complete" and isinstance(payload.get("bytes"), int):
             total = done = payload["bytes"]
-        head = f"{self.id} "
         tail = []
         if total:
             tail.append(f" {human_bytes(done)}/{human_bytes(total)}")
@@ -169,17 +196,25 @@ class Progress:
             tail.append(status if status != "retrying" else describe(payload))
         right = "  ".join(tail)
         width = max(20, self._width() - 1)  # never the last column: some terminals wrap there
+        percent = 0
         if total:
             percent = 100 if status == "complete" else min(100, done * 100 // total)
             # Sized for a typical tail rather than this one, so that the bar does
             # not jump as the numbers change length.
-            room = width - len(head) - len(" 100% ||") - TAIL_ROOM
+            room = width - len(self.id) - len("  100% ||") - TAIL_ROOM
             bar_width = max(0, min(30, room))
-            filled = bar_width * percent // 100
-            bar = f"|{self._fill * filled}{self._empty * (bar_width - filled)}|" if bar_width >= 5 else ""
-            line = f"{head}{percent:3d}% {bar}{right}"
+            bar = f"|{{bar:{bar_width}}}|" if bar_width >= 5 else ""
+            line_format = "{desc} {pct:3d}% " + bar + "{tail}"
         else:
-            line = head + right.lstrip()
-        self.out.write("\r" + line[:width] + ERASE)
-        self.out.flush()
-        self._drawn = True
+            line_format, right = "{desc} {tail}", right.lstrip()
+        bar_ = self._bar
+        if bar_ is None:
+            bar_ = self._bar = _Bar(right, percent, total=total, initial=min(done, total or done), file=self.out,
+                                    desc=self.id, ncols=width, bar_format=line_format, ascii=self._charset,
+                                    disable=False, leave=True, dynamic_ncols=False, mininterval=0)
+            return
+        bar_.tail, bar_.percent, bar_.ncols, bar_.bar_format = right, percent, width, line_format
+        bar_.total = total
+        # Never past the total: tqdm would take the total for unknown.
+        bar_.n = min(done, total) if total else done
+        bar_.refresh()

@@ -127,6 +127,14 @@ def answer(response: requests.Response, server: str) -> Any:
     return doc
 
 
+# Our own client rather than a library's. requests-sse (0.5) doubles the pause
+# before every reconnect, so the service's `retry:` is never waited as asked; it
+# counts attempts instead of bounding the time, ends the stream on a 502/503 from
+# a restarting proxy, and takes the last event id only when it is built, so a
+# drop before the first job event could not ask for the events since
+# `service.connected`; and it reads through iter_lines, which on a stream that
+# is not chunked (behind some proxies) holds lines until 512 bytes have come.
+# sseclient-py (1.9) only parses: no reconnect, no Last-Event-ID.
 class EventStream:
     """``GET /events`` that survives dropped connections.
 

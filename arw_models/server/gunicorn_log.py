@@ -5,15 +5,18 @@ holds the service's log, gunicorn's errors and the access log.
 An access line carries the fields of ``access_log_format`` (the remote address,
 method, path, protocol, status, bytes and duration there), by name, beside
 ``time``, ``level``, ``logger`` and ``message``. Atoms that hold a query string,
-a request line or headers are never written, whatever the format asks: a token
-may travel in any of them.
+a request line or headers are never written, whatever the format asks, neither
+as fields nor in the message: a token may travel in any of them.
+
+python-json-logger writes the objects (through
+:class:`~arw_models.service.logs.JsonFormatter`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -50,6 +53,27 @@ def access_fields(access_log_format: str, atoms: Any) -> dict[str, Any]:
     return fields
 
 
+class _Redacted(Mapping[str, Any]):
+    """gunicorn's atoms with those that may hold a secret read as "-"."""
+
+    def __init__(self, atoms: Mapping[str, Any]) -> None:
+        self.atoms = atoms
+
+    def __getitem__(self, atom: str) -> Any:
+        if atom in SECRET_ATOMS or atom.startswith("{"):
+            return "-"
+        try:
+            return self.atoms[atom]
+        except KeyError:
+            return "-"  # as gunicorn has it for an atom it does not know
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.atoms)
+
+    def __len__(self) -> int:
+        return len(self.atoms)
+
+
 class AccessJsonFormatter(JsonFormatter):
     """An access record (gunicorn logs it with the atoms as its argument) as one
     JSON object; any other record as :class:`~arw_models.service.logs.JsonFormatter` does."""
@@ -58,10 +82,17 @@ class AccessJsonFormatter(JsonFormatter):
         super().__init__()
         self.access_log_format = access_log_format
 
-    def format(self, record: logging.LogRecord) -> str:
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
         if isinstance(record.args, Mapping):
-            record.arw = access_fields(self.access_log_format, record.args)
-        return super().format(record)
+            # The message too is the format filled in, so a format that asks for
+            # the query or a header gets "-" there.
+            log_data["message"] = self.access_log_format % _Redacted(record.args)
+            # Beside the line's own fields, never over them (the record is shared
+            # with every other handler: it is left as it came).
+            for key, value in access_fields(self.access_log_format, record.args).items():
+                log_data.setdefault(key, value)
 
 
 class JsonLogger(Logger):

@@ -18,14 +18,14 @@ as the host configures the root logger. Set, ``ARW_LOG_FORMAT`` gives the
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
+
+from pythonjsonlogger import json as jsonlogger
 
 PACKAGE_LOGGER = "arw_models"
 log = logging.getLogger("arw_models.downloads")
@@ -123,28 +123,37 @@ def _describe(status: str, payload: dict[str, Any], fields: dict[str, Any]) -> s
     return f"{status} after {took}"
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
-    ``message``, then the record's ``arw`` fields, and ``exc`` for a traceback."""
+# A record's attributes by the names a JSON line gives them.
+FIELD_NAMES = {"asctime": "time", "levelname": "level", "name": "logger", "exc_info": "exc",
+               "stack_info": "stack"}
 
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = datetime.fromtimestamp(record.created, tz=UTC)
-        out: dict[str, Any] = {
-            "time": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "arw", None)
+
+class JsonFormatter(jsonlogger.JsonFormatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, then the record's ``arw`` fields (and anything else a caller passed
+    as ``extra``), and ``exc`` for a traceback, ``stack`` for a stack.
+
+    python-json-logger writes the object; what is ours is the names of the fields
+    and the ``arw`` fields spread at the top level, never over the four above."""
+
+    # The time as the text format has it, but in UTC and ISO 8601: 2024-05-01T12:00:00.123Z.
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
+    def __init__(self) -> None:
+        # ASCII only (the library's default): a line separator inside a string
+        # (U+2028) must not split the line.
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s", json_ensure_ascii=True,
+                         rename_fields=FIELD_NAMES)
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        fields = log_data.pop("arw", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
-                out.setdefault(key, value)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        if record.stack_info:
-            out["stack"] = self.formatStack(record.stack_info)
-        # ASCII only: a line separator inside a string (U+2028) must not split the line.
-        return json.dumps(out, default=str)
+                log_data.setdefault(key, value)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
