@@ -30,10 +30,10 @@ from flask import Flask
 from arw_models import ArwModels, StateLockError, create_app, signals
 from arw_models.service.manager import CHANGED, PROGRESS
 
-from .conftest import FAST, LiveServer, Watch, post_download
-from .origin import payload
-from .servers import CONF, ROOT, Gunicorn, free_port
-from .sse import SSEClient, is_status, post_and_follow, read_frames_until
+from .support.app import FAST, LiveServer, Watch, post_download
+from .support.origin import payload
+from .support.servers import CONF, ROOT, Gunicorn, free_port
+from .support.sse import SSEClient, is_status, post_and_follow, read_frames_until
 
 KiB = 1024
 MiB = 1024 * KiB

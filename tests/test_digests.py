@@ -13,9 +13,9 @@ import pytest
 from arw_models import ArwModels
 from arw_models.engine import digests
 
-from .conftest import post_download
-from .helpers import listing, models_dir
-from .origin import payload
+from .support.app import post_download
+from .support.helpers import listing, models_dir
+from .support.origin import payload
 
 MiB = 1024 * 1024
 DATA = b"the bytes of a model" * 1000
@@ -196,7 +196,7 @@ def test_a_published_digest_of_an_installed_model_links_it_instead_of_reading_th
 
 def test_a_mirror_whose_published_digest_disagrees_with_the_request_is_skipped(
         service: Any, origin: Any) -> None:
-    from .origin import Origin
+    from .support.origin import Origin
 
     data = payload(MiB, seed=5)
     res = origin.add("/m.gguf", data)
@@ -223,7 +223,7 @@ def test_a_mirror_whose_published_digest_disagrees_with_the_request_is_skipped(
 def test_the_origins_own_published_digest_that_disagrees_fails_even_with_mirrors(
         service: Any, origin: Any) -> None:
     """Mirrors are skipped for what they publish; the origin is the last word."""
-    from .origin import Origin
+    from .support.origin import Origin
 
     res = origin.add("/m.gguf", payload(MiB, seed=6))
     res.headers = FORMS["Repr-Digest"](OTHER)

@@ -20,9 +20,9 @@ import pytest
 
 from arw_models.engine.plan import Plan
 
-from .conftest import Service, post_download
-from .helpers import listing, part, read, sidecar
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import listing, part, read, sidecar
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB

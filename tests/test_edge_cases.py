@@ -20,9 +20,9 @@ from arw_models.errors import ArwError
 from arw_models.service.events import EventHub
 from arw_models.service.jobs import DownloadJob
 
-from .conftest import Service, Watch, post_download
-from .helpers import cancel, models_dir, part, read, sidecar, write_partial
-from .origin import Origin, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import cancel, models_dir, part, read, sidecar, write_partial
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -13,9 +13,9 @@ from arw_models import ArwModels
 from arw_models.server.stream import stream_response
 from arw_models.service.events import EventHub
 
-from .conftest import LiveServer
-from .origin import payload
-from .sse import SSEClient
+from .support.app import LiveServer
+from .support.origin import payload
+from .support.sse import SSEClient
 
 MiB = 1024 * 1024
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import requests
 
-from . import cache as caches
-from .conftest import Service, post_download
-from .helpers import models_dir, read
-from .origin import Origin, payload
+from .support import cache as caches
+from .support.app import Service, post_download
+from .support.helpers import models_dir, read
+from .support.origin import Origin, payload
 
 DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.rst"
 MiB = 1024 * 1024

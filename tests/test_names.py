@@ -12,9 +12,9 @@ import pytest
 from arw_models.store.names import free_name
 from arw_models.store.storage import MAX_NAME_BYTES
 
-from .conftest import Service, post_download
-from .helpers import models_dir, read
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import models_dir, read
+from .support.origin import Origin, payload
 
 NAME_MAX = 255  # bytes, on Linux file systems
 LONG_ID = "m" * 100  # "-<id>" alone would push a 200-byte name past NAME_MAX

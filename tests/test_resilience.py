@@ -22,9 +22,17 @@ import pytest
 import arw_models.engine.http
 from arw_models import ArwModels
 
-from .conftest import Service, Watch, post_download
-from .helpers import cancel, listing, models_dir, part, read, sidecar, write_partial
-from .origin import Origin, Resource, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import (
+    cancel,
+    listing,
+    models_dir,
+    part,
+    read,
+    sidecar,
+    write_partial,
+)
+from .support.origin import Origin, Resource, payload
 
 MiB = 1024 * 1024
 KiB = 1024

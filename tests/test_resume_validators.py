@@ -21,11 +21,11 @@ import requests
 
 from arw_models.engine.headers import same_version
 
-from . import debian
-from .conftest import Service, Watch, post_download
-from .helpers import listing, models_dir, part, read, sidecar, write_partial
-from .nginx import Nginx
-from .origin import Origin, Resource, payload
+from .support import debian
+from .support.app import Service, Watch, post_download
+from .support.helpers import listing, models_dir, part, read, sidecar, write_partial
+from .support.nginx import Nginx
+from .support.origin import Origin, Resource, payload
 
 MiB = 1024 * 1024
 KiB = 1024

@@ -10,9 +10,9 @@ from typing import Any
 
 from arw_models import signals
 
-from .conftest import Service, post_download
-from .helpers import cancel
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import cancel
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB

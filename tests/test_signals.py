@@ -15,8 +15,8 @@ from typing import Any
 
 from arw_models import signals
 
-from .conftest import Watch, post_download
-from .origin import Origin, payload
+from .support.app import Watch, post_download
+from .support.origin import Origin, payload
 
 EMBEDDING = Path(__file__).resolve().parent.parent / "docs" / "embedding.rst"
 

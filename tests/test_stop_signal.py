@@ -21,9 +21,9 @@ import requests
 
 from arw_models.service.manager import PROGRESS
 
-from .origin import payload
-from .servers import Gunicorn, plain
-from .sse import SSEClient
+from .support.origin import payload
+from .support.servers import Gunicorn, plain
+from .support.sse import SSEClient
 
 KiB = 1024
 MiB = 1024 * KiB

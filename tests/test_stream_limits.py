@@ -29,9 +29,9 @@ from arw_models.server.limits import BodyTimeout, StreamSlots, client_gone, read
 from arw_models.server.stream import stream_response
 from arw_models.service.events import KEEPALIVE, EventHub
 
-from .conftest import LiveServer
-from .servers import CONF, Gunicorn
-from .sse import SSEClient
+from .support.app import LiveServer
+from .support.servers import CONF, Gunicorn
+from .support.sse import SSEClient
 
 CANCEL = "/models/download/cancel"
 

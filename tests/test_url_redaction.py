@@ -17,9 +17,9 @@ import pytest
 from arw_models.engine.headers import url_filename
 from arw_models.redact import redact_text, redact_url
 
-from .conftest import Service, Watch, post_download
-from .helpers import sidecar, write_partial
-from .origin import Origin, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import sidecar, write_partial
+from .support.origin import Origin, payload
 
 SECRETS = ("SECRET",)
 PATH = "/d;sess=SECRET1/f.bin;token=SECRET2"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 
-from .conftest import Service, post_download
-from .helpers import models_dir, read
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import models_dir, read
+from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
 

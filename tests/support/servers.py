@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 KiB = 1024
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 CONF = "python:arw_models.gunicorn_conf"
 
