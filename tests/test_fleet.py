@@ -3,7 +3,7 @@ the same model at once through one nginx ``proxy_cache`` (slice module, cache lo
 and the origin sends the file about once, whatever the three do in parallel.
 
 The origin is the real test origin (ranges, ETag), which counts every body byte it
-writes; the cache is a real nginx configured as docs/deployment.rst shows (tests/cache.py).
+writes; the cache is a real nginx configured as docs/deployment.rst shows (tests/support/cache.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Request headers for a gated origin (the POST's ``headers``): sent to the url's
 own host and port alone, kept (in the owner-only sidecar) only while a resume may
 need them, and never shown: not in events, logs, listings, /probe or any other
-file of the state directory. Against the real local servers of tests/hub.py."""
+file of the state directory. Against the real local servers of tests/support/hub.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Hugging Face references: ``hf://OWNER/REPO/PATH[@REVISION]`` resolved against
 ARW_HF_ENDPOINT, the hub token sent to the hub's host and never to the CDN it
-redirects to, nor shown anywhere; against the local hub stand-in of tests/hub.py
+redirects to, nor shown anywhere; against the local hub stand-in of tests/support/hub.py
 (the hub on 127.0.0.1, its CDN on 127.0.0.2)."""
 
 from __future__ import annotations

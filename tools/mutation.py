@@ -71,8 +71,10 @@ DEFAULT_TARGETS = [
 _ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_downloads.py",
                  "tests/test_resume_validators.py", "tests/test_scheduling.py", "tests/test_segments.py",
                  "tests/test_segment_faults.py", "tests/test_pause.py", "tests/test_ratelimit.py",
-                 "tests/test_direct_io.py", "tests/test_edge_cases.py", "tests/test_resilience.py",
-                 "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
+                 "tests/test_direct_io.py", "tests/test_retries.py", "tests/test_stalls.py",
+                 "tests/test_content_range.py", "tests/test_whole_file.py", "tests/test_size_cap.py",
+                 "tests/test_disk_full.py", "tests/test_durability.py", "tests/test_restart.py",
+                 "tests/test_end_races.py", "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
                  "tests/test_hub.py", "tests/test_gated.py"]
 DEFAULT_TESTS = {
     "arw_models/engine/__init__.py": _ENGINE_TESTS,
@@ -92,8 +94,8 @@ DEFAULT_TESTS = {
                                      "tests/test_gated.py"],
     "arw_models/engine/digests.py": ["tests/test_digests.py", "tests/test_hub.py"],
     "arw_models/service/dedup.py": ["tests/test_dedup.py", "tests/test_digests.py"],
-    "arw_models/service/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
-                                     "tests/test_api.py", "tests/test_records.py"],
+    "arw_models/service/events.py": ["tests/test_events.py", "tests/test_end_races.py", "tests/test_api.py",
+                                     "tests/test_records.py"],
     "arw_models/server/stream.py": ["tests/test_events.py", "tests/test_stream_limits.py", "tests/test_api.py",
                                     "tests/test_records.py"],
 }
@@ -102,7 +104,7 @@ DEFAULT_TESTS = {target: list(dict.fromkeys(tests)) for target, tests in DEFAULT
 # A target not in the map gets every test module but these, which start real
 # servers and take most of the suite's time (they do run the mutated code when named
 # with --tests).
-PROCESS_TESTS = ["tests/test_deploy.py", "tests/test_one_process.py"]
+PROCESS_TESTS = ["tests/test_gunicorn.py", "tests/test_state_lock.py", "tests/test_one_process.py"]
 
 SEED = 20261126
 EQUIVALENT_FILE = ROOT / "tools" / "mutation_equivalent.txt"

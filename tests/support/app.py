@@ -97,6 +97,21 @@ class LiveServer:
         self.thread.join(5)
 
 
+def retrying(watch: Watch, model_id: str) -> list[dict[str, Any]]:
+    """The ``retrying`` events the watch has seen for ``model_id``."""
+    return [p for p in watch.payloads(model_id) if p["status"] == "retrying"]
+
+
+def assert_problem(r: Any, status: int, code: str) -> dict[str, Any]:
+    """A test client's answer is a problem document of this status and code; returns it."""
+    assert r.status_code == status, r.get_data(as_text=True)
+    assert r.mimetype == "application/problem+json"
+    body: dict[str, Any] = r.json
+    assert body["status"] == status and body["code"] == code
+    assert body["title"] and body["detail"] and body["type"]
+    return body
+
+
 def post_download(client: Any, model_id: str, url: str, **extra: Any) -> Any:
     return client.post("/models/download", json={"id": model_id, "url": url, **extra})
 

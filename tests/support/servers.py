@@ -27,6 +27,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: a connection to it is refused."""
+    return free_port()
+
+
 class Gunicorn:
     """One gunicorn (master and worker in their own process group), output in a file."""
 
