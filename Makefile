@@ -44,20 +44,20 @@ docs: $(VENV)/.installed-docs
 
 # ruff, and the layers' import contracts (setup.cfg [importlinter]).
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check arw_models tests
+	$(BIN)/ruff check arw_models tests tools
 	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 
 mutation: $(VENV)/.installed-test
-	$(BIN)/python -m tests.mutation $(MUTATION_ARGS)
+	$(BIN)/python -m tools.mutation $(MUTATION_ARGS)
 
 bench-quick: $(VENV)/.installed-test
-	$(BIN)/python -m tests.bench --quick $(BENCH_ARGS)
+	$(BIN)/python -m tools.bench --quick $(BENCH_ARGS)
 
 fuzz: $(VENV)/.installed-fuzz
-	$(BIN)/python -m tests.fuzz $(FUZZ_ARGS)
+	$(BIN)/python -m tools.fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info docs/_build

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import Service, post_download
-from .helpers import write_partial
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import write_partial
+from .support.origin import Origin, payload
 
 SECRET = "adv-S3cr3t-91f0"
 

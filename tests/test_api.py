@@ -13,7 +13,7 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from arw_models import __version__
 from arw_models.config import DEFAULTS
 
-from .conftest import post_download
+from .support.app import post_download
 
 GOOD_URL = "https://example.invalid/m.gguf"
 
@@ -159,7 +159,7 @@ def test_empty_lists(client: Any) -> None:
 
 @responses.activate
 def test_resume_sends_range_and_if_range(make_app: Any, tmp_path: Any) -> None:
-    from .conftest import Watch
+    from .support.app import Watch
     from .test_downloads import write_partial
 
     app = make_app()
@@ -179,7 +179,7 @@ def test_resume_sends_range_and_if_range(make_app: Any, tmp_path: Any) -> None:
 
 @responses.activate
 def test_resume_uses_last_modified_when_the_etag_is_weak(make_app: Any) -> None:
-    from .conftest import Watch
+    from .support.app import Watch
     from .test_downloads import write_partial
 
     app = make_app()
@@ -197,7 +197,7 @@ def test_resume_uses_last_modified_when_the_etag_is_weak(make_app: Any) -> None:
 
 @responses.activate
 def test_fresh_download_sends_no_range(make_app: Any) -> None:
-    from .conftest import Watch
+    from .support.app import Watch
 
     app = make_app()
     responses.get(GOOD_URL, status=200, body=b"abc")

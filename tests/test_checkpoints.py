@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from arw_models.engine.plan import Plan
 from arw_models.service.manager import PROGRESS
 
-from .conftest import Service, post_download
-from .helpers import part, read, sidecar
-from .origin import Origin, payload
-from .servers import Gunicorn
-from .sse import is_status, post_and_follow
+from .support.app import Service, post_download
+from .support.helpers import part, read, sidecar
+from .support.origin import Origin, payload
+from .support.servers import Gunicorn
+from .support.sse import is_status, post_and_follow
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -124,3 +125,45 @@ def test_a_pause_or_a_graceful_stop_records_every_byte_written(service: Service,
         app.extensions["arw_models"].shutdown()  # as SIGTERM does: waits for the transfer to stop
     plan = assert_all_recorded(app, "s", res.data)
     assert MiB <= plan.durable < size
+
+
+def test_kill_9_during_a_download_keeps_a_resumable_part_and_the_same_post_resumes_it(
+    gunicorns: Callable[..., Gunicorn], origin: Any, tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    res = origin.add("/k.gguf", payload(4 * MiB, seed=11), throttle=1 * MiB)
+    url = origin.url("/k.gguf")
+    body = {"id": "k", "url": url, "sha256": res.sha256}
+    first = gunicorns("first", state)
+    first.wait_ready()
+    post_and_follow(first.url, body, lambda f: (
+        is_status("k", "downloading")(f)
+        and f.payload["downloaded"] >= 128 * KiB
+    ))
+    os.killpg(first.proc.pid, signal.SIGKILL)  # no handler runs: master and worker die mid-write
+    first.wait_exit(10)
+    res.throttle = None
+    before = len(origin.requests_for("/k.gguf"))
+    second = gunicorns("second", state, ARW_DL_RESUME_ON_START="0")
+    second.wait_ready()  # it holds the state lock: the killed worker is gone, its last write landed
+
+    models = state / "models"
+    part, sidecar = models / "k.part", models / "k.part.json"
+    kept = part.stat().st_size
+    assert 128 * KiB <= kept < len(res.data)
+    assert part.read_bytes() == res.data[:kept]  # what is on disk is a true prefix
+    assert json.loads(sidecar.read_text())["total"] == len(res.data)
+    assert not (models / "k.gguf").exists()
+    assert requests.get(second.url + "/models", timeout=5).json()["items"] == []
+    listed = requests.get(second.url + "/models/downloads", timeout=5).json()["items"]
+    assert [(i["id"], i["status"], i["downloaded"], i["total"]) for i in listed] == [
+        ("k", "resumable", kept, len(res.data))]
+    assert origin.requests_for("/k.gguf")[before:] == []  # nothing moves until it is asked for
+    frames = post_and_follow(second.url, body, is_status("k", "complete", "error", "canceled"))
+    payloads = [f.payload for f in frames if f.event == PROGRESS]
+    assert payloads[0]["status"] == "resumed" and payloads[0]["offset"] == kept
+    assert payloads[-1]["status"] == "complete" and payloads[-1]["sha256"] == res.sha256
+    resumed = origin.requests_for("/k.gguf")[before:]
+    assert [(r.range, r.status) for r in resumed] == [(f"bytes={kept}-", 206)]
+    assert (models / "k.gguf").read_bytes() == res.data
+    assert not part.exists() and not sidecar.exists()

@@ -33,10 +33,10 @@ from arw_models import ArwModels
 from arw_models.client.cli import main
 from arw_models.client.display import Progress
 
-from .conftest import LiveServer, Watch
-from .helpers import listing, models_dir, part
-from .origin import Origin, payload
-from .servers import free_port
+from .support.app import LiveServer, Watch
+from .support.helpers import listing, models_dir, part
+from .support.origin import Origin, payload
+from .support.servers import free_port
 
 KiB = 1024
 ROOT = Path(__file__).resolve().parent.parent

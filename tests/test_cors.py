@@ -14,7 +14,7 @@ from flask import Flask
 from arw_models import ArwModels, create_app
 from arw_models.config import from_env, parse_origins
 
-from .conftest import FAST
+from .support.app import FAST
 
 TOKEN = "cors-t0ken-Xq2"
 

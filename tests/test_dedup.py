@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from arw_models import ArwModels
 from arw_models.service import dedup
 
-from .conftest import post_download
-from .helpers import listing, models_dir, read, write_partial
-from .origin import payload
+from .support.app import post_download
+from .support.helpers import listing, models_dir, read, write_partial
+from .support.origin import payload
 
 MiB = 1024 * 1024
 # Nothing listens there: a transfer from it fails at once.

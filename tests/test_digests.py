@@ -1,5 +1,6 @@
 """Digests the origin publishes: each header form read right, refused when it
-does not cover the whole file, and used to verify a download that names none."""
+does not cover the whole file, and used to verify a download that names none;
+a sha256 that differs in its last digit is refused."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import pytest
 from arw_models import ArwModels
 from arw_models.engine import digests
 
-from .conftest import post_download
-from .helpers import listing, models_dir
-from .origin import payload
+from .support.app import Service, post_download
+from .support.helpers import (
+    listing,
+    models_dir,
+)
+from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
 DATA = b"the bytes of a model" * 1000
@@ -196,7 +200,7 @@ def test_a_published_digest_of_an_installed_model_links_it_instead_of_reading_th
 
 def test_a_mirror_whose_published_digest_disagrees_with_the_request_is_skipped(
         service: Any, origin: Any) -> None:
-    from .origin import Origin
+    from .support.origin import Origin
 
     data = payload(MiB, seed=5)
     res = origin.add("/m.gguf", data)
@@ -223,7 +227,7 @@ def test_a_mirror_whose_published_digest_disagrees_with_the_request_is_skipped(
 def test_the_origins_own_published_digest_that_disagrees_fails_even_with_mirrors(
         service: Any, origin: Any) -> None:
     """Mirrors are skipped for what they publish; the origin is the last word."""
-    from .origin import Origin
+    from .support.origin import Origin
 
     res = origin.add("/m.gguf", payload(MiB, seed=6))
     res.headers = FORMS["Repr-Digest"](OTHER)
@@ -251,3 +255,14 @@ def test_a_size_the_hub_states_that_the_answer_does_not_serve_fails_before_the_b
     assert done["status"] == "error" and done["code"] == "size-mismatch"
     assert done["expected_bytes"] == MiB + 1
     assert listing(app) == []
+
+
+def test_a_checksum_that_differs_only_in_its_last_digit_is_refused(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    res = origin.add("/near.gguf", payload(1000, seed=40))
+    near = res.sha256[:-1] + ("0" if res.sha256[-1] != "0" else "1")
+    post_download(client, "near", origin.url("/near.gguf"), sha256=near)
+    err = watch.terminal("near")
+    assert err["status"] == "error" and err["code"] == "checksum-mismatch"
+    assert err["expected"] == near and err["actual"] == res.sha256
+    assert os.listdir(models_dir(app)) == []

@@ -28,9 +28,9 @@ from arw_models.store import partfile
 from arw_models.store.partfile import ALIGN, PartFile
 from arw_models.store.storage import open_part
 
-from .conftest import Service, Watch, post_download
-from .helpers import models_dir, part, read, sidecar, write_partial
-from .origin import Origin, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import models_dir, part, read, sidecar, write_partial
+from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
 KiB = 1024

@@ -5,6 +5,11 @@ The download ends as ``disk-full`` whatever write met the full disk (the ``.part
 or its sidecar), keeps its ``.part`` and the last whole sidecar, and continues
 from there once space is free; a ``.part`` preallocated for parallel ranges
 already holds its blocks, so a little free space is enough to go on.
+
+The disk as the service checks it (a file system that reports full, or loses what
+was written; the space free before a transfer, counting what running downloads
+still need and the reserve): nothing is installed short, and a ``.part`` that can be
+resumed is kept.
 """
 
 from __future__ import annotations
@@ -15,14 +20,24 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Self
 
 import pytest
 
+from arw_models import ArwModels
 from arw_models.engine.plan import Plan
 
-from .conftest import Service, post_download
-from .helpers import listing, part, read, sidecar
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import (
+    cancel,
+    listing,
+    models_dir,
+    part,
+    read,
+    sidecar,
+    write_partial,
+)
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -149,3 +164,154 @@ def test_a_preallocated_part_counts_as_space_already_taken(
     assert done["status"] == "complete", done
     assert read(str(models / "p.gguf")) == res.data
     assert sum(r.sent for r in origin.requests_for("/p.gguf")) == size - 2 * MiB
+
+
+class FillingDisk:
+    """Wraps a ``.part`` file; writes fail with ENOSPC once ``room`` bytes are used."""
+
+    def __init__(self, fh: Any, budget: list[int]) -> None:
+        self.fh, self.budget = fh, budget
+
+    def write(self, buf: Any) -> int:
+        if self.budget[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n: int = self.fh.write(memoryview(buf)[: self.budget[0]])  # a short write first
+        self.budget[0] -= n
+        return n
+
+    def fileno(self) -> int:
+        return int(self.fh.fileno())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fh.close()
+
+
+def test_disk_full_keeps_the_part_and_a_later_post_resumes(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client, watch = service()
+    res = origin.add("/full.gguf", payload(MiB, seed=28))
+    room = 200_000
+    budget = [room]
+    manager = ArwModels.state(app).manager
+    real_open = manager.open_part
+    monkeypatch.setattr(manager, "open_part", lambda path, append: FillingDisk(real_open(path, append), budget))
+    url = origin.url("/full.gguf")
+    post_download(client, "full", url, sha256=res.sha256)
+    err = watch.terminal("full")
+    assert err["status"] == "error" and err["code"] == "disk-full"
+    assert "retrying" not in watch.statuses("full")  # a full disk is not retried
+    assert read(part(app, "full")) == res.data[:room]
+    assert os.path.exists(sidecar(app, "full"))
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/models/downloads/full").json["code"] == "disk-full"
+
+    monkeypatch.undo()  # space was freed
+    again = post_download(client, "full", url, sha256=res.sha256)
+    assert again.status_code == 202 and again.json["status"] == "resumed"
+    done = watch.terminal("full")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    seen = origin.requests_for("/full.gguf")
+    assert len(seen) == 2 and seen[1].range == f"bytes={room}-" and seen[1].status == 206
+    assert read(os.path.join(models_dir(app), "full.gguf")) == res.data
+    assert listing(app) == ["full.gguf"]
+
+
+class LosingDisk(FillingDisk):
+    """A ``.part`` file on a disk that loses writes silently once ``room`` bytes are
+    used: each write says it wrote everything (a failing network file system)."""
+
+    def write(self, buf: Any) -> int:
+        kept = max(0, min(len(buf), self.budget[0]))
+        if kept:
+            self.fh.write(memoryview(buf)[:kept])
+            self.budget[0] -= kept
+        return len(buf)
+
+
+def test_a_part_shorter_than_what_was_written_is_not_installed(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No sha256 to catch it: only the size of the ``.part`` against the file's
+    tells that bytes were lost; its bytes are of no use for a resume either."""
+    app, client, watch = service()
+    origin.add("/lost.gguf", payload(MiB, seed=30))
+    manager = ArwModels.state(app).manager
+    real_open = manager.open_part
+    monkeypatch.setattr(manager, "open_part", lambda path, append: LosingDisk(real_open(path, append), [300_000]))
+    post_download(client, "lost", origin.url("/lost.gguf"))
+    err = watch.terminal("lost")
+    assert err["status"] == "error" and err["code"] == "size-mismatch"
+    assert client.get("/models").json["items"] == [] and listing(app) == []
+
+
+def test_disk_insufficient_before_a_fresh_transfer_leaves_nothing(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client, watch = service()
+    res = origin.add("/big.gguf", payload(MiB, seed=29))
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: 1000)
+    post_download(client, "big", origin.url("/big.gguf"))
+    err = watch.terminal("big")
+    assert err["status"] == "error" and err["code"] == "disk-insufficient"
+    assert err["free"] == 1000 and err["needed"] == len(res.data)
+    assert "started" not in watch.statuses("big")
+    assert listing(app) == []  # neither a .part nor a stray sidecar
+    assert client.get("/models/downloads").json["items"] == []
+
+
+def test_disk_insufficient_keeps_a_resumable_part(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client, watch = service()
+    res = origin.add("/r.gguf", payload(MiB, seed=30))
+    have = 100_000
+    side = {"url": origin.url("/r.gguf"), "etag": res.etag, "total": len(res.data)}
+    write_partial(app, "r", res.data[:have], side)
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: 1000)
+    post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
+    err = watch.terminal("r")
+    # What the .part holds (its blocks, a little more than its bytes) is not asked for again.
+    held = os.stat(part(app, "r")).st_blocks * 512
+    assert err["code"] == "disk-insufficient" and err["needed"] == len(res.data) - max(have, held)
+    assert read(part(app, "r")) == res.data[:have]
+    assert os.path.exists(sidecar(app, "r"))
+
+    monkeypatch.undo()
+    post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
+    assert watch.terminal("r")["status"] == "complete"
+    assert origin.requests_for("/r.gguf")[-1].range == f"bytes={have}-"
+    assert read(os.path.join(models_dir(app), "r.gguf")) == res.data
+
+
+def test_disk_check_counts_what_running_downloads_still_need(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    one = origin.add("/one.gguf", payload(MiB, seed=31), stall_after=64 * KiB)
+    two = origin.add("/two.gguf", payload(MiB, seed=32))
+    # Room for either file alone, not for both.
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: len(one.data) + len(two.data) // 2)
+    post_download(client, "one", origin.url("/one.gguf"))
+    watch.status("one", "started")  # its size is known from here on
+    assert one.stalled.wait(5)
+    post_download(client, "two", origin.url("/two.gguf"))
+    assert watch.terminal("two")["code"] == "disk-insufficient"
+    assert cancel(client, "one").status_code == 200
+    one.release.set()
+    assert watch.terminal("one")["status"] == "canceled"
+    assert listing(app) == []
+
+
+def test_disk_check_keeps_the_reserve(service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, client, watch = service(ARW_MODELS_DISK_RESERVE_MB=1)
+    res = origin.add("/r.gguf", payload(100_000, seed=48))
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: len(res.data) + 1000)
+    post_download(client, "r", origin.url("/r.gguf"))
+    err = watch.terminal("r")
+    assert err["code"] == "disk-insufficient" and err["needed"] == len(res.data) + MiB
+    assert origin.requests_for("/r.gguf")[0].status == 200
+    assert os.listdir(models_dir(app)) == []

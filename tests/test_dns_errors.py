@@ -17,9 +17,9 @@ import pytest
 
 from arw_models import ArwModels
 
-from .conftest import Service, post_download
-from .helpers import listing
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import listing
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .servers import ROOT, Gunicorn, free_port
+from .support.servers import ROOT, Gunicorn, free_port
 
 README = ROOT / "README.rst"
 ORIGIN_PORT, SERVICE_PORT = "8000", "8090"

@@ -7,9 +7,9 @@ import json
 import os
 from typing import Any
 
-from .conftest import post_download
-from .helpers import listing, models_dir, read, write_partial
-from .origin import payload
+from .support.app import post_download
+from .support.helpers import listing, models_dir, read, write_partial
+from .support.origin import payload
 
 MiB = 1024 * 1024
 
@@ -53,7 +53,7 @@ def test_download_verifies_and_installs(client: Any, app: Any, origin: Any, watc
 
 
 def test_progress_events_carry_percent_and_grow(make_app: Any, origin: Any) -> None:
-    from .conftest import Watch
+    from .support.app import Watch
 
     app = make_app(ARW_DL_PROGRESS_INTERVAL_MS=0)
     watch = Watch(app)

@@ -13,9 +13,9 @@ import pytest
 from arw_models.engine.plan import Plan, Span, continuation, same_object
 from arw_models.service.jobs import MOVES, TERMINAL, DownloadJob, Status
 
-from .conftest import Service, Watch, post_download
-from .helpers import listing, models_dir, read, write_partial
-from .origin import Origin, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import listing, models_dir, read, write_partial
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -1,4 +1,5 @@
-"""The event stream through a real socket, and the hub's guarantees."""
+"""The event stream through a real socket, the hub's guarantees (ids, replay, the
+ring, a subscription taken while events are published) and the exact bytes of a frame."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import requests
 
 from arw_models import ArwModels
 from arw_models.server.stream import stream_response
-from arw_models.service.events import EventHub
+from arw_models.service.events import Event, EventHub
 
-from .conftest import LiveServer
-from .origin import payload
-from .sse import SSEClient
+from .support.app import LiveServer
+from .support.origin import payload
+from .support.sse import SSEClient
 
 MiB = 1024 * 1024
 
@@ -270,3 +271,105 @@ def test_an_open_subscription_waits_for_events() -> None:
     assert sub.get(timeout=0.2) == []
     assert time.monotonic() - started >= 0.15  # it waited, it did not spin
     hub.unsubscribe(sub)
+
+
+def test_after_the_id_just_before_the_ring_is_no_gap() -> None:
+    hub = EventHub(replay=3)
+    ids = [hub.publish("k", {"n": n}).id for n in range(6)]
+    _, backlog = hub.subscribe(after=ids[2])
+    assert [(e.kind, e.id) for e in backlog] == [("k", ids[3]), ("k", ids[4]), ("k", ids[5])]
+    hub.close()
+
+
+def test_after_the_id_before_this_process_counts_the_missed_events() -> None:
+    """``after == first_id - 1`` means "from this process's
+    first event"; what fell out of the ring can be counted."""
+    hub = EventHub(replay=3)
+    for n in range(6):
+        hub.publish("k", {"n": n})
+    _, backlog = hub.subscribe(after=hub.first_id - 1)
+    assert backlog[0].kind == "bus.gap" and backlog[0].payload == {"missed": 3}
+    assert [e.payload["n"] for e in backlog[1:]] == [3, 4, 5]
+    hub.close()
+
+
+def test_replay_after_an_id_honours_the_prefix_filter() -> None:
+    hub = EventHub(replay=100)
+    first = hub.publish("Models.X", {"n": -1}).id
+    for n in range(3):
+        hub.publish("Models.X", {"n": n})
+        hub.publish("Other.Y", {"n": n})
+    _, backlog = hub.subscribe(prefixes=("Models.",), after=first)
+    assert [(e.kind, e.payload["n"]) for e in backlog] == [("Models.X", 0), ("Models.X", 1), ("Models.X", 2)]
+    hub.close()
+
+
+def test_subscribing_to_a_closed_hub_ends_at_once() -> None:
+    hub = EventHub()
+    hub.publish("k", {})
+    hub.close()
+    sub, _ = hub.subscribe()
+    assert sub.get(timeout=0) is None
+    assert hub.subscriber_count == 0
+
+
+def test_an_event_published_while_subscribing_is_neither_lost_nor_doubled() -> None:
+    """The backlog and the live registration must be one
+    step under the hub lock. If the registration happens outside the lock, a publisher
+    can run in between; this test makes that interleaving happen (deterministically)."""
+    hub = EventHub(replay=100)
+    first = hub.publish("k", {"n": 0}).id
+    hub.publish("k", {"n": 1})
+
+    class Interleaving(set):  # type: ignore[type-arg]
+        def add(self, sub: Any) -> None:
+            if not hub._lock.locked():  # a publisher could run here: let one run
+                hub.publish("k", {"n": "window"})
+            super().add(sub)
+
+    hub._subs = Interleaving()
+    sub, backlog = hub.subscribe(after=first)
+    hub.publish("k", {"n": 2})
+    live = sub.get(timeout=0) or []
+    ids = [e.id for e in backlog + live]
+    assert ids == list(range(first + 1, hub.last_id + 1))
+    hub.close()
+
+
+def test_event_frame_is_exact_bytes() -> None:
+    event = Event(42, "Models.DownloadProgress", {"id": "m", "status": "queued"}, time="2026-11-25T19:20:00.123Z")
+    assert event.encode() == (
+        b"id: 42\n"
+        b"event: Models.DownloadProgress\n"
+        b'data: {"time":"2026-11-25T19:20:00.123Z","kind":"Models.DownloadProgress",'
+        b'"payload":{"id":"m","status":"queued"}}\n'
+        b"\n"
+    )
+    assert str(event) == event.encode().decode()
+
+
+def test_event_frame_without_id_and_with_newlines_in_data() -> None:
+    event = Event(None, "service.connected", {"note": "a\nb\r\nc"}, time="2026-11-25T19:20:00.000Z")
+    frame = event.encode()
+    assert frame.startswith(b"event: service.connected\ndata: {")
+    assert b"id:" not in frame
+    # One data line, whatever the payload holds: the frame ends at the first blank line.
+    assert frame.count(b"\n") == 3 and frame.endswith(b"\n\n")
+    assert b'"a\\nb\\r\\nc"' in frame
+
+
+def test_event_frame_keeps_unicode_as_utf8() -> None:
+    frame = Event(1, "k", {"file": "modèle.gguf"}, time="t").encode()
+    assert "modèle".encode() in frame
+
+
+def test_hub_ids_increase_and_start_from_the_clock() -> None:
+    import time
+
+    before = time.time_ns() // 1000
+    hub = EventHub(replay=10)
+    ids = [hub.publish("k", {"n": n}).id for n in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert ids[0] >= before
+    # A second hub (a restart) numbers after the first one's events.
+    assert EventHub().first_id > ids[-1]

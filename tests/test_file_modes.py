@@ -15,8 +15,8 @@ import pytest
 from arw_models import ArwModels, create_app
 from arw_models.config import DEFAULTS, Settings
 
-from .conftest import FAST, Service, post_download
-from .origin import Origin, payload
+from .support.app import FAST, Service, post_download
+from .support.origin import Origin, payload
 
 
 def mode(path: str | Path) -> int:

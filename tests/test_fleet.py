@@ -3,7 +3,7 @@ the same model at once through one nginx ``proxy_cache`` (slice module, cache lo
 and the origin sends the file about once, whatever the three do in parallel.
 
 The origin is the real test origin (ranges, ETag), which counts every body byte it
-writes; the cache is a real nginx configured as docs/deployment.rst shows (tests/cache.py).
+writes; the cache is a real nginx configured as docs/deployment.rst shows (tests/support/cache.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import requests
 
-from . import cache as caches
-from .conftest import Service, post_download
-from .helpers import models_dir, read
-from .origin import Origin, payload
+from .support import cache as caches
+from .support.app import Service, post_download
+from .support.helpers import models_dir, read
+from .support.origin import Origin, payload
 
 DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.rst"
 MiB = 1024 * 1024

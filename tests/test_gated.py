@@ -1,7 +1,7 @@
 """Request headers for a gated origin (the POST's ``headers``): sent to the url's
 own host and port alone, kept (in the owner-only sidecar) only while a resume may
 need them, and never shown: not in events, logs, listings, /probe or any other
-file of the state directory. Against the real local servers of tests/hub.py."""
+file of the state directory. Against the real local servers of tests/support/hub.py."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from .conftest import LiveServer, Service, Watch, post_download
-from .helpers import listing, models_dir, read, sidecar, write_partial
-from .hub import (
+from .support.app import LiveServer, Service, Watch, post_download
+from .support.helpers import listing, models_dir, read, sidecar, write_partial
+from .support.hub import (
     Server,
     events_text,
     needs_second_host,
@@ -25,8 +25,8 @@ from .hub import (
     shown_nowhere,
     state_files_holding,
 )
-from .origin import Origin, payload
-from .sse import SSEClient
+from .support.origin import Origin, payload
+from .support.sse import SSEClient
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from .conftest import LiveServer, Watch
-from .origin import Origin, payload
+from .support.app import LiveServer, Watch
+from .support.origin import Origin, payload
 
 GENERATOR = Path(sys.executable).parent / "openapi-python-client"
 PACKAGE = "arw_generated_client"

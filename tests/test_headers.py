@@ -22,9 +22,9 @@ from arw_models.engine.headers import (
     strong_etag,
 )
 
-from .conftest import Service, post_download
-from .helpers import models_dir, read, write_partial
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import models_dir, read, write_partial
+from .support.origin import Origin, payload
 
 HUGE = "9" * 5000  # past Python's limit on the digits of an int: int() raises
 LM = "Wed, 25 Nov 2026 10:00:00 GMT"

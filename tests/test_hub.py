@@ -1,6 +1,6 @@
 """Hugging Face references: ``hf://OWNER/REPO/PATH[@REVISION]`` resolved against
 ARW_HF_ENDPOINT, the hub token sent to the hub's host and never to the CDN it
-redirects to, nor shown anywhere; against the local hub stand-in of tests/hub.py
+redirects to, nor shown anywhere; against the local hub stand-in of tests/support/hub.py
 (the hub on 127.0.0.1, its CDN on 127.0.0.2)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import Service, post_download
-from .helpers import listing, models_dir, read, sidecar
-from .hub import (
+from .support.app import Service, post_download
+from .support.helpers import listing, models_dir, read, sidecar
+from .support.hub import (
     Hub,
     events_text,
     needs_second_host,
@@ -23,7 +23,7 @@ from .hub import (
     shown_nowhere,
     state_files_holding,
 )
-from .origin import payload
+from .support.origin import payload
 
 KiB = 1024
 MiB = 1024 * KiB

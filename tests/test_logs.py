@@ -23,10 +23,10 @@ from arw_models.config import DEFAULTS, Settings
 from arw_models.server.gunicorn_log import AccessJsonFormatter
 from arw_models.service.logs import JobLog, JsonFormatter
 
-from .conftest import Service, post_download
-from .helpers import cancel
-from .origin import Origin, payload
-from .servers import Gunicorn
+from .support.app import Service, post_download
+from .support.helpers import cancel
+from .support.origin import Origin, payload
+from .support.servers import Gunicorn
 
 JOBS = "arw_models.downloads"
 

@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from arw_models import ArwModels
 from arw_models.service.metrics import ERROR_CODES, Metrics
 
-from .conftest import Service, Watch, post_download
-from .helpers import cancel
-from .origin import Origin, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import cancel
+from .support.origin import Origin, payload
 
 
 def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -21,9 +21,9 @@ import pytest
 from arw_models import ArwModels
 from arw_models.engine import sources
 
-from .conftest import Service, post_download
-from .helpers import models_dir, read, write_partial
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import models_dir, read, write_partial
+from .support.origin import Origin, payload
 from .test_digests import FORMS
 from .test_openapi import Contract
 

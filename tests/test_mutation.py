@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from . import equivalent as eq
-from .mutants import is_valid, mutants, show
-from .mutation import (
+from tools import equivalent as eq
+from tools.mutants import is_valid, mutants, show
+from tools.mutation import (
     DEFAULT_TARGETS,
     MARKER,
     ROOT,
@@ -206,7 +206,7 @@ def test_equivalent_list_is_well_formed() -> None:
     # Every entry with its hashes and its reason. Where the entries are now is for
     # `make mutation` to say (moved, or gone), not for the suite: code that moves
     # above an entry is no failure.
-    items, bad = eq.read(ROOT / "tests" / "mutation_equivalent.txt")
+    items, bad = eq.read(ROOT / "tools" / "mutation_equivalent.txt")
     entries = [i for i in items if isinstance(i, eq.Entry)]
     assert not bad and entries and all(e.line_hash and e.why for e in entries)
     assert len({e.id for e in entries}) == len(entries)
@@ -299,6 +299,6 @@ def test_kill_marked_reaches_a_process_in_a_session_of_its_own() -> None:
 
 
 def test_default_targets_exist() -> None:
-    # When a module is moved, `make mutation` needs its new path at the top of tests/mutation.py.
+    # When a module is moved, `make mutation` needs its new path at the top of tools/mutation.py.
     for target in DEFAULT_TARGETS:
         assert mutants(target, (ROOT / target).read_text())

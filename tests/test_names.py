@@ -1,6 +1,7 @@
 """File names: a name from the url or ``Content-Disposition`` and the name made
 when it collides with another model's file both fit the file system's limit on a
-name (in UTF-8 bytes), keep the extension, and cut the stem between characters."""
+name (in UTF-8 bytes), keep the extension, and cut the stem between characters.
+Model ids, and the names taken from a url or a ``Content-Disposition``, one by one."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from urllib.parse import quote
 
 import pytest
 
+from arw_models.engine.headers import (
+    filename_from_disposition,
+    url_filename,
+)
 from arw_models.store.names import free_name
-from arw_models.store.storage import MAX_NAME_BYTES
+from arw_models.store.storage import MAX_NAME_BYTES, sanitize_filename, valid_id
 
-from .conftest import Service, post_download
-from .helpers import models_dir, read
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import models_dir, read
+from .support.origin import Origin, payload
 
 NAME_MAX = 255  # bytes, on Linux file systems
 LONG_ID = "m" * 100  # "-<id>" alone would push a 200-byte name past NAME_MAX
@@ -74,3 +79,72 @@ def test_free_name_cuts_the_stem_on_a_character_boundary(ext: str) -> None:
 def test_a_short_name_is_kept_whole() -> None:
     assert free_name("a.gguf", "m", lambda n: False) == "a.gguf"
     assert free_name("a.gguf", "m", {"a.gguf"}.__contains__) == "a-m.gguf"
+
+
+@pytest.mark.parametrize("value", ["a", "qwen2.5-coder-7b", "A_b-C.9", "x" * 128, "-lead", "_x"])
+def test_valid_ids(value: str) -> None:
+    assert valid_id(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", ".hidden", "..", "../x", "a/b", "a\\b", "x" * 129, "x" * 10240, "a b", "é", "a\x00", "a\n", None, 5, ["a"]],
+)
+def test_invalid_ids(value: object) -> None:
+    assert not valid_id(value)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("model.gguf", "model.gguf"),
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\windows\\system.ini", "system.ini"),
+        ("/abs/path/m.gguf", "m.gguf"),
+        ("..", "fallback"),
+        ("...", "fallback"),
+        (".bashrc", "bashrc"),
+        ("a\x00b\x1fc.gguf", "a_b_c.gguf"),
+        ("we<ird>:na|me?.gguf", "we_ird__na_me_.gguf"),
+        ("name. . ", "name"),
+        ("CON", "_CON"),
+        ("nul.txt", "_nul.txt"),
+        ("com1.gguf", "_com1.gguf"),
+        ("x.part", "x.part.bin"),
+        ("x.PART.json", "x.PART.json.bin"),
+        ("", "fallback"),
+        ("   ", "fallback"),
+        ("\u202eevil.gguf", "evil.gguf"),
+    ],
+)
+def test_sanitize_filename(name: str, expected: str) -> None:
+    assert sanitize_filename(name, "fallback") == expected
+
+
+def test_sanitize_filename_shortens_overlong_names_keeping_the_extension() -> None:
+    result = sanitize_filename("a" * 500 + ".gguf", "fallback")
+    assert result.endswith(".gguf")
+    assert len(result.encode()) <= 200
+    multibyte = sanitize_filename("é" * 300 + ".gguf", "fallback")
+    assert len(multibyte.encode()) <= 200 and multibyte.endswith(".gguf")
+    multibyte.encode("utf-8")  # no split character
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('attachment; filename="q.gguf"', "q.gguf"),
+        ("attachment; filename*=UTF-8''mod%C3%A8le.gguf", "modèle.gguf"),
+        ("attachment", None),
+        (None, None),
+        ("", None),
+    ],
+)
+def test_filename_from_disposition(header: str | None, expected: str | None) -> None:
+    assert filename_from_disposition(header) == expected
+
+
+def test_url_filename() -> None:
+    assert url_filename("https://h/a/b/model%20x.gguf?download=1") == "model x.gguf"
+    assert url_filename("https://h/") == ""
+    assert url_filename("https://h") == ""

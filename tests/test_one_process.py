@@ -20,10 +20,10 @@ import requests
 from arw_models import ArwModels, StateLockError
 from arw_models.store.storage import StateDir, StateLock
 
-from .conftest import Watch, post_download
-from .helpers import cancel
-from .origin import payload
-from .servers import CONF, Gunicorn, free_port
+from .support.app import Watch, post_download
+from .support.helpers import cancel
+from .support.origin import payload
+from .support.servers import CONF, Gunicorn, free_port
 
 KiB = 1024
 

@@ -18,8 +18,8 @@ from arw_models.errors import EVENT_ERROR_CODES
 from arw_models.server.openapi import INTERNAL_ERROR, document, problem_codes
 from arw_models.server.problems import PROBLEM_CODES
 
-from .conftest import Watch
-from .origin import Origin, payload
+from .support.app import Watch
+from .support.origin import Origin, payload
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # Described before their routes exist in this blueprint: they are built alongside.

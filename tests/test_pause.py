@@ -9,9 +9,9 @@ from typing import Any
 
 from arw_models import ArwModels, signals
 
-from .conftest import Service, Watch, post_download
-from .helpers import cancel, listing, models_dir, part, read, sidecar
-from .origin import Origin, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import cancel, listing, models_dir, part, read, sidecar
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -10,10 +10,10 @@ from typing import Any
 
 import requests
 
-from .conftest import LiveServer
-from .origin import Origin, payload
-from .servers import Gunicorn
-from .sse import SSEClient
+from .support.app import LiveServer
+from .support.origin import Origin, payload
+from .support.servers import Gunicorn
+from .support.sse import SSEClient
 
 TOKEN = "q-t0ken-in-the-query-7Hs"
 

@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from .conftest import Service, post_download
-from .helpers import listing, part, write_partial
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import listing, part, write_partial
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -12,8 +12,8 @@ import pytest
 
 from arw_models.engine.ratelimit import MIN_READ, Bucket, shares
 
-from .conftest import Service, post_download
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.origin import Origin, payload
 
 
 def test_the_limit_is_shared_equally_and_a_capped_download_leaves_the_rest_to_others() -> None:

@@ -11,9 +11,9 @@ from typing import Any
 from arw_models import ArwModels
 from arw_models.engine import backoff_delay
 
-from .conftest import Service, post_download
-from .helpers import listing, models_dir, part, read, sidecar, write_partial
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import listing, models_dir, part, read, sidecar, write_partial
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB

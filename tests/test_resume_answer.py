@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import Service, Watch, post_download
-from .helpers import models_dir, part, read, sidecar, write_partial
-from .origin import Origin, Resource, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import models_dir, part, read, sidecar, write_partial
+from .support.origin import Origin, Resource, payload
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -2,7 +2,7 @@
 ``If-Range``: the validators of every answer that continues a ``.part`` are compared
 with those recorded for its bytes.
 
-Against the threaded origin of :mod:`tests.origin` (which can ignore ``If-Range``,
+Against the threaded origin of :mod:`tests.support.origin` (which can ignore ``If-Range``,
 leave validators off its ranges and change the file at the moment it drops a
 connection), and against a real nginx where one is installed. No request carries a
 ``sha256`` unless a test says so: only the validators stand between the two versions.
@@ -10,6 +10,7 @@ connection), and against a real nginx where one is installed. No request carries
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,13 +20,21 @@ from typing import Any
 import pytest
 import requests
 
+from arw_models import ArwModels
 from arw_models.engine.headers import same_version
 
-from . import debian
-from .conftest import Service, Watch, post_download
-from .helpers import listing, models_dir, part, read, sidecar, write_partial
-from .nginx import Nginx
-from .origin import Origin, Resource, payload
+from .support import debian
+from .support.app import Service, Watch, post_download
+from .support.helpers import (
+    listing,
+    models_dir,
+    part,
+    read,
+    sidecar,
+    write_partial,
+)
+from .support.nginx import Nginx
+from .support.origin import Origin, Resource, payload
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -267,3 +276,96 @@ def test_nginx_416_with_a_body_for_a_whole_part_adds_nothing_to_it(service: Serv
     assert done["status"] == "complete" and done["bytes"] == len(data)
     assert installed(app, "w.bin") == data
     assert nginx.log()[-2:] == [f'416 "bytes={len(data)}-" "{etag}"', '206 "bytes=0-0" ""']
+
+
+@pytest.mark.parametrize("new_size", [MiB, 700 * KiB], ids=["same-size", "shorter"])
+def test_file_replaced_between_attempts_gives_the_new_file(service: Service, origin: Origin, new_size: int) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=0.3)
+    old, new = payload(MiB, seed=21), payload(new_size, seed=22)
+    cut = 300_000
+    res = origin.add("/v.gguf", old, stall_after=cut)
+    old_etag = res.etag
+    post_download(client, "v", origin.url("/v.gguf"))  # no sha256: only If-Range protects
+    assert res.stalled.wait(5)
+    with origin.lock:
+        res.replace(new)
+    done = watch.terminal("v")
+    res.release.set()
+    assert done["status"] == "complete" and done["bytes"] == len(new)
+    assert done["sha256"] == hashlib.sha256(new).hexdigest()
+    assert read(os.path.join(models_dir(app), "v.gguf")) == new
+    seen = origin.requests_for("/v.gguf")
+    assert len(seen) == 2
+    assert seen[1].range == f"bytes={cut}-" and seen[1].headers["if-range"] == old_etag
+    assert seen[1].status == 200  # the validator no longer matched: the whole new file
+
+
+@pytest.mark.parametrize("validator", ["etag", "last_modified"])
+def test_leftover_part_of_an_old_version_is_not_glued(service: Service, origin: Origin, validator: str) -> None:
+    app, client, watch = service()
+    old, new = payload(MiB, seed=23), payload(MiB, seed=24)
+    res = origin.add("/w.gguf", old)
+    old_validators = {"etag": res.etag, "last_modified": res.last_modified}
+    res.replace(new)
+    have = 400_000
+    write_partial(app, "w", old[:have], {"url": origin.url("/w.gguf"), validator: old_validators[validator],
+                                         "total": len(old)})
+    post_download(client, "w", origin.url("/w.gguf"))
+    assert watch.terminal("w")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "w.gguf")) == new
+    seen = origin.requests_for("/w.gguf")
+    assert len(seen) == 1
+    assert seen[0].range == f"bytes={have}-" and seen[0].headers["if-range"] == old_validators[validator]
+    assert seen[0].status == 200
+
+
+def test_another_url_for_the_same_id_starts_afresh(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    old = origin.add("/old/m.gguf", payload(MiB, seed=37))
+    new = origin.add("/new/m.gguf", payload(MiB, seed=38), etag=old.etag)  # even the same validator
+    write_partial(app, "m", old.data[:500_000], {"url": origin.url("/old/m.gguf"), "etag": old.etag,
+                                                 "total": len(old.data)})
+    r = post_download(client, "m", origin.url("/new/m.gguf"))
+    assert r.status_code == 202 and r.json["status"] == "started"
+    assert watch.terminal("m")["status"] == "complete"
+    seen = origin.requests_for("/new/m.gguf")
+    assert [(s.range, s.headers.get("if-range"), s.status) for s in seen] == [(None, None, 200)]
+    assert origin.requests_for("/old/m.gguf") == []
+    assert read(os.path.join(models_dir(app), "m.gguf")) == new.data
+
+
+def test_part_without_validator_or_sha256_is_not_resumed(service: Service, origin: Origin) -> None:
+    app, client, watch = service()
+    res = origin.add("/nv.gguf", payload(MiB, seed=39), etag='W/"weak"', last_modified=None)
+    write_partial(app, "nv", b"\0" * 1000, {"url": origin.url("/nv.gguf"), "etag": 'W/"weak"'})
+    assert post_download(client, "nv", origin.url("/nv.gguf")).json["status"] == "started"  # not "resumed"
+    assert watch.terminal("nv")["status"] == "complete"
+    assert [s.range for s in origin.requests_for("/nv.gguf")] == [None]
+    assert read(os.path.join(models_dir(app), "nv.gguf")) == res.data
+
+
+def test_a_200_that_fails_before_its_first_byte_leaves_no_old_bytes_under_the_new_validator(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a 200 (a new version) has been accepted, the sidecar
+    names the new ETag; the old version's bytes must be gone by then, or a later resume
+    glues them to the new file."""
+    app, client, watch = service()
+    old, new = payload(MiB, seed=45), payload(MiB, seed=46)
+    res = origin.add("/v.gguf", old)
+    old_etag = res.etag
+    res.replace(new)
+    have = 200_000
+    url = origin.url("/v.gguf")
+    write_partial(app, "v", old[:have], {"url": url, "etag": old_etag, "total": len(old)})
+
+    def refuse(path: str, append: bool) -> Any:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(ArwModels.state(app).manager, "open_part", refuse)
+    post_download(client, "v", url)
+    assert watch.terminal("v")["code"] == "disk-error"
+    monkeypatch.undo()
+    post_download(client, "v", url)  # no sha256: only the validator protects
+    assert watch.terminal("v")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "v.gguf")) == new

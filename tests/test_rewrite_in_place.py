@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import TERMINAL, Service, Watch, post_download
-from .origin import payload
-from .webservers import KINDS, WebServer, serving
+from .support.app import TERMINAL, Service, Watch, post_download
+from .support.origin import payload
+from .support.webservers import KINDS, WebServer, serving
 
 MiB = 1024 * 1024
 SIZE = 6 * MiB

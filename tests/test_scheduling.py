@@ -1,18 +1,25 @@
 """Slots, retry timers and progress: a job that waits to retry gives its slot away,
 and progress is published from the counters once an interval, bursts and stalls
-alike."""
+alike; a queue runs one job at a time in order, and a queued job that is canceled
+never reaches the origin."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
 
 from arw_models import signals
 
-from .conftest import Service, post_download
-from .helpers import cancel
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import (
+    cancel,
+    listing,
+    models_dir,
+    read,
+)
+from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -130,3 +137,61 @@ def test_progress_goes_on_when_a_retry_is_taken_by_another_slot_before_the_first
     after = watch.statuses("r")[watch.statuses("r").index("resumed"):]
     # About 0.75 s of bytes after the resume, at most 10 ms between two progress events.
     assert after.count("downloading") >= 3, after
+
+
+def test_cancel_of_a_queued_job_never_reaches_the_origin(service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    first = origin.add("/first.gguf", payload(MiB, seed=7), stall_after=64 * KiB)
+    origin.add("/second.gguf", payload(1000, seed=8))
+    post_download(client, "first", origin.url("/first.gguf"), sha256=first.sha256)
+    assert first.stalled.wait(5)
+    r = post_download(client, "second", origin.url("/second.gguf"))
+    assert r.status_code == 202 and r.json["status"] == "queued"
+    watch.status("second", "queued")
+    c = cancel(client, "second")
+    assert c.status_code == 200 and c.json == {"id": "second", "status": "canceled"}
+    watch.status("second", "canceled")
+    assert client.get("/models/downloads/second").json["status"] == "canceled"
+    assert [i["id"] for i in client.get("/models/downloads").json["items"]] == ["first"]
+
+    first.release.set()  # the origin ends that response early; the worker resumes it
+    assert watch.terminal("first")["status"] == "complete"
+    assert origin.requests_for("/second.gguf") == []
+    assert watch.statuses("second") == ["queued", "canceled"]
+    assert listing(app) == ["first.gguf"]
+
+
+def test_a_queue_of_three_runs_one_at_a_time_in_order(service: Service, origin: Origin) -> None:
+    # A retry waits (0.5-1 s) long enough for both small queued jobs to run meanwhile.
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_RETRY_BACKOFF_MS=1000,
+                                 ARW_DL_RETRY_BACKOFF_MAX_MS=1000)
+    a = origin.add("/q/a.gguf", payload(512 * KiB, seed=11), stall_after=64 * KiB)
+    b = origin.add("/q/b.gguf", payload(300 * KiB, seed=12))
+    c = origin.add("/q/c.gguf", payload(200 * KiB, seed=13))
+    assert post_download(client, "a", origin.url("/q/a.gguf"), sha256=a.sha256).json["status"] == "started"
+    assert a.stalled.wait(5)
+    assert post_download(client, "b", origin.url("/q/b.gguf"), sha256=b.sha256).json["status"] == "queued"
+    assert post_download(client, "c", origin.url("/q/c.gguf"), sha256=c.sha256).json["status"] == "queued"
+    listed = client.get("/models/downloads").json["items"]
+    assert [(i["id"], i["status"]) for i in listed][1:] == [("b", "queued"), ("c", "queued")]
+    a.release.set()  # a's connection ends short: it waits to retry, and gives its slot away
+    watch.until(lambda e: len({p["id"] for p in watch.payloads() if p["status"] == "complete"}) == 3)
+
+    # The origin saw one transfer at a time: a, then b and c in their order while a
+    # waited to retry (its slot given away), then a again.
+    paths = [s.path for s in origin.seen]
+    order = [p for i, p in enumerate(paths) if i == 0 or paths[i - 1] != p]
+    assert order == ["/q/a.gguf", "/q/b.gguf", "/q/c.gguf", "/q/a.gguf"]
+    assert origin.requests_for("/q/a.gguf")[1].range == f"bytes={64 * KiB}-"
+    # And the events never show two transfers at once.
+    running: set[str] = set()
+    for p in watch.payloads():
+        if p["status"] in ("complete", "error", "canceled", "retrying"):
+            running.discard(p["id"])
+        elif p["status"] != "queued":
+            running.add(p["id"])
+            assert len(running) <= 1, (p, running)
+    assert watch.statuses("b")[0] == "queued" and watch.statuses("c")[0] == "queued"
+    for model_id, res in (("a", a), ("b", b), ("c", c)):
+        assert read(os.path.join(models_dir(app), f"{model_id}.gguf")) == res.data
+    assert sorted(m["id"] for m in client.get("/models").json["items"]) == ["a", "b", "c"]

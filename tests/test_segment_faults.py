@@ -16,11 +16,11 @@ import pytest
 from arw_models import ArwModels
 from arw_models.service.manager import PROGRESS
 
-from .conftest import Service, post_download
-from .helpers import listing, models_dir, part, read
-from .origin import Origin, payload
-from .servers import Gunicorn
-from .sse import is_status, post_and_follow
+from .support.app import Service, post_download
+from .support.helpers import listing, models_dir, part, read
+from .support.origin import Origin, payload
+from .support.servers import Gunicorn
+from .support.sse import is_status, post_and_follow
 
 KiB = 1024
 MiB = 1024 * KiB

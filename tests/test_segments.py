@@ -21,11 +21,11 @@ import requests
 from arw_models.engine.plan import Plan, Span
 from arw_models.service.manager import PROGRESS
 
-from .conftest import Service, post_download
-from .helpers import cancel, listing, models_dir, read, write_partial
-from .origin import Origin, payload
-from .servers import Gunicorn
-from .sse import is_status, post_and_follow
+from .support.app import Service, post_download
+from .support.helpers import cancel, listing, models_dir, read, write_partial
+from .support.origin import Origin, payload
+from .support.servers import Gunicorn
+from .support.sse import is_status, post_and_follow
 
 KiB = 1024
 MiB = 1024 * KiB

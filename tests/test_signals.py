@@ -1,22 +1,26 @@
 """Signals for a host app: the example of docs/embedding.rst runs as written against a real
 download, and its receiver's line is seen; a completed download's payload says
-where the file is."""
+where the file is. Every signal carries the app and the event's payload, and a
+receiver that raises breaks neither the download nor the other receivers."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from arw_models import signals
+from arw_models import ArwModels, signals
+from arw_models.service.manager import CHANGED, PROGRESS
 
-from .conftest import Watch, post_download
-from .origin import Origin, payload
+from .support.app import Watch, post_download
+from .support.origin import Origin, payload
 
 EMBEDDING = Path(__file__).resolve().parent.parent / "docs" / "embedding.rst"
 
@@ -89,3 +93,157 @@ def test_a_completed_download_says_where_its_file_is(make_app: Any, origin: Orig
     with open(done["path"], "rb") as fh:
         assert fh.read() == data.data
     assert event["path"] == done["path"]  # the event carries it too
+
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+ALL_SIGNALS = (
+    signals.download_queued,
+    signals.download_started,
+    signals.download_progress,
+    signals.download_retrying,
+    signals.download_completed,
+    signals.download_failed,
+    signals.download_canceled,
+    signals.models_changed,
+)
+
+
+def test_signals_carry_the_app_and_the_event_payload(make_app: Callable[..., Any], origin: Any,
+                                                     tmp_path: Path) -> None:
+    app = make_app()
+    other = make_app(ARW_STATE_DIR=str(tmp_path / "other"))
+    received: list[tuple[str, Any, dict[str, Any]]] = []
+    lock = threading.Lock()
+    connected: list[tuple[Any, Callable[..., None]]] = []
+
+    def recorder(name: str) -> Callable[..., None]:
+        def receive(sender: Any, payload: dict[str, Any], **extra: Any) -> None:
+            assert not extra
+            with lock:
+                received.append((name, sender, payload))
+
+        return receive
+
+    for sig in ALL_SIGNALS:
+        if sig is signals.download_completed:
+            # The decorator form from the documentation.
+            @sig.connect_via(app)
+            def on_completed(sender: Any, payload: dict[str, Any]) -> None:
+                with lock:
+                    received.append(("download-completed", sender, payload))
+
+            connected.append((sig, on_completed))
+        else:
+            fn = recorder(sig.name)
+            sig.connect(fn, sender=app, weak=False)
+            connected.append((sig, fn))
+    watch = Watch(app)
+    watch_other = Watch(other)
+    try:
+        client = app.test_client()
+        manager = ArwModels.state(app).manager
+        good = origin.add("/ok.gguf", payload(256 * KiB, seed=2))
+        bad = origin.add("/bad.gguf", payload(128 * KiB, seed=3))
+        origin.add("/slow.gguf", payload(4 * MiB, seed=4), throttle=2 * MiB)
+
+        assert post_download(client, "ok", origin.url("/ok.gguf"), sha256=good.sha256).status_code == 202
+        assert watch.terminal("ok")["status"] == "complete"
+        assert post_download(client, "bad", origin.url("/bad.gguf"), sha256="0" * 64).status_code == 202
+        assert watch.terminal("bad")["code"] == "checksum-mismatch"
+        assert post_download(client, "slow", origin.url("/slow.gguf")).status_code == 202
+        watch.status("slow", "downloading")
+        assert client.post("/models/download/cancel", json={"id": "slow"}).json == {"id": "slow",
+                                                                                    "status": "canceled"}
+        assert watch.terminal("slow")["status"] == "canceled"
+        # A signal is sent right after its event is published; a job is done
+        # only after its last one, so once all are done every signal has been sent.
+        for model_id in ("ok", "bad", "slow"):
+            assert manager.wait(model_id, timeout=5)
+
+        # Another app's downloads reach receivers connected to this app: no.
+        other_client = other.test_client()
+        assert post_download(other_client, "o", origin.url("/ok.gguf")).status_code == 202
+        assert watch_other.terminal("o")["status"] == "complete"
+        assert ArwModels.state(other).manager.wait("o", timeout=5)
+
+        with lock:
+            got = list(received)
+        assert got, "no signal was received"
+        assert all(sender is app for _, sender, _ in got)
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for name, _, p in got:
+            by_name.setdefault(name, []).append(p)
+
+        # Per job, the signals are the events, in order, each through its own signal.
+        for model_id in ("ok", "bad", "slow"):
+            events = [e for e in watch.events if e.kind == PROGRESS and e.payload["id"] == model_id]
+            expected = [(signals.BY_STATUS[e.payload["status"]].name, e.payload) for e in events]
+            sent = [(name, p) for name, _, p in got if p.get("id") == model_id and "op" not in p]
+            assert sent == expected, model_id
+        changes = [e.payload for e in watch.events if e.kind == CHANGED]
+        assert by_name["models-changed"] == changes == [{"op": "add", "id": "ok"}]
+
+        assert [p["id"] for p in by_name["download-started"]] == ["ok", "bad", "slow"]
+        assert all(p["status"] == "started" for p in by_name["download-started"])
+        (completed,) = by_name["download-completed"]
+        assert completed == watch.payloads("ok")[-1]
+        assert completed["sha256"] == good.sha256 and completed["file"] == "ok.gguf"
+        (failed,) = by_name["download-failed"]
+        assert failed["id"] == "bad" and failed["code"] == "checksum-mismatch"
+        assert failed["expected"] == "0" * 64 and failed["actual"] == bad.sha256
+        (canceled,) = by_name["download-canceled"]
+        assert canceled == {"id": "slow", "status": "canceled", "downloaded": canceled["downloaded"]}
+        assert any(p["id"] == "slow" for p in by_name["download-progress"])
+        assert all(p["status"] == "downloading" for p in by_name["download-progress"])
+        assert not any(p.get("id") == "o" for _, _, p in got)
+    finally:
+        for sig, fn in connected:
+            sig.disconnect(fn)
+        watch.close()
+        watch_other.close()
+    assert not any(sig.receivers for sig in ALL_SIGNALS)
+
+
+def test_a_receiver_that_raises_breaks_neither_the_download_nor_other_receivers(
+    app: Any, client: Any, origin: Any, watch: Any, caplog: Any,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="arw_models")
+    seen: list[list[str]] = [[] for _ in range(4)]
+    lock = threading.Condition()
+
+    def broken(sender: Any, payload: dict[str, Any]) -> None:
+        raise RuntimeError("a bug in a receiver")
+
+    def good(n: int) -> Callable[..., None]:
+        def receive(sender: Any, payload: dict[str, Any]) -> None:
+            with lock:
+                seen[n].append(payload.get("status") or payload["op"])
+                lock.notify_all()
+
+        return receive
+
+    receivers = [good(n) for n in range(4)]
+    wired = (signals.download_started, signals.download_completed, signals.models_changed)
+    for sig in wired:
+        sig.connect(broken, sender=app)
+        for fn in receivers:
+            sig.connect(fn, sender=app)
+    try:
+        res = origin.add("/r.gguf", payload(256 * KiB, seed=5))
+        assert post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256).status_code == 202
+        assert watch.terminal("r")["status"] == "complete"
+        assert ArwModels.state(app).manager.wait("r", timeout=5)
+        assert [m["id"] for m in client.get("/models").json["items"]] == ["r"]
+        with lock:  # the signals of the end follow it, in the job's thread
+            assert lock.wait_for(lambda: all(len(s) == 3 for s in seen), timeout=5), seen
+        for n in range(4):
+            assert seen[n] == ["started", "complete", "add"], (n, seen[n])
+        assert any("a receiver of" in r.getMessage() for r in caplog.records)
+    finally:
+        for sig in wired:
+            sig.disconnect(broken)
+            for fn in receivers:
+                sig.disconnect(fn)

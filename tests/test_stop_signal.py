@@ -21,9 +21,9 @@ import requests
 
 from arw_models.service.manager import PROGRESS
 
-from .origin import payload
-from .servers import Gunicorn, plain
-from .sse import SSEClient
+from .support.origin import payload
+from .support.servers import Gunicorn, plain
+from .support.sse import SSEClient, is_status, read_frames_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -94,3 +94,50 @@ def test_sigterm_under_a_plain_command_line_stops_the_transfer_and_keeps_it_resu
     resumed = origin.requests_for("/big.gguf")[before:]
     assert resumed and resumed[0].range == f"bytes={kept}-" and resumed[0].status == 206
     assert (state / "models" / "big.gguf").read_bytes() == res.data
+
+
+def test_sigterm_during_a_download_keeps_the_part_and_a_restart_resumes_it(
+    gunicorns: Callable[..., Gunicorn], origin: Any, tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    res = origin.add("/big.gguf", payload(4 * MiB, seed=9), throttle=1 * MiB)
+    url = origin.url("/big.gguf")
+    first = gunicorns("first", state)
+    first.wait_ready()
+    with SSEClient(first.url + "/events") as sse:
+        assert sse.next().event == "service.connected"
+        r = requests.post(first.url + "/models/download", json={"id": "big", "url": url, "sha256": res.sha256},
+                          timeout=5)
+        assert r.status_code == 202, r.text
+        read_frames_until(sse, lambda f: is_status("big", "downloading")(f) and f.payload["downloaded"] >= 64 * KiB)
+        sent = time.monotonic()
+        os.kill(first.proc.pid, signal.SIGTERM)
+        with pytest.raises(EOFError):  # the stream ends: neither a hang (a timeout) nor a broken chunk
+            read_frames_until(sse, lambda f: False)
+    assert first.wait_exit(10) == 0
+    assert time.monotonic() - sent < 5, first.output()
+    assert "Traceback" not in first.output()
+
+    part, sidecar = state / "models" / "big.part", state / "models" / "big.part.json"
+    assert part.exists() and sidecar.exists()
+    kept = part.stat().st_size
+    assert 64 * KiB <= kept < len(res.data)
+    assert part.read_bytes() == res.data[:kept]
+    assert json.loads(sidecar.read_text())["url"] == url
+    assert not (state / "models" / "big.gguf").exists()
+
+    res.throttle = None
+    before = len(origin.requests_for("/big.gguf"))
+    second = gunicorns("second", state)  # ARW_DL_RESUME_ON_START is on by default
+    second.wait_ready()
+    with SSEClient(second.url + "/events", params={"replay": "4096", "prefix": "Models."}) as sse:
+        frames = read_frames_until(sse, is_status("big", "complete", "error", "canceled"))
+    statuses = [f.payload for f in frames if is_status("big", "resumed", "complete")(f)]
+    assert statuses[0] == {"id": "big", "status": "resumed", "offset": kept, "total": len(res.data)}
+    assert statuses[-1]["status"] == "complete" and statuses[-1]["sha256"] == res.sha256
+    resumed = origin.requests_for("/big.gguf")[before:]
+    assert resumed and resumed[0].range == f"bytes={kept}-" and resumed[0].status == 206
+    models = requests.get(second.url + "/models", timeout=5).json()["items"]
+    assert [(m["id"], m["sha256"], m["bytes"]) for m in models] == [("big", res.sha256, len(res.data))]
+    assert (state / "models" / "big.gguf").read_bytes() == res.data
+    assert not part.exists() and not sidecar.exists()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from .servers import Gunicorn, plain
+from .support.servers import Gunicorn, plain
 
 STREAMS = 100
 

@@ -1,5 +1,6 @@
 """Event streams and slow clients cannot starve the request threads: the cap on
-streams, the end of a stream whose client left, the time limit on request bodies.
+streams, the end of a stream whose client left, the time limit on request bodies;
+many short streams leave no subscriber behind.
 
 The first part runs in-process (units on real sockets, werkzeug's server); the
 last test runs the service under gunicorn as ``gunicorn -c
@@ -29,9 +30,9 @@ from arw_models.server.limits import BodyTimeout, StreamSlots, client_gone, read
 from arw_models.server.stream import stream_response
 from arw_models.service.events import KEEPALIVE, EventHub
 
-from .conftest import LiveServer
-from .servers import CONF, Gunicorn
-from .sse import SSEClient
+from .support.app import LiveServer
+from .support.servers import CONF, Gunicorn
+from .support.sse import SSEClient
 
 CANCEL = "/models/download/cancel"
 
@@ -486,3 +487,34 @@ def test_streams_and_slow_clients_do_not_starve_the_service_under_gunicorn(
         status, _, body = _response(sock)
         assert status == 400 and json.loads(body)["code"] == "incomplete-body", body
     assert "Traceback" not in g.output()
+
+
+def test_many_short_event_streams_leave_no_subscriber(make_app: Callable[..., Any], monkeypatch: Any) -> None:
+    # A closed stream keeps its slot until it notices its client left: make room for all.
+    app = make_app(ARW_EVENTS_MAX_STREAMS=256)
+    live = LiveServer(app)
+    try:
+        _many_short_streams(app, live, monkeypatch)
+    finally:
+        live.close()
+
+
+def _many_short_streams(app: Any, live: LiveServer, monkeypatch: Any) -> None:
+    hub = ArwModels.state(app).hub
+    released = threading.Condition()
+    unsubscribe = hub.unsubscribe
+
+    def counting_unsubscribe(sub: Any) -> None:
+        unsubscribe(sub)
+        with released:
+            released.notify_all()
+
+    monkeypatch.setattr(hub, "unsubscribe", counting_unsubscribe)
+    for _ in range(200):
+        with SSEClient(live.url + "/events") as sse:
+            assert sse.next().event == "service.connected"
+    # A stream notices its closed client at its next write: one event reaches them all.
+    hub.publish("Test.Ping", {})
+    with released:
+        assert released.wait_for(lambda: hub.subscriber_count == 0, timeout=5), hub.subscriber_count
+    assert requests.get(live.url + "/probe", timeout=5).json()["subscribers"] == 0

@@ -22,9 +22,9 @@ import pytest
 from arw_models import ArwModels, StateDirError, StateLockError
 from arw_models.store.files import temp_path
 
-from .conftest import Service, post_download
-from .helpers import listing, models_dir, part, read, sidecar, write_partial
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.helpers import listing, models_dir, part, read, sidecar, write_partial
+from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
 PAST = 1_500_000_000  # an mtime no write of today can leave behind

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .servers import Gunicorn, plain
+from .support.servers import Gunicorn, plain
 
 TOKEN = "q-T0ken-in-the-query-7x"
 # As docs/security.rst "Access control" gives it: gunicorn's default, with the path (%(U)s)

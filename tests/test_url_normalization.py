@@ -16,8 +16,8 @@ import pytest
 
 from arw_models.engine.headers import remove_dot_segments, without_dot_segments
 
-from .conftest import Service, post_download
-from .origin import Origin, payload
+from .support.app import Service, post_download
+from .support.origin import Origin, payload
 
 KiB = 1024
 

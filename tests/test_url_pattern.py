@@ -16,8 +16,7 @@ from arw_models.errors import BadRequest
 from arw_models.server.api import checked_url
 from arw_models.server.openapi import document
 from arw_models.server.urlschema import NFKC_DELIMITERS, SPACES
-
-from .fuzz import GENERATED_URL_PATTERNS
+from tools.fuzz import GENERATED_URL_PATTERNS
 
 
 def service_accepts(url: str) -> bool:

@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from arw_models.engine.headers import url_filename
+from arw_models.engine.headers import (
+    url_filename,
+)
 from arw_models.redact import redact_text, redact_url
 
-from .conftest import Service, Watch, post_download
-from .helpers import sidecar, write_partial
-from .origin import Origin, payload
+from .support.app import Service, Watch, post_download
+from .support.helpers import sidecar, write_partial
+from .support.origin import Origin, payload
+from .support.servers import closed_port
 
 SECRETS = ("SECRET",)
 PATH = "/d;sess=SECRET1/f.bin;token=SECRET2"
@@ -42,12 +45,6 @@ def assert_hidden_in_logs(caplog: Any) -> int:
     for record in records:
         assert_hidden(record.getMessage(), f"the log record {record.name}")
     return len(records)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the functions ----------------------------------------------------------------------
@@ -155,3 +152,113 @@ def test_port_zero_is_an_invalid_url(service: Service, url: str) -> None:
     assert r.json["code"] == "invalid-url" and r.json["status"] == 400
     assert client.get("/models/downloads/z").status_code == 404
     assert watch.events == [] and not os.path.exists(sidecar(app, "z"))
+
+
+KiB = 1024
+
+
+CREDENTIALS = ("secret", "user:", "abcXYZ", "token=")
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    for secret in CREDENTIALS:
+        assert secret not in text, f"{secret!r} shows in {where}: {text}"
+
+
+def assert_no_secret_in_logs(caplog: Any) -> int:
+    """The service's own log records (urllib3's debug log is not ours); returns their number."""
+    records = [r for r in caplog.records if r.name.startswith("arw_models")]
+    for record in records:
+        assert_no_secret(record.getMessage(), f"the log record {record.name}")
+    return len(records)
+
+
+def test_credentials_in_the_url_are_shown_nowhere(app: Any, client: Any, origin: Any, watch: Any,
+                                                  caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="arw_models")
+    res = origin.add("/m.gguf", payload(512 * KiB, seed=8), stall_after=128 * KiB)
+    host, port = origin.base.removeprefix("http://").split(":")
+    url = f"http://user:secret@{host}:{port}/m.gguf?token=abcXYZ"
+    try:
+        r = post_download(client, "m", url, sha256=res.sha256)
+        assert r.status_code == 202
+        assert_no_secret(r.get_data(as_text=True), "the 202 answer")
+        assert_no_secret(r.headers["Location"], "the Location header")
+        assert r.json["url"].startswith("http://") and "/m.gguf" in r.json["url"]
+        assert res.stalled.wait(5)
+        listing = client.get("/models/downloads")
+        assert [j["id"] for j in listing.json["items"]] == ["m"]
+        assert_no_secret(listing.get_data(as_text=True), "the job listing")
+        assert_no_secret(client.get("/models/downloads/m").get_data(as_text=True), "the job")
+        # The same POST again answers with the running job, redacted too.
+        again = post_download(client, "m", url, sha256=res.sha256)
+        assert again.status_code == 202
+        assert_no_secret(again.get_data(as_text=True), "the repeated 202 answer")
+        conflict = post_download(client, "m", url + "&other=1")
+        assert conflict.status_code == 409
+        assert_no_secret(conflict.get_data(as_text=True), "the 409 answer")
+        res.release.set()
+        assert watch.terminal("m")["status"] == "complete"
+        models = client.get("/models")
+        assert [m["id"] for m in models.json["items"]] == ["m"]
+        assert_no_secret(models.get_data(as_text=True), "GET /models")
+        assert_no_secret(client.get("/models/downloads/m").get_data(as_text=True), "the finished job")
+        assert_no_secret(client.get("/probe").get_data(as_text=True), "the probe")
+        for event in watch.events:
+            assert_no_secret(event.encode().decode("utf-8"), f"the event {event!r}")
+        # The transfer itself did use the full url.
+        seen = origin.requests_for("/m.gguf")
+        assert seen and seen[0].path == "/m.gguf?token=abcXYZ"
+        assert seen[0].headers.get("authorization", "").startswith("Basic ")
+        assert_no_secret_in_logs(caplog)
+    finally:
+        res.release.set()
+
+
+def test_credentials_in_the_url_are_not_in_network_error_messages(make_app: Callable[..., Any], caplog: Any) -> None:
+    # urllib3 quotes the request target (path and query) in its exception text,
+    # which ends up in the retrying and error events and in the log.
+    caplog.set_level(logging.DEBUG, logger="arw_models")
+    app = make_app(ARW_DL_RETRIES=1)
+    watch = Watch(app)
+    try:
+        url = f"http://user:secret@127.0.0.1:{closed_port()}/m.gguf?token=abcXYZ"
+        r = post_download(app.test_client(), "m", url)
+        assert r.status_code == 202
+        assert watch.terminal("m")["code"] == "connection-refused"
+        assert "retrying" in watch.statuses("m")
+        assert_no_secret(app.test_client().get("/models/downloads/m").get_data(as_text=True), "the failed job")
+        for event in watch.events:
+            assert_no_secret(event.encode().decode("utf-8"), f"the event {event!r}")
+        assert assert_no_secret_in_logs(caplog) >= 2  # the retry and the failure
+    finally:
+        watch.close()
+
+
+def test_credentials_in_a_redirect_target_are_not_in_the_error(service: Service, origin: Origin) -> None:
+    """``requests`` quotes the whole redirect target
+    (userinfo included) when it has no adapter for its scheme."""
+    _, client, watch = service()
+    target = "ftp://user:secret@127.0.0.1/m.gguf?token=abcXYZ"
+    origin.add("/r.gguf", payload(10), statuses=[(302, {"Location": target})])
+    post_download(client, "r", origin.url("/r.gguf"))
+    err = watch.terminal("r")
+    assert err["status"] == "error" and err["code"] == "invalid-redirect"
+    assert "ftp://***@127.0.0.1/m.gguf?***" in err["error"]
+    texts = [e.encode().decode() for e in watch.events] + [client.get("/models/downloads/r").get_data(as_text=True)]
+    for text in texts:
+        assert "secret" not in text and "abcXYZ" not in text, text
+
+
+def test_redact_url() -> None:
+    assert redact_url("https://user:secret@host:8443/p/m.gguf?token=abc#frag") == "https://***@host:8443/p/m.gguf?***"
+    assert redact_url("http://host/m.gguf") == "http://host/m.gguf"
+
+
+def test_redact_text_hides_query_and_userinfo_of_quoted_urls() -> None:
+    text = ("HTTPSConnectionPool(host='h', port=443): Max retries exceeded with url: /m.gguf?token=s3cret "
+            "(Caused by redirect to 'ftp://user:pw@h/m.gguf?sig=abc')")
+    redacted = redact_text(text)
+    assert "s3cret" not in redacted and "pw" not in redacted and "abc" not in redacted
+    assert "/m.gguf?***" in redacted and "ftp://***@h/m.gguf?***" in redacted
+    assert redact_text("connection refused") == "connection refused"

@@ -14,8 +14,8 @@ from flask import Flask
 
 from arw_models import ArwModels
 
-from .conftest import FAST
-from .servers import ROOT
+from .support.app import FAST
+from .support.servers import ROOT
 
 TOKEN = "q-t0ken-in-the-query-7Hs"
 PAGE_FILES = {"__init__.py", "index.html", "app.js", "app.css"}

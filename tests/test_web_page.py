@@ -22,10 +22,10 @@ from flask import Flask
 import arw_models.server.web
 from arw_models import ArwModels
 
-from .browser import NginxProxy, StaticSite, chromium, nginx_binary
-from .conftest import FAST, LiveServer
-from .helpers import listing
-from .origin import Origin, payload
+from .support.app import FAST, LiveServer
+from .support.browser import NginxProxy, StaticSite, chromium, nginx_binary
+from .support.helpers import listing
+from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
 TOKEN = "web-page-token-3f9a"

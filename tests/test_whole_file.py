@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import os
 
-from .conftest import Service, post_download
-from .helpers import models_dir, read
-from .origin import Origin, payload
+import pytest
+
+from .support.app import Service, post_download
+from .support.helpers import (
+    listing,
+    models_dir,
+    read,
+)
+from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
 
@@ -55,3 +61,34 @@ def test_a_check_refused_keeps_the_bytes_for_a_freshly_signed_url(service: Servi
     assert watch.terminal("s")["status"] == "complete"
     assert read(os.path.join(models_dir(app), "s.gguf")) == res.data
     assert origin.bytes_sent("/s.gguf") == MiB  # not one byte fetched twice
+
+
+@pytest.mark.parametrize("with_sha", [False, True])
+def test_lying_content_length_ends_in_size_mismatch(service: Service, origin: Origin, with_sha: bool) -> None:
+    app, client, watch = service()
+    data = payload(300_000, seed=26)
+    res = origin.add("/liar.gguf", data, announce_length=2 * len(data))
+    extra = {"sha256": res.sha256} if with_sha else {}
+    post_download(client, "liar", origin.url("/liar.gguf"), **extra)
+    err = watch.terminal("liar", timeout=5)
+    assert err["status"] == "error" and err["code"] == "size-mismatch", err
+    assert err["expected_bytes"] == 2 * len(data) and err["received"] == len(data)
+    # The short body is retried once; the origin's 416 then says that was all it has.
+    seen = origin.requests_for("/liar.gguf")
+    assert [(s.range, s.status) for s in seen] == [(None, 200), (f"bytes={len(data)}-", 416)]
+    assert client.get("/models").json["items"] == []
+    assert listing(app) == []  # no final file, and no .part of a file that cannot be had
+
+
+def test_lying_content_length_without_ranges_runs_out_of_retries(service: Service, origin: Origin) -> None:
+    retries = 3
+    app, client, watch = service(ARW_DL_RETRIES=retries)
+    data = payload(300_000, seed=26)
+    origin.add("/liar.gguf", data, announce_length=2 * len(data), ignore_range=True)
+    post_download(client, "liar", origin.url("/liar.gguf"))
+    err = watch.terminal("liar", timeout=5)
+    assert err["status"] == "error" and err["code"] == "size-mismatch", err
+    # The same bytes again are no progress: the retry budget is spent, not renewed.
+    assert len(origin.requests_for("/liar.gguf")) == retries + 1
+    assert client.get("/models").json["items"] == []
+    assert "liar.gguf" not in listing(app)

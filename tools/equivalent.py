@@ -1,4 +1,4 @@
-"""The list of equivalent mutants of ``make mutation`` (``tests/mutation_equivalent.txt``),
+"""The list of equivalent mutants of ``make mutation`` (``tools/mutation_equivalent.txt``),
 kept in step with code that moves.
 
 An id (``module:line:column:operator``) names a line, and any change above that line
@@ -7,7 +7,7 @@ that line with its neighbours (``@line/context``): when the id's line no longer 
 that text, the entry follows it to the line of the module that has it (the one with
 the same neighbours first, then the nearest) where the same column holds the same
 operator. Only an entry whose line text is nowhere in the module is gone.
-``python -m tests.mutation --fix-equivalent`` writes the list again with the ids and
+``python -m tools.mutation --fix-equivalent`` writes the list again with the ids and
 hashes of now.
 """
 

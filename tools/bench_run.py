@@ -3,7 +3,7 @@ sha256sum, aria2c) as child processes whose CPU time and peak memory come from
 ``wait4``, and the service as a real gunicorn whose worker is read in ``/proc``.
 
 Each function here measures one transfer and returns a :class:`Run`; choosing
-the order, idling between runs and summarizing is :mod:`tests.bench`'s job.
+the order, idling between runs and summarizing is :mod:`tools.bench`'s job.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any, Self
 
 import requests
 
-from .servers import CONF, GUNICORN, ROOT, free_port
-from .sse import SSEClient
+from tests.support.servers import CONF, GUNICORN, ROOT, free_port
+from tests.support.sse import SSEClient
 
 PROGRESS = "Models.DownloadProgress"
 _TICK = os.sysconf("SC_CLK_TCK")

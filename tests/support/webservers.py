@@ -3,7 +3,7 @@ directory on a loopback port with its own configuration, pid file and logs.
 
 Apache and lighttpd drop their privileges when run as root, so the served directory
 is one of their own that anyone may read (a test's ``tmp_path`` is not). nginx takes
-over a socket this process listens on (:mod:`tests.nginx`); the others bind a free
+over a socket this process listens on (:mod:`tests.support.nginx`); the others bind a free
 port themselves and are waited for with a bounded connect-retry.
 """
 

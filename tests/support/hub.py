@@ -1,6 +1,6 @@
 """Local stand-ins for the Hugging Face hub, its CDN and gated origins.
 
-:class:`Server` is the test origin of :mod:`tests.origin` (ranges, ETag, drops,
+:class:`Server` is the test origin of :mod:`tests.support.origin` (ranges, ETag, drops,
 stalls, every request recorded with its headers) on any loopback address, that can
 also require a header of a path (401 without it) and answer a path with a redirect.
 
@@ -65,7 +65,7 @@ class _GateHandler(_Handler):
 
 
 class Server(Origin):
-    """:class:`tests.origin.Origin` bound to ``host``, with gates and redirects."""
+    """:class:`tests.support.origin.Origin` bound to ``host``, with gates and redirects."""
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.lock = threading.Lock()

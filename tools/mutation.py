@@ -1,7 +1,7 @@
 """``make mutation``: how many injected faults the test suite catches.
 
-Each mutant (one small fault at one site, see :mod:`tests.mutants`) is written into
-a fresh copy of the package and the tests in a temporary directory, and the tests
+Each mutant (one small fault at one site, see :mod:`tools.mutants`) is written into
+a fresh copy of the package, the tests and these tools in a temporary directory, and the tests
 chosen for its module run there with ``pytest -x``: ``PYTHONPATH`` and the working
 directory point at the copy, so the processes the tests start (gunicorn, ``python
 -c``) import the mutated code too. The working tree is never written to.
@@ -14,8 +14,8 @@ is an ``error``: the run proves nothing either way. The whole run has a limit to
 a safety net: a run past it is run again once with a longer one, and if that one
 runs past too it is a ``timeout``. Errors and timeouts are listed, loudly, and left
 out of the score: killed / (killed + survived). Ids listed in
-``tests/mutation_equivalent.txt`` (mutants that change nothing a test could
-observe, see :mod:`tests.equivalent`) are not run.
+``tools/mutation_equivalent.txt`` (mutants that change nothing a test could
+observe, see :mod:`tools.equivalent`) are not run.
 
 Every process a run starts carries a marker in its environment; when pytest ends,
 or is stopped at the timeout, whatever still carries that marker is killed, even
@@ -71,8 +71,10 @@ DEFAULT_TARGETS = [
 _ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_downloads.py",
                  "tests/test_resume_validators.py", "tests/test_scheduling.py", "tests/test_segments.py",
                  "tests/test_segment_faults.py", "tests/test_pause.py", "tests/test_ratelimit.py",
-                 "tests/test_direct_io.py", "tests/test_edge_cases.py", "tests/test_resilience.py",
-                 "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
+                 "tests/test_direct_io.py", "tests/test_retries.py", "tests/test_stalls.py",
+                 "tests/test_content_range.py", "tests/test_whole_file.py", "tests/test_size_cap.py",
+                 "tests/test_disk_full.py", "tests/test_durability.py", "tests/test_restart.py",
+                 "tests/test_end_races.py", "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
                  "tests/test_hub.py", "tests/test_gated.py"]
 DEFAULT_TESTS = {
     "arw_models/engine/__init__.py": _ENGINE_TESTS,
@@ -92,8 +94,8 @@ DEFAULT_TESTS = {
                                      "tests/test_gated.py"],
     "arw_models/engine/digests.py": ["tests/test_digests.py", "tests/test_hub.py"],
     "arw_models/service/dedup.py": ["tests/test_dedup.py", "tests/test_digests.py"],
-    "arw_models/service/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
-                                     "tests/test_api.py", "tests/test_records.py"],
+    "arw_models/service/events.py": ["tests/test_events.py", "tests/test_end_races.py", "tests/test_api.py",
+                                     "tests/test_records.py"],
     "arw_models/server/stream.py": ["tests/test_events.py", "tests/test_stream_limits.py", "tests/test_api.py",
                                     "tests/test_records.py"],
 }
@@ -102,11 +104,11 @@ DEFAULT_TESTS = {target: list(dict.fromkeys(tests)) for target, tests in DEFAULT
 # A target not in the map gets every test module but these, which start real
 # servers and take most of the suite's time (they do run the mutated code when named
 # with --tests).
-PROCESS_TESTS = ["tests/test_deploy.py", "tests/test_one_process.py"]
+PROCESS_TESTS = ["tests/test_gunicorn.py", "tests/test_state_lock.py", "tests/test_one_process.py"]
 
 SEED = 20261126
-EQUIVALENT_FILE = ROOT / "tests" / "mutation_equivalent.txt"
-MARKER = "MUTATION_RUN"  # not ARW_*: tests/servers.py drops those from a server's environment
+EQUIVALENT_FILE = ROOT / "tools" / "mutation_equivalent.txt"
+MARKER = "MUTATION_RUN"  # not ARW_*: tests/support/servers.py drops those from a server's environment
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider"]
 TEST_TIMEOUT = 30.0  # seconds a single test may take under a mutant (pytest-timeout); --test-timeout
 RERUN_FACTOR = 3  # a run past the whole-run limit is run again with this many times the limit
@@ -153,7 +155,7 @@ def tests_for(target: str, override: list[str] | None) -> list[str]:
 
 
 def read_equivalent(path: Path) -> set[str]:
-    """The ids the list holds, as written (see :func:`tests.equivalent.resolve` for where they are now)."""
+    """The ids the list holds, as written (see :func:`tools.equivalent.resolve` for where they are now)."""
     items, _ = eq.read(path)
     return {item.id for item in items if isinstance(item, eq.Entry)}
 
@@ -225,6 +227,8 @@ class Runner:
         ignore = shutil.ignore_patterns(*ignore_names)
         for name in [*self.packages, "tests"]:
             shutil.copytree(self.root / name, dest / name, ignore=ignore)
+        if (self.root / "tools").is_dir():  # some tests test these tools (test_mutation, test_url_pattern)
+            shutil.copytree(self.root / "tools", dest / "tools", ignore=ignore)
         if (self.root / "docs").is_dir():  # tests read the pages (settings, problem codes, examples)
             shutil.copytree(self.root / "docs", dest / "docs", ignore=shutil.ignore_patterns("_build", *ignore_names))
         for path in self.root.iterdir():  # wsgi.py, setup.cfg (pytest's settings), ...
@@ -291,7 +295,8 @@ class Runner:
         import the package from anywhere but the copy."""
         base = self.workdir / "imports"
         self._copy(base)
-        probe = "import arw_models, tests, wsgi; print(arw_models.__file__, tests.__file__, wsgi.__file__)"
+        probe = ("import arw_models, tests, tools, wsgi; "
+                 "print(arw_models.__file__, tests.__file__, tools.__file__, wsgi.__file__)")
         env = dict(os.environ, PYTHONPATH=str(base))
         # From a directory that holds neither copy: PYTHONPATH alone must win over the
         # editable install, as it must for a server a test starts from anywhere.
@@ -320,7 +325,7 @@ def first_failure(output: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.mutation", description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", default=DEFAULT_TARGETS, help="modules to mutate")
     parser.add_argument("--sample", type=int, default=150, help="mutants to run (default 150)")
     parser.add_argument("--all", action="store_true", help="run every mutant")

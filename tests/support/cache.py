@@ -2,7 +2,7 @@
 front of one upstream, configured as the "A fleet behind one cache" section of docs/deployment.rst
 shows, with its own cache directory, pid file and logs in a directory of the caller's.
 
-Like :class:`tests.nginx.Nginx`, it listens on a socket this process bound first
+Like :class:`tests.support.nginx.Nginx`, it listens on a socket this process bound first
 (handed over through ``NGINX=<fd>;``): no port race, no wait for it to come up.
 """
 

@@ -15,7 +15,7 @@ seconds, because the cost of writing depends on what was written just before.
   service against one curl connection and against aria2c's eight;
 * memory: peak RSS of the service's worker (``VmHWM``, a fresh gunicorn per run) at
   the default size and at a four times larger file, against curl's;
-* latency, from :mod:`tests.bench_latency`: bytes to progress event, cancel to
+* latency, from :mod:`tools.bench_latency`: bytes to progress event, cancel to
   ``canceled`` event, each against a ``/healthz`` round trip.
 
 The benchmark asserts nothing on time; it measures, prints RST tables and writes
@@ -42,12 +42,14 @@ from typing import Any
 
 import pytest
 
-from . import bench_latency, bench_run, debian
+from tests.support import debian
+from tests.support.nginx import Nginx
+from tests.support.servers import ROOT
+
+from . import bench_latency, bench_run
 from .bench_origin import PyOrigin
 from .bench_run import Run, Service
 from .bench_table import ARIA2, CURL, CURL_SHA, SERVICE, tables
-from .nginx import Nginx
-from .servers import ROOT
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -60,7 +62,7 @@ MARGIN = 256 * MiB  # free space left over beyond the files and the service's ow
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small files, one round: a smoke check")
     parser.add_argument("--size-mb", type=int, help="file from the fast origin (1024; quick 64)")
     parser.add_argument("--throttled-mb", type=int, help="file from the throttled origin (512; quick 64)")

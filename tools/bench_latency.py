@@ -1,5 +1,5 @@
 """Latencies as a subscriber to ``/events`` sees them, against the benchmark's paced
-origin (:class:`tests.bench_origin.PyOrigin`, in this process, on the same clock).
+origin (:class:`tools.bench_origin.PyOrigin`, in this process, on the same clock).
 
 * bytes to progress event: for every ``downloading`` event, the time it reached the
   subscriber minus the time the origin had sent the ``downloaded`` bytes it reports.

@@ -34,8 +34,7 @@ from werkzeug.serving import make_server
 
 from arw_models import create_app
 from arw_models.server.openapi import document
-
-from .origin import Origin
+from tests.support.origin import Origin
 
 TOKEN = "fuzz-token"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 KiB = 1024
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 CONF = "python:arw_models.gunicorn_conf"
 
@@ -25,6 +25,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: a connection to it is refused."""
+    return free_port()
 
 
 class Gunicorn:

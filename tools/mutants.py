@@ -1,4 +1,4 @@
-"""The mutation operators of ``make mutation`` (see :mod:`tests.mutation`).
+"""The mutation operators of ``make mutation`` (see :mod:`tools.mutation`).
 
 A mutant is one small fault at one site of a module, found on its ``ast`` and
 applied as a splice of the source text, so everything else in the file (comments,
