@@ -47,7 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # What is mutated when no module is named: the download engine, the manager, the
 # event hub and its stream. Paths from the repository root; any module of the package will do.
 DEFAULT_TARGETS = [
-    "arw_models/engine/__init__.py",
+    "arw_models/engine/download.py",
+    "arw_models/engine/single.py",
+    "arw_models/engine/parallel.py",
+    "arw_models/engine/published.py",
     "arw_models/engine/plan.py",
     "arw_models/engine/fetch.py",
     "arw_models/engine/segments.py",
@@ -75,7 +78,10 @@ _ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_do
                  "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
                  "tests/test_hub.py", "tests/test_gated.py"]
 DEFAULT_TESTS = {
-    "arw_models/engine/__init__.py": _ENGINE_TESTS,
+    "arw_models/engine/download.py": _ENGINE_TESTS,
+    "arw_models/engine/single.py": ["tests/test_segments.py", *_ENGINE_TESTS],
+    "arw_models/engine/parallel.py": ["tests/test_segments.py", "tests/test_segment_faults.py", *_ENGINE_TESTS],
+    "arw_models/engine/published.py": ["tests/test_digests.py", "tests/test_hub.py", *_ENGINE_TESTS],
     "arw_models/engine/plan.py": ["tests/test_engine.py", "tests/test_segments.py", *_ENGINE_TESTS[1:]],
     "arw_models/engine/fetch.py": _ENGINE_TESTS,
     "arw_models/engine/segments.py": ["tests/test_segments.py", *_ENGINE_TESTS],
