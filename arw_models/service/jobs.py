@@ -94,10 +94,13 @@ class DownloadJob(Transfer):
         self.auto = auto
         self._status = Status.QUEUED
         # publish (the event hub, which never blocks) runs under the job's lock, so
-        # events keep the order of the moves; notify (a host's signal receivers, which
-        # may call back into the service) runs after it is released.
+        # events keep the order of the moves; notify (the host's signal receivers and
+        # the service's observer, which may call back into the service) runs from
+        # tell(), with no lock of ours held, in the same order.
         self._publish = publish
         self.notify = notify
+        self._outbox: deque[dict[str, Any]] = deque()
+        self._telling = False
         self.retries = 0
         self.error: dict[str, Any] | None = None
         # While the job waits to retry, and until the origin's next answer is
@@ -141,7 +144,7 @@ class DownloadJob(Transfer):
         ``fields``) unless ``quiet``; returns the payload, or None, changing nothing,
         if the move is not allowed from the present status (or, with
         ``unless_stopped``, a stop was asked for). With ``deferred`` the caller
-        passes the payload to :attr:`notify` itself, once it holds no lock."""
+        calls :meth:`tell` itself, once it holds no lock."""
         with self._lock:
             if to not in MOVES[self._status] or (unless_stopped and self.stop_event.is_set()):
                 return None
@@ -158,27 +161,47 @@ class DownloadJob(Transfer):
                 return payload
             if not quiet:
                 self._publish(payload)
+                self._outbox.append(payload)
         if not quiet and not deferred:
-            self.notify(payload)
+            self.tell()
         return payload
 
     def close(self) -> dict[str, Any] | None:
         """Marks the job done and publishes its terminal event, if it has one to
-        tell; returns that payload for :attr:`notify`."""
+        tell (and returns it); the caller calls :meth:`tell` once it holds no lock."""
         with self._lock:
             self.done.set()
             final, self._final = self._final, None
             if final is not None:
                 self._publish(final)
+                self._outbox.append(final)
         return final
 
     def announce(self) -> None:
         """Publishes the present status without a move (``queued``, when the job
-        has to wait for a slot)."""
+        has to wait for a slot); the caller calls :meth:`tell` once it holds no lock."""
         with self._lock:
             payload = {"id": self.id, "status": self._status.value}
             self._publish(payload)
-        self.notify(payload)
+            self._outbox.append(payload)
+
+    def tell(self) -> None:
+        """Hands the published events not yet told to :attr:`notify`, in order, with
+        no lock held. Called by whoever published them once it holds no lock; if
+        another thread is telling this job's events already, that one tells these
+        too (after its own): receivers never see one job's events out of order,
+        nor two at once."""
+        while True:
+            with self._lock:
+                if self._telling or not self._outbox:
+                    return
+                self._telling = True
+                payload = self._outbox.popleft()
+            try:
+                self.notify(payload)
+            finally:
+                with self._lock:
+                    self._telling = False
 
     def finish(self, install: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         """Runs ``install`` and completes the job, unless a stop came first (then
