@@ -9,6 +9,10 @@ newer request that takes the job over) take the same lock, so a stop racing the
 install is decided here: :meth:`DownloadJob.finish` runs the install only if no
 stop came first, and a stop after it finds the job terminal.
 
+The events are told to :attr:`DownloadJob.notify` (the host's receivers, the
+observer) by :meth:`DownloadJob.tell`, in the same order, with no lock held. The
+threads and locks involved are described once in docs/design.rst ("Concurrency").
+
 The transfer threads only write the byte counters (``downloaded``, ``total``);
 the manager's ticker reads them to publish progress. What the engine reads and
 writes is the job's :class:`arw_models.engine.transfer.Transfer` part; the two moves
