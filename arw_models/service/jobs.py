@@ -30,8 +30,8 @@ from enum import Enum
 from typing import Any
 
 from ..engine.transfer import Transfer
-from ..redact import redact_url
 from ..store.storage import utcnow
+from .speed import Speed
 
 
 class Status(str, Enum):
@@ -81,11 +81,12 @@ MOVES: dict[Status, frozenset[Status]] = {
 
 Publish = Callable[[dict[str, Any]], None]
 _quietly: Publish = lambda payload: None
-SPEED_WINDOW_SECS = 3.0
 
 
 class DownloadJob(Transfer):
-    """The state of one download, shared by its transfer, the manager and the API."""
+    """The state of one download, shared by its transfer, the manager and the API:
+    its status machine. Its speed is its :class:`~arw_models.service.speed.Speed`'s
+    to tell; what the API shows of it, :func:`arw_models.service.listing.snapshot`'s."""
 
     def __init__(self, model_id: str, url: str, sha256: str | None, provider: str,
                  publish: Publish = _quietly, notify: Publish = _quietly, *, auto: bool = False,
@@ -118,7 +119,7 @@ class DownloadJob(Transfer):
         self._final: dict[str, Any] | None = None
         # The job this one takes over: it must have let go of the .part first.
         self.after: DownloadJob | None = None
-        self._samples: deque[tuple[float, int]] = deque()
+        self.speed = Speed()
         # The bytes the last progress event showed; None until the origin's answer
         # was accepted (before it, the counters say nothing about this attempt).
         self._published: int | None = None
@@ -247,17 +248,13 @@ class DownloadJob(Transfer):
         """Called by the ticker each interval: samples the byte counter, and returns
         the progress event's fields if bytes arrived since the last one."""
         downloaded = self.downloaded
-        samples = self._samples
-        samples.append((now, downloaded))
-        while len(samples) > 2 and now - samples[1][0] >= SPEED_WINDOW_SECS:
-            samples.popleft()
+        self.speed.sample(now, downloaded)
         if self._published is None or downloaded == self._published or self._status not in (
                 Status.STARTED, Status.RESUMED, Status.DOWNLOADING):
             return None
         self._published = downloaded
         fields = self.progress_fields()
-        first_t, first_n = samples[0]
-        speed = (downloaded - first_n) / (now - first_t) if now > first_t else 0.0
+        speed = self.speed.rate(now, downloaded)
         fields["speed"] = max(0, int(speed))
         if self.total and speed > 0:
             fields["eta_s"] = round(max(0, self.total - downloaded) / speed, 1)
@@ -274,8 +271,7 @@ class DownloadJob(Transfer):
     def began(self, offset: int, total: int | None) -> None:
         """The origin's answer was accepted: from ``offset`` of ``total`` bytes."""
         self.total, self.offset, self.downloaded = total, offset, offset
-        self._samples.clear()
-        self._samples.append((self.clock(), offset))  # the speed counts from here
+        self.speed.restart(self.clock(), offset)
         self._published = offset
         self.last_error = None  # bytes flow again
         if self.sources is not None:
@@ -288,32 +284,3 @@ class DownloadJob(Transfer):
 
     def verifying(self) -> None:
         self.transition(Status.VERIFYING, quiet=True)
-
-    # -- what the API shows ----------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        snap: dict[str, Any] = {
-            "id": self.id,
-            "url": redact_url(self.url),
-            "provider": self.provider,
-            "sha256": self.sha256,
-            "status": self._status.value,
-            "retries": self.retries,
-            "created_at": self.created_at,
-        }
-        snap.update(self.progress_fields())
-        if self.offset:
-            snap["offset"] = self.offset
-        if self.file:
-            snap["file"] = self.file
-        if self.error:
-            snap.update(self.error)
-        last_error = self.last_error
-        if last_error:
-            snap["last_error"] = dict(last_error)
-        if self.finished_at:
-            snap["finished_at"] = self.finished_at
-        sources = self.served()
-        if sources is not None:
-            snap["sources"] = sources
-        return snap

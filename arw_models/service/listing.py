@@ -74,10 +74,40 @@ def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:
     return item
 
 
+def snapshot(job: DownloadJob) -> dict[str, Any]:
+    """A job as the API shows it (in listings, in a repeated POST's answer, in a
+    conflict's problem document)."""
+    snap: dict[str, Any] = {
+        "id": job.id,
+        "url": redact_url(job.url),
+        "provider": job.provider,
+        "sha256": job.sha256,
+        "status": job.status.value,
+        "retries": job.retries,
+        "created_at": job.created_at,
+    }
+    snap.update(job.progress_fields())
+    if job.offset:
+        snap["offset"] = job.offset
+    if job.file:
+        snap["file"] = job.file
+    if job.error:
+        snap.update(job.error)
+    last_error = job.last_error
+    if last_error:
+        snap["last_error"] = dict(last_error)
+    if job.finished_at:
+        snap["finished_at"] = job.finished_at
+    sources = job.served()
+    if sources is not None:
+        snap["sources"] = sources
+    return snap
+
+
 def job_item(job: DownloadJob, state: StateDir) -> dict[str, Any]:
     """A job's snapshot; one that ended and kept its ``.part`` says it is resumable
     and how many bytes are on disk."""
-    snap = job.snapshot()
+    snap = snapshot(job)
     size = on_disk(state, job.id)
     if not job.active and job.status not in (Status.COMPLETE, Status.CANCELED) and (
             size is not None or job.status is Status.PAUSED):

@@ -48,7 +48,7 @@ from . import budget, endings, install, recovery
 from .dedup import Adopter
 from .events import EventHub
 from .jobs import DownloadJob, Status
-from .listing import began_as, job_item, outlook, public_model, resumable_item
+from .listing import began_as, job_item, outlook, public_model, resumable_item, snapshot
 from .slots import Slots
 from .submit import Verdict, asked_with, installed_as_asked, unpause, verdict
 
@@ -157,7 +157,7 @@ class DownloadManager:
                 installed = self._installed_as_asked(model_id, url, sha256) if job.status is Status.COMPLETE else None
                 if installed is None:
                     raise Conflict(f"the previous download of {model_id} is ending; try again in a moment",
-                                   code="download-ending", job=job.snapshot())
+                                   code="download-ending", job=snapshot(job))
                 return 200, public_model(installed, self.state)
             if decided is Verdict.JOIN:
                 assert job is not None
@@ -165,11 +165,11 @@ class DownloadManager:
                     job.rate_limit = rate_limit
                     self.slots.rebalance()
                 # The running job, its status put as a start would have been: how it began.
-                return 202, {**job.snapshot(), **began_as(job)}
+                return 202, {**snapshot(job), **began_as(job)}
             if decided is Verdict.CONFLICT:
                 assert job is not None
                 raise Conflict(f"{model_id} is already downloading from another url or with another sha256",
-                               code="already-downloading", job=job.snapshot())
+                               code="already-downloading", job=snapshot(job))
             if decided is Verdict.TAKE_OVER:
                 assert job is not None
                 # Its .part is kept for the new job.
@@ -195,7 +195,7 @@ class DownloadManager:
                 # What the slot will do, as the answer says it; the event comes when the
                 # origin has answered.
                 job.transition(Status.RESUMED if prospect["status"] == "resumed" else Status.STARTED, quiet=True)
-            answer = {**job.snapshot(), **job.prospect}  # as it begins: a slot may take it over at once
+            answer = {**snapshot(job), **job.prospect}  # as it begins: a slot may take it over at once
             self.slots.enqueue(job)
             return 202, answer
 
@@ -381,7 +381,7 @@ class DownloadManager:
         """Active jobs, then downloads that left a resumable ``.part``."""
         with self._lock:
             jobs = dict(self._jobs)
-        items = [j.snapshot() for j in jobs.values() if j.active]
+        items = [snapshot(j) for j in jobs.values() if j.active]
         for model_id in self.state.partial_ids():
             job = jobs.get(model_id)
             if job is not None and job.active:
