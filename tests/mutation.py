@@ -72,6 +72,7 @@ DEFAULT_TARGETS = [
     "arw_models/engine/sources.py",
     "arw_models/engine/digests.py",
     "arw_models/service/dedup.py",
+    "arw_models/store/sidecar.py",
 ]
 
 # The tests run against the mutants of each target: the modules that exercise it,
@@ -115,6 +116,8 @@ DEFAULT_TESTS = {
                                      "tests/test_gated.py"],
     "arw_models/engine/digests.py": ["tests/test_digests.py", "tests/test_hub.py"],
     "arw_models/service/dedup.py": ["tests/test_dedup.py", "tests/test_digests.py"],
+    "arw_models/store/sidecar.py": ["tests/test_records.py", "tests/test_engine.py", "tests/test_pause.py",
+                                    *_ENGINE_TESTS],
     "arw_models/service/events.py": ["tests/test_units.py", "tests/test_events.py", "tests/test_edge_cases.py",
                                      "tests/test_api.py", "tests/test_records.py"],
     "arw_models/server/stream.py": ["tests/test_events.py", "tests/test_stream_limits.py", "tests/test_api.py",

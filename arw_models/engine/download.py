@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 from ..config import Settings
 from ..errors import JobStopped, TransferError
 from ..redact import redact_url
+from ..store.sidecar import Sidecar
 from ..store.storage import StateDir, read_part, sanitize_filename, utcnow
 from . import fetch, recheck, sources
 from .headers import filename_from_disposition, strong_etag
@@ -173,7 +174,7 @@ class Download(SingleStream, ParallelRanges):
         job, state = self.job, self.state
         fetch.check_stop(job)
         sidecar = state.read_sidecar(job.id)
-        plan = continuation(sidecar, state.part_size(job.id), job.url, job.sha256)
+        plan = continuation(Sidecar.from_json(sidecar), state.part_size(job.id), job.url, job.sha256)
         if not plan.resumes and state.part_size(job.id):
             log.info("download %s: starting from byte 0 (%s)", job.id, plan.reason)
             self._truncate()

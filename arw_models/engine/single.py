@@ -16,6 +16,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import TransferError
 from ..redact import redact_url
+from ..store.sidecar import Sidecar
 from . import fetch
 from .plan import Plan, validator_of
 from .segments import PROBE_SECS
@@ -56,7 +57,7 @@ class SingleStream:
             ranges = Plan.split(answer.total, have, self.s.segments)
             first = next(s for s in ranges.spans if s.start == have)
             first.active = True
-            self._segments(ranges, validator_of(self._sidecar), response, first)
+            self._segments(ranges, validator_of(Sidecar.of(self._sidecar)), response, first)
 
     def _stream(self, response: Any, offset: int, total: int | None,
                 until: Callable[[int], bool] | None = None) -> int:
@@ -105,4 +106,4 @@ class SingleStream:
         if answer.total - answer.offset < max(self.s.segment_min_bytes, 1):
             return False
         ranges = response.status_code == 206 or "bytes" in response.headers.get("Accept-Ranges", "").lower()
-        return ranges and validator_of(self._sidecar) is not None
+        return ranges and validator_of(Sidecar.of(self._sidecar)) is not None

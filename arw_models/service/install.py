@@ -15,7 +15,8 @@ from typing import Any
 from ..engine import Result
 from ..errors import TransferError
 from ..store.names import free_name
-from ..store.storage import Registry, StateDir, remove_quietly, utcnow
+from ..store.registry import Registry
+from ..store.storage import StateDir, remove_quietly, utcnow
 from .jobs import DownloadJob
 
 

@@ -42,8 +42,11 @@ from ..engine.fetch import QUICK_CODES, QUICK_RETRIES
 from ..engine.http import new_session
 from ..engine.ratelimit import shares
 from ..errors import ArwError, Conflict, JobStopped, NotFound, TransferError
+from ..store import sidecar as sidecars
 from ..store import storage
-from ..store.storage import Registry, StateDir, remove_quietly, utcnow
+from ..store.registry import Registry
+from ..store.sidecar import Sidecar
+from ..store.storage import StateDir, remove_quietly, utcnow
 from . import budget, endings, install, recovery
 from .dedup import Adopter
 from .events import EventHub
@@ -326,7 +329,7 @@ class DownloadManager:
         if job is not None and job.active:
             return self.submit(model_id, job.url, job.sha256, job.provider, rate_limit=job.rate_limit,
                                headers=job.headers)
-        asked = asked_with(self.state.read_sidecar(model_id))
+        asked = asked_with(sidecars.read(self.state, model_id))
         if asked is None:
             raise NotFound(f"no download of {model_id} is paused or resumable", code="no-active-download")
         return self.submit(model_id, asked.url, asked.sha256, asked.provider, rate_limit=asked.rate_limit,
@@ -344,14 +347,13 @@ class DownloadManager:
                 part, sidecar = self.state.part_path(model_id), self.state.sidecar_path(model_id)
                 if not (os.path.lexists(part) or os.path.lexists(sidecar)):
                     raise NotFound(f"no download of {model_id} is active or resumable", code="no-active-download")
-                recorded = self.state.read_sidecar(model_id) or {}
+                recorded = sidecars.read(self.state, model_id) or Sidecar()
                 self.state.remove_partial(model_id)
                 # The table answers for the id from now on as for any canceled job:
                 # the paused (or failed) job it held would still say it is resumable.
-                url = job.url if job is not None else str(recorded.get("url") or "")
-                sha256 = job.sha256 if job is not None else recorded.get("sha256")
-                sha256 = sha256 if isinstance(sha256, str) else None
-                provider = job.provider if job is not None else str(recorded.get("provider") or "local")
+                url = job.url if job is not None else recorded.url or ""
+                sha256 = job.sha256 if job is not None else recorded.sha256
+                provider = job.provider if job is not None else recorded.provider or "local"
                 leftover = self._new_job(model_id, url, sha256, provider)
                 leftover.transition(Status.CANCELED)
                 self._jobs[model_id] = leftover

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import ArwError
 from ..redact import redact_url
+from ..store import sidecar as sidecars
 from ..store.storage import StateDir
 from .submit import asked_with
 
@@ -36,8 +37,8 @@ def recover(settings: Settings, state: StateDir, submit: Callable[..., Any]) -> 
             log.info("removing stale partial download %s", model_id)
             state.remove_partial(model_id)
             continue
-        sidecar = state.read_sidecar(model_id)
-        if sidecar and sidecar.get("paused"):
+        sidecar = sidecars.read(state, model_id)
+        if sidecar is not None and sidecar.paused:
             log.info("leaving %s paused", model_id)
             continue
         asked = asked_with(sidecar)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..store.storage import Registry, StateDir
+from ..store.registry import Registry
+from ..store.sidecar import Sidecar
+from ..store.storage import StateDir
 from .jobs import DownloadJob
 
 
@@ -70,18 +72,9 @@ class Asked:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def asked_with(sidecar: dict[str, Any] | None) -> Asked | None:
+def asked_with(sidecar: Sidecar | None) -> Asked | None:
     """None for a sidecar without a url (nothing to ask again)."""
-    if sidecar is None or not isinstance(sidecar.get("url"), str):
+    if sidecar is None or sidecar.url is None:
         return None
-    rate = sidecar.get("rate_limit")
-    headers = sidecar.get("headers")
-    return Asked(
-        url=sidecar["url"],
-        sha256=sidecar.get("sha256"),
-        provider=sidecar.get("provider") or "local",
-        rate_limit=rate if isinstance(rate, int) and not isinstance(rate, bool) and rate > 0 else None,
-        # The gated origin's headers a paused or interrupted download was asked with.
-        headers={k: v for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)}
-        if isinstance(headers, dict) else {},
-    )
+    return Asked(url=sidecar.url, sha256=sidecar.sha256, provider=sidecar.provider or "local",
+                 rate_limit=sidecar.rate_limit, headers=dict(sidecar.headers))
