@@ -11,8 +11,12 @@ and the status they set is told to the host's receivers (docs/design.rst,
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 
-from ..errors import TransferError
+from ..errors import NotFound, TransferError
+from ..store import sidecar as sidecars
+from ..store.sidecar import Sidecar
 from ..store.storage import StateDir, utcnow
 from .jobs import DownloadJob, Status
 from .listing import on_disk
@@ -49,6 +53,26 @@ def stopped(state: StateDir, job: DownloadJob) -> None:
     state.remove_partial(job.id)
     job.downloaded = 0
     job.transition(Status.CANCELED, downloaded=discarded)
+
+
+def cancel_leftover(state: StateDir, model_id: str, job: DownloadJob | None,
+                    new_job: Callable[[str, str, str | None, str], DownloadJob]) -> DownloadJob:
+    """A cancel with no job running (``job``: the paused, failed or finished one the
+    table holds, if any): removes the ``.part`` and sidecar an earlier run, a pause
+    or a failure left, and returns the canceled job that answers for the id from
+    now on (the one it held would still say it is resumable). Under the manager's
+    lock; the caller ends the job once it has let go."""
+    part, sidecar = state.part_path(model_id), state.sidecar_path(model_id)
+    if not (os.path.lexists(part) or os.path.lexists(sidecar)):
+        raise NotFound(f"no download of {model_id} is active or resumable", code="no-active-download")
+    recorded = sidecars.read(state, model_id) or Sidecar()
+    state.remove_partial(model_id)
+    url = job.url if job is not None else recorded.url or ""
+    sha256 = job.sha256 if job is not None else recorded.sha256
+    provider = job.provider if job is not None else recorded.provider or "local"
+    leftover = new_job(model_id, url, sha256, provider)
+    leftover.transition(Status.CANCELED)
+    return leftover
 
 
 def failed(state: StateDir, job: DownloadJob, err: TransferError) -> None:

@@ -27,7 +27,6 @@ when an attempt failed, before the retry is decided), and the ``clock``.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -45,7 +44,6 @@ from ..errors import ArwError, Conflict, JobStopped, NotFound, TransferError
 from ..store import sidecar as sidecars
 from ..store import storage
 from ..store.registry import Registry
-from ..store.sidecar import Sidecar
 from ..store.storage import StateDir, remove_quietly, utcnow
 from . import budget, endings, install, recovery
 from .dedup import Adopter
@@ -344,18 +342,7 @@ class DownloadManager:
             else:
                 # Nothing runs (or its model is installed already); a .part left by an
                 # earlier run, a paused or a failed job is canceled too.
-                part, sidecar = self.state.part_path(model_id), self.state.sidecar_path(model_id)
-                if not (os.path.lexists(part) or os.path.lexists(sidecar)):
-                    raise NotFound(f"no download of {model_id} is active or resumable", code="no-active-download")
-                recorded = sidecars.read(self.state, model_id) or Sidecar()
-                self.state.remove_partial(model_id)
-                # The table answers for the id from now on as for any canceled job:
-                # the paused (or failed) job it held would still say it is resumable.
-                url = job.url if job is not None else recorded.url or ""
-                sha256 = job.sha256 if job is not None else recorded.sha256
-                provider = job.provider if job is not None else recorded.provider or "local"
-                leftover = self._new_job(model_id, url, sha256, provider)
-                leftover.transition(Status.CANCELED)
+                leftover = endings.cancel_leftover(self.state, model_id, job, self._new_job)
                 self._jobs[model_id] = leftover
                 later.append(lambda: self._ended(leftover))
         if leftover is None:
