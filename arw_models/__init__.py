@@ -39,7 +39,7 @@ _EXPORTS = {
     "ServiceState": "arw_models.server.app",
     "create_app": "arw_models.server.app",
     "StateDirError": "arw_models.store.storage",
-    "StateLockError": "arw_models.store.storage",
+    "StateLockError": "arw_models.store.lock",
     "signals": "arw_models.service.signals",
 }
 

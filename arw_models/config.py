@@ -4,6 +4,11 @@ environment.
 The keys double as ``app.config`` keys. Only :func:`arw_models.create_app` reads
 the environment; a host app that embeds the extension sets ``app.config``
 itself, and :meth:`ArwModels.init_app` fills in the defaults with ``setdefault``.
+
+It is longer than most modules on purpose: it is the one table of settings (each
+key, its default, how it is read, what it does), which the app, the command line,
+the gunicorn configuration and the documented table all take their keys from;
+split, it would be several half-tables.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import pytest
 
 from arw_models.engine.plan import Plan, Span, continuation, same_object
 from arw_models.service.jobs import MOVES, TERMINAL, DownloadJob, Status
+from arw_models.store.sidecar import Sidecar
 
 from .support.app import Service, Watch, post_download
 from .support.helpers import listing, models_dir, read, write_partial
@@ -199,7 +200,7 @@ SHA = "a" * 64
         "digest", "re-signed", "re-signed-date-only", "other-url", "other-url-digest", "too-long"])
 def test_the_continuation_rule(sidecar: Any, size: int | None, url: str, sha256: str | None, offset: int,
                                validator: str | None) -> None:
-    decision = continuation(sidecar, size, url, sha256)
+    decision = continuation(Sidecar.from_json(sidecar), size, url, sha256)
     assert (decision.offset, decision.validator) == (offset, validator), decision.reason
     assert decision.resumes is (offset > 0) and decision.reason
 

@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from arw_models import ArwModels, StateLockError
-from arw_models.store.storage import StateDir, StateLock
+from arw_models.store.lock import StateLock
+from arw_models.store.storage import StateDir
 
 from .support.app import Watch, post_download
 from .support.helpers import cancel
@@ -83,7 +84,7 @@ class Holder:
     def __init__(self, state: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", (
-                "import os, sys; from arw_models.store.storage import StateDir, StateLock\n"
+                "import os, sys; from arw_models.store.lock import StateLock; from arw_models.store.storage import StateDir\n"
                 "pid = os.fork()\n"
                 "if pid:\n"
                 "    os.waitpid(pid, 0); sys.exit(0)\n"

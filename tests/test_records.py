@@ -10,6 +10,7 @@ from typing import Any
 
 from arw_models import ArwModels
 from arw_models.engine import backoff_delay
+from arw_models.store.sidecar import Sidecar
 
 from .support.app import Service, post_download
 from .support.helpers import listing, models_dir, part, read, sidecar, write_partial
@@ -132,3 +133,19 @@ def test_a_gap_is_told_once(make_app: Any) -> None:
     second = sub.get(timeout=0)
     assert second is not None and [e.kind for e in second] == ["Test.Event"]
     hub.unsubscribe(sub)
+
+
+def test_a_sidecar_record_reads_what_it_knows_and_keeps_what_it_does_not() -> None:
+    """A malformed field reads as absent; an unknown one is written back as it was read."""
+    data = {"url": "https://example.com/m.gguf", "etag": 5, "total": "100", "rate_limit": 0, "paused": 1,
+            "headers": {"Authorization": "Bearer x", "bad": 3}, "accept_ranges": "yes", "ranges": [[0, None, 10]],
+            "from_a_later_version": {"kept": True}}
+    record = Sidecar.from_json(data)
+    assert record is not None
+    assert (record.url, record.etag, record.total, record.rate_limit, record.paused, record.accept_ranges) == (
+        "https://example.com/m.gguf", None, None, None, True, None)
+    assert record.headers == {"Authorization": "Bearer x"}
+    assert record.to_json() == {"url": "https://example.com/m.gguf", "paused": True, "ranges": [[0, None, 10]],
+                                "headers": {"Authorization": "Bearer x"}, "from_a_later_version": {"kept": True}}
+    assert Sidecar.from_json(Sidecar.from_json(record.to_json()).to_json()) == record  # type: ignore[union-attr]
+    assert Sidecar.from_json(["not", "an", "object"]) is None

@@ -247,3 +247,62 @@ def test_a_receiver_that_raises_breaks_neither_the_download_nor_other_receivers(
             sig.disconnect(broken)
             for fn in receivers:
                 sig.disconnect(fn)
+
+
+def test_receivers_that_call_back_into_the_service_do_not_deadlock(service: Any, origin: Origin) -> None:
+    """Receivers run with no lock of the service held (docs/design.rst, "Concurrency"):
+    ``download_queued``, ``download_paused`` and ``download_completed`` receivers list
+    the jobs (the last one starts another download too), in their own thread and in
+    another one they wait for."""
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1)
+    manager = ArwModels.state(app).manager
+    first = origin.add("/a.gguf", payload(256 * 1024, seed=3), stall_after=64 * 1024)
+    second = origin.add("/b.gguf", payload(4_000, seed=4))
+    third = origin.add("/c.gguf", payload(4_000, seed=5))
+    heard: dict[str, list[str]] = {"queued": [], "paused": [], "complete": []}
+    helpers: list[threading.Thread] = []
+
+    def call_back(status: str, action: Any) -> None:
+        action()  # in the receiver's own thread
+        done = threading.Event()
+
+        def other() -> None:  # in a thread the receiver waits for: it needs our locks free
+            action()
+            done.set()
+
+        helper = threading.Thread(target=other)
+        helpers.append(helper)
+        helper.start()
+        heard[status].append("returned" if done.wait(3) else "blocked")
+
+    def on_queued(sender: Any, payload: dict[str, Any]) -> None:
+        call_back("queued", manager.jobs)
+
+    def on_paused(sender: Any, payload: dict[str, Any]) -> None:
+        call_back("paused", manager.jobs)
+
+    def on_completed(sender: Any, payload: dict[str, Any]) -> None:
+        if payload["id"] == "a":
+            call_back("complete", lambda: (manager.jobs(),
+                                           manager.submit("c", origin.url("/c.gguf"), third.sha256, "local")))
+
+    signals.download_queued.connect(on_queued, sender=app)
+    signals.download_paused.connect(on_paused, sender=app)
+    signals.download_completed.connect(on_completed, sender=app)
+    try:
+        post_download(client, "a", origin.url("/a.gguf"), sha256=first.sha256)
+        assert first.stalled.wait(5)
+        post_download(client, "b", origin.url("/b.gguf"), sha256=second.sha256)
+        watch.status("b", "queued")
+        assert client.post("/models/download/pause", json={"id": "b"}).status_code == 200
+        first.release.set()
+        assert watch.status("c", "complete")["sha256"] == third.sha256
+    finally:
+        first.release.set()
+        signals.download_queued.disconnect(on_queued, sender=app)
+        signals.download_paused.disconnect(on_paused, sender=app)
+        signals.download_completed.disconnect(on_completed, sender=app)
+        for helper in helpers:
+            helper.join(10)
+    # "b" was queued, and "c" (submitted while "a" still held the only slot) too.
+    assert heard == {"queued": ["returned", "returned"], "paused": ["returned"], "complete": ["returned"]}

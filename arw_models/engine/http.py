@@ -19,6 +19,10 @@ The body of a download is read here too, by :func:`body_reader`: straight from t
 socket into the caller's buffer, past urllib3 (whose ``read`` makes a new object of
 every chunk, which a fast link pays for in allocations and page faults), through
 the ``http.client`` response under it, keeping its framing.
+
+It is longer than most modules on purpose: every use of urllib3's and requests'
+private names is fenced here, in one file, so that tests/test_http_fence.py can
+check them against each release.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..store.sidecar import Sidecar
 from .headers import strong_etag
 
 
@@ -154,14 +155,13 @@ def same_object(url: str, recorded: str) -> bool:
     return (a.scheme.lower(), a.netloc.lower(), a.path) == (b.scheme.lower(), b.netloc.lower(), b.path)
 
 
-def validator_of(sidecar: dict[str, Any]) -> str | None:
+def validator_of(sidecar: Sidecar) -> str | None:
     """The validator the ``.part``'s bytes were fetched under: a strong ETag, else a
     Last-Modified date (weak ETags never identify bytes)."""
-    modified = sidecar.get("last_modified")
-    return strong_etag(sidecar.get("etag")) or (modified if isinstance(modified, str) and modified else None)
+    return strong_etag(sidecar.etag) or sidecar.last_modified or None
 
 
-def continuation(sidecar: dict[str, Any] | None, part_size: int | None, url: str,
+def continuation(sidecar: Sidecar | None, part_size: int | None, url: str,
                  sha256: str | None) -> Continuation:
     """The continuation rule. Bytes on disk are kept only when something will show
     whether the origin still serves the same bytes:
@@ -174,19 +174,19 @@ def continuation(sidecar: dict[str, Any] | None, part_size: int | None, url: str
     """
     if not part_size:
         return Continuation(0, None, "nothing on disk")
-    if sidecar is None or not isinstance(sidecar.get("url"), str):
+    if sidecar is None or sidecar.url is None:
         return Continuation(0, None, "no record of where the bytes on disk came from")
     validator = validator_of(sidecar)
-    recorded = sidecar["url"]
-    total = sidecar.get("total")
-    if isinstance(total, int) and part_size > total:
+    recorded = sidecar.url
+    total = sidecar.total
+    if total is not None and part_size > total:
         return Continuation(0, None, "more bytes on disk than the file has")
     if url == recorded:
         if validator or sha256:
             return Continuation(part_size, validator, "the same url")
         return Continuation(0, None, "no validator or digest would catch a changed file")
-    if same_object(url, recorded) and strong_etag(sidecar.get("etag")):
-        return Continuation(part_size, strong_etag(sidecar.get("etag")), "the same object under a new query")
+    if same_object(url, recorded) and strong_etag(sidecar.etag):
+        return Continuation(part_size, strong_etag(sidecar.etag), "the same object under a new query")
     if sha256:
         return Continuation(part_size, validator, "the request's sha256 verifies the whole file")
     return Continuation(0, None, "bytes of another url")

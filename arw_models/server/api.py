@@ -28,7 +28,8 @@ from ..engine.headers import (
 from ..errors import ArwError, BadRequest, NotFound, Unauthorized, UnsupportedMediaType
 from ..service.listing import public_model
 from ..service.metrics import CONTENT_TYPE
-from ..store.storage import StateLockError, valid_id
+from ..store.lock import StateLockError
+from ..store.storage import valid_id
 from . import hosting, web
 from .limits import (
     BodyIncomplete,

@@ -34,7 +34,9 @@ from ..service.logs import configure as configure_logging
 from ..service.manager import PROGRESS, DownloadManager
 from ..service.metrics import Metrics, store_usage
 from ..service.observe import Observer
-from ..store.storage import Registry, StateDir, StateDirError, StateLock, StateLockError
+from ..store.lock import StateLock, StateLockError
+from ..store.registry import Registry
+from ..store.storage import StateDir, StateDirError
 from . import hosting
 from .limits import StreamSlots
 from .problems import handle_http_exception

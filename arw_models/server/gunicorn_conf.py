@@ -81,7 +81,8 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    from ..store.storage import StateDirError, StateLockError
+    from ..store.lock import StateLockError
+    from ..store.storage import StateDirError
 
     app = worker.wsgi
     state = app.extensions["arw_models"]

@@ -10,6 +10,9 @@ generated client parses each 4xx and 5xx into one typed object; the codes an
 operation can answer with are listed on its response (in its description, and as
 ``x-problem-codes`` for tools and the tests), not as an ``enum``: ``code`` is an
 open set, and a client must not break on a code added later.
+
+It is longer than most modules on purpose: it is one document, whose schemas refer
+to each other; split by path, each part would have to import the others' schemas.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ from ..store.files import (
     same_file,
     temp_path,
 )
-from ..store.storage import Registry, StateDir
+from ..store.registry import Registry
+from ..store.storage import StateDir
 from .jobs import DownloadJob
 
 log = logging.getLogger(__name__)

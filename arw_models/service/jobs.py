@@ -9,6 +9,10 @@ newer request that takes the job over) take the same lock, so a stop racing the
 install is decided here: :meth:`DownloadJob.finish` runs the install only if no
 stop came first, and a stop after it finds the job terminal.
 
+The events are told to :attr:`DownloadJob.notify` (the host's receivers, the
+observer) by :meth:`DownloadJob.tell`, in the same order, with no lock held. The
+threads and locks involved are described once in docs/design.rst ("Concurrency").
+
 The transfer threads only write the byte counters (``downloaded``, ``total``);
 the manager's ticker reads them to publish progress. What the engine reads and
 writes is the job's :class:`arw_models.engine.transfer.Transfer` part; the two moves
@@ -26,8 +30,8 @@ from enum import Enum
 from typing import Any
 
 from ..engine.transfer import Transfer
-from ..redact import redact_url
 from ..store.storage import utcnow
+from .speed import Speed
 
 
 class Status(str, Enum):
@@ -77,11 +81,12 @@ MOVES: dict[Status, frozenset[Status]] = {
 
 Publish = Callable[[dict[str, Any]], None]
 _quietly: Publish = lambda payload: None
-SPEED_WINDOW_SECS = 3.0
 
 
 class DownloadJob(Transfer):
-    """The state of one download, shared by its transfer, the manager and the API."""
+    """The state of one download, shared by its transfer, the manager and the API:
+    its status machine. Its speed is its :class:`~arw_models.service.speed.Speed`'s
+    to tell; what the API shows of it, :func:`arw_models.service.listing.snapshot`'s."""
 
     def __init__(self, model_id: str, url: str, sha256: str | None, provider: str,
                  publish: Publish = _quietly, notify: Publish = _quietly, *, auto: bool = False,
@@ -94,10 +99,13 @@ class DownloadJob(Transfer):
         self.auto = auto
         self._status = Status.QUEUED
         # publish (the event hub, which never blocks) runs under the job's lock, so
-        # events keep the order of the moves; notify (a host's signal receivers, which
-        # may call back into the service) runs after it is released.
+        # events keep the order of the moves; notify (the host's signal receivers and
+        # the service's observer, which may call back into the service) runs from
+        # tell(), with no lock of ours held, in the same order.
         self._publish = publish
         self.notify = notify
+        self._outbox: deque[dict[str, Any]] = deque()
+        self._telling = False
         self.retries = 0
         self.error: dict[str, Any] | None = None
         # While the job waits to retry, and until the origin's next answer is
@@ -111,7 +119,7 @@ class DownloadJob(Transfer):
         self._final: dict[str, Any] | None = None
         # The job this one takes over: it must have let go of the .part first.
         self.after: DownloadJob | None = None
-        self._samples: deque[tuple[float, int]] = deque()
+        self.speed = Speed()
         # The bytes the last progress event showed; None until the origin's answer
         # was accepted (before it, the counters say nothing about this attempt).
         self._published: int | None = None
@@ -141,7 +149,7 @@ class DownloadJob(Transfer):
         ``fields``) unless ``quiet``; returns the payload, or None, changing nothing,
         if the move is not allowed from the present status (or, with
         ``unless_stopped``, a stop was asked for). With ``deferred`` the caller
-        passes the payload to :attr:`notify` itself, once it holds no lock."""
+        calls :meth:`tell` itself, once it holds no lock."""
         with self._lock:
             if to not in MOVES[self._status] or (unless_stopped and self.stop_event.is_set()):
                 return None
@@ -158,27 +166,47 @@ class DownloadJob(Transfer):
                 return payload
             if not quiet:
                 self._publish(payload)
+                self._outbox.append(payload)
         if not quiet and not deferred:
-            self.notify(payload)
+            self.tell()
         return payload
 
     def close(self) -> dict[str, Any] | None:
         """Marks the job done and publishes its terminal event, if it has one to
-        tell; returns that payload for :attr:`notify`."""
+        tell (and returns it); the caller calls :meth:`tell` once it holds no lock."""
         with self._lock:
             self.done.set()
             final, self._final = self._final, None
             if final is not None:
                 self._publish(final)
+                self._outbox.append(final)
         return final
 
     def announce(self) -> None:
         """Publishes the present status without a move (``queued``, when the job
-        has to wait for a slot)."""
+        has to wait for a slot); the caller calls :meth:`tell` once it holds no lock."""
         with self._lock:
             payload = {"id": self.id, "status": self._status.value}
             self._publish(payload)
-        self.notify(payload)
+            self._outbox.append(payload)
+
+    def tell(self) -> None:
+        """Hands the published events not yet told to :attr:`notify`, in order, with
+        no lock held. Called by whoever published them once it holds no lock; if
+        another thread is telling this job's events already, that one tells these
+        too (after its own): receivers never see one job's events out of order,
+        nor two at once."""
+        while True:
+            with self._lock:
+                if self._telling or not self._outbox:
+                    return
+                self._telling = True
+                payload = self._outbox.popleft()
+            try:
+                self.notify(payload)
+            finally:
+                with self._lock:
+                    self._telling = False
 
     def finish(self, install: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         """Runs ``install`` and completes the job, unless a stop came first (then
@@ -220,17 +248,13 @@ class DownloadJob(Transfer):
         """Called by the ticker each interval: samples the byte counter, and returns
         the progress event's fields if bytes arrived since the last one."""
         downloaded = self.downloaded
-        samples = self._samples
-        samples.append((now, downloaded))
-        while len(samples) > 2 and now - samples[1][0] >= SPEED_WINDOW_SECS:
-            samples.popleft()
+        self.speed.sample(now, downloaded)
         if self._published is None or downloaded == self._published or self._status not in (
                 Status.STARTED, Status.RESUMED, Status.DOWNLOADING):
             return None
         self._published = downloaded
         fields = self.progress_fields()
-        first_t, first_n = samples[0]
-        speed = (downloaded - first_n) / (now - first_t) if now > first_t else 0.0
+        speed = self.speed.rate(now, downloaded)
         fields["speed"] = max(0, int(speed))
         if self.total and speed > 0:
             fields["eta_s"] = round(max(0, self.total - downloaded) / speed, 1)
@@ -247,8 +271,7 @@ class DownloadJob(Transfer):
     def began(self, offset: int, total: int | None) -> None:
         """The origin's answer was accepted: from ``offset`` of ``total`` bytes."""
         self.total, self.offset, self.downloaded = total, offset, offset
-        self._samples.clear()
-        self._samples.append((self.clock(), offset))  # the speed counts from here
+        self.speed.restart(self.clock(), offset)
         self._published = offset
         self.last_error = None  # bytes flow again
         if self.sources is not None:
@@ -261,32 +284,3 @@ class DownloadJob(Transfer):
 
     def verifying(self) -> None:
         self.transition(Status.VERIFYING, quiet=True)
-
-    # -- what the API shows ----------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        snap: dict[str, Any] = {
-            "id": self.id,
-            "url": redact_url(self.url),
-            "provider": self.provider,
-            "sha256": self.sha256,
-            "status": self._status.value,
-            "retries": self.retries,
-            "created_at": self.created_at,
-        }
-        snap.update(self.progress_fields())
-        if self.offset:
-            snap["offset"] = self.offset
-        if self.file:
-            snap["file"] = self.file
-        if self.error:
-            snap.update(self.error)
-        last_error = self.last_error
-        if last_error:
-            snap["last_error"] = dict(last_error)
-        if self.finished_at:
-            snap["finished_at"] = self.finished_at
-        sources = self.served()
-        if sources is not None:
-            snap["sources"] = sources
-        return snap

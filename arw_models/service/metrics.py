@@ -38,7 +38,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..errors import EVENT_ERROR_CODES
-from ..store.storage import PART_SUFFIX, Registry, StateDir, disk_free
+from ..store.registry import Registry
+from ..store.storage import PART_SUFFIX, StateDir, disk_free
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
 

@@ -7,8 +7,9 @@ published the event, in the thread that produced it: a transfer, the ticker, a
 request), so it sees exactly what clients and signal receivers see. It is not a
 receiver of those signals itself: a host's muted or disconnected signals do not
 stop the metrics, and the signals' receiver lists stay the host's own. It adds no
-thread and no event subscriber. Handlers must be quick: some run while the
-download manager holds its lock.
+thread and no event subscriber. Handlers run with no lock of the service held
+(docs/design.rst, "Concurrency"), but in the thread of a transfer or a request:
+they must be quick.
 """
 
 from __future__ import annotations

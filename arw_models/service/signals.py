@@ -4,8 +4,10 @@ reading the event stream.
 Each is sent with the Flask app as sender and ``payload=`` the event payload (the
 same dict the ``Models.DownloadProgress`` or ``Models.Changed`` event carries), from
 the thread that produced the event: usually a download worker, outside any request
-or app context. Receivers must be quick and must not raise; an exception in one is
-logged and does not affect the download.
+or app context, and with no lock of the service held: a receiver may call back
+into it (list the jobs, start another download). One job's signals come in the
+order of its events, one at a time. Receivers must be quick and must not raise; an
+exception in one is logged and does not affect the download.
 
     from arw_models import signals
 

@@ -13,7 +13,8 @@ when its timer fires. The ticker (one thread) also publishes every running job's
 progress once an interval, from the counters its transfer updates, so the
 transfer loop never does event work.
 
-Everything here runs under the lock of the manager that owns it.
+Everything here runs under the lock of the manager that owns it, but a job's
+attempt and its progress events (see docs/design.rst, "Concurrency").
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The state directory: its layout, safe names, partial files with their sidecars,
-atomic writes, the model registry (``models.json``) and the directory lock.
+atomic writes. The model registry (``models.json``) is :mod:`.registry`'s, the
+directory lock :mod:`.lock`'s, and a sidecar's fields :mod:`.sidecar`'s.
 
 Layout::
 
@@ -32,10 +33,7 @@ import logging
 import os
 import re
 import shutil
-import socket
 import stat
-import threading
-import time
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -58,11 +56,6 @@ from .files import (
 from .partfile import PartFile
 
 log = logging.getLogger(__name__)
-
-try:  # POSIX; the lock is advisory and only needed there
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 PART_SUFFIX = ".part"
@@ -135,7 +128,7 @@ def atomic_write_json(path: str, data: Any, *, follow_parent: bool = False) -> N
     write_atomic(path, text.encode("utf-8"), follow_parent=follow_parent)
 
 
-def _read_json(path: str, *, follow_parent: bool = False) -> Any:
+def read_json(path: str, *, follow_parent: bool = False) -> Any:
     with os.fdopen(open_fd(path, os.O_RDONLY, follow_parent=follow_parent), encoding="utf-8") as fh:
         return json.load(fh)
 
@@ -222,7 +215,7 @@ class StateDir:
 
     def read_sidecar(self, model_id: str) -> dict[str, Any] | None:
         try:
-            data = _read_json(self.sidecar_path(model_id))
+            data = read_json(self.sidecar_path(model_id))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -344,159 +337,3 @@ def _set_mode(dir_fd: int, name: str, mode: int) -> None:
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-
-class Registry:
-    """``models.json``: the installed models, keyed by id, written atomically."""
-
-    def __init__(self, state: StateDir) -> None:
-        self._state = state
-        self._lock = threading.Lock()
-        self._items: dict[str, dict[str, Any]] | None = None
-
-    def _load(self) -> dict[str, dict[str, Any]]:
-        if self._items is None:
-            try:
-                data = _read_json(self._state.registry_path, follow_parent=True)
-            except FileNotFoundError:
-                data = {}
-            items = data.get("models", {}) if isinstance(data, dict) else {}
-            self._items = {k: v for k, v in items.items() if valid_id(k) and isinstance(v, dict)}
-        return self._items
-
-    def _save(self, items: dict[str, dict[str, Any]]) -> None:
-        atomic_write_json(self._state.registry_path, {"version": 1, "models": items}, follow_parent=True)
-        self._items = items
-
-    def get(self, model_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            entry = self._load().get(model_id)
-            return dict(entry) if entry else None
-
-    def all(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [dict(v) for _, v in sorted(self._load().items())]
-
-    def files_in_use(self, except_id: str | None = None) -> set[str]:
-        with self._lock:
-            return {v.get("file") for k, v in self._load().items() if k != except_id}
-
-    def put(self, entry: dict[str, Any]) -> dict[str, Any] | None:
-        """Add or replace an entry; returns the entry it replaced."""
-        with self._lock:
-            items = dict(self._load())
-            old = items.get(entry["id"])
-            items[entry["id"]] = entry
-            self._save(items)
-            return old
-
-    def remove(self, model_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            items = dict(self._load())
-            old = items.pop(model_id, None)
-            if old is not None:
-                self._save(items)
-            return old
-
-
-class StateLockError(RuntimeError):
-    pass
-
-
-LOCK_POLL_SECS = 0.05
-_HOLDER = re.compile(r"pid (\d+) on (\S+)(?: parent (\d+))?")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sibling(holder: str) -> bool:
-    """Whether the holder is this process or another child of its parent (another
-    worker of the same server): a real conflict, not a process on its way out."""
-    match = _HOLDER.match(holder)
-    if match is None or match.group(3) is None:
-        return False
-    pid, host, parent = int(match.group(1)), match.group(2), int(match.group(3))
-    if host != socket.gethostname():
-        return False
-    # This very process (another app on the same directory) will not let go either.
-    return pid == os.getpid() or (parent == os.getppid() and parent != 1 and _alive(pid))
-
-
-class StateLock:
-    """An exclusive lock on a state directory, held while the service runs.
-
-    Two processes serving one directory would split jobs and events between them
-    and race on the same ``.part`` files; the second one fails at start instead.
-    The lock file names its holder (``pid N on HOST parent P``), for the message
-    and to tell a sibling worker (fail at once) from a process still exiting
-    after a kill (worth waiting a moment for).
-    """
-
-    def __init__(self, state: StateDir) -> None:
-        self._state = state
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self, wait: float = 0.0) -> None:
-        """Takes the lock, waiting up to ``wait`` seconds for a holder that is not a
-        sibling worker; raises :class:`StateLockError` naming the directory, the
-        lock file and the holder."""
-        if fcntl is None:  # pragma: no cover
-            return
-        self._state.ensure()
-        fd = open_fd(self._state.lock_path, os.O_RDWR | os.O_CREAT, follow_parent=True)
-        deadline = time.monotonic() + wait
-        waited = False
-        try:
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                        raise
-                holder = self._holder(fd)
-                if _sibling(holder) or time.monotonic() >= deadline:
-                    raise StateLockError(self._refusal(holder))
-                if not waited:
-                    waited = True
-                    log.warning("state directory %s is held by %s; waiting up to %.1fs for it",
-                                self._state.root, holder or "another process", wait)
-                time.sleep(LOCK_POLL_SECS)  # flock has no timed wait; the holder may be exiting
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} parent {os.getppid()}\n".encode(), 0)
-        self._fd = fd
-
-    @staticmethod
-    def _holder(fd: int) -> str:
-        try:
-            return os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
-        except OSError:
-            return ""
-
-    def _refusal(self, holder: str) -> str:
-        who = " ".join(holder.split()[:4]) or "another process"
-        return (
-            f"state directory {self._state.root} is already in use by {who} (lock {self._state.lock_path}); "
-            "one process serves one state directory: run gunicorn with one worker "
-            "(-w 1, as the bundled configuration does), or give each instance its own ARW_STATE_DIR"
-        )
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)

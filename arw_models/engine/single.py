@@ -1,0 +1,109 @@
+"""One stream of the body into the ``.part``, and the decision to split it.
+
+:class:`SingleStream` is the part of :class:`~arw_models.engine.download.Download`
+that writes one answer's body from its offset to its end, and, for a large file from
+an origin that serves ranges, streams for a moment first (:data:`~.segments.PROBE_SECS`)
+to decide whether parallel ranges (:mod:`.parallel`) would gain anything. The threads
+this runs in are listed once in the design docs (docs/design.rst, "Concurrency").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Settings
+from ..errors import TransferError
+from ..redact import redact_url
+from ..store.sidecar import Sidecar
+from . import fetch
+from .plan import Plan, validator_of
+from .segments import PROBE_SECS
+from .transfer import Transfer
+
+
+class SingleStream:
+    """A mixin of :class:`~arw_models.engine.download.Download`: what it uses of it
+    is declared here."""
+
+    job: Transfer
+    s: Settings
+    part: str
+    _open: Callable[[str, bool], Any]
+    _hasher: Any
+    _hashed: int
+    _no_split: bool
+    _sidecar: dict[str, Any]
+    _record_durable: Callable[[int], None]
+    _segments: Callable[..., None]
+
+    def _one_or_more(self, response: Any, answer: fetch.Answer) -> None:
+        """The body of an accepted answer: one stream to its end, or, when ranges
+        are worth it, one stream for a moment and then parallel ranges."""
+        if not self._splits(response, answer):
+            self._stream(response, answer.offset, answer.total)
+            return
+        # One stream for a moment: a fast origin gains nothing from more
+        # connections but CPU time, and a slow one gets them all.
+        assert answer.total is not None
+        started = time.monotonic()
+        have = self._stream(response, answer.offset, answer.total,
+                            until=lambda n: time.monotonic() - started >= PROBE_SECS)
+        rate = (have - answer.offset) / max(1e-6, time.monotonic() - started)
+        if have < answer.total and rate >= self.s.split_below:
+            self._stream(response, have, answer.total)
+        elif have < answer.total:
+            ranges = Plan.split(answer.total, have, self.s.segments)
+            first = next(s for s in ranges.spans if s.start == have)
+            first.active = True
+            self._segments(ranges, validator_of(Sidecar.of(self._sidecar)), response, first)
+
+    def _stream(self, response: Any, offset: int, total: int | None,
+                until: Callable[[int], bool] | None = None) -> int:
+        """The body into the ``.part`` from ``offset``, to its end (or until
+        ``until`` says so); returns the bytes on disk."""
+        job = self.job
+        try:
+            fh = self._open(self.part, bool(offset))
+        except OSError as exc:
+            raise fetch.disk_error(exc, offset) from None
+        # The default opener's file can write past the page cache; a file from
+        # another opener is written as it is.
+        bypass = getattr(fh, "bypass_page_cache", None)
+        if bypass is not None and self.s.direct_io != "off":
+            try:
+                bypass(required=self.s.direct_io == "on")
+            except OSError as exc:
+                fh.close()
+                raise fetch.disk_error(exc, offset) from None
+
+        job.segments = 1
+        try:
+            with fh:
+                downloaded = fetch.stream(response, job, self.s, fh, offset, self._hasher.update,
+                                          self._record_durable, until)
+        finally:
+            job.segments = 0
+            self._hashed = job.downloaded  # every byte written is hashed, and no other
+        fetch.check_stop(job)  # a shut-down socket reads as EOF
+        if until is not None and total is not None and downloaded < total:
+            return downloaded  # cut short on purpose
+        if total is not None and downloaded != total:
+            raise TransferError("size-mismatch", f"received {downloaded} bytes, expected {total}",
+                                retryable=downloaded < total, keep_part=downloaded < total,
+                                received=downloaded, expected_bytes=total, url=redact_url(job.url))
+        return downloaded
+
+    # -- parallel ranges -------------------------------------------------------------------
+
+    def _splits(self, response: Any, answer: fetch.Answer) -> bool:
+        """Whether the rest of the file is worth fetching in parallel ranges: the
+        origin serves ranges (it said so, or it just did), the size is known and
+        large enough, and the bytes come as they are (no content coding)."""
+        if self.s.segments < 2 or self._no_split or answer.total is None:
+            return False
+        if answer.total - answer.offset < max(self.s.segment_min_bytes, 1):
+            return False
+        ranges = response.status_code == 206 or "bytes" in response.headers.get("Accept-Ranges", "").lower()
+        return ranges and validator_of(Sidecar.of(self._sidecar)) is not None
