@@ -71,7 +71,9 @@ def test_sigterm_under_a_plain_command_line_stops_the_transfer_and_keeps_it_resu
     finally:
         if stream is not None:
             stream.close()
-    assert elapsed < 3, f"the stop took {elapsed:.1f}s:\n{first.output()}"
+    # About 2 s on an idle machine; the bound leaves room for a loaded one (a whole
+    # suite on two cores) and stays far below the 8 s the transfer would run on.
+    assert elapsed < 5, f"the stop took {elapsed:.1f}s:\n{first.output()}"
     assert "Traceback" not in first.output(), first.output()
     # The origin was not read to the end: the transfer stopped with the process.
     assert origin.bytes_sent("/big.gguf") < len(res.data)

@@ -18,7 +18,7 @@ from .support.helpers import (
     models_dir,
     read,
 )
-from .support.origin import Origin, payload
+from .support.origin import Origin, Resource, payload
 
 MiB = 1024 * 1024
 
@@ -45,6 +45,26 @@ def test_a_cut_body_is_held_to_the_size_the_origin_states(service: Service, orig
     assert done["status"] == "complete" and done["bytes"] == MiB
     assert read(os.path.join(models_dir(app), "l.gguf")) == res.data
     assert "size-mismatch" in [p["code"] for p in watch.payloads("l") if p["status"] == "retrying"]
+
+
+def test_a_file_shorter_than_its_origin_announced_is_never_installed(service: Service, origin: Origin) -> None:
+    """A server that caches a file's metadata (lighttpd's stat cache does, for a
+    second) can serve a file being rewritten (``cp`` over it: truncated, then
+    written) cut short, under the validators of the whole one, and say the same when
+    asked afterwards. The size this job was told before holds it to account."""
+    app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
+    whole = payload(MiB, seed=97)
+
+    def half_written(res: Resource) -> None:
+        res.data = whole[: MiB // 4]  # same ETag and Last-Modified: metadata as it was
+
+    res = origin.add("/h.gguf", whole, drop_after=300_000, on_drop=half_written)
+    post_download(client, "h", origin.url("/h.gguf"))
+    done = watch.terminal("h")
+    assert done["status"] == "error" and done["code"] == "resume-invalid", done
+    assert "announced" in done["error"]
+    assert client.get("/models").json["items"] == []
+    assert res.data == whole[: MiB // 4]
 
 
 def test_a_check_refused_keeps_the_bytes_for_a_freshly_signed_url(service: Service, origin: Origin) -> None:

@@ -99,7 +99,7 @@ class Download(SingleStream, ParallelRanges):
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
         self._published: str | None = None  # the SHA-256 the origin states for the bytes on disk
-        self._announced = 0  # the largest size any answer of this job announced
+        self._announced = 0  # the largest size the origin announced in any answer of this job
         # Mirrors first, the origin last: the route says which one this attempt asks.
         self.route = Route(job.id, sources.for_job(job.url, job.headers, settings.hf_endpoint, settings.hf_token,
                                                    settings.mirrors), state.part_size(job.id))
@@ -211,7 +211,8 @@ class Download(SingleStream, ParallelRanges):
             recorded = (sidecar or {}) if plan.resumes else {}
             self.route.check(response, recorded.get("total"))
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
-            self._announced = max(self._announced, answer.total or 0)
+            if not self.source.mirror:  # a mirror's size binds no other source (engine.route)
+                self._announced = max(self._announced, answer.total or 0)
             self._published = take_published(response, answer, job, self.source, self._published, self._truncate)
             if self._published and not job.sha256 and self._adopt is not None and not self._asked_adopt:
                 # Only now is the digest known: the answer's body is left unread.
@@ -241,12 +242,14 @@ class Download(SingleStream, ParallelRanges):
         (the request's, or the origin's own) shows a mix by itself."""
         job = self.job
         size = self.state.part_size(job.id) or 0
-        if not size and self._announced:
-            # Caught between the truncation and the first write of a file being
-            # rewritten (cp over it, a shell's >): an empty file is no version of one
-            # this job was told has bytes. A file really emptied ends the job when the
-            # retries run out; a new POST installs it.
-            why = f"it is empty now, after {self._announced} bytes were announced"
+        if size < self._announced:
+            # Caught while the file was being rewritten (cp over it: truncated, then
+            # written; a shell's >), or served cut short by a server whose cached
+            # metadata still vouches for the whole file (lighttpd's stat cache): bytes
+            # fewer than this job was told of are no version of the file. A file that
+            # really shrank ends the job when the retries run out; a new POST installs it.
+            now = "it is empty now" if not size else f"it has {size} bytes now"
+            why = f"{now}, after {self._announced} bytes were announced"
         elif job.sha256 or self._published:
             return
         else:
