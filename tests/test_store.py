@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from arw_models import ArwModels
 from arw_models.redact import redact_url
 from arw_models.store import blobs
 from arw_models.store.storage import StateDir
@@ -92,6 +93,25 @@ def test_without_hard_links_blob_and_model_are_copies(client: Any, app: Any, ori
     assert mode(blob) == 0o644 and mode(state.model_path("m.bin")) == 0o644
     assert client.delete("/models/m").status_code == 200
     assert os.listdir(state.blobs_dir) == [] and os.listdir(state.models_dir) == []
+
+
+def test_a_copied_blob_follows_a_changed_models_mode_at_start(make_app: Any, origin: Origin,
+                                                              monkeypatch: Any) -> None:
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(blobs, "link", refuse)
+    app = make_app()
+    res = origin.add("/m.bin", payload(5 * KiB, seed=4))
+    post_download(app.test_client(), "m", origin.url("/m.bin"), sha256=res.sha256)
+    assert ArwModels.state(app).manager.wait("m", 10)
+    ArwModels.state(app).shutdown()
+    state = StateDir(app.config["ARW_STATE_DIR"])
+    assert mode(os.path.join(state.blobs_dir, res.sha256)) == 0o644
+
+    again = make_app(ARW_MODELS_MODE="0640")
+    assert again.test_client().get("/models").json["items"][0]["id"] == "m"
+    assert mode(os.path.join(state.blobs_dir, res.sha256)) == 0o640 == mode(state.model_path("m.bin"))
 
 
 def test_a_blobs_dir_link_refuses_to_start(make_app: Any, tmp_path: Any) -> None:

@@ -90,6 +90,13 @@ class Blobs:
             with directory_fd(path) as dfd:
                 chmod_own(dfd, self.state.models_dir_mode)
 
+    def set_modes(self) -> None:
+        """Gives every blob the models mode: a copy (no link to a model file, whose
+        mode is set at start) follows a changed ``ARW_MODELS_MODE`` too."""
+        with directory_fd(self.dir) as dfd:
+            for digest in self.digests():
+                set_mode(dfd, digest, self.state.models_mode)
+
     def path(self, digest: str) -> str:
         if not valid_digest(digest):
             raise ValueError(f"not a sha256 digest: {digest!r}")

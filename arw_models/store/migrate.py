@@ -53,6 +53,7 @@ def upgrade(state: StateDir, registry: Registry) -> Upgrade:
     no manifest names. Idempotent: a second run changes nothing."""
     blobs, manifests = Blobs(state), Manifests(state)
     blobs.ensure()
+    blobs.set_modes()
     manifests.ensure()
     done = Upgrade()
     if registry.version() < LAYOUT:
