@@ -132,8 +132,9 @@ def test_list_and_rm(live: LiveServer, origin: Origin, cli: Cli) -> None:
 
     code, out, _ = cli("list")
     header, row = out.splitlines()
-    assert header.split() == ["ID", "FILE", "SIZE", "SHA256", "STATUS"]
-    assert row.split() == ["listed", "listed.gguf", "1.5", "MiB", res.sha256[:12], "available"]
+    assert header.split() == ["ID", "FILE", "SIZE", "SHA256", "STATUS", "PATH"]
+    assert row.split() == ["listed", "listed.gguf", "1.5", "MiB", res.sha256[:12], "available",
+                           os.path.join(models_dir(live.app), "listed.gguf")]
     code, out, _ = cli("list", "--json")
     assert [m["id"] for m in json.loads(out)["items"]] == ["listed"]
 

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from arw_models import ArwModels
-from arw_models.service import dedup
+from arw_models.store import blobs
 
 from .support.app import post_download
 from .support.helpers import listing, models_dir, read, write_partial
@@ -107,12 +107,12 @@ def test_without_hard_links_the_file_is_copied(client: Any, app: Any, origin: An
         asked.append((src, dst))
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(dedup, "link", refuse)
+    monkeypatch.setattr(blobs, "link", refuse)
     before = requests_seen(origin)
     post_download(client, "b", UNREACHABLE, sha256=res.sha256)
     done = watch.terminal("b")
     assert done["status"] == "complete" and done["deduplicated"] is True and done["file"] == "m-b.bin"
-    assert asked and asked[0][0] == "m.bin"
+    assert asked and asked[0][0] == res.sha256  # the link is made of the store's blob
     assert requests_seen(origin) == before
     a, b = (os.path.join(models_dir(app), n) for n in ("m.bin", "m-b.bin"))
     assert os.stat(a).st_ino != os.stat(b).st_ino  # a file of its own
@@ -131,7 +131,7 @@ def test_a_copy_that_does_not_fit_is_not_made(client: Any, app: Any, origin: Any
     def refuse(*args: Any, **kw: Any) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
-    monkeypatch.setattr(dedup, "link", refuse)
+    monkeypatch.setattr(blobs, "link", refuse)
     ArwModels.state(app).manager.disk_free = lambda path: len(res.data) - 1
     post_download(client, "b", origin.url("/a/m.bin"), sha256=res.sha256)
     done = watch.terminal("b")
@@ -217,7 +217,7 @@ def test_a_copy_without_copy_file_range_reads_and_writes(client: Any, app: Any, 
                                                          monkeypatch: Any) -> None:
     """Both fallbacks at once: no hard link, and no copy in the kernel (ENOSYS, as
     on file systems and kernels without it): the bytes go through this process."""
-    res = install(client, watch, origin, size=dedup.COPY_CHUNK + 3 * MiB + 5)  # more than one chunk
+    res = install(client, watch, origin, size=blobs.COPY_CHUNK + 3 * MiB + 5)  # more than one chunk
 
     def refuse(src: str, dst: str, **kw: Any) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
@@ -225,8 +225,8 @@ def test_a_copy_without_copy_file_range_reads_and_writes(client: Any, app: Any, 
     def unsupported(*args: Any) -> int:
         raise OSError(errno.ENOSYS, "Function not implemented")
 
-    monkeypatch.setattr(dedup, "link", refuse)
-    monkeypatch.setattr(dedup, "copy_file_range", unsupported)
+    monkeypatch.setattr(blobs, "link", refuse)
+    monkeypatch.setattr(blobs, "copy_file_range", unsupported)
     before = requests_seen(origin)
     post_download(client, "b", UNREACHABLE, sha256=res.sha256)
     done = watch.terminal("b")
@@ -246,9 +246,9 @@ def test_an_installed_name_swapped_before_the_link_is_copied_from_the_file_opene
         fh.write(b"x" * len(res.data))
 
     def link_another(src: str, dst: str, **kw: Any) -> None:
-        os.link("impostor.bin", dst, src_dir_fd=kw["src_dir_fd"], dst_dir_fd=kw["dst_dir_fd"])
+        os.link(impostor, dst, dst_dir_fd=kw["dst_dir_fd"])
 
-    monkeypatch.setattr(dedup, "link", link_another)
+    monkeypatch.setattr(blobs, "link", link_another)
     post_download(client, "b", UNREACHABLE, sha256=res.sha256)
     done = watch.terminal("b")
     assert done["status"] == "complete" and done["deduplicated"] is True, done
@@ -280,5 +280,5 @@ def test_a_temporary_link_left_by_a_crash_is_removed_at_start(make_app: Any, ori
     again = make_app(ARW_STATE_DIR=app.config["ARW_STATE_DIR"])
     assert again.test_client().get("/models").json["items"][0]["id"] == "a"  # the service starts
     assert sorted(os.listdir(models_dir(again))) == [".notes.tmp", "m.bin"]
-    assert os.stat(os.path.join(models, "m.bin")).st_nlink == 1
+    assert os.stat(os.path.join(models, "m.bin")).st_nlink == 2  # its name and its blob's
     assert not os.path.exists(os.path.join(app.config["ARW_STATE_DIR"], ".models.json.4242.139.tmp"))

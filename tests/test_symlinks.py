@@ -22,7 +22,7 @@ import pytest
 from arw_models import ArwModels, StateDirError, StateLockError
 from arw_models.store.files import temp_path
 
-from .support.app import Service, post_download
+from .support.app import Service, Watch, post_download
 from .support.helpers import listing, models_dir, part, read, sidecar, write_partial
 from .support.origin import Origin, payload
 
@@ -159,19 +159,23 @@ def test_a_link_at_the_registry_temp_name_is_not_written_through(
 
 
 def test_a_registry_link_is_not_read_and_is_replaced_by_a_file(
-    service: Service, origin: Origin, outside: Callable[..., Outside], caplog: pytest.LogCaptureFixture
+    make_app: Callable[..., Any], origin: Origin, outside: Callable[..., Outside], caplog: pytest.LogCaptureFixture
 ) -> None:
     ghost = {"version": 1, "models": {"ghost": {"id": "ghost", "file": "victim.bin", "url": "http://x/"}}}
-    app, client, watch = service()
+    app = make_app()
     victim = outside(data=json.dumps(ghost).encode())
     registry = os.path.join(state_dir(app), "models.json")
     os.makedirs(state_dir(app), exist_ok=True)
+    # Planted before the start: the registry is read then (the store's migration).
     os.symlink(victim.path, registry)
+    client = app.test_client()
 
     assert client.get("/models").json["items"] == []
+    watch = Watch(app)
     res = origin.add("/r.gguf", payload(1000, seed=5))
     post_download(client, "r", origin.url("/r.gguf"))
     assert watch.terminal("r")["status"] == "complete"
+    watch.close()
     assert victim.untouched()
     assert is_regular(registry)
     assert [m["id"] for m in client.get("/models").json["items"]] == ["r"]

@@ -292,8 +292,8 @@ def cmd_list(remote: Remote, args: argparse.Namespace, out: Out) -> int:
     answer = remote.call("GET", "/models")[1]
     items = answer.get("items", [])
     rows = [[m.get("id", ""), m.get("file", ""), human_bytes(m.get("bytes")),
-             str(m.get("sha256") or "-")[:12], m.get("status", "")] for m in items]
-    out.result(answer, table(["ID", "FILE", "SIZE", "SHA256", "STATUS"], rows, right=[2])
+             str(m.get("sha256") or "-")[:12], m.get("status", ""), m.get("path") or "-"] for m in items]
+    out.result(answer, table(["ID", "FILE", "SIZE", "SHA256", "STATUS", "PATH"], rows, right=[2])
                if rows else "no models installed")
     return 0
 

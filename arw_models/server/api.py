@@ -28,6 +28,7 @@ from ..engine.headers import (
 from ..errors import ArwError, BadRequest, NotFound, Unauthorized, UnsupportedMediaType
 from ..service.listing import public_model
 from ..service.metrics import CONTENT_TYPE
+from ..store.blobs import Blobs
 from ..store.lock import StateLockError
 from ..store.storage import valid_id
 from . import hosting, web
@@ -370,6 +371,8 @@ def probe() -> Response:
         "version": __version__,
         "state_dir": state.dirs.root,
         "models_dir": state.dirs.models_dir,
+        "store_dir": state.dirs.store_dir,
+        "store_bytes": Blobs(state.dirs).total_bytes(),
         "settings": state.settings.public(),
         "subscribers": state.hub.subscriber_count,
         "streams": state.streams.in_use,

@@ -35,6 +35,7 @@ from ..service.manager import PROGRESS, DownloadManager
 from ..service.metrics import Metrics, store_usage
 from ..service.observe import Observer
 from ..store.lock import StateLock, StateLockError
+from ..store.migrate import upgrade
 from ..store.registry import Registry
 from ..store.storage import StateDir, StateDirError
 from . import hosting
@@ -102,6 +103,9 @@ class ServiceState:
                 self._state_lock = lock
             self.settings, self.dirs = settings, dirs
             self.registry = Registry(dirs)
+            # Before anything reads the registry, under the state lock: the blob
+            # store's layout, from an older one or after a crash.
+            upgrade(dirs, self.registry)
             self.hub = EventHub(settings.events_replay, settings.events_queue)
             self.streams = StreamSlots(settings.max_streams, describe_stream_cap(
                 settings.max_streams, settings.threads, threads_from,

@@ -308,7 +308,11 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "id": _ref("ModelId"), "provider": {"type": "string"},
                 "status": {"enum": ["available", "missing"]},
-                "file": {"type": "string"}, "path": {"type": "string"}, "sha256": _OPT_SHA,
+                "file": {"type": "string"}, "path": {"type": "string", "description": "the file, in models/"},
+                "blob": {"type": "string", "description": "where the store keeps its bytes (the same file as "
+                                                          "``path``, a hard link); absent for a model an older "
+                                                          "version installed that could not be stored"},
+                "sha256": _OPT_SHA,
                 "bytes": _INT, "url": {"type": "string", "description": "without credentials"},
                 "downloaded_at": {"type": "string"},
                 "sha256_source": {"enum": ["request", "origin", "computed"],
@@ -351,11 +355,13 @@ def _schemas() -> dict[str, Any]:
         },
         "Probe": {
             "type": "object",
-            "required": ["service", "version", "state_dir", "models_dir", "settings", "subscribers", "streams",
-                         "last_event_id"],
+            "required": ["service", "version", "state_dir", "models_dir", "store_dir", "store_bytes", "settings",
+                         "subscribers", "streams", "last_event_id"],
             "properties": {
                 "service": {"const": "arw-models"}, "version": {"type": "string"},
                 "state_dir": {"type": "string"}, "models_dir": {"type": "string"},
+                "store_dir": {"type": "string", "description": "where the blobs are, by digest"},
+                "store_bytes": {**_INT, "description": "the bytes the blobs hold, each once"},
                 "settings": {"type": "object", "description": "the effective settings, without the token"},
                 "subscribers": _INT, "streams": _INT, "last_event_id": {"type": "integer"},
             },

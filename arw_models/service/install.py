@@ -1,10 +1,17 @@
-"""The install of a verified download: its ``.part`` moves to its final name in
-``models/`` and the registry records the model.
+"""The install of a verified download: its bytes become a blob of the store, its
+file in ``models/`` a link of that blob, its manifest and the registry record the
+model.
 
 :func:`install` runs inside :meth:`~arw_models.service.jobs.DownloadJob.finish`,
 under the manager's lock and the job's (see docs/design.rst, "Concurrency"): a
-cancel either lands before the rename (and wins) or finds the job complete, and a
-free name chosen here is not taken by another install in the meantime.
+cancel either lands before the rename (and wins) or finds the job complete, a free
+name chosen here is not taken by another install in the meantime, and no delete
+collects the blob between its link and the manifest that names it.
+
+The order is the crash story: the ``.part`` is linked into the blob first (a crash
+then leaves the ``.part``, which resumes, and a blob no manifest names, which the
+next start removes), then renamed to its final name, then the manifest is written,
+then the registry.
 """
 
 from __future__ import annotations
@@ -13,7 +20,11 @@ import os
 from typing import Any
 
 from ..engine import Result
+from ..engine.sources import HF_SCHEME, InvalidReference, parse_hf
 from ..errors import TransferError
+from ..store import gc
+from ..store.blobs import Blobs
+from ..store.manifests import Manifests, manifest_of
 from ..store.names import free_name
 from ..store.registry import Registry
 from ..store.storage import StateDir, remove_quietly, utcnow
@@ -23,17 +34,22 @@ from .jobs import DownloadJob
 def install(state: StateDir, registry: Registry, job: DownloadJob, result: Result) -> dict[str, Any]:
     """Moves the job's ``.part`` into place and records it; returns the fields of
     the ``complete`` event."""
+    blobs, manifests = Blobs(state), Manifests(state)
     old = registry.get(job.id)
     own = old.get("file") if old else None
     taken = registry.files_in_use(except_id=job.id)
     final = free_name(result.name, job.id,
                       lambda n: n in taken or (n != own and os.path.lexists(state.model_path(n))))
     try:
+        blobs.put(state.part_path(job.id), result.digest, result.size)
         path = state.install_part(job.id, final)
     except FileNotFoundError:
         raise TransferError("resume-invalid", "the partial file disappeared", keep_part=False) from None
+    # Bytes the store held already (fetched again, their digest not known before):
+    # the model's file becomes a link of that blob, and these bytes go.
+    blobs.place(result.digest, path)
     remove_quietly(state.sidecar_path(job.id))
-    registry.put({
+    entry = {
         "id": job.id,
         "provider": job.provider,
         "status": "available",
@@ -44,9 +60,13 @@ def install(state: StateDir, registry: Registry, job: DownloadJob, result: Resul
         "bytes": result.size,
         "url": job.url,
         "downloaded_at": utcnow(),
-    })
+    }
+    manifests.write(manifest_of(entry, revision=_revision(job.url)))
+    registry.put(entry)
     if own and own != final:
         remove_quietly(state.model_path(own))
+    if old is not None and old.get("sha256") != result.digest:
+        gc.collect(blobs, manifests, [old.get("sha256")])
     job.file = final
     job.downloaded = job.total = result.size
     done = {"file": final, "provider": job.provider, "sha256": result.digest, "bytes": result.size,
@@ -55,3 +75,27 @@ def install(state: StateDir, registry: Registry, job: DownloadJob, result: Resul
     if result.deduplicated:
         done["deduplicated"] = True
     return done
+
+
+def uninstall(state: StateDir, registry: Registry, model_id: str) -> dict[str, Any] | None:
+    """Under the manager's lock: the model's manifest, entry and file go, and its
+    blob when no other model names it; returns the entry, None if there was none.
+    The manifest goes first: a crash after it leaves an entry the next start drops."""
+    blobs, manifests = Blobs(state), Manifests(state)
+    entry = registry.get(model_id)
+    if entry is None:
+        return None
+    manifests.remove(model_id)
+    registry.remove(model_id)
+    remove_quietly(state.model_path(entry["file"]))
+    gc.collect(blobs, manifests, [entry.get("sha256")])
+    return entry
+
+
+def _revision(url: str) -> str | None:
+    if not url.startswith(HF_SCHEME):
+        return None
+    try:
+        return parse_hf(url).revision
+    except InvalidReference:
+        return None

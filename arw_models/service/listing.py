@@ -4,11 +4,13 @@ to a POST says of the bytes on disk."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..engine.plan import Plan, continuation
 from ..redact import redact_url
 from ..store import sidecar as sidecars
+from ..store.blobs import valid_digest
 from ..store.sidecar import Sidecar
 from ..store.storage import StateDir
 from .jobs import DownloadJob, Status
@@ -66,10 +68,17 @@ def began_as(job: DownloadJob) -> dict[str, Any]:
 
 
 def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:
-    """A registry entry as clients see it: the url redacted, ``missing`` if its
-    file is gone (or is no longer a regular file)."""
+    """A registry entry as clients see it: the url redacted, ``path`` where its file
+    is in this state directory, ``blob`` where the store keeps its bytes (left out
+    for a model an older version installed that could not be stored), ``missing``
+    if its file is gone (or is no longer a regular file)."""
     item = dict(entry)
+    unstored = item.pop("unstored", False)
     item["url"] = redact_url(str(entry.get("url", "")))
+    item["path"] = state.model_path(entry["file"])
+    digest = entry.get("sha256")
+    if not unstored and valid_digest(digest):
+        item["blob"] = os.path.join(state.blobs_dir, str(digest))
     if not state.has_model_file(entry["file"]):
         item["status"] = "missing"
     return item

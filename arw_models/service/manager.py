@@ -44,7 +44,7 @@ from ..errors import ArwError, Conflict, JobStopped, NotFound, TransferError
 from ..store import sidecar as sidecars
 from ..store import storage
 from ..store.registry import Registry
-from ..store.storage import StateDir, remove_quietly, utcnow
+from ..store.storage import StateDir, utcnow
 from . import budget, endings, install, recovery
 from .dedup import Adopter
 from .events import EventHub
@@ -354,10 +354,9 @@ class DownloadManager:
             job = self._jobs.get(model_id)
             if job is not None and job.active:
                 raise Conflict(f"{model_id} is downloading; cancel it first", code="download-in-progress")
-            entry = self.registry.remove(model_id)
+            entry = install.uninstall(self.state, self.registry, model_id)
             if entry is None:
                 raise NotFound(f"no model {model_id} is installed", code="unknown-model")
-            remove_quietly(self.state.model_path(entry["file"]))
         self._changed("remove", model_id)
         return {"id": model_id, "status": "deleted"}
 

@@ -38,6 +38,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..errors import EVENT_ERROR_CODES
+from ..store.blobs import Blobs
 from ..store.registry import Registry
 from ..store.storage import PART_SUFFIX, StateDir, disk_free
 
@@ -169,11 +170,18 @@ def _label(code: Any) -> str:
 
 def store_usage(state: StateDir, registry: Registry) -> dict[str, int]:
     """What the store holds on its disk now: ``free`` (bytes free on the state
-    directory's file system), ``models`` (the installed models' files, each file
-    once however many models share it), ``installed`` (how many models have
+    directory's file system), ``models`` (the blobs, each once however many
+    models name it, and the model files that are no link of one: copies where the
+    file system makes no link, files an older version left unstored), ``installed`` (how many models have
     their file), ``partial`` (the ``.part`` files)."""
     seen: set[tuple[int, int]] = set()
     models = installed = partial = 0
+    blobs = Blobs(state)
+    for digest in blobs.digests():  # each blob once, whatever number of models name it
+        st = blobs.stat(digest)
+        if st is not None and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            models += st.st_size
     for entry in registry.all():
         try:
             st = os.lstat(state.model_path(str(entry.get("file") or "")))

@@ -9,14 +9,16 @@ Layout::
     {state_dir}/models/<file>        finished model files
     {state_dir}/models/<id>.part     bytes of a download in progress
     {state_dir}/models/<id>.part.json  its sidecar: url, validators, expected size
+    {state_dir}/blobs/sha256/<digest>  the bytes of installed models, once (:mod:`.blobs`)
+    {state_dir}/manifests/<id>.json  an installed model: its files (:mod:`.manifests`)
 
 Every name that reaches the file system comes from :func:`valid_id` (ids) or
 :func:`sanitize_filename` (final names), so nothing a client sends can name a path
 outside ``models/``; and no file is reached through a symbolic link (see
 :mod:`arw_models.store.files`).
 
-Modes: what can hold a url, a header or a token (``models.json``, the lock,
-``.part`` files and sidecars, temporary files) is ``0600``. Installed model files
+Modes: what can hold a url, a header or a token (``models.json``, manifests, the
+lock, ``.part`` files and sidecars, temporary files) is ``0600``. Installed model files
 are not secrets, and runtimes often run as another user: they get the models
 mode (``ARW_MODELS_MODE``, ``0644``), set explicitly whatever the umask, when
 installed and, for files an older version installed, at start; ``models/`` gets
@@ -166,6 +168,9 @@ class StateDir:
         self.models_dir = os.path.join(self.root, "models")
         self.registry_path = os.path.join(self.root, "models.json")
         self.lock_path = os.path.join(self.root, "arw-models.lock")
+        self.store_dir = os.path.join(self.root, "blobs")
+        self.blobs_dir = os.path.join(self.store_dir, "sha256")
+        self.manifests_dir = os.path.join(self.root, "manifests")
 
     def ensure(self) -> None:
         """Creates the directories, narrows the modes of the private files we own
@@ -187,13 +192,13 @@ class StateDir:
         names = os.listdir(self.models_dir)
         restrict_tree(self.models_dir, [n for n in names if self._private(n)])
         with directory_fd(self.root, follow=True) as dfd:
-            _chmod_own(dfd, stat.S_IMODE(os.fstat(dfd).st_mode) | self.search_bits)
+            chmod_own(dfd, stat.S_IMODE(os.fstat(dfd).st_mode) | self.search_bits)
         with directory_fd(self.models_dir) as dfd:
-            _chmod_own(dfd, self.models_dir_mode)
+            chmod_own(dfd, self.models_dir_mode)
             # Models an older version installed 0600 get the mode now, as new ones do.
             for name in names:
                 if not self._private(name):
-                    _set_mode(dfd, name, self.models_mode)
+                    set_mode(dfd, name, self.models_mode)
 
     @staticmethod
     def _private(name: str) -> bool:
@@ -265,7 +270,7 @@ class StateDir:
             # removed by lstat_file, not installed.
             raise FileNotFoundError(errno.ENOENT, "the partial file was not a regular file", part)
         with directory_fd(self.models_dir) as dfd:
-            _set_mode(dfd, filename, self.models_mode)  # the .part was 0600
+            set_mode(dfd, filename, self.models_mode)  # the .part was 0600
         fsync_dir(self.models_dir)
         return path
 
@@ -276,7 +281,7 @@ class StateDir:
         other process writes here: each one is stale. A temporary hard link of a model
         would otherwise keep its bytes on the disk after the model is deleted."""
         removed = []
-        for directory in (self.root, self.models_dir):
+        for directory in (self.root, self.models_dir, self.blobs_dir, self.manifests_dir):
             try:
                 names = os.listdir(directory)
             except FileNotFoundError:
@@ -312,7 +317,7 @@ class StateDir:
 _TEMPORARY = re.compile(r"\..+\.[0-9]+\.[0-9]+\.tmp")
 
 
-def _chmod_own(fd: int, mode: int) -> None:
+def chmod_own(fd: int, mode: int) -> None:
     """``fchmod`` on an open file or directory of ours (another user's is left as
     it is), whatever the umask was when it was made."""
     st = os.fstat(fd)
@@ -320,7 +325,7 @@ def _chmod_own(fd: int, mode: int) -> None:
         os.fchmod(fd, mode)
 
 
-def _set_mode(dir_fd: int, name: str, mode: int) -> None:
+def set_mode(dir_fd: int, name: str, mode: int) -> None:
     """Gives the regular file ``name`` of ours (never through a link) ``mode``."""
     try:
         fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -328,7 +333,7 @@ def _set_mode(dir_fd: int, name: str, mode: int) -> None:
         return  # gone, a link, or not ours to read: nothing to give a mode to
     try:
         if stat.S_ISREG(os.fstat(fd).st_mode):
-            _chmod_own(fd, mode)
+            chmod_own(fd, mode)
     except OSError as exc:
         log.warning("cannot set the mode of model file %s: %s", name, exc.strerror or exc)
     finally:

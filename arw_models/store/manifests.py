@@ -1,0 +1,122 @@
+"""Manifests: ``{state_dir}/manifests/<id>.json``, one installed model each.
+
+A manifest says what a model is: its ``id``, ``provider``, ``url`` (as the API
+shows it: without credentials), ``downloaded_at``, and its ``files``, each with
+``path`` (its name under ``models/``), ``size``, ``sha256`` (the blob that holds its
+bytes, see :mod:`.blobs`), ``source`` (the url it came from, redacted),
+``sha256_source`` (who vouched for the digest: ``request``, ``origin`` or
+``computed``) and, for an ``hf://`` reference, its ``revision``.
+
+A manifest is what keeps a blob: written (atomically) once the blob is in place,
+removed first when the model is deleted, so a crash in between leaves a blob no
+manifest names, which the next start removes (:mod:`.gc`). It is the owner's alone
+(0600), like the registry: it names a url.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from ..redact import redact_url
+from .files import (
+    DIR_MODE,
+    StateDirError,
+    linked_dir_error,
+    remove_quietly,
+    restrict_tree,
+)
+from .storage import StateDir, atomic_write_json, read_json, valid_id
+
+VERSION = 1
+SUFFIX = ".json"
+
+
+class Manifests:
+    """The manifests of one state directory."""
+
+    def __init__(self, state: StateDir) -> None:
+        self.state = state
+        self.dir = state.manifests_dir
+
+    def ensure(self) -> None:
+        """Creates ``manifests/`` (0700, its files 0600); refuses one that is a link."""
+        try:
+            os.mkdir(self.dir, DIR_MODE)
+        except FileExistsError:
+            pass
+        st = os.lstat(self.dir)
+        if stat.S_ISLNK(st.st_mode):
+            raise linked_dir_error(self.dir)
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateDirError(f"{self.dir} is not a directory")
+        restrict_tree(self.dir)
+
+    def path(self, model_id: str) -> str:
+        assert valid_id(model_id), model_id
+        return os.path.join(self.dir, model_id + SUFFIX)
+
+    def read(self, model_id: str) -> dict[str, Any] | None:
+        """The manifest of ``model_id``; None when there is none or it is unreadable."""
+        try:
+            data = read_json(self.path(model_id))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("id") != model_id or not isinstance(data.get("files"), list):
+            return None
+        return data
+
+    def write(self, manifest: dict[str, Any]) -> None:
+        self.ensure()
+        atomic_write_json(self.path(manifest["id"]), manifest)
+
+    def remove(self, model_id: str) -> bool:
+        return remove_quietly(self.path(model_id))
+
+    def ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return sorted(n[: -len(SUFFIX)] for n in names if n.endswith(SUFFIX) and valid_id(n[: -len(SUFFIX)]))
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        found = {}
+        for model_id in self.ids():
+            manifest = self.read(model_id)
+            if manifest is not None:
+                found[model_id] = manifest
+        return found
+
+    def digests(self) -> set[str]:
+        """Every digest a manifest names: the blobs to keep."""
+        return {f.get("sha256") for m in self.all().values() for f in m["files"] if isinstance(f, dict)}
+
+
+def manifest_of(entry: dict[str, Any], revision: str | None = None) -> dict[str, Any]:
+    """The manifest of a registry entry (one file, in ``models/``)."""
+    url = redact_url(str(entry.get("url", "")))
+    file: dict[str, Any] = {"path": entry["file"], "size": entry["bytes"], "sha256": entry["sha256"],
+                            "source": url, "sha256_source": entry.get("sha256_source") or "computed"}
+    if revision is not None:
+        file["revision"] = revision
+    return {"version": VERSION, "id": entry["id"], "provider": entry.get("provider") or "local", "url": url,
+            "downloaded_at": entry.get("downloaded_at"), "files": [file]}
+
+
+def entry_of(manifest: dict[str, Any], state: StateDir) -> dict[str, Any] | None:
+    """The registry entry of a manifest, for a registry that lost it (a crash between
+    the two writes): the url is the redacted one, all the manifest keeps."""
+    files = [f for f in manifest["files"] if isinstance(f, dict)]
+    if len(files) != 1 or not isinstance(files[0].get("path"), str):
+        return None
+    file = files[0]
+    try:
+        path = state.model_path(file["path"])
+    except ValueError:
+        return None
+    return {"id": manifest["id"], "provider": manifest.get("provider") or "local", "status": "available",
+            "file": file["path"], "path": path, "sha256": file.get("sha256"),
+            "sha256_source": file.get("sha256_source"), "bytes": file.get("size"), "url": manifest.get("url"),
+            "downloaded_at": manifest.get("downloaded_at")}

@@ -1,0 +1,86 @@
+"""A blob no manifest names is removed: when the last model that names it is
+deleted, and at start (what a crash left); a crash between the writes of an install
+or a delete is put in order at the next start."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from arw_models import ArwModels
+from arw_models.store.storage import StateDir
+
+from .support.app import post_download
+from .support.origin import Origin, payload
+
+KiB = 1024
+
+
+def blobs_of(app: Any) -> list[str]:
+    return sorted(os.listdir(StateDir(app.config["ARW_STATE_DIR"]).blobs_dir))
+
+
+def ids(client: Any) -> list[str]:
+    return [m["id"] for m in client.get("/models").json["items"]]
+
+
+def test_a_blob_goes_with_the_last_model_that_names_it(client: Any, app: Any, origin: Origin,
+                                                       watch: Any) -> None:
+    res = origin.add("/m.bin", payload(20 * KiB, seed=1))
+    for model_id, path in (("a", "/m.bin"), ("b", "/again/m.bin")):
+        post_download(client, model_id, origin.url(path) if model_id == "a" else "http://127.0.0.1:9/m.bin",
+                      sha256=res.sha256)
+        assert watch.terminal(model_id)["status"] == "complete"
+    assert blobs_of(app) == [res.sha256]
+
+    assert client.delete("/models/a").status_code == 200
+    assert blobs_of(app) == [res.sha256]  # b names it still
+    assert client.get("/probe").json["store_bytes"] == len(res.data)
+    assert client.delete("/models/b").status_code == 200
+    assert blobs_of(app) == []
+    assert client.get("/probe").json["store_bytes"] == 0
+
+
+def test_a_replaced_model_leaves_no_blob_of_its_old_bytes(client: Any, app: Any, origin: Origin,
+                                                          watch: Any) -> None:
+    old = origin.add("/v1/m.bin", payload(10 * KiB, seed=2))
+    new = origin.add("/v2/m.bin", payload(12 * KiB, seed=3))
+    for path, res in (("/v1/m.bin", old), ("/v2/m.bin", new)):
+        post_download(client, "m", origin.url(path), sha256=res.sha256)
+        assert watch.terminal("m")["status"] == "complete"
+    assert blobs_of(app) == [new.sha256]
+
+
+def test_at_start_blobs_no_manifest_names_are_removed_and_crashes_put_in_order(
+        make_app: Any, origin: Origin) -> None:
+    app = make_app()
+    client = app.test_client()
+    datas = {name: payload((5 + i) * KiB, seed=10 + i) for i, name in enumerate(("kept", "indexed", "deleted"))}
+    for name, data in datas.items():
+        origin.add(f"/{name}.bin", data)
+        post_download(client, name, origin.url(f"/{name}.bin"))
+        assert ArwModels.state(app).manager.wait(name, 10)
+    ArwModels.state(app).shutdown()
+    state = StateDir(app.config["ARW_STATE_DIR"])
+    stray = "0" * 64  # linked into the store, and the crash came before its manifest
+    with open(os.path.join(state.blobs_dir, stray), "wb") as fh:
+        fh.write(b"orphan")
+    # A crash between an install's manifest and its registry entry...
+    with open(state.registry_path) as fh:
+        registry = json.load(fh)
+    del registry["models"]["indexed"]
+    # ... and one in a delete, after its manifest went.
+    os.unlink(os.path.join(state.manifests_dir, "deleted.json"))
+    with open(state.registry_path, "w") as fh:
+        json.dump(registry, fh)
+
+    again = make_app(ARW_STATE_DIR=state.root)
+    items = {m["id"]: m for m in again.test_client().get("/models").json["items"]}
+    assert sorted(items) == ["indexed", "kept"]
+    assert items["indexed"]["status"] == "available" and items["indexed"]["file"] == "indexed.bin"
+    assert items["indexed"]["url"] == origin.url("/indexed.bin")
+    assert not os.path.exists(state.model_path("deleted.bin"))
+    digests = {name: hashlib.sha256(data).hexdigest() for name, data in datas.items()}
+    assert blobs_of(again) == sorted([digests["kept"], digests["indexed"]])
