@@ -52,7 +52,7 @@ def test_a_file_shorter_than_its_origin_announced_is_never_installed(service: Se
     second) can serve a file being rewritten (``cp`` over it: truncated, then
     written) cut short, under the validators of the whole one, and say the same when
     asked afterwards. The size this job was told before holds it to account."""
-    app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
+    _app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
     whole = payload(MiB, seed=97)
 
     def half_written(res: Resource) -> None:

@@ -99,7 +99,12 @@ class Download(SingleStream, ParallelRanges):
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
         self._published: str | None = None  # the SHA-256 the origin states for the bytes on disk
-        self._announced = 0  # the largest size the origin announced in any answer of this job
+        # The largest size the origin announced for the version it says it serves
+        # (its validator): a new version's answer sets it afresh, one of the same
+        # version (or of none) only raises it.
+        self._announced = 0
+        self._announced_by: str | None = None
+        self._announced_ever = 0  # the largest size it announced for any version
         # Mirrors first, the origin last: the route says which one this attempt asks.
         self.route = Route(job.id, sources.for_job(job.url, job.headers, settings.hf_endpoint, settings.hf_token,
                                                    settings.mirrors), state.part_size(job.id))
@@ -193,7 +198,7 @@ class Download(SingleStream, ParallelRanges):
                 self._sidecar.pop("headers", None)
                 if job.headers:
                     self._sidecar["headers"] = dict(job.headers)
-                self._announced = max(self._announced, ranges.total)
+                self._announce(plan.validator, ranges.total)
                 self._limits(job, ranges.total, ranges.durable)
                 job.began(ranges.durable, ranges.total)
                 self._segments(ranges, plan.validator)
@@ -212,7 +217,8 @@ class Download(SingleStream, ParallelRanges):
             self.route.check(response, recorded.get("total"))
             answer = fetch.accept(response, job, plan.offset, recorded, self._truncate)
             if not self.source.mirror:  # a mirror's size binds no other source (engine.route)
-                self._announced = max(self._announced, answer.total or 0)
+                headers = response.headers
+                self._announce(strong_etag(headers.get("ETag")) or headers.get("Last-Modified"), answer.total or 0)
             self._published = take_published(response, answer, job, self.source, self._published, self._truncate)
             if self._published and not job.sha256 and self._adopt is not None and not self._asked_adopt:
                 # Only now is the digest known: the answer's body is left unread.
@@ -236,20 +242,33 @@ class Download(SingleStream, ParallelRanges):
             job.attach_response(None)
             response.close()
 
+    def _announce(self, validator: str | None, size: int) -> None:
+        """The origin says the file has ``size`` bytes, in an answer that carries
+        ``validator`` (or none: a 416 as a rule)."""
+        self._announced_ever = max(self._announced_ever, size)
+        if validator and validator != self._announced_by:
+            self._announced, self._announced_by = size, validator  # another version, with a size of its own
+        else:
+            self._announced = max(self._announced, size)
+
     def _still_one_version(self, session: Any) -> None:
         """After the last byte: the file must still be the version the bytes on disk
         were fetched under (:mod:`.recheck`), or they may be a mix of two. A digest
         (the request's, or the origin's own) shows a mix by itself."""
         job = self.job
         size = self.state.part_size(job.id) or 0
-        if size < self._announced:
+        # What this job received (a disk that lost writes leaves the .part shorter
+        # still: the verification's size-mismatch says so).
+        if job.downloaded < self._announced or (not job.downloaded and self._announced_ever):
             # Caught while the file was being rewritten (cp over it: truncated, then
             # written; a shell's >), or served cut short by a server whose cached
             # metadata still vouches for the whole file (lighttpd's stat cache): bytes
-            # fewer than this job was told of are no version of the file. A file that
-            # really shrank ends the job when the retries run out; a new POST installs it.
-            now = "it is empty now" if not size else f"it has {size} bytes now"
-            why = f"{now}, after {self._announced} bytes were announced"
+            # fewer than the origin announced for that version are no version of the
+            # file. A file that really shrank comes with validators of its own, and its
+            # own size (see _announce); an empty one is no version of a file this job
+            # was told has bytes, whatever its validators (a truncation changes them).
+            now = "it is empty now" if not job.downloaded else f"it has {job.downloaded} bytes now"
+            why = f"{now}, after {max(self._announced, self._announced_ever)} bytes were announced"
         elif job.sha256 or self._published:
             return
         else:
