@@ -113,3 +113,42 @@ def test_nothing_on_disk_is_a_start_with_nothing_discarded(service: Service, ori
     assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
         "status": "started", "downloaded": 0, "kept": 0, "discarded": 0, "provisional": False}
     assert watch.terminal("f")["status"] == "complete"
+
+
+def test_a_whole_file_sent_because_it_changed_still_shows_an_origin_that_serves_ranges(
+        service: Service, origin: Origin) -> None:
+    """A 200 to a ``Range`` whose ``If-Range`` no longer matches says the file changed,
+    not that ranges are refused: its ``Accept-Ranges: bytes`` is believed, and the
+    next pause is resumed."""
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/c.gguf", payload(2 * MiB, seed=706), stall_after=512 * KiB, stalls=2)
+    url = origin.url("/c.gguf")
+    post_download(client, "c", url)
+    paused_at(client, watch, res, "c", url, 512 * KiB)
+    res.replace(payload(2 * MiB, seed=707))
+    assert again(client, "resume", "c", url).status_code == 202
+    assert watch.status("c", "started", "resumed")["status"] == "started"  # the whole new file
+    assert origin.requests_for("/c.gguf")[-1].status == 200
+    paused_at(client, watch, res, "c", url, 512 * KiB)
+    assert json.loads(read(sidecar(app, "c")))["accept_ranges"] is True
+    r = again(client, "post", "c", url)
+    assert (r.json["status"], r.json["kept"], r.json["provisional"]) == ("resumed", 512 * KiB, False)
+    res.release.set()
+    assert watch.terminal("c")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "c.gguf")) == res.data
+
+
+def test_an_origin_that_says_accept_ranges_none_is_known_at_once_to_start_over(
+        service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/none.gguf", payload(2 * MiB, seed=708), stall_after=512 * KiB,
+                     ignore_range=True, accept_ranges="none")
+    url = origin.url("/none.gguf")
+    post_download(client, "none", url)
+    paused_at(client, watch, res, "none", url, 512 * KiB)
+    assert json.loads(read(sidecar(app, "none")))["accept_ranges"] is False
+    r = again(client, "resume", "none", url)
+    assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
+        "status": "started", "downloaded": 0, "kept": 0, "discarded": 512 * KiB, "provisional": False}
+    res.release.set()
+    assert watch.terminal("none")["status"] == "complete"
