@@ -315,3 +315,26 @@ def test_disk_check_keeps_the_reserve(service: Service, origin: Origin, monkeypa
     assert err["code"] == "disk-insufficient" and err["needed"] == len(res.data) + MiB
     assert origin.requests_for("/r.gguf")[0].status == 200
     assert os.listdir(models_dir(app)) == []
+
+
+def test_a_preallocation_that_finds_the_disk_full_ends_as_disk_full_at_byte_0_and_keeps_the_part(
+    small_disk: Callable[[int], Path], service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Resumed ranges whose ``.part`` cannot grow to the whole file: the disk is
+    full before any byte of this attempt is written, and the error says so. The
+    service's own check is told there is room, as a file system that reports more
+    than it has would."""
+    disk = small_disk(4 * MiB)
+    app, client, watch = service(ARW_STATE_DIR=str(disk / "state"), ARW_DL_SEGMENTS=2, ARW_DL_SEGMENT_MIN_MB=1)
+    monkeypatch.setattr(ArwModels.state(app).manager, "disk_free", lambda path: 1 << 40)
+    size = 8 * MiB
+    res = origin.add("/pre.gguf", payload(size, seed=313))
+    ranges = [[0, 4 * MiB, MiB], [4 * MiB, size, 0]]
+    write_partial(app, "pre", res.data[:MiB], {"url": origin.url("/pre.gguf"), "etag": res.etag, "total": size,
+                                                "ranges": ranges})
+    post_download(client, "pre", origin.url("/pre.gguf"), sha256=res.sha256)
+    err = watch.terminal("pre")
+    assert (err["status"], err["code"]) == ("error", "disk-full"), err
+    assert "at byte 0" in err["error"], err
+    assert listing(app) == ["pre.part", "pre.part.json"]
+    assert read(part(app, "pre"))[:MiB] == res.data[:MiB]

@@ -355,3 +355,38 @@ def test_a_post_without_headers_drops_those_a_paused_download_kept(service: Serv
         kept = json.load(fh)
     assert "headers" not in kept and SECRET not in json.dumps(kept)
     assert all(KEY.lower() not in s.headers for s in origin.requests_for("/open.gguf"))
+
+
+def test_a_download_resumed_in_ranges_keeps_its_header_for_the_next_restart(
+        make_app: Callable[..., Any], gate: Server) -> None:
+    """Resumed at start in parallel ranges, then paused: its sidecar is written again
+    while it runs, and still holds the header, so the restart after that sends it too."""
+    segmented = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1}
+    data = payload(8 * MiB, seed=813)
+    res = gated(gate, "/again.gguf", data, throttle=4 * MiB)
+    url = gate.url("/again.gguf")
+    first = make_app(ARW_DL_RESUME_ON_START=True, **segmented)
+    ranges = [[0, 4 * MiB, MiB], [4 * MiB, 8 * MiB, MiB]]
+    write_partial(first, "again", data, {"url": url, "etag": res.etag, "total": len(data), "ranges": ranges,
+                                          "headers": {KEY: SECRET}})
+    watch = Watch(first)  # starts it: the download resumes in its ranges
+    try:
+        watch.until(lambda e: e.payload.get("id") == "again" and e.payload.get("segments", 0) > 1)
+        assert first.test_client().post("/models/download/pause", json={"id": "again"}).status_code == 200
+    finally:
+        watch.close()
+    first.extensions["arw_models"].shutdown()
+    with open(sidecar(first, "again")) as fh:
+        assert json.load(fh).get("headers") == {KEY: SECRET}
+
+    second = make_app(**segmented)
+    watch = Watch(second)
+    try:
+        assert second.test_client().post("/models/download/resume", json={"id": "again"}).status_code == 202
+        done = watch.terminal("again", timeout=20)
+    finally:
+        watch.close()
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    seen = gate.requests_for("/again.gguf")
+    assert all(s.status in (200, 206) for s in seen)  # not one 401
+    assert all(s.headers.get(KEY.lower()) == SECRET for s in seen)

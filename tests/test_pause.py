@@ -155,3 +155,36 @@ def test_a_canceled_paused_download_is_answered_as_canceled(service: Service, or
     watch.status("after", "complete")
     assert watch.statuses("cp").count("canceled") == 1
     assert cancel(client, "cp").status_code == 404
+
+
+def test_a_paused_download_asked_for_again_is_no_longer_paused_for_a_restart(make_app: Any, origin: Origin) -> None:
+    """Asked for again while every slot is busy, it waits in the queue without having
+    written a byte; a restart then resumes it, as any download that was asked for."""
+    p = origin.add("/p.gguf", payload(MiB, seed=123), stall_after=200 * KiB)
+    busy = origin.add("/busy.gguf", payload(MiB, seed=124), stall_after=100 * KiB)
+    first = make_app(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    watch = Watch(first)
+    client = first.test_client()
+    try:
+        post_download(client, "p", origin.url("/p.gguf"))
+        assert p.stalled.wait(5)
+        watch.status("p", "downloading")
+        assert pause(client, "p").status_code == 200
+        post_download(client, "busy", origin.url("/busy.gguf"))
+        assert busy.stalled.wait(5)
+        assert post_download(client, "p", origin.url("/p.gguf")).json["status"] == "queued"
+    finally:
+        watch.close()
+    first.extensions["arw_models"].shutdown()
+    p.release.set()
+    busy.release.set()
+
+    second = make_app(ARW_DL_RESUME_ON_START=True)
+    watch = Watch(second)  # starts it: what was asked for and not paused resumes now
+    try:
+        assert second.test_client().get("/models/downloads/p").json["status"] != "paused"
+        assert watch.terminal("p")["status"] == "complete"
+        assert ArwModels.state(second).manager.wait("busy", 10)
+    finally:
+        watch.close()
+    assert read(os.path.join(models_dir(second), "p.gguf")) == p.data

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 import pytest
 
 from .support.app import Service, Watch, post_download
-from .support.helpers import models_dir, part, read, sidecar, write_partial
+from .support.helpers import cancel, models_dir, part, read, sidecar, write_partial
 from .support.origin import Origin, Resource, payload
 
 KiB = 1024
@@ -113,3 +114,64 @@ def test_nothing_on_disk_is_a_start_with_nothing_discarded(service: Service, ori
     assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
         "status": "started", "downloaded": 0, "kept": 0, "discarded": 0, "provisional": False}
     assert watch.terminal("f")["status"] == "complete"
+
+
+def test_a_whole_file_sent_because_it_changed_still_shows_an_origin_that_serves_ranges(
+        service: Service, origin: Origin) -> None:
+    """A 200 to a ``Range`` whose ``If-Range`` no longer matches says the file changed,
+    not that ranges are refused: its ``Accept-Ranges: bytes`` is believed, and the
+    next pause is resumed."""
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/c.gguf", payload(2 * MiB, seed=706), stall_after=512 * KiB, stalls=2)
+    url = origin.url("/c.gguf")
+    post_download(client, "c", url)
+    paused_at(client, watch, res, "c", url, 512 * KiB)
+    res.replace(payload(2 * MiB, seed=707))
+    assert again(client, "resume", "c", url).status_code == 202
+    assert watch.status("c", "started", "resumed")["status"] == "started"  # the whole new file
+    assert origin.requests_for("/c.gguf")[-1].status == 200
+    paused_at(client, watch, res, "c", url, 512 * KiB)
+    assert json.loads(read(sidecar(app, "c")))["accept_ranges"] is True
+    r = again(client, "post", "c", url)
+    assert (r.json["status"], r.json["kept"], r.json["provisional"]) == ("resumed", 512 * KiB, False)
+    res.release.set()
+    assert watch.terminal("c")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "c.gguf")) == res.data
+
+
+def test_an_origin_that_says_accept_ranges_none_is_known_at_once_to_start_over(
+        service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/none.gguf", payload(2 * MiB, seed=708), stall_after=512 * KiB,
+                     ignore_range=True, accept_ranges="none")
+    url = origin.url("/none.gguf")
+    post_download(client, "none", url)
+    paused_at(client, watch, res, "none", url, 512 * KiB)
+    assert json.loads(read(sidecar(app, "none")))["accept_ranges"] is False
+    r = again(client, "resume", "none", url)
+    assert {k: r.json[k] for k in ("status", "downloaded", "kept", "discarded", "provisional")} == {
+        "status": "started", "downloaded": 0, "kept": 0, "discarded": 512 * KiB, "provisional": False}
+    res.release.set()
+    assert watch.terminal("none")["status"] == "complete"
+
+
+def test_a_repeated_post_before_the_origin_answered_is_a_start_from_no_offset(service: Service) -> None:
+    """Nothing on disk, and the origin has accepted the request but not answered:
+    the same POST again says the download started, and shows no offset to resume from."""
+    _, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        srv.settimeout(5)
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/mute.gguf"
+        post_download(client, "mute", url)
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(5)
+            assert conn.recv(65536).startswith(b"GET /mute.gguf")  # asked, and never answered
+            r = post_download(client, "mute", url)
+            assert r.status_code == 202
+            assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("started", 0, 0)
+            assert "offset" not in r.json and "offset" not in client.get("/models/downloads/mute").json
+            assert cancel(client, "mute").status_code == 200
+            assert watch.terminal("mute")["status"] == "canceled"

@@ -10,7 +10,8 @@ import threading
 import time
 from typing import Any
 
-from arw_models import signals
+from arw_models import ArwModels, signals
+from arw_models.service.jobs import Status
 
 from .support.app import Service, post_download
 from .support.helpers import (
@@ -195,3 +196,34 @@ def test_a_queue_of_three_runs_one_at_a_time_in_order(service: Service, origin: 
     for model_id, res in (("a", a), ("b", b), ("c", c)):
         assert read(os.path.join(models_dir(app), f"{model_id}.gguf")) == res.data
     assert sorted(m["id"] for m in client.get("/models").json["items"]) == ["a", "b", "c"]
+
+
+def test_a_retry_due_sooner_than_the_progress_interval_runs_when_it_is_due(service: Service,
+                                                                         origin: Origin) -> None:
+    """The ticker sleeps until the next retry is due, not a whole interval: here a
+    retry due in 50 to 100 ms, and progress once every 3 s."""
+    _, client, watch = service(ARW_DL_PROGRESS_INTERVAL_MS=3000, ARW_DL_RETRY_BACKOFF_MS=100,
+                               ARW_DL_RETRY_BACKOFF_MAX_MS=100)
+    res = origin.add("/soon.gguf", payload(100 * KiB, seed=86), statuses=[(503, {})])
+    post_download(client, "soon", origin.url("/soon.gguf"), sha256=res.sha256)
+    watch.status("soon", "retrying")
+    t0 = time.monotonic()
+    assert watch.terminal("soon")["status"] == "complete"
+    assert time.monotonic() - t0 < 1.5
+
+
+def test_shutdown_returns_once_every_slot_has_ended_and_its_job_reads_interrupted(
+        service: Service, origin: Origin) -> None:
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/down.gguf", payload(MiB, seed=87), stall_after=256 * KiB)
+    post_download(client, "down", origin.url("/down.gguf"))
+    assert res.stalled.wait(5)
+    watch.status("down", "downloading")
+    manager = ArwModels.state(app).manager
+    manager.shutdown()
+    slots = [t for t in threading.enumerate() if t.name.startswith("arw-download-") and t.is_alive()]
+    job = manager.find("down")
+    assert slots == [] and job is not None and job.done.is_set()
+    assert job.status is Status.INTERRUPTED
+    res.release.set()
+    assert listing(app) == ["down.part", "down.part.json"]  # kept for the next start

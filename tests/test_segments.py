@@ -99,7 +99,8 @@ def test_a_large_file_comes_in_parallel_ranges_and_is_whole(service: Service, or
     assert listing(app) == ["big.gguf"]
     asked = ranged(origin, "/big.gguf")
     assert len(asked) >= 3  # the first answer serves one range, the others are asked for
-    assert max(p.get("segments", 0) for p in watch.payloads("big")) > 1
+    # How many connections are open, as the events say: never more than asked for.
+    assert 1 < max(p.get("segments", 0) for p in watch.payloads("big")) <= SEGMENTED["ARW_DL_SEGMENTS"]
     # Every byte was asked for once (a stolen half is not asked again by its first owner).
     covered = sorted(asked)
     assert all(a[1] < b[0] for a, b in itertools.pairwise(covered))
