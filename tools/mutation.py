@@ -139,7 +139,7 @@ DEFAULT_TESTS = {
                                     *_ENGINE_TESTS],
     "arw_models/service/events.py": ["tests/test_events.py", "tests/test_end_races.py", "tests/test_api.py",
                                      "tests/test_records.py"],
-    "arw_models/server/stream.py": ["tests/test_events.py", "tests/test_stream_limits.py", "tests/test_api.py",
+    "arw_models/server/stream.py": ["tests/test_events.py", "tests/test_guards.py", "tests/test_api.py",
                                     "tests/test_records.py"],
 }
 DEFAULT_TESTS = {target: list(dict.fromkeys(tests)) for target, tests in DEFAULT_TESTS.items()}  # each once

@@ -9,7 +9,7 @@ publishes), :mod:`.result` (what the manager installs).
 
 from __future__ import annotations
 
-from .download import Adopt, Download, Limits, Opener, backoff_delay
+from .download import Adopt, Budget, Download, Opener, backoff_delay
 from .result import Result
 
-__all__ = ["Adopt", "Download", "Limits", "Opener", "Result", "backoff_delay"]
+__all__ = ["Adopt", "Budget", "Download", "Opener", "Result", "backoff_delay"]

@@ -58,7 +58,9 @@ HASH_READ = 4 * 1024 * 1024
 # manager. One that also has bypass_page_cache(required=...) is asked to write past
 # the page cache, as ARW_DL_DIRECT_IO says (storage.open_part's PartFile has it).
 Opener = Callable[[str, bool], BinaryIO]
-Limits = Callable[[Transfer, "int | None", int], None]
+# Given the file's size and the bytes kept: refuses (TransferError) a file over the
+# size cap or one the disk cannot hold beside the other downloads (the service's).
+Budget = Callable[[Transfer, "int | None", int], None]
 # Given a SHA-256: puts a link or copy of an installed file with that digest at the
 # job's .part (replacing what is there, sidecar included) and returns its size; None,
 # touching nothing, when no installed model has it. The manager's, see arw_models.service.dedup.
@@ -77,7 +79,7 @@ class Download(SingleStream, ParallelRanges):
     """The transfer of one job, across its attempts."""
 
     def __init__(self, job: Transfer, settings: Settings, state: StateDir, *,
-                 session: Callable[[], Any], opener: Opener, limits: Limits,
+                 session: Callable[[], Any], opener: Opener, budget: Budget,
                  checkpoint: Callable[[str], None] = lambda point: None,
                  adopt: Adopt | None = None) -> None:
         self.job = job
@@ -85,7 +87,7 @@ class Download(SingleStream, ParallelRanges):
         self.state = state
         self._session = session
         self._open = opener
-        self._limits = limits
+        self._budget = budget
         self._checkpoint = checkpoint
         self._adopt = adopt
         self._asked_adopt = False
@@ -199,7 +201,7 @@ class Download(SingleStream, ParallelRanges):
                 if job.headers:
                     self._sidecar["headers"] = dict(job.headers)
                 self._announce(plan.validator, ranges.total)
-                self._limits(job, ranges.total, ranges.durable)
+                self._budget(job, ranges.total, ranges.durable)
                 job.began(ranges.durable, ranges.total)
                 self._segments(ranges, plan.validator)
                 return
@@ -233,7 +235,7 @@ class Download(SingleStream, ParallelRanges):
                 return  # 416 for a .part that is already whole
             # Before the sidecar is written: a download refused for its size or for the
             # disk leaves no stray sidecar behind (a resumable .part keeps its own).
-            self._limits(job, answer.total, answer.offset)
+            self._budget(job, answer.total, answer.offset)
             self._remember(response, answer, plan, sidecar or {})
             job.began(answer.offset, answer.total)
             self._prepare_hash(answer.offset)

@@ -32,7 +32,7 @@ from ..store.blobs import Blobs
 from ..store.lock import StateLockError
 from ..store.storage import valid_id
 from . import hosting, web
-from .limits import (
+from .guards import (
     BodyIncomplete,
     BodyTimeout,
     client_probe,

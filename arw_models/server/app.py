@@ -39,7 +39,7 @@ from ..store.migrate import upgrade
 from ..store.registry import Registry
 from ..store.storage import StateDir, StateDirError
 from . import hosting
-from .limits import StreamSlots
+from .guards import StreamSlots
 from .problems import handle_http_exception
 
 __all__ = ["ArwModels", "ServiceState", "StateDirError", "StateLockError", "create_app"]

@@ -2,7 +2,7 @@
 disk cannot hold beside the other downloads and the reserve.
 
 The manager computes what the other downloads still need (under its lock, from the
-job table) and asks :func:`check_limits` here, outside it: the checks read the file
+job table) and asks :func:`check_budget` here, outside it: the checks read the file
 system, which must not hold up the API.
 """
 
@@ -16,7 +16,7 @@ from ..store import storage
 from ..store.storage import StateDir
 
 
-def check_limits(settings: Settings, state: StateDir, disk_free: Callable[[str], int], model_id: str,
+def check_budget(settings: Settings, state: StateDir, disk_free: Callable[[str], int], model_id: str,
                  total: int | None, offset: int, others: int) -> None:
     """Refuses ``total`` bytes for ``model_id`` (``offset`` of them kept) when they
     are over the size limit or do not fit; ``others``: the bytes the other

@@ -3,7 +3,7 @@ that blob instead of a transfer.
 
 :meth:`Adopter.adopt` puts the blob (see :mod:`arw_models.store.blobs`) at the
 job's ``.part``: a hard link where the file system makes one (no byte written, no
-space taken), else a copy (checked against the disk limits first, fsynced). The
+space taken), else a copy (checked against the disk budget first, fsynced). The
 manager then installs that ``.part`` like any verified download, under the job's own
 file name: its file is one more link of the blob, and a delete of one model leaves
 the other's bytes where they are. The blob is not hashed again: its digest was
@@ -38,24 +38,24 @@ from .jobs import DownloadJob
 
 log = logging.getLogger(__name__)
 
-Limits = Callable[[DownloadJob, "int | None", int], None]
+Budget = Callable[[DownloadJob, "int | None", int], None]
 
 
 class Adopter:
     """Puts a blob of the store at a job's ``.part``, for the manager."""
 
-    def __init__(self, state: StateDir, registry: Registry, lock: threading.RLock, limits: Limits) -> None:
+    def __init__(self, state: StateDir, registry: Registry, lock: threading.RLock, budget: Budget) -> None:
         self.state = state
         self.registry = registry
         self.blobs = Blobs(state)
         self._lock = lock
-        self._limits = limits
+        self._budget = budget
 
     def adopt(self, job: DownloadJob, digest: str) -> int | None:
         """Replaces the job's ``.part`` (and sidecar) by a link or copy of the blob
         ``digest``, and returns its size; None, touching nothing, when the store does
         not hold it for an installed model (or a copy would not fit: the transfer
-        then decides, with its own limits). Raises
+        then decides, with its own budget). Raises
         :class:`~arw_models.errors.JobStopped` when the job is stopped during a
         copy."""
         with self._lock:
@@ -113,7 +113,7 @@ class Adopter:
 
     def _copy(self, job: DownloadJob, digest: str, size: int, fd: int) -> int | None:
         try:
-            self._limits(job, size, 0)
+            self._budget(job, size, 0)
         except TransferError as err:
             log.info("download %s: a copy of %s does not fit (%s); fetching it instead", job.id, digest[:12],
                      err.message)

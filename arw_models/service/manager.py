@@ -91,7 +91,7 @@ class DownloadManager:
         self.slots = Slots(settings.max_conc, settings.progress_interval, self._lock, self._run, clock,
                            self._balance)
         self._closed = False
-        self.adopter = Adopter(state, registry, self._lock, self.check_limits)
+        self.adopter = Adopter(state, registry, self._lock, self.check_budget)
 
     @contextmanager
     def _locked(self) -> Iterator[Later]:
@@ -217,7 +217,7 @@ class DownloadManager:
             if download is None:
                 download = self._downloads[job] = Download(
                     job, self.settings, self.state, session=lambda: new_session(f"arw-models/{__version__}"),
-                    opener=self.open_part, limits=self.check_limits,
+                    opener=self.open_part, budget=self.check_budget,
                     checkpoint=lambda point: self.checkpoint(point, job),
                     adopt=lambda digest: self.adopter.adopt(job, digest))
             self._install(job, download.attempt())
@@ -285,15 +285,15 @@ class DownloadManager:
         if job.status is Status.COMPLETE:
             self._changed("add", job.id)
 
-    def check_limits(self, job: DownloadJob, total: int | None, offset: int) -> None:
+    def check_budget(self, job: DownloadJob, total: int | None, offset: int) -> None:
         """Refuses a file over ``ARW_MODELS_MAX_MB``, or one the disk cannot hold
-        beside the other downloads and the reserve (:func:`.budget.check_limits`)."""
+        beside the other downloads and the reserve (:func:`.budget.check_budget`)."""
         if total is None:
             return
         with self._lock:
             others = sum(max(0, j.total - j.downloaded) for j in self._jobs.values()
                          if j is not job and j.active and j.total is not None)
-        budget.check_limits(self.settings, self.state, self.disk_free, job.id, total, offset, others)
+        budget.check_budget(self.settings, self.state, self.disk_free, job.id, total, offset, others)
 
     # -- pause, cancel, delete, listing -------------------------------------------------------
 

@@ -26,7 +26,7 @@ import requests
 
 from arw_models import ArwModels
 from arw_models.config import DEFAULTS, Settings, events_stream_cap, from_env
-from arw_models.server.limits import BodyTimeout, StreamSlots, client_gone, read_body
+from arw_models.server.guards import BodyTimeout, StreamSlots, client_gone, read_body
 from arw_models.server.stream import stream_response
 from arw_models.service.events import KEEPALIVE, EventHub
 

@@ -1,4 +1,4 @@
-"""Limits that keep slow or departed clients from holding the request threads.
+"""Guards that keep slow or departed clients from holding the request threads.
 
 The service runs on a fixed number of server threads (gunicorn gthread), and
 three kinds of client can keep one busy for much longer than a request needs:
