@@ -244,11 +244,7 @@ def download() -> Response | tuple[Response, int]:
     headers = checked_headers(body.get("headers"))
     status, item = service().manager.submit(model_id, url, sha256, provider, rate_limit=rate_limit,
                                             headers=headers)
-    response = jsonify(item)
-    response.status_code = status
-    if status == 202:
-        response.headers["Location"] = url_for(".download_status", model_id=model_id)
-    return response
+    return _job_answer(status, item, model_id)
 
 
 @bp.put("/settings/rate-limit")
@@ -280,6 +276,11 @@ def resume() -> Response:
     body = json_body()
     model_id = checked_id(body.get("id"))
     status, item = service().manager.resume(model_id)
+    return _job_answer(status, item, model_id)
+
+
+def _job_answer(status: int, item: dict[str, Any], model_id: str) -> Response:
+    """A started (202, with where to follow it) or an installed (200) download."""
     response = jsonify(item)
     response.status_code = status
     if status == 202:
