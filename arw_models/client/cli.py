@@ -6,6 +6,9 @@ Exit codes: 0 done; 1 the service said no (a problem document) or the download
 failed, was canceled or paused elsewhere; 2 no service answers (and bad usage);
 130 interrupted by Ctrl-C (a download is then paused, canceled or still running,
 as chosen).
+
+About 400 lines, one concern: the parser (which the docs render) and one short
+function a command; the HTTP client and the display live in modules of their own.
 """
 
 from __future__ import annotations

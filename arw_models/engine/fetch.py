@@ -38,8 +38,6 @@ from .transfer import Transfer
 
 log = logging.getLogger(__name__)
 
-Opener = Callable[[str, bool], BinaryIO]
-
 
 # A refused connection (nobody listens: a service restarting, a wrong port) or a
 # name the resolver says may resolve in a moment is tried again a few times, soon,

@@ -7,6 +7,8 @@ of its own: the submit policy in :mod:`.submit`, the install of a verified resul
 in :mod:`.install`, the disk budget in :mod:`.budget`, how a stopped or failed job
 leaves its ``.part`` in :mod:`.endings`, start-up recovery in :mod:`.recovery`. A
 job's status changes only through :meth:`~arw_models.service.jobs.DownloadJob.transition`.
+About 400 lines: the table's operations themselves, each a few lines under the
+lock that call out to those modules.
 
 Which thread runs what, which locks exist and in which order they are taken is
 written once, in docs/design.rst ("Concurrency"). Here: the table, the slots'
