@@ -285,17 +285,21 @@ def test_first_failure_reads_the_summary_not_log_lines() -> None:
 def test_kill_marked_reaches_a_process_in_a_session_of_its_own() -> None:
     # What a test's gunicorn is: started in its own session, out of reach of a killpg.
     marker = f"{os.getpid()}-selftest"
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             env=dict(os.environ, **{MARKER: marker}), start_new_session=True)
     try:
+        # Until the child has exec'd, /proc shows the parent's environment: wait for its word.
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
         assert kill_marked(marker + "-other") == 0
         assert kill_marked(marker) == 1
         assert proc.wait(10) == -9
     finally:
         proc.kill()
         proc.wait(10)
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.close()
+        proc.stdout.close()
 
 
 def test_default_targets_exist() -> None:
