@@ -212,6 +212,8 @@ SETTINGS: tuple[Setting, ...] = (
             'Bytes per second for all downloads together (None: no limit); changeable at run time.'),
     Setting("ARW_DL_SEGMENTS", 8, int,
             'Parallel connections (ranges) for one download, 1 to 16; 1: one stream.'),
+    Setting("ARW_DL_FILES_AT_ONCE", 4, int,
+            'Files of one many-file model (a hub repository, a registry model) fetched at once, 1 to 16; each may still be split into ranges.'),
     Setting("ARW_DL_SPLIT_BELOW_MBPS", 100.0, float,
             'More connections are opened only while the first brings less than this (MiB/s).'),
     Setting("ARW_DL_SEGMENT_MIN_MB", 64.0, float,
@@ -328,6 +330,7 @@ class Settings:
     hf_endpoint: str = "https://huggingface.co"
     hf_token: str | None = field(default=None, repr=False)
     mirrors: tuple[str, ...] = ()
+    files_at_once: int = 4
     models_mode: int = 0o644
 
     @classmethod
@@ -385,6 +388,7 @@ class Settings:
             hf_endpoint=_endpoint(str(get("ARW_HF_ENDPOINT"))),
             hf_token=(get("ARW_HF_TOKEN") or "").strip() or None,
             mirrors=parse_mirrors(get("ARW_DL_MIRRORS") or ()),
+            files_at_once=int(get("ARW_DL_FILES_AT_ONCE")),
             models_mode=parse_mode(get("ARW_MODELS_MODE")),
         )
         if settings.max_conc < 1:
@@ -397,6 +401,8 @@ class Settings:
             raise ValueError("ARW_DL_RATE_LIMIT must be at least 1 (bytes per second), or unset")
         if not 1 <= settings.segments <= 16:
             raise ValueError("ARW_DL_SEGMENTS must be between 1 and 16")
+        if not 1 <= settings.files_at_once <= 16:
+            raise ValueError("ARW_DL_FILES_AT_ONCE must be between 1 and 16")
         if settings.segment_min_bytes < 0:
             raise ValueError("ARW_DL_SEGMENT_MIN_MB must not be negative")
         if settings.jobs_keep < 0:
@@ -438,6 +444,7 @@ class Settings:
             "events_retry_ms": self.retry_ms,
             "jobs_keep": self.jobs_keep,
             "segments": self.segments,
+            "files_at_once": self.files_at_once,
             "rate_limit": self.rate_limit,
             "segment_min_mb": self.segment_min_bytes / MiB,
             "split_below_mbps": self.split_below / MiB,

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from ..errors import JobStopped
+from ..store.storage import read_part
 from .headers import content_coded
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
@@ -118,3 +121,19 @@ def linked_size(response: Any) -> int | None:
         if value.isdigit():
             return int(value)
     return None
+
+
+def git_blob_id(path: str, size: int, stop: Any = None) -> str:
+    """The git blob id of the file at ``path`` (``size`` bytes): the SHA-1 of
+    ``blob <size>\\0`` and its content, what a hub's listing gives for a small
+    (not LFS) file. ``stop``: an event that ends the read (``JobStopped``)."""
+    hasher = hashlib.sha1(f"blob {size}\0".encode("ascii"), usedforsecurity=False)
+    with read_part(path) as fh:
+        while True:
+            if stop is not None and stop.is_set():
+                raise JobStopped()
+            chunk = fh.read(4 * 1024 * 1024)
+            if not chunk:
+                break
+            hasher.update(chunk)
+    return hasher.hexdigest()

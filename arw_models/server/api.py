@@ -23,13 +23,21 @@ from flask import (
 
 from .._version import __version__
 from ..engine import sources
+from ..engine.fileset import Selection, safe_path
 from ..engine.headers import (
     HEADER_NAME_PATTERN,
     RESERVED_HEADERS,
     hides_dot_segment,
     without_dot_segments,
 )
-from ..errors import ArwError, BadRequest, NotFound, Unauthorized, UnsupportedMediaType
+from ..errors import (
+    ArwError,
+    BadRequest,
+    NotFound,
+    TransferError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from ..service.listing import public_model
 from ..service.metrics import CONTENT_TYPE
 from ..store.blobs import Blobs
@@ -149,6 +157,8 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url must be a single http or https URL without spaces", code="invalid-url")
     if any("\ud800" <= ch <= "\udfff" for ch in value):  # JSON's lone surrogates: no url can encode them
         raise BadRequest("url must be valid Unicode", code="invalid-url")
+    if service().manager.references.names_many(value):
+        return value  # a model of many files: its resolver reads the reference
     if value.startswith(sources.HF_SCHEME):
         try:
             sources.parse_hf(value)
@@ -237,17 +247,69 @@ def checked_provider(value: Any) -> str:
     return value
 
 
+MAX_PATTERNS = 256
+
+
+def checked_selection(body: dict[str, Any], many: bool) -> Selection | None:
+    """``include``, ``exclude`` and ``files``: lists of strings, for a url that
+    names many files (None for one that names one file)."""
+    given = {k: body.get(k) for k in ("include", "exclude", "files") if body.get(k) is not None}
+    if not many:
+        if given:
+            raise BadRequest(f"{', '.join(sorted(given))} select files of a model of many files; this url names "
+                             "one file", code="invalid-selection")
+        return None
+    for key, value in given.items():
+        if (not isinstance(value, list) or len(value) > MAX_PATTERNS
+                or not all(isinstance(v, str) and 0 < len(v) <= 1024 and v.isprintable() for v in value)):
+            raise BadRequest(f"{key} must be a list of at most {MAX_PATTERNS} non-empty strings",
+                             code="invalid-selection")
+    if given.get("files") and (given.get("include") or given.get("exclude")):
+        raise BadRequest("files names the files exactly: it goes without include and exclude",
+                         code="invalid-selection")
+    if any(not safe_path(p) for p in given.get("files") or ()):
+        raise BadRequest("files must be paths inside the repository (no leading /, no . or .. segment)",
+                         code="invalid-selection")
+    return Selection(tuple(given.get("include") or ()), tuple(given.get("exclude") or ()),
+                     tuple(given.get("files") or ()))
+
+
+def checked_flag(value: Any, name: str, default: bool | None = False) -> bool | None:
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false", code="invalid-body")
+    return value
+
+
 @bp.post("/models/download")
 def download() -> Response | tuple[Response, int]:
     body = json_body()
     model_id = checked_id(body.get("id"))
     url = checked_url(body.get("url"))
+    manager = service().manager
+    selection = checked_selection(body, manager.references.names_many(url))
     sha256 = checked_sha256(body.get("sha256"))
+    if selection is not None and sha256 is not None:
+        raise BadRequest("sha256 is one file's digest; a model of many files has its listing's",
+                         code="invalid-sha256")
     provider = checked_provider(body.get("provider"))
     rate_limit = checked_rate(body.get("rate_limit"), "rate_limit")
     headers = checked_headers(body.get("headers"))
-    status, item = service().manager.submit(model_id, url, sha256, provider, rate_limit=rate_limit,
-                                            headers=headers)
+    dry_run = checked_flag(body.get("dry_run"), "dry_run")
+    force = bool(checked_flag(body.get("force"), "force"))
+    hf_cache = checked_flag(body.get("hf_cache"), "hf_cache", None)
+    if dry_run:
+        if selection is None:
+            raise BadRequest("dry_run answers for a model of many files; this url names one file",
+                             code="invalid-selection")
+        try:
+            return jsonify(manager.dry_run(model_id, url, selection, headers))
+        except TransferError as err:
+            raise ArwError(f"the reference cannot be resolved: {err.message}", status=502, code=err.code,
+                           title="Bad gateway") from None
+    status, item = manager.submit(model_id, url, sha256, provider, rate_limit=rate_limit, headers=headers,
+                                  selection=selection, force=force, hf_cache=hf_cache)
     return _job_answer(status, item, model_id)
 
 

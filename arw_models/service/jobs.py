@@ -97,6 +97,8 @@ class DownloadJob(Transfer):
         self.prospect: dict[str, Any] = {}
         # Resumed by the service itself at start: a POST that differs takes it over.
         self.auto = auto
+        # Asked to fetch again what is installed or in the store (no deduplication).
+        self.force = False
         self._status = Status.QUEUED
         # publish (the event hub, which never blocks) runs under the job's lock, so
         # events keep the order of the moves; notify (the host's signal receivers and

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..engine.plan import Plan, continuation
 from ..redact import redact_url
+from ..store import folders
 from ..store import sidecar as sidecars
 from ..store.blobs import valid_digest
 from ..store.sidecar import Sidecar
@@ -79,7 +80,9 @@ def public_model(entry: dict[str, Any], state: StateDir) -> dict[str, Any]:
     digest = entry.get("sha256")
     if not unstored and valid_digest(digest):
         item["blob"] = os.path.join(state.blobs_dir, str(digest))
-    if not state.has_model_file(entry["file"]):
+    there = folders.is_folder(state, entry["file"]) if isinstance(entry.get("files"), list) else (
+        state.has_model_file(entry["file"]))
+    if not there:
         item["status"] = "missing"
     return item
 

@@ -23,7 +23,12 @@ Declared seams, for tests and for embedding: :attr:`DownloadManager.open_part`
 with a point's name and the job, in the job's thread: ``transferred`` when the body
 is on disk, ``verified`` before the install, ``installed`` after it, ``answered``
 once the origin's answer has come (before it is checked), ``failed``
-when an attempt failed, before the retry is decided), and the ``clock``.
+when an attempt failed, before the retry is decided), the ``clock``, and
+:attr:`~DownloadManager.references` (what says which urls name a model of many files
+and resolves them: :mod:`arw_models.engine.references`, or a resolver of the same
+three functions, ``names_many``, ``resolve`` and ``authorizer``). A model of many
+files is a :class:`~.models.ModelJob` in the same table; its run, listings and ends
+are :mod:`.models`'s, its install :mod:`.model_install`'s.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from typing import Any
 
 from .._version import __version__
 from ..config import Settings
-from ..engine import Download
+from ..engine import Download, references
 from ..engine.fetch import QUICK_CODES, QUICK_RETRIES
+from ..engine.fileset import Selection
 from ..engine.http import new_session
 from ..engine.ratelimit import shares
 from ..errors import ArwError, Conflict, JobStopped, NotFound, TransferError
@@ -47,7 +53,7 @@ from ..store import sidecar as sidecars
 from ..store import storage
 from ..store.registry import Registry
 from ..store.storage import StateDir, utcnow
-from . import budget, endings, install, recovery
+from . import budget, endings, install, model_install, models, recovery
 from .dedup import Adopter
 from .events import EventHub
 from .jobs import DownloadJob, Status
@@ -84,6 +90,7 @@ class DownloadManager:
         self.open_part: Callable[[str, bool], Any] = storage.open_part
         self.disk_free: Callable[[str], int] = storage.disk_free
         self.checkpoint: Callable[[str, DownloadJob], None] = lambda point, job: None
+        self.references: Any = references
         self._jobs: dict[str, DownloadJob] = {}
         # Finished jobs, oldest first: the last ARW_JOBS_KEEP stay answerable.
         self._finished: OrderedDict[str, DownloadJob] = OrderedDict()
@@ -123,7 +130,11 @@ class DownloadManager:
         if self._notify is not None:
             self._notify(CHANGED, payload)
 
-    def _new_job(self, model_id: str, url: str, sha256: str | None, provider: str, auto: bool = False) -> DownloadJob:
+    def _new_job(self, model_id: str, url: str, sha256: str | None, provider: str, auto: bool = False,
+                 selection: Selection | None = None) -> DownloadJob:
+        if selection is not None:
+            return models.ModelJob(model_id, url, None, provider, self._publish, self._signal, auto=auto,
+                                   clock=self.clock, selection=selection)
         return DownloadJob(model_id, url, sha256, provider, self._publish, self._signal, auto=auto, clock=self.clock)
 
     # -- submitting ---------------------------------------------------------------------
@@ -142,22 +153,29 @@ class DownloadManager:
 
     def submit(self, model_id: str, url: str, sha256: str | None, provider: str,
                *, auto: bool = False, rate_limit: int | None = None,
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+               headers: dict[str, str] | None = None, selection: Selection | None = None, force: bool = False,
+               hf_cache: bool | None = None) -> tuple[int, dict[str, Any]]:
         """Starts, resumes or joins a download; (200, model) when already installed.
         ``auto``: resumed by the service itself, so a POST that differs takes it over.
         ``headers``: for a gated origin (its host alone); not part of what the
-        download is, so a POST that differs only in them joins the running job."""
+        download is, so a POST that differs only in them joins the running job.
+        A url that names many files (``references.names_many``) is a model job, of
+        the files ``selection`` picks; ``force`` fetches again what is installed or
+        in the store."""
+        if selection is None and self.references.names_many(url):
+            selection = Selection()
         with self._locked() as later:
             if self._closed:
                 raise ArwError("the service is shutting down", status=503, code="shutting-down",
                                title="Service unavailable")
             job = self._jobs.get(model_id)
             previous = None
-            decided = verdict(job, url, sha256)
+            decided = verdict(job, url, sha256, selection)
             if decided is Verdict.ENDING:
                 assert job is not None
                 # Installed already? Then say so.
-                installed = self._installed_as_asked(model_id, url, sha256) if job.status is Status.COMPLETE else None
+                installed = (self._installed_as_asked(model_id, url, sha256, selection)
+                             if job.status is Status.COMPLETE and not force else None)
                 if installed is None:
                     raise Conflict(f"the previous download of {model_id} is ending; try again in a moment",
                                    code="download-ending", job=snapshot(job))
@@ -179,16 +197,20 @@ class DownloadManager:
                 log.info("download %s: a new request takes over the resumed download", model_id)
                 previous = job
                 self._stop_job(job, "superseded", later)
-            installed = self._installed_as_asked(model_id, url, sha256)
+            installed = None if force else self._installed_as_asked(model_id, url, sha256, selection)
             if installed is not None:
                 return 200, public_model(installed, self.state)
-            job = self._new_job(model_id, url, sha256, provider, auto=auto)
+            job = self._new_job(model_id, url, sha256, provider, auto=auto, selection=selection)
+            job.force = force
+            if isinstance(job, models.ModelJob):
+                job.hf_cache = hf_cache
             job.rate_limit = rate_limit
             job.headers = dict(headers or {})
             job.after = previous
             unpause(self.state, model_id)
             self._jobs[model_id] = job
-            prospect = outlook(self.state, model_id, url, sha256)
+            prospect = (models.outlook(self.state, model_id, url, selection) if selection is not None
+                        else outlook(self.state, model_id, url, sha256))
             job.downloaded = prospect["kept"]
             job.prospect = {k: v for k, v in prospect.items() if k != "status"}
             if self.slots.busy() >= self.settings.max_conc:
@@ -202,8 +224,17 @@ class DownloadManager:
             self.slots.enqueue(job)
             return 202, answer
 
-    def _installed_as_asked(self, model_id: str, url: str, sha256: str | None) -> dict[str, Any] | None:
-        return installed_as_asked(self.registry, self.state, model_id, url, sha256)
+    def _installed_as_asked(self, model_id: str, url: str, sha256: str | None,
+                            selection: Selection | None = None) -> dict[str, Any] | None:
+        return installed_as_asked(self.registry, self.state, model_id, url, sha256, selection)
+
+    def dry_run(self, model_id: str, url: str, selection: Selection, headers: dict[str, str]) -> dict[str, Any]:
+        """What a download of the model at ``url`` would fetch; nothing starts."""
+        return models.dry_run(self.state, self.settings, self.references, model_id, url, selection, headers,
+                              self._session)
+
+    def _session(self) -> Any:
+        return new_session(f"arw-models/{__version__}")
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -213,6 +244,9 @@ class DownloadManager:
         if previous is not None:
             previous.done.wait()  # the job this one takes over has let go of the .part
             job.after = None
+        if isinstance(job, models.ModelJob):
+            self._run_model(job)
+            return
         try:
             # Inside the try: a job whose transfer cannot even be set up must still end.
             download = self._downloads.get(job)
@@ -221,7 +255,7 @@ class DownloadManager:
                     job, self.settings, self.state, session=lambda: new_session(f"arw-models/{__version__}"),
                     opener=self.open_part, budget=self.check_budget,
                     checkpoint=lambda point: self.checkpoint(point, job),
-                    adopt=lambda digest: self.adopter.adopt(job, digest))
+                    adopt=None if job.force else lambda digest: self.adopter.adopt(job, digest))
             self._install(job, download.attempt())
         except JobStopped:
             endings.stopped(self.state, job)
@@ -237,6 +271,32 @@ class DownloadManager:
             log.exception("download %s failed unexpectedly", job.id)
             # Only the class: the text of an unexpected error may quote a url with its credentials.
             endings.failed(self.state, job, TransferError(
+                "internal-error", f"the service failed ({exc.__class__.__name__}); its log has the details"))
+        self._ended(job)
+
+    def _run_model(self, job: models.ModelJob) -> None:
+        """In a slot's thread: the whole model, its files' retries its own."""
+        try:
+            download = models.run(job, self.settings, self.state, self.references, session=self._session,
+                                  opener=self.open_part, lock=self._lock, budget=self.check_budget,
+                                  checkpoint=lambda point: self.checkpoint(point, job))
+            self.checkpoint("verified", job)
+            with self._lock:
+                done = job.finish(lambda: model_install.install(self.state, self.registry, job, download))
+            if done is None:
+                raise JobStopped()
+            self.checkpoint("installed", job)
+        except JobStopped:
+            models.stopped(self.state, job)
+        except TransferError as err:
+            self.checkpoint("failed", job)
+            if job.stop_event.is_set():
+                models.stopped(self.state, job)
+            else:
+                models.failed(self.state, job, err)
+        except Exception as exc:  # a bug must still end the job, visibly
+            log.exception("download %s failed unexpectedly", job.id)
+            models.failed(self.state, job, TransferError(
                 "internal-error", f"the service failed ({exc.__class__.__name__}); its log has the details"))
         self._ended(job)
 
@@ -307,7 +367,10 @@ class DownloadManager:
             later.append(lambda: self._end_stopped(job))
 
     def _end_stopped(self, job: DownloadJob) -> None:
-        endings.stopped(self.state, job)
+        if isinstance(job, models.ModelJob):
+            models.stopped(self.state, job)
+        else:
+            endings.stopped(self.state, job)
         self._ended(job)
 
     def pause(self, model_id: str, wait: float = 10.0) -> dict[str, Any]:
@@ -328,7 +391,13 @@ class DownloadManager:
             job = self._jobs.get(model_id)
         if job is not None and job.active:
             return self.submit(model_id, job.url, job.sha256, job.provider, rate_limit=job.rate_limit,
-                               headers=job.headers)
+                               headers=job.headers, selection=getattr(job, "selection", None), force=job.force,
+                               hf_cache=getattr(job, "hf_cache", None))
+        staged = models.asked_with(self.state, model_id)
+        if staged is not None:
+            return self.submit(model_id, staged.url, None, staged.provider, rate_limit=staged.rate_limit,
+                               headers=staged.headers, selection=staged.selection, force=staged.force,
+                               hf_cache=staged.hf_cache)
         asked = asked_with(sidecars.read(self.state, model_id))
         if asked is None:
             raise NotFound(f"no download of {model_id} is paused or resumable", code="no-active-download")
@@ -344,7 +413,8 @@ class DownloadManager:
             else:
                 # Nothing runs (or its model is installed already); a .part left by an
                 # earlier run, a paused or a failed job is canceled too.
-                leftover = endings.cancel_leftover(self.state, model_id, job, self._new_job)
+                leftover = (models.cancel_leftover(self.state, model_id, job, self._new_job)
+                            or endings.cancel_leftover(self.state, model_id, job, self._new_job))
                 self._jobs[model_id] = leftover
                 later.append(lambda: self._ended(leftover))
         if leftover is None:
@@ -356,7 +426,7 @@ class DownloadManager:
             job = self._jobs.get(model_id)
             if job is not None and job.active:
                 raise Conflict(f"{model_id} is downloading; cancel it first", code="download-in-progress")
-            entry = install.uninstall(self.state, self.registry, model_id)
+            entry = model_install.uninstall(self.state, self.registry, model_id)
             if entry is None:
                 raise NotFound(f"no model {model_id} is installed", code="unknown-model")
         self._changed("remove", model_id)
@@ -365,7 +435,9 @@ class DownloadManager:
     def job(self, model_id: str) -> dict[str, Any] | None:
         with self._lock:
             job = self._jobs.get(model_id)
-        return job_item(job, self.state) if job is not None else resumable_item(model_id, self.state)
+        if job is not None:
+            return models.job_item(job, self.state) if isinstance(job, models.ModelJob) else job_item(job, self.state)
+        return resumable_item(model_id, self.state) or models.staged_item(self.state, model_id)
 
     def jobs(self) -> list[dict[str, Any]]:
         """Active jobs, then downloads that left a resumable ``.part``."""
@@ -379,6 +451,7 @@ class DownloadManager:
             item = self.job(model_id)
             if item is not None and item.get("resumable"):
                 items.append(item)
+        items.extend(models.staged_items(self.state, lambda model_id: model_id in jobs and jobs[model_id].active))
         return items
 
     # -- start and stop -----------------------------------------------------------------------
@@ -386,6 +459,7 @@ class DownloadManager:
     def start(self) -> None:
         """Sweeps stale partial files and resumes the others if so configured."""
         recovery.recover(self.settings, self.state, self.submit)
+        models.recover(self.settings, self.state, self.submit)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stops every transfer, keeping its ``.part`` resumable."""

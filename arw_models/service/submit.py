@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ..engine.fileset import Selection
+from ..store import folders
 from ..store.registry import Registry
 from ..store.sidecar import Sidecar
 from ..store.storage import StateDir
@@ -27,22 +29,29 @@ class Verdict(str, Enum):
     TAKE_OVER = "take-over"  # resumed by the service itself: this request says what is wanted now
 
 
-def verdict(job: DownloadJob | None, url: str, sha256: str | None) -> Verdict:
+def verdict(job: DownloadJob | None, url: str, sha256: str | None, selection: Selection | None = None) -> Verdict:
     if job is None or not job.active:
         return Verdict.NEW
     if job.stop_event.is_set() or job.terminal:
         # Its events and signals are on their way, or its transfer is stopping: a
         # new job now would race it.
         return Verdict.ENDING
-    if job.url == url and (sha256 is None or sha256 == job.sha256):
+    if job.url == url and (sha256 is None or sha256 == job.sha256) and getattr(job, "selection", None) == selection:
         return Verdict.JOIN
     return Verdict.TAKE_OVER if job.auto else Verdict.CONFLICT
 
 
 def installed_as_asked(registry: Registry, state: StateDir, model_id: str, url: str,
-                       sha256: str | None) -> dict[str, Any] | None:
-    """The installed model, if it is what a POST of ``url`` (and ``sha256``) asks for."""
+                       sha256: str | None, selection: Selection | None = None) -> dict[str, Any] | None:
+    """The installed model, if it is what a POST of ``url`` (and ``sha256``, or the
+    ``selection`` of a model of many files) asks for."""
     installed = registry.get(model_id)
+    if selection is not None:
+        if (installed is not None and installed.get("url") == url and isinstance(installed.get("files"), list)
+                and Selection.from_json(installed.get("selection")) == selection
+                and folders.is_folder(state, str(installed.get("file")))):
+            return installed
+        return None
     if (
         installed is not None
         and installed.get("url") == url

@@ -109,6 +109,8 @@ def entry_of(manifest: dict[str, Any], state: StateDir) -> dict[str, Any] | None
     """The registry entry of a manifest, for a registry that lost it (a crash between
     the two writes): the url is the redacted one, all the manifest keeps."""
     files = [f for f in manifest["files"] if isinstance(f, dict)]
+    if isinstance(manifest.get("folder"), str):
+        return _folder_entry(manifest, files, state)
     if len(files) != 1 or not isinstance(files[0].get("path"), str):
         return None
     file = files[0]
@@ -120,3 +122,17 @@ def entry_of(manifest: dict[str, Any], state: StateDir) -> dict[str, Any] | None
             "file": file["path"], "path": path, "sha256": file.get("sha256"),
             "sha256_source": file.get("sha256_source"), "bytes": file.get("size"), "url": manifest.get("url"),
             "downloaded_at": manifest.get("downloaded_at")}
+
+
+def _folder_entry(manifest: dict[str, Any], files: list[dict[str, Any]], state: StateDir) -> dict[str, Any] | None:
+    """The entry of a model of many files, from its manifest."""
+    try:
+        path = state.model_path(manifest["folder"])
+    except ValueError:
+        return None
+    listed = [{"path": f.get("path"), "bytes": f.get("size"), "sha256": f.get("sha256"),
+               **({"git_oid": f["git_oid"]} if f.get("git_oid") else {})} for f in files]
+    return {"id": manifest["id"], "provider": manifest.get("provider") or "hf", "status": "available",
+            "file": manifest["folder"], "path": path, "sha256": None,
+            "bytes": sum(int(f.get("size") or 0) for f in files), "url": manifest.get("url"),
+            "downloaded_at": manifest.get("downloaded_at"), "revision": manifest.get("revision"), "files": listed}

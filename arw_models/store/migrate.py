@@ -27,9 +27,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import gc
+from . import folders, gc
 from .blobs import Blobs, valid_digest
-from .files import open_existing, remove_quietly, same_file
+from .files import open_existing, same_file
 from .manifests import Manifests, entry_of, manifest_of
 from .registry import LAYOUT, Registry
 from .storage import StateDir
@@ -140,7 +140,7 @@ def _reconcile(state: StateDir, registry: Registry, manifests: Manifests, done: 
         name = entry.get("file")
         if isinstance(name, str) and not any(e.get("file") == name for e in entries.values()):
             try:
-                remove_quietly(state.model_path(name))
+                folders.remove_model(state, name)
             except ValueError:
                 pass
         log.info("model %s: its delete was interrupted; finished now", model_id)

@@ -289,9 +289,14 @@ class StateDir:
             for name in names:
                 if not _TEMPORARY.fullmatch(name):
                     continue
+                path = os.path.join(directory, name)
                 try:
-                    if remove_quietly(os.path.join(directory, name)):
-                        removed.append(os.path.join(directory, name))
+                    if directory == self.models_dir and _is_dir(path):
+                        # A model's folder being built (store.folders): never a link followed.
+                        shutil.rmtree(path)
+                        removed.append(path)
+                    elif remove_quietly(path):
+                        removed.append(path)
                 except OSError as exc:  # a directory of that name, say: not ours to touch
                     log.warning("cannot remove %s: %s", os.path.join(directory, name), exc.strerror or exc)
         return removed
@@ -311,6 +316,11 @@ class StateDir:
                         seen.add(model_id)
                         yield model_id
                     break
+
+
+def _is_dir(path: str) -> bool:
+    st = lstat_file(path)
+    return st is not None and stat.S_ISDIR(st.st_mode)
 
 
 # The names files.temp_path gives: "." + a name + "." + pid + "." + thread id + ".tmp".

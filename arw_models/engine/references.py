@@ -1,0 +1,93 @@
+"""References that name a model of many files, and their resolution: the one
+seam between a download and the resolvers.
+
+``hf://OWNER/REPO[@REVISION]`` (a whole hub repository, or the files of it a
+selection names) is :mod:`.hub`'s; ``ollama://NAME[:TAG]`` and
+``oci://HOST/REPO[:TAG|@DIGEST]`` are :mod:`.oci`'s. Each resolves a reference,
+once, to a :class:`~.fileset.FileSet` and gives the :data:`~.fileset.Authorize`
+that adds the private headers of each file's request. A download resumed from its
+plan is not resolved again (its revision holds): :func:`authorizer` gives what its
+requests need without a listing.
+
+A resolver that this installation lacks leaves its references unrecognised, except
+the hub's repository form, whose shape is known here: it is refused with
+``unsupported-reference`` when resolved, rather than taken for a single file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from ..config import Settings
+from ..errors import TransferError
+from .fileset import Authorize, FileSet, InvalidFileSet, RemoteFile, Selection
+
+hub: ModuleType | None
+oci: ModuleType | None
+try:
+    from . import hub
+except ImportError:  # the hub's resolver is not part of this installation
+    hub = None
+try:
+    from . import oci
+except ImportError:  # nor the registries'
+    oci = None
+
+# hf://[datasets/|spaces/]OWNER/REPO[@REVISION]: a repository, no path in it.
+_HUB_REPO = re.compile(r"hf://(?:(?:datasets|spaces)/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}/"
+                       r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(?:@[^/?#\\]+)?/?")
+
+
+def names_many(url: str) -> bool:
+    """Whether ``url`` names a model of many files rather than one file."""
+    if hub is not None and hub.names_many(url):
+        return True
+    if oci is not None and oci.names_registry(url):
+        return True
+    return hub is None and _HUB_REPO.fullmatch(url) is not None
+
+
+def provider_of(url: str) -> str:
+    """The provider a many-file reference's model is recorded with."""
+    if url.startswith("hf://"):
+        return "hf"
+    return url.split("://", 1)[0] if "://" in url else "local"
+
+
+def resolve(url: str, selection: Selection, settings: Settings, session: Any,
+            headers: Mapping[str, str]) -> tuple[FileSet, Authorize]:
+    """The files ``url`` names (those ``selection`` picks), pinned to one revision,
+    and what each file's request carries. Raises
+    :class:`~arw_models.errors.TransferError` (``unsupported-reference``,
+    ``invalid-listing``, or the resolver's own)."""
+    try:
+        if hub is not None and hub.names_many(url):
+            fileset = hub.resolve(hub.parse_repo(url), selection, session, settings.hf_endpoint,
+                                  settings.hf_token, dict(headers))
+        elif oci is not None and oci.names_registry(url):
+            fileset = oci.resolve(oci.parse(url), selection, session, dict(headers))
+        else:
+            raise TransferError("unsupported-reference",
+                                f"this installation cannot resolve {url.split('://', 1)[0]}:// references")
+    except InvalidFileSet as exc:
+        raise TransferError("invalid-listing", f"the listing of {url} cannot be a model's files: {exc}") from None
+    return fileset, authorizer(url, settings, headers)
+
+
+def authorizer(url: str, settings: Settings, headers: Mapping[str, str]) -> Authorize:
+    """What each file's request of a model from ``url`` carries."""
+    if hub is not None and hub.names_many(url):
+        authorize: Authorize = hub.authorizer(settings.hf_endpoint, settings.hf_token, dict(headers))
+        return authorize
+    if oci is not None and oci.names_registry(url):
+        authorize = oci.authorizer(dict(headers))
+        return authorize
+    return no_headers
+
+
+def no_headers(file: RemoteFile, fresh: bool) -> Mapping[str, str]:
+    """An :data:`~.fileset.Authorize` for files that need no private header."""
+    return {}

@@ -1,0 +1,154 @@
+"""Models of many files: fetched as one job into a staging folder, each file
+verified and put in the store, installed together as a folder of links."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+from arw_models import ArwModels
+
+from .support.app import Service, post_download
+from .support.models import LocalModels
+from .support.origin import Origin, payload
+
+KiB = 1024
+
+
+def models_app(service: Service, origin: Origin, **config: Any) -> tuple[Any, Any, Any, LocalModels]:
+    app, client, watch = service(**config)
+    client.get("/healthz")  # the service starts
+    resolver = LocalModels(origin)
+    ArwModels.state(app).manager.references = resolver
+    return app, client, watch, resolver
+
+
+def tiny(seed: int = 0) -> dict[str, bytes]:
+    return {"config.json": b'{"model_type": "llama"}', "model-00001-of-00002.safetensors": payload(300 * KiB, seed),
+            "model-00002-of-00002.safetensors": payload(200 * KiB, seed + 1), "tokenizer/tokenizer.json": b"{}" * 50}
+
+
+def test_the_files_are_fetched_and_installed_together(service: Service, origin: Origin) -> None:
+    app, client, watch, models = models_app(service, origin)
+    files = tiny()
+    ref = models.add("tiny", files, git=("config.json",), inline={"README.md": b"# tiny\n"})
+    r = post_download(client, "tiny", ref)
+    assert r.status_code == 202, r.json
+    done = watch.terminal("tiny")
+    assert done["status"] == "complete", done
+    state = ArwModels.state(app).dirs
+    folder = os.path.join(state.models_dir, "tiny")
+    for path, data in files.items():
+        with open(os.path.join(folder, path), "rb") as fh:
+            assert fh.read() == data
+    with open(os.path.join(folder, "README.md"), "rb") as fh:
+        assert fh.read() == b"# tiny\n"
+    # Each file is a link of its blob.
+    shard = os.path.join(folder, "model-00001-of-00002.safetensors")
+    assert os.stat(shard).st_nlink == 2
+    [entry] = client.get("/models").json["items"]
+    total = sum(len(d) for d in files.values()) + len(b"# tiny\n")
+    assert (entry["file"], entry["path"], entry["bytes"], entry["sha256"]) == ("tiny", folder, total, None)
+    assert entry["revision"] == "0" * 40 and "status" not in entry or entry["status"] == "available"
+    listed = {f["path"]: f for f in entry["files"]}
+    assert listed["model-00002-of-00002.safetensors"]["sha256"] == hashlib.sha256(
+        files["model-00002-of-00002.safetensors"]).hexdigest()
+    assert "git_oid" in listed["config.json"]
+    # Progress sums into the job; the files are listed as agreed.
+    progress = [p for p in watch.payloads("tiny") if p["status"] == "downloading"]
+    assert progress and all(set(f) == {"path", "downloaded", "total", "status"} for f in progress[-1]["files"])
+    assert all(p["total"] == sum(len(d) for d in files.values()) for p in progress)
+    assert not os.path.exists(os.path.join(state.root, "partial", "tiny"))  # staging removed
+    # The origin saw each file's request with the resolver's headers.
+    seen = origin.requests_for("/tiny/" + "0" * 40 + "/config.json")
+    assert seen and seen[0].headers.get("authorization") == "Bearer first"
+
+
+def test_a_bad_digest_names_its_file_and_installs_nothing(service: Service, origin: Origin) -> None:
+    app, client, watch, models = models_app(service, origin)
+    ref = models.add("bad", tiny(3), digests={"model-00002-of-00002.safetensors": "ab" * 32})
+    assert post_download(client, "bad", ref).status_code == 202
+    failed = watch.terminal("bad")
+    assert failed["status"] == "error" and failed["code"] == "checksum-mismatch"
+    assert failed["file"] == "model-00002-of-00002.safetensors"
+    assert "model-00002-of-00002.safetensors" in failed["error"]
+    assert client.get("/models").json["items"] == []
+    assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "bad"))
+
+
+def test_a_size_other_than_listed_names_its_file(service: Service, origin: Origin) -> None:
+    _, client, watch, models = models_app(service, origin)
+    ref = models.add("short", tiny(5), sizes={"config.json": 5})
+    assert post_download(client, "short", ref).status_code == 202
+    failed = watch.terminal("short")
+    assert (failed["status"], failed["code"], failed["file"]) == ("error", "size-mismatch", "config.json")
+    assert client.get("/models").json["items"] == []
+
+
+def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Service, origin: Origin) -> None:
+    _, client, watch, models = models_app(service, origin)
+    files = tiny(7)
+    first = models.add("one", files)
+    assert post_download(client, "one", first).status_code == 202
+    assert watch.terminal("one")["status"] == "complete"
+    more = dict(files, **{"extra.bin": payload(50 * KiB, 9)})
+    second = models.add("two", more)
+    dry = post_download(client, "two", second, dry_run=True)
+    assert dry.status_code == 200
+    assert dry.json["revision"] == "0" * 40 and dry.json["provider"] == "hf"
+    in_store = {f["path"]: f["in_store"] for f in dry.json["files"]}
+    assert in_store == {**{p: True for p in files}, "extra.bin": False}
+    assert dry.json["to_fetch"] == 50 * KiB and dry.json["total"] == sum(len(d) for d in more.values())
+    assert client.get("/models/downloads").json["items"] == []  # nothing started
+    assert post_download(client, "two", second).status_code == 202
+    done = watch.terminal("two")
+    assert done["status"] == "complete"
+    statuses = {f["path"]: f["status"] for f in client.get("/models/downloads/two").json["files"]}
+    assert statuses == {**{p: "stored" for p in files}, "extra.bin": "complete"}
+    assert origin.requests_for("/two/" + "0" * 40 + "/config.json") == []
+    assert len(origin.requests_for("/two/" + "0" * 40 + "/extra.bin")) == 1
+
+
+def test_force_fetches_again_and_a_repeat_is_answered_installed(service: Service, origin: Origin) -> None:
+    _, client, watch, models = models_app(service, origin)
+    ref = models.add("f", {"a.bin": payload(10 * KiB, 1), "b.bin": payload(10 * KiB, 2)})
+    assert post_download(client, "f", ref).status_code == 202
+    assert watch.terminal("f")["status"] == "complete"
+    again = post_download(client, "f", ref)
+    assert again.status_code == 200 and again.json["file"] == "f"
+    assert post_download(client, "f", ref, force=True).status_code == 202
+    assert watch.terminal("f")["status"] == "complete"
+    assert len(origin.requests_for("/f/" + "0" * 40 + "/a.bin")) == 2
+    [entry] = client.get("/models").json["items"]
+    assert entry["file"] == "f" and len(entry["files"]) == 2
+
+
+def test_selection_is_checked_and_refused_for_one_file(service: Service, origin: Origin) -> None:
+    _, client, watch, models = models_app(service, origin)
+    origin.add("/one.gguf", b"x" * 100)
+    r = post_download(client, "one", origin.url("/one.gguf"), include=["*.gguf"])
+    assert r.status_code == 400 and r.json["code"] == "invalid-selection"
+    ref = models.add("sel", tiny(11))
+    for bad in ({"include": "*.json"}, {"files": ["../x"]}, {"include": [3]}, {"files": ["a"], "exclude": ["b"]}):
+        r = post_download(client, "sel", ref, **bad)
+        assert r.status_code == 400 and r.json["code"] == "invalid-selection", bad
+    r = post_download(client, "sel", ref, include=["*.json"])
+    assert r.status_code == 202
+    assert watch.terminal("sel")["status"] == "complete"
+    [entry] = client.get("/models").json["items"]
+    assert sorted(f["path"] for f in entry["files"]) == ["config.json", "tokenizer/tokenizer.json"]
+
+
+def test_delete_of_a_folder_model_removes_it_and_its_blobs(service: Service, origin: Origin) -> None:
+    app, client, watch, models = models_app(service, origin)
+    ref = models.add("del", tiny(13))
+    assert post_download(client, "del", ref).status_code == 202
+    assert watch.terminal("del")["status"] == "complete"
+    state = ArwModels.state(app).dirs
+    assert len(os.listdir(state.blobs_dir)) == 4
+    r = client.delete("/models/del")
+    assert r.status_code == 200 and r.json["status"] == "deleted"
+    assert not os.path.exists(os.path.join(state.models_dir, "del"))
+    assert os.listdir(state.blobs_dir) == []
+    assert client.get("/models").json["items"] == []
