@@ -16,6 +16,8 @@ EVENT_ERROR_CODES = (
     "resume-invalid",
     "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
     "invalid-redirect", "invalid-url", "internal-error",
+    # A model of many files whose reference cannot be resolved here, or whose listing is no model.
+    "unsupported-reference", "invalid-listing",
 )
 
 

@@ -306,8 +306,8 @@ def download() -> Response | tuple[Response, int]:
         try:
             return jsonify(manager.dry_run(model_id, url, selection, headers))
         except TransferError as err:
-            raise ArwError(f"the reference cannot be resolved: {err.message}", status=502, code=err.code,
-                           title="Bad gateway") from None
+            raise ArwError(f"the reference cannot be resolved ({err.code}): {err.message}", status=502,
+                           code="resolve-failed", title="Bad gateway") from None
     status, item = manager.submit(model_id, url, sha256, provider, rate_limit=rate_limit, headers=headers,
                                   selection=selection, force=force, hf_cache=hf_cache)
     return _job_answer(status, item, model_id)

@@ -107,15 +107,20 @@ def _paths() -> dict[str, Any]:
     return {
         "/models/download": {"post": _operation(
             "Start, resume or join a download",
-            {"200": _json(_ref("Model"), "Already installed from that url (and sha256): nothing is transferred"),
+            {"200": _json({"anyOf": [_ref("Model"), _ref("DryRun")]},
+                          "Already installed from that url (and sha256, or selection): nothing is transferred; or "
+                          "the answer of a ``dry_run``"),
              "202": _json(_ref("Job"), "Accepted: the job as it begins (queued, started or resumed), or the "
                           "running job of the same id, url and sha256; ``kept``, ``discarded`` and "
                           "``provisional`` say what becomes of the bytes on disk", _LOCATION),
              **_problems("invalid-id", "invalid-url", "invalid-sha256", "invalid-provider", "invalid-rate-limit",
-                         "invalid-headers", "already-downloading", "download-ending", "shutting-down", *BODY, *AUTH, *SERVICE)},
+                         "invalid-headers", "invalid-selection", "resolve-failed", "already-downloading", "download-ending", "shutting-down", *BODY, *AUTH, *SERVICE)},
             admin=True, operation_id="startDownload",
             body={"required": True, "content": {"application/json": {"schema": _ref("DownloadRequest")}}},
-            description="Answers at once; the transfer goes on in the background and reports on ``/events``.",
+            description="Answers at once; the transfer goes on in the background and reports on ``/events``. "
+                        "A url that names a model of many files (``hf://OWNER/REPO[@REV]``, ``ollama://``, "
+                        "``oci://``) takes ``include``, ``exclude`` or ``files``; with ``dry_run`` the answer "
+                        "(200) lists what would be fetched (a ``DryRun``) and nothing starts.",
         )},
         "/models/download/cancel": {"post": _operation(
             "Cancel a download and remove its partial file",
@@ -301,6 +306,29 @@ def _schemas() -> dict[str, Any]:
                                            "say): sent only to the url's own host, never shown; values are "
                                            "latin-1 text, and the names the transfer sets itself (Host, Range, "
                                            "Accept-Encoding...) are refused"},
+                "include": {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": 256,
+                            "description": "a model of many files: glob patterns of the paths to fetch"},
+                "exclude": {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": 256,
+                            "description": "a model of many files: glob patterns of the paths not to fetch"},
+                "files": {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": 256,
+                          "description": "a model of many files: the exact paths to fetch"},
+                "dry_run": {"type": ["boolean", "null"],
+                            "description": "answer with what would be fetched (200, a DryRun); start nothing"},
+                "force": {"type": ["boolean", "null"],
+                          "description": "fetch again even if installed or in the store"},
+                "hf_cache": {"type": ["boolean", "null"],
+                             "description": "export to ARW_HF_CACHE for this request (default: when it is set)"},
+            },
+        },
+        "DryRun": {
+            "type": "object", "required": ["id", "url", "provider", "revision", "files", "total", "to_fetch"],
+            "properties": {
+                "id": _ref("ModelId"), "url": {"type": "string"}, "provider": {"type": "string"},
+                "revision": {"type": "string"}, "total": _INT, "to_fetch": _INT,
+                "files": {"type": "array", "items": {
+                    "type": "object", "required": ["path", "bytes", "sha256", "in_store"],
+                    "properties": {"path": {"type": "string"}, "bytes": {"type": ["integer", "null"]},
+                                   "sha256": _OPT_SHA, "in_store": {"type": "boolean"}}}},
             },
         },
         "Model": {
@@ -317,6 +345,14 @@ def _schemas() -> dict[str, Any]:
                 "downloaded_at": {"type": "string"},
                 "sha256_source": {"enum": ["request", "origin", "computed"],
                                   "description": "what the file was checked against"},
+                "revision": {"type": ["string", "null"], "description": "the revision a model of many files was "
+                                                                         "fetched at"},
+                "selection": {"type": "object", "description": "the files of a model of many files asked for"},
+                "files": {"type": "array", "description": "a model of many files: its files, in the folder "
+                                                          "``path``", "items": {
+                    "type": "object", "required": ["path", "bytes", "sha256"],
+                    "properties": {"path": {"type": "string"}, "bytes": _INT, "sha256": _OPT_SHA,
+                                   "git_oid": {"type": "string"}}}},
             },
         },
         "Job": {
@@ -328,6 +364,12 @@ def _schemas() -> dict[str, Any]:
                 "sha256": _OPT_SHA, "status": {"enum": list(JOB_STATUSES)}, "retries": _INT,
                 "created_at": {"type": "string"}, "finished_at": {"type": "string"},
                 "downloaded": _INT, "total": _INT, "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                "revision": {"type": ["string", "null"]}, "files": {"type": "array", "description": "a model of many files: each file's progress",
+                          "items": {"type": "object", "required": ["path", "downloaded", "total", "status"],
+                                    "properties": {"path": {"type": "string"}, "downloaded": _INT,
+                                                   "total": {"type": ["integer", "null"]},
+                                                   "status": {"enum": ["queued", "downloading", "verifying",
+                                                                       "complete", "stored", "failed"]}}}},
                 "offset": _INT, "file": {"type": "string"}, "resumable": {"type": "boolean"},
                 "code": {"type": "string"}, "error": {"type": "string"},
                 "last_error": {"type": "object", "required": ["code", "error"],

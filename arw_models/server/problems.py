@@ -24,6 +24,7 @@ PROBLEM_CODES: dict[str, int] = {
     "invalid-provider": 400,
     "invalid-rate-limit": 400,
     "invalid-headers": 400,
+    "invalid-selection": 400,
     "invalid-json": 400,
     "invalid-body": 400,
     "incomplete-body": 400,
@@ -40,6 +41,7 @@ PROBLEM_CODES: dict[str, int] = {
     "download-in-progress": 409,
     "body-too-large": 413,
     "unsupported-media-type": 415,
+    "resolve-failed": 502,
     "shutting-down": 503,
     "state-dir-in-use": 503,
     "state-dir-unsafe": 503,
@@ -49,7 +51,7 @@ PROBLEM_CODES: dict[str, int] = {
 
 PROBLEM_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 408: "Request timeout",
                   409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
-                  500: "Internal error", 503: "Service unavailable"}
+                  500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
 
 
 def problem(
