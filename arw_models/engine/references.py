@@ -9,14 +9,12 @@ that adds the private headers of each file's request. A download resumed from it
 plan is not resolved again (its revision holds): :func:`authorizer` gives what its
 requests need without a listing.
 
-A resolver that this installation lacks leaves its references unrecognised, except
-the hub's repository form, whose shape is known here: it is refused with
-``unsupported-reference`` when resolved, rather than taken for a single file.
+A resolver that this installation lacks leaves its references unrecognised (the
+url schema and the single-file checks then answer for them as before).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -36,18 +34,13 @@ try:
 except ImportError:  # nor the registries'
     oci = None
 
-# hf://[datasets/|spaces/]OWNER/REPO[@REVISION]: a repository, no path in it.
-_HUB_REPO = re.compile(r"hf://(?:(?:datasets|spaces)/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}/"
-                       r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(?:@[^/?#\\]+)?/?")
 
 
 def names_many(url: str) -> bool:
     """Whether ``url`` names a model of many files rather than one file."""
     if hub is not None and hub.names_many(url):
         return True
-    if oci is not None and oci.names_registry(url):
-        return True
-    return hub is None and _HUB_REPO.fullmatch(url) is not None
+    return bool(oci is not None and oci.names_registry(url))
 
 
 def provider_of(url: str) -> str:

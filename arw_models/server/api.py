@@ -16,13 +16,14 @@ from flask import (
     Response,
     after_this_request,
     current_app,
+    has_app_context,
     jsonify,
     request,
     url_for,
 )
 
 from .._version import __version__
-from ..engine import sources
+from ..engine import references, sources
 from ..engine.fileset import Selection, safe_path
 from ..engine.headers import (
     HEADER_NAME_PATTERN,
@@ -157,7 +158,8 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url must be a single http or https URL without spaces", code="invalid-url")
     if any("\ud800" <= ch <= "\udfff" for ch in value):  # JSON's lone surrogates: no url can encode them
         raise BadRequest("url must be valid Unicode", code="invalid-url")
-    if service().manager.references.names_many(value):
+    resolver = service().manager.references if has_app_context() else references
+    if resolver.names_many(value):
         return value  # a model of many files: its resolver reads the reference
     if value.startswith(sources.HF_SCHEME):
         try:
