@@ -15,7 +15,7 @@ EVENT_ERROR_CODES = (
     "checksum-mismatch", "size-mismatch", "http-status", "network", "dns-error", "connection-refused", "tls",
     "resume-invalid",
     "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
-    "invalid-redirect", "invalid-url", "internal-error",
+    "invalid-redirect", "invalid-url", "invalid-listing", "invalid-selection", "internal-error",
 )
 
 
