@@ -16,8 +16,9 @@ EVENT_ERROR_CODES = (
     "resume-invalid",
     "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
     "invalid-redirect", "invalid-url", "internal-error",
-    # A model of many files whose reference cannot be resolved here, or whose listing is no model.
-    "unsupported-reference", "invalid-listing",
+    # A model of many files whose reference cannot be resolved here, whose listing is no
+    # model, or whose selection picks nothing or names a file the listing lacks.
+    "unsupported-reference", "invalid-listing", "invalid-selection",
 )
 
 

@@ -46,17 +46,18 @@ from tests.support import debian
 from tests.support.nginx import Nginx
 from tests.support.servers import ROOT
 
-from . import bench_latency, bench_run
+from . import bench_latency, bench_many, bench_run
 from .bench_origin import PyOrigin
-from .bench_run import Run, Service
+from .bench_run import BenchError, Run, Service
 from .bench_table import ARIA2, CURL, CURL_SHA, SERVICE, tables
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 FULL = {"size_mb": 1024, "throttled_mb": 512, "big_mb": 4096, "runs": 3, "idle": 3.0, "cancels": 20,
-        "latency_secs": 10.0}
+        "latency_secs": 10.0, "many_files": 8, "many_mb": 128}
 QUICK = {"size_mb": 64, "throttled_mb": 64, "big_mb": 256, "runs": 1, "idle": 1.0, "cancels": 5,
-         "latency_secs": 3.0}
+         "latency_secs": 3.0, "many_files": 4, "many_mb": 16}
+PARTS = ("fast", "throttled", "memory", "latency", "many")
 LATENCY_RATE = 4 * MiB  # per connection: far below what any client takes in, so bytes arrive as sent
 MARGIN = 256 * MiB  # free space left over beyond the files and the service's own reserve
 
@@ -71,6 +72,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle", type=float, help="seconds idle before each measured run (3; quick 1)")
     parser.add_argument("--cancels", type=int, help="cancels timed (20; quick 5)")
     parser.add_argument("--latency-secs", type=float, help="length of the progress-latency download (10; quick 3)")
+    parser.add_argument("--many-files", type=int, help="files of the hub repository (8; quick 4)")
+    parser.add_argument("--many-mb", type=int, help="size of each of its files, MiB (128; quick 16)")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"which parts to run, comma separated (all: {','.join(PARTS)})")
     parser.add_argument("--rate-mb", type=int, default=30, help="throttle per connection, MiB/s (30)")
     parser.add_argument("--origin", choices=("nginx", "python"), default="nginx",
                         help="nginx (the Python origin when nginx cannot be had), or the Python origin")
@@ -125,6 +130,7 @@ class Bench:
         self.report: dict[str, Any] = {}
         self.services = 0
         self.nginx: Nginx | None = None
+        self.nginx_binary = ""
         self.py_fast: PyOrigin | None = None
         self.py_slow: PyOrigin | None = None
         self.aria2 = self._tool("aria2", "aria2c")
@@ -161,6 +167,7 @@ class Bench:
             self.py_slow = PyOrigin(base, rate=self.args.rate_mb * MiB)
             return
         root = os.path.join(base, "root")
+        self.nginx_binary = binary
         self.nginx = Nginx(binary, base, f"""
         sendfile on;
         tcp_nopush on;
@@ -302,6 +309,21 @@ class Bench:
         }
 
 
+    def many(self) -> None:
+        files, size = self.args.many_files, self.args.many_mb * MiB
+        if not self.fit(files * self.args.many_mb, "many files", copies=3):
+            return
+        if self.nginx is None:
+            self.note("many files: skipped, it needs nginx")
+            return
+        try:
+            self.report["many"] = bench_many.many_files(
+                self.work, self.nginx_binary, files, size, self.args.rate_mb, self.args.runs, write_file, self.idle,
+                say)
+        except BenchError as exc:
+            self.note(f"many files: {exc}")
+
+
 def summarize(results: dict[str, list[Run]], size: int) -> dict[str, dict[str, float]]:
     """Per client: the median run's rate and CPU (per GiB), and the highest peak RSS."""
     return {client: {"mib_s": size / median(r.secs for r in runs) / MiB,
@@ -322,10 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, work)
     try:
         bench.start_origins()
-        bench.fast()
-        bench.throttled()
-        bench.memory()
-        bench.latency()
+        for part in args.parts.split(","):
+            if part not in PARTS:
+                say(f"no part {part!r}: the parts are {', '.join(PARTS)}")
+                return 2
+            getattr(bench, part)()
     finally:
         bench.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -49,7 +49,7 @@ def gnu_time() -> str | None:
     return found if found else ("/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None)
 
 
-def measured(argv: list[str], capture: bool = False) -> tuple[Run, str]:
+def measured(argv: list[str], capture: bool = False, env: dict[str, str] | None = None) -> tuple[Run, str]:
     """Runs ``argv`` to its end: its wall time, its CPU time from ``wait4`` (for that
     child and what it waited for, not for every child this process ever had), and
     its peak RSS as GNU time reports it (None without GNU time).
@@ -62,7 +62,7 @@ def measured(argv: list[str], capture: bool = False) -> tuple[Run, str]:
     report = os.path.join(tempfile.gettempdir(), f"bench-time-{os.getpid()}.txt")
     command = [timer, "-f", "%M", "-o", report, *argv] if timer else argv
     began = time.perf_counter()
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env,
                             stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
     # Not communicate(): it would reap the child, and wait4 must be the one to do it.
     # The outputs are a line or two, so reading one pipe after the other cannot block.
@@ -158,12 +158,13 @@ class Service:
     as it is (``ARW_DL_SEGMENTS`` and the like), so the benchmark measures whatever
     the service is set to do; only the state directory, address and port are ours."""
 
-    def __init__(self, work: str, name: str) -> None:
+    def __init__(self, work: str, name: str, env: dict[str, str] | None = None) -> None:
+        """``env``: settings of the run (the hub endpoint of a stand-in), over the environment's."""
         self.state_dir = os.path.join(work, name)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, ARW_STATE_DIR=self.state_dir, ARW_BIND="127.0.0.1", ARW_PORT=str(self.port),
-                   XDG_RUNTIME_DIR=work)
+        env = dict(os.environ, **(env or {}), ARW_STATE_DIR=self.state_dir, ARW_BIND="127.0.0.1",
+                   ARW_PORT=str(self.port), XDG_RUNTIME_DIR=work)
         self.log_path = os.path.join(work, name + ".log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.headers = admin_headers()
@@ -244,6 +245,24 @@ class Service:
         if done["status"] != "complete" or done.get("bytes") != size:
             raise BenchError(f"the download ended with {done}\n{self.output()}")
         return Run(secs, cpu, self.peak_rss(), {"rss_idle": rss_idle})
+
+    def download_model(self, model_id: str, url: str, total: int, files: int) -> Run:
+        """POST of a many-file reference, timed until the ``complete`` event reaches a
+        subscriber; the installed model must hold ``files`` files of ``total`` bytes."""
+        with self.events() as events:
+            cpu_before = self.cpu()
+            began = time.perf_counter()
+            answer = self.post("/models/download", {"id": model_id, "url": url})
+            if answer.status_code != 202:
+                raise BenchError(f"POST /models/download answered {answer.status_code}: {answer.text}")
+            done = events.until(lambda f: f.payload.get("id") == model_id and f.payload.get("status") in (
+                "complete", "error", "canceled")).payload
+            secs = time.perf_counter() - began
+            cpu = self.cpu() - cpu_before
+        entry = self.session.get(f"{self.url}/models/{model_id}", headers=self.headers, timeout=10).json()
+        if done["status"] != "complete" or entry.get("bytes") != total or len(entry.get("files") or ()) != files:
+            raise BenchError(f"the download ended with {done}, installed as {entry}\n{self.output()}")
+        return Run(secs, cpu, self.peak_rss())
 
     def close(self) -> None:
         self.session.close()

@@ -98,6 +98,17 @@ def _latency(part: dict[str, Any]) -> str:
                                  rows)
 
 
+def _many(part: dict[str, Any], rounds: int) -> str:
+    s = part["summary"]
+    hf = s.get("hf download", {})
+    rows = [[client, f"{m['mib_s']:.1f}", f"{m['secs']:.2f}", ratio(hf.get("secs"), m["secs"])]
+            for client, m in s.items()]
+    title = (f"Many files: a hub repository of {part['files']} x {part['size'] // MiB} MiB, "
+             f"{part['rate_per_connection'] // MiB} MiB/s per connection, every file verified by the service, "
+             f"median of {rounds} round(s) ({part['hf_version']})")
+    return title + "\n\n" + rst(["client", "MiB/s", "seconds", "hf download's time ÷ this"], rows)
+
+
 def tables(report: dict[str, Any]) -> str:
     rounds = report["args"]["runs"]
     out = [f"{report['date']}, {report['machine']['cores']} cores, Linux {report['machine']['kernel']}"]
@@ -109,6 +120,8 @@ def tables(report: dict[str, Any]) -> str:
         out.append(_memory(report.get("fast"), report.get("big")))
     if report.get("latency"):
         out.append(_latency(report["latency"]))
+    if report.get("many"):
+        out.append(_many(report["many"], rounds))
     if report["notes"]:
         out.append("\n".join("note: " + n for n in report["notes"]))
     return "\n\n".join(out)
