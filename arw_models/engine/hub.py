@@ -15,8 +15,6 @@ A single ordinary file (``hf://OWNER/REPO/PATH``) stays the one-file download of
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from .sources import _KINDS, _NAME, HF_SCHEME, InvalidReference
 _SHARD = re.compile(r"(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf")
 # Revisions with a slash that the hub makes itself, and that may be written after the
 # repository as they are (any other revision with a slash is written with %2F there).
-_HUB_REFS = re.compile(r"refs/(?:pr/\d+|convert/[A-Za-z0-9._-]+)")
+_HUB_REFS = re.compile(r"refs/(?:pr/[0-9]+|convert/[A-Za-z0-9._-]+)")
 
 
 @dataclass(frozen=True)
@@ -222,31 +220,3 @@ def authorizer(endpoint: str, token: str | None, headers: Mapping[str, str] = {}
         return dict(private) if same_origin(file.url, endpoint) else {}
 
     return authorize
-
-
-class GitBlobHasher:
-    """The git blob id (SHA-1 of ``blob <size>\\0`` and the content) of ``size``
-    bytes, fed in pieces: what a hub listing's ``oid`` is for a file not in LFS."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.seen = 0
-        self._sha1 = hashlib.sha1(b"blob %d\0" % size, usedforsecurity=False)
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.seen += len(data)
-        self._sha1.update(data)
-
-    def hexdigest(self) -> str:
-        if self.seen != self.size:
-            raise ValueError(f"{self.seen} bytes were hashed for a blob of {self.size}")
-        return self._sha1.hexdigest()
-
-
-def git_blob_id(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """The git blob id of the file at ``path``, read in chunks (``git hash-object``)."""
-    with open(path, "rb") as fh:
-        hasher = GitBlobHasher(os.fstat(fh.fileno()).st_size)
-        while block := fh.read(chunk):
-            hasher.update(block)
-    return hasher.hexdigest()  # a file that changed size while read raises here

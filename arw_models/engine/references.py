@@ -21,14 +21,10 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import TransferError
+from . import hub
 from .fileset import Authorize, FileSet, InvalidFileSet, RemoteFile, Selection
 
-hub: ModuleType | None
 oci: ModuleType | None
-try:
-    from . import hub
-except ImportError:  # the hub's resolver is not part of this installation
-    hub = None
 try:
     from . import oci
 except ImportError:  # nor the registries'
@@ -38,7 +34,7 @@ except ImportError:  # nor the registries'
 
 def names_many(url: str) -> bool:
     """Whether ``url`` names a model of many files rather than one file."""
-    if hub is not None and hub.names_many(url):
+    if hub.names_many(url):
         return True
     return bool(oci is not None and oci.names_registry(url))
 
@@ -57,9 +53,10 @@ def resolve(url: str, selection: Selection, settings: Settings, session: Any,
     :class:`~arw_models.errors.TransferError` (``unsupported-reference``,
     ``invalid-listing``, or the resolver's own)."""
     try:
-        if hub is not None and hub.names_many(url):
+        if hub.names_many(url):
             fileset = hub.resolve(hub.parse_repo(url), selection, session, settings.hf_endpoint,
-                                  settings.hf_token, dict(headers))
+                                  settings.hf_token, dict(headers),
+                                  timeout=(settings.connect_timeout, settings.idle_timeout))
         elif oci is not None and oci.names_registry(url):
             fileset = oci.resolve(oci.parse(url), selection, session, dict(headers))
         else:
@@ -72,7 +69,7 @@ def resolve(url: str, selection: Selection, settings: Settings, session: Any,
 
 def authorizer(url: str, settings: Settings, headers: Mapping[str, str]) -> Authorize:
     """What each file's request of a model from ``url`` carries."""
-    if hub is not None and hub.names_many(url):
+    if hub.names_many(url):
         authorize: Authorize = hub.authorizer(settings.hf_endpoint, settings.hf_token, dict(headers))
         return authorize
     if oci is not None and oci.names_registry(url):

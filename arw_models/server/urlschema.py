@@ -73,6 +73,17 @@ HF_PATTERN = (
     rf"){_END}"
 )
 
+# --- hf://[datasets/|spaces/]OWNER/REPO[@REVISION]: a whole repository (engine.hub.parse_repo).
+# The revision is percent-decoded: %2F is its "/", %2E a dot, and what decodes to a
+# control character is refused; the hub's own refs/pr/N and refs/convert/NAME may be
+# written with plain slashes.
+_REPO_REV_SEG = (rf"(?!(?:\.|%2[Ee]){{1,2}}(?:%2[Ff]|$))"
+                 rf"(?:(?!%2[Ff]|%[01][0-9A-Fa-f]|%7[Ff]){_HF_CHAR})+")
+HF_REPO_PATTERN = (
+    rf"^hf://{_KIND}{_NAME}/{_NAME}"
+    rf"(?:@(?:refs/(?:pr/[0-9]+|convert/[A-Za-z0-9._-]+)|{_REPO_REV_SEG}(?:%2[Ff]{_REPO_REV_SEG})*))?{_END}"
+)
+
 # --- http(s)://
 
 _H16 = "[0-9A-Fa-f]{1,4}"
@@ -129,11 +140,14 @@ def url_schema() -> dict[str, object]:
     """The ``url`` property of a download request."""
     return {
         "type": "string", "minLength": 1, "maxLength": MAX_URL,
-        "anyOf": [{"pattern": HTTP_PATTERN, "title": "http or https"}, {"pattern": HF_PATTERN, "title": "hf"}],
+        "anyOf": [{"pattern": HTTP_PATTERN, "title": "http or https"}, {"pattern": HF_PATTERN, "title": "hf"},
+                  {"pattern": HF_REPO_PATTERN, "title": "hf repository"}],
         "description": "An http or https URL as Python's urlsplit reads it (any host it parses, IPv6 "
                        "literals with a zone and userinfo included; no blanks or control characters; "
                        "port 0 is refused), or an hf:// reference to a file on the Hugging Face hub: "
                        "hf://[datasets/|spaces/]OWNER/REPO/PATH[@REVISION] or "
-                       "hf://OWNER/REPO@REVISION/PATH (a revision with a slash written %2F). "
+                       "hf://OWNER/REPO@REVISION/PATH (a revision with a slash written %2F), "
+                       "or a whole repository, hf://[datasets/|spaces/]OWNER/REPO[@REVISION] (a model "
+                       "of many files; one shard of a split GGUF names all of its shards). "
                        "The patterns accept exactly what the service accepts.",
     }
