@@ -122,7 +122,8 @@ def parse(url: str) -> OciRef:
         raise InvalidReference(f"a registry reference has no query, fragment, space or backslash ({form})")
     name, _, digest = rest.partition("@")
     if "@" in rest and not _DIGEST.fullmatch(digest):
-        why = "only sha256 digests are accepted" if _ANY_DIGEST.fullmatch(digest) else "that is not a digest"
+        why = ("that is not a sha256 digest" if digest.startswith("sha256:") else
+               "only sha256 digests are accepted" if _ANY_DIGEST.fullmatch(digest) else "that is not a digest")
         raise InvalidReference(f"{digest[:80]!r} after @: {why} (sha256: and 64 lowercase hex digits)")
     segments = name.split("/")
     host = None
@@ -167,20 +168,18 @@ def resolve(ref: OciRef, session: requests.Session, insecure: tuple[str, ...] = 
     registry (``Basic …`` or ``Bearer …``; see :mod:`.registry_auth`), or None."""
     auth = _auth(ref, session, insecure, credentials, (connect_timeout, read_timeout))
     label = auth.label
-    body, media_type, digest = _manifest(auth, ref, ref.reference, label)
+    body, document, media_type, digest = _manifest(auth, ref, ref.reference, label)
     if ref.digest and digest != ref.digest:
         raise TransferError("checksum-mismatch", f"{label}: the registry's manifest has digest {digest}, "
                             f"not the {ref.digest} the reference pins", expected=ref.digest, actual=digest)
     inline: dict[str, bytes] = {}
-    document = _json(body, label)
     if media_type in INDEXES:
         entry = select(document, label)
         inline["index.json"] = body
-        body, media_type, digest = _manifest(auth, ref, entry["digest"], label)
+        body, document, media_type, digest = _manifest(auth, ref, entry["digest"], label)
         if digest != entry["digest"]:
             raise TransferError("checksum-mismatch", f"{label}: the manifest the index names as {entry['digest']} "
                                 f"has digest {digest}", expected=entry["digest"], actual=digest)
-        document = _json(body, label)
         if media_type in INDEXES:
             raise TransferError("invalid-manifest", f"{label}: the index names another index, not a model")
     inline["manifest.json"] = body
@@ -207,9 +206,10 @@ def authorizer(ref: OciRef, session: requests.Session, insecure: tuple[str, ...]
     return authorize
 
 
-def _manifest(auth: RegistryAuth, ref: OciRef, reference: str, label: str) -> tuple[bytes, str, str]:
-    """The manifest ``reference`` names: its bytes as served, its media type and
-    its digest (``sha256:`` of those bytes)."""
+def _manifest(auth: RegistryAuth, ref: OciRef, reference: str,
+              label: str) -> tuple[bytes, dict[str, Any], str, str]:
+    """The manifest ``reference`` names: its bytes as served, its document, its
+    media type and its digest (``sha256:`` of those bytes)."""
     url = f"{auth.base}/v2/{ref.repository}/manifests/{reference}"
     response = auth.get(url, f"{label}: the manifest", headers={"Accept": ACCEPT})
     with response:
@@ -230,17 +230,15 @@ def _manifest(auth: RegistryAuth, ref: OciRef, reference: str, label: str) -> tu
     if served.startswith("sha256:") and served != digest:
         raise TransferError("checksum-mismatch", f"{label}: the registry says the manifest is {served}, its "
                             f"bytes are {digest}", expected=served, actual=digest)
+    document = _json(body, label)
     media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-    try:
-        declared = json.loads(body).get("mediaType")
-    except (ValueError, AttributeError):
-        declared = None
+    declared = document.get("mediaType")
     if isinstance(declared, str) and declared:
         media_type = declared  # the document's own word wins over a generic Content-Type
     if media_type not in INDEXES + MANIFESTS:
         raise TransferError("invalid-manifest", f"{label}: the registry answered a {media_type or 'untyped'} "
                             "document, not an OCI or Docker v2 manifest or index")
-    return body, media_type, digest
+    return body, document, media_type, digest
 
 
 def _refusal(response: Any, label: str, auth: RegistryAuth) -> TransferError:
