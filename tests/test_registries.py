@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -22,7 +23,8 @@ from arw_models.errors import TransferError
 
 from .support import debian
 from .support.origin import Origin
-from .support.registry import USERS, Registries, basic, start
+from .support.registry import Registries, start
+from .support.tokens import USERS, basic
 
 READER = basic("reader", USERS["reader"])
 
@@ -228,6 +230,29 @@ def test_authorizer_keeps_its_token_until_asked_or_expired(regs: Registries, ses
     now = registry_auth.time.monotonic()
     monkeypatch.setattr(registry_auth.time, "monotonic", lambda: now + regs.token_server.expires_in)
     assert authorize(fs.files[0], False) != again and len(regs.token_server.requests()) == before + 3
+
+
+def test_authorizer_shared_by_threads_asks_once(regs: Registries, session: requests.Session) -> None:
+    """The files of a model are fetched by several threads: the first one's check of
+    the registry and its token serve them all."""
+    ref = oci.parse(f"oci://{regs.token.host}/library/tiny")
+    fs = oci.resolve(ref, session, insecure(regs))
+    authorize = oci.authorizer(ref, session, insecure(regs))
+    before = len(regs.token_server.requests())
+    start = threading.Barrier(4)
+    got: list[Mapping[str, str]] = []
+
+    def run(f: RemoteFile) -> None:
+        start.wait(5)
+        got.append(authorize(f, False))
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in fs.files[:4]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(got) == 4 and len({g["Authorization"] for g in got}) == 1
+    assert len(regs.token_server.requests()) == before + 1
 
 
 def test_index_selection(regs: Registries, session: requests.Session) -> None:

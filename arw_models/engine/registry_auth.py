@@ -109,6 +109,7 @@ class RegistryAuth:
         self.timeouts = timeouts
         self.label = label  # "registry.ollama.ai/library/qwen:latest", for messages
         self._lock = threading.Lock()
+        self._ping_lock = threading.Lock()  # a second caller waits for the first one's answer
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._token: str | None = None
         self._expires = 0.0
@@ -159,14 +160,14 @@ class RegistryAuth:
         """Learns the registry's challenge, if it has one, from ``GET /v2/`` (the
         spec's version check), once: for a new object that fetches blobs before it
         has met a challenge (a restarted download)."""
-        with self._lock:
+        with self._ping_lock:
             if self._learnt or self._challenge is not None:
                 return
+            response = self.get(f"{self.base}/v2/", "the registry's API check", auth=False)
+            with response:
+                if response.status_code == 401:
+                    self.learn(response)
             self._learnt = True
-        response = self.get(f"{self.base}/v2/", "the registry's API check", auth=False)
-        with response:
-            if response.status_code == 401:
-                self.learn(response)
 
     def get(self, url: str, what: str, headers: Mapping[str, str] | None = None, auth: bool = True,
             stream: bool = True) -> Any:
@@ -199,7 +200,7 @@ class RegistryAuth:
         """Asks the realm for a token (with the lock held)."""
         realm = params["realm"]
         parts = urlsplit(realm)
-        where = f"{self.label}: the token service {parts.scheme}://{parts.netloc}"
+        where = f"{self.label}: the token service {parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         if parts.scheme == "http" and parts.netloc.lower() not in {h.lower() for h in self.insecure}:
             raise TransferError("registry-auth", f"{where} is plain http and not in ARW_REGISTRY_INSECURE: "
                                 "no token is asked of it")
