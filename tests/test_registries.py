@@ -24,6 +24,7 @@ from arw_models.errors import TransferError
 from .support import debian
 from .support.origin import Origin
 from .support.registry import Registries, start
+from .support.servers import closed_port
 from .support.tokens import USERS, basic
 
 READER = basic("reader", USERS["reader"])
@@ -227,8 +228,8 @@ def test_authorizer_keeps_its_token_until_asked_or_expired(regs: Registries, ses
     assert len(regs.token_server.requests()) == before + 1
     again = authorize(fs.files[0], True)  # after a 401: a new token
     assert again != first and len(regs.token_server.requests()) == before + 2
-    now = registry_auth.time.monotonic()
-    monkeypatch.setattr(registry_auth.time, "monotonic", lambda: now + regs.token_server.expires_in)
+    later = registry_auth.clock() + regs.token_server.expires_in
+    monkeypatch.setattr(registry_auth, "clock", lambda: later)
     assert authorize(fs.files[0], False) != again and len(regs.token_server.requests()) == before + 3
 
 
@@ -367,6 +368,24 @@ def test_server_errors_are_retryable(origin: Origin, session: requests.Session) 
         oci.resolve(ref, session, _host(origin))
     assert caught.value.code == "http-status" and caught.value.retryable and caught.value.retry_after == 2
     assert oci.resolve(ref, session, _host(origin)).provider == "oci"  # the next answer is the manifest
+
+
+def test_a_stalled_or_absent_registry_is_a_network_failure(origin: Origin, session: requests.Session) -> None:
+    ref = _serve(origin, _manifest(), stall_after=0)  # the headers, then nothing
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(ref, session, _host(origin), connect_timeout=2, read_timeout=0.3)
+    assert caught.value.code == "network" and caught.value.retryable and "team/model:v1" in caught.value.message
+    gone = oci.parse(f"oci://127.0.0.1:{closed_port()}/team/model:v1")
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(gone, session, (gone.host,), connect_timeout=2)
+    assert caught.value.code == "connection-refused" and caught.value.retryable
+
+
+def test_a_bearer_challenge_without_a_realm(origin: Origin, session: requests.Session) -> None:
+    ref = _serve(origin, _manifest(), statuses=[(401, {"WWW-Authenticate": 'Bearer service="x"'})])
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(ref, session, _host(origin))
+    assert caught.value.code == "registry-auth" and "no realm" in caught.value.message
 
 
 def test_challenges_are_read() -> None:

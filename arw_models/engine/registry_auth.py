@@ -24,7 +24,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -40,6 +40,10 @@ from .headers import parse_retry_after
 EXPIRY_MARGIN_SECS = 5.0
 DEFAULT_EXPIRES_IN = 60.0  # the token spec's default
 MAX_TOKEN_ANSWER = 64 * 1024
+
+#: A declared seam: the clock a token's lifetime is measured on, which a test may
+#: move forward instead of waiting for the token to expire.
+clock: Callable[[], float] = time.monotonic
 
 _PARAM = re.compile(r'([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
 
@@ -130,7 +134,7 @@ class RegistryAuth:
             scheme, params = self._challenge
             if scheme == "basic":
                 return {"Authorization": self.credentials} if self._basic() else {}
-            if fresh or self._token is None or time.monotonic() >= self._expires:
+            if fresh or self._token is None or clock() >= self._expires:
                 self._fetch_token(params)
             assert self._token is not None
             return {"Authorization": f"Bearer {self._token}"}
@@ -176,7 +180,11 @@ class RegistryAuth:
         (any status); network failures raise :class:`TransferError`."""
         response = self._send(url, what, headers, auth)
         if auth and response.status_code == 401:
-            retry = self.learn(response) or self._challenge is not None
+            try:
+                retry = self.learn(response) or self._challenge is not None
+            except TransferError:
+                response.close()
+                raise
             if retry:
                 response.close()
                 response = self._send(url, what, headers, auth, fresh=True)
@@ -230,4 +238,4 @@ class RegistryAuth:
         except (ValueError, TypeError, AttributeError):
             raise TransferError("registry-auth", f"{where} answered without a usable token") from None
         self._token = token
-        self._expires = time.monotonic() + max(0.0, expires_in - EXPIRY_MARGIN_SECS)
+        self._expires = clock() + max(0.0, expires_in - EXPIRY_MARGIN_SECS)
