@@ -193,7 +193,9 @@ def authorizer(ref: OciRef, session: requests.Session, insecure: tuple[str, ...]
     """The headers for a request of one of the model's blobs: the registry's
     ``Authorization`` (its token, kept until it is about to expire; asked again
     when ``fresh`` is True, after a 401), for the registry's own host alone. A
-    url on any other host gets nothing."""
+    url on any other host gets nothing. ``session`` carries the authorizer's own
+    requests (the registry's ``/v2/`` check, the token service), one at a time:
+    give it a session of its own, not one a download thread reads from."""
     auth = _auth(ref, session, insecure, credentials, (connect_timeout, read_timeout))
     own = f"{scheme_of(ref.host, insecure)}://{ref.host}/".lower()
 
