@@ -106,6 +106,30 @@ def parse_mirrors(value: Any) -> tuple[str, ...]:
     return tuple(templates)
 
 
+REGISTRY_HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
+
+
+def parse_insecure(value: Any) -> tuple[str, ...]:
+    """``ARW_REGISTRY_INSECURE``: registries (``HOST:PORT``, or ``HOST`` for one on
+    port 80, as a reference names it) asked over plain http, like Docker's
+    insecure registries; comma-separated, or a list in ``app.config``. Lowercased."""
+    if isinstance(value, (list, tuple)):
+        items = [str(v).strip() for v in value]
+    else:
+        items = [v.strip() for v in str(value or "").split(",")]
+    hosts = []
+    for item in items:
+        if not item:
+            continue
+        match = REGISTRY_HOST_RE.fullmatch(item)
+        if not match or (match.group(1) is not None and not 0 < int(match.group(1)) <= 65535):
+            raise ValueError(f"{item!r} is not a registry HOST:PORT (no scheme, no path), such as 127.0.0.1:5000")
+        hosts.append(item.lower())
+    return tuple(hosts)
+
+
 def _log_format(value: Any) -> str | None:
     """None (logging is left to the host), "text" or "json"; blank is unset."""
     if value is None or (isinstance(value, str) and value.strip() == ""):
@@ -234,6 +258,8 @@ SETTINGS: tuple[Setting, ...] = (
             'Token sent (as `Authorization: Bearer`) with `hf://` downloads, to the hub host alone; unset: HF_TOKEN. Never shown.'),
     Setting("ARW_DL_MIRRORS", None, _optional(parse_mirrors),
             'Comma-separated url templates tried in order before the origin, with `{host}` (the url\'s host and port) and `{path}` (its path and query), e.g. `http://cache.lan:8080/{host}{path}`.'),
+    Setting("ARW_REGISTRY_INSECURE", None, _optional(parse_insecure),
+            'Comma-separated registries (`HOST:PORT`, as an `oci://` or `ollama://` reference names them) asked over plain http instead of https, like Docker\'s insecure registries; credentials and tokens go to them unencrypted.'),
     Setting("ARW_LOG_FORMAT", None, _optional(str),
             'Unset: the service leaves logging to its host. "text" or "json": the `arw_models` logger gets its own stderr handler in that format (json: one object per line), at INFO unless its level is set.'),
 )
@@ -332,6 +358,7 @@ class Settings:
     mirrors: tuple[str, ...] = ()
     files_at_once: int = 4
     models_mode: int = 0o644
+    registry_insecure: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -390,6 +417,7 @@ class Settings:
             mirrors=parse_mirrors(get("ARW_DL_MIRRORS") or ()),
             files_at_once=int(get("ARW_DL_FILES_AT_ONCE")),
             models_mode=parse_mode(get("ARW_MODELS_MODE")),
+            registry_insecure=parse_insecure(get("ARW_REGISTRY_INSECURE") or ()),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -457,5 +485,6 @@ class Settings:
             "hf_endpoint": redact_url(self.hf_endpoint),  # its userinfo may be a credential
             "hf_token": "set" if self.hf_token else None,
             "mirrors": [redact_url(m) for m in self.mirrors],
+            "registry_insecure": list(self.registry_insecure),
             "auth": "token" if self.admin_token else "none",
         }

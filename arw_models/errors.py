@@ -13,7 +13,7 @@ from typing import Any
 # The ``code`` of an ``error`` event (a failed download), not of an HTTP answer.
 EVENT_ERROR_CODES = (
     "checksum-mismatch", "size-mismatch", "http-status", "network", "dns-error", "connection-refused", "tls",
-    "resume-invalid",
+    "resume-invalid", "invalid-manifest", "registry-auth",
     "disk-insufficient", "disk-full", "disk-error", "size-limit", "too-many-redirects",
     "invalid-redirect", "invalid-url", "internal-error",
     # A model of many files whose reference cannot be resolved here, whose listing is no
