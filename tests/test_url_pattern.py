@@ -66,6 +66,27 @@ EXAMPLES = [
     ("hf://owner/repo@a%00", False),
     ("hf://owner/repo@a%7f", False),
     ("hf://datasets/repo", False),
+    ("ollama://qwen2.5:0.5b", True),
+    ("ollama://library/qwen2.5", True),
+    ("ollama://registry.example:5000/ns/model:q4_K_M", True),
+    ("ollama://localhost/model", True),
+    ("ollama://my.host/Model", False),
+    ("ollama://qwen2.5:", False),
+    ("ollama://" + "a" * 247, True),
+    ("ollama://" + "a" * 248, False),
+    ("oci://127.0.0.1:5000/models/tiny:v1", True),
+    ("oci://[::1]:5000/m@sha256:" + "a" * 64, True),
+    ("oci://host/m:tag@sha256:" + "a" * 64, True),
+    ("oci://host/m@sha512:" + "a" * 64, False),
+    ("oci://host:0/m", False),
+    ("oci://host:00080/m", True),
+    ("oci://host:000080/m", False),
+    ("oci://host/M", False),
+    ("oci://host", False),
+    ("oci://host/a//b", False),
+    ("oci://host/a__b-c.d/e", True),
+    ("oci://host/" + "a" * 255, True),
+    ("oci://host/" + "a" * 256, False),
     ("hf://owner/repo/a/../b", False),
     ("hf://owner/repo@%2E/p", False),
     ("hf://owner/repo/p@", False),
@@ -105,7 +126,8 @@ PIECES = [
 
 def test_random_urls_get_the_same_answer_from_both() -> None:
     rng = random.Random(20261206)
-    starts = ["http://", "https://", "hf://", "hf://o/r/", "hf://o/r@", "http://[", "http://u@[", "hf://datasets/"]
+    starts = ["http://", "https://", "hf://", "hf://o/r/", "hf://o/r@", "http://[", "http://u@[", "hf://datasets/",
+              "oci://", "oci://h:5/", "ollama://", "ollama://a.b/", "ollama://n/m:"]
     differ = []
     for _ in range(30_000):
         url = rng.choice(starts) + "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 9)))

@@ -9,34 +9,26 @@ that adds the private headers of each file's request. A download resumed from it
 plan is not resolved again (its revision holds): :func:`authorizer` gives what its
 requests need without a listing.
 
-A resolver that this installation lacks leaves its references unrecognised (the
-url schema and the single-file checks then answer for them as before).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import ModuleType
 from typing import Any
 
+from .._version import __version__
 from ..config import Settings
 from ..errors import TransferError
-from . import hub
+from . import hub, oci
 from .fileset import Authorize, FileSet, InvalidFileSet, RemoteFile, Selection
-
-oci: ModuleType | None
-try:
-    from . import oci
-except ImportError:  # nor the registries'
-    oci = None
-
+from .http import new_session
 
 
 def names_many(url: str) -> bool:
     """Whether ``url`` names a model of many files rather than one file."""
     if hub.names_many(url):
         return True
-    return bool(oci is not None and oci.names_registry(url))
+    return oci.names_registry(url)
 
 
 def provider_of(url: str) -> str:
@@ -57,8 +49,12 @@ def resolve(url: str, selection: Selection, settings: Settings, session: Any,
             fileset = hub.resolve(hub.parse_repo(url), selection, session, settings.hf_endpoint,
                                   settings.hf_token, dict(headers),
                                   timeout=(settings.connect_timeout, settings.idle_timeout))
-        elif oci is not None and oci.names_registry(url):
-            fileset = oci.resolve(oci.parse(url), selection, session, dict(headers))
+        elif oci.names_registry(url):
+            if selection != Selection():
+                raise TransferError("invalid-selection", f"{url} is a registry's model, fetched whole: "
+                                    "include, exclude and files apply to hub repositories")
+            fileset = oci.resolve(oci.parse(url), session, settings.registry_insecure, _credentials(headers),
+                                  settings.connect_timeout, settings.idle_timeout)
         else:
             raise TransferError("unsupported-reference",
                                 f"this installation cannot resolve {url.split('://', 1)[0]}:// references")
@@ -72,10 +68,18 @@ def authorizer(url: str, settings: Settings, headers: Mapping[str, str]) -> Auth
     if hub.names_many(url):
         authorize: Authorize = hub.authorizer(settings.hf_endpoint, settings.hf_token, dict(headers))
         return authorize
-    if oci is not None and oci.names_registry(url):
-        authorize = oci.authorizer(dict(headers))
+    if oci.names_registry(url):
+        # A session of its own: the registry's token requests, never a download's connection.
+        authorize = oci.authorizer(oci.parse(url), new_session(f"arw-models/{__version__}"),
+                                   settings.registry_insecure, _credentials(headers), settings.connect_timeout,
+                                   settings.idle_timeout)
         return authorize
     return no_headers
+
+
+def _credentials(headers: Mapping[str, str]) -> str | None:
+    """The request's ``Authorization``, meant for the registry (``Basic`` or ``Bearer``)."""
+    return next((v for k, v in headers.items() if k.lower() == "authorization"), None)
 
 
 def no_headers(file: RemoteFile, fresh: bool) -> Mapping[str, str]:

@@ -23,7 +23,7 @@ from flask import (
 )
 
 from .._version import __version__
-from ..engine import references, sources
+from ..engine import oci, references, sources
 from ..engine.fileset import Selection, safe_path
 from ..engine.headers import (
     HEADER_NAME_PATTERN,
@@ -158,6 +158,11 @@ def checked_url(value: Any) -> str:
         raise BadRequest("url must be a single http or https URL without spaces", code="invalid-url")
     if any("\ud800" <= ch <= "\udfff" for ch in value):  # JSON's lone surrogates: no url can encode them
         raise BadRequest("url must be valid Unicode", code="invalid-url")
+    if oci.names_registry(value):
+        try:
+            oci.parse(value)
+        except sources.InvalidReference as exc:
+            raise BadRequest(f"url is not a valid registry reference: {exc}", code="invalid-url") from None
     resolver = service().manager.references if has_app_context() else references
     if resolver.names_many(value):
         return value  # a model of many files: its resolver reads the reference

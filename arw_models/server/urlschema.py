@@ -133,6 +133,24 @@ HTTP_PATTERN = (
     rf"(?:{_NETLOC_CHAR}*@)?(?:{_HOST_PLAIN}|{_HOST_BRACKETED})(?:{_NO_HIDDEN_DOT}[/?#]{ANY}*)?{_END}"
 )
 
+# --- ollama://[HOST/][NAMESPACE/]NAME[:TAG][@sha256:DIGEST] and
+# oci://HOST[:PORT]/REPOSITORY[:TAG][@sha256:DIGEST] (engine.oci.parse): the
+# distribution spec's names, a repository of at most 255 characters (an ollama name
+# without a namespace is library/NAME).
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_REG_PORT = rf"(?::(?=[0-9]{{1,5}}(?:/|$))0*{_PORT})?"
+_REG_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\]){_REG_PORT}"
+_COMPONENT = "[a-z0-9]+(?:(?:\\.|_|__|-+)[a-z0-9]+)*"
+_TAG_DIGEST = r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+_ONE = rf"(?=[^/:@]{{1,247}}(?:[:@]|$)){_COMPONENT}"  # one segment: library/ goes before it
+_SEVERAL = rf"(?=[^:@]{{1,255}}(?:[:@]|$)){_COMPONENT}(?:/{_COMPONENT})+"
+_MAYBE_HOST = "(?=(?:[^/]*[.:][^/]*|localhost)/)"  # a first segment that is a host
+REGISTRY_PATTERN = (
+    rf"^(?:oci://{_REG_HOST}/(?=[^:@]{{1,255}}(?:[:@]|$)){_COMPONENT}(?:/{_COMPONENT})*"
+    rf"|ollama://(?:{_MAYBE_HOST}{_REG_HOST}/(?:{_SEVERAL}|{_ONE})|(?!{_MAYBE_HOST})(?:{_SEVERAL}|{_ONE})))"
+    rf"{_TAG_DIGEST}{_END}"
+)
+
 MAX_URL = 8192
 
 
@@ -141,13 +159,16 @@ def url_schema() -> dict[str, object]:
     return {
         "type": "string", "minLength": 1, "maxLength": MAX_URL,
         "anyOf": [{"pattern": HTTP_PATTERN, "title": "http or https"}, {"pattern": HF_PATTERN, "title": "hf"},
-                  {"pattern": HF_REPO_PATTERN, "title": "hf repository"}],
+                  {"pattern": HF_REPO_PATTERN, "title": "hf repository"},
+                  {"pattern": REGISTRY_PATTERN, "title": "ollama or oci"}],
         "description": "An http or https URL as Python's urlsplit reads it (any host it parses, IPv6 "
                        "literals with a zone and userinfo included; no blanks or control characters; "
                        "port 0 is refused), or an hf:// reference to a file on the Hugging Face hub: "
                        "hf://[datasets/|spaces/]OWNER/REPO/PATH[@REVISION] or "
                        "hf://OWNER/REPO@REVISION/PATH (a revision with a slash written %2F), "
                        "or a whole repository, hf://[datasets/|spaces/]OWNER/REPO[@REVISION] (a model "
-                       "of many files; one shard of a split GGUF names all of its shards). "
+                       "of many files; one shard of a split GGUF names all of its shards), or a model in a "
+                       "registry: ollama://[HOST/][NAMESPACE/]NAME[:TAG] or "
+                       "oci://HOST[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST]. "
                        "The patterns accept exactly what the service accepts.",
     }
