@@ -12,6 +12,7 @@ import pytest
 
 from arw_models import create_app
 
+from .support import debian, registry
 from .support.app import FAST, LiveServer, Service, Watch
 from .support.origin import Origin
 from .support.servers import Gunicorn
@@ -90,6 +91,17 @@ def service(make_app: Callable[..., Any]) -> Iterator[Service]:
     yield make
     for watch in watches:
         watch.close()
+
+
+@pytest.fixture(scope="session")
+def regs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[registry.Registries]:
+    """Debian's docker-registry, twice (token and htpasswd), with the test models
+    pushed: started once per test process, on the first test that asks."""
+    binary = debian.binary("docker-registry", "docker-registry", "/usr/bin/docker-registry")
+    debian.binary("openssl", "openssl")
+    started = registry.start(binary, tmp_path_factory.mktemp("registries"))
+    yield started
+    started.close()
 
 
 @pytest.fixture

@@ -21,22 +21,12 @@ from arw_models.engine.http import new_session
 from arw_models.engine.sources import InvalidReference
 from arw_models.errors import TransferError
 
-from .support import debian
 from .support.origin import Origin
-from .support.registry import Registries, start
+from .support.registry import Registries
 from .support.servers import closed_port
 from .support.tokens import USERS, basic
 
 READER = basic("reader", USERS["reader"])
-
-
-@pytest.fixture(scope="session")
-def regs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
-    binary = debian.binary("docker-registry", "docker-registry", "/usr/bin/docker-registry")
-    debian.binary("openssl", "openssl")
-    started = start(binary, tmp_path_factory.mktemp("registries"))
-    yield started
-    started.close()
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ from ..engine.fetch import QUICK_CODES, QUICK_RETRIES
 from ..engine.fileset import Selection
 from ..engine.http import new_session
 from ..engine.ratelimit import shares
+from ..engine.references import provider_of
 from ..errors import ArwError, Conflict, JobStopped, NotFound, TransferError
 from ..store import sidecar as sidecars
 from ..store import storage
@@ -164,6 +165,8 @@ class DownloadManager:
         in the store."""
         if selection is None and self.references.names_many(url):
             selection = Selection()
+        if selection is not None and provider == "local":  # not said: the source's own name
+            provider = provider_of(url)
         with self._locked() as later:
             if self._closed:
                 raise ArwError("the service is shutting down", status=503, code="shutting-down",

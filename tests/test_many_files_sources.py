@@ -1,0 +1,138 @@
+"""Models of many files from where people get them, end to end through the service:
+a hub repository (the hub stand-in: revision and tree APIs, a gated repository, LFS
+files behind a redirect to a CDN on another host) and registries (Debian's
+docker-registry: an ollama model, a token-protected repository)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from arw_models import ArwModels
+
+from .support.app import Service, post_download
+from .support.hub import Hub, needs_second_host
+from .support.origin import payload
+from .support.registry import Registries
+from .support.tokens import USERS, basic
+
+TOKEN = "hf_MoDeLsToKeN0123456789abcdefXYZ"
+REPO = "acme-ai/Tiny-Coder"
+FILES = {
+    "config.json": b'{"model_type": "tiny"}\n',
+    "tokenizer/vocab.txt": b"a\nb\nc\n",
+    "model-00001-of-00002.safetensors": payload(300 * 1024, seed=1),
+    "model-00002-of-00002.safetensors": payload(200 * 1024, seed=2),
+    "gguf/tiny-q4_k_m.gguf": payload(3000, seed=3),
+}
+
+
+@pytest.fixture
+def hub() -> Iterator[Hub]:
+    server = Hub(token=TOKEN)
+    yield server
+    server.close()  # fails the test if the CDN ever saw the token
+
+
+def folder_of(app: object, model_id: str) -> str:
+    return os.path.join(ArwModels.state(app).dirs.models_dir, model_id)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+@needs_second_host
+def test_a_gated_hub_repository_installs_at_the_commit_it_was_resolved_to(service: Service, hub: Hub) -> None:
+    first = hub.commit(REPO, FILES, gated=True)
+    app, client, watch = service(ARW_HF_ENDPOINT=hub.endpoint, ARW_HF_TOKEN=TOKEN)
+    r = post_download(client, "tiny", f"hf://{REPO}", exclude=["gguf/*"])
+    assert r.status_code == 202, r.json
+    # Once resolved, the branch moves on: the model stays at the commit it was resolved to.
+    resolved = watch.until(lambda e: e.payload.get("id") == "tiny" and bool(e.payload.get("revision"))).payload
+    hub.commit(REPO, {**FILES, "config.json": b'{"model_type": "moved"}\n'})
+    assert resolved["revision"] == first
+    done = watch.terminal("tiny")
+    assert done["status"] == "complete", done
+    folder = folder_of(app, "tiny")
+    for path, data in FILES.items():
+        if path.startswith("gguf/"):
+            assert not os.path.exists(os.path.join(folder, path))
+        else:
+            assert read(os.path.join(folder, path)) == data, path
+    [entry] = client.get("/models").json["items"]
+    assert entry["revision"] == first and entry["provider"] == "hf"
+    listed = {f["path"]: f for f in entry["files"]}
+    assert listed["model-00001-of-00002.safetensors"]["sha256"] == hashlib.sha256(
+        FILES["model-00001-of-00002.safetensors"]).hexdigest()
+    assert "git_oid" in listed["config.json"]
+
+
+@needs_second_host
+def test_a_hub_listing_that_disagrees_with_the_bytes_names_the_file_and_installs_nothing(
+        service: Service, hub: Hub) -> None:
+    hub.commit(REPO, FILES)
+    # The CDN serves other bytes than the listing vouches for.
+    blob = hub.files_at(REPO, "main")["model-00002-of-00002.safetensors"].sha256
+    hub.cdn.add(f"/repos/{blob[:2]}/{blob[2:4]}/{blob}", payload(200 * 1024, seed=99))
+    app, client, watch = service(ARW_HF_ENDPOINT=hub.endpoint, ARW_HF_TOKEN=TOKEN)
+    assert post_download(client, "tiny", f"hf://{REPO}").status_code == 202
+    failed = watch.terminal("tiny")
+    assert failed["status"] == "error" and failed["code"] == "checksum-mismatch", failed
+    assert failed["file"] == "model-00002-of-00002.safetensors"
+    assert client.get("/models").json["items"] == []
+    assert not os.path.exists(folder_of(app, "tiny"))
+
+
+@needs_second_host
+def test_one_shard_of_a_split_gguf_fetches_all_of_them(service: Service, hub: Hub) -> None:
+    shards = {f"q4/big-{i:05d}-of-00003.gguf": payload(2048 + i, seed=i) for i in (1, 2, 3)}
+    hub.commit(REPO, {**shards, "README.md": b"# big\n"})
+    app, client, watch = service(ARW_HF_ENDPOINT=hub.endpoint, ARW_HF_TOKEN=TOKEN)
+    assert post_download(client, "big", f"hf://{REPO}/q4/big-00002-of-00003.gguf").status_code == 202
+    assert watch.terminal("big")["status"] == "complete"
+    folder = folder_of(app, "big")
+    assert sorted(os.listdir(os.path.join(folder, "q4"))) == sorted(p.split("/")[1] for p in shards)
+    assert not os.path.exists(os.path.join(folder, "README.md"))
+
+
+def test_an_ollama_model_installs_its_layers_by_name(service: Service, regs: Registries) -> None:
+    app, client, watch = service(ARW_REGISTRY_INSECURE=f"{regs.token.host},{regs.token_server.host}")
+    r = post_download(client, "tiny", f"ollama://{regs.token.host}/library/tiny")
+    assert r.status_code == 202, r.json
+    done = watch.terminal("tiny")
+    assert done["status"] == "complete", done
+    folder = folder_of(app, "tiny")
+    pushed = regs.pushed["tiny"]
+    assert read(os.path.join(folder, "manifest.json")) == pushed.manifest
+    assert read(os.path.join(folder, "template.txt")) == b"{{ .System }}\n{{ .Prompt }}"
+    on_disk = {hashlib.sha256(read(os.path.join(folder, n))).hexdigest() for n in os.listdir(folder)
+               if n != "manifest.json"}
+    assert {d.split(":", 1)[1] for d in pushed.blobs} == on_disk
+    [entry] = client.get("/models").json["items"]
+    assert entry["provider"] == "ollama" and entry["revision"] == pushed.digest
+    # The blobs came through a redirect to the storage host, which never saw a token.
+    assert not [s for s in regs.cdn.all_seen() if "authorization" in s.headers]
+
+
+def test_a_token_protected_repository_needs_its_credentials(service: Service, regs: Registries) -> None:
+    app, client, watch = service(ARW_REGISTRY_INSECURE=f"{regs.token.host},{regs.token_server.host}")
+    url = f"oci://{regs.token.host}/private/secret:v1"
+    assert post_download(client, "anon", url).status_code == 202
+    refused = watch.terminal("anon")
+    assert refused["status"] == "error" and refused["code"] in ("http-status", "registry-auth"), refused
+    r = post_download(client, "secret", url, headers={"Authorization": basic("reader", USERS["reader"])})
+    assert r.status_code == 202, r.json
+    assert watch.terminal("secret")["status"] == "complete"
+    assert os.listdir(folder_of(app, "secret"))
+
+
+def test_a_malformed_registry_reference_is_refused_at_once(service: Service) -> None:
+    _app, client, _watch = service()
+    r = post_download(client, "bad", "oci://host/UPPER")
+    assert r.status_code == 400 and r.json["code"] == "invalid-url"
+    assert r.json["detail"].startswith("url is not a valid registry reference")
