@@ -230,6 +230,8 @@ SETTINGS: tuple[Setting, ...] = (
             'The Hugging Face hub that `hf://` references resolve against (a mirror of it, say); unset: HF_ENDPOINT, else the public hub.'),
     Setting("ARW_HF_TOKEN", None, _optional(str),
             'Token sent (as `Authorization: Bearer`) with `hf://` downloads, to the hub host alone; unset: HF_TOKEN. Never shown.'),
+    Setting("ARW_HF_CACHE", None, _optional(str),
+            "A Hugging Face cache folder (as HF_HUB_CACHE names one) into which installed `hf://` models are also put, hard-linked, so that tools built on huggingface_hub open them offline; empty: off."),
     Setting("ARW_DL_MIRRORS", None, _optional(parse_mirrors),
             'Comma-separated url templates tried in order before the origin, with `{host}` (the url\'s host and port) and `{path}` (its path and query), e.g. `http://cache.lan:8080/{host}{path}`.'),
     Setting("ARW_LOG_FORMAT", None, _optional(str),
@@ -329,6 +331,7 @@ class Settings:
     hf_token: str | None = field(default=None, repr=False)
     mirrors: tuple[str, ...] = ()
     models_mode: int = 0o644
+    hf_cache: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -338,6 +341,7 @@ class Settings:
                 "ARW_STATE_DIR",
                 "ARW_ADMIN_TOKEN",
                 "ARW_HF_TOKEN",
+                "ARW_HF_CACHE",
                 "ARW_BIND",
             ):
                 value = _PARSERS[key](value)
@@ -386,6 +390,9 @@ class Settings:
             hf_token=(get("ARW_HF_TOKEN") or "").strip() or None,
             mirrors=parse_mirrors(get("ARW_DL_MIRRORS") or ()),
             models_mode=parse_mode(get("ARW_MODELS_MODE")),
+            # A path, made absolute as the state directory is; blank: no export.
+            hf_cache=os.path.abspath(os.fspath(get("ARW_HF_CACHE"))) if str(get("ARW_HF_CACHE") or "").strip()
+            else None,
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -450,5 +457,6 @@ class Settings:
             "hf_endpoint": redact_url(self.hf_endpoint),  # its userinfo may be a credential
             "hf_token": "set" if self.hf_token else None,
             "mirrors": [redact_url(m) for m in self.mirrors],
+            "hf_cache": self.hf_cache,
             "auth": "token" if self.admin_token else "none",
         }
