@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "url's own host only, never shown")
     many = download.add_argument_group("a model of many files")
     many.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                      help="fetch only the files matching this glob, e.g. '*.safetensors' (repeatable)")
+                      help="fetch only the files whose path matches this glob (repeatable)")
     many.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                       help="leave out the files matching this glob (repeatable)")
     many.add_argument("--file", action="append", default=[], dest="files", metavar="PATH",
