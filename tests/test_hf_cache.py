@@ -161,7 +161,7 @@ def test_an_unsafe_path_is_refused_before_anything_is_written(tmp_path: Path, st
 @pytest.mark.parametrize("change", [
     {"repo_id": "../up"}, {"repo_id": "acme/../x"}, {"repo_id": "acme--x/y"}, {"repo_id": "noslash"},
     {"repo_id": "a/b/c"}, {"repo_type": "models"}, {"commit": "main"}, {"commit": COMMIT.upper()},
-    {"revision": "../../x"}, {"revision": ""},
+    {"revision": "../../x"}, {"revision": ""}, {"revision": OTHER_COMMIT},
 ])
 def test_names_of_the_wrong_form_are_refused(tmp_path: Path, store: dict[str, Path], change: dict[str, str]) -> None:
     args = {"repo_type": "model", "repo_id": REPO, "commit": COMMIT, "revision": "main", **change}
@@ -213,6 +213,15 @@ def test_a_link_planted_in_the_cache_is_never_followed(tmp_path: Path, store: di
     assert secret.read_bytes() == b"not yours" and secret.stat().st_mode == mode
     assert os.stat(repo / "blobs" / etag("config.json")).st_ino == os.stat(store["config.json"]).st_ino
     assert not (repo / "refs" / "main").is_symlink() and (repo / "refs" / "main").read_text() == COMMIT
+
+
+def test_a_file_where_a_folder_belongs_stops_the_export_and_stays(tmp_path: Path, store: dict[str, Path]) -> None:
+    repo = tmp_path / "hf" / "models--acme--tiny-model"
+    repo.mkdir(parents=True)
+    (repo / "snapshots").write_bytes(b"someone's file")
+    with pytest.raises(UnsafeCache, match="not a folder"):
+        run(tmp_path / "hf", store)
+    assert (repo / "snapshots").read_bytes() == b"someone's file"
 
 
 def test_a_link_as_the_store_blob_is_refused(tmp_path: Path, store: dict[str, Path]) -> None:

@@ -134,6 +134,10 @@ def _checked(repo_type: str, repo_id: str, commit: str, revision: str,
     # would be too): the same rule as a file's path keeps it inside refs/.
     if not safe_path(revision) or len(revision) > 255:
         raise InvalidExport(f"not a revision name: {revision!r}")
+    # huggingface_hub takes 40 hex digits for a commit and never looks them up in
+    # refs/: a revision of that form other than the commit itself is a mix-up.
+    if _COMMIT.fullmatch(revision) and revision != commit:
+        raise InvalidExport(f"the revision {revision} is a commit, and not the commit {commit} the files are of")
     entries: list[tuple[str, str, str]] = []
     seen: set[str] = set()
     folders: set[str] = set()
@@ -175,8 +179,8 @@ def _subdir(parent: int, name: str) -> Iterator[int]:
         fd = os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=parent)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            kind = "a symbolic link" if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode) \
-                else "not a folder"
+            there = _lstat(parent, name)
+            kind = "a symbolic link" if there is not None and stat.S_ISLNK(there.st_mode) else "not a folder"
             raise UnsafeCache(errno.ENOTDIR, f"{name!r} in the Hugging Face cache is {kind}; the export "
                               "follows no link there and replaces nothing it did not make") from None
         raise
