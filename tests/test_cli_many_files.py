@@ -244,6 +244,19 @@ def test_list_shows_each_file_of_a_many_file_model(service: StandIn, cli: Cli) -
     assert json.loads(out) == {"items": service.models}
 
 
+def test_jobs_says_how_many_files_of_a_many_file_job_are_done(service: StandIn, cli: Cli) -> None:
+    service.jobs = {"tiny": job("downloading", ("config.json", 700, 700, "stored"),
+                                ("model.safetensors", MiB, 3 * MiB, "downloading")),
+                    "one": {"id": "one", "status": "paused", "progress": 50, "downloaded": MiB, "total": 2 * MiB}}
+    code, out, _ = cli("jobs")
+    assert code == 0
+    assert out.splitlines() == [
+        "ID    STATUS       PROGRESS  DOWNLOADED",
+        "tiny  downloading       33%  1.0 MiB / 3.0 MiB (1/2 files)",
+        "one   paused            50%  1.0 MiB / 2.0 MiB",
+    ]
+
+
 class Terminal:
     """A terminal's stdout, for the bar: written text kept, isatty() true."""
 

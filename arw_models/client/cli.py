@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from .. import config
 from . import options
-from .display import amount, human_bytes, table
+from .display import amount, files_done, human_bytes, table
 from .download import ACTIONS, INTERRUPTED, cmd_download, header, post_id
 from .remote import GAP, Problem, Remote, Unreachable
 
@@ -192,7 +192,9 @@ def cmd_jobs(remote: Remote, args: argparse.Namespace, out: Out) -> int:
     answer = remote.call("GET", "/models/downloads")[1]
     items = answer.get("items", [])
     rows = [[j.get("id", ""), j.get("status", ""),
-             f"{j['progress']}%" if isinstance(j.get("progress"), int) else "-", amount(j)] for j in items]
+             f"{j['progress']}%" if isinstance(j.get("progress"), int) else "-",
+             amount(j) + (f" ({files_done(j['files'])})" if isinstance(j.get("files"), list) and j["files"] else "")]
+            for j in items]
     out.result(answer, table(["ID", "STATUS", "PROGRESS", "DOWNLOADED"], rows, right=[2])
                if rows else "no downloads")
     return 0
