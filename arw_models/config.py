@@ -256,6 +256,8 @@ SETTINGS: tuple[Setting, ...] = (
             'The Hugging Face hub that `hf://` references resolve against (a mirror of it, say); unset: HF_ENDPOINT, else the public hub.'),
     Setting("ARW_HF_TOKEN", None, _optional(str),
             'Token sent (as `Authorization: Bearer`) with `hf://` downloads, to the hub host alone; unset: HF_TOKEN. Never shown.'),
+    Setting("ARW_HF_CACHE", None, _optional(str),
+            "A Hugging Face cache folder (as HF_HUB_CACHE names one) into which installed `hf://` models are also put, hard-linked, so that tools built on huggingface_hub open them offline; empty: off."),
     Setting("ARW_DL_MIRRORS", None, _optional(parse_mirrors),
             'Comma-separated url templates tried in order before the origin, with `{host}` (the url\'s host and port) and `{path}` (its path and query), e.g. `http://cache.lan:8080/{host}{path}`.'),
     Setting("ARW_REGISTRY_INSECURE", None, _optional(parse_insecure),
@@ -359,6 +361,7 @@ class Settings:
     files_at_once: int = 4
     models_mode: int = 0o644
     registry_insecure: tuple[str, ...] = ()
+    hf_cache: str | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -368,6 +371,7 @@ class Settings:
                 "ARW_STATE_DIR",
                 "ARW_ADMIN_TOKEN",
                 "ARW_HF_TOKEN",
+                "ARW_HF_CACHE",
                 "ARW_BIND",
             ):
                 value = _PARSERS[key](value)
@@ -418,6 +422,9 @@ class Settings:
             files_at_once=int(get("ARW_DL_FILES_AT_ONCE")),
             models_mode=parse_mode(get("ARW_MODELS_MODE")),
             registry_insecure=parse_insecure(get("ARW_REGISTRY_INSECURE") or ()),
+            # A path, made absolute as the state directory is; blank: no export.
+            hf_cache=os.path.abspath(os.fspath(get("ARW_HF_CACHE"))) if str(get("ARW_HF_CACHE") or "").strip()
+            else None,
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -486,5 +493,6 @@ class Settings:
             "hf_token": "set" if self.hf_token else None,
             "mirrors": [redact_url(m) for m in self.mirrors],
             "registry_insecure": list(self.registry_insecure),
+            "hf_cache": self.hf_cache,
             "auth": "token" if self.admin_token else "none",
         }

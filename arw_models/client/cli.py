@@ -3,12 +3,14 @@ to a running one over HTTP (``--server``, or ``ARW_SERVER``, or 127.0.0.1 on
 ``ARW_PORT``), with the admin token from ``ARW_ADMIN_TOKEN``.
 
 Exit codes: 0 done; 1 the service said no (a problem document) or the download
-failed, was canceled or paused elsewhere; 2 no service answers (and bad usage);
+failed, was canceled or paused elsewhere, or left a file of a many-file model
+incomplete; 2 no service answers (and bad usage);
 130 interrupted by Ctrl-C (a download is then paused, canceled or still running,
 as chosen).
 
-About 400 lines, one concern: the parser (which the docs render) and one short
-function a command; the HTTP client and the display live in modules of their own.
+One concern: the parser (which the docs render) and one short function a command;
+``download`` (which follows a job to its end), the HTTP client, the options' types
+and the display live in modules of their own.
 """
 
 from __future__ import annotations
@@ -21,12 +23,10 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from .. import config
-from .display import FINAL, Progress, amount, describe, human_bytes, table
-from .remote import GAP, EventStream, Frame, Problem, Remote, Unreachable
-
-INTERRUPTED = 130
-ENDS = FINAL
-ACTIONS = ("pause", "cancel", "detach")
+from . import options
+from .display import amount, files_done, human_bytes, table
+from .download import ACTIONS, INTERRUPTED, cmd_download, header, post_id
+from .remote import GAP, Problem, Remote, Unreachable
 
 
 def default_server() -> str:
@@ -52,14 +52,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     download = commands.add_parser("download", parents=[common], help="download a model and follow its progress")
     download.add_argument("id", help="the model's id: 1-128 of A-Z a-z 0-9 . _ -")
-    download.add_argument("url", help="http(s) url, or hf://OWNER/REPO/PATH[@REVISION]")
+    download.add_argument("url", help="an http(s) url (one file); hf://OWNER/REPO/PATH[@REVISION] (one file of "
+                          "a hub repository); hf://OWNER/REPO[@REVISION] (the whole repository), "
+                          "ollama://NAME[:TAG] or oci://HOST/REPO[:TAG|@sha256:...] (a model of many files)")
     download.add_argument("--sha256", help="the expected SHA-256 (64 hex digits); checked before install")
     download.add_argument("--provider", help="a short label kept with the model (default: local)")
-    download.add_argument("--rate-limit", type=int, metavar="BYTES_PER_SEC",
-                          help="the most bytes per second for this download")
+    download.add_argument("--rate-limit", type=options.rate, metavar="RATE",
+                          help="the most bytes per second for this download: 1000, 500K, 1.5M, 2G "
+                               "(K, M, G, T are powers of 1024, as curl's --limit-rate reads them)")
     download.add_argument("--header", "-H", action="append", default=[], metavar="'NAME: VALUE'",
-                          type=_header, help="a request header for a gated origin (repeatable); sent to the "
+                          type=header, help="a request header for a gated origin (repeatable); sent to the "
                           "url's own host only, never shown")
+    many = download.add_argument_group("a model of many files")
+    many.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                      help="fetch only the files whose path matches this glob (repeatable)")
+    many.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                      help="leave out the files matching this glob (repeatable)")
+    many.add_argument("--file", action="append", default=[], dest="files", metavar="PATH",
+                      help="fetch this file of the repository (repeatable; an exact path)")
+    many.add_argument("--revision", metavar="REV",
+                      help="pin an hf:// reference to this branch, tag or commit (hf://OWNER/REPO@REV)")
+    many.add_argument("--dry-run", action="store_true",
+                      help="list the files, their sizes and which are in the store already; fetch nothing")
+    many.add_argument("--force", action="store_true", default=None,
+                      help="fetch the files again even when the store has them")
+    many.add_argument("--hf-cache", action=argparse.BooleanOptionalAction, default=None,
+                      help="also put the model into the Hugging Face cache (ARW_HF_CACHE), or not "
+                           "(default: the service's setting)")
     download.add_argument("--on-interrupt", choices=ACTIONS,
                           help="what Ctrl-C does to the download, without asking (default: ask on a "
                                "terminal, else detach: it keeps running in the service)")
@@ -68,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("cancel", "cancel a download and remove its partial file")):
         command = commands.add_parser(name, parents=[common], help=what)
         command.add_argument("id")
-    commands.add_parser("list", parents=[common], help="installed models")
+    commands.add_parser("list", parents=[common], help="installed models (and each file of a model of many)")
     commands.add_parser("jobs", parents=[common], help="queued, running, paused and partial downloads")
     rm = commands.add_parser("rm", parents=[common], help="remove an installed model and its file")
     rm.add_argument("id")
@@ -133,145 +152,6 @@ def run_client(args: argparse.Namespace, server: str, token: str | None,
         remote.close()
 
 
-def post_id(remote: Remote, action: str, model_id: str) -> Any:
-    return remote.call("POST", f"/models/download/{action}", {"id": model_id})[1]
-
-
-def _header(text: str) -> tuple[str, str]:
-    """``--header 'Name: value'``, as curl writes it."""
-    name, colon, value = text.partition(":")
-    if not colon or not name.strip() or name != name.strip():
-        # The value is not quoted back: it is often a credential.
-        raise argparse.ArgumentTypeError("a header is written 'NAME: VALUE'")
-    return name, value.strip()
-
-
-def cmd_download(remote: Remote, args: argparse.Namespace, out: Out) -> int:
-    body: dict[str, Any] = {"id": args.id, "url": args.url}
-    for key in ("sha256", "provider", "rate_limit"):
-        if getattr(args, key) is not None:
-            body[key] = getattr(args, key)
-    if args.header:
-        body["headers"] = dict(args.header)
-    # Subscribe before the POST: every event of the job comes after this point, and
-    # a reconnect asks for what came after the last one seen.
-    stream = remote.events(["Models."])
-    posted = False
-    try:
-        stream.open()
-        posted = True
-        status, answer = remote.call("POST", "/models/download", body)
-        if status == 200:
-            out.result(answer, f"{args.id}: already installed as {answer.get('file', '?')} "
-                               f"({human_bytes(answer.get('bytes'))}); nothing to transfer")
-            return 0
-        if out.json:
-            out.doc(answer)
-        return follow(remote, stream, args.id, out)
-    except KeyboardInterrupt:
-        stream.close()
-        if not posted:
-            out.note("arw-models: interrupted; no download was started")
-            return INTERRUPTED
-        return interrupted(remote, args, out)
-    finally:
-        stream.close()
-
-
-def follow(remote: Remote, stream: EventStream, model_id: str, out: Out) -> int:
-    """Shows the job's events until it ends; its exit code."""
-    progress = None if out.json else Progress(out.stdout, model_id, terminal=out.stdout.isatty())
-    try:
-        for frame in stream.frames():
-            payload = job_payload(remote, frame, model_id)
-            if payload is None:
-                continue
-            if progress is None:
-                out.doc(payload)
-            else:
-                progress.update(payload)
-            status = payload.get("status")
-            if status in ENDS:
-                if progress is not None:
-                    progress.end()
-                return ended(payload, model_id, out)
-    except BaseException:
-        if progress is not None:
-            progress.end()
-        raise
-    return 1  # frames() ends only when the stream is closed
-
-
-def job_payload(remote: Remote, frame: Frame, model_id: str) -> dict[str, Any] | None:
-    """The job's state in ``frame``, if it is about the job. After a gap (events
-    the service no longer had for us) the job's own snapshot stands in, so an end
-    among the lost events is still seen."""
-    if frame.event == GAP:
-        try:
-            snapshot = remote.call("GET", f"/models/downloads/{quote(model_id, safe='')}")[1]
-        except Problem:
-            return None
-        return snapshot if snapshot.get("status") in ENDS else None
-    if frame.event != "Models.DownloadProgress" or frame.payload.get("id") != model_id:
-        return None
-    return frame.payload
-
-
-def ended(payload: dict[str, Any], model_id: str, out: Out) -> int:
-    status = payload.get("status")
-    if status == "complete":
-        if not out.json:
-            out.text(f"{model_id}: {describe(payload)}")
-        return 0
-    if status == "error":
-        seen = (f" (expected {payload['expected']}, got {payload['actual']})"
-                if payload.get("expected") and payload.get("actual") else "")
-        out.note(f"arw-models: {model_id}: {payload.get('code', 'error')}: {payload.get('error', '')}{seen}")
-    elif status == "canceled":
-        out.note(f"arw-models: {model_id}: canceled")
-    else:
-        out.note(f"arw-models: {model_id}: paused; `arw-models resume {model_id}` continues it")
-    return 1
-
-
-def ask(out: Out) -> str:
-    """What to do with an interrupted download, asked on the terminal."""
-    for _ in range(3):
-        out.stderr.write("Interrupted. [p]ause, [c]ancel, or [l]eave it running in the service? [l] ")
-        out.stderr.flush()
-        try:
-            answer = input().strip().lower()
-        except (EOFError, KeyboardInterrupt):
-            return "detach"
-        if answer in ("", "l", "leave", "d", "detach"):
-            return "detach"
-        if answer in ("p", "pause"):
-            return "pause"
-        if answer in ("c", "cancel"):
-            return "cancel"
-    return "detach"
-
-
-def interrupted(remote: Remote, args: argparse.Namespace, out: Out) -> int:
-    action = args.on_interrupt or (ask(out) if sys.stdin is not None and sys.stdin.isatty() else "detach")
-    if action == "detach":
-        out.result({"id": args.id, "status": "detached"},
-                   f"{args.id}: still downloading in the service; `arw-models jobs` shows it")
-        return INTERRUPTED
-    try:
-        answer = post_id(remote, action, args.id)
-    except Problem as exc:
-        # It may have ended between the Ctrl-C and this request.
-        out.problem(exc)
-        return 1
-    if action == "pause":
-        out.result(answer, f"{args.id}: paused at {human_bytes(answer.get('downloaded') or 0)}; "
-                           f"`arw-models resume {args.id}` continues it")
-    else:
-        out.result(answer, f"{args.id}: canceled")
-    return INTERRUPTED
-
-
 def cmd_pause(remote: Remote, args: argparse.Namespace, out: Out) -> int:
     answer = post_id(remote, "pause", args.id)
     out.result(answer, f"{args.id}: paused at {human_bytes(answer.get('downloaded') or 0)}")
@@ -294,8 +174,15 @@ def cmd_cancel(remote: Remote, args: argparse.Namespace, out: Out) -> int:
 def cmd_list(remote: Remote, args: argparse.Namespace, out: Out) -> int:
     answer = remote.call("GET", "/models")[1]
     items = answer.get("items", [])
-    rows = [[m.get("id", ""), m.get("file", ""), human_bytes(m.get("bytes")),
-             str(m.get("sha256") or "-")[:12], m.get("status", ""), m.get("path") or "-"] for m in items]
+    rows = []
+    for m in items:
+        rows.append([m.get("id", ""), m.get("file", ""), human_bytes(m.get("bytes")),
+                     str(m.get("sha256") or "-")[:12], m.get("status", ""), m.get("path") or "-"])
+        # A model of many files: each file under it, indented, by its path in the model's folder.
+        for f in m.get("files") or []:
+            if isinstance(f, dict):
+                rows.append(["", "  " + str(f.get("path", "?")), human_bytes(f.get("bytes")),
+                             str(f.get("sha256") or f.get("git_oid") or "-")[:12], "", ""])
     out.result(answer, table(["ID", "FILE", "SIZE", "SHA256", "STATUS", "PATH"], rows, right=[2])
                if rows else "no models installed")
     return 0
@@ -305,7 +192,9 @@ def cmd_jobs(remote: Remote, args: argparse.Namespace, out: Out) -> int:
     answer = remote.call("GET", "/models/downloads")[1]
     items = answer.get("items", [])
     rows = [[j.get("id", ""), j.get("status", ""),
-             f"{j['progress']}%" if isinstance(j.get("progress"), int) else "-", amount(j)] for j in items]
+             f"{j['progress']}%" if isinstance(j.get("progress"), int) else "-",
+             amount(j) + (f" ({files_done(j['files'])})" if isinstance(j.get("files"), list) and j["files"] else "")]
+            for j in items]
     out.result(answer, table(["ID", "STATUS", "PROGRESS", "DOWNLOADED"], rows, right=[2])
                if rows else "no downloads")
     return 0
@@ -386,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "download" and args.revision is not None:
+        try:
+            args.url = options.pinned(args.url, args.revision)
+        except ValueError as exc:
+            parser.error(f"download: {exc}")
     try:
         server = args.server or config.env_setting("ARW_SERVER") or default_server()
         token = (config.env_setting("ARW_ADMIN_TOKEN") or "").strip() or None

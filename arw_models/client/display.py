@@ -1,6 +1,7 @@
 """How the command line shows things to people: sizes, durations, tables, and one
 download's progress (a bar redrawn in place on a terminal by tqdm, plain lines
-elsewhere)."""
+elsewhere). A download of many files (a hub repository, a registry's model) has one
+bar for the whole, and a line for each file as its state changes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ PLAIN_EVERY = 2.0
 FINAL = ("complete", "error", "canceled", "paused")
 # Columns kept for what follows the bar: " 25.2 MiB/48.0 MiB  7.9 MiB/s  ETA 3s  8 conn".
 TAIL_ROOM = 46
+# A file of a many-file download is done in one of these states: fetched and
+# verified, or found in the store already.
+FILE_DONE = ("complete", "stored")
+# The states a file starts in: not worth a line each (a repository has hundreds).
+FILE_QUIET = ("queued",)
 
 
 def human_bytes(n: float | None) -> str:
@@ -75,6 +81,8 @@ def describe(payload: dict[str, Any]) -> str:
             parts.append(f"ETA {human_duration(payload['eta_s'])}")
         if (payload.get("segments") or 0) > 1:
             parts.append(f"{payload['segments']} connections")
+        if isinstance(payload.get("files"), list) and payload["files"]:
+            parts.append(files_done(payload["files"]))
         return "  ".join(parts)
     if status == "started":
         return "started" + (f", {human_bytes(payload['total'])}" if isinstance(payload.get("total"), int) else "")
@@ -83,6 +91,10 @@ def describe(payload: dict[str, Any]) -> str:
     if status == "retrying":
         delay = (payload.get("delay_ms") or 0) / 1000.0
         return f"retrying (attempt {payload.get('attempt', '?')} in {delay:.1f}s: {payload.get('code', '?')})"
+    if status == "complete" and isinstance(payload.get("files"), list) and not payload.get("sha256"):
+        return (f"complete: {payload.get('file', '?')} ({human_bytes(payload.get('bytes'))}, "
+                f"{len(payload['files'])} files" + (f", revision {payload['revision']}" if payload.get("revision")
+                                                     else "") + ")")
     if status == "complete":
         sha = str(payload.get("sha256") or "")
         return (f"complete: {payload.get('file', '?')} ({human_bytes(payload.get('bytes'))}"
@@ -92,6 +104,39 @@ def describe(payload: dict[str, Any]) -> str:
     if status == "paused":
         return f"paused at {human_bytes(payload.get('downloaded') or 0)}"
     return status
+
+
+def files_done(files: Sequence[dict[str, Any]]) -> str:
+    """``3/7 files``: how many of a many-file download's files are done."""
+    return f"{sum(1 for f in files if f.get('status') in FILE_DONE)}/{len(files)} files"
+
+
+def file_line(model_id: str, item: dict[str, Any]) -> str:
+    """One file's state, as a line of its own: ``id: path: status (size)``."""
+    status = str(item.get("status") or "?")
+    size = item.get("total")
+    words = {"stored": "already in the store", "failed": "FAILED"}.get(status, status)
+    return f"{model_id}: {item.get('path', '?')}: {words}" + (f" ({human_bytes(size)})" if isinstance(size, int)
+                                                              else "")
+
+
+def incomplete(files: Sequence[dict[str, Any]]) -> list[str]:
+    """The paths of the files that are not done, each with its state."""
+    return [f"{f.get('path', '?')} ({f.get('status') or 'unknown'})" for f in files
+            if f.get("status") not in FILE_DONE]
+
+
+def dry_run(answer: dict[str, Any]) -> str:
+    """A dry run's answer for people: what would be fetched, what the store has."""
+    files = [f for f in answer.get("files") or [] if isinstance(f, dict)]
+    rows = [[str(f.get("path", "")), human_bytes(f.get("bytes")), "in store" if f.get("in_store") else "fetch"]
+            for f in files]
+    fetch = sum(1 for f in files if not f.get("in_store"))
+    head = (f"{answer.get('id', '?')}: {answer.get('url', '?')} ({answer.get('provider') or '?'}"
+            + (f", revision {answer['revision']}" if answer.get("revision") else "") + ")")
+    foot = (f"{len(files)} files, {human_bytes(answer.get('total'))} in all; {fetch} to fetch, "
+            f"{human_bytes(answer.get('to_fetch'))}")
+    return "\n".join([head, table(["PATH", "SIZE", "STATE"], rows, right=[1]) if rows else "no files", foot])
 
 
 class _Bar(tqdm):  # type: ignore[type-arg]
@@ -139,6 +184,7 @@ class Progress:
         self._last_status: str | None = None
         self._last_plain = float("-inf")
         self._last: dict[str, Any] = {}
+        self.files: dict[str, dict[str, Any]] = {}  # a many-file download's files, by path, as last seen
         encoding = getattr(out, "encoding", None) or "ascii"
         try:
             "█░".encode(encoding)
@@ -148,6 +194,7 @@ class Progress:
 
     def update(self, payload: dict[str, Any]) -> None:
         status = str(payload.get("status", ""))
+        self._files(payload.get("files"))
         if status in ("downloading", "started", "resumed") or not self._last:
             # What the bar shows: the last known numbers, whatever event brought them.
             self._last = {**self._last, **{k: v for k, v in payload.items() if k != "status"}}
@@ -170,8 +217,27 @@ class Progress:
         self.out.flush()
 
     def _line(self, text: str) -> None:
-        self.out.write(text + "\n")
+        if self._bar is not None:
+            # Above the bar, which is drawn again below the line.
+            self._bar.clear()
+            self.out.write(text + "\n")
+            self._bar.refresh()
+        else:
+            self.out.write(text + "\n")
         self.out.flush()
+
+    def _files(self, files: Any) -> None:
+        """A line for each file whose state changed (none for the queued ones)."""
+        if not isinstance(files, list):
+            return
+        for item in files:
+            if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+                continue
+            before = self.files.get(item["path"], {})
+            self.files[item["path"]] = {**before, **item}
+            status = item.get("status")
+            if status != before.get("status") and status not in FILE_QUIET:
+                self._line(file_line(self.id, self.files[item["path"]]))
 
     def _draw(self, payload: dict[str, Any]) -> None:
         status = str(payload.get("status", ""))
@@ -192,6 +258,8 @@ class Progress:
                 tail.append(f"ETA {human_duration(known['eta_s'])}")
             if (known.get("segments") or 0) > 1:
                 tail.append(f"{known['segments']} conn")
+            if self.files:
+                tail.append(files_done(list(self.files.values())))
         elif status:
             tail.append(status if status != "retrying" else describe(payload))
         right = "  ".join(tail)

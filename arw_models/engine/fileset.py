@@ -21,6 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..store.paths import safe_path
+
+__all__ = ["Authorize", "FileSet", "InvalidFileSet", "RemoteFile", "Selection", "safe_path"]
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 
@@ -28,17 +32,6 @@ _SHA1 = re.compile(r"[0-9a-f]{40}")
 class InvalidFileSet(ValueError):
     """A listing that cannot be a model's files (a path that would climb out of
     the model's folder, two files at one path, a digest that is no digest)."""
-
-
-def safe_path(path: str) -> bool:
-    """Whether ``path`` may name a file inside a model's folder: relative,
-    ``/``-separated, no empty, ``.`` or ``..`` segment, no backslash, no NUL, no
-    control character."""
-    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
-        return False
-    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in path):
-        return False
-    return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
 @dataclass(frozen=True)

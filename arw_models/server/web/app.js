@@ -14,6 +14,11 @@
 //
 // A failed job whose .part was kept offers Resume; one without (nothing to resume:
 // /resume would answer 404) offers Retry, which POSTs its url and sha256 again.
+//
+// A model of many files (a hub repository, a registry's model: a job or an
+// installed model with `files`) is one row like any other, with a toggle that
+// opens a row under it listing each file: its size, and for a job its progress and
+// state. A row without `files` gets neither.
 "use strict";
 
 (() => {
@@ -22,6 +27,8 @@
   const STARTS = new Set(["queued", "started", "resumed"]);
   const ACTIVE = new Set(["queued", "started", "resumed", "downloading", "retrying"]);
   const MAX_DELAY_MS = 15000;
+  // A file of a many-file job is done fetched and verified, or found in the store.
+  const FILE_DONE = new Set(["complete", "stored"]);
 
   const $ = (id) => document.getElementById(id);
   const meta = document.querySelector('meta[name="arw-api"]');
@@ -43,6 +50,8 @@
     loaded: false, // the first snapshot is in
     live: false, // the event stream is open: speeds and ETAs are current
     posted: new Map(), // id -> the body this page POSTed for it, whole url included
+    lists: new WeakMap(), // a row -> its list of files {toggle, body, row}, once it has files
+    listSeq: 0,
   };
 
   // -- helpers ---------------------------------------------------------------------
@@ -230,7 +239,91 @@
     c.resume.hidden = !resumable;
     c.retry.hidden = !(status === "error" && !resumable && retryBody(f));
     c.cancel.hidden = !(ACTIVE.has(status) || resumable);
+    showJobFiles(job);
     $("downloads-empty").hidden = state.jobs.size > 0;
+  }
+
+  // -- many-file models: the row's toggle, and the row under it that lists the files ---
+
+  // The list of `row`'s files, made (closed) the first time the row has files.
+  function fileList(row, cell, headings) {
+    let list = state.lists.get(row);
+    if (list) return list;
+    const body = el("tbody");
+    const table = el("table", { className: "files" },
+      el("thead", {}, el("tr", {}, ...headings.map((h) => el("th", { textContent: h })))), body);
+    const under = el("tr", { className: "files-row", id: `files-${++state.listSeq}`, hidden: true },
+      el("td", { colSpan: row.cells.length }, table));
+    under.dataset.filesOf = row.dataset.id;
+    const toggle = el("button", { type: "button", className: "files-toggle" });
+    toggle.setAttribute("aria-expanded", "false");
+    toggle.setAttribute("aria-controls", under.id);
+    toggle.addEventListener("click", () => {
+      under.hidden = !under.hidden;
+      toggle.setAttribute("aria-expanded", String(!under.hidden));
+    });
+    cell.append(" ", toggle);
+    row.after(under);
+    list = { toggle, body, row: under };
+    state.lists.set(row, list);
+    return list;
+  }
+
+  // Each file once, by path, in the order the last list gave them: an event may
+  // carry only the files that changed.
+  function mergeFiles(before, after) {
+    if (!Array.isArray(after)) return before;
+    if (!Array.isArray(before)) return after.slice();
+    const byPath = new Map(before.map((x) => [x.path, x]));
+    for (const x of after) byPath.set(x.path, Object.assign({}, byPath.get(x.path), x));
+    return Array.from(byPath.values());
+  }
+
+  function showJobFiles(job) {
+    const files = job.fields.files;
+    if (!Array.isArray(files) || files.length === 0) {
+      const list = state.lists.get(job.row);
+      if (list) list.toggle.hidden = list.row.hidden = true;
+      return;
+    }
+    const list = fileList(job.row, job.row.cells[0], ["File", "Status", "Progress", "Bytes"]);
+    const done = files.filter((x) => FILE_DONE.has(x.status)).length;
+    list.toggle.hidden = false;
+    list.toggle.textContent = `${done}/${files.length} files`;
+    list.body.replaceChildren(...files.map((x) => {
+      const status = x.status || "";
+      const bar = el("progress", { max: 100 });
+      if (FILE_DONE.has(status)) bar.value = 100;
+      else if (typeof x.total === "number" && x.total > 0) bar.value = Math.min(100, ((x.downloaded || 0) * 100) / x.total);
+      else if (status !== "downloading") bar.value = 0;
+      const tr = el("tr", {}, el("td", {}, el("code", { textContent: x.path || "" })),
+        el("td", { className: "status status-" + status, textContent: status === "stored" ? "in store" : status }),
+        el("td", {}, bar),
+        el("td", { textContent: typeof x.total === "number" ? `${bytes(x.downloaded || 0)} / ${bytes(x.total)}` : bytes(x.downloaded) }));
+      tr.dataset.path = x.path || "";
+      tr.dataset.status = status;
+      return tr;
+    }));
+  }
+
+  function showModelFiles(row, m) {
+    const files = Array.isArray(m.files) ? m.files : [];
+    if (files.length === 0) {
+      const list = state.lists.get(row);
+      if (list) list.toggle.hidden = list.row.hidden = true;
+      return;
+    }
+    const list = fileList(row, row.cells[1], ["File", "Size", "SHA-256"]);
+    list.toggle.hidden = false;
+    list.toggle.textContent = `${files.length} files`;
+    list.body.replaceChildren(...files.map((x) => {
+      const digest = x.sha256 || x.git_oid || "";
+      const sha = el("code", { textContent: digest ? digest.slice(0, 12) + "…" : "", title: digest });
+      const tr = el("tr", {}, el("td", {}, el("code", { textContent: x.path || "" })),
+        el("td", { textContent: bytes(x.bytes) }), el("td", {}, sha));
+      tr.dataset.path = x.path || "";
+      return tr;
+    }));
   }
 
   // One event's payload, or one snapshot item, on top of what the page knows.
@@ -246,7 +339,9 @@
     }
     // Whether a .part was kept is known afresh for each new state.
     if (p.status !== before.status && typeof p.resumable !== "boolean") delete f.resumable;
+    const files = mergeFiles(f.files, p.files);
     Object.assign(f, p);
+    if (files !== undefined) f.files = files;
     if (p.status === "resumed" && typeof p.offset === "number") f.downloaded = p.offset;
     if (p.status === "complete" && typeof p.bytes === "number") {
       f.downloaded = f.total = p.bytes;
@@ -343,14 +438,14 @@
       if (!row) {
         const remove = el("button", { type: "button", textContent: "Remove" });
         remove.addEventListener("click", () => removeModel(m.id, remove));
-        row = el("tr", {}, el("td", {}, el("code", { textContent: m.id })), el("td"), el("td"),
+        row = el("tr", {}, el("td", {}, el("code", { textContent: m.id })), el("td", {}, el("span")), el("td"),
           el("td", {}, el("code")), el("td", { className: "status" }), el("td", { className: "actions" }, remove));
         row.dataset.id = m.id;
         $("models").tBodies[0].append(row);
         state.models.set(m.id, row);
       }
       const cells = row.cells;
-      cells[1].textContent = m.file || "";
+      cells[1].firstChild.textContent = m.file || "";
       cells[2].textContent = bytes(m.bytes);
       const sha = cells[3].firstChild;
       sha.textContent = m.sha256 ? m.sha256.slice(0, 12) + "…" : "";
@@ -358,9 +453,11 @@
       cells[4].textContent = m.status || "";
       cells[4].className = "status status-" + (m.status || "");
       row.dataset.status = m.status || "";
+      showModelFiles(row, m);
     }
     for (const [id, row] of state.models) {
       if (!seen.has(id)) {
+        if (state.lists.has(row)) state.lists.get(row).row.remove();
         row.remove();
         state.models.delete(id);
       }

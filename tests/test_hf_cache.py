@@ -1,0 +1,271 @@
+"""The Hugging Face cache export, read back by the real huggingface_hub, offline:
+what it finds is byte for byte what the store holds, through the store's own
+inodes, and nothing the export does leaves the cache or follows a planted link."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from huggingface_hub import constants as hf_constants
+
+from arw_models.config import DEFAULTS, Settings, from_env
+from arw_models.store import hfcache
+from arw_models.store.hfcache import InvalidExport, UnsafeCache, export
+
+REPO = "acme/tiny-model"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+OTHER_COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+FILES = {
+    "model.safetensors": os.urandom(70_000),
+    "tokenizer/nested/vocab.json": b'{"a": 1, "b": 2}\n' * 50,
+    "config.json": b'{"model_type": "tiny"}\n',  # small: not in LFS, named by its git blob id
+}
+SMALL = {"config.json"}
+
+
+def git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def etag(path: str) -> str:
+    return git_oid(FILES[path]) if path in SMALL else hashlib.sha256(FILES[path]).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read by huggingface_hub at import; its constant is set as well, for a process
+    # that imported it before this test.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> dict[str, Path]:
+    """The store's blobs, each file's bytes once, named by SHA-256 as the store names them."""
+    blobs = tmp_path / "state" / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    held = {}
+    for path, data in FILES.items():
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        held[path] = blob
+    return held
+
+
+def entries(store: dict[str, Path]) -> list[tuple[str, Path, str]]:
+    return [(path, blob, etag(path)) for path, blob in store.items()]
+
+
+def run(cache: Path, store: dict[str, Path], revision: str = "main", commit: str = COMMIT) -> str:
+    return export(cache, repo_type="model", repo_id=REPO, commit=commit, revision=revision, files=entries(store))
+
+
+def every_name(root: Path) -> Iterator[str]:
+    for folder, dirs, names in os.walk(root):
+        for name in dirs + names:
+            yield os.path.relpath(os.path.join(folder, name), root)
+
+
+def test_huggingface_hub_finds_the_export_by_branch_and_by_commit(tmp_path: Path,
+                                                                  store: dict[str, Path]) -> None:
+    cache = tmp_path / "hf"
+    snapshot = run(cache, store)
+    repo = cache / "models--acme--tiny-model"
+    assert snapshot == str(repo / "snapshots" / COMMIT)
+    assert (repo / "refs" / "main").read_bytes() == COMMIT.encode()
+
+    for revision in ("main", COMMIT):
+        found = huggingface_hub.snapshot_download(REPO, revision=revision, cache_dir=cache, local_files_only=True)
+        assert Path(found) == Path(snapshot)
+        for path, data in FILES.items():
+            assert (Path(found) / path).read_bytes() == data
+            one = huggingface_hub.hf_hub_download(REPO, path, revision=revision, cache_dir=cache,
+                                                  local_files_only=True)
+            assert Path(one).read_bytes() == data
+
+    for path, blob in store.items():
+        # The cache's blob is the store's own inode: no second copy on the disk.
+        assert os.stat(repo / "blobs" / etag(path)).st_ino == os.stat(blob).st_ino
+        # Relative links, as huggingface_hub makes them: the cache can be moved.
+        depth = path.count("/") + 2
+        assert os.readlink(repo / "snapshots" / COMMIT / path) == "../" * depth + "blobs/" + etag(path)
+    assert sorted(os.listdir(repo / "blobs")) == sorted(etag(p) for p in FILES)
+
+
+def test_a_pull_request_ref_is_nested_as_the_hub_names_it(tmp_path: Path, store: dict[str, Path]) -> None:
+    cache = tmp_path / "hf"
+    run(cache, store, revision="refs/pr/1")
+    assert (cache / "models--acme--tiny-model" / "refs" / "refs" / "pr" / "1").read_text() == COMMIT
+    found = huggingface_hub.snapshot_download(REPO, revision="refs/pr/1", cache_dir=cache, local_files_only=True)
+    assert (Path(found) / "config.json").read_bytes() == FILES["config.json"]
+    # Asked by commit: no ref at all.
+    other = tmp_path / "other"
+    run(other, store, revision=COMMIT)
+    assert not (other / "models--acme--tiny-model" / "refs").exists()
+
+
+def test_a_branch_that_moved_points_at_its_new_commit(tmp_path: Path, store: dict[str, Path]) -> None:
+    cache = tmp_path / "hf"
+    run(cache, store)
+    run(cache, store, commit=OTHER_COMMIT)
+    assert (cache / "models--acme--tiny-model" / "refs" / "main").read_text() == OTHER_COMMIT
+    found = huggingface_hub.snapshot_download(REPO, revision="main", cache_dir=cache, local_files_only=True)
+    assert Path(found).name == OTHER_COMMIT
+    # The older snapshot stays, by its commit, sharing the blobs.
+    old = huggingface_hub.snapshot_download(REPO, revision=COMMIT, cache_dir=cache, local_files_only=True)
+    assert (Path(old) / "model.safetensors").read_bytes() == FILES["model.safetensors"]
+
+
+def test_exporting_again_changes_nothing_and_repairs_what_was_changed(tmp_path: Path,
+                                                                      store: dict[str, Path]) -> None:
+    cache = tmp_path / "hf"
+    run(cache, store)
+    repo = cache / "models--acme--tiny-model"
+    before = {name: os.lstat(repo / name) for name in every_name(repo)}
+    run(cache, store)
+    after = {name: os.lstat(repo / name) for name in every_name(repo)}
+    assert after.keys() == before.keys()  # no temporary name left behind
+    assert all((after[n].st_ino, after[n].st_mtime_ns) == (before[n].st_ino, before[n].st_mtime_ns) for n in after)
+
+    # A link bent elsewhere, a truncated blob, a ref changed by hand: put right.
+    link = repo / "snapshots" / COMMIT / "config.json"
+    link.unlink()
+    link.symlink_to("../../blobs/" + "f" * 40)
+    blob = repo / "blobs" / etag("model.safetensors")
+    blob.unlink()
+    blob.write_bytes(b"half")
+    (repo / "refs" / "main").write_text(OTHER_COMMIT)
+    run(cache, store)
+    assert os.readlink(link) == "../../blobs/" + etag("config.json")
+    assert os.stat(blob).st_ino == os.stat(store["model.safetensors"]).st_ino
+    assert (repo / "refs" / "main").read_text() == COMMIT
+
+
+@pytest.mark.parametrize("path", ["../escape", "/etc/passwd", "a/../../b", "a//b", "./a", "a\\b", "", "a/\x00"])
+def test_an_unsafe_path_is_refused_before_anything_is_written(tmp_path: Path, store: dict[str, Path],
+                                                              path: str) -> None:
+    cache = tmp_path / "hf"
+    with pytest.raises(InvalidExport):
+        export(cache, repo_type="model", repo_id=REPO, commit=COMMIT, revision="main",
+               files=[*entries(store), (path, store["config.json"], etag("config.json"))])
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize("change", [
+    {"repo_id": "../up"}, {"repo_id": "acme/../x"}, {"repo_id": "acme--x/y"}, {"repo_id": "noslash"},
+    {"repo_id": "a/b/c"}, {"repo_type": "models"}, {"commit": "main"}, {"commit": COMMIT.upper()},
+    {"revision": "../../x"}, {"revision": ""}, {"revision": OTHER_COMMIT},
+])
+def test_names_of_the_wrong_form_are_refused(tmp_path: Path, store: dict[str, Path], change: dict[str, str]) -> None:
+    args = {"repo_type": "model", "repo_id": REPO, "commit": COMMIT, "revision": "main", **change}
+    with pytest.raises(InvalidExport):
+        export(tmp_path / "hf", files=entries(store), **args)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_bad_etags_twice_named_paths_and_file_folder_clashes_are_refused(tmp_path: Path,
+                                                                         store: dict[str, Path]) -> None:
+    blob = store["config.json"]
+    for files in ([("config.json", blob, "x" * 40)], [("config.json", blob, "A" * 64)],
+                  [("a", blob, etag("config.json")), ("a", blob, etag("config.json"))],
+                  [("a", blob, etag("config.json")), ("a/b", blob, etag("config.json"))]):
+        with pytest.raises(InvalidExport):
+            export(tmp_path / "hf", repo_type="model", repo_id=REPO, commit=COMMIT, revision="main", files=files)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_link_planted_in_the_cache_is_never_followed(tmp_path: Path, store: dict[str, Path]) -> None:
+    cache = tmp_path / "hf"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret"
+    secret.write_bytes(b"not yours")
+    repo = cache / "models--acme--tiny-model"
+
+    # A link where a folder belongs: refused, nothing written where it leads.
+    repo.mkdir(parents=True)
+    (repo / "blobs").symlink_to(outside)
+    with pytest.raises(UnsafeCache):
+        run(cache, store)
+    assert sorted(os.listdir(outside)) == ["secret"]
+    (repo / "blobs").unlink()
+    (repo / "snapshots" / COMMIT / "tokenizer").parent.mkdir(parents=True, exist_ok=True)
+    (repo / "snapshots" / COMMIT / "tokenizer").symlink_to(outside)
+    with pytest.raises(UnsafeCache):
+        run(cache, store)
+    assert sorted(os.listdir(outside)) == ["secret"]
+    (repo / "snapshots" / COMMIT / "tokenizer").unlink()
+
+    # A link where a blob or a ref belongs: replaced, its target untouched.
+    (repo / "blobs" / etag("config.json")).unlink()  # made by the export that stopped at the link
+    (repo / "blobs" / etag("config.json")).symlink_to(secret)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").symlink_to(secret)
+    mode = secret.stat().st_mode
+    run(cache, store)
+    assert secret.read_bytes() == b"not yours" and secret.stat().st_mode == mode
+    assert os.stat(repo / "blobs" / etag("config.json")).st_ino == os.stat(store["config.json"]).st_ino
+    assert not (repo / "refs" / "main").is_symlink() and (repo / "refs" / "main").read_text() == COMMIT
+
+
+def test_a_file_where_a_folder_belongs_stops_the_export_and_stays(tmp_path: Path, store: dict[str, Path]) -> None:
+    repo = tmp_path / "hf" / "models--acme--tiny-model"
+    repo.mkdir(parents=True)
+    (repo / "snapshots").write_bytes(b"someone's file")
+    with pytest.raises(UnsafeCache, match="not a folder"):
+        run(tmp_path / "hf", store)
+    assert (repo / "snapshots").read_bytes() == b"someone's file"
+
+
+def test_a_link_as_the_store_blob_is_refused(tmp_path: Path, store: dict[str, Path]) -> None:
+    fake = tmp_path / "fake-blob"
+    fake.symlink_to(store["config.json"])
+    with pytest.raises(InvalidExport):
+        export(tmp_path / "hf", repo_type="model", repo_id=REPO, commit=COMMIT, revision="main",
+               files=[("config.json", fake, etag("config.json"))])
+    assert not (tmp_path / "hf" / "models--acme--tiny-model" / "blobs" / etag("config.json")).exists()
+
+
+def test_without_hard_links_the_blob_is_copied_and_that_is_logged(tmp_path: Path, store: dict[str, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(hfcache, "link", no_link)
+    cache = tmp_path / "hf"
+    with caplog.at_level(logging.WARNING, logger="arw_models.store.hfcache"):
+        run(cache, store, revision="v1.0")
+    assert sum("copying it" in r.getMessage() for r in caplog.records) == len(FILES)
+    found = huggingface_hub.snapshot_download(REPO, revision="v1.0", cache_dir=cache, local_files_only=True)
+    for path, data in FILES.items():
+        assert (Path(found) / path).read_bytes() == data
+        blob = cache / "models--acme--tiny-model" / "blobs" / etag(path)
+        assert os.stat(blob).st_ino != os.stat(store[path]).st_ino
+    assert not [n for n in every_name(cache) if n.endswith(".tmp")]
+
+
+def test_datasets_and_spaces_get_their_own_folder(tmp_path: Path, store: dict[str, Path]) -> None:
+    for repo_type in ("dataset", "space"):
+        export(tmp_path / "hf", repo_type=repo_type, repo_id=REPO, commit=COMMIT, revision="main",
+               files=entries(store))
+        found = huggingface_hub.snapshot_download(REPO, repo_type=repo_type, revision="main",
+                                                  cache_dir=tmp_path / "hf", local_files_only=True)
+        assert Path(found).parent.parent.name == f"{repo_type}s--acme--tiny-model"
+
+
+def test_the_setting_is_a_path_made_absolute_and_blank_is_off(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.from_config(DEFAULTS).hf_cache is None
+    assert Settings.from_config(dict(DEFAULTS, ARW_HF_CACHE="  ")).hf_cache is None
+    monkeypatch.chdir(tmp_path)
+    found = from_env({"ARW_HF_CACHE": "hf-cache"})
+    assert Settings.from_config(dict(DEFAULTS, **found)).hf_cache == str(tmp_path / "hf-cache")
+    assert Settings.from_config(dict(DEFAULTS, **from_env({"ARW_HF_CACHE": ""}))).hf_cache is None
