@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,27 @@ def test_a_malformed_registry_reference_is_refused_at_once(service: Service) -> 
     r = post_download(client, "bad", "oci://host/UPPER")
     assert r.status_code == 400 and r.json["code"] == "invalid-url"
     assert r.json["detail"].startswith("url is not a valid registry reference")
+
+
+@needs_second_host
+def test_a_hub_model_opens_offline_with_huggingface_hub(service: Service, hub: Hub, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    hf = pytest.importorskip("huggingface_hub", reason="huggingface_hub is in the test extra")
+    commit = hub.commit(REPO, FILES)
+    cache = tmp_path / "hf-cache"
+    app, client, watch = service(ARW_HF_ENDPOINT=hub.endpoint, ARW_HF_TOKEN=TOKEN, ARW_HF_CACHE=str(cache))
+    assert post_download(client, "tiny", f"hf://{REPO}").status_code == 202
+    done = watch.terminal("tiny")
+    assert done["status"] == "complete" and done["hf_cache"].endswith(commit), done
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for revision in ("main", commit):
+        folder = hf.snapshot_download(REPO, revision=revision, cache_dir=str(cache), local_files_only=True)
+        for path, data in FILES.items():
+            assert read(os.path.join(folder, path)) == data, (revision, path)
+    # The cache holds no second copy: its blob is the model's file.
+    ours = os.path.join(folder_of(app, "tiny"), "model-00001-of-00002.safetensors")
+    theirs = os.path.join(folder, "model-00001-of-00002.safetensors")
+    assert os.stat(ours).st_ino == os.stat(os.path.realpath(theirs)).st_ino
+    # A request may say no.
+    assert post_download(client, "again", f"hf://{REPO}", hf_cache=False, force=True).status_code == 202
+    assert "hf_cache" not in watch.terminal("again")

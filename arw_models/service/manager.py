@@ -285,7 +285,8 @@ class DownloadManager:
                                   checkpoint=lambda point: self.checkpoint(point, job))
             self.checkpoint("verified", job)
             with self._lock:
-                done = job.finish(lambda: model_install.install(self.state, self.registry, job, download))
+                done = job.finish(lambda: model_install.install(self.state, self.registry, job, download,
+                                                                model_install.hf_cache_dir(self.settings, job.hf_cache)))
             if done is None:
                 raise JobStopped()
             self.checkpoint("installed", job)

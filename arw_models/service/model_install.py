@@ -13,12 +13,16 @@ keeps the blobs and resumes to this same install.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from typing import Any
 
+from ..config import Settings
+from ..engine import hub
 from ..engine.model import ModelDownload
 from ..errors import TransferError
 from ..redact import redact_url
-from ..store import folders, gc
+from ..store import folders, gc, hfcache
 from ..store.blobs import Blobs
 from ..store.manifests import VERSION, Manifests
 from ..store.names import free_name
@@ -27,9 +31,14 @@ from ..store.staging import Staging
 from ..store.storage import StateDir, utcnow
 from .models import ModelJob
 
+log = logging.getLogger(__name__)
 
-def install(state: StateDir, registry: Registry, job: ModelJob, download: ModelDownload) -> dict[str, Any]:
-    """Builds the model's folder and records it; returns the ``complete`` event's fields."""
+
+def install(state: StateDir, registry: Registry, job: ModelJob, download: ModelDownload,
+            hf_cache: str | None = None) -> dict[str, Any]:
+    """Builds the model's folder and records it; returns the ``complete`` event's
+    fields. ``hf_cache``: a Hugging Face cache folder the model of a hub repository is
+    also put in (hard-linked), so that huggingface_hub opens it offline."""
     blobs, manifests = Blobs(state), Manifests(state)
     fileset = download.fileset
     old = registry.get(job.id)
@@ -74,8 +83,42 @@ def install(state: StateDir, registry: Registry, job: ModelJob, download: ModelD
     if old is not None:
         gc.collect(blobs, manifests, _digests(old))
     job.file = name
-    return {"file": name, "provider": job.provider, "sha256": None, "bytes": total, "path": path,
+    done = {"file": name, "provider": job.provider, "sha256": None, "bytes": total, "path": path,
             "revision": fileset.revision, "files": entry["files"]}
+    if hf_cache is not None and hub.names_many(job.url):
+        snapshot = export_to_hf_cache(hf_cache, blobs, job, fileset.revision, listed)
+        if snapshot is not None:
+            done["hf_cache"] = snapshot
+    return done
+
+
+def hf_cache_dir(settings: Settings, asked: bool | None) -> str | None:
+    """Where a hub model is also put for huggingface_hub: ``ARW_HF_CACHE``, unless the
+    request said no; a request that asks with no folder set gets huggingface_hub's
+    own (``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
+    if asked is False or (asked is None and settings.hf_cache is None):
+        return None
+    if settings.hf_cache is not None:
+        return settings.hf_cache
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub")
+
+
+def export_to_hf_cache(cache: str, blobs: Blobs, job: ModelJob, commit: str,
+                       listed: list[dict[str, Any]]) -> str | None:
+    """The hub model's files, also in the Hugging Face cache at ``cache``; the
+    snapshot folder, or None when the export failed (the model is installed all the
+    same: the cache is a second way in, and the failure is logged)."""
+    ref = hub.parse_repo(job.url)
+    kind = {"datasets": "dataset", "spaces": "space"}.get(ref.kind or "", "model")
+    # huggingface_hub names a blob by its etag: an LFS file's SHA-256, a small file's git blob id.
+    files = [(f["path"], blobs.path(f["sha256"]), f.get("git_oid") or f["sha256"]) for f in listed]
+    try:
+        return hfcache.export(cache, repo_type=kind, repo_id=ref.repo_id, commit=commit, revision=ref.revision,
+                              files=files)
+    except (OSError, hfcache.InvalidExport, hfcache.UnsafeCache) as exc:
+        log.warning("download %s: installed, but not put in the Hugging Face cache %s: %s", job.id, cache, exc)
+        return None
 
 
 def _digests(entry: dict[str, Any]) -> list[str | None]:
