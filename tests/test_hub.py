@@ -235,7 +235,7 @@ def test_the_token_is_shown_and_kept_nowhere(service: Service, hub: Hub, caplog:
 
 
 @pytest.mark.parametrize("url", [
-    "hf://acme/model",  # no path in the repository
+    "hf://acme/model@",  # a whole repository, with an empty revision
     "hf://acme/model/",  # an empty path
     "hf://acme",
     "hf://",
@@ -250,7 +250,7 @@ def test_the_token_is_shown_and_kept_nowhere(service: Service, hub: Hub, caplog:
     "hf://acme/model/x.gguf@refs/../main",
     "hf://acme/model@/x.gguf",  # huggingface_hub's form, with an empty revision
     "hf://acme/model@../x.gguf",
-    "hf://acme/model@v1",  # and no path
+    "hf://acme/model@%2e%2E",  # a whole repository at a ".." revision
     "hf://-acme/model/x.gguf",  # owners and repositories start with a letter or digit
     "hf://acme/.model/x.gguf",
     "hf://ac$me/model/x.gguf",
