@@ -9,6 +9,7 @@ service's, both measured in the same run, the order alternating by round.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,7 +94,10 @@ def many_files(work: str, nginx: str, files: int, size: int, rate_mb: int, runs:
 
 
 def _hf_version(hf: str) -> str:
+    """huggingface_hub's version, as ``hf version`` prints it (without its colours)."""
     try:
-        return subprocess.run([hf, "version"], check=False, capture_output=True, text=True, timeout=30).stdout.strip()
+        said = subprocess.run([hf, "version"], check=False, capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
-        return "?"
+        return "huggingface_hub ?"
+    found = re.search(r"version:\s*(\S+)", re.sub(r"\x1b\[[0-9;]*m", "", said))
+    return f"huggingface_hub {found.group(1) if found else '?'}"
