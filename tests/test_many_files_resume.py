@@ -4,14 +4,14 @@ the same state directory, a cancel, the files-at-once limit, the disk budget."""
 from __future__ import annotations
 
 import os
-import threading
+import queue
 from typing import Any
 
 from arw_models import ArwModels
 
 from .support.app import Service, Watch, post_download
 from .support.models import LocalModels
-from .support.origin import Origin, payload
+from .support.origin import Origin, Resource, payload
 
 KiB = 1024
 REV = "0" * 40
@@ -98,19 +98,18 @@ def test_no_more_files_at_once_than_the_setting(service: Service, origin: Origin
     models = attach(app, client, origin)
     files = {f"s{i}.bin": payload(64 * KiB, 20 + i) for i in range(5)}
     ref = models.add("n", files)
-    resources = {p: origin.add(f"/n/{REV}/{p}", d, stall_after=16 * KiB) for p, d in files.items()}
+    stalls: queue.SimpleQueue[Resource] = queue.SimpleQueue()
+    resources = {p: origin.add(f"/n/{REV}/{p}", d, stall_after=16 * KiB, on_stall=stalls) for p, d in files.items()}
     assert post_download(client, "n", ref).status_code == 202
     released: set[str] = set()
     for _ in range(len(files)):
-        # Wait for the files in flight; never more than two have a request at once.
-        stalled = [p for p, r in resources.items() if r.stalled.wait(0) and p not in released]
-        while not stalled:
-            threading.Event().wait(0.005)
-            stalled = [p for p, r in resources.items() if r.stalled.is_set() and p not in released]
-        asked = {s.path.rsplit("/", 1)[-1] for path in files for s in origin.requests_for(f"/n/{REV}/{path}")}
+        # The next file in flight stalls; never more than two have a request at once.
+        stalled = stalls.get(timeout=10)
+        path = next(p for p, r in resources.items() if r is stalled)
+        asked = {s.path.rsplit("/", 1)[-1] for p in files for s in origin.requests_for(f"/n/{REV}/{p}")}
         assert len(asked - released) <= 2, (asked, released)
-        resources[stalled[0]].release.set()
-        released.add(stalled[0])
+        stalled.release.set()
+        released.add(path)
     assert watch.terminal("n")["status"] == "complete"
 
 

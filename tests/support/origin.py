@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import queue
 import random
 import re
 import socket
@@ -56,6 +57,9 @@ class Resource:
     headers: dict[str, str] = field(default_factory=dict)  # more headers on every 200 and 206
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    # Told the resource each time a stall begins: one queue shared by several resources
+    # lets a test wait for whichever stalls next.
+    on_stall: queue.SimpleQueue[Resource] | None = None
 
     def __post_init__(self) -> None:
         if self.etag is None:
@@ -199,6 +203,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if stall_at is not None and sent == stall_at:
                 self.wfile.flush()
                 res.stalled.set()
+                if res.on_stall is not None:
+                    res.on_stall.put(res)
                 while not (res.release.is_set() or origin.closing.is_set()):
                     res.release.wait(0.05)
                 return
