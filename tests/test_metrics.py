@@ -14,6 +14,7 @@ from arw_models.service.metrics import ERROR_CODES, Metrics
 
 from .support.app import Service, Watch, post_download
 from .support.helpers import cancel
+from .support.models import LocalModels
 from .support.origin import Origin, payload
 
 
@@ -206,3 +207,48 @@ def test_a_duration_runs_from_the_request_to_the_end() -> None:
     assert value(samples, "arw_download_duration_seconds_sum", outcome="complete") == 42.0
     assert value(samples, "arw_download_duration_seconds_bucket", outcome="complete", le="30.0") == 0
     assert value(samples, "arw_download_duration_seconds_bucket", outcome="complete", le="60.0") == 1
+
+
+def test_a_model_of_many_files_counts_once_and_its_fetched_bytes_once(service: Service, origin: Origin) -> None:
+    # One file at a time, in the listing's order: a.bin is done before b.bin begins.
+    app, client, watch = service(ARW_DL_SEGMENTS=1, ARW_DL_DIRECT_IO="off", ARW_DL_FILES_AT_ONCE=1)
+    client.get("/healthz")  # the service starts
+    models = LocalModels(origin)
+    ArwModels.state(app).manager.references = models
+    shared = payload(100_000, seed=21)
+    first = models.add("first", {"shared.bin": shared})
+    post_download(client, "first", first)
+    observed(app, "first", "complete")
+    before = scrape(client)
+
+    # Two files fetched, one the store holds already (not fetched), one inline (no transfer).
+    files = {"a.bin": payload(300_000, seed=22), "b.bin": payload(200_000, seed=23), "shared.bin": shared}
+    held = {"b.bin": 50_000}
+    ref = models.add("many", files, inline={"README.md": b"# many\n"})
+    stalled = origin.add(f"/many/{'0' * 40}/b.bin", files["b.bin"], stall_after=held["b.bin"])
+    post_download(client, "many", ref)
+    assert stalled.stalled.wait(10)
+    watch.until(lambda e: e.payload.get("id") == "many" and any(
+        f["path"] == "b.bin" and f["downloaded"] == held["b.bin"] for f in e.payload.get("files") or ()))
+    during = scrape(client)
+    # The staged file's .part is partial bytes; the model is not installed yet.
+    assert value(during, "arw_partial_bytes") == held["b.bin"]
+    assert value(during, "arw_models_installed") == 1
+    stalled.release.set()
+    assert watch.terminal("many")["status"] == "complete"
+    observed(app, "many", "complete")
+    after = scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)  # type: ignore[operator]
+
+    assert moved("arw_downloads_started_total") == 1
+    assert moved("arw_downloads_completed_total") == 1
+    assert moved("arw_download_duration_seconds_count", outcome="complete") == 1
+    # What the files fetched, not the file the store held; the inline file's few bytes
+    # (the listing carried them) are in the model's total, which the complete event gives.
+    assert moved("arw_download_received_bytes_total") == 300_000 + 200_000 + len(b"# many\n")
+    # The folder is an installed model; each blob once, shared.bin with the first model.
+    assert value(after, "arw_models_installed") == 2
+    assert value(after, "arw_models_installed_bytes") == 100_000 + 300_000 + 200_000 + len(b"# many\n")
+    assert value(after, "arw_partial_bytes") == 0

@@ -2,17 +2,24 @@
 installed model with ``files`` is one row whose toggle opens a row of its files
 (size, progress, state), updated in place by events; a single-file row is as it
 was. The page is served by a stand-in of the API answering with the agreed
-many-file shapes (tests/support/standin.py): a test of the page."""
+many-file shapes (tests/support/standin.py): a test of the page; and once by the
+real app with a real job of a hub repository (the hub stand-in): the page and the
+service agree."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
+from .support.app import LiveServer
 from .support.browser import chromium
+from .support.hub import Hub, needs_second_host
+from .support.origin import payload
 from .support.standin import StandIn, standin
 
 KiB = 1024
@@ -128,3 +135,62 @@ def test_a_many_file_job_and_model_open_to_their_files(service: StandIn, browser
     service.push({"id": "repo"}, kind="Models.Changed")
     page.wait_for_function("() => !document.querySelector('#models tr[data-id=\"repo\"]')")
     assert page.locator('#models > tbody > tr').count() == 1
+
+
+@needs_second_host
+def test_a_real_hub_job_shows_its_files_from_the_first_event_to_the_installed_model(
+        make_app: Callable[..., Any], browser: Any) -> None:
+    token = "hf_WeBToKeN0123456789abcdefghijXYZ"
+    hub = Hub(token=token)
+    try:
+        files = {"config.json": b'{"model_type": "tiny"}\n', "small.safetensors": payload(64 * KiB, seed=61),
+                 "big.safetensors": payload(512 * KiB, seed=62)}
+        hub.commit("acme-ai/Web-Coder", files)
+        big = hashlib.sha256(files["big.safetensors"]).hexdigest()
+        # The big file stops a quarter in until the test lets it go on (the service retries from there).
+        held = hub.cdn.add(f"/repos/{big[:2]}/{big[2:4]}/{big}", files["big.safetensors"], stall_after=128 * KiB)
+        live = LiveServer(make_app(ARW_HF_ENDPOINT=hub.endpoint, ARW_HF_TOKEN=token))
+        try:
+            answer = requests.post(live.url + "/models/download",
+                                   json={"id": "tiny", "url": "hf://acme-ai/Web-Coder"}, timeout=5)
+            assert answer.status_code == 202, answer.text
+            assert held.stalled.wait(10)
+            page = browser.new_page()
+            page.goto(live.url + "/")
+            page.wait_for_selector('#conn[data-state="live"]')
+            toggle = page.locator('#downloads tr[data-id="tiny"] button.files-toggle')
+            page.wait_for_function("""() => {
+                const t = document.querySelector('#downloads tr[data-id="tiny"] button.files-toggle');
+                return t && t.textContent === "2/3 files";
+            }""")
+            toggle.click()
+            # Every byte before the stall read by the service, and shown.
+            page.wait_for_function("""() => {
+                const r = document.querySelector('#downloads tr.files-row tr[data-path="big.safetensors"]');
+                return r && r.querySelector("progress").value === 25;
+            }""")
+            rows = {r["path"]: r for r in file_rows(page, "downloads", "tiny")}
+            assert rows["big.safetensors"]["status"] == "downloading"
+            assert rows["big.safetensors"]["cells"][3] == "128.0 KiB / 512.0 KiB"
+            assert [rows[p]["status"] for p in ("config.json", "small.safetensors")] == ["complete", "complete"]
+
+            held.release.set()
+            page.wait_for_selector('#downloads tr[data-id="tiny"][data-status="complete"]')
+            # The last event says how each file ended: none is left "downloading" or "verifying".
+            assert toggle.inner_text() == "3/3 files"
+            assert {r["path"]: (r["status"], r["bar"]) for r in file_rows(page, "downloads", "tiny")} == {
+                p: ("complete", 100) for p in files}
+
+            # The installed model: its row opens to each file with its size and digest.
+            model_toggle = page.locator('#models tr[data-id="tiny"] button.files-toggle')
+            model_toggle.wait_for()
+            assert model_toggle.inner_text() == "3 files"
+            model_toggle.click()
+            shown = {r["path"]: r["cells"][1:] for r in file_rows(page, "models", "tiny")}
+            assert shown["big.safetensors"] == ["512.0 KiB", big[:12] + "…"]
+            assert shown["small.safetensors"][0] == "64.0 KiB"
+        finally:
+            held.release.set()
+            live.close()
+    finally:
+        hub.close()

@@ -28,7 +28,8 @@ when an attempt failed, before the retry is decided), the ``clock``, and
 and resolves them: :mod:`arw_models.engine.references`, or a resolver of the same
 three functions, ``names_many``, ``resolve`` and ``authorizer``). A model of many
 files is a :class:`~.models.ModelJob` in the same table; its run, listings and ends
-are :mod:`.models`'s, its install :mod:`.model_install`'s.
+are :mod:`.models`'s, its install :mod:`.model_install`'s. One attempt of either
+kind, in its slot's thread, is :mod:`.attempts`'s.
 """
 
 from __future__ import annotations
@@ -44,17 +45,16 @@ from typing import Any
 from .._version import __version__
 from ..config import Settings
 from ..engine import Download, references
-from ..engine.fetch import QUICK_CODES, QUICK_RETRIES
 from ..engine.fileset import Selection
 from ..engine.http import new_session
 from ..engine.ratelimit import shares
 from ..engine.references import provider_of
-from ..errors import ArwError, Conflict, JobStopped, NotFound, TransferError
+from ..errors import ArwError, Conflict, NotFound
 from ..store import sidecar as sidecars
 from ..store import storage
 from ..store.registry import Registry
 from ..store.storage import StateDir, utcnow
-from . import budget, endings, install, model_install, models, recovery
+from . import attempts, budget, endings, model_install, models, recovery
 from .dedup import Adopter
 from .events import EventHub
 from .jobs import DownloadJob, Status
@@ -234,103 +234,19 @@ class DownloadManager:
     def dry_run(self, model_id: str, url: str, selection: Selection, headers: dict[str, str]) -> dict[str, Any]:
         """What a download of the model at ``url`` would fetch; nothing starts."""
         return models.dry_run(self.state, self.settings, self.references, model_id, url, selection, headers,
-                              self._session)
+                              self.session)
 
-    def _session(self) -> Any:
+    def session(self) -> Any:
+        """A new HTTP session for the origins, as every transfer opens one."""
         return new_session(f"arw-models/{__version__}")
 
     # -- one attempt ------------------------------------------------------------------------
 
     def _run(self, job: DownloadJob) -> None:
-        """In a slot's thread, holding no lock: one attempt of the job."""
-        previous = job.after
-        if previous is not None:
-            previous.done.wait()  # the job this one takes over has let go of the .part
-            job.after = None
-        if isinstance(job, models.ModelJob):
-            self._run_model(job)
-            return
-        try:
-            # Inside the try: a job whose transfer cannot even be set up must still end.
-            download = self._downloads.get(job)
-            if download is None:
-                download = self._downloads[job] = Download(
-                    job, self.settings, self.state, session=lambda: new_session(f"arw-models/{__version__}"),
-                    opener=self.open_part, budget=self.check_budget,
-                    checkpoint=lambda point: self.checkpoint(point, job),
-                    adopt=None if job.force else lambda digest: self.adopter.adopt(job, digest))
-            self._install(job, download.attempt())
-        except JobStopped:
-            endings.stopped(self.state, job)
-        except TransferError as err:
-            self.checkpoint("failed", job)
-            if err.retryable and self._retry_later(job, download, err):
-                return  # not ended: its timer will queue it again
-            if job.stop_event.is_set():
-                endings.stopped(self.state, job)  # the failure is the stop's doing
-            else:
-                endings.failed(self.state, job, err)
-        except Exception as exc:  # a bug must still end the job, visibly
-            log.exception("download %s failed unexpectedly", job.id)
-            # Only the class: the text of an unexpected error may quote a url with its credentials.
-            endings.failed(self.state, job, TransferError(
-                "internal-error", f"the service failed ({exc.__class__.__name__}); its log has the details"))
-        self._ended(job)
-
-    def _run_model(self, job: models.ModelJob) -> None:
-        """In a slot's thread: the whole model, its files' retries its own."""
-        try:
-            download = models.run(job, self.settings, self.state, self.references, session=self._session,
-                                  opener=self.open_part, lock=self._lock, budget=self.check_budget,
-                                  checkpoint=lambda point: self.checkpoint(point, job))
-            self.checkpoint("verified", job)
-            with self._lock:
-                done = job.finish(lambda: model_install.install(self.state, self.registry, job, download,
-                                                                model_install.hf_cache_dir(self.settings, job.hf_cache)))
-            if done is None:
-                raise JobStopped()
-            self.checkpoint("installed", job)
-        except JobStopped:
-            models.stopped(self.state, job)
-        except TransferError as err:
-            self.checkpoint("failed", job)
-            if job.stop_event.is_set():
-                models.stopped(self.state, job)
-            else:
-                models.failed(self.state, job, err)
-        except Exception as exc:  # a bug must still end the job, visibly
-            log.exception("download %s failed unexpectedly", job.id)
-            models.failed(self.state, job, TransferError(
-                "internal-error", f"the service failed ({exc.__class__.__name__}); its log has the details"))
-        self._ended(job)
-
-    def _retry_later(self, job: DownloadJob, download: Download, err: TransferError) -> bool:
-        delay = download.retry_delay(err)
-        if delay is None or (err.code in QUICK_CODES and download.failures > QUICK_RETRIES):
-            return False
-        endings.note_ranges(self.state, job)  # before the timer: the next attempt writes the sidecar
-        with self._lock:
-            moved = job.transition(Status.RETRYING, unless_stopped=True, deferred=True, attempt=download.failures,
-                                   delay_ms=int(delay * 1000), code=err.code, error=err.message,
-                                   downloaded=job.downloaded)
-            if moved is None:
-                return False
-            job.last_error = {"code": err.code, "error": err.message}
-            job.retries += 1
-            self.slots.wait(job, delay)
-        log.info("download %s: %s; retry %d in %.2fs", job.id, err.message, download.failures, delay)
-        job.tell()
-        return True
-
-    def _install(self, job: DownloadJob, result: Any) -> None:
-        """Moves a verified ``.part`` to its final name and records the model; a
-        cancel either lands before the rename (and wins) or finds the job complete."""
-        self.checkpoint("verified", job)
-        with self._lock:
-            done = job.finish(lambda: install.install(self.state, self.registry, job, result))
-        if done is None:
-            raise JobStopped()
-        self.checkpoint("installed", job)
+        """In a slot's thread, holding no lock: one attempt of the job
+        (:func:`.attempts.run`); it ends here unless a retry was timed."""
+        if attempts.run(self, job):
+            self._ended(job)
 
     def _ended(self, job: DownloadJob) -> None:
         """Marks the job done and forgets the oldest finished jobs beyond ``jobs_keep``,

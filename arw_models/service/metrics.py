@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from ..errors import EVENT_ERROR_CODES
 from ..store.blobs import Blobs
 from ..store.registry import Registry
+from ..store.staging import Staging, staged_ids
 from ..store.storage import PART_SUFFIX, StateDir, disk_free
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
@@ -173,7 +174,8 @@ def store_usage(state: StateDir, registry: Registry) -> dict[str, int]:
     directory's file system), ``models`` (the blobs, each once however many
     models name it, and the model files that are no link of one: copies where the
     file system makes no link, files an older version left unstored), ``installed`` (how many models have
-    their file), ``partial`` (the ``.part`` files)."""
+    their file, or their folder for a model of many files), ``partial`` (the ``.part`` files, those in
+    the staging folders of models of many files too)."""
     seen: set[tuple[int, int]] = set()
     models = installed = partial = 0
     blobs = Blobs(state)
@@ -187,25 +189,48 @@ def store_usage(state: StateDir, registry: Registry) -> dict[str, int]:
             st = os.lstat(state.model_path(str(entry.get("file") or "")))
         except (OSError, ValueError):
             continue  # missing, or a name that is not ours: not installed
+        if stat.S_ISDIR(st.st_mode):  # a model of many files: its folder's files are links of blobs
+            installed += 1
+            for file_st in _files_under(state.model_path(str(entry["file"]))):
+                if (file_st.st_dev, file_st.st_ino) not in seen:  # a copy, where no link could be made
+                    seen.add((file_st.st_dev, file_st.st_ino))
+                    models += file_st.st_size
+            continue
         if not stat.S_ISREG(st.st_mode):
             continue
         installed += 1
         if (st.st_dev, st.st_ino) not in seen:
             seen.add((st.st_dev, st.st_ino))
             models += st.st_size
-    try:
-        names = os.listdir(state.models_dir)
-    except FileNotFoundError:
-        names = []
-    for name in names:
-        if name.endswith(PART_SUFFIX):
+    # The .part files of single downloads, and those of the files of models being
+    # fetched in their staging folders.
+    folders = [state.models_dir, *(Staging(state, model_id).dir for model_id in staged_ids(state))]
+    for folder in folders:
+        for st in _files_under(folder, recurse=False):
+            partial += st.st_size if st.name.endswith(PART_SUFFIX) else 0
+    return {"free": disk_free(state.root), "models": models, "installed": installed, "partial": partial}
+
+
+@dataclass
+class _File:
+    name: str
+    st_size: int
+    st_dev: int
+    st_ino: int
+
+
+def _files_under(top: str, recurse: bool = True) -> Iterator[_File]:
+    """The regular files under ``top`` (never through a link), as lstat sees them."""
+    for folder, dirs, names in os.walk(top):
+        if not recurse:
+            dirs.clear()
+        for name in names:
             try:
-                st = os.lstat(os.path.join(state.models_dir, name))
+                st = os.lstat(os.path.join(folder, name))
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                partial += st.st_size
-    return {"free": disk_free(state.root), "models": models, "installed": installed, "partial": partial}
+                yield _File(name, st.st_size, st.st_dev, st.st_ino)
 
 
 class _Snapshot(Collector):

@@ -83,8 +83,14 @@ def install(state: StateDir, registry: Registry, job: ModelJob, download: ModelD
     if old is not None:
         gc.collect(blobs, manifests, _digests(old))
     job.file = name
+    # The event's files in the shape every event of the job gives them (a client
+    # merges them by path over what it saw last: without a status, a file would stay
+    # "verifying" there), and what the entry says of each.
+    stored = {p for p, d in download.done.items() if d.stored}
     done = {"file": name, "provider": job.provider, "sha256": None, "bytes": total, "path": path,
-            "revision": fileset.revision, "files": entry["files"]}
+            "revision": fileset.revision,
+            "files": [{"path": f["path"], "downloaded": f["bytes"], "total": f["bytes"],
+                       "status": "stored" if f["path"] in stored else "complete", **f} for f in entry["files"]]}
     if hf_cache is not None and hub.names_many(job.url):
         snapshot = export_to_hf_cache(hf_cache, blobs, job, fileset.revision, listed)
         if snapshot is not None:

@@ -163,7 +163,7 @@ def stopped(state: StateDir, job: ModelJob) -> None:
                 staging.write_plan(plan)
             except OSError as exc:
                 log.warning("download %s: paused, but its plan cannot say so: %s", job.id, exc.strerror or exc)
-        job.transition(Status.PAUSED, downloaded=job.downloaded)
+        job.transition(Status.PAUSED, downloaded=job.downloaded, **last_files(job))
         return
     discarded = job.downloaded
     staging.remove()  # blobs its plan named go at the next collection, unless a model names them
@@ -174,7 +174,15 @@ def stopped(state: StateDir, job: ModelJob) -> None:
 
 def failed(state: StateDir, job: ModelJob, err: TransferError) -> None:
     """The staging folder stays (the files done are not fetched again by a resume)."""
-    job.transition(Status.ERROR, code=err.code, error=err.message, downloaded=job.downloaded, **err.context)
+    job.transition(Status.ERROR, code=err.code, error=err.message, downloaded=job.downloaded, **last_files(job),
+                   **err.context)
+
+
+def last_files(job: ModelJob) -> dict[str, Any]:
+    """The files as the job's last event leaves them: a client that follows the
+    events (the CLI, the web page) shows each file's end, a ``failed`` one too,
+    without asking for the snapshot."""
+    return {"revision": job.revision, "files": job.files_json()} if job.files else {}
 
 
 def dry_run(state: StateDir, settings: Settings, references: Any, model_id: str, url: str, selection: Selection,
