@@ -229,9 +229,10 @@ class Bench:
                 os.unlink(os.path.join(self.out_dir, leftover))
 
     def compare(self, label: str, clients: list[str], url_of: Callable[[str], str], size: int,
-                runs: int) -> dict[str, list[Run]]:
-        """``runs`` rounds; in each, every client once, the order rotating by one."""
-        name = label.split()[0] + ".bin"
+                runs: int, name: str = "") -> dict[str, list[Run]]:
+        """``runs`` rounds; in each, every client once, the order rotating by one, on a
+        file ``name`` (default: the label's first word) written for them."""
+        name = name or label.split()[0] + ".bin"
         path = os.path.join(self.root, name)
         say(f"{label}: writing {size // MiB} MiB")
         sha256 = write_file(path, size)
@@ -284,8 +285,8 @@ class Bench:
         self.second = ("bench-2", self.origins.fast_url("second.bin"), size,  # type: ignore[union-attr]
                        write_file(path, size))
         try:
-            results = self.compare("two-at-once", [ALONE, TWO], self.origins.fast_url,  # type: ignore[union-attr]
-                                   size, self.args.runs)
+            results = self.compare("two downloads at once", [ALONE, TWO],
+                                   self.origins.fast_url, size, self.args.runs, "first.bin")  # type: ignore[union-attr]
         finally:
             os.unlink(path)
         self.report["concurrent"] = {"size": size, "summary": summarize(results, size),
@@ -297,8 +298,8 @@ class Bench:
             size = self.fit(want, f"memory, {want} MiB file")
             if not size:
                 continue
-            results = self.compare(f"memory-{key} file", [SERVICE, CURL], self.origins.fast_url,  # type: ignore[union-attr]
-                                   size, 1)
+            results = self.compare(f"memory, {size // MiB} MiB file", [SERVICE, CURL],
+                                   self.origins.fast_url, size, 1, f"memory-{key}.bin")  # type: ignore[union-attr]
             parts[key] = {"size": size, "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()},
                           "summary": summarize(results, size)}
         if parts:
