@@ -23,6 +23,10 @@ $(VENV)/.installed-fuzz: $(VENV)/.installed-test
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,fuzz]'
 	touch $@
 
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
 $(VENV)/.installed-docs: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[docs]'
 	touch $@
@@ -47,13 +51,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check arw_models tests tools
 	$(BIN)/lint-imports
 
-bench: $(VENV)/.installed-test
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 
 mutation: $(VENV)/.installed-test
 	$(BIN)/python -m tools.mutation $(MUTATION_ARGS)
 
-bench-quick: $(VENV)/.installed-test
+bench-quick: $(VENV)/.installed-bench
 	$(BIN)/python -m tools.bench --quick $(BENCH_ARGS)
 
 fuzz: $(VENV)/.installed-fuzz

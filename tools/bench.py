@@ -1,5 +1,6 @@
 """``make bench``: arw-models against the download tools its users would compare it
-with, on the same files from the same origins, in one run.
+with, on the same files from the same origins, in one run, and against the speed
+targets the project set itself (:mod:`tools.bench_targets`).
 
 Every figure is a ratio to a reference measured in the same run (curl, mostly), so
 that numbers from two machines can be compared. The runs of the tools being
@@ -9,17 +10,23 @@ seconds, because the cost of writing depends on what was written just before.
 
 * fast origin (nginx with ``sendfile``; a Python ``sendfile`` origin without nginx):
   the service (a real gunicorn, ``POST`` with ``sha256``, until the ``complete``
-  event reaches a subscriber), ``curl -o``, ``curl -o && sha256sum`` and
-  ``aria2c -x8 -s8``: throughput, CPU seconds per GiB, peak RSS;
+  event reaches a subscriber), ``curl -o /dev/null``, ``curl -o``, ``curl -o &&
+  sha256sum``, ``aria2c -x8 -s8 -k1M`` and one core's SHA-256 over a buffer in
+  memory: throughput, CPU seconds per GiB, peak RSS;
 * throttled origin (a rate limit per connection, ``limit_rate`` in nginx): the
-  service against one curl connection and against aria2c's eight;
+  service against one curl connection and against aria2c, and the service again on
+  an origin where one of its connections runs at a tenth of the rate;
+* two downloads at once on the fast origin, against one alone;
 * memory: peak RSS of the service's worker (``VmHWM``, a fresh gunicorn per run) at
-  the default size and at a four times larger file, against curl's;
+  1 GiB and at a four times larger file, against curl's;
 * latency, from :mod:`tools.bench_latency`: bytes to progress event, cancel to
-  ``canceled`` event, each against a ``/healthz`` round trip.
+  ``canceled`` event, each against a ``/healthz`` round trip;
+* many files, from :mod:`tools.bench_many`: a hub repository, against ``hf download``.
 
-The benchmark asserts nothing on time; it measures, prints RST tables and writes
-every run to ``--json`` (default ``bench-report.json`` at the top of the repository).
+The benchmark asserts nothing on time; it measures, prints RST tables (the last one:
+each target, its figure and whether it is met), writes every run to ``--json``
+(default ``bench-report.json`` at the top of the repository) and draws the
+throughput over time of the throttled and fast cases into ``--png``.
 ``--quick`` runs it small, once, as a smoke check.
 """
 
@@ -27,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -37,27 +43,37 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from statistics import median
 from typing import Any
 
 import pytest
 
 from tests.support import debian
-from tests.support.nginx import Nginx
 from tests.support.servers import ROOT
 
-from . import bench_latency, bench_many, bench_run
-from .bench_origin import PyOrigin
+from . import bench_latency, bench_many, bench_run, bench_targets, bench_trace
+from .bench_origin import Origins, PyOrigin, write_file
 from .bench_run import BenchError, Run, Service
-from .bench_table import ARIA2, CURL, CURL_SHA, SERVICE, tables
+from .bench_table import (
+    ALONE,
+    ARIA2,
+    CURL,
+    CURL_NULL,
+    CURL_SHA,
+    SERVICE,
+    SERVICE_SLOW,
+    SHA_BOUND,
+    TWO,
+    summarize,
+    tables,
+)
 
 MiB = 1024 * 1024
-GiB = 1024 * MiB
-FULL = {"size_mb": 1024, "throttled_mb": 512, "big_mb": 4096, "runs": 3, "idle": 3.0, "cancels": 20,
-        "latency_secs": 10.0, "many_files": 8, "many_mb": 128}
-QUICK = {"size_mb": 64, "throttled_mb": 64, "big_mb": 256, "runs": 1, "idle": 1.0, "cancels": 5,
-         "latency_secs": 3.0, "many_files": 4, "many_mb": 16}
-PARTS = ("fast", "throttled", "memory", "latency", "many")
+FULL = {"size_mb": 512, "throttled_mb": 192, "mem_mb": 1024, "big_mb": 4096, "runs": 3, "idle": 3.0,
+        "cancels": 20, "latency_secs": 10.0, "many_files": 8, "many_mb": 128,
+        "png": str(ROOT / "docs" / "images" / "bench-throughput.png")}
+QUICK = {"size_mb": 64, "throttled_mb": 64, "mem_mb": 64, "big_mb": 256, "runs": 1, "idle": 1.0, "cancels": 5,
+         "latency_secs": 3.0, "many_files": 4, "many_mb": 16, "png": str(ROOT / "bench-throughput.png")}
+PARTS = ("fast", "throttled", "concurrent", "memory", "latency", "many")
 LATENCY_RATE = 4 * MiB  # per connection: far below what any client takes in, so bytes arrive as sent
 MARGIN = 256 * MiB  # free space left over beyond the files and the service's own reserve
 
@@ -65,8 +81,10 @@ MARGIN = 256 * MiB  # free space left over beyond the files and the service's ow
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small files, one round: a smoke check")
-    parser.add_argument("--size-mb", type=int, help="file from the fast origin (1024; quick 64)")
-    parser.add_argument("--throttled-mb", type=int, help="file from the throttled origin (512; quick 64)")
+    parser.add_argument("--size-mb", type=int,
+                        help="file from the fast origin, and each of the two at once (512; quick 64)")
+    parser.add_argument("--throttled-mb", type=int, help="file from the throttled origin (192; quick 64)")
+    parser.add_argument("--mem-mb", type=int, help="the smaller file of the memory figure (1024; quick 64)")
     parser.add_argument("--big-mb", type=int, help="the larger file of the memory figure (4096; quick 256)")
     parser.add_argument("--runs", type=int, help="rounds of each comparison (3; quick 1)")
     parser.add_argument("--idle", type=float, help="seconds idle before each measured run (3; quick 1)")
@@ -77,10 +95,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"which parts to run, comma separated (all: {','.join(PARTS)})")
     parser.add_argument("--rate-mb", type=int, default=30, help="throttle per connection, MiB/s (30)")
+    parser.add_argument("--slow-nth", type=int, default=2,
+                        help="which connection of a run (from 1) the one-slow-connection origin slows (2)")
     parser.add_argument("--origin", choices=("nginx", "python"), default="nginx",
                         help="nginx (the Python origin when nginx cannot be had), or the Python origin")
     parser.add_argument("--dir", default=None, help="where the temporary files go (default: $TMPDIR)")
     parser.add_argument("--json", default=str(ROOT / "bench-report.json"), help="report file")
+    parser.add_argument("--png", help="the throughput figure (docs/images/bench-throughput.png; quick: "
+                                      "bench-throughput.png here, so that a smoke run leaves the docs alone)")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -90,21 +112,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def write_file(path: str, size: int) -> str:
-    """``size`` random bytes (one random block, repeated: as costly to move and hash
-    as any other bytes); returns their SHA-256."""
-    block = os.urandom(16 * MiB)
-    digest = hashlib.sha256()
-    with open(path, "wb") as fh:
-        left = size
-        while left:
-            piece = block[: min(left, len(block))]
-            fh.write(piece)
-            digest.update(piece)
-            left -= len(piece)
-    return digest.hexdigest()
 
 
 def version(argv: list[str]) -> str:
@@ -123,16 +130,14 @@ class Bench:
     def __init__(self, args: argparse.Namespace, work: str) -> None:
         self.args = args
         self.work = work
-        self.root = ""  # the directory the origins serve
         self.out_dir = os.path.join(work, "out")
         os.makedirs(self.out_dir)
         self.notes: list[str] = []
         self.report: dict[str, Any] = {}
         self.services = 0
-        self.nginx: Nginx | None = None
+        self.second: tuple[str, str, int, str] | None = None  # the other file of two downloads at once
+        self.origins: Origins | None = None
         self.nginx_binary = ""
-        self.py_fast: PyOrigin | None = None
-        self.py_slow: PyOrigin | None = None
         self.aria2 = self._tool("aria2", "aria2c")
         if not self._tool("time", "time", "/usr/bin/time"):
             self.note("the peak RSS of the programs compared is unknown without GNU time")
@@ -150,41 +155,26 @@ class Bench:
             self.note(f"no {ARIA2 if name == 'aria2c' else name}: {exc.msg}")
             return False
 
-    # -- origins ---------------------------------------------------------------------------
-
     def start_origins(self) -> None:
-        base = os.path.join(self.work, "origin")
         binary = None
         if self.args.origin != "python":
             try:
                 binary = debian.binary("nginx-light", "nginx", "/usr/sbin/nginx")
             except pytest.skip.Exception as exc:
                 self.note(f"the Python origin stands in for nginx: {exc.msg}")
-        if binary is None:
-            self.root = base
-            os.makedirs(base)
-            self.py_fast = PyOrigin(base)
-            self.py_slow = PyOrigin(base, rate=self.args.rate_mb * MiB)
-            return
-        root = os.path.join(base, "root")
-        self.nginx_binary = binary
-        self.nginx = Nginx(binary, base, f"""
-        sendfile on;
-        tcp_nopush on;
-        location /slow/ {{ alias {root}/; limit_rate {self.args.rate_mb}m; }}""")
-        self.root = self.nginx.root
-        self.origin_name = version([binary, "-v"]).replace("nginx version: ", "") + ", sendfile"
+        self.origins = Origins(os.path.join(self.work, "origin"), binary, self.args.rate_mb * MiB,
+                               self.args.slow_nth)
+        if binary:
+            self.nginx_binary = binary
+            self.origin_name = version([binary, "-v"]).replace("nginx version: ", "") + ", sendfile"
 
-    def fast_url(self, name: str) -> str:
-        return self.nginx.url(name) if self.nginx else self.py_fast.url(name)  # type: ignore[union-attr]
-
-    def slow_url(self, name: str) -> str:
-        return self.nginx.url("slow/" + name) if self.nginx else self.py_slow.url(name)  # type: ignore[union-attr]
+    @property
+    def root(self) -> str:
+        return self.origins.root  # type: ignore[union-attr]
 
     def close(self) -> None:
-        for origin in (self.nginx, self.py_fast, self.py_slow):
-            if origin is not None:
-                origin.close()
+        if self.origins is not None:
+            self.origins.close()
 
     # -- one measured run ------------------------------------------------------------------
 
@@ -209,17 +199,26 @@ class Bench:
 
     def measure(self, client: str, url: str, size: int, sha256: str) -> Run:
         out = os.path.join(self.out_dir, "model.bin")
-        if client == SERVICE:
+        if client in (SERVICE, SERVICE_SLOW, ALONE, TWO):
             self.services += 1
             service = Service(self.work, f"state-{self.services}")  # a fresh worker: VmHWM is for its life
             try:
                 service.start()
-                self.idle()
-                return service.download("bench", url, size, sha256)
+                if client != SERVICE_SLOW:
+                    self.idle()
+                    return service.download_all([("bench", url, size, sha256)]
+                                                + ([self.second] if client == TWO else []))
+                with self.origins.one_slow(url.rsplit("/", 1)[1]) as slow_url:  # type: ignore[union-attr]
+                    self.idle()
+                    return service.download("bench", slow_url, size, sha256)
             finally:
                 service.close()
         self.idle()
         try:
+            if client == SHA_BOUND:
+                return bench_run.sha256_bound(size)
+            if client == CURL_NULL:
+                return bench_run.curl_null(url, size)
             if client == CURL:
                 return bench_run.curl(url, out, size)
             if client == CURL_SHA:
@@ -230,9 +229,10 @@ class Bench:
                 os.unlink(os.path.join(self.out_dir, leftover))
 
     def compare(self, label: str, clients: list[str], url_of: Callable[[str], str], size: int,
-                runs: int) -> dict[str, list[Run]]:
-        """``runs`` rounds; in each, every client once, the order rotating by one."""
-        name = label.split()[0] + ".bin"
+                runs: int, name: str = "") -> dict[str, list[Run]]:
+        """``runs`` rounds; in each, every client once, the order rotating by one, on a
+        file ``name`` (default: the label's first word) written for them."""
+        name = name or label.split()[0] + ".bin"
         path = os.path.join(self.root, name)
         say(f"{label}: writing {size // MiB} MiB")
         sha256 = write_file(path, size)
@@ -243,20 +243,22 @@ class Bench:
                     run = self.measure(client, url_of(name), size, sha256)
                     results[client].append(run)
                     rss = "?" if run.rss is None else f"{run.rss / MiB:.1f}"
-                    say(f"{label}, round {r + 1}/{runs}: {client:22} {size / run.secs / MiB:8.1f} MiB/s  "
+                    moved = run.extra.get("bytes", size)
+                    say(f"{label}, round {r + 1}/{runs}: {client:22} {moved / run.secs / MiB:8.1f} MiB/s  "
                         f"cpu {run.cpu:6.2f} s  peak rss {rss} MiB")
         finally:
             os.unlink(path)
         return results
 
-    # -- the four parts --------------------------------------------------------------------
+    # -- the parts --------------------------------------------------------------------
 
     def fast(self) -> None:
         size = self.fit(self.args.size_mb, "fast origin")
         if not size:
             return
-        clients = [SERVICE, CURL, CURL_SHA] + ([ARIA2] if self.aria2 else [])
-        results = self.compare("fast origin", clients, self.fast_url, size, self.args.runs)
+        clients = [SERVICE, SHA_BOUND, CURL_NULL, CURL, CURL_SHA] + ([ARIA2] if self.aria2 else [])
+        results = self.compare("fast origin", clients, self.origins.fast_url, size,  # type: ignore[union-attr]
+                               self.args.runs)
         self.report["fast"] = {"size": size, "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()},
                                "summary": summarize(results, size)}
 
@@ -264,19 +266,44 @@ class Bench:
         size = self.fit(self.args.throttled_mb, "throttled origin")
         if not size:
             return
-        clients = [SERVICE, CURL] + ([ARIA2] if self.aria2 else [])
-        results = self.compare("throttled origin", clients, self.slow_url, size, self.args.runs)
+        clients = [SERVICE, CURL] + ([ARIA2] if self.aria2 else []) + [SERVICE_SLOW]
+        results = self.compare("throttled origin", clients, self.origins.slow_url, size,  # type: ignore[union-attr]
+                               self.args.runs)
         self.report["throttled"] = {"size": size, "rate_per_connection": self.args.rate_mb * MiB,
+                                    "slow_nth": self.args.slow_nth,
                                     "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()},
                                     "summary": summarize(results, size)}
 
-    def memory(self) -> None:
-        size = self.fit(self.args.big_mb, "memory, larger file")
+    def concurrent(self) -> None:
+        """The fast origin's file and a second one of other bytes (the same bytes would
+        be one blob to the service) at once, against the first alone."""
+        size = self.fit(self.args.size_mb, "two downloads at once", copies=4)
         if not size:
             return
-        results = self.compare("big file", [SERVICE, CURL], self.fast_url, size, 1)
-        self.report["big"] = {"size": size, "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()},
-                              "summary": summarize(results, size)}
+        say(f"two downloads at once: writing a second file of {size // MiB} MiB")
+        path = os.path.join(self.root, "second.bin")
+        self.second = ("bench-2", self.origins.fast_url("second.bin"), size,  # type: ignore[union-attr]
+                       write_file(path, size))
+        try:
+            results = self.compare("two downloads at once", [ALONE, TWO],
+                                   self.origins.fast_url, size, self.args.runs, "first.bin")  # type: ignore[union-attr]
+        finally:
+            os.unlink(path)
+        self.report["concurrent"] = {"size": size, "summary": summarize(results, size),
+                                     "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()}}
+
+    def memory(self) -> None:
+        parts = {}
+        for key, want in (("small", self.args.mem_mb), ("big", self.args.big_mb)):
+            size = self.fit(want, f"memory, {want} MiB file")
+            if not size:
+                continue
+            results = self.compare(f"memory, {size // MiB} MiB file", [SERVICE, CURL],
+                                   self.origins.fast_url, size, 1, f"memory-{key}.bin")  # type: ignore[union-attr]
+            parts[key] = {"size": size, "runs": {c: [r.as_dict() for r in rs] for c, rs in results.items()},
+                          "summary": summarize(results, size)}
+        if parts:
+            self.report["memory"] = parts
 
     def latency(self) -> None:
         size = int(LATENCY_RATE * self.args.latency_secs)
@@ -313,7 +340,7 @@ class Bench:
         files, size = self.args.many_files, self.args.many_mb * MiB
         if not self.fit(files * self.args.many_mb, "many files", copies=3):
             return
-        if self.nginx is None:
+        if not self.nginx_binary:
             self.note("many files: skipped, it needs nginx")
             return
         try:
@@ -322,14 +349,6 @@ class Bench:
                 say)
         except BenchError as exc:
             self.note(f"many files: {exc}")
-
-
-def summarize(results: dict[str, list[Run]], size: int) -> dict[str, dict[str, float]]:
-    """Per client: the median run's rate and CPU (per GiB), and the highest peak RSS."""
-    return {client: {"mib_s": size / median(r.secs for r in runs) / MiB,
-                     "cpu_s_per_gib": median(r.cpu for r in runs) / (size / GiB),
-                     "peak_rss_mib": None if any(r.rss is None for r in runs) else max(r.rss for r in runs) / MiB}
-            for client, runs in results.items() if runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,10 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args), "env": {k: v for k, v in os.environ.items() if k.startswith("ARW_") and "TOKEN" not in k},
         "notes": bench.notes, "seconds": round(time.monotonic() - began, 1), **bench.report,
     }
-    print(tables(report))
+    why_not = bench_trace.plot(report, args.png)
+    if why_not:
+        report["notes"].append(f"no figure: {why_not}")
+    print(tables(report) + "\n\n" + bench_targets.table(report))
     with open(args.json, "w") as fh:
         json.dump(report, fh, indent=2)
-    say(f"report written to {args.json}")
+    say(f"report written to {args.json}" + ("" if why_not else f", figure to {args.png}"))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The benchmark's own HTTP origin: the files of one directory, by ``sendfile`` at full
+"""The benchmark's origins (:class:`Origins`), and its own HTTP origin: the files of one directory, by ``sendfile`` at full
 speed or paced to a rate per connection, logging when each byte left.
 
 It stands in for nginx where nginx cannot be had, and it is the origin of the
@@ -12,16 +12,23 @@ Design: a ``ThreadingHTTPServer``, one thread per connection; pacing waits on th
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import hashlib
 import http.server
 import os
 import re
+import shutil
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+from tests.support.nginx import Nginx
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 PIECE = 64 * 1024
+MiB = 1024 * 1024
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -30,6 +37,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        self.rate = self.server.origin.connected()  # this connection's pace, fixed for its life
 
     def do_HEAD(self) -> None:
         self._serve(body=False)
@@ -77,10 +88,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         try:
             with open(path, "rb") as fh:
-                if origin.rate is None:
+                if self.rate is None:
                     self.connection.sendfile(fh, offset=start, count=end + 1 - start)
                 else:
-                    self._paced(fh, start, end + 1 - start, origin.rate)
+                    self._paced(fh, start, end + 1 - start, self.rate)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (a cancel, say): nothing more to send
 
@@ -108,11 +119,17 @@ class _Server(http.server.ThreadingHTTPServer):
 
 class PyOrigin:
     """Serves the files in ``root`` on 127.0.0.1, honouring ``Range``; at full speed
-    with ``sendfile``, or paced at ``rate`` bytes per second per connection."""
+    with ``sendfile``, or paced at ``rate`` bytes per second per connection. With
+    ``slow_nth``, the connection accepted ``slow_nth``-th (from 1) is paced at
+    ``slow_rate`` instead: one slow connection among fast ones."""
 
-    def __init__(self, root: str, rate: float | None = None) -> None:
+    def __init__(self, root: str, rate: float | None = None, slow_nth: int | None = None,
+                 slow_rate: float | None = None) -> None:
         self.root = root
         self.rate = rate
+        self.slow_nth = slow_nth
+        self.slow_rate = slow_rate
+        self.connections = 0
         self.closing = threading.Event()
         self._lock = threading.Lock()
         self._total = 0
@@ -125,6 +142,12 @@ class PyOrigin:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/{name}"
+
+    def connected(self) -> float | None:
+        """Counts a new connection; the rate it is to be paced at (None: unpaced)."""
+        with self._lock:
+            self.connections += 1
+            return self.slow_rate if self.connections == self.slow_nth else self.rate
 
     def record(self, n: int) -> None:
         with self._lock:
@@ -146,3 +169,87 @@ class PyOrigin:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
+
+
+def write_file(path: str, size: int) -> str:
+    """``size`` random bytes (one random block, repeated: as costly to move and hash
+    as any other bytes); returns their SHA-256."""
+    block = os.urandom(16 * MiB)
+    digest = hashlib.sha256()
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            piece = block[: min(left, len(block))]
+            fh.write(piece)
+            digest.update(piece)
+            left -= len(piece)
+    return digest.hexdigest()
+
+
+class Origins:
+    """The origins of ``make bench``, all serving one directory (:attr:`root`): fast
+    (nginx with ``sendfile``), throttled (``limit_rate`` on each connection), and,
+    one per run, throttled with its ``slow_nth`` connection (counted from 1 for that
+    run's fresh nginx) at a tenth of the rate. The Python origin stands in for nginx
+    when ``binary`` is None."""
+
+    def __init__(self, base: str, binary: str | None, rate: int, slow_nth: int) -> None:
+        self.base = base
+        self.binary = binary
+        self.rate = rate
+        self.slow_nth = slow_nth
+        self.nginx: Nginx | None = None
+        self.py_fast: PyOrigin | None = None
+        self.py_slow: PyOrigin | None = None
+        self._runs = 0
+        if binary is None:
+            self.root = base
+            os.makedirs(base)
+            self.py_fast = PyOrigin(base)
+            self.py_slow = PyOrigin(base, rate=rate)
+            return
+        root = os.path.join(base, "root")
+        self.nginx = Nginx(binary, base, f"""
+        sendfile on;
+        tcp_nopush on;
+        location /slow/ {{ alias {root}/; limit_rate {rate}; }}""")
+        self.root = self.nginx.root
+
+    def fast_url(self, name: str) -> str:
+        return self.nginx.url(name) if self.nginx else self.py_fast.url(name)  # type: ignore[union-attr]
+
+    def slow_url(self, name: str) -> str:
+        return self.nginx.url("slow/" + name) if self.nginx else self.py_slow.url(name)  # type: ignore[union-attr]
+
+    @contextlib.contextmanager
+    def one_slow(self, name: str) -> Iterator[str]:
+        """The URL of ``name`` on a throttled origin of its own whose ``slow_nth``
+        connection runs at a tenth of the rate, for the life of the context."""
+        slow_rate = max(1, self.rate // 10)
+        if self.binary is None:
+            origin = PyOrigin(self.root, rate=self.rate, slow_nth=self.slow_nth, slow_rate=slow_rate)
+            try:
+                yield origin.url(name)
+            finally:
+                origin.close()
+            return
+        self._runs += 1
+        base = os.path.join(os.path.dirname(self.base), f"one-slow-{self._runs}")
+        # $connection is nginx's serial number of the connection, from 1 in a fresh
+        # nginx; limit_rate takes a variable (nginx >= 1.17).
+        nginx = Nginx(self.binary, base, f"""
+        sendfile on;
+        tcp_nopush on;
+        set $bench_rate {self.rate};
+        if ($connection = {self.slow_nth}) {{ set $bench_rate {slow_rate}; }}
+        location / {{ alias {self.root}/; limit_rate $bench_rate; }}""")
+        try:
+            yield nginx.url(name)
+        finally:
+            nginx.close()
+            shutil.rmtree(base, ignore_errors=True)
+
+    def close(self) -> None:
+        for origin in (self.nginx, self.py_fast, self.py_slow):
+            if origin is not None:
+                origin.close()

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,8 @@ import requests
 
 from tests.support.servers import CONF, GUNICORN, ROOT, free_port
 from tests.support.sse import SSEClient
+
+from .bench_trace import Sampler
 
 PROGRESS = "Models.DownloadProgress"
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -49,10 +52,12 @@ def gnu_time() -> str | None:
     return found if found else ("/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None)
 
 
-def measured(argv: list[str], capture: bool = False, env: dict[str, str] | None = None) -> tuple[Run, str]:
+def measured(argv: list[str], capture: bool = False, env: dict[str, str] | None = None,
+             watch: str | None = None) -> tuple[Run, str]:
     """Runs ``argv`` to its end: its wall time, its CPU time from ``wait4`` (for that
     child and what it waited for, not for every child this process ever had), and
-    its peak RSS as GNU time reports it (None without GNU time).
+    its peak RSS as GNU time reports it (None without GNU time). ``watch``: a file
+    whose bytes on disk are sampled meanwhile (``extra["trace"]``).
 
     Not ``wait4``'s peak RSS: Linux carries the high-water mark of the address space
     a child had before ``exec`` into its ``ru_maxrss``, so a child of this process
@@ -62,14 +67,19 @@ def measured(argv: list[str], capture: bool = False, env: dict[str, str] | None 
     report = os.path.join(tempfile.gettempdir(), f"bench-time-{os.getpid()}.txt")
     command = [timer, "-f", "%M", "-o", report, *argv] if timer else argv
     began = time.perf_counter()
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env,
-                            stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # Not communicate(): it would reap the child, and wait4 must be the one to do it.
-    # The outputs are a line or two, so reading one pipe after the other cannot block.
-    out = proc.stdout.read() if proc.stdout else b""
-    err = proc.stderr.read() if proc.stderr else b""
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - began
+    sampler = Sampler(watch, began) if watch else None
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env,
+                                stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Not communicate(): it would reap the child, and wait4 must be the one to do it.
+        # The outputs are a line or two, so reading one pipe after the other cannot block.
+        out = proc.stdout.read() if proc.stdout else b""
+        err = proc.stderr.read() if proc.stderr else b""
+        _, status, usage = os.wait4(proc.pid, 0)
+        secs = time.perf_counter() - began
+    finally:
+        trace = sampler.stop(os.path.getsize(watch) if watch and os.path.exists(watch) else 0) if sampler else None
+    extra = {"trace": trace} if trace else {}
     for pipe in (proc.stdout, proc.stderr):
         if pipe:
             pipe.close()
@@ -82,7 +92,7 @@ def measured(argv: list[str], capture: bool = False, env: dict[str, str] | None 
         rss = int(lines[-1]) * 1024 if lines and lines[-1].isdigit() else None
     if proc.returncode != 0:
         raise BenchError(f"{argv[0]} exited with {proc.returncode}: {err.decode(errors='replace').strip()}")
-    return Run(secs, usage.ru_utime + usage.ru_stime, rss), out.decode()
+    return Run(secs, usage.ru_utime + usage.ru_stime, rss, extra), out.decode()
 
 
 def _check_size(path: str, size: int, who: str) -> None:
@@ -91,15 +101,49 @@ def _check_size(path: str, size: int, who: str) -> None:
         raise BenchError(f"{who} wrote {got} bytes, not {size}")
 
 
-def curl(url: str, out: str, size: int) -> Run:
-    run, _ = measured(["curl", "-s", "-S", "-f", "-o", out, url])
+def curl(url: str, out: str, size: int, trace: bool = True) -> Run:
+    run, _ = measured(["curl", "-s", "-S", "-f", "-o", out, url], watch=out if trace else None)
     _check_size(out, size, "curl")
     return run
 
 
+def curl_null(url: str, size: int) -> Run:
+    """``curl -o /dev/null``: what one connection of this origin carries with no disk."""
+    run, printed = measured(["curl", "-s", "-S", "-f", "-o", "/dev/null", "-w", "%{size_download}", url], capture=True)
+    if printed.strip() != str(size):
+        raise BenchError(f"curl -o /dev/null read {printed.strip()} bytes, not {size}")
+    return run
+
+
+# Hashes ``size`` bytes of a buffer in memory with one core and prints the seconds it
+# took: the bound of any verified download on this machine, without the interpreter's
+# start or the buffer's making in the figure.
+_SHA256_BOUND = """
+import hashlib, os, sys, time
+size = int(sys.argv[1])
+block = os.urandom(16 * 1024 * 1024)
+view = memoryview(block)
+digest = hashlib.sha256()
+began = time.perf_counter(); cpu = time.process_time()
+left = size
+while left:
+    n = min(left, len(block))
+    digest.update(view[:n])
+    left -= n
+print(time.perf_counter() - began, time.process_time() - cpu)
+"""
+
+
+def sha256_bound(size: int) -> Run:
+    """SHA-256 of ``size`` bytes in memory, in a child interpreter on one core."""
+    run, printed = measured([sys.executable, "-c", _SHA256_BOUND, str(size)], capture=True)
+    secs, cpu = (float(v) for v in printed.split())
+    return Run(secs, cpu, run.rss)
+
+
 def curl_sha256sum(url: str, out: str, size: int, sha256: str) -> Run:
     """``curl -o file && sha256sum file``: the same work as the service, in two passes."""
-    first = curl(url, out, size)
+    first = curl(url, out, size, trace=False)
     second, printed = measured(["sha256sum", out], capture=True)
     if printed.split()[0] != sha256:
         raise BenchError(f"sha256sum printed {printed.strip()!r}, expected {sha256}")
@@ -108,8 +152,12 @@ def curl_sha256sum(url: str, out: str, size: int, sha256: str) -> Run:
 
 
 def aria2c(url: str, out: str, size: int) -> Run:
-    run, _ = measured(["aria2c", "-x8", "-s8", "-q", "--allow-overwrite=true", "--auto-file-renaming=false",
-                       "-d", os.path.dirname(out), "-o", os.path.basename(out), url])
+    """``aria2c -x8 -s8 -k1M``; without preallocation, so that the blocks on disk are
+    the bytes written (:mod:`tools.bench_trace`): on ext4 preallocating is one
+    ``fallocate``, nothing the transfer waits on."""
+    run, _ = measured(["aria2c", "-x8", "-s8", "-k1M", "--file-allocation=none", "-q", "--allow-overwrite=true",
+                       "--auto-file-renaming=false", "-d", os.path.dirname(out), "-o", os.path.basename(out), url],
+                      watch=out)
     _check_size(out, size, "aria2c")
     return run
 
@@ -230,21 +278,46 @@ class Service:
         return self.session.post(self.url + path, json=body, headers=self.headers, timeout=30)
 
     def download(self, model_id: str, url: str, size: int, sha256: str) -> Run:
-        """POST with ``sha256``, timed until the ``complete`` event reaches a subscriber."""
+        """POST with ``sha256``, timed until the ``complete`` event reaches a
+        subscriber; ``extra["trace"]``: the bytes each ``downloading`` event reported."""
+        return self.download_all([(model_id, url, size, sha256)])
+
+    def download_all(self, wanted: list[tuple[str, str, int, str]]) -> Run:
+        """Each ``(id, url, size, sha256)`` POSTed at once, timed until the last
+        ``complete`` event reaches a subscriber."""
+        sizes = {model_id: size for model_id, _, size, _ in wanted}
+        got: dict[str, int] = {}
+        ended: dict[str, dict[str, Any]] = {}
+        trace: list[list[float]] = [[0.0, 0]]
+
+        def seen(frame: Any) -> bool:
+            payload = frame.payload
+            model_id = payload.get("id")
+            if model_id not in sizes:
+                return False
+            if payload.get("status") == "downloading":
+                got[model_id] = payload.get("downloaded") or 0
+                trace.append([round(time.perf_counter() - began, 4), sum(got.values())])
+            elif payload.get("status") in ("complete", "error", "canceled"):
+                ended[model_id] = payload
+            return len(ended) == len(sizes)
+
         with self.events() as events:
             rss_idle = self.rss()
             cpu_before = self.cpu()
             began = time.perf_counter()
-            answer = self.post("/models/download", {"id": model_id, "url": url, "sha256": sha256})
-            if answer.status_code != 202:
-                raise BenchError(f"POST /models/download answered {answer.status_code}: {answer.text}")
-            done = events.until(lambda f: f.payload.get("id") == model_id and f.payload.get("status") in (
-                "complete", "error", "canceled")).payload
+            for model_id, url, _, sha256 in wanted:
+                answer = self.post("/models/download", {"id": model_id, "url": url, "sha256": sha256})
+                if answer.status_code != 202:
+                    raise BenchError(f"POST /models/download answered {answer.status_code}: {answer.text}")
+            events.until(seen, limit=1_000_000)
             secs = time.perf_counter() - began
             cpu = self.cpu() - cpu_before
-        if done["status"] != "complete" or done.get("bytes") != size:
-            raise BenchError(f"the download ended with {done}\n{self.output()}")
-        return Run(secs, cpu, self.peak_rss(), {"rss_idle": rss_idle})
+        trace.append([round(secs, 4), sum(sizes.values())])
+        for model_id, done in ended.items():
+            if done["status"] != "complete" or done.get("bytes") != sizes[model_id]:
+                raise BenchError(f"the download ended with {done}\n{self.output()}")
+        return Run(secs, cpu, self.peak_rss(), {"rss_idle": rss_idle, "trace": trace, "bytes": sum(sizes.values())})
 
     def download_model(self, model_id: str, url: str, total: int, files: int) -> Run:
         """POST of a many-file reference, timed until the ``complete`` event reaches a

@@ -4,10 +4,18 @@ are into docs/maintainers.rst)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from statistics import median
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .bench_run import Run
 
 MiB = 1024 * 1024
-SERVICE, CURL, CURL_SHA, ARIA2 = "arw-models", "curl -o", "curl -o && sha256sum", "aria2c -x8 -s8"
+GiB = 1024 * MiB
+SERVICE, CURL, CURL_SHA, ARIA2 = "arw-models", "curl -o", "curl -o && sha256sum", "aria2c -x8 -s8 -k1M"
+CURL_NULL, SHA_BOUND = "curl -o /dev/null", "sha256 in memory, 1 core"
+SERVICE_SLOW = "arw-models, 1 slow connection"
+ALONE, TWO = "one download alone", "two at once"
 
 
 def rst(header: list[str], rows: list[list[str]]) -> str:
@@ -49,13 +57,14 @@ def _throttled(part: dict[str, Any], rounds: int) -> str:
     ref, aria = s.get(CURL, {}), s.get(ARIA2, {})
     rows = [[client, f"{m['mib_s']:.1f}", ratio(m["mib_s"], ref.get("mib_s")), ratio(m["mib_s"], aria.get("mib_s"))]
             for client, m in s.items()]
-    title = (f"Throttled origin, {part['rate_per_connection'] // MiB} MiB/s per connection, "
+    title = (f"Throttled origin, {part['rate_per_connection'] // MiB} MiB/s per connection "
+             f"({SERVICE_SLOW}: connection {part['slow_nth']} at a tenth of that), "
              f"{part['size'] // MiB} MiB, median of {rounds} round(s)")
     return title + "\n\n" + rst(["client", "MiB/s", "÷ curl", "÷ aria2c"], rows)
 
 
-def _memory(fast: dict[str, Any] | None, big: dict[str, Any] | None) -> str:
-    parts = [p for p in (fast, big) if p]
+def _memory(small: dict[str, Any] | None, big: dict[str, Any] | None) -> str:
+    parts = [p for p in (small, big) if p]
     header = ["peak RSS, MiB", *(f"{p['size'] // MiB} MiB file" for p in parts)]
     if len(parts) == 2:
         header.append("larger ÷ smaller")
@@ -81,6 +90,15 @@ def _memory(fast: dict[str, Any] | None, big: dict[str, Any] | None) -> str:
     rows.append(["arw-models ÷ curl", *(ratio(peak(p, SERVICE), peak(p, CURL)) for p in parts)]
                 + (["-"] if len(parts) == 2 else []))
     return "Memory (a fresh gunicorn per run)\n\n" + rst(header, rows)
+
+
+def _concurrent(part: dict[str, Any], rounds: int) -> str:
+    s = part["summary"]
+    rows = [[client, f"{m['mib_s']:.0f}", f"{m['secs']:.2f}", ratio(m["mib_s"], s.get(ALONE, {}).get("mib_s"))]
+            for client, m in s.items()]
+    title = (f"Two downloads at once, fast origin, {part['size'] // MiB} MiB each (MiB/s: every byte over the "
+             f"time to the last complete event), median of {rounds} round(s)")
+    return title + "\n\n" + rst(["service", "MiB/s", "seconds", "÷ alone"], rows)
 
 
 def _latency(part: dict[str, Any]) -> str:
@@ -109,6 +127,16 @@ def _many(part: dict[str, Any], rounds: int) -> str:
     return title + "\n\n" + rst(["client", "MiB/s", "seconds", "hf download's time ÷ this"], rows)
 
 
+def summarize(results: dict[str, list[Run]], size: int) -> dict[str, dict[str, float]]:
+    """Per client: the median run's rate (over every byte it moved: ``extra["bytes"]``,
+    else ``size``) and CPU (per GiB), and the highest peak RSS."""
+    return {client: {"mib_s": runs[0].extra.get("bytes", size) / median(r.secs for r in runs) / MiB,
+                     "secs": median(r.secs for r in runs),
+                     "cpu_s_per_gib": median(r.cpu for r in runs) / (runs[0].extra.get("bytes", size) / GiB),
+                     "peak_rss_mib": None if any(r.rss is None for r in runs) else max(r.rss for r in runs) / MiB}
+            for client, runs in results.items() if runs}
+
+
 def tables(report: dict[str, Any]) -> str:
     rounds = report["args"]["runs"]
     out = [f"{report['date']}, {report['machine']['cores']} cores, Linux {report['machine']['kernel']}"]
@@ -116,8 +144,10 @@ def tables(report: dict[str, Any]) -> str:
         out.append(_fast(report["fast"], rounds, report["machine"]["origin"]))
     if report.get("throttled"):
         out.append(_throttled(report["throttled"], rounds))
-    if report.get("fast") or report.get("big"):
-        out.append(_memory(report.get("fast"), report.get("big")))
+    if report.get("concurrent"):
+        out.append(_concurrent(report["concurrent"], rounds))
+    if report.get("memory"):
+        out.append(_memory(report["memory"].get("small"), report["memory"].get("big")))
     if report.get("latency"):
         out.append(_latency(report["latency"]))
     if report.get("many"):
