@@ -226,7 +226,7 @@ def kill_marked(value: str, exact: bool = True) -> int:
     starting with ``value`` unless ``exact``); rescans until none is left, so a
     child forked meanwhile is found too."""
     needle = f"\0{MARKER}={value}" + ("\0" if exact else "")
-    killed = 0
+    killed: set[int] = set()  # a process killed is still listed until it has exited: count it once
     for _ in range(100):
         found = []
         for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
@@ -243,11 +243,11 @@ def kill_marked(value: str, exact: bool = True) -> int:
         for pid in found:
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed += 1
+                killed.add(pid)
             except ProcessLookupError:
                 pass
         time.sleep(0.01)  # let the kills land before the next scan (not a synchronization)
-    return killed
+    return len(killed)
 
 
 class Runner:
