@@ -12,11 +12,16 @@ The order is the crash story: the ``.part`` is linked into the blob first (a cra
 then leaves the ``.part``, which resumes, and a blob no manifest names, which the
 next start removes), then renamed to its final name, then the manifest is written,
 then the registry.
+
+A manifest says whether the download was gated (:func:`gated`): a blob of a gated
+download is not served to peers unless the operator says so
+(``ARW_SERVE_GATED_BLOBS``), since its licence may not allow passing it on.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ..engine import Result
@@ -31,9 +36,18 @@ from ..store.storage import StateDir, remove_quietly, utcnow
 from .jobs import DownloadJob
 
 
-def install(state: StateDir, registry: Registry, job: DownloadJob, result: Result) -> dict[str, Any]:
+def gated(url: str, headers: Mapping[str, str], hf_token: str | None) -> bool:
+    """Whether a download carried credentials to its origin: the request's own
+    ``headers`` (a gated origin, a registry's login) or the hub token (sent with
+    every ``hf://`` download when one is set). Whether the origin needed them is not
+    known here, so any credential counts."""
+    return bool(headers) or (url.startswith(HF_SCHEME) and bool(hf_token))
+
+
+def install(state: StateDir, registry: Registry, job: DownloadJob, result: Result, *,
+            gated: bool = False) -> dict[str, Any]:
     """Moves the job's ``.part`` into place and records it; returns the fields of
-    the ``complete`` event."""
+    the ``complete`` event. ``gated``: the download carried credentials."""
     blobs, manifests = Blobs(state), Manifests(state)
     old = registry.get(job.id)
     own = old.get("file") if old else None
@@ -61,7 +75,7 @@ def install(state: StateDir, registry: Registry, job: DownloadJob, result: Resul
         "url": job.url,
         "downloaded_at": utcnow(),
     }
-    manifests.write(manifest_of(entry, revision=_revision(job.url)))
+    manifests.write(manifest_of(entry, revision=_revision(job.url), gated=gated))
     registry.put(entry)
     if own and own != final:
         remove_quietly(state.model_path(own))

@@ -285,8 +285,10 @@ class DownloadManager:
                                   checkpoint=lambda point: self.checkpoint(point, job))
             self.checkpoint("verified", job)
             with self._lock:
-                done = job.finish(lambda: model_install.install(self.state, self.registry, job, download,
-                                                                model_install.hf_cache_dir(self.settings, job.hf_cache)))
+                done = job.finish(lambda: model_install.install(
+                    self.state, self.registry, job, download,
+                    model_install.hf_cache_dir(self.settings, job.hf_cache),
+                    gated=install.gated(job.url, job.headers, self.settings.hf_token)))
             if done is None:
                 raise JobStopped()
             self.checkpoint("installed", job)
@@ -327,7 +329,9 @@ class DownloadManager:
         cancel either lands before the rename (and wins) or finds the job complete."""
         self.checkpoint("verified", job)
         with self._lock:
-            done = job.finish(lambda: install.install(self.state, self.registry, job, result))
+            done = job.finish(lambda: install.install(self.state, self.registry, job, result,
+                                                      gated=install.gated(job.url, job.headers,
+                                                                          self.settings.hf_token)))
         if done is None:
             raise JobStopped()
         self.checkpoint("installed", job)
