@@ -24,6 +24,7 @@ from arw_models.engine import sources
 
 from .support.app import LiveServer, Service, Watch, post_download
 from .support.helpers import models_dir, read
+from .support.hub import Hub, needs_second_host
 from .support.origin import Origin, payload
 from .support.servers import closed_port
 
@@ -258,3 +259,30 @@ def test_a_service_serves_its_peer(make_app: Callable[..., Any], tmp_path: Any, 
     assert done["sources"] == [{"source": server.url, "bytes": len(data)}]
     assert installed(second, "t.gguf") == data
     assert origin.bytes_sent("/m/t.gguf") == len(data)  # the first's download alone
+
+
+@needs_second_host
+def test_a_many_file_model_fetches_its_listed_files_from_a_peer(
+        service: Service, servers: Callable[[], Origin]) -> None:
+    files = {"config.json": b'{"model_type": "tiny"}\n',
+             "model-00001-of-00002.safetensors": payload(300 * KiB, seed=910),
+             "model-00002-of-00002.safetensors": payload(200 * KiB, seed=911)}
+    hub = Hub(token=None)
+    try:
+        hub.commit("acme/peer-model", files)  # the two large files are in LFS: the listing gives their sha256
+        peer = servers()
+        for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+            peer.add(blob(hashlib.sha256(files[name]).hexdigest()), files[name])
+        app, client, watch = service(ARW_HF_ENDPOINT=hub.endpoint, **peers(peer.base))
+        assert post_download(client, "pm", "hf://acme/peer-model").status_code == 202
+        done = watch.terminal("pm")
+        cdn_asked = [s.path for s in hub.cdn.seen]
+    finally:
+        hub.close()
+    assert done["status"] == "complete", done
+    folder = os.path.join(models_dir(app), "pm")
+    for name, data in files.items():
+        assert read(os.path.join(folder, name)) == data
+    assert cdn_asked == []  # the listed digests went to the peer; the small file came from the hub itself
+    assert sorted(s.path for s in peer.seen) == sorted(
+        blob(hashlib.sha256(files[n]).hexdigest()) for n in files if n.endswith(".safetensors"))
