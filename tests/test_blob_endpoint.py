@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from arw_models.service import install
 from arw_models.store.storage import StateDir
 
 from .support.app import Service
@@ -192,4 +193,30 @@ def test_a_manifest_that_does_not_say_counts_as_gated(service: Service, origin: 
     del manifest["gated"]  # as written before the key was recorded
     with open(path, "w") as fh:
         json.dump(manifest, fh)
+    assert client.get(f"/blobs/sha256/{DIGEST}").status_code == 404
+
+
+@pytest.mark.parametrize(("url", "headers", "hf_token", "expected"), [
+    ("https://o.example/m.gguf", {}, None, False),
+    ("https://o.example/m.gguf?download=true", {}, "hf_x", False),  # a hub token goes to hf:// alone
+    ("https://o.example/m.gguf", {"Cookie": "c"}, None, True),
+    ("https://u:pw@o.example/m.gguf", {}, None, True),
+    ("https://o.example/m.gguf?X-Amz-Credential=a&X-Amz-Signature=b", {}, None, True),
+    ("https://o.example/m.gguf?se=2026&sig=abc", {}, None, True),
+    ("https://o.example/m.gguf?access_token=t", {}, None, True),
+    ("hf://org/repo/m.gguf", {}, None, False),
+    ("hf://org/repo/m.gguf", {}, "hf_x", True),
+    ("oci://registry.example/org/model:tag", {"Authorization": "Basic dTpw"}, None, True),
+])
+def test_what_counts_as_gated(url: str, headers: dict[str, str], hf_token: str | None, expected: bool) -> None:
+    assert install.gated(url, headers, hf_token) is expected
+
+
+def test_a_download_from_a_signed_url_is_gated(service: Service, origin: Origin) -> None:
+    origin.add("/m/blob.gguf", DATA)
+    app, client, watch = service()
+    assert client.post("/models/download", json={
+        "id": "b", "url": origin.url("/m/blob.gguf") + "?X-Amz-Signature=abc"}).status_code == 202
+    assert watch.terminal("b")["status"] == "complete"
+    assert manifest_of(app)["gated"] is True
     assert client.get(f"/blobs/sha256/{DIGEST}").status_code == 404

@@ -192,3 +192,14 @@ def test_services_fetch_from_a_bucket_keyed_by_digest(gunicorns: Callable[..., G
     assert [(s["source"], s.get("skipped")) for s in done["sources"]] == [
         (moto.url, "it answered 404"), ("origin", None)]
     assert origin.bytes_sent("/org/fleet/other.gguf") == len(other.data)
+
+
+def test_the_deployment_page_shows_the_settings_these_tests_run() -> None:
+    from arw_models.config import BY_KEY
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deployment.rst").read_text()
+    section = text[text.index("Peers: hosts fetch from each other\n"):]
+    for key in ("ARW_DL_PEERS", "ARW_PEERS_TOKEN", "ARW_ADMIN_TOKEN", "ARW_DL_PEER_TIMEOUT_SECS",
+                "ARW_SERVE_BLOBS", "ARW_SERVE_GATED_BLOBS"):
+        assert key in section and key in BY_KEY, key
+    assert "ARW_DL_MIRRORS=https://models.s3.example/sha256/{sha256}" in section

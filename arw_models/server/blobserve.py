@@ -58,6 +58,9 @@ def blob(digest: str) -> Response:
     if fd is None:
         raise _unknown(digest)
     fh = os.fdopen(fd, "rb")
+    # What werkzeug's send_file does for a path, on the file already open: it cannot
+    # be given the path (it would follow a link there), and for a file object it
+    # knows no size, so it would serve no range.
     try:
         st = os.fstat(fh.fileno())
         response = Response(FileWrapper(fh, READ_BYTES), mimetype="application/octet-stream",

@@ -21,8 +21,10 @@ download is not served to peers unless the operator says so
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from ..engine import Result
 from ..engine.sources import HF_SCHEME, InvalidReference, parse_hf
@@ -35,13 +37,24 @@ from ..store.registry import Registry
 from ..store.storage import StateDir, remove_quietly, utcnow
 from .jobs import DownloadJob
 
+# Query parameters that carry credentials: signed urls (S3's X-Amz-Signature and
+# X-Amz-Credential, GCS's X-Goog-Signature, Azure's sig), tokens and keys.
+_SECRET_PARAM = re.compile(r"sig|token|key|credential|auth|passw|secret", re.IGNORECASE)
+
 
 def gated(url: str, headers: Mapping[str, str], hf_token: str | None) -> bool:
     """Whether a download carried credentials to its origin: the request's own
-    ``headers`` (a gated origin, a registry's login) or the hub token (sent with
-    every ``hf://`` download when one is set). Whether the origin needed them is not
-    known here, so any credential counts."""
-    return bool(headers) or (url.startswith(HF_SCHEME) and bool(hf_token))
+    ``headers`` (a gated origin, a registry's login), the hub token (sent with every
+    ``hf://`` download when one is set), a ``user:password@`` or a signed or keyed
+    query string in its url. Whether the origin needed them is not known here, so
+    any credential counts."""
+    if headers or (url.startswith(HF_SCHEME) and hf_token):
+        return True
+    if url.startswith(HF_SCHEME):
+        return False
+    parts = urlsplit(url)
+    return ("@" in parts.netloc
+            or any(_SECRET_PARAM.search(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)))
 
 
 def install(state: StateDir, registry: Registry, job: DownloadJob, result: Result, *,
