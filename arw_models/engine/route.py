@@ -5,11 +5,11 @@ route's current source for everything it fetches, its parallel ranges included:
 the sources by digest (peers, ``{sha256}`` templates) when the digest is known,
 each mirror of ``ARW_DL_MIRRORS`` in turn, and last the origin. A digest the
 origin publishes on its first answer brings the sources by digest in then, before
-the origin (:meth:`Route.learn`), and the attempt asks the first of them at once. A mirror that fails
-in a way of its own (no answer, a stall, a status other than 200 or 206, a file of
-another size than the job knows, bytes that do not match the sha256) is skipped for
-the rest of the job, and the next source is asked at once; the origin's failures
-are retried as they always were. Bytes on disk stay when the next source's answer
+the origin (:meth:`Route.learn`), and the attempt asks the first of them at once.
+A mirror that fails in a way of its own (no answer, a stall, a status other than
+200 or 206, a file of another size than the job knows, bytes that do not match the
+sha256) is skipped for the rest of the job, and the next source is asked at once;
+the origin's failures are retried as they always were. Bytes on disk stay when the next source's answer
 vouches for them (the continuation rule and the validator checks decide, as for any
 resume), so one file may be assembled from several sources.
 
