@@ -44,6 +44,7 @@ def sha256_of(path: Path) -> str:
 def fetch(host: Gunicorn, model_id: str, url: str, sha256: str) -> dict[str, Any]:
     """POSTs the download to ``host`` with its event stream open; its last event."""
     with SSEClient(host.url + "/events", headers=AUTH, params={"prefix": "Models."}, timeout=30) as sse:
+        assert sse.response.status_code == 200, sse.response.text
         assert sse.next().event == "service.connected"
         answer = requests.post(host.url + "/models/download", json={"id": model_id, "url": url, "sha256": sha256},
                                headers=AUTH, timeout=5)
@@ -53,6 +54,14 @@ def fetch(host: Gunicorn, model_id: str, url: str, sha256: str) -> dict[str, Any
     return dict(done)
 
 
+# Threads for the event stream of each download (the last one's may not be noticed
+# gone yet) and for the peers' requests, beside this test's own.
+THREADS = {"ARW_THREADS": "8", "ARW_EVENTS_MAX_STREAMS": "4"}
+# What a peer costs when it is slow is tests/test_peers.py's; here a loaded machine
+# must not turn a peer's 404 into a timeout.
+PATIENT = {"ARW_DL_PEER_TIMEOUT_SECS": "10"}
+
+
 def fleet(gunicorns: Callable[..., Gunicorn], tmp_path: Path, n: int, **env: str) -> list[Gunicorn]:
     """``n`` services, each with the others as its peers, all ready."""
     ports = [free_port() for _ in range(n)]
@@ -60,7 +69,7 @@ def fleet(gunicorns: Callable[..., Gunicorn], tmp_path: Path, n: int, **env: str
     for i, port in enumerate(ports):
         others = ",".join(f"http://127.0.0.1:{p}" for j, p in enumerate(ports) if j != i)
         g = gunicorns(f"host{i}", tmp_path / f"host{i}", ARW_PORT=str(port), ARW_ADMIN_TOKEN=TOKEN,
-                      ARW_PEERS_TOKEN=TOKEN, ARW_DL_PEERS=others, **env)
+                      ARW_PEERS_TOKEN=TOKEN, ARW_DL_PEERS=others, **THREADS, **PATIENT, **env)
         g.port, g.url = port, f"http://127.0.0.1:{port}"
         hosts.append(g)
     for g in hosts:
@@ -176,7 +185,7 @@ def test_services_fetch_from_a_bucket_keyed_by_digest(gunicorns: Callable[..., G
     hosts = []
     for i in range(2):
         g = gunicorns(f"host{i}", tmp_path / f"host{i}", ARW_ADMIN_TOKEN=TOKEN,
-                      ARW_DL_MIRRORS=moto.url + "/models/sha256/{sha256}")
+                      ARW_DL_MIRRORS=moto.url + "/models/sha256/{sha256}", **THREADS)
         hosts.append(g)
     for g in hosts:
         g.wait_ready()
