@@ -52,12 +52,14 @@ def blob(digest: str) -> Response:
         raise NotFound("this service does not serve blobs (ARW_SERVE_BLOBS=0)", code="blobs-not-served")
     if not valid_digest(digest):
         raise _unknown(digest)
-    if not settings.serve_gated_blobs and Manifests(state.dirs).gated(digest):
-        raise _unknown(digest)
     fd = Blobs(state.dirs).open(digest)
     if fd is None:
         raise _unknown(digest)
     fh = os.fdopen(fd, "rb")
+    # Read after the blob is open: a manifest written since names it, or none does.
+    if not settings.serve_gated_blobs and Manifests(state.dirs).gated(digest):
+        fh.close()
+        raise _unknown(digest)
     # What werkzeug's send_file does for a path, on the file already open: it cannot
     # be given the path (it would follow a link there), and for a file object it
     # knows no size, so it would serve no range.
