@@ -220,3 +220,14 @@ def test_a_download_from_a_signed_url_is_gated(service: Service, origin: Origin)
     assert watch.terminal("b")["status"] == "complete"
     assert manifest_of(app)["gated"] is True
     assert client.get(f"/blobs/sha256/{DIGEST}").status_code == 404
+
+
+def test_a_blob_no_manifest_names_is_withheld(service: Service, origin: Origin) -> None:
+    """As between an install's blob and its manifest: whether it was gated is not known yet."""
+    app, client = installed(service, origin)
+    stray = payload(1000, seed=812)
+    digest = hashlib.sha256(stray).hexdigest()
+    with open(blob_path(app, digest), "wb") as fh:
+        fh.write(stray)
+    assert client.get(f"/blobs/sha256/{digest}").status_code == 404
+    assert client.get(f"/blobs/sha256/{DIGEST}").status_code == 200

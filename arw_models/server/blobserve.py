@@ -13,9 +13,10 @@ digest, so a peer can refuse another file before its body.
 
 When ``ARW_ADMIN_TOKEN`` is set the endpoint needs it (it lists what the store
 holds, and serves it); ``ARW_SERVE_BLOBS=0`` turns it off (404, code
-``blobs-not-served``); the blob of a gated download (:mod:`.install`'s ``gated``)
-is a 404 like one the store does not hold, unless ``ARW_SERVE_GATED_BLOBS``: its
-licence may not allow passing it on, and a peer need not learn that it is here.
+``blobs-not-served``); the blob of a gated download (recorded in its manifest, see
+:meth:`~arw_models.store.manifests.Manifests.gated`) is a 404 like one the store does
+not hold, unless ``ARW_SERVE_GATED_BLOBS``: its licence may not allow passing it on,
+and a peer need not learn that it is here.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def blob(digest: str) -> Response:
     if fd is None:
         raise _unknown(digest)
     fh = os.fdopen(fd, "rb")
-    # Read after the blob is open: a manifest written since names it, or none does.
+    # Only for a blob the store holds: an unknown digest reads no manifest.
     if not settings.serve_gated_blobs and Manifests(state.dirs).gated(digest):
         fh.close()
         raise _unknown(digest)

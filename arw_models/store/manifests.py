@@ -93,11 +93,14 @@ class Manifests:
         return found
 
     def gated(self, digest: str) -> bool:
-        """Whether a manifest that names ``digest`` is of a gated download (or does
-        not say: one written before ``gated`` was recorded). Any one is enough: the
-        same bytes fetched once with credentials and once without are withheld."""
-        return any(m.get("gated") is not False for m in self.all().values()
-                   if any(isinstance(f, dict) and f.get("sha256") == digest for f in m["files"]))
+        """Whether the blob of ``digest`` is to be withheld as gated: a manifest that
+        names it is of a gated download (or does not say: one written before
+        ``gated`` was recorded), or none names it yet (an install between its blob
+        and its manifest, whose download may be gated). Any one is enough: the same
+        bytes fetched once with credentials and once without are withheld."""
+        naming = [m for m in self.all().values()
+                  if any(isinstance(f, dict) and f.get("sha256") == digest for f in m["files"])]
+        return not naming or any(m.get("gated") is not False for m in naming)
 
     def digests(self) -> set[str]:
         """Every digest a manifest names: the blobs to keep."""
