@@ -85,25 +85,45 @@ def _endpoint(text: str) -> str:
     return text.strip().rstrip("/")
 
 
-def parse_mirrors(value: Any) -> tuple[str, ...]:
-    """``ARW_DL_MIRRORS``: url templates, each an http(s) url once ``{host}`` and
-    ``{path}`` are filled in."""
+def _items(value: Any) -> list[str]:
+    """A comma-separated string (or a list, in ``app.config``) as its blank-free items."""
     if isinstance(value, (list, tuple)):
         items = [str(v).strip() for v in value]
     else:
         items = [v.strip() for v in str(value or "").split(",")]
+    return [item for item in items if item]
+
+
+def parse_mirrors(value: Any) -> tuple[str, ...]:
+    """``ARW_DL_MIRRORS``: url templates, each an http(s) url once ``{host}``,
+    ``{path}``, ``{sha256}`` and ``{size}`` are filled in. A template names the file
+    by its url (``{path}``) or by its digest (``{sha256}``): one with neither would
+    fetch every file from one url."""
     templates = []
-    for item in items:
-        if not item:
-            continue
-        sample = item.replace("{host}", "example.org").replace("{path}", "/f")
+    for item in _items(value):
+        sample = (item.replace("{host}", "example.org").replace("{path}", "/f")
+                  .replace("{sha256}", "0" * 64).replace("{size}", "1"))
         parts = urlsplit(sample)
         if parts.scheme not in ("http", "https") or not parts.hostname or "{" in sample or "}" in sample:
-            raise ValueError(f"{item!r} is not an http(s) url template with {{host}} and {{path}}")
-        if "{path}" not in item:
-            raise ValueError(f"{item!r} has no {{path}}: every file would be fetched from one url")
+            raise ValueError(f"{item!r} is not an http(s) url template with {{host}} and {{path}}, or {{sha256}}")
+        if "{path}" not in item and "{sha256}" not in item:
+            raise ValueError(f"{item!r} has neither {{path}} nor {{sha256}}: every file would be fetched from one url")
         templates.append(item)
     return tuple(templates)
+
+
+def parse_peers(value: Any) -> tuple[str, ...]:
+    """``ARW_DL_PEERS``: the base urls of other services (``http(s)://host[:port]``,
+    with the path prefix they are mounted under, if any), without a trailing slash."""
+    peers = []
+    for item in _items(value):
+        parts = urlsplit(item)
+        if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment
+                or "@" in parts.netloc):
+            raise ValueError(f"{item!r} is not a service's base url, such as http://10.0.0.5:8090 or "
+                             "https://host/arw (no userinfo, query or fragment: the token is ARW_PEERS_TOKEN)")
+        peers.append(item.rstrip("/"))
+    return tuple(peers)
 
 
 REGISTRY_HOST_RE = re.compile(
@@ -259,7 +279,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARW_HF_CACHE", None, _optional(str),
             "A Hugging Face cache folder (as HF_HUB_CACHE names one) into which installed `hf://` models are also put, hard-linked, so that tools built on huggingface_hub open them offline; empty: off."),
     Setting("ARW_DL_MIRRORS", None, _optional(parse_mirrors),
-            'Comma-separated url templates tried in order before the origin, with `{host}` (the url\'s host and port) and `{path}` (its path and query), e.g. `http://cache.lan:8080/{host}{path}`.'),
+            'Comma-separated url templates tried in order before the origin, with `{host}` (the url\'s host and port) and `{path}` (its path and query), e.g. `http://cache.lan:8080/{host}{path}`; or with `{sha256}` (and `{size}`), e.g. `https://bucket.s3.example/sha256/{sha256}`: such a template is tried only once the digest is known (the request\'s `sha256`, a listing\'s, or one the origin publishes on its first answer).'),
+    Setting("ARW_DL_PEERS", None, _optional(parse_peers),
+            'Comma-separated base urls of other arw-models services (e.g. `http://10.0.0.5:8090`, `http://host/arw` behind a proxy), asked for `{base}/blobs/sha256/{sha256}` before the mirrors and the origin, once the digest is known.'),
+    Setting("ARW_PEERS_TOKEN", None, _optional(str),
+            'The token sent (as `Authorization: Bearer`) to the peers of ARW_DL_PEERS, to each peer\'s host alone: their ARW_ADMIN_TOKEN. Never shown.'),
+    Setting("ARW_DL_PEER_TIMEOUT_SECS", 2.0, float,
+            'Seconds a peer may take to connect, to answer, and between two reads of its body; a peer that takes longer is skipped for the job, at the cost of this one wait.'),
+    Setting("ARW_SERVE_BLOBS", True, _bool,
+            'Serve GET /blobs/sha256/<digest> (the store\'s verified files, to peers); 0: the endpoint answers 404, as for a blob the store does not hold.'),
+    Setting("ARW_SERVE_GATED_BLOBS", False, _bool,
+            'Also serve the blobs of gated downloads (fetched with the request\'s headers, a hub token or registry credentials), whose licence may not allow passing them on.'),
     Setting("ARW_REGISTRY_INSECURE", None, _optional(parse_insecure),
             'Comma-separated registries (`HOST:PORT`, as an `oci://` or `ollama://` reference names them) asked over plain http instead of https, like Docker\'s insecure registries; credentials and tokens go to them unencrypted.'),
     Setting("ARW_LOG_FORMAT", None, _optional(str),
@@ -362,6 +392,11 @@ class Settings:
     models_mode: int = 0o644
     registry_insecure: tuple[str, ...] = ()
     hf_cache: str | None = None
+    peers: tuple[str, ...] = ()
+    peers_token: str | None = field(default=None, repr=False)
+    peer_timeout: float = 2.0
+    serve_blobs: bool = True
+    serve_gated_blobs: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -371,6 +406,7 @@ class Settings:
                 "ARW_STATE_DIR",
                 "ARW_ADMIN_TOKEN",
                 "ARW_HF_TOKEN",
+                "ARW_PEERS_TOKEN",
                 "ARW_HF_CACHE",
                 "ARW_BIND",
             ):
@@ -425,6 +461,11 @@ class Settings:
             # A path, made absolute as the state directory is; blank: no export.
             hf_cache=os.path.abspath(os.fspath(get("ARW_HF_CACHE"))) if str(get("ARW_HF_CACHE") or "").strip()
             else None,
+            peers=parse_peers(get("ARW_DL_PEERS") or ()),
+            peers_token=(get("ARW_PEERS_TOKEN") or "").strip() or None,
+            peer_timeout=float(get("ARW_DL_PEER_TIMEOUT_SECS")),
+            serve_blobs=bool(get("ARW_SERVE_BLOBS")),
+            serve_gated_blobs=bool(get("ARW_SERVE_GATED_BLOBS")),
         )
         if settings.max_conc < 1:
             raise ValueError("ARW_MODELS_MAX_CONC must be at least 1")
@@ -452,6 +493,8 @@ class Settings:
             raise ValueError("ARW_DL_CHECKPOINT_SECS must be positive")
         if not settings.body_timeout > 0:
             raise ValueError("ARW_BODY_TIMEOUT_SECS must be positive")
+        if not settings.peer_timeout > 0:
+            raise ValueError("ARW_DL_PEER_TIMEOUT_SECS must be positive")
         return settings
 
     def public(self) -> dict[str, Any]:
@@ -494,5 +537,10 @@ class Settings:
             "mirrors": [redact_url(m) for m in self.mirrors],
             "registry_insecure": list(self.registry_insecure),
             "hf_cache": self.hf_cache,
+            "peers": [redact_url(p) for p in self.peers],
+            "peers_token": "set" if self.peers_token else None,
+            "peer_timeout_secs": self.peer_timeout,
+            "serve_blobs": self.serve_blobs,
+            "serve_gated_blobs": self.serve_gated_blobs,
             "auth": "token" if self.admin_token else "none",
         }

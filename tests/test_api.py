@@ -145,6 +145,7 @@ def test_probe_and_health(client: Any, app: Any) -> None:
         "events_retry_ms", "jobs_keep", "segments", "segment_min_mb", "split_below_mbps", "rate_limit",
         "lock_wait_secs", "events_max_streams", "threads", "body_timeout_secs", "log_format", "auth", "cors_origins",
         "hf_endpoint", "hf_token", "mirrors", "models_mode", "files_at_once", "registry_insecure", "hf_cache",
+        "peers", "peers_token", "peer_timeout_secs", "serve_blobs", "serve_gated_blobs",
     }
     # All but ARW_STATE_DIR, ARW_BIND and ARW_PORT (the server's), ARW_ALLOW_REMOTE and ARW_SERVER (the launcher's and the CLI's).
     assert len(probe["settings"]) == len(DEFAULTS) - 5

@@ -118,7 +118,7 @@ def test_a_host_whose_cache_is_down_gets_the_model_from_the_origin(
 
 def test_the_deployment_page_shows_the_cache_these_tests_run() -> None:
     text = DEPLOYMENT.read_text()
-    section = text[text.index("A fleet behind one cache\n"):]
+    section = text[text.index("Behind one cache\n"):]
     directives = [line.strip() for line in caches.location("http://origin/").splitlines()
                   if line.strip() and not line.strip().startswith("proxy_pass ")]
     assert directives and [d for d in directives if d not in section] == []

@@ -45,7 +45,7 @@ def test_an_install_stores_a_blob_and_writes_a_manifest(client: Any, app: Any, o
     shown = redact_url(url)  # as the listing shows it: no userinfo, no signed query
     assert "secret" not in shown and "Signature" not in shown
     assert manifest == {"version": 1, "id": "m", "provider": "local", "url": shown,
-                        "downloaded_at": manifest["downloaded_at"],
+                        "downloaded_at": manifest["downloaded_at"], "gated": True,  # credentials in its url
                         "files": [{"path": "m.gguf", "size": len(res.data), "sha256": res.sha256, "source": shown,
                                    "sha256_source": "request"}]}
     assert "secret" not in json.dumps(manifest) and "Signature" not in json.dumps(manifest)

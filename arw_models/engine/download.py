@@ -16,7 +16,10 @@ A download whose digest is known (the request's ``sha256``) first asks the
 manager's ``adopt`` callback for an installed file with it: when one exists, no
 request is made and :meth:`Download.adopted` gives the deduplicated result. A
 digest the origin publishes (:mod:`.published`) is offered to the same callback
-once its first answer has come, before a byte of the body is read.
+once its first answer has come, before a byte of the body is read; when no
+installed file has it, the sources that name a file by its digest (peers,
+``{sha256}`` mirrors: :func:`~.sources.by_digest`) are asked for the body instead,
+and held to that digest.
 
 The body is written by :class:`~.single.SingleStream` (one stream) or
 :class:`~.parallel.ParallelRanges` (ranges over several connections), the two
@@ -51,6 +54,11 @@ from .transfer import Transfer
 log = logging.getLogger(__name__)
 
 HASH_READ = 4 * 1024 * 1024
+
+
+class _AskNext(Exception):
+    """The origin's first answer published the digest: the route has sources by
+    digest now, and the attempt asks the first of them (no retry, no backoff)."""
 
 
 # How a single stream's .part is opened for writing at its end (append) or from byte
@@ -101,6 +109,9 @@ class Download(SingleStream, ParallelRanges):
         self._no_split = False  # the origin refused a range: one stream from now on
         self._sidecar: dict[str, Any] = {}
         self._published: str | None = None  # the SHA-256 the origin states for the bytes on disk
+        # The SHA-256 the origin published on its first answer, which the sources by
+        # digest were asked for: it holds their bytes to it, across attempts.
+        self._learned: str | None = None
         # The largest size the origin announced for the version it says it serves
         # (its validator): a new version's answer sets it afresh, one of the same
         # version (or of none) only raises it.
@@ -108,8 +119,10 @@ class Download(SingleStream, ParallelRanges):
         self._announced_by: str | None = None
         self._announced_ever = 0  # the largest size it announced for any version
         # Mirrors first, the origin last: the route says which one this attempt asks.
+        self._fleet = sources.fleet_of(settings.mirrors, settings.peers, settings.peers_token, settings.peer_timeout)
         self.route = Route(job.id, sources.for_job(job.url, job.headers, settings.hf_endpoint, settings.hf_token,
-                                                   settings.mirrors), state.part_size(job.id))
+                                                   settings.mirrors, self._fleet, job.sha256, job.size),
+                           state.part_size(job.id))
         job.sources = self.route
 
     @property
@@ -159,7 +172,12 @@ class Download(SingleStream, ParallelRanges):
             session = self._session()
             try:
                 with socket_hook(self.job.attach_socket):
-                    adopted = self._transfer(session)
+                    while True:
+                        try:
+                            adopted = self._transfer(session)
+                            break
+                        except _AskNext:
+                            self.route.attempt()
                     if adopted is None:
                         self._still_one_version(session)
             finally:
@@ -230,6 +248,8 @@ class Download(SingleStream, ParallelRanges):
                     self._filename = (filename_from_disposition(response.headers.get("Content-Disposition"))
                                       or self._filename)
                     return self.adopted(self._published, "origin", size)
+            if self._ask_by_digest(answer):
+                raise _AskNext()
             if answer.whole:
                 job.total = job.downloaded = answer.offset
                 return  # 416 for a .part that is already whole
@@ -243,6 +263,19 @@ class Download(SingleStream, ParallelRanges):
         finally:
             job.attach_response(None)
             response.close()
+
+    def _ask_by_digest(self, answer: fetch.Answer) -> bool:
+        """Whether the origin's first answer (of the whole file: nothing on disk is
+        kept) published the digest the sources by digest can now be asked for; the
+        body is left unread then."""
+        if (self._published is None or self.job.sha256 or self.source.mirror or answer.offset or answer.whole
+                or self._fleet.empty or self._learned is not None):
+            return False
+        found = sources.by_digest(self._fleet, self.source.url, self._published, answer.total)
+        if not self.route.learn(found):
+            return False
+        self._learned = self._published
+        return True
 
     def _announce(self, validator: str | None, size: int) -> None:
         """The origin says the file has ``size`` bytes, in an answer that carries
@@ -271,7 +304,7 @@ class Download(SingleStream, ParallelRanges):
             # was told has bytes, whatever its validators (a truncation changes them).
             now = "it is empty now" if not job.downloaded else f"it has {job.downloaded} bytes now"
             why = f"{now}, after {max(self._announced, self._announced_ever)} bytes were announced"
-        elif job.sha256 or self._published:
+        elif job.sha256 or self._published or self._learned:
             return
         else:
             fetch.check_stop(job)
@@ -319,8 +352,8 @@ class Download(SingleStream, ParallelRanges):
             "created_at": previous.get("created_at") or utcnow(),
             "ranges": Plan.single(answer.total, answer.offset).to_json(),
         }
-        if self._published:
-            self._sidecar["published_sha256"] = self._published
+        if self._published or self._learned:
+            self._sidecar["published_sha256"] = self._published or self._learned
         if self._sidecar != previous:
             self._save_sidecar(answer.offset)
 
@@ -389,8 +422,8 @@ class Download(SingleStream, ParallelRanges):
         if job.total is not None and size != job.total:
             raise TransferError("size-mismatch", f"the file has {size} bytes, expected {job.total}",
                                 keep_part=False, received=size, expected_bytes=job.total)
-        expected = job.sha256 or self._published
-        origin = "request" if job.sha256 else "origin" if self._published else "computed"
+        expected = job.sha256 or self._published or self._learned
+        origin = "request" if job.sha256 else "origin" if expected else "computed"
         if expected and digest != expected:
             raise TransferError("checksum-mismatch", "checksum mismatch" if job.sha256 else
                                 "checksum mismatch: the file is not the one the origin publishes the sha256 of",

@@ -103,7 +103,8 @@ def request(session: requests.Session, job: Transfer, settings: Settings, header
     session.private_headers = frozenset(source.headers)  # type: ignore[attr-defined]
     try:
         response = session.get(source.url, headers={**headers, **source.headers}, stream=True,
-                                timeout=(settings.connect_timeout, settings.idle_timeout), allow_redirects=True)
+                                timeout=source.timeout or (settings.connect_timeout, settings.idle_timeout),
+                                allow_redirects=True)
         served = ranges_served(headers, response)
         if served is not None:
             job.accept_ranges = served

@@ -122,6 +122,7 @@ class FileTransfer(Transfer):
 
     def __init__(self, file_id: str, file: RemoteFile, model: Transfer, state: FileState) -> None:
         super().__init__(file_id, file.url, file.sha256, model.provider, clock=model.clock)
+        self.size = file.size
         self.bucket = model.bucket  # the model's rate limit holds for all its files together
         self.state = state
 

@@ -2,11 +2,14 @@
 
 Design: a job has one :class:`Route` across its attempts. An attempt asks the
 route's current source for everything it fetches, its parallel ranges included:
-each mirror of ``ARW_DL_MIRRORS`` in turn, and last the origin. A mirror that fails
-in a way of its own (no answer, a stall, a status other than 200 or 206, a file of
-another size than the job knows, bytes that do not match the sha256) is skipped for
-the rest of the job, and the next source is asked at once; the origin's failures
-are retried as they always were. Bytes on disk stay when the next source's answer
+the sources by digest (peers, ``{sha256}`` templates) when the digest is known,
+each mirror of ``ARW_DL_MIRRORS`` in turn, and last the origin. A digest the
+origin publishes on its first answer brings the sources by digest in then, before
+the origin (:meth:`Route.learn`), and the attempt asks the first of them at once.
+A mirror that fails in a way of its own (no answer, a stall, a status other than
+200 or 206, a file of another size than the job knows, bytes that do not match the
+sha256) is skipped for the rest of the job, and the next source is asked at once;
+the origin's failures are retried as they always were. Bytes on disk stay when the next source's answer
 vouches for them (the continuation rule and the validator checks decide, as for any
 resume), so one file may be assembled from several sources.
 
@@ -56,6 +59,7 @@ class Route:
         self._on_disk: set[int] = set()  # the sources whose bytes the .part holds
         self._earlier = bool(on_disk)  # the .part holds bytes from before this job
         self._total: int | None = None  # the size the sources announce
+        self._learned = False  # the sources by digest were added (once per job)
         #: The error a failed attempt was turned into to move on to the next source.
         self.moved: TransferError | None = None
 
@@ -66,6 +70,23 @@ class Route:
     @property
     def mirrored(self) -> bool:
         return len(self._sources) > 1
+
+    def learn(self, found: list[Source]) -> bool:
+        """The origin's first answer published the file's digest: ``found`` (the
+        sources by that digest) go just before the origin, once per job, and become
+        the current source; True when there is one to ask now."""
+        with self._lock:
+            if self._learned or not found or self.current.mirror:
+                return False
+            self._learned = True
+            at = len(self._sources) - 1  # the origin's place: every mirror before it is spent
+            shift = len(found)
+            self._sources[at:at] = found
+            self._uses = {(i + shift if i >= at else i): use for i, use in self._uses.items()}
+            self._on_disk = {i + shift if i >= at else i for i in self._on_disk}
+            self._at = at
+        log.info("download %s: the origin published the sha256; asking %s", self.job_id, found[0].label)
+        return True
 
     # -- the accounts ------------------------------------------------------------------------
 

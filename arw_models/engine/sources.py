@@ -11,6 +11,15 @@ with a redirect to a signed CDN url, which must never see the token.
 :func:`for_job` lists a job's sources: each mirror of ``ARW_DL_MIRRORS`` (a
 template filled in for the origin's url, with no private headers at all), then the
 origin; :mod:`.route` says which one an attempt asks.
+
+Some sources name the file by its SHA-256 instead of its url: the peers of
+``ARW_DL_PEERS`` (other services, ``{base}/blobs/sha256/<digest>``, with the
+``ARW_PEERS_TOKEN`` for their host alone) and the templates with ``{sha256}`` (a
+bucket keyed by digest). They can be asked only once the digest is known
+(:func:`by_digest`): before the first byte when the request, a listing or an OCI
+manifest gives it, else after the origin's first answer publishes it (then
+:meth:`.route.Route.learn` puts them before the origin). They are mirrors: they
+vouch for nothing, every byte they serve is held to that digest.
 """
 
 from __future__ import annotations
@@ -93,6 +102,8 @@ class Source:
     label: str
     headers: Mapping[str, str] = field(default_factory=dict)
     mirror: bool = False
+    # (connect, read) seconds for this source; None: the settings' own.
+    timeout: tuple[float, float] | None = None
 
     def __repr__(self) -> str:  # never the headers' values
         return f"Source({self.label!r}, headers={sorted(self.headers)!r})"
@@ -109,9 +120,10 @@ def origin(url: str, headers: Mapping[str, str], hf_endpoint: str, hf_token: str
     return Source(url, "origin", private)
 
 
-def mirror(template: str, url: str) -> Source:
+def mirror(template: str, url: str, digest: str | None = None, size: int | None = None) -> Source:
     """``template`` filled in for ``url``: ``{host}`` is its host (with its port,
-    if it names one; never its userinfo), ``{path}`` its path and query. A mirror
+    if it names one; never its userinfo), ``{path}`` its path and query, ``{sha256}``
+    and ``{size}`` the file's digest and size (see :func:`needs_digest`). A mirror
     gets no private headers: they belong to the origin's host."""
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
@@ -119,7 +131,56 @@ def mirror(template: str, url: str) -> Source:
     # have them, and "{path}" must not climb out of the template's own prefix.
     path = (remove_dot_segments(parts.path) or "/") + (f"?{parts.query}" if parts.query else "")
     filled = template.replace("{host}", host).replace("{path}", path)
+    if digest is not None:
+        filled = filled.replace("{sha256}", digest)
+    if size is not None:
+        filled = filled.replace("{size}", str(size))
     return Source(filled, mirror_label(filled), mirror=True)
+
+
+def needs_digest(template: str) -> bool:
+    """Whether ``template`` names the file by its digest (``{sha256}``, ``{size}``)."""
+    return "{sha256}" in template or "{size}" in template
+
+
+def fillable(template: str, digest: str | None, size: int | None) -> bool:
+    """Whether what is known fills every field ``template`` has."""
+    return ("{sha256}" not in template or digest is not None) and ("{size}" not in template or size is not None)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The sources that name a file by its digest: ``templates`` (those of
+    ``ARW_DL_MIRRORS`` with ``{sha256}`` or ``{size}``), ``peers`` (base urls of
+    other services), the ``token`` sent to the peers, and the ``timeout`` (connect,
+    read) that keeps a peer that is down or slow from holding the job up."""
+
+    templates: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()
+    token: str | None = field(default=None, repr=False)
+    timeout: float = 2.0
+
+    @property
+    def empty(self) -> bool:
+        return not self.templates and not self.peers
+
+
+def peer(base: str, digest: str, token: str | None, timeout: float) -> Source:
+    """Another service's blob of ``digest``; the token goes to its host alone."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return Source(f"{base}/blobs/sha256/{digest}", mirror_label(base), headers, mirror=True,
+                  timeout=(timeout, timeout))
+
+
+def by_digest(fleet: Fleet, url: str, digest: str | None, size: int | None) -> list[Source]:
+    """The sources that can be asked for the file of ``digest`` (and ``size``, if
+    known): each peer, then each template that what is known fills in. None
+    without a digest: they would serve whatever their key names, with nothing to
+    hold it to."""
+    if digest is None:
+        return []
+    return [*(peer(base, digest, fleet.token, fleet.timeout) for base in fleet.peers),
+            *(mirror(t, url, digest, size) for t in fleet.templates if fillable(t, digest, size))]
 
 
 def mirror_label(url: str) -> str:
@@ -129,11 +190,20 @@ def mirror_label(url: str) -> str:
 
 
 def for_job(url: str, headers: Mapping[str, str], hf_endpoint: str, hf_token: str | None,
-            templates: tuple[str, ...] = ()) -> list[Source]:
-    """Where a job asks, in order: each mirror (filled in for the resolved url of
-    the job, an ``hf://`` reference's ``/resolve/`` url included), then the origin."""
+            templates: tuple[str, ...] = (), fleet: Fleet | None = None, digest: str | None = None,
+            size: int | None = None) -> list[Source]:
+    """Where a job asks, in order: the sources by digest (``fleet``'s, when
+    ``digest`` is known), each mirror of ``templates`` (filled in for the resolved url
+    of the job, an ``hf://`` reference's ``/resolve/`` url included; those that need
+    the digest are left to ``fleet``), then the origin."""
     own = origin(url, headers, hf_endpoint, hf_token)
-    return [*(mirror(t, own.url) for t in templates), own]
+    return [*by_digest(fleet or Fleet(), own.url, digest, size),
+            *(mirror(t, own.url) for t in templates if not needs_digest(t)), own]
+
+
+def fleet_of(templates: tuple[str, ...], peers: tuple[str, ...], token: str | None, timeout: float) -> Fleet:
+    """The digest-keyed part of the settings' sources."""
+    return Fleet(tuple(t for t in templates if needs_digest(t)), peers, token, timeout)
 
 
 def filename_of(url: str) -> str:

@@ -41,6 +41,9 @@ class Transfer:
         self.rate_limit: int | None = None
         self.bucket = Bucket(None, clock)
         self.total: int | None = None
+        # The file's size when it is known before the first byte (a listing's): fills
+        # the {size} of a mirror template.
+        self.size: int | None = None
         self.downloaded = 0
         self.offset = 0
         self.segments = 0

@@ -225,7 +225,7 @@ class ArwModels:
             self.init_app(app, url_prefix=url_prefix)
 
     def init_app(self, app: Flask, url_prefix: str | None = None) -> None:
-        from . import cors
+        from . import blobserve, cors  # noqa: F401 - blobserve puts its route on the blueprint
         from .api import bp
 
         for key, value in DEFAULTS.items():

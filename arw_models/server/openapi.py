@@ -229,6 +229,25 @@ def _paths() -> dict[str, Any]:
             {"200": _json({"type": "object"}, "The OpenAPI 3.1 document"), **_problems(*SERVICE)},
             operation_id="openapi",
         )},
+        "/blobs/sha256/{digest}": {"get": _operation(
+            "A blob of the store, by its SHA-256 (for peers: ARW_DL_PEERS)",
+            {"200": {"description": "The blob's bytes (HEAD: the same headers, no body)",
+                     "headers": {**_BLOB_HEADERS, "Content-Length": {"required": True, "schema": _INT}},
+                     "content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+             "206": {"description": "The range asked for (``Range``, and ``If-Range`` naming this ETag)",
+                     "headers": {**_BLOB_HEADERS, "Content-Range": {"required": True, "schema": {"type": "string"}}},
+                     "content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+             "304": {"description": "``If-None-Match`` names this ETag", "headers": _BLOB_HEADERS},
+             **_problems("unknown-blob", "blobs-not-served", "range-not-satisfiable", *AUTH, *SERVICE)},
+            admin=True, operation_id="getBlob",
+            description="HEAD answers alike, without the body. Only a verified blob of the store is served, "
+                        "opened without following a link; a digest the store does not hold, a malformed one and "
+                        "(unless ARW_SERVE_GATED_BLOBS) the blob of a gated download are 404 ``unknown-blob``; "
+                        "ARW_SERVE_BLOBS=0 makes every one a 404 ``blobs-not-served``. Needs the admin token "
+                        "when ARW_ADMIN_TOKEN is set.",
+            parameters=[{"name": "digest", "in": "path", "required": True,
+                         "schema": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}],
+        )},
         "/metrics": {"get": _operation(
             "Metrics in the Prometheus text format",
             {"200": {"description": "Counters of downloads and bytes, gauges of jobs, event subscribers and "
@@ -237,6 +256,13 @@ def _paths() -> dict[str, Any]:
             operation_id="metrics",
         )},
     }
+
+
+_BLOB_HEADERS = {
+    "ETag": {"required": True, "schema": {"type": "string"}, "description": "the digest, quoted"},
+    "Accept-Ranges": {"schema": {"const": "bytes"}},
+    "Repr-Digest": {"schema": {"type": "string"}, "description": "``sha-256=:<base64>:`` (RFC 9530)"},
+}
 
 
 def _items(name: str) -> dict[str, Any]:

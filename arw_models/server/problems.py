@@ -35,12 +35,15 @@ PROBLEM_CODES: dict[str, int] = {
     "unknown-model": 404,
     "unknown-download": 404,
     "unknown-asset": 404,
+    "unknown-blob": 404,
+    "blobs-not-served": 404,
     "request-timeout": 408,
     "already-downloading": 409,
     "download-ending": 409,
     "download-in-progress": 409,
     "body-too-large": 413,
     "unsupported-media-type": 415,
+    "range-not-satisfiable": 416,
     "resolve-failed": 502,
     "shutting-down": 503,
     "state-dir-in-use": 503,
@@ -51,6 +54,7 @@ PROBLEM_CODES: dict[str, int] = {
 
 PROBLEM_TITLES = {400: "Bad request", 401: "Unauthorized", 404: "Not found", 408: "Request timeout",
                   409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
+                  416: "Range not satisfiable",
                   500: "Internal error", 502: "Bad gateway", 503: "Service unavailable"}
 
 

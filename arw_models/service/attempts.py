@@ -103,7 +103,8 @@ def install_file(m: DownloadManager, job: DownloadJob, result: Any) -> None:
     cancel either lands before the rename (and wins) or finds the job complete."""
     m.checkpoint("verified", job)
     with m._lock:
-        done = job.finish(lambda: install.install(m.state, m.registry, job, result))
+        done = job.finish(lambda: install.install(m.state, m.registry, job, result,
+                                                  gated=install.gated(job.url, job.headers, m.settings.hf_token)))
     if done is None:
         raise JobStopped()
     m.checkpoint("installed", job)
@@ -117,7 +118,9 @@ def run_model(m: DownloadManager, job: models.ModelJob) -> None:
         m.checkpoint("verified", job)
         folder = model_install.hf_cache_dir(m.settings, job.hf_cache)
         with m._lock:
-            done = job.finish(lambda: model_install.install(m.state, m.registry, job, download, folder))
+            done = job.finish(lambda: model_install.install(
+                m.state, m.registry, job, download, folder,
+                gated=install.gated(job.url, job.headers, m.settings.hf_token)))
         if done is None:
             raise JobStopped()
         m.checkpoint("installed", job)

@@ -12,12 +12,19 @@ The order is the crash story: the ``.part`` is linked into the blob first (a cra
 then leaves the ``.part``, which resumes, and a blob no manifest names, which the
 next start removes), then renamed to its final name, then the manifest is written,
 then the registry.
+
+A manifest says whether the download was gated (:func:`gated`): a blob of a gated
+download is not served to peers unless the operator says so
+(``ARW_SERVE_GATED_BLOBS``), since its licence may not allow passing it on.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from ..engine import Result
 from ..engine.sources import HF_SCHEME, InvalidReference, parse_hf
@@ -30,10 +37,30 @@ from ..store.registry import Registry
 from ..store.storage import StateDir, remove_quietly, utcnow
 from .jobs import DownloadJob
 
+# Query parameters that carry credentials: signed urls (S3's X-Amz-Signature and
+# X-Amz-Credential, GCS's X-Goog-Signature, Azure's sig), tokens and keys.
+_SECRET_PARAM = re.compile(r"sig|token|key|credential|auth|passw|secret", re.IGNORECASE)
 
-def install(state: StateDir, registry: Registry, job: DownloadJob, result: Result) -> dict[str, Any]:
+
+def gated(url: str, headers: Mapping[str, str], hf_token: str | None) -> bool:
+    """Whether a download carried credentials to its origin: the request's own
+    ``headers`` (a gated origin, a registry's login), the hub token (sent with every
+    ``hf://`` download when one is set), a ``user:password@`` or a signed or keyed
+    query string in its url. Whether the origin needed them is not known here, so
+    any credential counts."""
+    if headers or (url.startswith(HF_SCHEME) and hf_token):
+        return True
+    if url.startswith(HF_SCHEME):
+        return False
+    parts = urlsplit(url)
+    return ("@" in parts.netloc
+            or any(_SECRET_PARAM.search(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)))
+
+
+def install(state: StateDir, registry: Registry, job: DownloadJob, result: Result, *,
+            gated: bool = False) -> dict[str, Any]:
     """Moves the job's ``.part`` into place and records it; returns the fields of
-    the ``complete`` event."""
+    the ``complete`` event. ``gated``: the download carried credentials."""
     blobs, manifests = Blobs(state), Manifests(state)
     old = registry.get(job.id)
     own = old.get("file") if old else None
@@ -61,7 +88,7 @@ def install(state: StateDir, registry: Registry, job: DownloadJob, result: Resul
         "url": job.url,
         "downloaded_at": utcnow(),
     }
-    manifests.write(manifest_of(entry, revision=_revision(job.url)))
+    manifests.write(manifest_of(entry, revision=_revision(job.url), gated=gated))
     registry.put(entry)
     if own and own != final:
         remove_quietly(state.model_path(own))

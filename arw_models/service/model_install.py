@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 def install(state: StateDir, registry: Registry, job: ModelJob, download: ModelDownload,
-            hf_cache: str | None = None) -> dict[str, Any]:
+            hf_cache: str | None = None, *, gated: bool = False) -> dict[str, Any]:
     """Builds the model's folder and records it; returns the ``complete`` event's
     fields. ``hf_cache``: a Hugging Face cache folder the model of a hub repository is
     also put in (hard-linked), so that huggingface_hub opens it offline."""
@@ -66,7 +66,7 @@ def install(state: StateDir, registry: Registry, job: ModelJob, download: ModelD
     now = utcnow()
     manifests.write({
         "version": VERSION, "id": job.id, "provider": job.provider, "url": url, "downloaded_at": now,
-        "folder": name, "revision": fileset.revision,
+        "folder": name, "revision": fileset.revision, "gated": gated,
         "files": [{"path": f["path"], "size": f["bytes"], "sha256": f["sha256"], "source": url,
                    "sha256_source": f["sha256_source"], "revision": fileset.revision,
                    **({"git_oid": f["git_oid"]} if "git_oid" in f else {})} for f in listed]})

@@ -5,7 +5,10 @@ shows it: without credentials), ``downloaded_at``, and its ``files``, each with
 ``path`` (its name under ``models/``), ``size``, ``sha256`` (the blob that holds its
 bytes, see :mod:`.blobs`), ``source`` (the url it came from, redacted),
 ``sha256_source`` (who vouched for the digest: ``request``, ``origin`` or
-``computed``) and, for an ``hf://`` reference, its ``revision``.
+``computed``) and, for an ``hf://`` reference, its ``revision``; ``gated`` says
+whether the download carried credentials (the request's headers, a hub token), so
+that its blobs are not passed on to peers unless the operator allows it
+(:meth:`Manifests.gated`; a manifest written before the key existed counts as gated).
 
 A manifest is what keeps a blob: written (atomically) once the blob is in place,
 removed first when the model is deleted, so a crash in between leaves a blob no
@@ -89,20 +92,34 @@ class Manifests:
                 found[model_id] = manifest
         return found
 
+    def gated(self, digest: str) -> bool:
+        """Whether the blob of ``digest`` is to be withheld as gated: a manifest that
+        names it is of a gated download (or does not say: one written before
+        ``gated`` was recorded), or none names it yet (an install between its blob
+        and its manifest, whose download may be gated). Any one is enough: the same
+        bytes fetched once with credentials and once without are withheld."""
+        naming = [m for m in self.all().values()
+                  if any(isinstance(f, dict) and f.get("sha256") == digest for f in m["files"])]
+        return not naming or any(m.get("gated") is not False for m in naming)
+
     def digests(self) -> set[str]:
         """Every digest a manifest names: the blobs to keep."""
         return {f.get("sha256") for m in self.all().values() for f in m["files"] if isinstance(f, dict)}
 
 
-def manifest_of(entry: dict[str, Any], revision: str | None = None) -> dict[str, Any]:
-    """The manifest of a registry entry (one file, in ``models/``)."""
+def manifest_of(entry: dict[str, Any], revision: str | None = None, gated: bool | None = None) -> dict[str, Any]:
+    """The manifest of a registry entry (one file, in ``models/``); ``gated`` None:
+    not known (an entry from before the store), which counts as gated."""
     url = redact_url(str(entry.get("url", "")))
     file: dict[str, Any] = {"path": entry["file"], "size": entry["bytes"], "sha256": entry["sha256"],
                             "source": url, "sha256_source": entry.get("sha256_source") or "computed"}
     if revision is not None:
         file["revision"] = revision
-    return {"version": VERSION, "id": entry["id"], "provider": entry.get("provider") or "local", "url": url,
-            "downloaded_at": entry.get("downloaded_at"), "files": [file]}
+    manifest = {"version": VERSION, "id": entry["id"], "provider": entry.get("provider") or "local", "url": url,
+                "downloaded_at": entry.get("downloaded_at"), "files": [file]}
+    if gated is not None:
+        manifest["gated"] = gated
+    return manifest
 
 
 def entry_of(manifest: dict[str, Any], state: StateDir) -> dict[str, Any] | None:
