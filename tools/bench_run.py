@@ -235,7 +235,7 @@ class Service:
             try:
                 if self.session.get(self.url + "/healthz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening, or its worker still booting
                 pass
             if time.monotonic() > deadline:
                 raise BenchError(f"gunicorn did not answer within {timeout}s:\n{self.output()}")

@@ -79,7 +79,7 @@ class Gunicorn:
             try:
                 if requests.get(self.url + "/healthz", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening, or its worker still booting
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"gunicorn did not answer within {timeout}s:\n{self.output()}")
