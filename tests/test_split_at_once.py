@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from arw_models.engine import download, verify
+from arw_models.engine import download, single, verify
 from arw_models.service.manager import PROGRESS
 
 from .support.app import TERMINAL, Service, post_download
@@ -119,3 +119,22 @@ def test_two_downloads_at_once_hash_at_the_same_time(service: Service, origin: O
         assert done["status"] == "complete" and done["sha256"] == res.sha256, done
         assert read(os.path.join(models_dir(app), f"{name}.gguf")) == res.data
     assert meeting.met == 2
+
+
+def test_a_file_larger_than_a_piece_per_connection_comes_in_more_ranges_taken_in_order(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More ranges than connections, each fetched whole and handed out from the
+    start of the file: the bytes hashed from 0 grow during the download instead of
+    waiting for its end (see single.PIECE)."""
+    monkeypatch.setattr(single, "PIECE", 1 * MiB)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
+    res = origin.add("/p.gguf", payload(6 * MiB, seed=174), throttle=8 * MiB)
+    post_download(client, "p", origin.url("/p.gguf"), sha256=res.sha256)
+    assert watch.terminal("p", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "p.gguf")) == res.data
+    ranged = [s for s in origin.requests_for("/p.gguf") if s.range]
+    # Six ranges of 1 MiB on two connections: the first answer serves the first.
+    # (A range that would end last may still be shared at the very end: off the grid.)
+    assert {start_of(s) for s in ranged if start_of(s) % MiB == 0} == {n * MiB for n in range(1, 6)}
+    assert max(p.get("segments", 0) for p in watch.payloads("p")) == 2
