@@ -279,7 +279,12 @@ class Segments:
         else:
             with self._lock:
                 self._began.setdefault(id(span), (time.monotonic(), span.done))
-            self._read(response, span)  # the first answer, accepted already; its caller closes it
+            # The first answer, accepted already, is of the whole rest of the file: once
+            # its range is read, the origin need not go on sending into the socket.
+            try:
+                self._read(response, span)
+            finally:
+                response.close()  # (its caller closes it too, whatever happened here)
 
     def _read(self, response: Any, span: Span) -> None:
         with self._lock:
