@@ -199,8 +199,8 @@ class Segments:
         span = self.plan.claim(self.least, self._rate, rate, paces[len(paces) // 2] if paces else None)
         if span is None or span.start == 0:
             return span, None
-        victim = next((s for s in self.plan.spans if s.end == span.start and s is not span), None)
-        if victim is not None and victim.active and victim.remaining == 0 and not victim.writing:
+        victim = next((s for s in self.plan.spans if s.end == span.start and s is not span and s.active), None)
+        if victim is not None and victim.remaining == 0 and not victim.writing:
             return span, victim
         return span, None
 
