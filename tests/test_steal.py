@@ -186,7 +186,7 @@ def test_a_kill_9_right_after_a_takeover_resumes_from_the_ranges_on_record(
     recorded = json.loads(sidecar.read_text())["ranges"]  # the last record before the kill
     plan = Plan.from_json(size, recorded)
     assert plan is not None
-    ordered = sorted(plan.spans, key=lambda s: s.start)
+    ordered = sorted(plan.spans, key=lambda s: (s.start, s.end))
     # The split range is two ranges: they tile the file, none overlaps another.
     assert ordered[0].start == 0 and ordered[-1].end == size
     assert all(a.end == b.start for a, b in itertools.pairwise(ordered))
