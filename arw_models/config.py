@@ -258,8 +258,6 @@ SETTINGS: tuple[Setting, ...] = (
             'Parallel connections (ranges) for one download, 1 to 16; 1: one stream.'),
     Setting("ARW_DL_FILES_AT_ONCE", 4, int,
             'Files of one many-file model (a hub repository, a registry model) fetched at once, 1 to 16; each may still be split into ranges.'),
-    Setting("ARW_DL_SPLIT_BELOW_MBPS", 100.0, float,
-            'More connections are opened only while the first brings less than this (MiB/s).'),
     Setting("ARW_DL_SEGMENT_MIN_MB", 64.0, float,
             'Files smaller than this (MiB) are fetched as one stream.'),
     Setting("ARW_JOBS_KEEP", 1000, int,
@@ -378,7 +376,6 @@ class Settings:
     jobs_keep: int
     segments: int
     segment_min_bytes: int
-    split_below: float
     rate_limit: int | None
     lock_wait: float
     threads: int | None
@@ -445,7 +442,6 @@ class Settings:
             segments=int(get("ARW_DL_SEGMENTS")),
             rate_limit=None if get("ARW_DL_RATE_LIMIT") is None else int(get("ARW_DL_RATE_LIMIT")),
             segment_min_bytes=int(float(get("ARW_DL_SEGMENT_MIN_MB")) * MiB),
-            split_below=float(get("ARW_DL_SPLIT_BELOW_MBPS")) * MiB,
             lock_wait=float(get("ARW_LOCK_WAIT_SECS")),
             threads=threads,
             max_streams=events_stream_cap(threads) if max_streams is None else int(max_streams),
@@ -525,7 +521,6 @@ class Settings:
             "files_at_once": self.files_at_once,
             "rate_limit": self.rate_limit,
             "segment_min_mb": self.segment_min_bytes / MiB,
-            "split_below_mbps": self.split_below / MiB,
             "lock_wait_secs": self.lock_wait,
             "events_max_streams": self.max_streams,
             "threads": self.threads,

@@ -30,9 +30,8 @@ HOSTS = 3
 # Slack over one copy of the file for a loaded machine; a copy per host would be 3.0
 # (and without proxy_cache_lock, the hosts' ranges race each other to the origin: 2.3-2.5).
 MOST = 1.2
-# Bytes per second of each origin response: slower than ARW_DL_SPLIT_BELOW_MBPS, so
-# every host opens more connections and the cache sees ranges at many offsets at once,
-# as on a real uplink.
+# Bytes per second of each origin response: every host's ranges come at once, and the
+# cache sees ranges at many offsets at once, as on a real uplink.
 PACE = 40e6
 
 def mirror_env(cache: caches.Cache) -> dict[str, Any]:

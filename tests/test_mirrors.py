@@ -373,7 +373,7 @@ def test_ranges_of_a_mirror_that_dies_are_resumed_from_the_next(
     data = payload(8 * MiB, seed=310)
     res = origin.add("/s.gguf", data)
     first, second = servers(), servers()
-    # Slow enough that the probe splits the rest into ranges; one of them drops.
+    # Split into ranges at once; one of them drops.
     first.add("/s.gguf", data, throttle=4 * MiB, range_drop_after=256 * KiB, range_drops=1)
     second.add("/s.gguf", data)
     app, client, watch = service(**SPLIT, **mirrors(at(first), at(second)))

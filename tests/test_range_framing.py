@@ -37,8 +37,7 @@ def test_a_resumed_206_whose_length_disagrees_with_its_range_is_refused(
 
 
 def test_a_range_whose_length_disagrees_with_its_content_range_is_refused(service: Service, origin: Origin) -> None:
-    app, client, watch = service(ARW_DL_SEGMENTS=4, ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_RETRIES=1,
-                                 ARW_DL_SPLIT_BELOW_MBPS=10_000)
+    app, client, watch = service(ARW_DL_SEGMENTS=4, ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_RETRIES=1)
     origin.add("/s.gguf", payload(4 * MiB, seed=91), throttle=4 * MiB, range_length_off=-4096)
     post_download(client, "s", origin.url("/s.gguf"))
     done = watch.terminal("s", timeout=20)

@@ -76,8 +76,7 @@ def test_a_file_rewritten_in_place_during_its_ranges_installs_one_version(
     staged = str(tmp_path / "new.bin")
     with open(staged, "wb") as fh:
         fh.write(new)
-    _app, client, watch = service(ARW_DL_SEGMENTS=4, ARW_DL_SEGMENT_MIN_MB=0.5, ARW_DL_SPLIT_BELOW_MBPS=10_000,
-                                  ARW_DL_RETRIES=20)
+    _app, client, watch = service(ARW_DL_SEGMENTS=4, ARW_DL_SEGMENT_MIN_MB=0.5, ARW_DL_RETRIES=20)
     assert post_download(client, "m", web.url("m.bin")).status_code == 202
     # Parallel ranges in flight, about a third of the file on disk.
     watch.until(lambda e: e.payload.get("id") == "m" and e.payload.get("status") == "downloading"

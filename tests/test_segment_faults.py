@@ -24,7 +24,7 @@ from .support.sse import is_status, post_and_follow
 
 KiB = 1024
 MiB = 1024 * KiB
-# Slow enough that the half-second probe splits the rest into ranges.
+# Large enough to be split into ranges at once.
 SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB}
 
 
@@ -61,10 +61,8 @@ def test_a_range_that_fails_before_its_first_byte_has_every_retry(service: Servi
     failure, and with one retry allowed, the range is asked again on its own (the
     download does not fail, nor retry as a whole)."""
     app, client, watch = service(**SPLIT, ARW_DL_RETRIES=1)
-    res = origin.add("/f.gguf", payload(4 * MiB, seed=146), throttle=2 * MiB)
+    res = origin.add("/f.gguf", payload(4 * MiB, seed=146), throttle=2 * MiB, range_statuses=[(503, {})])
     post_download(client, "f", origin.url("/f.gguf"), sha256=res.sha256)
-    watch.status("f", "started")
-    res.statuses.append((503, {}))  # for the next request: a range's, once the probe is over
     done = watch.terminal("f", timeout=10)
     assert done["status"] == "complete" and read(os.path.join(models_dir(app), "f.gguf")) == res.data
     seen = origin.requests_for("/f.gguf")
@@ -98,12 +96,12 @@ def test_a_split_part_is_preallocated_to_the_whole_size(service: Service, origin
 def test_a_file_that_changes_while_its_ranges_run_is_fetched_again_whole(
     service: Service, origin: Origin, ignore_if_range: bool,
 ) -> None:
-    """The probe is over and the ranges run when the file changes (the first
-    answer's connection drops at that moment): the range asked again is of the new
-    version. The download starts over and installs the new file, never a mix."""
+    """The ranges run when the file changes (the first answer's connection drops
+    at that moment, inside its range): the range asked again is of the new version.
+    The download starts over and installs the new file, never a mix."""
     app, client, watch = service(**SPLIT)
     old, new = payload(8 * MiB, seed=143), payload(8 * MiB, seed=144)
-    origin.add("/c.gguf", old, throttle=4 * MiB, drop_after=3 * MiB, ignore_if_range=ignore_if_range,
+    origin.add("/c.gguf", old, throttle=4 * MiB, drop_after=1 * MiB, ignore_if_range=ignore_if_range,
                on_drop=lambda r: (r.replace(new), setattr(r, "throttle", None)))
     post_download(client, "c", origin.url("/c.gguf"))
     done = watch.terminal("c", timeout=20)
@@ -133,11 +131,8 @@ def test_which_statuses_are_retried(service: Service, origin: Origin, status: in
 def test_which_statuses_of_a_range_are_retried(service: Service, origin: Origin, status: int,
                                                retried: bool) -> None:
     app, client, watch = service(**SPLIT)
-    res = origin.add("/t.gguf", payload(8 * MiB, seed=146), throttle=4 * MiB)
+    res = origin.add("/t.gguf", payload(8 * MiB, seed=146), throttle=4 * MiB, range_statuses=[(status, {})] * 2)
     post_download(client, "t", origin.url("/t.gguf"), sha256=res.sha256)
-    watch.until(lambda e: e.payload.get("id") == "t" and e.payload.get("status") == "downloading")
-    with origin.lock:
-        res.statuses.extend([(status, {})] * 2)  # the next range requests
     done = watch.terminal("t", timeout=20)
     if retried:
         assert done["status"] == "complete" and read(os.path.join(models_dir(app), "t.gguf")) == res.data

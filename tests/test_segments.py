@@ -225,18 +225,6 @@ def test_kill_9_during_a_segmented_download_resumes_every_range(
     assert all(r.range and r.status == 206 for r in origin.requests_for("/k.gguf")[asked_before:])
 
 
-def test_a_fast_origin_is_read_on_one_connection(service: Service, origin: Origin) -> None:
-    """The first connection brings more than ARW_DL_SPLIT_BELOW_MBPS: opening more
-    would cost CPU time for nothing, so the ranges are fetched one after another."""
-    # The first connection brings about 4 MiB/s, well above the 0.5 asked for.
-    app, client, watch = service(**dict(SEGMENTED, ARW_DL_SPLIT_BELOW_MBPS=0.5))
-    res = origin.add("/fast.gguf", payload(8 * MiB, seed=109), throttle=4 * MiB)
-    post_download(client, "fast", origin.url("/fast.gguf"), sha256=res.sha256)
-    assert watch.terminal("fast")["status"] == "complete"
-    assert max(p.get("segments", 0) for p in watch.payloads("fast")) == 1
-    assert read(os.path.join(models_dir(app), "fast.gguf")) == res.data
-
-
 def test_a_segmented_download_paused_before_its_first_fsync_resumes_whole(service: Service,
                                                                            origin: Origin) -> None:
     """The .part is preallocated to the whole size at once: only the recorded ranges
@@ -267,11 +255,10 @@ def test_a_segmented_download_paused_before_its_first_fsync_resumes_whole(servic
     assert sum(r.sent for r in again) <= 8 * MiB - paused + len(again) * 512 * KiB  # (socket buffers)
 
 
-def test_a_resume_is_split_by_the_speed_of_what_it_fetches_not_what_it_had(service: Service,
-                                                                              origin: Origin) -> None:
-    """6 MiB on disk, then 2 MiB/s from a slow origin: slower than the 8 MiB/s asked
-    for, so the rest comes in parallel ranges, whatever the bytes already there."""
-    app, client, watch = service(**dict(SEGMENTED, ARW_DL_SPLIT_BELOW_MBPS=8))
+def test_a_resume_splits_what_is_left_at_once(service: Service, origin: Origin) -> None:
+    """6 MiB on disk of a single stream: the 6 MiB left are split into ranges at
+    once, the first answer (from byte 6 MiB) serving the first of them."""
+    app, client, watch = service(**SEGMENTED)
     data = payload(12 * MiB, seed=110)
     res = origin.add("/slow.gguf", data, throttle=2 * MiB)
     url = origin.url("/slow.gguf")
@@ -280,3 +267,6 @@ def test_a_resume_is_split_by_the_speed_of_what_it_fetches_not_what_it_had(servi
     assert watch.terminal("slow", timeout=20)["status"] == "complete"
     assert max(p.get("segments", 0) for p in watch.payloads("slow")) > 1
     assert read(os.path.join(models_dir(app), "slow.gguf")) == data
+    starts = [int(s.range.split("=")[1].split("-")[0]) for s in origin.requests_for("/slow.gguf") if s.range]
+    assert starts[0] == 6 * MiB  # the resume itself
+    assert {6 * MiB + 6 * MiB * n // 4 for n in range(1, 4)} <= set(starts[1:])  # the others, split at once

@@ -2,7 +2,7 @@
 
 The names the service imports, from the modules that hold them by concern:
 :mod:`.download` (the attempt loop, the retry budget, the final digest),
-:mod:`.single` (one stream, and the probe that decides on ranges), :mod:`.parallel`
+:mod:`.single` (one stream, and the decision to split into ranges), :mod:`.parallel`
 and :mod:`.segments` (parallel ranges), :mod:`.published` (the digest the origin
 publishes), :mod:`.result` (what the manager installs).
 """

@@ -10,6 +10,8 @@ the plan says what to fetch, not from where.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,17 +19,26 @@ from urllib.parse import urlsplit
 from ..store.sidecar import Sidecar
 from .headers import strong_etag
 
+# A range is split for a free connection, below the least size worth a new
+# request, when that ends the download at least this much sooner.
+STEAL_GAIN_SECS = 0.05
+# A connection this many times slower than a free one gives up all of its range.
+SLOWER = 4
+
 
 @dataclass(eq=False)
 class Span:
     """Bytes ``[start, end)`` of the file (``end`` None: up to an unknown end), of
     which the first ``done`` are on disk (and, in a recorded plan, durable).
-    ``active`` while a connection fetches it."""
+    ``active`` while a connection fetches it; ``writing``: the bytes from its
+    position that its connection is writing right now (no split may fall among
+    them). Neither is recorded."""
 
     start: int
     end: int | None
     done: int = 0
     active: bool = False
+    writing: int = 0
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Span) and self.to_json() == other.to_json()
@@ -88,26 +99,69 @@ class Plan:
                 break
         return at
 
-    def claim(self, least: int) -> Span | None:
-        """A range for a free connection: one nobody fetches yet, else the second
-        half of the largest range still being fetched (as aria2 does), so that one
-        slow connection does not hold the tail; None when nothing worth
-        ``least`` bytes is left."""
+    def claim(self, least: int, rate_of: Callable[[Span], float | None] = lambda span: None,
+              rate: float | None = None, typical: float | None = None) -> Span | None:
+        """A range for a free connection (which brought ``rate`` bytes/s on its last
+        range; None: unknown): one nobody fetches yet, else the tail of the range
+        that would end last (as aria2 does), so that one slow connection does not
+        hold the end of the download. ``rate_of`` says how fast a range's connection
+        has been (None: too soon to say; it is then taken to go at ``typical``, by
+        default the median of those known).
+
+        The tail taken is what makes both end together at those paces (half
+        between two alike), or all of a range whose connection is more than
+        :data:`SLOWER` times slower (that connection then stops, its bytes in
+        flight dropped: the other free connections share the rest as they come,
+        instead of waiting for it at the end). It is taken when it is worth
+        ``least`` bytes, or when it ends the download at least
+        :data:`STEAL_GAIN_SECS` sooner; None otherwise."""
         idle = [s for s in self.spans if not s.active and s.remaining]
         if idle:
             span = min(idle, key=lambda s: s.start)
             span.active = True
             return span
-        busy = [s for s in self.spans if s.active and s.remaining and s.remaining >= 2 * least]
+        busy = [s for s in self.spans if s.active and s.remaining]
         if not busy:
             return None
-        victim = max(busy, key=lambda s: s.remaining or 0)
+        rates = {id(s): rate_of(s) for s in busy}
+        known = sorted(r for r in rates.values() if r is not None)
+        typical = typical or (known[len(known) // 2] if known else None)
+        mine = rate or typical
+
+        def pace(span: Span) -> float | None:
+            found = rates[id(span)]
+            return typical if found is None else found
+
+        def left(span: Span) -> float:
+            """Seconds its connection still needs (bytes, when no pace is known at all)."""
+            speed, remaining = pace(span), span.remaining or 0
+            if speed is None:
+                return float(remaining)
+            return remaining / speed if speed > 0 else math.inf
+
+        victim = max(busy, key=left)
         assert victim.end is not None
-        middle = victim.position + (victim.remaining or 0) // 2
-        stolen = Span(middle, victim.end, active=True)
+        free = victim.position + victim.writing  # the first byte no write is under way to
+        share = victim.end - free
+        if share <= 0:
+            return None
+        theirs = pace(victim)
+        if theirs is not None and mine and theirs * SLOWER < mine:
+            # Far slower: all of it, the other free connections will share it.
+            keep, gain = 0, left(victim) - share / mine
+        elif theirs is not None and mine:
+            keep = int(share * theirs / (theirs + mine))
+            gain = left(victim) - max(keep / theirs if keep else 0.0, (share - keep) / mine)
+        else:
+            keep, gain = share // 2, 0.0
+        stolen = share - keep
+        if stolen < least and (gain < STEAL_GAIN_SECS or stolen < 64 * 1024):
+            return None
+        middle = free + keep
+        taken = Span(middle, victim.end, active=True)
         victim.end = middle
-        self.spans.append(stolen)
-        return stolen
+        self.spans.append(taken)
+        return taken
 
     def to_json(self) -> list[list[int | None]]:
         return [s.to_json() for s in self.spans]

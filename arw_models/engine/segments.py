@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -38,7 +39,7 @@ from ..errors import JobStopped, TransferError
 from ..redact import redact_url
 from . import fetch
 from .headers import parse_content_range, same_version
-from .http import socket_hook
+from .http import body_reader, socket_hook
 from .plan import Plan, Span
 from .sources import Source
 from .transfer import Transfer
@@ -47,9 +48,8 @@ from .verify import PrefixHasher
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-# How long a download that could be split runs on one stream before more
-# connections are opened, if that stream is slow (engine.Download).
-PROBE_SECS = 0.5
+# How long a connection fetches a range before its pace counts (Plan.claim).
+RATE_SECS = 0.2
 
 
 class RangesRefused(Exception):
@@ -88,8 +88,15 @@ class Segments:
         self._abort = threading.Event()
         self._errors: list[BaseException] = []
         self._connections = 0
-        # Never split a range below this: the chunk in flight must stay inside its half.
+        # A range is split in two (at its connection's pace, Plan.claim) when the tail
+        # taken is at least this, or when that ends the download sooner than a new
+        # request costs; smaller, a new request is not worth it.
         self.least = max(4 * MiB, 2 * settings.chunk_bytes)
+        # Per range being fetched (by id): when its connection began, the bytes it
+        # had then, and the answer it reads (a range taken over whole is cut off).
+        self._began: dict[int, tuple[float, int]] = {}
+        self._reading: dict[int, Any] = {}
+        self._paces: dict[int, float] = {}  # per connection (thread): its pace on its last range
 
     # -- the connections ----------------------------------------------------------------
 
@@ -131,10 +138,13 @@ class Segments:
             self.job.segments = self._connections
         try:
             with socket_hook(self.job.attach_socket):
+                rate: float | None = None  # of this connection, on its last range
                 while not self._abort.is_set():
                     if span is None:
                         with self._lock:
-                            span = self.plan.claim(self.least)
+                            span, victim = self._claim(rate)
+                        if victim is not None:
+                            self._cut_off(victim)
                         if span is None:
                             return
                     before = span.done
@@ -144,22 +154,29 @@ class Segments:
                     except TransferError as err:
                         if self._abort.is_set():
                             raise _Aborted() from None
-                        # A mirror's range is not asked again: the next source takes it over.
-                        if not err.retryable or self.source.mirror:
-                            raise
-                        failures = 0 if span.done > before else failures + 1
-                        if failures > self.s.retries:
-                            raise
-                        log.info("download %s: range from %d: %s; trying it again", self.job.id, span.position,
-                                 err.message)
-                        if self.job.stop_event.wait(min(self.s.backoff * failures, self.s.backoff_max)):
-                            raise JobStopped() from None
-                        response = None
-                        continue  # the same range, from where it got to
+                        with self._lock:
+                            taken = span.remaining == 0  # taken over whole by another connection: done
+                        if not taken:
+                            # A mirror's range is not asked again: the next source takes it over.
+                            if not err.retryable or self.source.mirror:
+                                raise
+                            failures = 0 if span.done > before else failures + 1
+                            if failures > self.s.retries:
+                                raise
+                            log.info("download %s: range from %d: %s; trying it again", self.job.id,
+                                     span.position, err.message)
+                            if self.job.stop_event.wait(min(self.s.backoff * failures, self.s.backoff_max)):
+                                raise JobStopped() from None
+                            response = None
+                            continue  # the same range, from where it got to
                     finally:
                         response = None
                     with self._lock:
+                        rate = self._pace(span, rate)
+                        if rate is not None:
+                            self._paces[threading.get_ident()] = rate
                         span.active = False
+                        self._began.pop(id(span), None)
                     span = None
         except _Aborted:
             pass
@@ -168,10 +185,57 @@ class Segments:
         finally:
             with self._lock:
                 if span is not None:
-                    span.active = False
+                    span.active, span.writing = False, 0
+                    self._began.pop(id(span), None)
                 self._connections -= 1
                 self.job.segments = self._connections
             session.close()
+
+    def _claim(self, rate: float | None) -> tuple[Span | None, Span | None]:
+        """(Under the lock.) A range for a free connection whose last range came at
+        ``rate``, and the range it was taken from when nothing of that one is left
+        to its own connection (which is then cut off)."""
+        paces = sorted(self._paces.values())
+        span = self.plan.claim(self.least, self._rate, rate, paces[len(paces) // 2] if paces else None)
+        if span is None or span.start == 0:
+            return span, None
+        victim = next((s for s in self.plan.spans if s.end == span.start and s is not span and s.active), None)
+        if victim is not None and victim.remaining == 0 and not victim.writing:
+            return span, victim
+        return span, None
+
+    def _rate(self, span: Span) -> float | None:
+        """(Under the lock.) Bytes per second of the connection fetching ``span``,
+        since it began; None before it has had a moment to show."""
+        began = self._began.get(id(span))
+        if began is None:
+            return None
+        secs = time.monotonic() - began[0]
+        return (span.done - began[1]) / secs if secs >= RATE_SECS else None
+
+    def _pace(self, span: Span, before: float | None) -> float | None:
+        """(Under the lock.) The pace of a connection that has just fetched
+        ``span``: over that range, unless it was too short to say more than
+        ``before`` (its pace on the ranges before)."""
+        began = self._began.get(id(span))
+        if began is None:
+            return before
+        secs = time.monotonic() - began[0]
+        if secs <= 0 or (secs < RATE_SECS and before is not None):
+            return before
+        return (span.done - began[1]) / secs
+
+    def _cut_off(self, victim: Span) -> None:
+        """Ends the read of a connection whose range was taken over whole: its
+        bytes in flight are not wanted, and a stalled one would wait for its
+        timeout. (A read of an answer closed meanwhile is not affected.)"""
+        with self._lock:
+            response = self._reading.get(id(victim))
+        if response is not None:
+            try:
+                response.raw.shutdown()
+            except (AttributeError, ValueError, RuntimeError, OSError):
+                pass
 
     def _fail(self, exc: BaseException) -> None:
         self._errors.append(exc)
@@ -201,17 +265,35 @@ class Segments:
             headers = {"Range": f"bytes={span.position}-{span.end - 1}"}
             if self._validator:
                 headers["If-Range"] = self._validator
+            with self._lock:
+                self._began.setdefault(id(span), (time.monotonic(), span.done))
             response = fetch.request(session, job, self.s, headers, self.source)
             job.attach_response(response)
             try:
                 self._check(response, self.plan.total)
                 self._accept(response, span)
-                self._stream(response, span)
+                self._read(response, span)
             finally:
                 job.attach_response(None)
                 response.close()
         else:
-            self._stream(response, span)  # the first answer, accepted already; its caller closes it
+            with self._lock:
+                self._began.setdefault(id(span), (time.monotonic(), span.done))
+            # The first answer, accepted already, is of the whole rest of the file: once
+            # its range is read, the origin need not go on sending into the socket.
+            try:
+                self._read(response, span)
+            finally:
+                response.close()  # (its caller closes it too, whatever happened here)
+
+    def _read(self, response: Any, span: Span) -> None:
+        with self._lock:
+            self._reading[id(span)] = response
+        try:
+            self._stream(response, span)
+        finally:
+            with self._lock:
+                self._reading.pop(id(span), None)
 
     def _accept(self, response: Any, span: Span) -> None:
         url = redact_url(self.job.url)
@@ -234,9 +316,10 @@ class Segments:
 
     def _stream(self, response: Any, span: Span) -> None:
         job, fd, lock = self.job, self.fd, self._lock
-        raw = response.raw
-        read = getattr(raw, "read1", raw.read)
+        # Straight from the socket into one buffer, reused for every read of the range.
+        readinto = body_reader(response)
         chunk, abort, stop, bucket = self.s.chunk_bytes, self._abort, job.stop_event, job.bucket
+        view = memoryview(bytearray(chunk))
         fsync_bytes, wake = self.s.fsync_bytes, self._wake_checkpoint
         assert span.end is not None
         while True:
@@ -245,33 +328,35 @@ class Segments:
             if want <= 0:
                 return
             try:
-                buf = read(min(bucket.read_size(chunk), want), decode_content=False)
+                got = readinto(view[: min(bucket.read_size(chunk), want)])
             except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
                 fetch.check_stop(job)
                 if abort.is_set():
                     raise _Aborted() from None
                 raise fetch.network_error(exc, job, f"at byte {span.position}") from None
-            if stop.is_set() or (buf and bucket.rate and not bucket.take(len(buf), stop)):
+            if stop.is_set() or (got and bucket.rate and not bucket.take(got, stop)):
                 raise JobStopped()
             if abort.is_set():
                 raise _Aborted()
-            if not buf:
+            if not got:
                 fetch.check_stop(job)  # a shut-down socket reads as EOF
                 if abort.is_set():
                     raise _Aborted()
                 raise TransferError("size-mismatch", f"the origin closed the range early at byte {span.position}",
                                     retryable=True, url=redact_url(job.url), received=span.position)
             with lock:
-                n = min(len(buf), span.end - span.position)
+                n = min(got, span.end - span.position)
                 at = span.position
+                span.writing = n  # no split may fall among these bytes (Plan.claim)
             try:
-                written = os.pwrite(fd, buf[:n] if n < len(buf) else buf, at)
+                written = os.pwrite(fd, view[:n], at)
                 while written < n:  # a short write: the disk is filling up
-                    written += os.pwrite(fd, memoryview(buf)[written:n], at + written)
+                    written += os.pwrite(fd, view[written:n], at + written)
             except OSError as exc:
                 raise fetch.disk_error(exc, at) from None
             with lock:
                 span.done += n
+                span.writing = 0
                 self._unsynced += n
                 job.downloaded = self.plan.durable
                 due = self._unsynced >= fsync_bytes

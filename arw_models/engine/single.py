@@ -1,15 +1,14 @@
 """One stream of the body into the ``.part``, and the decision to split it.
 
 :class:`SingleStream` is the part of :class:`~arw_models.engine.download.Download`
-that writes one answer's body from its offset to its end, and, for a large file from
-an origin that serves ranges, streams for a moment first (:data:`~.segments.PROBE_SECS`)
-to decide whether parallel ranges (:mod:`.parallel`) would gain anything. The threads
+that writes one answer's body from its offset to its end, and decides whether a
+large file from an origin that serves ranges comes in parallel ranges instead
+(:mod:`.parallel`), at once, from that answer's headers. The threads
 this runs in are listed once in the design docs (docs/design.rst, "Concurrency").
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,16 @@ from ..redact import redact_url
 from ..store.sidecar import Sidecar
 from . import fetch
 from .plan import Plan, validator_of
-from .segments import PROBE_SECS
 from .transfer import Transfer
+
+# A large file is split into ranges of at most this, taken in order by the
+# ARW_DL_SEGMENTS connections (more ranges than connections): the SHA-256 of the
+# bytes from 0 can only pass the end of a range once it is complete, so with one
+# range per connection, all ending together, seven eighths of the file would be
+# hashed after its last byte (0.6 s for 1 GiB at 1.5 GB/s); with these, at most
+# about seven of them. Each costs a request (a round trip on a real network, 2%
+# of a range's time at 30 MB/s and 50 ms). Measured in docs/design.rst, "Speed".
+PIECE = 64 * 1024 * 1024
 
 
 class SingleStream:
@@ -40,29 +47,24 @@ class SingleStream:
 
     def _one_or_more(self, response: Any, answer: fetch.Answer) -> None:
         """The body of an accepted answer: one stream to its end, or, when ranges
-        are worth it, one stream for a moment and then parallel ranges."""
+        are worth it, parallel ranges at once, this answer serving the first."""
         if not self._splits(response, answer):
             self._stream(response, answer.offset, answer.total)
             return
-        # One stream for a moment: a fast origin gains nothing from more
-        # connections but CPU time, and a slow one gets them all.
+        # Split at once: the size, the ranges and a validator are known from this
+        # answer, and waiting to see how fast one connection is costs a throttled
+        # origin half a second of seven idle connections (docs/design.rst,
+        # "Parallel ranges", for the measurements behind the size rule).
         assert answer.total is not None
-        started = time.monotonic()
-        have = self._stream(response, answer.offset, answer.total,
-                            until=lambda n: time.monotonic() - started >= PROBE_SECS)
-        rate = (have - answer.offset) / max(1e-6, time.monotonic() - started)
-        if have < answer.total and rate >= self.s.split_below:
-            self._stream(response, have, answer.total)
-        elif have < answer.total:
-            ranges = Plan.split(answer.total, have, self.s.segments)
-            first = next(s for s in ranges.spans if s.start == have)
-            first.active = True
-            self._segments(ranges, validator_of(Sidecar.of(self._sidecar)), response, first)
+        rest = answer.total - answer.offset
+        ranges = Plan.split(answer.total, answer.offset, max(self.s.segments, -(-rest // PIECE)))
+        first = next(s for s in ranges.spans if s.start == answer.offset)
+        first.active = True
+        self._segments(ranges, validator_of(Sidecar.of(self._sidecar)), response, first)
 
-    def _stream(self, response: Any, offset: int, total: int | None,
-                until: Callable[[int], bool] | None = None) -> int:
-        """The body into the ``.part`` from ``offset``, to its end (or until
-        ``until`` says so); returns the bytes on disk."""
+    def _stream(self, response: Any, offset: int, total: int | None) -> int:
+        """The body into the ``.part`` from ``offset``, to its end; returns the
+        bytes on disk."""
         job = self.job
         try:
             fh = self._open(self.part, bool(offset))
@@ -82,13 +84,11 @@ class SingleStream:
         try:
             with fh:
                 downloaded = fetch.stream(response, job, self.s, fh, offset, self._hasher.update,
-                                          self._record_durable, until)
+                                          self._record_durable)
         finally:
             job.segments = 0
             self._hashed = job.downloaded  # every byte written is hashed, and no other
         fetch.check_stop(job)  # a shut-down socket reads as EOF
-        if until is not None and total is not None and downloaded < total:
-            return downloaded  # cut short on purpose
         if total is not None and downloaded != total:
             raise TransferError("size-mismatch", f"received {downloaded} bytes, expected {total}",
                                 retryable=downloaded < total, keep_part=downloaded < total,

@@ -39,6 +39,7 @@ class Resource:
     range_validators: bool = True  # False: a 206 carries neither ETag nor Last-Modified
     on_drop: Callable[[Resource], None] | None = None  # called, under the lock, before a drop
     throttle: float | None = None  # bytes per second
+    slow_from: dict[int, float] = field(default_factory=dict)  # a body from this byte is paced at this rate instead
     drop_after: int | None = None  # close the connection after this many body bytes of a response...
     drops: int = 1  # ...this many times
     drop_reset: bool = False  # with an RST instead of a FIN
@@ -46,6 +47,7 @@ class Resource:
     stalls: int = 1  # ...this many times
     statuses: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # answered first, in order
     range_status: int | None = None  # the answer to every request with a Range header
+    range_statuses: list[tuple[int, dict[str, str]]] = field(default_factory=list)  # to the first ranged ones
     range_drop_after: int | None = None  # close a ranged response after this many body bytes...
     range_drops: int = 0  # ...this many times
     announce_length: int | None = None  # a Content-Length that lies
@@ -115,6 +117,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             origin.seen.append(seen)
             res = origin.resources.get(self.path.split("?", 1)[0])
             early = res.statuses.pop(0) if res is not None and res.statuses else None
+            if early is None and res is not None and res.range_statuses and self.headers.get("Range"):
+                early = res.range_statuses.pop(0)
         if res is None:
             return self._plain(seen, 404, {})
         if early is not None:
@@ -162,7 +166,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         if self.command == "HEAD":
             return
-        self._body(seen, res, body)
+        self._body(seen, res, body, res.slow_from.get(start))
 
     def _plain(self, seen: Seen, status: int, headers: dict[str, str]) -> None:
         seen.status = status
@@ -174,7 +178,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
 
-    def _body(self, seen: Seen, res: Resource, body: bytes) -> None:
+    def _body(self, seen: Seen, res: Resource, body: bytes, slow: float | None) -> None:
         origin = self.server.origin
         with origin.lock:
             drop_at = res.drop_after if res.drop_after is not None and res.drops > 0 else None
@@ -190,7 +194,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         for cut in (drop_at, stall_at):
             if cut is not None:
                 limit = min(limit, cut)
-        piece = 16 * 1024 if res.throttle else 256 * 1024
+        piece = 16 * 1024 if slow or res.throttle else 256 * 1024
         sent = 0
         try:
             while sent < limit and not origin.closing.is_set():
@@ -198,8 +202,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._write(res, chunk)
                 sent += len(chunk)
                 seen.sent = sent
-                if res.throttle:
-                    time.sleep(len(chunk) / res.throttle)  # pacing the origin, not synchronizing a test
+                pace = slow or res.throttle  # read each time: a test may lift the throttle midway
+                if pace:
+                    time.sleep(len(chunk) / pace)  # pacing the origin, not synchronizing a test
             if stall_at is not None and sent == stall_at:
                 self.wfile.flush()
                 res.stalled.set()

@@ -1,0 +1,140 @@
+"""When a download is split into parallel ranges: at once, from the first answer's
+headers (size, ranges, a validator), for a file large enough; one stream otherwise.
+And two downloads at once hash on threads of their own, under no shared lock."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from arw_models.engine import download, single, verify
+from arw_models.service.manager import PROGRESS
+
+from .support.app import TERMINAL, Service, post_download
+from .support.helpers import models_dir, read
+from .support.origin import Origin, payload
+
+KiB = 1024
+MiB = 1024 * KiB
+SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB}
+
+
+def start_of(seen: Any) -> int:
+    return int(seen.range.split("=")[1].split("-")[0])
+
+
+def test_a_large_file_is_split_at_once(service: Service, origin: Origin) -> None:
+    """The first answer announces the size, serves ranges and has a validator: the
+    other ranges are asked for before any of its body counts, so the file is split
+    from byte 0 into equal ranges (a wait on the first stream would have moved them)."""
+    app, client, watch = service(**SPLIT)
+    res = origin.add("/a.gguf", payload(8 * MiB, seed=170), throttle=4 * MiB)
+    post_download(client, "a", origin.url("/a.gguf"), sha256=res.sha256)
+    assert watch.terminal("a", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "a.gguf")) == res.data
+    seen = origin.requests_for("/a.gguf")
+    assert seen[0].range is None
+    assert sorted(start_of(s) for s in seen[1:4]) == [2 * MiB, 4 * MiB, 6 * MiB]
+    assert all(s.status == 206 for s in seen[1:])
+    assert seen[0].sent < 4 * MiB  # the first answer served its own range only
+
+
+@pytest.mark.parametrize("announce", ["no-ranges", "too-small"])
+def test_a_file_that_cannot_gain_from_ranges_is_one_stream(service: Service, origin: Origin,
+                                                          announce: str) -> None:
+    app, client, watch = service(**SPLIT)
+    size = 4 * MiB if announce == "no-ranges" else 512 * KiB
+    res = origin.add("/o.gguf", payload(size, seed=171), throttle=8 * MiB,
+                     accept_ranges=None if announce == "no-ranges" else "bytes")
+    post_download(client, "o", origin.url("/o.gguf"), sha256=res.sha256)
+    assert watch.terminal("o", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "o.gguf")) == res.data
+    assert [s.range for s in origin.requests_for("/o.gguf")] == [None]
+    assert max((p.get("segments", 0) for p in watch.payloads("o")), default=0) <= 1
+
+
+class Meeting:
+    """A hashlib stand-in whose hashers, on their first update, wait for the other
+    download's to be in an update too: two downloads whose hashing took turns under
+    one lock would never meet, and the wait would fail them."""
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(2, timeout=10)
+        self.met = 0
+        self._lock = threading.Lock()
+
+    def sha256(self, data: bytes = b"") -> Any:
+        meeting = self
+
+        class Hasher:
+            def __init__(self) -> None:
+                self._h = hashlib.sha256(data)
+                self._first = True
+
+            def update(self, piece: Any) -> None:
+                if self._first:
+                    self._first = False
+                    meeting.barrier.wait()  # both downloads are hashing at this moment
+                    with meeting._lock:
+                        meeting.met += 1
+                self._h.update(piece)
+
+            def hexdigest(self) -> str:
+                return self._h.hexdigest()
+
+            def copy(self) -> Any:
+                return self._h.copy()
+
+        return Hasher()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-stream", "ranges"])
+def test_two_downloads_at_once_hash_at_the_same_time(service: Service, origin: Origin,
+                                                     monkeypatch: pytest.MonkeyPatch, split: bool) -> None:
+    meeting = Meeting()
+    fake = SimpleNamespace(sha256=meeting.sha256)
+    monkeypatch.setattr(download, "hashlib", fake)
+    monkeypatch.setattr(verify, "hashlib", fake)
+    settings = SPLIT if split else {"ARW_DL_SEGMENTS": 1}
+    app, client, watch = service(ARW_MODELS_MAX_CONC=2, **settings)
+    files = {name: origin.add(f"/{name}.gguf", payload(4 * MiB, seed=seed), throttle=16 * MiB)
+             for name, seed in (("x", 172), ("y", 173))}
+    for name, res in files.items():
+        post_download(client, name, origin.url(f"/{name}.gguf"), sha256=res.sha256)
+    ended: dict[str, dict[str, Any]] = {}
+
+    def both_ended(event: Any) -> bool:
+        if event.kind == PROGRESS and event.payload.get("status") in TERMINAL:
+            ended[event.payload["id"]] = event.payload
+        return len(ended) == len(files)
+
+    watch.until(both_ended, timeout=20)
+    for name, res in files.items():
+        done = ended[name]
+        assert done["status"] == "complete" and done["sha256"] == res.sha256, done
+        assert read(os.path.join(models_dir(app), f"{name}.gguf")) == res.data
+    assert meeting.met == 2
+
+
+def test_a_file_larger_than_a_piece_per_connection_comes_in_more_ranges_taken_in_order(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More ranges than connections, each fetched whole and handed out from the
+    start of the file: the bytes hashed from 0 grow during the download instead of
+    waiting for its end (see single.PIECE)."""
+    monkeypatch.setattr(single, "PIECE", 1 * MiB)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
+    res = origin.add("/p.gguf", payload(6 * MiB, seed=174), throttle=8 * MiB)
+    post_download(client, "p", origin.url("/p.gguf"), sha256=res.sha256)
+    assert watch.terminal("p", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "p.gguf")) == res.data
+    ranged = [s for s in origin.requests_for("/p.gguf") if s.range]
+    # Six ranges of 1 MiB on two connections: the first answer serves the first.
+    # (A range that would end last may still be shared at the very end: off the grid.)
+    assert {start_of(s) for s in ranged if start_of(s) % MiB == 0} == {n * MiB for n in range(1, 6)}
+    assert max(p.get("segments", 0) for p in watch.payloads("p")) == 2

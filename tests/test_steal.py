@@ -1,0 +1,205 @@
+"""No crawl at the end of parallel ranges: a free connection takes over the range
+that would end last, at the pace each connection has shown (all of it from one far
+slower), through the plan alone; with a real origin where one connection is held to
+a tenth of the others' pace, and a kill -9 right after such a takeover."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from arw_models.engine import segments
+from arw_models.engine.plan import Plan, Span
+
+from .support.app import Service, post_download
+from .support.helpers import models_dir, read
+from .support.origin import Origin, payload
+from .support.servers import Gunicorn
+from .support.sse import is_status, post_and_follow
+
+KiB = 1024
+MiB = 1024 * KiB
+SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB}
+
+
+def start_of(seen: Any) -> int:
+    return int(seen.range.split("=")[1].split("-")[0])
+
+
+def until(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Waits for ``condition`` (a bounded poll of state another process or thread changes)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s")
+        pause.wait(0.02)
+    return found
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+
+def busy(*spans: Span) -> Plan:
+    for span in spans:
+        span.active = True
+    return Plan(sum((s.end or 0) - s.start for s in spans), list(spans))
+
+
+def test_a_range_far_slower_than_a_free_connection_is_taken_over_whole_from_its_position() -> None:
+    slow, fast = Span(0, 1000 * KiB, done=100 * KiB), Span(1000 * KiB, 2000 * KiB, done=900 * KiB)
+    plan = busy(slow, fast)
+    paces = {id(slow): 10.0 * KiB, id(fast): 100.0 * KiB}
+    taken = plan.claim(4 * MiB, lambda s: paces.get(id(s)), rate=100.0 * KiB)
+    assert taken is not None and (taken.start, taken.end) == (100 * KiB, 1000 * KiB)
+    assert slow.end == 100 * KiB and slow.remaining == 0  # its connection has nothing left to fetch
+    assert sorted(s.to_json() for s in plan.spans) == [[0, 100 * KiB, 100 * KiB], [100 * KiB, 1000 * KiB, 0],
+                                                       [1000 * KiB, 2000 * KiB, 900 * KiB]]
+
+
+def test_a_range_as_fast_as_the_free_connection_is_halved() -> None:
+    one = Span(0, 1000, done=200)
+    plan = busy(one)
+    taken = plan.claim(100, lambda s: 50.0, rate=50.0)
+    assert taken is not None and (taken.start, taken.end, one.end) == (600, 1000, 600)
+
+
+def test_a_slower_range_keeps_what_it_fetches_in_the_time_the_taker_needs_for_the_rest() -> None:
+    one = Span(0, 1100, done=0)
+    plan = busy(one)
+    taken = plan.claim(100, lambda s: 30.0, rate=80.0)  # less than four times slower
+    assert taken is not None and one.end == 300 and taken.start == 300  # 300/30 = 800/80 seconds
+
+
+def test_a_small_tail_is_taken_only_when_that_ends_the_download_sooner() -> None:
+    # 1 MiB at 1 MiB/s: half of it taken by a connection as fast saves half a second.
+    worth = busy(Span(0, MiB))
+    assert worth.claim(4 * MiB, lambda s: float(MiB), rate=float(MiB)) is not None
+    # 1 MiB at 1 GiB/s: a new request for half of it saves nothing worth one.
+    idle = busy(Span(0, MiB))
+    assert idle.claim(4 * MiB, lambda s: float(1024 * MiB), rate=float(1024 * MiB)) is None
+    assert idle.spans == [Span(0, MiB)]
+
+
+def test_no_range_is_split_among_the_bytes_its_connection_is_writing() -> None:
+    one = Span(0, 1000, done=100)
+    one.writing = 300
+    plan = busy(one)
+    taken = plan.claim(10, lambda s: 1.0, rate=1000.0)  # far slower: all that is not being written
+    assert taken is not None and (taken.start, one.end) == (400, 400)
+    one.done, one.writing = 400, 0  # the write lands: nothing of it overlaps the range taken
+    assert one.remaining == 0 and sum(s.remaining or 0 for s in plan.spans) == 600
+
+
+def test_a_range_whose_pace_is_not_known_yet_goes_at_the_others() -> None:
+    """A connection that has just begun is not taken for a stalled one: its range
+    is halved, not taken over whole."""
+    new, old = Span(0, 1000), Span(1000, 2000, done=100)
+    plan = busy(new, old)
+    taken = plan.claim(10, lambda s: 100.0 if s is old else None, rate=100.0)
+    assert taken is not None and (taken.start, taken.end, new.end) == (500, 1000, 500)
+
+
+# -- through the service ------------------------------------------------------------------------
+
+
+class Writes:
+    """The ``os`` of :mod:`arw_models.engine.segments`, with a record of every
+    ``pwrite``: where, and how many bytes."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def pwrite(self, fd: int, data: Any, at: int) -> int:
+        n = os.pwrite(fd, data, at)
+        with self._lock:
+            self.spans.append((at, at + n))
+        return n
+
+
+def test_a_connection_at_a_tenth_of_the_pace_is_taken_over_and_no_byte_is_written_twice(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    writes = Writes()
+    monkeypatch.setattr(segments, "os", writes)
+    app, client, watch = service(**SPLIT)
+    size = 8 * MiB
+    # Four ranges of 2 MiB at 4 MiB/s each, but the one from 2 MiB at 0.4 MiB/s.
+    res = origin.add("/t.gguf", payload(size, seed=160), throttle=4 * MiB, slow_from={2 * MiB: 0.4 * MiB})
+    post_download(client, "t", origin.url("/t.gguf"), sha256=res.sha256)
+    done = watch.terminal("t", timeout=20)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "t.gguf")) == res.data
+    ranged = [s for s in origin.requests_for("/t.gguf") if s.range]
+    slow = next(s for s in ranged if start_of(s) == 2 * MiB)
+    # Cut off once the others were done (at a tenth of their pace it had about a
+    # tenth of its range), not left half of it to crawl through.
+    assert slow.sent < MiB
+    # Taken over from where the slow connection had got to, inside its range.
+    assert any(2 * MiB < start_of(s) < 4 * MiB for s in ranged)
+    # Every byte of the .part written once: the writes tile the file exactly.
+    spans = sorted(writes.spans)
+    assert sum(end - start for start, end in spans) == size
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_a_kill_9_right_after_a_takeover_resumes_from_the_ranges_on_record(
+    gunicorns: Callable[..., Gunicorn], origin: Origin, tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    size = 8 * MiB
+    res = origin.add("/k.gguf", payload(size, seed=161), throttle=2 * MiB, slow_from={2 * MiB: 0.2 * MiB})
+    body = {"id": "k", "url": origin.url("/k.gguf")}  # no sha256: only the ranges say what is there
+    env = {**{k: str(v) for k, v in SPLIT.items()}, "ARW_DL_CHECKPOINT_SECS": "0.05",
+           "ARW_DL_RESUME_ON_START": "0"}
+    first = gunicorns("first", state, **env)
+    first.wait_ready()
+    sidecar = state / "models" / "k.part.json"
+
+    def taken_over() -> list[list[int]] | None:
+        """The ranges on record once they show the slow range split where it was taken over."""
+        try:
+            ranges = json.loads(sidecar.read_text())["ranges"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return ranges if any(2 * MiB < start < 4 * MiB for start, _, _ in ranges) else None
+
+    with_sse = threading.Thread(target=post_and_follow, args=(first.url, body, lambda f: True), daemon=True)
+    with_sse.start()
+    recorded = until(taken_over, timeout=20)
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    with_sse.join(10)
+    recorded = json.loads(sidecar.read_text())["ranges"]  # the last record before the kill
+    plan = Plan.from_json(size, recorded)
+    assert plan is not None
+    ordered = sorted(plan.spans, key=lambda s: (s.start, s.end))
+    # The split range is two ranges: they tile the file, none overlaps another.
+    assert ordered[0].start == 0 and ordered[-1].end == size
+    assert all(a.end == b.start for a, b in itertools.pairwise(ordered))
+    assert any(2 * MiB < s.start < 4 * MiB for s in ordered)
+    durable = plan.durable
+    res.throttle, res.slow_from = None, {}
+    asked_before = len(origin.requests_for("/k.gguf"))
+    second = gunicorns("second", state, **env)
+    second.wait_ready()
+    frames = post_and_follow(second.url, body, is_status("k", "complete", "error", "canceled"))
+    assert frames[-1].payload["status"] == "complete"
+    assert (state / "models" / "k.gguf").read_bytes() == res.data
+    again = origin.requests_for("/k.gguf")[asked_before:]
+    assert again and all(s.range and s.status == 206 for s in again)
+    # What was on record is not fetched again (a range cut short may send a little more).
+    assert sum(s.sent for s in again) < size - durable + len(again) * 512 * KiB
