@@ -91,7 +91,10 @@ def test_three_services_fetch_from_each_other_and_from_the_origin_when_the_peer_
     first = fetch(hosts[0], "m", url, res.sha256)
     assert [(s["source"], s.get("skipped"), s["bytes"]) for s in first["sources"]] == [
         (hosts[1].url, "it answered 404", 0), (hosts[2].url, "it answered 404", 0), ("origin", None, SIZE)]
-    assert origin.bytes_sent(PATH) == SIZE
+    # At least one copy: a split download closes its first answer once its own range is
+    # in, and what the origin had already pushed into the socket counts as sent.
+    first_sent = origin.bytes_sent(PATH)
+    assert SIZE <= first_sent < 2 * SIZE
 
     # The other two: every byte from the first, none from the origin.
     for i in (1, 2):
@@ -99,7 +102,7 @@ def test_three_services_fetch_from_each_other_and_from_the_origin_when_the_peer_
         assert done["sources"] == [{"source": hosts[0].url, "bytes": SIZE}], done
         assert done["sha256"] == res.sha256 and done["sha256_source"] == "request"
         assert sha256_of(installed(tmp_path, i)) == res.sha256
-    assert origin.bytes_sent(PATH) == SIZE
+    assert origin.bytes_sent(PATH) == first_sent  # not one body byte more
     assert origin.requests_for(PATH) and all(s.sent for s in origin.requests_for(PATH))  # the first's alone
 
     # The first stopped, and the others without the model: the origin again, after one
@@ -113,7 +116,7 @@ def test_three_services_fetch_from_each_other_and_from_the_origin_when_the_peer_
         skipped = [(s["source"], s.get("skipped", "")[:14]) for s in done["sources"][:-1]]
         assert skipped == [(hosts[0].url, "cannot connect"), (hosts[other].url, "it answered 40")], done
         assert done["sources"][-1] == {"source": "origin", "bytes": SIZE}
-        assert origin.bytes_sent(PATH) == sent + SIZE
+        assert sent + SIZE <= origin.bytes_sent(PATH) < sent + 2 * SIZE
         assert sha256_of(installed(tmp_path, i)) == res.sha256
         assert requests.delete(f"{hosts[i].url}/models/m", headers=AUTH, timeout=5).status_code == 200
 
@@ -143,9 +146,9 @@ class Moto:
                 self.close()
                 raise AssertionError(f"moto_server exited: {(tmp_path / 'moto.log').read_text()}")
             try:
-                requests.get(self.url, timeout=1)
+                requests.get(self.url, timeout=5)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or still starting
                 if time.monotonic() > deadline:
                     self.close()
                     raise AssertionError("moto_server did not answer") from None
