@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -279,9 +280,9 @@ class Runner:
                 shutil.copy2(path, dest / path.name)
 
     def run(self, tests: list[str], timeout: float, mutant: Mutant | None = None,
-            text: str = "") -> tuple[int | None, float, str]:
-        """One pytest run in a fresh copy; returns (exit status, None past ``timeout``;
-        seconds; output)."""
+            text: str = "", extra: tuple[str, ...] = ()) -> tuple[int | None, float, str]:
+        """One pytest run in a fresh copy (``extra``: more pytest options); returns
+        (exit status, None past ``timeout``; seconds; output)."""
         with self._lock:
             self._count += 1
             name = f"{os.getpid()}-{self._count}"
@@ -293,7 +294,7 @@ class Runner:
             (copy / mutant.module).write_text(mutant.apply(text))
         env = dict(os.environ, PYTHONPATH=str(copy), TMPDIR=str(tmp), **{MARKER: name})
         cmd = [self.python, "-m", "pytest", *PYTEST_ARGS, "-p", "timeout", "-o", f"timeout={self.test_timeout:g}",
-               "-o", "timeout_method=signal", f"--basetemp={tmp / 'pytest'}", *tests]
+               "-o", "timeout_method=signal", f"--basetemp={tmp / 'pytest'}", *extra, *tests]
         log = base / "pytest.log"
         started = time.monotonic()
         try:
@@ -348,6 +349,51 @@ class Runner:
         shutil.rmtree(base, ignore_errors=True)
         if out.returncode != 0 or any(not p.startswith(str(base)) for p in out.stdout.split()):
             raise SystemExit(f"mutation: the copy is not what gets imported:\n{out.stdout}{out.stderr}")
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s (?:setup|call|teardown)\s+(\S+)", re.M)
+
+
+def durations(output: str) -> dict[str, float]:
+    """Seconds per test node id (setup, call and teardown added up) from the table
+    of ``pytest --durations=0 --durations-min=0``."""
+    found: dict[str, float] = {}
+    for seconds, node in DURATION.findall(output):
+        found[node] = found.get(node, 0.0) + float(seconds)
+    return found
+
+
+def selection_seconds(tests: tuple[str, ...], times: dict[str, float], overhead: float) -> float:
+    """How long a run of ``tests`` (files or node ids) takes: its tests' time from
+    the baseline, plus pytest's own start (imports, collection)."""
+    def within(node: str, item: str) -> bool:
+        return node == item or node.startswith((item + "::", item + "["))
+    return overhead + sum(t for node, t in times.items() if any(within(node, item) for item in tests))
+
+
+def baseline(runner: Runner, selections: list[tuple[str, ...]], jobs: int) -> dict[tuple[str, ...], float] | str:
+    """Runs every test of ``selections`` on the unmutated copy, once, in ``jobs``
+    pytest runs side by side, and gives each selection the time a run of it takes
+    (from each test's own time; many targets share most of their tests, so this is
+    one run of the union instead of one run per target). A failure is a message
+    instead: nothing can be judged against tests that fail without a mutant."""
+    files = list(dict.fromkeys(item for tests in selections for item in tests))
+    if not files:
+        return {}
+    chunks = [files[i::jobs] for i in range(min(jobs, len(files)))]
+    extra = ("--durations=0", "--durations-min=0")
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        runs = list(pool.map(lambda chunk: runner.run(chunk, timeout=1200, extra=extra), chunks))
+    times: dict[str, float] = {}
+    overhead = 0.0
+    for chunk, (returncode, seconds, output) in zip(chunks, runs):
+        if returncode != 0:
+            return (f"{output[-4000:]}\nmutation: the tests fail without any mutant (pytest exit status "
+                    f"{returncode}: {' '.join(chunk)}); fix that first")
+        found = durations(output)
+        times.update(found)
+        overhead = max(overhead, seconds - sum(found.values()))
+    return {tests: selection_seconds(tests, times, overhead) for tests in selections}
 
 
 def _killpg(pid: int) -> None:
@@ -415,13 +461,17 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         runner.check_imports()
+        # Only the test lists of mutants that will run need a baseline, and one run of
+        # all their tests at once gives each list its time (see baseline()).
+        to_run = [m for m in chosen if (args.id or m.id not in equivalent)
+                  and is_valid(m.apply(sources[m.module]), sources[m.module])]
+        needed = list(dict.fromkeys(tuple(selections[m.module]) for m in to_run))
+        found_times = baseline(runner, needed, max(1, args.jobs))
+        if isinstance(found_times, str):
+            print(found_times)
+            return 2
         timeouts = {}
-        for tests in dict.fromkeys(tuple(v) for v in selections.values()):
-            returncode, seconds, output = runner.run(list(tests), timeout=600)
-            if returncode != 0:
-                print(output[-4000:])
-                print(f"mutation: the tests fail without any mutant ({' '.join(tests)}); fix that first")
-                return 2
+        for tests, seconds in found_times.items():
             # Past this, a hanging test would have failed at its own limit already.
             timeouts[tests] = args.timeout or max(10.0, 4 * seconds) + args.test_timeout
             print(f"baseline {seconds:.1f}s, timeout {timeouts[tests]:.0f}s a run, {args.test_timeout:g}s a test: "
