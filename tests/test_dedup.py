@@ -3,6 +3,7 @@ gets that model's file (a hard link, else a copy), with no request to any origin
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import json
@@ -210,6 +211,55 @@ def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, 
     done = watch.terminal("b")
     assert done["status"] == "complete" and "deduplicated" not in done
     assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+    # The blob opened to compare its size is closed again: a service that shares
+    # nothing must not keep a descriptor of it for every download that asked.
+    assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
+
+
+def open_fds_of(path: str) -> list[str]:
+    """This process's descriptors open on the file at ``path`` (by inode: a blob and
+    the model file it is linked as are one file)."""
+    want = os.stat(path)
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            st = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listdir itself used, gone already
+            continue
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            found.append(fd)
+    return found
+
+
+@pytest.mark.parametrize("digest_from", ["request", "origin"])
+def test_a_copy_that_failed_is_not_tried_again_on_every_retry(client: Any, app: Any, origin: Any, watch: Any,
+                                                              monkeypatch: Any, digest_from: str) -> None:
+    """The store is asked once per download: a copy that failed fails again, and
+    every retry would pay for it (a copy of gigabytes) before its transfer."""
+    res = install(client, watch, origin)
+    copies: list[str] = []
+
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def broken(src: int, path: str, size: int, stop: Any = None) -> None:
+        copies.append(path)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(blobs, "link", refuse)
+    monkeypatch.setattr(blobs, "copy_fd", broken)
+    if digest_from == "request":  # known before any request; the origin fails once
+        origin.add("/b/m.bin", res.data, statuses=[(503, {})])
+        post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    else:  # known from the origin's answer, whose body is cut off once
+        published = {"Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(res.sha256)).decode()}:"}
+        origin.add("/b/m.bin", res.data, headers=published, drop_after=MiB // 2)
+        post_download(client, "b", origin.url("/b/m.bin"))
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done, done
+    assert len(copies) == 1
+    assert len([p for p in watch.payloads("b") if p["status"] == "retrying"]) == 1
     assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
 
 
