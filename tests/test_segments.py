@@ -73,6 +73,16 @@ def test_an_idle_range_goes_first_even_if_a_busy_one_is_larger() -> None:
     assert span is not None and span.start == 900
 
 
+def test_a_recorded_plan_is_taken_only_when_sound() -> None:
+    plan = Plan.from_json(None, [[0, 40, 40], [40, None, 5]])  # the last range up to an unknown end
+    assert plan is not None and plan.spans == [Span(0, 40, 40), Span(40, None, 5)] and plan.contiguous() == 45
+    for ranges in ([[None, 40, 0]],  # no start
+                   [[0, 40, None]],  # no count of the bytes done
+                   [[0, 40, 41]],  # more done than the range holds
+                   [[0, 40, -1]], [[0, 40, True]], [[0, 40]], [], None, [["0", 40, 0]]):
+        assert Plan.from_json(100, ranges) is None, ranges
+
+
 # -- through the service -----------------------------------------------------------------------
 
 
