@@ -92,7 +92,8 @@ _ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_do
                  "tests/test_disk_full.py", "tests/test_durability.py", "tests/test_restart.py",
                  "tests/test_end_races.py", "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
                  "tests/test_hub.py", "tests/test_gated.py", "tests/test_resume_answer.py",
-                 "tests/test_dns_errors.py", "tests/test_checkpoints.py", "tests/test_range_framing.py"]
+                 "tests/test_dns_errors.py", "tests/test_checkpoints.py", "tests/test_range_framing.py",
+                 "tests/test_url_redaction.py"]
 # Not tests/test_rewrite_in_place.py: it drives real nginx, Apache and lighttpd and
 # takes about a minute, too long to run against every mutant; name it with --tests.
 DEFAULT_TESTS = {
