@@ -228,6 +228,9 @@ TINY_TESTS = {
     "test_broken.py": "import pkg.missing  # a collection error\n",
     "test_none.py": "X = 1\n",
     "test_hang.py": "import threading\n\n\ndef test_hang():\n    threading.Event().wait()\n",
+    # Fails, leaving a thread that never ends: the interpreter would wait for it at exit.
+    "test_wedged.py": ("import threading\n\n\ndef test_wedged():\n"
+                       "    threading.Thread(target=threading.Event().wait).start()\n    assert False\n"),
 }
 
 
@@ -260,6 +263,9 @@ def test_a_run_is_judged_by_pytest_exit_status_and_its_time_limits(tmp_path: Pat
     # A hang fails its test at the test's own limit: a kill, and the test is named.
     status, _, detail = runner.judge(["tests/test_hang.py"], 30)
     assert status == "killed" and detail.startswith("tests/test_hang.py::test_hang") and "Timeout" in detail
+    # A failure that leaves a thread behind is a kill all the same, reported at once.
+    status, seconds, detail = runner.judge(["tests/test_wedged.py"], 30)
+    assert (status, detail.split(" ")[0]) == ("killed", "tests/test_wedged.py::test_wedged") and seconds < 30
     # Past the whole run's limit twice (the test's own limit is longer): a timeout.
     runner.test_timeout = 60
     status, seconds, detail = runner.judge(["tests/test_hang.py"], 0.3)

@@ -155,6 +155,7 @@ SEED = 20261126
 EQUIVALENT_FILE = ROOT / "tools" / "mutation_equivalent.txt"
 MARKER = "MUTATION_RUN"  # not ARW_*: tests/support/servers.py drops those from a server's environment
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider"]
+EXIT_PLUGIN = "arw_mutation_exit"  # tools/pytest_exit.py: pytest's status as soon as it has reported
 TEST_TIMEOUT = 30.0  # seconds a single test may take under a mutant (pytest-timeout); --test-timeout
 RERUN_FACTOR = 3  # a run past the whole-run limit is run again with this many times the limit
 
@@ -293,8 +294,12 @@ class Runner:
         tmp.mkdir()
         if mutant is not None:
             (copy / mutant.module).write_text(mutant.apply(text))
-        env = dict(os.environ, PYTHONPATH=str(copy), TMPDIR=str(tmp), **{MARKER: name})
-        cmd = [self.python, "-m", "pytest", *PYTEST_ARGS, "-p", "timeout", "-o", f"timeout={self.test_timeout:g}",
+        plugins = base / "plugins"  # tools/pytest_exit.py, where the copy's tests cannot shadow it
+        plugins.mkdir()
+        shutil.copy2(Path(__file__).with_name("pytest_exit.py"), plugins / f"{EXIT_PLUGIN}.py")
+        env = dict(os.environ, PYTHONPATH=f"{copy}{os.pathsep}{plugins}", TMPDIR=str(tmp), **{MARKER: name})
+        cmd = [self.python, "-m", "pytest", *PYTEST_ARGS, "-p", EXIT_PLUGIN, "-p", "timeout",
+               "-o", f"timeout={self.test_timeout:g}",
                "-o", "timeout_method=signal", f"--basetemp={tmp / 'pytest'}", *extra, *tests]
         log = base / "pytest.log"
         started = time.monotonic()
