@@ -125,6 +125,43 @@ def test_without_hard_links_the_file_is_copied(client: Any, app: Any, origin: An
     assert read(b) == res.data
 
 
+def test_a_copy_is_fsynced_and_short_writes_go_on_where_they_stopped(client: Any, app: Any, origin: Any,
+                                                                    watch: Any, monkeypatch: Any) -> None:
+    """Without copy_file_range the bytes go through this process, and a write may
+    take fewer bytes than it was given (a disk filling up): the rest is written
+    after them, not over them. The copy is on the disk before it is installed."""
+    res = install(client, watch, origin, size=blobs.COPY_CHUNK + 3 * MiB + 5)
+
+    def refuse(src: str, dst: str, **kw: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def unsupported(*args: Any) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    real_pwrite, real_fsync = os.pwrite, os.fsync
+    synced: list[tuple[int, int]] = []
+
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, bytes(data[: 100_000]), offset)  # at most 100,000 bytes a call
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobs, "link", refuse)
+    monkeypatch.setattr(blobs, "copy_file_range", unsupported)
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    monkeypatch.setattr(os, "fsync", fsync)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True, done
+    copy = os.path.join(models_dir(app), "m-b.bin")
+    assert read(copy) == res.data
+    st = os.stat(copy)
+    assert (st.st_dev, st.st_ino) in synced
+
+
 def test_a_copy_that_does_not_fit_is_not_made(client: Any, app: Any, origin: Any, watch: Any,
                                               monkeypatch: Any) -> None:
     res = install(client, watch, origin)
