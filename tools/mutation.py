@@ -358,7 +358,7 @@ class Runner:
             raise SystemExit(f"mutation: the copy is not what gets imported:\n{out.stdout}{out.stderr}")
 
 
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s (?:setup|call|teardown)\s+(\S+)", re.M)
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s (?:setup|call|teardown)\s+(\S+)", re.MULTILINE)
 
 
 def durations(output: str) -> dict[str, float]:
