@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from arw_models import ArwModels
 from arw_models.redact import redact_url
 from arw_models.store import blobs
-from arw_models.store.manifests import Manifests, entry_of
+from arw_models.store.manifests import Manifests, entry_of, manifest_of
 from arw_models.store.storage import StateDir
 
 from .support.app import post_download
@@ -141,3 +141,15 @@ def test_a_manifest_that_is_not_the_models_is_not_read(tmp_path: Any) -> None:
     # A file name that would leave the models folder makes no registry entry.
     assert entry_of({"id": "x", "files": [{"path": "../x.bin", "sha256": "0" * 64}]}, state) is None
     assert entry_of(good, state) is not None
+
+
+def test_a_manifest_keeps_the_provider_and_gives_it_back(tmp_path: Any) -> None:
+    state = StateDir(str(tmp_path))
+    entry = {"id": "h", "file": "h.gguf", "bytes": 3, "sha256": "0" * 64, "url": "hf://acme/m/h.gguf",
+             "provider": "hf"}
+    manifest = manifest_of(entry)
+    assert manifest["provider"] == "hf"
+    rebuilt = entry_of(manifest, state)
+    assert rebuilt is not None and (rebuilt["provider"], rebuilt["file"]) == ("hf", "h.gguf")
+    # An entry that names no provider (an older version's) is a local one.
+    assert manifest_of({**entry, "provider": None})["provider"] == "local"
