@@ -395,6 +395,12 @@ def baseline(runner: Runner, selections: list[tuple[str, ...]], jobs: int) -> di
     overhead = 0.0
     for chunk, (returncode, seconds, output) in zip(chunks, runs):
         if returncode != 0:
+            # Once more, alone: a test that failed only on a machine busy for a moment
+            # is no reason to refuse the run, but one that fails again is.
+            print(f"mutation: a baseline run failed ({first_failure(output) or f'status {returncode}'}); "
+                  "running it once more", flush=True)
+            returncode, seconds, output = runner.run(chunk, timeout=1200, extra=extra)
+        if returncode != 0:
             return (f"{output[-4000:]}\nmutation: the tests fail without any mutant (pytest exit status "
                     f"{returncode}: {' '.join(chunk)}); fix that first")
         found = durations(output)
