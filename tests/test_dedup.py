@@ -160,6 +160,7 @@ def test_a_copy_is_fsynced_and_short_writes_go_on_where_they_stopped(client: Any
     assert read(copy) == res.data
     st = os.stat(copy)
     assert (st.st_dev, st.st_ino) in synced
+    assert open_fds_of(copy) == []  # the copy's descriptor is closed once it is written
 
 
 def test_a_copy_that_does_not_fit_is_not_made(client: Any, app: Any, origin: Any, watch: Any,
