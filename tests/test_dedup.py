@@ -54,6 +54,9 @@ def test_same_sha256_under_another_id_is_linked_without_a_request(client: Any, a
                     "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request", "deduplicated": True,
                     "path": done["path"]}
     assert done["path"].endswith("/models/missing.bin")
+    job = client.get("/models/downloads/b").json  # the job says all of it is there, as for a transfer
+    assert (job["status"], job["downloaded"], job["total"], job["progress"]) == ("complete", len(res.data),
+                                                                                  len(res.data), 100)
     assert post_download(client, "c", UNREACHABLE, sha256=res.sha256).status_code == 202
     done = watch.terminal("c")
     assert done["status"] == "complete" and done["deduplicated"] is True
