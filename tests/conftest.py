@@ -50,7 +50,30 @@ def make_app(tmp_path: Any) -> Iterator[Callable[..., Any]]:
 
     yield make
     for app in apps:
-        app.extensions["arw_models"].shutdown()
+        shut_down(app)
+
+
+SHUTDOWN_SECS = 30
+
+
+def shut_down(app: Any) -> None:
+    """Shuts the app down, failing if that takes past ``SHUTDOWN_SECS``: a job thread
+    that never ends (waiting for something that never comes) must fail its test, not
+    hang the run; pytest-timeout no longer times the teardown of a test that failed."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            app.extensions["arw_models"].shutdown()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the test's thread
+            errors.append(exc)
+
+    ender = threading.Thread(target=run, name="arw-test-shutdown", daemon=True)
+    ender.start()
+    ender.join(SHUTDOWN_SECS)
+    assert not ender.is_alive(), f"the service did not shut down within {SHUTDOWN_SECS}s: a thread of it never ends"
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture

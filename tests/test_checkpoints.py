@@ -25,7 +25,7 @@ from arw_models.engine.plan import Plan
 from arw_models.service.manager import PROGRESS
 
 from .support.app import Service, post_download
-from .support.helpers import part, read, sidecar
+from .support.helpers import part, read, sidecar, write_partial
 from .support.origin import Origin, payload
 from .support.servers import Gunicorn
 from .support.sse import is_status, post_and_follow
@@ -125,6 +125,33 @@ def test_a_pause_or_a_graceful_stop_records_every_byte_written(service: Service,
         app.extensions["arw_models"].shutdown()  # as SIGTERM does: waits for the transfer to stop
     plan = assert_all_recorded(app, "s", res.data)
     assert MiB <= plan.durable < size
+
+
+def test_ranges_are_fsynced_once_per_fsync_bytes_not_per_write(service: Service, origin: Origin,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """In ranges, the bytes written since the last fsync make one due at
+    ARW_DL_FSYNC_BYTES (2 MiB here; the interval, a minute, never comes): about four
+    for 8 MiB and the last one, not one for every chunk written."""
+    data = payload(8 * MiB, seed=302)
+    res = origin.add("/y.gguf", data, throttle=8 * MiB)
+    app, client, watch = service(ARW_DL_SEGMENTS=2, ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_CHUNK_BYTES=64 * KiB,
+                                 ARW_DL_FSYNC_BYTES=2 * MiB, ARW_DL_CHECKPOINT_SECS=60)
+    # Two ranges on record, with a first chunk of the first one: a resume in ranges.
+    write_partial(app, "y", data[: 64 * KiB], {"url": origin.url("/y.gguf"), "etag": res.etag, "total": len(data),
+                                                "ranges": [[0, 4 * MiB, 64 * KiB], [4 * MiB, 8 * MiB, 0]]})
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    post_download(client, "y", origin.url("/y.gguf"), sha256=res.sha256)
+    done = watch.terminal("y", timeout=20)
+    assert done["status"] == "complete", done
+    of_part = [path for path in synced if path.endswith("/y.part")]
+    assert 3 <= len(of_part) <= 6, len(of_part)
 
 
 def test_kill_9_during_a_download_keeps_a_resumable_part_and_the_same_post_resumes_it(

@@ -3,6 +3,7 @@ gets that model's file (a hard link, else a copy), with no request to any origin
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import json
@@ -53,6 +54,9 @@ def test_same_sha256_under_another_id_is_linked_without_a_request(client: Any, a
                     "sha256": res.sha256, "bytes": len(res.data), "sha256_source": "request", "deduplicated": True,
                     "path": done["path"]}
     assert done["path"].endswith("/models/missing.bin")
+    job = client.get("/models/downloads/b").json  # the job says all of it is there, as for a transfer
+    assert (job["status"], job["downloaded"], job["total"], job["progress"]) == ("complete", len(res.data),
+                                                                                  len(res.data), 100)
     assert post_download(client, "c", UNREACHABLE, sha256=res.sha256).status_code == 202
     done = watch.terminal("c")
     assert done["status"] == "complete" and done["deduplicated"] is True
@@ -122,6 +126,44 @@ def test_without_hard_links_the_file_is_copied(client: Any, app: Any, origin: An
     # Separate files: deleting one leaves the other whole.
     assert client.delete("/models/a").status_code == 200
     assert read(b) == res.data
+
+
+def test_a_copy_is_fsynced_and_short_writes_go_on_where_they_stopped(client: Any, app: Any, origin: Any,
+                                                                    watch: Any, monkeypatch: Any) -> None:
+    """Without copy_file_range the bytes go through this process, and a write may
+    take fewer bytes than it was given (a disk filling up): the rest is written
+    after them, not over them. The copy is on the disk before it is installed."""
+    res = install(client, watch, origin, size=blobs.COPY_CHUNK + 3 * MiB + 5)
+
+    def refuse(src: str, dst: str, **kw: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def unsupported(*args: Any) -> int:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    real_pwrite, real_fsync = os.pwrite, os.fsync
+    synced: list[tuple[int, int]] = []
+
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        return real_pwrite(fd, bytes(data[: 100_000]), offset)  # at most 100,000 bytes a call
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(blobs, "link", refuse)
+    monkeypatch.setattr(blobs, "copy_file_range", unsupported)
+    monkeypatch.setattr(os, "pwrite", short_pwrite)
+    monkeypatch.setattr(os, "fsync", fsync)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True, done
+    copy = os.path.join(models_dir(app), "m-b.bin")
+    assert read(copy) == res.data
+    st = os.stat(copy)
+    assert (st.st_dev, st.st_ino) in synced
+    assert open_fds_of(copy) == []  # the copy's descriptor is closed once it is written
 
 
 def test_a_copy_that_does_not_fit_is_not_made(client: Any, app: Any, origin: Any, watch: Any,
@@ -210,6 +252,55 @@ def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, 
     done = watch.terminal("b")
     assert done["status"] == "complete" and "deduplicated" not in done
     assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+    # The blob opened to compare its size is closed again: a service that shares
+    # nothing must not keep a descriptor of it for every download that asked.
+    assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
+
+
+def open_fds_of(path: str) -> list[str]:
+    """This process's descriptors open on the file at ``path`` (by inode: a blob and
+    the model file it is linked as are one file)."""
+    want = os.stat(path)
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            st = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listdir itself used, gone already
+            continue
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            found.append(fd)
+    return found
+
+
+@pytest.mark.parametrize("digest_from", ["request", "origin"])
+def test_a_copy_that_failed_is_not_tried_again_on_every_retry(client: Any, app: Any, origin: Any, watch: Any,
+                                                              monkeypatch: Any, digest_from: str) -> None:
+    """The store is asked once per download: a copy that failed fails again, and
+    every retry would pay for it (a copy of gigabytes) before its transfer."""
+    res = install(client, watch, origin)
+    copies: list[str] = []
+
+    def refuse(*args: Any, **kw: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def broken(src: int, path: str, size: int, stop: Any = None) -> None:
+        copies.append(path)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(blobs, "link", refuse)
+    monkeypatch.setattr(blobs, "copy_fd", broken)
+    if digest_from == "request":  # known before any request; the origin fails once
+        origin.add("/b/m.bin", res.data, statuses=[(503, {})])
+        post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    else:  # known from the origin's answer, whose body is cut off once
+        published = {"Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(res.sha256)).decode()}:"}
+        origin.add("/b/m.bin", res.data, headers=published, drop_after=MiB // 2)
+        post_download(client, "b", origin.url("/b/m.bin"))
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done, done
+    assert len(copies) == 1
+    assert len([p for p in watch.payloads("b") if p["status"] == "retrying"]) == 1
     assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
 
 

@@ -184,7 +184,7 @@ def test_a_published_digest_of_an_installed_model_links_it_instead_of_reading_th
     first = origin.add("/a/first.gguf", data)
     post_download(client, "first", origin.url("/a/first.gguf"))
     assert watch.terminal("first")["status"] == "complete"
-    again = origin.add("/b/second.gguf", data)
+    again = origin.add("/b/second.gguf", data, content_disposition='attachment; filename="named.gguf"')
     again.headers = FORMS["X-Linked-Etag"](first.sha256)
     manager = ArwModels.state(app).manager
     opened: list[str] = []
@@ -194,11 +194,11 @@ def test_a_published_digest_of_an_installed_model_links_it_instead_of_reading_th
     done = watch.terminal("second")
     assert done["status"] == "complete" and done["deduplicated"] is True
     assert done["sha256"] == first.sha256 and done["sha256_source"] == "origin"
-    assert done["file"] == "second.gguf"
+    assert done["file"] == "named.gguf"  # the name the answer gave, as for a file it sends
     assert opened == []  # the answer's body was never read
-    a, b = (os.stat(os.path.join(models_dir(app), name)) for name in ("first.gguf", "second.gguf"))
+    a, b = (os.stat(os.path.join(models_dir(app), name)) for name in ("first.gguf", "named.gguf"))
     assert (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
-    assert listing(app) == ["first.gguf", "second.gguf"]
+    assert listing(app) == ["first.gguf", "named.gguf"]
 
 
 def test_a_mirror_whose_published_digest_disagrees_with_the_request_is_skipped(

@@ -338,3 +338,34 @@ def test_a_preallocation_that_finds_the_disk_full_ends_as_disk_full_at_byte_0_an
     assert "at byte 0" in err["error"], err
     assert listing(app) == ["pre.part", "pre.part.json"]
     assert read(part(app, "pre"))[:MiB] == res.data[:MiB]
+
+
+def preallocated_resume(app: Any, res: Any, url: str) -> None:
+    """A ``.part`` preallocated to the whole file, with its first MiB of two ranges done."""
+    size = len(res.data)
+    models = Path(app.config["ARW_STATE_DIR"]) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    with open(models / "q.part", "wb") as fh:
+        os.posix_fallocate(fh.fileno(), 0, size)
+        fh.write(res.data[:MiB])
+    (models / "q.part.json").write_text(json.dumps({"url": url, "etag": res.etag, "total": size,
+                                                    "ranges": [[0, size // 2, MiB], [size // 2, size, 0]]}))
+
+
+@pytest.mark.parametrize("limit_mb, free", [(None, 0), (5, 1 << 40)], ids=["no-room-needed", "over-the-limit"])
+def test_a_resume_in_ranges_is_held_to_the_budget(service: Service, origin: Origin, limit_mb: int | None,
+                                                  free: int) -> None:
+    """Resumed in ranges, a download asks the budget as a fresh one does: nothing
+    more when its ``.part`` holds every block already (no free byte at all will do),
+    and a refusal when the file is over ARW_MODELS_MAX_MB."""
+    res = origin.add("/q.gguf", payload(6 * MiB, seed=313))
+    app, client, watch = service(ARW_DL_SEGMENTS=2, ARW_DL_SEGMENT_MIN_MB=1, ARW_MODELS_MAX_MB=limit_mb)
+    preallocated_resume(app, res, origin.url("/q.gguf"))
+    ArwModels.state(app).manager.disk_free = lambda path: free
+    post_download(client, "q", origin.url("/q.gguf"), sha256=res.sha256)
+    done = watch.terminal("q")
+    if limit_mb is None:
+        assert done["status"] == "complete", done
+    else:
+        assert (done["status"], done["code"]) == ("error", "size-limit"), done
+        assert origin.requests_for("/q.gguf") == []  # refused before asking for a byte

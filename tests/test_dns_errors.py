@@ -74,6 +74,30 @@ def test_a_refused_connection_is_retried_a_few_times_soon_then_ends(service: Ser
     no_private_names(done, *retries, client.get("/models/downloads/r").json)
 
 
+@pytest.fixture
+def unanswered_port() -> Iterator[int]:
+    """A loopback port whose listener's queue is full: the kernel drops every new
+    connection's SYN, so a connect waits until its own timeout (as to a host that is
+    down behind a firewall that drops)."""
+    with socket.socket() as listener, socket.socket() as held:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        held.connect(listener.getsockname())  # the one place in the queue, never accepted
+        yield listener.getsockname()[1]
+
+
+def test_a_connect_that_times_out_is_retried_then_ends_in_words(service: Service, unanswered_port: int) -> None:
+    _, client, watch = service(ARW_DL_CONNECT_TIMEOUT_SECS=0.2, ARW_DL_RETRIES=1)
+    post_download(client, "t", f"http://127.0.0.1:{unanswered_port}/m.gguf")
+    done = watch.terminal("t")
+    assert done["status"] == "error" and done["code"] == "network", done
+    assert done["error"] == f"network error before the response: cannot connect to 127.0.0.1:{unanswered_port}: " \
+                            "timed out"
+    retries = [p for p in watch.payloads("t") if p["status"] == "retrying"]
+    assert [(p["attempt"], p["code"]) for p in retries] == [(1, "network")]
+    no_private_names(done, *retries)
+
+
 def test_a_stall_is_told_in_words(service: Service, origin: Origin) -> None:
     _, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=0.3, ARW_DL_RETRIES=0)
     res = origin.add("/s.gguf", payload(MiB, seed=601), stall_after=64 * KiB)

@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+from arw_models import ArwModels
+
 from .support.app import post_download
 from .support.helpers import listing, models_dir, read, write_partial
 from .support.origin import payload
@@ -243,3 +245,26 @@ def test_http_error_is_reported_with_its_status(client: Any, app: Any, origin: A
     assert err["code"] == "http-status" and err["http_status"] == 404
     assert client.get("/models").json["items"] == []
     assert listing(app) == []
+
+
+def test_a_part_that_vanishes_before_its_bytes_are_hashed_is_fetched_again(service: Any, origin: Any) -> None:
+    """Removed by hand between the origin's answer and the hashing of the bytes kept:
+    nothing is lost but those bytes, which the next attempt fetches."""
+    data = payload(256 * 1024, seed=61)
+    res = origin.add("/v.gguf", data)
+    app, client, watch = service()
+    write_partial(app, "v", data[:100_000], {"url": origin.url("/v.gguf"), "etag": res.etag, "total": len(data)})
+    manager = ArwModels.state(app).manager
+    gone: list[str] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "answered" and not gone:  # in the job's thread, the first answer only
+            os.unlink(os.path.join(models_dir(app), "v.part"))
+            gone.append(point)
+
+    manager.checkpoint = checkpoint
+    post_download(client, "v", origin.url("/v.gguf"), sha256=res.sha256)
+    done = watch.terminal("v")
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "v.gguf")) == data
+    assert [p["code"] for p in watch.payloads("v") if p["status"] == "retrying"] == ["resume-invalid"]

@@ -211,6 +211,8 @@ def test_same_object_ignores_the_query_only() -> None:
     assert not same_object(URL, "https://cdn.example/o/other.gguf?sig=1")
     assert not same_object(URL, "http://cdn.example/o/m.gguf?sig=1")
     assert not same_object(URL, "https://cdn.example:444/o/m.gguf?sig=1")
+    # A url that cannot be parsed (a bracketed host left open) is no url of the same object.
+    assert not same_object("https://[::1/o/m.gguf", "https://[::1/o/m.gguf")
 
 
 def test_a_plan_round_trips_through_its_record_and_refuses_nonsense() -> None:

@@ -180,3 +180,21 @@ def test_a_file_that_does_not_match_its_digest_is_reported_and_left_where_it_is(
     # Deleted like any model.
     assert app.test_client().delete("/models/beta").status_code == 200
     assert not (old_state / "models" / "beta.bin").exists()
+
+
+@pytest.mark.parametrize("damage", ["file-missing", "no-digest"])
+def test_an_entry_that_cannot_be_stored_is_left_as_it_was(make_app: Any, old_state: Path, damage: str) -> None:
+    registry = json.loads((old_state / "models.json").read_text())
+    if damage == "file-missing":
+        (old_state / "models" / "beta.bin").unlink()
+    else:
+        del registry["models"]["beta"]["sha256"]
+        (old_state / "models.json").write_text(json.dumps(registry))
+    app = make_app(ARW_STATE_DIR=str(old_state))
+    items = {m["id"]: m for m in app.test_client().get("/models").json["items"]}
+    assert sorted(items) == ["alpha", "alpha-again", "beta"] and "blob" not in items["beta"]
+    assert (items["beta"].get("status") == "missing") == (damage == "file-missing")
+    # No manifest names a file that is not in the store; the registry says why.
+    assert sorted(os.listdir(old_state / "manifests")) == ["alpha-again.json", "alpha.json"]
+    assert json.loads((old_state / "models.json").read_text())["models"]["beta"]["unstored"] is True
+    assert sorted(os.listdir(old_state / "blobs" / "sha256")) == [sha(ALPHA)]

@@ -429,6 +429,49 @@ def test_the_origins_spent_retries_fail_the_job_as_ever(service: Service, origin
     assert len(origin.requests_for("/u.gguf")) == 2
 
 
+def test_the_next_source_starts_its_retries_afresh(service: Service, origin: Origin,
+                                                   servers: Callable[[], Origin]) -> None:
+    """A mirror's failures are not the origin's: the second mirror fails once in a
+    way that is no reason to skip it (it refuses the range of the bytes on disk,
+    which are dropped), then is skipped (its answer has no body); the origin, whose
+    first answer fails, still has all its retries."""
+    data = payload(2 * MiB, seed=319)
+    origin.add("/f.gguf", data, statuses=[(503, {})])
+    first, second = servers(), servers()
+    first.add("/f.gguf", data, drop_after=MiB)
+    second.add("/f.gguf", data, range_status=416, drop_after=0)
+    app, client, watch = service(**mirrors(at(first), at(second)), ARW_DL_RETRIES=1)
+    post_download(client, "f", origin.url("/f.gguf"))
+    done = watch.terminal("f")
+    assert done["status"] == "complete", done
+    assert installed(app, "f.gguf") == data
+    assert [(s.status, s.range) for s in second.requests_for("/f.gguf")] == [(416, f"bytes={MiB}-"), (200, None)]
+    assert [s.status for s in origin.requests_for("/f.gguf")] == [503, 200]
+
+
+def test_the_source_after_a_mirror_whose_retries_are_spent_starts_them_afresh(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """A download in ranges whose mirror answers every range one byte off: not a reason
+    to skip it at once, so it is skipped when its retries are spent; the origin, whose
+    one range fails twice (a failed attempt), then has its own retries."""
+    data = payload(6 * MiB, seed=320)
+    res = origin.add("/g.gguf", data, statuses=[(503, {}), (503, {})])
+    mirror = servers()
+    mirror.add("/g.gguf", data, range_shift=1)
+    app, client, watch = service(**mirrors(at(mirror)), **SPLIT, ARW_DL_RETRIES=1)
+    # One range left to fetch, of 1 MiB: one connection, which nothing splits.
+    write_partial(app, "g", data[: 5 * MiB], {"url": origin.url("/g.gguf"), "etag": res.etag, "total": len(data),
+                                              "ranges": [[0, 4 * MiB, 4 * MiB], [4 * MiB, 6 * MiB, MiB]]})
+    post_download(client, "g", origin.url("/g.gguf"), sha256=res.sha256)
+    done = watch.terminal("g")
+    assert done["status"] == "complete", done
+    assert installed(app, "g.gguf") == data
+    left = f"bytes={5 * MiB}-{6 * MiB - 1}"
+    assert [s.range for s in mirror.requests_for("/g.gguf")] == [left, left]
+    assert [(s.status, s.range) for s in origin.requests_for("/g.gguf")] == [(503, left), (503, left), (206, left)]
+
+
 def test_a_full_disk_is_not_the_mirrors_fault(service: Service, origin: Origin,
                                                servers: Callable[[], Origin]) -> None:
     data = payload(256 * KiB, seed=317)

@@ -20,13 +20,16 @@ from tools.mutation import (
     ROOT,
     Result,
     Runner,
+    baseline,
     classify,
+    durations,
     first_failure,
     fix_equivalent,
     kill_marked,
     read_equivalent,
     report,
     sample,
+    selection_seconds,
 )
 
 SNIPPET = '''"""Docstring."""
@@ -225,10 +228,13 @@ TINY_TESTS = {
     "test_broken.py": "import pkg.missing  # a collection error\n",
     "test_none.py": "X = 1\n",
     "test_hang.py": "import threading\n\n\ndef test_hang():\n    threading.Event().wait()\n",
+    # Fails, leaving a thread that never ends: the interpreter would wait for it at exit.
+    "test_wedged.py": ("import threading\n\n\ndef test_wedged():\n"
+                       "    threading.Thread(target=threading.Event().wait).start()\n    assert False\n"),
 }
 
 
-def test_a_run_is_judged_by_pytest_exit_status_and_its_time_limits(tmp_path: Path) -> None:
+def tiny_project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     (root / "pkg").mkdir(parents=True)
     (root / "tests").mkdir()
@@ -237,6 +243,11 @@ def test_a_run_is_judged_by_pytest_exit_status_and_its_time_limits(tmp_path: Pat
     (root / "tests" / "__init__.py").write_text("")
     for name, text in TINY_TESTS.items():
         (root / "tests" / name).write_text(text)
+    return root
+
+
+def test_a_run_is_judged_by_pytest_exit_status_and_its_time_limits(tmp_path: Path) -> None:
+    root = tiny_project(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
     runner = Runner(work, ["pkg"], root=root, test_timeout=1)
@@ -252,11 +263,51 @@ def test_a_run_is_judged_by_pytest_exit_status_and_its_time_limits(tmp_path: Pat
     # A hang fails its test at the test's own limit: a kill, and the test is named.
     status, _, detail = runner.judge(["tests/test_hang.py"], 30)
     assert status == "killed" and detail.startswith("tests/test_hang.py::test_hang") and "Timeout" in detail
+    # A failure that leaves a thread behind is a kill all the same, reported at once.
+    status, seconds, detail = runner.judge(["tests/test_wedged.py"], 30)
+    assert (status, detail.split(" ")[0]) == ("killed", "tests/test_wedged.py::test_wedged") and seconds < 30
     # Past the whole run's limit twice (the test's own limit is longer): a timeout.
     runner.test_timeout = 60
     status, seconds, detail = runner.judge(["tests/test_hang.py"], 0.3)
     assert status == "timeout" and seconds >= 0.9 and "after 1s" in detail
     assert list(work.iterdir()) == []  # the copies are gone
+
+
+def test_one_baseline_run_times_every_selection(tmp_path: Path) -> None:
+    root = tiny_project(tmp_path)
+    (root / "tests" / "test_two.py").write_text("def test_a():\n    pass\n\n\ndef test_b():\n    pass\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = Runner(work, ["pkg"], root=root, test_timeout=10)
+    # Two selections sharing a module: their union runs once, in two runs side by side,
+    # and each selection gets its own tests' time plus pytest's start.
+    one, two = ("tests/test_ok.py",), ("tests/test_two.py::test_a", "tests/test_ok.py")
+    times = baseline(runner, [one, two], jobs=2)
+    assert isinstance(times, dict) and set(times) == {one, two}
+    assert 0 < times[one] <= times[two] < 60
+    # A failing test (a hang, at its own limit, or a collection error) stops everything.
+    runner.test_timeout = 1
+    failed = baseline(runner, [one, ("tests/test_hang.py",)], jobs=2)
+    assert isinstance(failed, str) and "tests/test_hang.py" in failed and "fix that first" in failed
+    failed = baseline(runner, [("tests/test_broken.py",)], jobs=2)
+    assert isinstance(failed, str) and "exit status 2" in failed
+    assert baseline(runner, [], jobs=2) == {}
+    assert list(work.iterdir()) == []
+
+
+def test_selection_time_is_its_tests_time_plus_the_start() -> None:
+    output = ("====== slowest durations ======\n"
+              "2.00s call     tests/test_x.py::test_slow[1]\n"
+              "0.50s setup    tests/test_x.py::test_slow[1]\n"
+              "1.00s call     tests/test_x.py::test_other\n"
+              "3.00s call     tests/test_y.py::test_z\n"
+              "0.01s teardown tests/test_xy.py::test_q\n")
+    times = durations(output)
+    assert times == {"tests/test_x.py::test_slow[1]": 2.5, "tests/test_x.py::test_other": 1.0,
+                     "tests/test_y.py::test_z": 3.0, "tests/test_xy.py::test_q": 0.01}
+    assert selection_seconds(("tests/test_x.py",), times, 1.0) == 4.5  # not test_xy.py's
+    assert selection_seconds(("tests/test_x.py::test_slow", "tests/test_y.py"), times, 0.0) == 5.5
+    assert selection_seconds(("tests/test_none.py",), times, 1.0) == 1.0
 
 
 def test_errors_and_timeouts_are_listed_and_left_out_of_the_score(tmp_path: Path,

@@ -5,6 +5,7 @@ runs takes effect)."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 from typing import Any
 
@@ -99,6 +100,20 @@ def test_a_change_of_the_limit_takes_effect_on_a_running_download(service: Servi
     # At 1 MiB/s the rest would take 6 s or more; lifted, it comes at once.
     after = [e for e in watch.events if e.id is not None and e.id > lifted and e.payload.get("id") == "c"]
     assert (_when(after[-1].time) - _when(after[0].time)).total_seconds() < 2.0
+
+
+def test_a_change_of_the_limit_does_not_wait_for_the_next_tick(service: Service, origin: Origin) -> None:
+    """The ticker shares the limit out again each interval; a change is shared out
+    at once, as the PUT returns, whatever the interval (a minute here)."""
+    _app, client, watch = service(ARW_DL_RATE_LIMIT=MiB, ARW_DL_PROGRESS_INTERVAL_MS=60_000)
+    res = origin.add("/i.gguf", payload(4 * MiB, seed=133))
+    post_download(client, "i", origin.url("/i.gguf"), sha256=res.sha256)
+    watch.status("i", "started")
+    lifted = time.monotonic()
+    assert client.put("/settings/rate-limit", json={"bytes_per_sec": None}).status_code == 200
+    assert watch.terminal("i", timeout=10)["status"] == "complete"
+    # At 1 MiB/s until the next tick, the rest would take three seconds or more.
+    assert time.monotonic() - lifted < 2.0
 
 
 def test_a_download_can_have_its_own_limit(service: Service, origin: Origin) -> None:

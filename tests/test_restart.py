@@ -127,3 +127,11 @@ def test_a_part_still_being_written_is_not_swept_because_its_sidecar_is_old(make
     listed = client.get("/models/downloads").json["items"]
     assert [(i["id"], i["status"], i["downloaded"]) for i in listed] == [("busy", "resumable", 100)]
     assert sorted(os.listdir(models_dir(app))) == ["busy.part", "busy.part.json"]
+
+
+def test_a_part_with_every_byte_is_listed_at_100_percent(make_app: Callable[..., Any]) -> None:
+    """The process stopped between the last byte and the install: all of it is there."""
+    app = make_app()
+    write_partial(app, "w", b"w" * 1000, {"url": "http://127.0.0.1:9/w.gguf", "etag": '"w1"', "total": 1000})
+    listed = app.test_client().get("/models/downloads").json["items"]
+    assert [(i["id"], i["downloaded"], i["total"], i["progress"]) for i in listed] == [("w", 1000, 1000, 100)]

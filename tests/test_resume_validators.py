@@ -211,6 +211,8 @@ def test_a_416_of_another_version_is_not_taken_for_a_whole_part(service: Service
     assert installed(app, "w.gguf") == new
     assert [(s.range, s.status) for s in origin.requests_for("/w.gguf")] == [(f"bytes={len(old)}-", 416),
                                                                             (None, 200)]
+    # Refused on its own validator: the check after the last byte is only of the new file's.
+    assert [s.headers.get("if-match") for s in origin.rechecks("/w.gguf")] == [res.etag]
 
 
 # -- a real server: nginx ---------------------------------------------------------------

@@ -17,7 +17,7 @@ from arw_models import ArwModels
 from arw_models.service.manager import PROGRESS
 
 from .support.app import Service, post_download
-from .support.helpers import listing, models_dir, part, read
+from .support.helpers import listing, models_dir, part, read, write_partial
 from .support.origin import Origin, payload
 from .support.servers import Gunicorn
 from .support.sse import is_status, post_and_follow
@@ -69,6 +69,24 @@ def test_a_range_that_fails_before_its_first_byte_has_every_retry(service: Servi
     assert seen[0].range is None and seen[1].range and seen[1].status == 503
     assert [s.status for s in seen[2:]] == [206] * (len(seen) - 2)  # that range asked again, and the others
     assert "retrying" not in watch.statuses("f")
+
+
+def test_a_range_that_fails_past_its_retries_fails_the_attempt(service: Service, origin: Origin) -> None:
+    """A range whose first request and its one retry (ARW_DL_RETRIES=1) both fail
+    ends the attempt: the download is tried again as a whole, from where its ranges
+    got to. One range of 1 MiB is left: one connection, which nothing splits."""
+    data = payload(6 * MiB, seed=147)
+    res = origin.add("/g.gguf", data, statuses=[(503, {}), (503, {})])
+    app, client, watch = service(**SPLIT, ARW_DL_RETRIES=1)
+    write_partial(app, "g", data[: 5 * MiB], {"url": origin.url("/g.gguf"), "etag": res.etag, "total": len(data),
+                                              "ranges": [[0, 4 * MiB, 4 * MiB], [4 * MiB, 6 * MiB, MiB]]})
+    post_download(client, "g", origin.url("/g.gguf"), sha256=res.sha256)
+    done = watch.terminal("g")
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "g.gguf")) == data
+    left = f"bytes={5 * MiB}-{6 * MiB - 1}"
+    assert [(s.status, s.range) for s in origin.requests_for("/g.gguf")] == [(503, left), (503, left), (206, left)]
+    assert [p["code"] for p in watch.payloads("g") if p["status"] == "retrying"] == ["http-status"]
 
 
 def test_a_range_refused_ends_the_download_with_that_status(service: Service, origin: Origin) -> None:
@@ -127,7 +145,7 @@ def test_which_statuses_are_retried(service: Service, origin: Origin, status: in
 
 
 @pytest.mark.parametrize(("status", "retried"), [(407, False), (408, True), (429, True), (499, False), (500, True),
-                                               (599, True)])
+                                               (599, True), (600, False)])
 def test_which_statuses_of_a_range_are_retried(service: Service, origin: Origin, status: int,
                                                retried: bool) -> None:
     app, client, watch = service(**SPLIT)

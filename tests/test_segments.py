@@ -73,6 +73,16 @@ def test_an_idle_range_goes_first_even_if_a_busy_one_is_larger() -> None:
     assert span is not None and span.start == 900
 
 
+def test_a_recorded_plan_is_taken_only_when_sound() -> None:
+    plan = Plan.from_json(None, [[0, 40, 40], [40, None, 5]])  # the last range up to an unknown end
+    assert plan is not None and plan.spans == [Span(0, 40, 40), Span(40, None, 5)] and plan.contiguous() == 45
+    for ranges in ([[None, 40, 0]],  # no start
+                   [[0, 40, None]],  # no count of the bytes done
+                   [[0, 40, 41]],  # more done than the range holds
+                   [[0, 40, -1]], [[0, 40, True]], [[0, 40]], [], None, [["0", 40, 0]]):
+        assert Plan.from_json(100, ranges) is None, ranges
+
+
 # -- through the service -----------------------------------------------------------------------
 
 
@@ -87,6 +97,25 @@ def ranged(origin: Origin, path: str) -> list[tuple[int, int]]:
         if match:
             out.append((int(match.group(1)), int(match.group(2))))
     return out
+
+
+def test_the_connections_shown_are_those_still_running(service: Service, origin: Origin) -> None:
+    """Two ranges left: the short one ends at once, and nothing of the long one is
+    worth splitting off; the progress from then on counts one connection, and none
+    once it has ended."""
+    data = payload(8 * MiB, seed=104)
+    res = origin.add("/n.gguf", data, throttle=2 * MiB)
+    app, client, watch = service(**SEGMENTED)
+    write_partial(app, "n", data[: 6 * MiB], {"url": origin.url("/n.gguf"), "etag": res.etag, "total": len(data),
+                                              "ranges": [[0, 4 * MiB, 4 * MiB - 1], [4 * MiB, 8 * MiB, 2 * MiB]]})
+    post_download(client, "n", origin.url("/n.gguf"), sha256=res.sha256)
+    done = watch.terminal("n", timeout=20)
+    assert done["status"] == "complete", done
+    counts = [p["segments"] for p in watch.payloads("n") if p["status"] == "downloading"]
+    # (The last tick may come once both have ended: none.)
+    assert 1 in counts and counts[-1] in (0, 1), counts
+    assert sorted(s.range for s in origin.requests_for("/n.gguf")) == [f"bytes={4 * MiB - 1}-{4 * MiB - 1}",
+                                                                       f"bytes={6 * MiB}-{8 * MiB - 1}"]
 
 
 def test_a_large_file_comes_in_parallel_ranges_and_is_whole(service: Service, origin: Origin) -> None:

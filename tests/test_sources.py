@@ -38,3 +38,17 @@ def test_the_token_goes_with_the_hub_url_only_when_no_authorization_is_given() -
     plain = sources.origin("https://files.example/m.gguf", {}, HUB, "hf_tok")
     assert dict(plain.headers) == {}  # the hub token is for the hub
     assert "hf_tok" not in repr(src) and "mine" not in repr(own)
+
+
+@pytest.mark.parametrize("ref, why", [
+    ("https://hub.example/acme/model/resolve/main/m.gguf", "not an hf:// reference"),
+    ("HF://acme/model/m.gguf", "not an hf:// reference"),
+    ("hf://acme/model/m.gguf?download=1", "no query, fragment or backslash"),
+    ("hf://acme/model/m.gguf#x", "no query, fragment or backslash"),
+    ("hf://acme/model", "is hf://OWNER/REPO/PATH[@REVISION]"),
+    ("hf://datasets/acme/data", "is hf://OWNER/REPO/PATH[@REVISION]"),
+])
+def test_what_is_no_reference_is_refused_with_why(ref: str, why: str) -> None:
+    with pytest.raises(sources.InvalidReference) as refused:
+        sources.parse_hf(ref)
+    assert str(refused.value).endswith(why)

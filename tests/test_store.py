@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from arw_models import ArwModels
 from arw_models.redact import redact_url
 from arw_models.store import blobs
+from arw_models.store.manifests import Manifests, entry_of, manifest_of
 from arw_models.store.storage import StateDir
 
 from .support.app import post_download
@@ -123,3 +124,32 @@ def test_a_blobs_dir_link_refuses_to_start(make_app: Any, tmp_path: Any) -> None
     answer = app.test_client().get("/models")
     assert answer.status_code == 503 and answer.json["code"] == "state-dir-unsafe"
     assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_a_manifest_that_is_not_the_models_is_not_read(tmp_path: Any) -> None:
+    (tmp_path / "state").mkdir()
+    state = StateDir(str(tmp_path / "state"))
+    manifests = Manifests(state)
+    manifests.ensure()
+    good = {"id": "m", "files": [{"path": "m.bin", "size": 3, "sha256": "0" * 64}]}
+    for model_id, data in (("m", good), ("other", {**good, "id": "m"}), ("listed", ["m"]),
+                           ("nofiles", {"id": "nofiles", "files": {}})):
+        with open(manifests.path(model_id), "w") as fh:
+            json.dump(data, fh)
+    assert manifests.read("m") == good
+    assert [manifests.read(i) for i in ("other", "listed", "nofiles", "absent")] == [None] * 4
+    # A file name that would leave the models folder makes no registry entry.
+    assert entry_of({"id": "x", "files": [{"path": "../x.bin", "sha256": "0" * 64}]}, state) is None
+    assert entry_of(good, state) is not None
+
+
+def test_a_manifest_keeps_the_provider_and_gives_it_back(tmp_path: Any) -> None:
+    state = StateDir(str(tmp_path))
+    entry = {"id": "h", "file": "h.gguf", "bytes": 3, "sha256": "0" * 64, "url": "hf://acme/m/h.gguf",
+             "provider": "hf"}
+    manifest = manifest_of(entry)
+    assert manifest["provider"] == "hf"
+    rebuilt = entry_of(manifest, state)
+    assert rebuilt is not None and (rebuilt["provider"], rebuilt["file"]) == ("hf", "h.gguf")
+    # An entry that names no provider (an older version's) is a local one.
+    assert manifest_of({**entry, "provider": None})["provider"] == "local"

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -91,7 +92,8 @@ _ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_do
                  "tests/test_disk_full.py", "tests/test_durability.py", "tests/test_restart.py",
                  "tests/test_end_races.py", "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
                  "tests/test_hub.py", "tests/test_gated.py", "tests/test_resume_answer.py",
-                 "tests/test_dns_errors.py", "tests/test_checkpoints.py", "tests/test_range_framing.py"]
+                 "tests/test_dns_errors.py", "tests/test_checkpoints.py", "tests/test_range_framing.py",
+                 "tests/test_url_redaction.py"]
 # Not tests/test_rewrite_in_place.py: it drives real nginx, Apache and lighttpd and
 # takes about a minute, too long to run against every mutant; name it with --tests.
 DEFAULT_TESTS = {
@@ -132,7 +134,8 @@ DEFAULT_TESTS = {
     "arw_models/store/blobs.py": ["tests/test_store.py", "tests/test_dedup.py", "tests/test_gc.py",
                                   "tests/test_migration.py", "tests/test_file_modes.py", "tests/test_symlinks.py"],
     "arw_models/store/manifests.py": ["tests/test_store.py", "tests/test_gc.py", "tests/test_migration.py"],
-    "arw_models/store/migrate.py": ["tests/test_migration.py", "tests/test_gc.py", "tests/test_symlinks.py"],
+    "arw_models/store/migrate.py": ["tests/test_migration.py", "tests/test_gc.py", "tests/test_symlinks.py",
+                                    "tests/test_store.py"],
     "arw_models/store/gc.py": ["tests/test_gc.py", "tests/test_store.py", "tests/test_migration.py",
                                "tests/test_dedup.py"],
     "arw_models/store/sidecar.py": ["tests/test_records.py", "tests/test_engine.py", "tests/test_pause.py",
@@ -153,6 +156,7 @@ SEED = 20261126
 EQUIVALENT_FILE = ROOT / "tools" / "mutation_equivalent.txt"
 MARKER = "MUTATION_RUN"  # not ARW_*: tests/support/servers.py drops those from a server's environment
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider"]
+EXIT_PLUGIN = "arw_mutation_exit"  # tools/pytest_exit.py: pytest's status as soon as it has reported
 TEST_TIMEOUT = 30.0  # seconds a single test may take under a mutant (pytest-timeout); --test-timeout
 RERUN_FACTOR = 3  # a run past the whole-run limit is run again with this many times the limit
 
@@ -279,9 +283,9 @@ class Runner:
                 shutil.copy2(path, dest / path.name)
 
     def run(self, tests: list[str], timeout: float, mutant: Mutant | None = None,
-            text: str = "") -> tuple[int | None, float, str]:
-        """One pytest run in a fresh copy; returns (exit status, None past ``timeout``;
-        seconds; output)."""
+            text: str = "", extra: tuple[str, ...] = ()) -> tuple[int | None, float, str]:
+        """One pytest run in a fresh copy (``extra``: more pytest options); returns
+        (exit status, None past ``timeout``; seconds; output)."""
         with self._lock:
             self._count += 1
             name = f"{os.getpid()}-{self._count}"
@@ -291,9 +295,13 @@ class Runner:
         tmp.mkdir()
         if mutant is not None:
             (copy / mutant.module).write_text(mutant.apply(text))
-        env = dict(os.environ, PYTHONPATH=str(copy), TMPDIR=str(tmp), **{MARKER: name})
-        cmd = [self.python, "-m", "pytest", *PYTEST_ARGS, "-p", "timeout", "-o", f"timeout={self.test_timeout:g}",
-               "-o", "timeout_method=signal", f"--basetemp={tmp / 'pytest'}", *tests]
+        plugins = base / "plugins"  # tools/pytest_exit.py, where the copy's tests cannot shadow it
+        plugins.mkdir()
+        shutil.copy2(Path(__file__).with_name("pytest_exit.py"), plugins / f"{EXIT_PLUGIN}.py")
+        env = dict(os.environ, PYTHONPATH=f"{copy}{os.pathsep}{plugins}", TMPDIR=str(tmp), **{MARKER: name})
+        cmd = [self.python, "-m", "pytest", *PYTEST_ARGS, "-p", EXIT_PLUGIN, "-p", "timeout",
+               "-o", f"timeout={self.test_timeout:g}",
+               "-o", "timeout_method=signal", f"--basetemp={tmp / 'pytest'}", *extra, *tests]
         log = base / "pytest.log"
         started = time.monotonic()
         try:
@@ -348,6 +356,57 @@ class Runner:
         shutil.rmtree(base, ignore_errors=True)
         if out.returncode != 0 or any(not p.startswith(str(base)) for p in out.stdout.split()):
             raise SystemExit(f"mutation: the copy is not what gets imported:\n{out.stdout}{out.stderr}")
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s (?:setup|call|teardown)\s+(\S+)", re.MULTILINE)
+
+
+def durations(output: str) -> dict[str, float]:
+    """Seconds per test node id (setup, call and teardown added up) from the table
+    of ``pytest --durations=0 --durations-min=0``."""
+    found: dict[str, float] = {}
+    for seconds, node in DURATION.findall(output):
+        found[node] = found.get(node, 0.0) + float(seconds)
+    return found
+
+
+def selection_seconds(tests: tuple[str, ...], times: dict[str, float], overhead: float) -> float:
+    """How long a run of ``tests`` (files or node ids) takes: its tests' time from
+    the baseline, plus pytest's own start (imports, collection)."""
+    def within(node: str, item: str) -> bool:
+        return node == item or node.startswith((item + "::", item + "["))
+    return overhead + sum(t for node, t in times.items() if any(within(node, item) for item in tests))
+
+
+def baseline(runner: Runner, selections: list[tuple[str, ...]], jobs: int) -> dict[tuple[str, ...], float] | str:
+    """Runs every test of ``selections`` on the unmutated copy, once, in ``jobs``
+    pytest runs side by side, and gives each selection the time a run of it takes
+    (from each test's own time; many targets share most of their tests, so this is
+    one run of the union instead of one run per target). A failure is a message
+    instead: nothing can be judged against tests that fail without a mutant."""
+    files = list(dict.fromkeys(item for tests in selections for item in tests))
+    if not files:
+        return {}
+    chunks = [files[i::jobs] for i in range(min(jobs, len(files)))]
+    extra = ("--durations=0", "--durations-min=0")
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        runs = list(pool.map(lambda chunk: runner.run(chunk, timeout=1200, extra=extra), chunks))
+    times: dict[str, float] = {}
+    overhead = 0.0
+    for chunk, (returncode, seconds, output) in zip(chunks, runs):
+        if returncode != 0:
+            # Once more, alone: a test that failed only on a machine busy for a moment
+            # is no reason to refuse the run, but one that fails again is.
+            print(f"mutation: a baseline run failed ({first_failure(output) or f'status {returncode}'}); "
+                  "running it once more", flush=True)
+            returncode, seconds, output = runner.run(chunk, timeout=1200, extra=extra)
+        if returncode != 0:
+            return (f"{output[-4000:]}\nmutation: the tests fail without any mutant (pytest exit status "
+                    f"{returncode}: {' '.join(chunk)}); fix that first")
+        found = durations(output)
+        times.update(found)
+        overhead = max(overhead, seconds - sum(found.values()))
+    return {tests: selection_seconds(tests, times, overhead) for tests in selections}
 
 
 def _killpg(pid: int) -> None:
@@ -415,13 +474,17 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         runner.check_imports()
+        # Only the test lists of mutants that will run need a baseline, and one run of
+        # all their tests at once gives each list its time (see baseline()).
+        to_run = [m for m in chosen if (args.id or m.id not in equivalent)
+                  and is_valid(m.apply(sources[m.module]), sources[m.module])]
+        needed = list(dict.fromkeys(tuple(selections[m.module]) for m in to_run))
+        found_times = baseline(runner, needed, max(1, args.jobs))
+        if isinstance(found_times, str):
+            print(found_times)
+            return 2
         timeouts = {}
-        for tests in dict.fromkeys(tuple(v) for v in selections.values()):
-            returncode, seconds, output = runner.run(list(tests), timeout=600)
-            if returncode != 0:
-                print(output[-4000:])
-                print(f"mutation: the tests fail without any mutant ({' '.join(tests)}); fix that first")
-                return 2
+        for tests, seconds in found_times.items():
             # Past this, a hanging test would have failed at its own limit already.
             timeouts[tests] = args.timeout or max(10.0, 4 * seconds) + args.test_timeout
             print(f"baseline {seconds:.1f}s, timeout {timeouts[tests]:.0f}s a run, {args.test_timeout:g}s a test: "
