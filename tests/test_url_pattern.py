@@ -13,7 +13,7 @@ import unicodedata
 import pytest
 
 from arw_models.errors import BadRequest
-from arw_models.server.api import checked_url
+from arw_models.server.checks import checked_url
 from arw_models.server.openapi import document
 from arw_models.server.urlschema import NFKC_DELIMITERS, SPACES
 from tools.fuzz import GENERATED_URL_PATTERNS

@@ -31,7 +31,8 @@ from werkzeug.wsgi import FileWrapper
 from ..errors import NotFound
 from ..store.blobs import Blobs, valid_digest
 from ..store.manifests import Manifests
-from .api import PROTECTED_ENDPOINTS, bp, service
+from .api import PROTECTED_ENDPOINTS, bp
+from .checks import service
 from .problems import problem
 
 # Each read of the body: bounded, whatever the blob's size.

@@ -1,5 +1,5 @@
 """The ``url`` of a download request as a JSON Schema pattern: exactly the strings
-:func:`arw_models.server.api.checked_url` accepts, no more and no fewer.
+:func:`arw_models.server.checks.checked_url` accepts, no more and no fewer.
 
 The service reads an ``http(s)`` url with :func:`urllib.parse.urlsplit`, whose
 rules are looser than RFC 3986 (any character but a blank or a control in the
