@@ -78,6 +78,20 @@ DEFAULT_TARGETS = [
     "arw_models/store/manifests.py",
     "arw_models/store/migrate.py",
     "arw_models/store/gc.py",
+    # Models of many files, their sources, and the peers' endpoint.
+    "arw_models/engine/model.py",
+    "arw_models/engine/references.py",
+    "arw_models/engine/hub.py",
+    "arw_models/engine/hubapi.py",
+    "arw_models/engine/oci.py",
+    "arw_models/engine/registry_auth.py",
+    "arw_models/service/attempts.py",
+    "arw_models/service/models.py",
+    "arw_models/service/model_install.py",
+    "arw_models/store/staging.py",
+    "arw_models/store/folders.py",
+    "arw_models/store/hfcache.py",
+    "arw_models/server/blobserve.py",
 ]
 
 # The tests run against the mutants of each target: the modules that exercise it,
@@ -93,7 +107,10 @@ _ENGINE_TESTS = ["tests/test_engine.py", "tests/test_records.py", "tests/test_do
                  "tests/test_end_races.py", "tests/test_symlinks.py", "tests/test_digests.py", "tests/test_dedup.py", "tests/test_mirrors.py",
                  "tests/test_hub.py", "tests/test_gated.py", "tests/test_resume_answer.py",
                  "tests/test_dns_errors.py", "tests/test_checkpoints.py", "tests/test_range_framing.py",
-                 "tests/test_url_redaction.py"]
+                 "tests/test_url_redaction.py", "tests/test_split_at_once.py", "tests/test_steal.py",
+                 "tests/test_peers.py"]
+_MODEL_TESTS = ["tests/test_many_files.py", "tests/test_many_files_resume.py", "tests/test_many_files_sources.py",
+                "tests/test_many_files_kill.py"]
 # Not tests/test_rewrite_in_place.py: it drives real nginx, Apache and lighttpd and
 # takes about a minute, too long to run against every mutant; name it with --tests.
 DEFAULT_TESTS = {
@@ -137,7 +154,21 @@ DEFAULT_TESTS = {
     "arw_models/store/migrate.py": ["tests/test_migration.py", "tests/test_gc.py", "tests/test_symlinks.py",
                                     "tests/test_store.py"],
     "arw_models/store/gc.py": ["tests/test_gc.py", "tests/test_store.py", "tests/test_migration.py",
-                               "tests/test_dedup.py"],
+                               "tests/test_dedup.py", *_MODEL_TESTS],
+    "arw_models/engine/model.py": _MODEL_TESTS,
+    "arw_models/engine/references.py": [*_MODEL_TESTS, "tests/test_url_pattern.py"],
+    "arw_models/engine/hub.py": ["tests/test_hub_repos.py", "tests/test_many_files_sources.py",
+                                "tests/test_cli_hub.py"],
+    "arw_models/engine/hubapi.py": ["tests/test_hub_repos.py", "tests/test_many_files_sources.py"],
+    "arw_models/engine/oci.py": ["tests/test_registries.py", "tests/test_many_files_sources.py"],
+    "arw_models/engine/registry_auth.py": ["tests/test_registries.py", "tests/test_many_files_sources.py"],
+    "arw_models/service/attempts.py": [*_MODEL_TESTS, *_ENGINE_TESTS],
+    "arw_models/service/models.py": [*_MODEL_TESTS, "tests/test_cli_hub.py", "tests/test_metrics.py"],
+    "arw_models/service/model_install.py": [*_MODEL_TESTS, "tests/test_metrics.py"],
+    "arw_models/store/staging.py": [*_MODEL_TESTS, "tests/test_gc.py"],
+    "arw_models/store/folders.py": [*_MODEL_TESTS, "tests/test_store.py"],
+    "arw_models/store/hfcache.py": ["tests/test_hf_cache.py", "tests/test_many_files_sources.py"],
+    "arw_models/server/blobserve.py": ["tests/test_blob_endpoint.py", "tests/test_peers.py"],
     "arw_models/store/sidecar.py": ["tests/test_records.py", "tests/test_engine.py", "tests/test_pause.py",
                                     *_ENGINE_TESTS],
     "arw_models/service/events.py": ["tests/test_events.py", "tests/test_end_races.py", "tests/test_api.py",
