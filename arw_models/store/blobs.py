@@ -29,13 +29,11 @@ from collections.abc import Callable
 
 from ..errors import JobStopped
 from .files import (
-    DIR_MODE,
-    StateDirError,
     directory_fd,
     fsync_dir,
     is_regular,
-    linked_dir_error,
     lstat_file,
+    make_dir,
     open_existing,
     open_fd,
     remove_quietly,
@@ -78,15 +76,7 @@ class Blobs:
         """Creates ``blobs/sha256/`` (the models' directory mode: like ``models/``, it
         holds no secret); refuses one that is a link or no directory."""
         for path in (self.state.store_dir, self.dir):
-            try:
-                os.mkdir(path, DIR_MODE)
-            except FileExistsError:
-                pass
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                raise linked_dir_error(path)
-            if not stat.S_ISDIR(st.st_mode):
-                raise StateDirError(f"{path} is not a directory")
+            make_dir(path)
             with directory_fd(path) as dfd:
                 chmod_own(dfd, self.state.models_dir_mode)
 

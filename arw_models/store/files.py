@@ -59,6 +59,20 @@ def linked_dir_error(path: str) -> StateDirError:
     )
 
 
+def make_dir(path: str) -> None:
+    """Creates the folder ``path`` (0700) if it is not there, and refuses one that is a
+    link or no folder: what every folder of the store is made with."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise linked_dir_error(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"{path} is not a directory")
+
+
 @contextmanager
 def directory_fd(path: str, follow: bool = False) -> Iterator[int]:
     """The directory at ``path``, opened; unless ``follow``, not if it is a link

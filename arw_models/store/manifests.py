@@ -19,17 +19,10 @@ manifest names, which the next start removes (:mod:`.gc`). It is the owner's alo
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any
 
 from ..redact import redact_url
-from .files import (
-    DIR_MODE,
-    StateDirError,
-    linked_dir_error,
-    remove_quietly,
-    restrict_tree,
-)
+from .files import make_dir, remove_quietly, restrict_tree
 from .storage import StateDir, atomic_write_json, read_json, valid_id
 
 VERSION = 1
@@ -45,15 +38,7 @@ class Manifests:
 
     def ensure(self) -> None:
         """Creates ``manifests/`` (0700, its files 0600); refuses one that is a link."""
-        try:
-            os.mkdir(self.dir, DIR_MODE)
-        except FileExistsError:
-            pass
-        st = os.lstat(self.dir)
-        if stat.S_ISLNK(st.st_mode):
-            raise linked_dir_error(self.dir)
-        if not stat.S_ISDIR(st.st_mode):
-            raise StateDirError(f"{self.dir} is not a directory")
+        make_dir(self.dir)
         restrict_tree(self.dir)
 
     def path(self, model_id: str) -> str:

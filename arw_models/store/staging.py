@@ -21,7 +21,7 @@ import shutil
 import stat
 from typing import Any
 
-from .files import DIR_MODE, StateDirError, linked_dir_error, restrict_tree
+from .files import make_dir, restrict_tree
 from .storage import StateDir, atomic_write_json, read_json, valid_id
 
 PLAN = "plan.json"
@@ -45,15 +45,7 @@ class Staging:
     def ensure(self) -> None:
         """Creates ``partial/`` and the model's folder (0700); refuses links."""
         for path in (self.root, self.dir):
-            try:
-                os.mkdir(path, DIR_MODE)
-            except FileExistsError:
-                pass
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                raise linked_dir_error(path)
-            if not stat.S_ISDIR(st.st_mode):
-                raise StateDirError(f"{path} is not a directory")
+            make_dir(path)
         restrict_tree(self.dir)
 
     def exists(self) -> bool:
