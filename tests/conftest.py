@@ -38,6 +38,21 @@ def origin() -> Iterator[Origin]:
 
 
 @pytest.fixture
+def servers() -> Iterator[Callable[[], Origin]]:
+    """More local origins, to play mirrors, peers and buckets; all closed at the end."""
+    started: list[Origin] = []
+
+    def start() -> Origin:
+        server = Origin()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
 def make_app(tmp_path: Any) -> Iterator[Callable[..., Any]]:
     apps = []
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,21 +30,6 @@ from .test_openapi import Contract
 KiB = 1024
 MiB = 1024 * KiB
 SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB}
-
-
-@pytest.fixture
-def servers() -> Iterator[Callable[[], Origin]]:
-    """More local origins, to play mirrors; all closed at the end."""
-    started: list[Origin] = []
-
-    def start() -> Origin:
-        server = Origin()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
 
 
 def at(server: Origin) -> str:

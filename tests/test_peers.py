@@ -14,7 +14,7 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,21 +31,6 @@ from .support.servers import closed_port
 KiB = 1024
 MiB = 1024 * KiB
 TOKEN = "peer-token"
-
-
-@pytest.fixture
-def servers() -> Iterator[Callable[[], Origin]]:
-    """More local servers, to play peers and buckets; all closed at the end."""
-    started: list[Origin] = []
-
-    def start() -> Origin:
-        server = Origin()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
 
 
 def blob(digest: str) -> str:

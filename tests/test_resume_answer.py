@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from typing import Any
 
 import pytest
 
 from .support.app import Service, Watch, post_download
 from .support.helpers import cancel, models_dir, part, read, sidecar, write_partial
+from .support.mute import mute_origin
 from .support.origin import Origin, Resource, payload
 
 KiB = 1024
@@ -159,16 +159,10 @@ def test_a_repeated_post_before_the_origin_answered_is_a_start_from_no_offset(se
     """Nothing on disk, and the origin has accepted the request but not answered:
     the same POST again says the download started, and shows no offset to resume from."""
     _, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
-    with socket.socket() as srv:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(1)
-        srv.settimeout(5)
-        url = f"http://127.0.0.1:{srv.getsockname()[1]}/mute.gguf"
+    with mute_origin() as mute:
+        url = mute.url
         post_download(client, "mute", url)
-        conn, _ = srv.accept()
-        with conn:
-            conn.settimeout(5)
-            assert conn.recv(65536).startswith(b"GET /mute.gguf")  # asked, and never answered
+        with mute.asked():
             r = post_download(client, "mute", url)
             assert r.status_code == 202
             assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("started", 0, 0)

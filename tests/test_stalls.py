@@ -24,6 +24,7 @@ from .support.helpers import (
     models_dir,
     read,
 )
+from .support.mute import mute_origin
 from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
@@ -189,16 +190,9 @@ def test_cancel_while_waiting_for_response_headers_is_prompt(
         return result
 
     monkeypatch.setattr(DownloadJob, "attach_socket", attach_socket)
-    with socket.socket() as srv:
-        srv.bind(("127.0.0.1", 0))
-        srv.listen(1)
-        srv.settimeout(5)
-        url = f"http://127.0.0.1:{srv.getsockname()[1]}/mute.gguf"
-        post_download(client, "mute", url)
-        conn, _ = srv.accept()
-        with conn:
-            conn.settimeout(5)
-            assert conn.recv(65536).startswith(b"GET /mute.gguf")  # the request is sent
+    with mute_origin() as mute:
+        post_download(client, "mute", mute.url)
+        with mute.asked():  # the request is sent, and never answered
             # The job holds the socket it waits on (with hand_over_noop this times out:
             # then nothing could wake the worker either).
             assert handed.wait(2)
