@@ -12,13 +12,16 @@ import re
 import signal
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import requests
 
 from arw_models.engine.plan import Plan, Span
+from arw_models.engine.single import LEAST_PIECE, PIECE, PIECE_PER_SEC, smallest_piece
 from arw_models.service.manager import PROGRESS
 
 from .support.app import Service, post_download
@@ -36,15 +39,56 @@ RANGE = re.compile(r"bytes=(\d+)-(\d+)$")
 # -- the plan -------------------------------------------------------------------------------
 
 
+def equal(total: int, have: int, count: int) -> Plan:
+    """Ranges of one round: the smallest as large as the largest."""
+    return Plan.rounds(total, have, count, total, total)
+
+
 def test_a_file_is_split_into_ranges_of_about_the_same_size() -> None:
-    plan = Plan.split(1000, 0, 4)
+    plan = equal(1000, 0, 4)
     assert [(s.start, s.end, s.done) for s in plan.spans] == [(0, 250, 0), (250, 500, 0), (500, 750, 0),
                                                               (750, 1000, 0)]
-    resumed = Plan.split(1000, 100, 3)
+    resumed = equal(1000, 100, 3)
     assert [(s.start, s.end, s.done) for s in resumed.spans] == [(0, 100, 100), (100, 400, 0), (400, 700, 0),
                                                                  (700, 1000, 0)]
     assert resumed.contiguous() == 100 and resumed.durable == 100 and resumed.segmented
-    assert [(s.start, s.end) for s in Plan.split(3, 0, 8).spans] == [(0, 1), (1, 2), (2, 3)]
+    assert [(s.start, s.end) for s in equal(3, 0, 8).spans] == [(0, 1), (1, 2), (2, 3)]
+
+
+def sizes(plan: Plan) -> list[int]:
+    assert all(a.end == b.start for a, b in itertools.pairwise(plan.spans)) and plan.spans[-1].end == plan.total
+    return [(s.end or 0) - s.start for s in plan.spans]
+
+
+def test_the_rounds_of_ranges_shrink_towards_the_end_so_the_hash_follows_the_download() -> None:
+    # 192 MiB on 8 connections, the last round of 2 MiB: 8 x 2 MiB last, 8 x 8 MiB before
+    # them (four times larger), and what is left, 112 MiB, in 8 equal ranges first.
+    assert sizes(Plan.rounds(192 * MiB, 0, 8, 2 * MiB, 64 * MiB)) == [14 * MiB] * 8 + [8 * MiB] * 8 + [2 * MiB] * 8
+    # A large file: the first round in ranges of at most the largest, then the rounds
+    # shrinking by four from the largest that fits (32 MiB) to the smallest.
+    big = sizes(Plan.rounds(4096 * MiB, 0, 8, 2 * MiB, 64 * MiB))
+    assert big[-24:] == [32 * MiB] * 8 + [8 * MiB] * 8 + [2 * MiB] * 8
+    assert len(big) == 24 + 59 and max(big) <= 64 * MiB and sum(big) == 4096 * MiB
+    # A round is only worth it when two of its size fit in what is left.
+    assert sizes(Plan.rounds(31 * MiB, 0, 8, 2 * MiB, 64 * MiB)) == [31 * MiB * (n + 1) // 8 - 31 * MiB * n // 8
+                                                                      for n in range(8)]
+    assert sizes(Plan.rounds(32 * MiB, 0, 8, 2 * MiB, 64 * MiB)) == [2 * MiB] * 16
+    # A slow answer (a far origin): one round, the smallest being the largest.
+    assert sizes(Plan.rounds(192 * MiB, 0, 8, 64 * MiB, 64 * MiB)) == [24 * MiB] * 8
+    # Bytes on disk stay one range, done; the rounds cover the rest.
+    resumed = Plan.rounds(192 * MiB, 5 * MiB, 8, 2 * MiB, 64 * MiB)
+    assert (resumed.spans[0].start, resumed.spans[0].end, resumed.spans[0].done) == (0, 5 * MiB, 5 * MiB)
+    assert sizes(resumed)[1:] == sizes(Plan(187 * MiB, Plan.rounds(187 * MiB, 0, 8, 2 * MiB, 64 * MiB).spans))
+
+
+def test_the_smallest_range_follows_the_latency_of_the_first_answer() -> None:
+    def answer(secs: float | None) -> Any:
+        return SimpleNamespace(elapsed=None if secs is None else timedelta(seconds=secs))
+
+    assert smallest_piece(answer(None)) == LEAST_PIECE == 1 * MiB
+    assert smallest_piece(answer(0.0001)) == 1 * MiB
+    assert 4 * MiB < smallest_piece(answer(0.004)) == int(0.004 * PIECE_PER_SEC) < 5 * MiB
+    assert smallest_piece(answer(0.2)) == PIECE == 64 * MiB
 
 
 def test_the_contiguous_prefix_stops_at_the_first_hole() -> None:

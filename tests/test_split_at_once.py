@@ -138,3 +138,38 @@ def test_a_file_larger_than_a_piece_per_connection_comes_in_more_ranges_taken_in
     # (A range that would end last may still be shared at the very end: off the grid.)
     assert {start_of(s) for s in ranged if start_of(s) % MiB == 0} == {n * MiB for n in range(1, 6)}
     assert max(p.get("segments", 0) for p in watch.payloads("p")) == 2
+
+
+def test_the_last_rounds_of_ranges_are_smaller_so_the_hash_follows_to_the_end(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ranges in rounds that shrink towards the end (Plan.rounds): the first round
+    in ranges of at most a piece, then four ranges of 256 KiB, then four of the
+    smallest, 64 KiB, each asked for on its own. The hash of the bytes from 0 then
+    has one small round left when the last byte lands, not most of the file."""
+    monkeypatch.setattr(single, "PIECE", 1 * MiB)
+    monkeypatch.setattr(single, "LEAST_PIECE", 64 * KiB)
+    monkeypatch.setattr(single, "PIECE_PER_SEC", 0)  # whatever the latency of the first answer
+    hashed_at_end: list[int] = []
+    real_finish = verify.PrefixHasher.finish
+
+    def finish(hasher: verify.PrefixHasher) -> Any:
+        hashed_at_end.append(hasher.hashed)
+        return real_finish(hasher)
+
+    monkeypatch.setattr(verify.PrefixHasher, "finish", finish)
+    app, client, watch = service(**SPLIT)
+    res = origin.add("/r.gguf", payload(8 * MiB, seed=175), throttle=16 * MiB)
+    post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
+    assert watch.terminal("r", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "r.gguf")) == res.data
+    asked = sorted((start_of(s), s.range) for s in origin.requests_for("/r.gguf") if s.range)
+    tail = 4 * 256 * KiB + 4 * 64 * KiB
+    first_round = 8 * MiB - tail  # 6.75 MiB in seven ranges of at most 1 MiB
+    starts = {start for start, _ in asked}
+    assert {first_round + n * 256 * KiB for n in range(4)} <= starts
+    assert {first_round + 4 * 256 * KiB + n * 64 * KiB for n in range(4)} <= starts
+    assert {first_round * (n + 1) // 7 for n in range(6)} <= starts
+    # The last round's ranges: what was left to hash when the last byte landed is
+    # at most that round, not seven eighths of the file.
+    assert hashed_at_end and hashed_at_end[0] >= 8 * MiB - 4 * 64 * KiB

@@ -21,13 +21,17 @@ from .plan import Plan, validator_of
 from .transfer import Transfer
 
 # A large file is split into ranges of at most this, taken in order by the
-# ARW_DL_SEGMENTS connections (more ranges than connections): the SHA-256 of the
-# bytes from 0 can only pass the end of a range once it is complete, so with one
-# range per connection, all ending together, seven eighths of the file would be
-# hashed after its last byte (0.6 s for 1 GiB at 1.5 GB/s); with these, at most
-# about seven of them. Each costs a request (a round trip on a real network, 2%
-# of a range's time at 30 MB/s and 50 ms). Measured in docs/design.rst, "Speed".
+# ARW_DL_SEGMENTS connections (more ranges than connections), in rounds that shrink
+# towards the end (Plan.rounds): the SHA-256 of the bytes from 0 can only pass the
+# end of a range once it is complete, so with one range per connection, all ending
+# together, seven eighths of the file would be hashed after its last byte (0.6 s
+# for 1 GiB at 1.5 GB/s). Each range costs a request: the smallest ranges are as
+# large as this many bytes per second of the first answer's latency (a round trip
+# on a real network: 1 MiB at 1 ms, the largest from about 64 ms), so that a
+# request costs a small share of a range's time. Measured in docs/design.rst, "Speed".
 PIECE = 64 * 1024 * 1024
+LEAST_PIECE = 1024 * 1024
+PIECE_PER_SEC = 1024 * 1024 * 1024
 
 
 class SingleStream:
@@ -56,8 +60,7 @@ class SingleStream:
         # origin half a second of seven idle connections (docs/design.rst,
         # "Parallel ranges", for the measurements behind the size rule).
         assert answer.total is not None
-        rest = answer.total - answer.offset
-        ranges = Plan.split(answer.total, answer.offset, max(self.s.segments, -(-rest // PIECE)))
+        ranges = Plan.rounds(answer.total, answer.offset, self.s.segments, smallest_piece(response), PIECE)
         first = next(s for s in ranges.spans if s.start == answer.offset)
         first.active = True
         self._segments(ranges, validator_of(Sidecar.of(self._sidecar)), response, first)
@@ -107,3 +110,11 @@ class SingleStream:
             return False
         ranges = response.status_code == 206 or "bytes" in response.headers.get("Accept-Ranges", "").lower()
         return ranges and validator_of(Sidecar.of(self._sidecar)) is not None
+
+
+def smallest_piece(response: Any) -> int:
+    """The size of the last round's ranges (see :data:`PIECE`), from how long the
+    first answer took to come (``requests`` measures it: ``elapsed``)."""
+    elapsed = getattr(response, "elapsed", None)
+    secs = elapsed.total_seconds() if elapsed is not None else 0.0
+    return max(LEAST_PIECE, min(PIECE, int(secs * PIECE_PER_SEC)))
