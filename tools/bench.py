@@ -58,6 +58,7 @@ from .bench_table import (
     ARIA2,
     CURL,
     CURL_NULL,
+    CURL_RANGES,
     CURL_SHA,
     SERVICE,
     SERVICE_SLOW,
@@ -219,6 +220,8 @@ class Bench:
                 return bench_run.sha256_bound(size)
             if client == CURL_NULL:
                 return bench_run.curl_null(url, size)
+            if client == CURL_RANGES:
+                return bench_run.curl_ranges(url, out, size)
             if client == CURL:
                 return bench_run.curl(url, out, size)
             if client == CURL_SHA:
@@ -266,7 +269,7 @@ class Bench:
         size = self.fit(self.args.throttled_mb, "throttled origin")
         if not size:
             return
-        clients = [SERVICE, CURL] + ([ARIA2] if self.aria2 else []) + [SERVICE_SLOW]
+        clients = [SERVICE, CURL, CURL_RANGES] + ([ARIA2] if self.aria2 else []) + [SERVICE_SLOW]
         results = self.compare("throttled origin", clients, self.origins.slow_url, size,  # type: ignore[union-attr]
                                self.args.runs)
         self.report["throttled"] = {"size": size, "rate_per_connection": self.args.rate_mb * MiB,

@@ -212,7 +212,7 @@ class Origins:
         self.nginx = Nginx(binary, base, f"""
         sendfile on;
         tcp_nopush on;
-        location /slow/ {{ alias {root}/; limit_rate {rate}; }}""")
+        location /slow/ {{ alias {root}/; limit_rate {rate}; sendfile_max_chunk 128k; }}""")
         self.root = self.nginx.root
 
     def fast_url(self, name: str) -> str:
@@ -242,7 +242,7 @@ class Origins:
         tcp_nopush on;
         set $bench_rate {self.rate};
         if ($connection = {self.slow_nth}) {{ set $bench_rate {slow_rate}; }}
-        location / {{ alias {self.root}/; limit_rate $bench_rate; }}""")
+        location / {{ alias {self.root}/; limit_rate $bench_rate; sendfile_max_chunk 128k; }}""")
         try:
             yield nginx.url(name)
         finally:

@@ -9,6 +9,7 @@ the order, idling between runs and summarizing is :mod:`tools.bench`'s job.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -104,6 +105,19 @@ def _check_size(path: str, size: int, who: str) -> None:
 def curl(url: str, out: str, size: int, trace: bool = True) -> Run:
     run, _ = measured(["curl", "-s", "-S", "-f", "-o", out, url], watch=out if trace else None)
     _check_size(out, size, "curl")
+    return run
+
+
+def curl_ranges(url: str, out: str, size: int, count: int = 8) -> Run:
+    """``count`` curls at once, each fetching one equal range into a file of its own:
+    what ``count`` connections of this origin carry, with no request after the first
+    and nothing hashed (the bound of any download in ``count`` ranges)."""
+    jobs = " ".join(f"curl -s -S -f -r {size * n // count}-{size * (n + 1) // count - 1} "
+                    f"-o {shlex.quote(f'{out}.{n}')} {shlex.quote(url)} &" for n in range(count))
+    run, _ = measured(["sh", "-c", f"{jobs} wait"])
+    got = sum(os.path.getsize(f"{out}.{n}") for n in range(count) if os.path.exists(f"{out}.{n}"))
+    if got != size:
+        raise BenchError(f"{count} x curl -r wrote {got} bytes, not {size}")
     return run
 
 

@@ -15,6 +15,7 @@ GiB = 1024 * MiB
 SERVICE, CURL, CURL_SHA, ARIA2 = "arw-models", "curl -o", "curl -o && sha256sum", "aria2c -x8 -s8 -k1M"
 CURL_NULL, SHA_BOUND = "curl -o /dev/null", "sha256 in memory, 1 core"
 SERVICE_SLOW = "arw-models, 1 slow connection"
+CURL_RANGES = "8 x curl -r, one range each"
 ALONE, TWO = "one download alone", "two at once"
 
 
