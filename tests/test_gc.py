@@ -13,6 +13,7 @@ from arw_models import ArwModels
 from arw_models.store.storage import StateDir
 
 from .support.app import post_download
+from .support.models import LocalModels
 from .support.origin import Origin, payload
 
 KiB = 1024
@@ -84,3 +85,37 @@ def test_at_start_blobs_no_manifest_names_are_removed_and_crashes_put_in_order(
     assert not os.path.exists(state.model_path("deleted.bin"))
     digests = {name: hashlib.sha256(data).hexdigest() for name, data in datas.items()}
     assert blobs_of(again) == sorted([digests["kept"], digests["indexed"]])
+
+
+def test_a_model_of_many_files_whose_entry_a_crash_lost_is_listed_again(make_app: Any, origin: Origin) -> None:
+    """A crash between a folder model's manifest and its registry entry: the next
+    start lists the model again from its manifest, as it was listed before, and
+    keeps its blobs."""
+    app = make_app()
+    client = app.test_client()
+    client.get("/healthz")  # the service starts
+    models = LocalModels(origin)
+    ArwModels.state(app).manager.references = models
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": payload(40 * KiB, seed=20)}
+    ref = models.add("tiny", files, git=("config.json",), inline={"empty.txt": b""})
+    assert post_download(client, "tiny", ref).status_code == 202
+    assert ArwModels.state(app).manager.wait("tiny", 10)
+    [before] = client.get("/models").json["items"]
+    ArwModels.state(app).shutdown()
+    state = StateDir(app.config["ARW_STATE_DIR"])
+    kept = blobs_of(app)
+    with open(state.registry_path) as fh:
+        registry = json.load(fh)
+    del registry["models"]["tiny"]
+    with open(state.registry_path, "w") as fh:
+        json.dump(registry, fh)
+
+    again = make_app(ARW_STATE_DIR=state.root)
+    [item] = again.test_client().get("/models").json["items"]
+    assert item["status"] == "available"
+    for key in ("id", "provider", "file", "path", "sha256", "bytes", "url", "revision"):
+        assert item[key] == before[key], key
+    assert item["bytes"] == sum(len(d) for d in files.values())
+    assert item["provider"] == "hf" and item["file"] == "tiny"
+    assert sorted(item["files"], key=lambda f: f["path"]) == sorted(before["files"], key=lambda f: f["path"])
+    assert blobs_of(again) == kept

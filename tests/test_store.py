@@ -153,3 +153,76 @@ def test_a_manifest_keeps_the_provider_and_gives_it_back(tmp_path: Any) -> None:
     assert rebuilt is not None and (rebuilt["provider"], rebuilt["file"]) == ("hf", "h.gguf")
     # An entry that names no provider (an older version's) is a local one.
     assert manifest_of({**entry, "provider": None})["provider"] == "local"
+
+
+def test_a_state_dir_without_manifests_names_no_model_and_no_blob(tmp_path: Any) -> None:
+    """Before the first start has made ``manifests/`` there is nothing to keep,
+    rather than an error."""
+    manifests = Manifests(StateDir(str(tmp_path)))
+    assert manifests.ids() == [] and manifests.all() == {} and manifests.digests() == set()
+
+
+def test_only_json_files_named_for_a_model_are_manifests(tmp_path: Any) -> None:
+    """A file of another kind in ``manifests/`` (a note, an editor's backup) names
+    no model."""
+    manifests = Manifests(StateDir(str(tmp_path)))
+    manifests.ensure()
+    manifests.write({"id": "m", "files": []})
+    for name in ("notes.txt", "m.json~", "bad name.json"):
+        with open(os.path.join(manifests.dir, name), "w") as fh:
+            fh.write("{}")
+    assert manifests.ids() == ["m"]
+
+
+def test_loosened_manifests_are_narrowed_to_the_owner_at_start(make_app: Any) -> None:
+    """A manifest names a url: a ``manifests/`` folder or file left readable by
+    others (a restore from a backup, a hand edit) is made the owner's alone again."""
+    app = make_app()
+    assert app.test_client().get("/models").status_code == 200
+    state = StateDir(app.config["ARW_STATE_DIR"])
+    path = os.path.join(state.manifests_dir, "m.json")
+    with open(path, "w") as fh:
+        json.dump({"id": "m", "files": []}, fh)
+    os.chmod(path, 0o644)
+    os.chmod(state.manifests_dir, 0o755)
+    ArwModels.state(app).shutdown()
+
+    again = make_app()
+    assert again.test_client().get("/models").status_code == 200
+    assert mode(state.manifests_dir) == 0o700 and mode(path) == 0o600
+
+
+def test_a_manifest_of_a_hub_file_keeps_its_revision() -> None:
+    """The revision an ``hf://`` file was fetched at is recorded with it."""
+    entry = {"id": "h", "file": "h.gguf", "bytes": 3, "sha256": "0" * 64, "url": "hf://acme/m/h.gguf"}
+    assert manifest_of(entry, revision="a" * 40)["files"][0]["revision"] == "a" * 40
+    assert "revision" not in manifest_of(entry)["files"][0]
+
+
+def test_a_manifest_that_names_no_single_file_makes_no_entry(tmp_path: Any) -> None:
+    """A manifest of no folder gives an entry only when it names one file: one of
+    none or of several (damaged by hand) is not indexed as a model."""
+    state = StateDir(str(tmp_path))
+    file = {"path": "m.bin", "size": 3, "sha256": "0" * 64}
+    for files in ([], [file, {**file, "path": "n.bin"}], [{**file, "path": None}]):
+        assert entry_of({"id": "m", "files": files}, state) is None, files
+
+
+def test_the_entry_of_a_folder_manifest_lists_its_files(tmp_path: Any) -> None:
+    """A model of many files is listed from its manifest as its folder, its files
+    and their sum (an older manifest that names no provider is a hub model's)."""
+    state = StateDir(str(tmp_path))
+    files = [{"path": "config.json", "size": 23, "sha256": "1" * 64, "git_oid": "2" * 40},
+             {"path": "empty.txt", "size": 0, "sha256": "3" * 64},
+             {"path": "model.safetensors", "size": 4096, "sha256": "4" * 64}]
+    manifest = {"id": "t", "url": "hf://acme/t", "folder": "t", "revision": "0" * 40, "files": files}
+    entry = entry_of(manifest, state)
+    assert entry is not None
+    assert (entry["provider"], entry["file"], entry["path"], entry["bytes"], entry["sha256"]) == (
+        "hf", "t", state.model_path("t"), 23 + 4096, None)
+    assert entry["files"] == [{"path": "config.json", "bytes": 23, "sha256": "1" * 64, "git_oid": "2" * 40},
+                              {"path": "empty.txt", "bytes": 0, "sha256": "3" * 64},
+                              {"path": "model.safetensors", "bytes": 4096, "sha256": "4" * 64}]
+    assert entry_of({**manifest, "provider": "local"}, state)["provider"] == "local"
+    # A folder name that would leave the models folder makes no registry entry.
+    assert entry_of({**manifest, "folder": "../t"}, state) is None
