@@ -13,6 +13,7 @@ from arw_models import ArwModels
 from arw_models.store import gc
 from arw_models.store.blobs import Blobs
 from arw_models.store.manifests import Manifests
+from arw_models.store.staging import Staging
 from arw_models.store.storage import StateDir
 
 from .support.app import post_download
@@ -186,3 +187,34 @@ def test_collect_removes_and_names_the_blobs_no_manifest_names(tmp_path: Any) ->
     assert gc.collect(blobs, manifests, [None, "", "ABC", "../models.json"]) == []
     assert gc.collect(blobs, manifests) == [stray]
     assert blobs.digests() == [named]
+
+
+def test_only_a_staged_plan_of_its_own_keeps_blobs(tmp_path: Any) -> None:
+    """A blob a many-file download in progress marks done is kept for its resume;
+    a staging folder that is a link, or whose plan is another model's, not a plan,
+    or marks nothing done, keeps no blob."""
+    state = StateDir(str(tmp_path))
+    os.makedirs(state.models_dir)
+    blobs, manifests = Blobs(state), Manifests(state)
+    digests = {}
+    for name in ("kept", "linked", "other", "listed", "oddly"):
+        path = state.model_path(name)
+        with open(path, "wb") as fh:
+            fh.write(name.encode())
+        digests[name] = hashlib.sha256(name.encode()).hexdigest()
+        blobs.put(path, digests[name])
+
+    def plan(model_id: str, **fields: Any) -> dict[str, Any]:
+        return {"id": model_id, "fileset": {}, "done": {"w.bin": {"sha256": digests[model_id], "size": 4}}, **fields}
+
+    Staging(state, "kept").write_plan(plan("kept"))
+    Staging(state, "other").write_plan(plan("other", id="someone-else"))
+    Staging(state, "listed").write_plan(plan("listed", fileset=["w.bin"]))
+    Staging(state, "oddly").write_plan(plan("oddly", done=[digests["oddly"]]))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Staging(StateDir(str(elsewhere)), "linked").write_plan(plan("linked"))
+    os.symlink(elsewhere / "partial" / "linked", os.path.join(state.root, "partial", "linked"))
+
+    gc.collect(blobs, manifests)
+    assert blobs.digests() == [digests["kept"]]

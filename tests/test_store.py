@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from arw_models import ArwModels
 from arw_models.errors import JobStopped
 from arw_models.redact import redact_url
-from arw_models.store import blobs
+from arw_models.store import blobs, folders
 from arw_models.store.files import temp_path
 from arw_models.store.manifests import Manifests, entry_of, manifest_of
 from arw_models.store.storage import StateDir
@@ -436,3 +436,74 @@ def test_a_stop_ends_a_copy(tmp_path: Any) -> None:
     finally:
         os.close(fd)
     assert (tmp_path / "dst").read_bytes() == b""
+
+
+def stored(store: blobs.Blobs, *datas: bytes) -> list[str]:
+    """Puts each of ``datas`` in the store; their digests."""
+    digests = []
+    for i, data in enumerate(datas):
+        path = os.path.join(store.state.models_dir, f"scratch-{i}")
+        digests.append(a_file(path, data))
+        store.put(path, digests[-1])
+        os.unlink(path)
+    return digests
+
+
+def test_a_folder_is_built_of_links_of_blobs_in_place_of_what_was_there(tmp_path: Any) -> None:
+    """A model of many files is a folder of links of its blobs, its folders of the
+    models' folder mode; built again, the new folder takes the old one's place
+    (a folder or a file), and nothing of the old one or of the building is left."""
+    store = store_of(tmp_path)
+    state = store.state
+    one, two, three = stored(store, b"config", b"weights", b"other")
+    path = folders.build(state, store, "m", [("config.json", one), ("sub/w.bin", two)])
+    assert path == state.model_path("m") and folders.is_folder(state, "m")
+    assert os.path.samefile(os.path.join(path, "sub", "w.bin"), os.path.join(store.dir, two))
+    assert mode(path) == mode(os.path.join(path, "sub")) == state.models_dir_mode
+
+    folders.build(state, store, "m", [("other.bin", three)])
+    assert os.listdir(path) == ["other.bin"]
+    a_file(state.model_path("f"), b"a single file")
+    folders.build(state, store, "f", [("config.json", one)])
+    assert folders.is_folder(state, "f") and os.listdir(state.model_path("f")) == ["config.json"]
+    assert sorted(os.listdir(state.models_dir)) == ["f", "m"]
+
+
+def test_a_folder_with_a_blob_the_store_lacks_is_not_built(tmp_path: Any) -> None:
+    """A blob missing (gone since the download) fails the build with
+    FileNotFoundError and changes nothing: the folder there stays as it was."""
+    store = store_of(tmp_path)
+    state = store.state
+    [one] = stored(store, b"config")
+    folders.build(state, store, "m", [("config.json", one)])
+    with pytest.raises(FileNotFoundError):
+        folders.build(state, store, "m", [("new.json", one), ("w.bin", "9" * 64)])
+    assert os.listdir(state.models_dir) == ["m"] and os.listdir(state.model_path("m")) == ["config.json"]
+
+
+def test_without_hard_links_a_folder_is_built_of_copies(tmp_path: Any, monkeypatch: Any) -> None:
+    """Where no hard link can be made each file is a copy, with the models mode."""
+    store = store_of(tmp_path)
+    [one] = stored(store, b"config")
+    monkeypatch.setattr(blobs, "link", refuse)
+    path = folders.build(store.state, store, "m", [("config.json", one)])
+    copy = os.path.join(path, "config.json")
+    assert not os.path.samefile(copy, os.path.join(store.dir, one))
+    with open(copy, "rb") as fh:
+        assert fh.read() == b"config"
+    assert mode(copy) == store.state.models_mode
+
+
+def test_a_model_name_is_taken_unless_nothing_is_there(tmp_path: Any) -> None:
+    """A name that would leave ``models/`` counts as taken; removing what is not
+    there says so; a link in ``models/`` is removed, never what it points to."""
+    store = store_of(tmp_path)
+    state = store.state
+    assert folders.exists(state, "../elsewhere") and not folders.exists(state, "m")
+    assert folders.remove_model(state, "m") is False
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(target, state.model_path("m"))
+    assert folders.exists(state, "m")
+    assert folders.remove_model(state, "m") is True
+    assert not os.path.lexists(state.model_path("m")) and target.is_dir()
