@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import stat
+import sys
 import threading
 from typing import Any
 
@@ -449,24 +451,33 @@ def stored(store: blobs.Blobs, *datas: bytes) -> list[str]:
     return digests
 
 
-def test_a_folder_is_built_of_links_of_blobs_in_place_of_what_was_there(tmp_path: Any) -> None:
+def test_a_folder_is_built_of_links_of_blobs_in_place_of_what_was_there(tmp_path: Any,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
     """A model of many files is a folder of links of its blobs, its folders of the
     models' folder mode; built again, the new folder takes the old one's place
-    (a folder or a file), and nothing of the old one or of the building is left."""
+    (a folder or a file), and nothing of the old one or of the building is left
+    (nor of a building a dead process left under the same temporary name)."""
     store = store_of(tmp_path)
     state = store.state
     one, two, three = stored(store, b"config", b"weights", b"other")
+    os.makedirs(os.path.join(temp_path(state.model_path("m")), "left"))  # by a process that died with our pid
     path = folders.build(state, store, "m", [("config.json", one), ("sub/w.bin", two)])
     assert path == state.model_path("m") and folders.is_folder(state, "m")
     assert os.path.samefile(os.path.join(path, "sub", "w.bin"), os.path.join(store.dir, two))
     assert mode(path) == mode(os.path.join(path, "sub")) == state.models_dir_mode
 
+    caplog.set_level(logging.INFO, logger="arw_models")
     folders.build(state, store, "m", [("other.bin", three)])
     assert os.listdir(path) == ["other.bin"]
+    # Exchanged in one step where the kernel can (Linux, since 3.15): never a moment without the folder.
+    if sys.platform == "linux":
+        assert not [r for r in caplog.records if "no atomic exchange" in r.getMessage()]
     a_file(state.model_path("f"), b"a single file")
     folders.build(state, store, "f", [("config.json", one)])
     assert folders.is_folder(state, "f") and os.listdir(state.model_path("f")) == ["config.json"]
-    assert sorted(os.listdir(state.models_dir)) == ["f", "m"]
+    folders.build(state, store, "none", [])  # no file at all: an empty folder, not an error
+    assert folders.is_folder(state, "none") and os.listdir(state.model_path("none")) == []
+    assert sorted(os.listdir(state.models_dir)) == ["f", "m", "none"]
 
 
 def test_a_folder_with_a_blob_the_store_lacks_is_not_built(tmp_path: Any) -> None:
@@ -507,3 +518,19 @@ def test_a_model_name_is_taken_unless_nothing_is_there(tmp_path: Any) -> None:
     assert folders.exists(state, "m")
     assert folders.remove_model(state, "m") is True
     assert not os.path.lexists(state.model_path("m")) and target.is_dir()
+
+
+def test_an_inline_file_goes_in_the_store_once(tmp_path: Any) -> None:
+    """A file the listing gives inline (no url) is put in the store as any blob,
+    also over a scratch file a dead process with our pid left, and nothing else
+    is left in ``blobs/sha256/``."""
+    store = store_of(tmp_path)
+    data = b"# a model card\n"
+    digest = hashlib.sha256(data).hexdigest()
+    with open(temp_path(os.path.join(store.dir, digest + ".inline")), "wb") as fh:
+        fh.write(b"left by a crash")
+    folders.put_bytes(store.state, store, data, digest)
+    folders.put_bytes(store.state, store, data, digest)
+    assert os.listdir(store.dir) == [digest]
+    with open(os.path.join(store.dir, digest), "rb") as fh:
+        assert fh.read() == data
