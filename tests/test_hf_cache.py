@@ -269,3 +269,15 @@ def test_the_setting_is_a_path_made_absolute_and_blank_is_off(tmp_path: Path,
     found = from_env({"ARW_HF_CACHE": "hf-cache"})
     assert Settings.from_config(dict(DEFAULTS, **found)).hf_cache == str(tmp_path / "hf-cache")
     assert Settings.from_config(dict(DEFAULTS, **from_env({"ARW_HF_CACHE": ""}))).hf_cache is None
+
+
+@pytest.mark.parametrize("where", [f"snapshots/{COMMIT}/config.json", "refs/main"])
+def test_a_folder_where_a_snapshot_file_or_a_ref_belongs_stops_the_export_and_stays(
+        tmp_path: Path, store: dict[str, Path], where: str) -> None:
+    """Someone's folder where the export would put a file of the snapshot or a ref
+    is not replaced: the export stops, saying so, and the folder stays as it was."""
+    repo = tmp_path / "hf" / "models--acme--tiny-model"
+    (repo / where / "theirs").mkdir(parents=True)
+    with pytest.raises(UnsafeCache, match="is a folder, where a file belongs"):
+        run(tmp_path / "hf", store)
+    assert os.listdir(repo / where) == ["theirs"]
