@@ -67,6 +67,9 @@ def test_the_models_mode_is_honoured(service: Service, origin: Origin, tight_uma
     done = watch.terminal("m")
     assert mode(done["path"]) == 0o640
     assert mode(os.path.dirname(done["path"])) == 0o750
+    # The store's folders too: a blob is the same inode as the model.
+    for store_dir in ("blobs", "blobs/sha256"):
+        assert mode(os.path.join(app.config["ARW_STATE_DIR"], store_dir)) == 0o750, store_dir
     assert mode(app.config["ARW_STATE_DIR"]) == 0o710
     assert mode(os.path.join(app.config["ARW_STATE_DIR"], "models.json")) == 0o600
 

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def test_an_unsafe_path_is_refused_before_anything_is_written(tmp_path: Path, st
 @pytest.mark.parametrize("change", [
     {"repo_id": "../up"}, {"repo_id": "acme/../x"}, {"repo_id": "acme--x/y"}, {"repo_id": "noslash"},
     {"repo_id": "a/b/c"}, {"repo_type": "models"}, {"commit": "main"}, {"commit": COMMIT.upper()},
-    {"revision": "../../x"}, {"revision": ""}, {"revision": OTHER_COMMIT},
+    {"revision": "../../x"}, {"revision": ""}, {"revision": OTHER_COMMIT}, {"revision": "v" * 256},
 ])
 def test_names_of_the_wrong_form_are_refused(tmp_path: Path, store: dict[str, Path], change: dict[str, str]) -> None:
     args = {"repo_type": "model", "repo_id": REPO, "commit": COMMIT, "revision": "main", **change}
@@ -249,6 +250,8 @@ def test_without_hard_links_the_blob_is_copied_and_that_is_logged(tmp_path: Path
         assert (Path(found) / path).read_bytes() == data
         blob = cache / "models--acme--tiny-model" / "blobs" / etag(path)
         assert os.stat(blob).st_ino != os.stat(store[path]).st_ino
+        # The store's mode, readable by its owner at least: no more.
+        assert stat.S_IMODE(os.stat(blob).st_mode) == stat.S_IMODE(os.stat(store[path]).st_mode) | 0o400
     assert not [n for n in every_name(cache) if n.endswith(".tmp")]
 
 
@@ -269,3 +272,28 @@ def test_the_setting_is_a_path_made_absolute_and_blank_is_off(tmp_path: Path,
     found = from_env({"ARW_HF_CACHE": "hf-cache"})
     assert Settings.from_config(dict(DEFAULTS, **found)).hf_cache == str(tmp_path / "hf-cache")
     assert Settings.from_config(dict(DEFAULTS, **from_env({"ARW_HF_CACHE": ""}))).hf_cache is None
+
+
+@pytest.mark.parametrize("where", [f"snapshots/{COMMIT}/config.json", "refs/main"])
+def test_a_folder_where_a_snapshot_file_or_a_ref_belongs_stops_the_export_and_stays(
+        tmp_path: Path, store: dict[str, Path], where: str) -> None:
+    """Someone's folder where the export would put a file of the snapshot or a ref
+    is not replaced: the export stops, saying so, and the folder stays as it was."""
+    repo = tmp_path / "hf" / "models--acme--tiny-model"
+    (repo / where / "theirs").mkdir(parents=True)
+    with pytest.raises(UnsafeCache, match="is a folder, where a file belongs"):
+        run(tmp_path / "hf", store)
+    assert os.listdir(repo / where) == ["theirs"]
+
+
+def test_the_folders_made_get_the_umask_as_huggingface_hubs_own(tmp_path: Path, store: dict[str, Path]) -> None:
+    """The folders the export makes are as huggingface_hub makes its own (0777 less
+    the umask), so that the users who share the cache can read it."""
+    old = os.umask(0o022)
+    try:
+        run(tmp_path / "hf", store)
+    finally:
+        os.umask(old)
+    repo = tmp_path / "hf" / "models--acme--tiny-model"
+    for folder in (tmp_path / "hf", repo, repo / "blobs", repo / "refs", repo / "snapshots" / COMMIT / "tokenizer"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755, folder

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 from typing import Any
 
 from arw_models import ArwModels
+from arw_models.store.staging import Staging, staged_ids
+from arw_models.store.storage import StateDir
 
 from .support.app import Service, Watch, post_download
 from .support.models import LocalModels
@@ -122,3 +125,41 @@ def test_the_disk_budget_refuses_the_model_before_its_first_byte(service: Servic
     failed = watch.terminal("big")
     assert failed["status"] == "error" and failed["code"] == "disk-insufficient"
     assert origin.requests_for(f"/big/{REV}/a.bin") == [] and origin.requests_for(f"/big/{REV}/b.bin") == []
+
+
+def test_a_staging_folder_is_the_owners_alone_again_when_its_plan_is_written(tmp_path: Any) -> None:
+    """A plan holds the request's headers: a staging folder, plan or ``.part``
+    left readable by others (a restore from a backup) is narrowed to the owner
+    when the download writes its plan again."""
+    state = StateDir(str(tmp_path))
+    staging = Staging(state, "m")
+    staging.write_plan({"id": "m", "fileset": {}, "headers": {"Authorization": "Bearer t0ken"}})
+    part = os.path.join(staging.dir, "f0000.part")
+    with open(part, "wb") as fh:
+        fh.write(b"abc")
+    for path, loose in ((staging.dir, 0o755), (staging.plan_path, 0o644), (part, 0o644)):
+        os.chmod(path, loose)
+
+    staging.write_plan({**(staging.read_plan() or {}), "paused": True})
+    assert [stat.S_IMODE(os.stat(p).st_mode) for p in (staging.dir, staging.plan_path, part)] == [0o700, 0o600, 0o600]
+
+
+def test_a_staging_folder_that_is_a_link_is_not_read_and_only_the_link_goes(tmp_path: Any) -> None:
+    """A link at a staging folder's name (made by hand, or by another user) is not
+    followed: its plan is not read, and a remove takes the link, not what it names;
+    ``remove`` says whether anything was there."""
+    state = StateDir(str(tmp_path / "state"))
+    elsewhere = Staging(StateDir(str(tmp_path / "elsewhere")), "m")
+    os.makedirs(elsewhere.root)
+    elsewhere.write_plan({"id": "m", "fileset": {}})
+    staging = Staging(state, "m")
+    os.makedirs(staging.root)
+    os.symlink(elsewhere.dir, staging.dir)
+    with open(os.path.join(staging.root, "stray"), "w") as fh:
+        fh.write("a file, no folder")
+    assert staging.read_plan() is None and not staging.exists()
+    assert staged_ids(state) == []  # neither the link nor the file is a download in progress
+    assert staging.remove() is True
+    assert not os.path.lexists(staging.dir) and elsewhere.read_plan() is not None
+    assert staging.remove() is False and staging.mtime() is None
+    assert elsewhere.remove() is True and not os.path.exists(elsewhere.dir)

@@ -76,8 +76,9 @@ def old_state(tmp_path: Path, origin: Origin) -> Path:
 
 
 def test_every_model_is_listed_as_before_and_its_file_is_a_link_of_its_blob(
-        make_app: Any, old_state: Path, origin: Origin) -> None:
+        make_app: Any, old_state: Path, origin: Origin, caplog: pytest.LogCaptureFixture) -> None:
     before = json.loads((old_state / "models.json").read_text())["models"]
+    caplog.set_level(logging.INFO, logger="arw_models")
     app = make_app(ARW_STATE_DIR=str(old_state))
     items = {m["id"]: m for m in app.test_client().get("/models").json["items"]}
 
@@ -104,6 +105,33 @@ def test_every_model_is_listed_as_before_and_its_file_is_a_link_of_its_blob(
     assert json.loads((old_state / "models.json").read_text())["version"] == 2
     probe = app.test_client().get("/probe").json
     assert probe["store_dir"] == str(old_state / "blobs") and probe["store_bytes"] == len(ALPHA) + len(BETA)
+    assert any("3 models stored, 0 left as they were" in r.getMessage() for r in caplog.records)
+
+
+def test_copies_of_the_same_bytes_become_links_of_one_blob(make_app: Any, old_state: Path) -> None:
+    """Where the older version copied a model's bytes (no hard link could be made),
+    the migration keeps one copy: each file becomes a link of the one blob."""
+    again = old_state / "models" / "alpha-alpha-again.bin"
+    again.unlink()
+    again.write_bytes(ALPHA)
+    app = make_app(ARW_STATE_DIR=str(old_state))
+    items = {m["id"]: m for m in app.test_client().get("/models").json["items"]}
+    assert items["alpha"]["blob"] == items["alpha-again"]["blob"]
+    assert os.path.samefile(again, old_state / "models" / "alpha.bin")
+    assert os.path.samefile(again, items["alpha"]["blob"]) and again.read_bytes() == ALPHA
+
+
+def test_a_model_an_older_version_left_unstored_is_stored_when_it_can_be(make_app: Any, old_state: Path) -> None:
+    """An entry marked unstored (its file was missing at a start) in a registry of
+    the older layout (written back by an older version since) is stored once its
+    file is there, and no longer marked."""
+    registry = json.loads((old_state / "models.json").read_text())
+    registry["models"]["beta"]["unstored"] = True
+    (old_state / "models.json").write_text(json.dumps(registry))
+    app = make_app(ARW_STATE_DIR=str(old_state))
+    item = {m["id"]: m for m in app.test_client().get("/models").json["items"]}["beta"]
+    assert item["blob"] == str(old_state / "blobs" / "sha256" / sha(BETA))
+    assert "unstored" not in json.loads((old_state / "models.json").read_text())["models"]["beta"]
 
 
 def test_the_part_resumes_and_the_paused_download_stays_paused(make_app: Any, old_state: Path,
@@ -182,18 +210,30 @@ def test_a_file_that_does_not_match_its_digest_is_reported_and_left_where_it_is(
     assert not (old_state / "models" / "beta.bin").exists()
 
 
-@pytest.mark.parametrize("damage", ["file-missing", "no-digest"])
-def test_an_entry_that_cannot_be_stored_is_left_as_it_was(make_app: Any, old_state: Path, damage: str) -> None:
+@pytest.mark.parametrize(("damage", "said"), [("file-missing", "its file beta.bin is missing"),
+                                              ("no-digest", "its entry names no file and digest"),
+                                              ("a-link", "beta.bin is not a regular file")])
+def test_an_entry_that_cannot_be_stored_is_left_as_it_was(make_app: Any, old_state: Path, damage: str, said: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     registry = json.loads((old_state / "models.json").read_text())
     if damage == "file-missing":
         (old_state / "models" / "beta.bin").unlink()
+    elif damage == "a-link":  # the file moved elsewhere by hand, a link left in its place
+        os.rename(old_state / "models" / "beta.bin", old_state / "beta.bin")
+        os.symlink(old_state / "beta.bin", old_state / "models" / "beta.bin")
     else:
         del registry["models"]["beta"]["sha256"]
         (old_state / "models.json").write_text(json.dumps(registry))
+    caplog.set_level(logging.INFO, logger="arw_models")
     app = make_app(ARW_STATE_DIR=str(old_state))
     items = {m["id"]: m for m in app.test_client().get("/models").json["items"]}
     assert sorted(items) == ["alpha", "alpha-again", "beta"] and "blob" not in items["beta"]
-    assert (items["beta"].get("status") == "missing") == (damage == "file-missing")
+    # A link is not followed out of models/: its file reads as missing.
+    assert (items["beta"].get("status") == "missing") == (damage != "no-digest")
+    messages = [r.getMessage() for r in caplog.records]
+    about_beta = [m for m in messages if m.startswith("model beta: ")]
+    assert len(about_beta) == 1 and said in about_beta[0], messages  # once, and why
+    assert any("2 models stored, 1 left as they were" in m for m in messages), messages
     # No manifest names a file that is not in the store; the registry says why.
     assert sorted(os.listdir(old_state / "manifests")) == ["alpha-again.json", "alpha.json"]
     assert json.loads((old_state / "models.json").read_text())["models"]["beta"]["unstored"] is True

@@ -94,8 +94,6 @@ class Blobs:
 
     def stat(self, digest: str) -> os.stat_result | None:
         """The blob's own status; None when there is none (a link there is removed)."""
-        if not os.path.isdir(self.dir):
-            return None
         st = lstat_file(self.path(digest))
         return st if st is not None and stat.S_ISREG(st.st_mode) else None
 

@@ -33,7 +33,6 @@ class Manifests:
     """The manifests of one state directory."""
 
     def __init__(self, state: StateDir) -> None:
-        self.state = state
         self.dir = state.manifests_dir
 
     def ensure(self) -> None:
