@@ -112,6 +112,16 @@ def test_a_pull_request_ref_is_nested_as_the_hub_names_it(tmp_path: Path, store:
     assert not (other / "models--acme--tiny-model" / "refs").exists()
 
 
+def test_a_revision_name_as_long_as_a_file_name_can_be_is_exported(tmp_path: Path, store: dict[str, Path]) -> None:
+    """A branch of 255 characters, the longest name a file system takes: its ref is
+    written under a temporary name of its own first, which must not be longer."""
+    cache = tmp_path / "hf"
+    long = "v" * 255
+    run(cache, store, revision=long)
+    assert (cache / "models--acme--tiny-model" / "refs" / long).read_text() == COMMIT
+    assert not [n for n in os.listdir(cache / "models--acme--tiny-model" / "refs") if n.endswith(".tmp")]
+
+
 def test_a_branch_that_moved_points_at_its_new_commit(tmp_path: Path, store: dict[str, Path]) -> None:
     cache = tmp_path / "hf"
     run(cache, store)

@@ -202,8 +202,9 @@ def _walk(parent: int, names: list[str]) -> Iterator[int]:
 
 def _temp(name: str) -> str:
     # Beside the final name; never a name huggingface_hub uses (its own are
-    # "<etag>.incomplete" and "<etag>.lock").
-    return f".{name}.arw-{os.getpid()}-{threading.get_ident()}.tmp"
+    # "<etag>.incomplete" and "<etag>.lock"). At most 200 characters of the name,
+    # so that a name of up to 255 (the longest a file system takes) still has one.
+    return f".{name[:200]}.arw-{os.getpid()}-{threading.get_ident()}.tmp"
 
 
 def _lstat(dfd: int, name: str) -> os.stat_result | None:
