@@ -139,7 +139,7 @@ def test_a_hasher_with_nothing_new_waits_without_spinning(part: tuple[int, bytes
 def test_the_end_of_the_hash_does_not_wait_out_the_threads_nap(part: tuple[int, bytes], end: str) -> None:
     """When the last byte lands (or the transfer stops), the thread is woken at once:
     the digest is not held back by the half-second it naps between pokes."""
-    fd, data = part
+    fd, _ = part
     prefix, recorder = Prefix(10), Recorder()
     hasher = verify.PrefixHasher(fd, prefix, recorder)
     assert recorder.wait_for(10)
