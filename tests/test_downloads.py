@@ -268,3 +268,24 @@ def test_a_part_that_vanishes_before_its_bytes_are_hashed_is_fetched_again(servi
     assert done["status"] == "complete", done
     assert read(os.path.join(models_dir(app), "v.gguf")) == data
     assert [p["code"] for p in watch.payloads("v") if p["status"] == "retrying"] == ["resume-invalid"]
+
+
+def test_a_part_that_vanishes_after_its_last_byte_ends_the_job_as_resume_invalid(service: Any, origin: Any) -> None:
+    """Removed by hand once every byte is in, before the verification: the job ends
+    with an error that says so (the bytes are gone), not as a failure of the service,
+    and leaves nothing behind."""
+    data = payload(64 * 1024, seed=62)
+    res = origin.add("/w.gguf", data)
+    app, client, watch = service()
+    manager = ArwModels.state(app).manager
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "transferred":
+            os.unlink(os.path.join(models_dir(app), "w.part"))
+
+    manager.checkpoint = checkpoint
+    post_download(client, "w", origin.url("/w.gguf"), sha256=res.sha256)
+    done = watch.terminal("w")
+    assert done["status"] == "error" and done["code"] == "resume-invalid", done
+    assert "disappeared" in done["error"]
+    assert listing(app) == []
