@@ -52,7 +52,7 @@ def test_a_file_shorter_than_its_origin_announced_is_never_installed(service: Se
     second) can serve a file being rewritten (``cp`` over it: truncated, then
     written) cut short, under the validators of the whole one, and say the same when
     asked afterwards. The size this job was told before holds it to account."""
-    _app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
+    app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
     whole = payload(MiB, seed=97)
 
     def half_written(res: Resource) -> None:
@@ -65,6 +65,8 @@ def test_a_file_shorter_than_its_origin_announced_is_never_installed(service: Se
     assert f"it has {MiB // 4} bytes now, after {MiB} bytes were announced" in done["error"], done
     assert client.get("/models").json["items"] == []
     assert res.data == whole[: MiB // 4]
+    # The bytes it has are of no version: none is kept for a resume to build on.
+    assert os.path.getsize(os.path.join(models_dir(app), "h.part")) == 0
 
 
 def test_a_file_without_validators_that_comes_back_shorter_is_never_installed(
