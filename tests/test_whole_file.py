@@ -150,3 +150,18 @@ def test_lying_content_length_without_ranges_runs_out_of_retries(service: Servic
     assert len(origin.requests_for("/liar.gguf")) == retries + 1
     assert client.get("/models").json["items"] == []
     assert "liar.gguf" not in listing(app)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_empty_file_is_installed(service: Service, origin: Origin, framing: str) -> None:
+    """A file of no bytes, from an origin with validators and no digest: nothing of
+    it can be of two versions, and the check after the last byte (a range of it) is
+    not asked for; the empty model is installed."""
+    app, client, watch = service()
+    chunked = framing == "chunked"
+    origin.add("/z.gguf", b"", chunked=chunked, send_length=not chunked)
+    post_download(client, "z", origin.url("/z.gguf"))
+    done = watch.terminal("z")
+    assert done["status"] == "complete" and done["bytes"] == 0, done
+    assert read(os.path.join(models_dir(app), "z.gguf")) == b""
+    assert origin.rechecks("/z.gguf") == []
