@@ -116,6 +116,25 @@ def test_a_retried_attempt_hashes_on_from_where_the_last_one_got(
     assert finished == [(6 * MiB, MiB)]
 
 
+def test_ranges_refused_keep_the_bytes_up_to_the_first_hole_and_say_so(service: Service, origin: Origin) -> None:
+    """Resumed ranges, with a hole after the first 512 KiB, answered with the whole
+    file: one stream from now on keeps only the bytes before the hole, and the
+    retry says that many are kept (not the 1 MiB the ranges held in all)."""
+    data = payload(2 * MiB, seed=149)
+    res = origin.add("/k.gguf", data, ignore_range=True)
+    app, client, watch = service(**SPLIT)
+    half = 512 * KiB
+    disk = data[:half] + bytes(half) + data[MiB : MiB + half] + bytes(half)
+    write_partial(app, "k", disk, {"url": origin.url("/k.gguf"), "etag": res.etag, "total": len(data),
+                                   "ranges": [[0, MiB, half], [MiB, 2 * MiB, half]]})
+    post_download(client, "k", origin.url("/k.gguf"), sha256=res.sha256)
+    done = watch.terminal("k")
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "k.gguf")) == data
+    retries = [p for p in watch.payloads("k") if p["status"] == "retrying"]
+    assert [(p["code"], p["downloaded"]) for p in retries][:1] == [("resume-invalid", half)]
+
+
 def test_a_range_refused_ends_the_download_with_that_status(service: Service, origin: Origin) -> None:
     _app, client, watch = service(**SPLIT)
     res = origin.add("/r.gguf", payload(8 * MiB, seed=141), throttle=4 * MiB, range_status=403)
