@@ -134,6 +134,22 @@ def test_a_206_that_does_not_continue_the_part_is_mended(
         watch.close()
 
 
+def test_416_without_a_content_range_for_a_whole_part_goes_straight_to_verification(
+        service: Service, origin: Origin) -> None:
+    """Many origins answer a range past the end with a bare 416: it says nothing of
+    the file's size, so the sidecar's total decides, and a .part that long is
+    verified and installed without fetching it again."""
+    app, client, watch = service()
+    res = origin.add("/bare.gguf", payload(300_000, seed=45), range_status=416)
+    write_partial(app, "bare", res.data, {"url": origin.url("/bare.gguf"), "etag": res.etag,
+                                         "total": len(res.data)})
+    post_download(client, "bare", origin.url("/bare.gguf"), sha256=res.sha256)
+    done = watch.terminal("bare")
+    assert done["status"] == "complete" and done["bytes"] == len(res.data), done
+    assert [(s.range, s.status) for s in origin.requests_for("/bare.gguf")] == [(f"bytes={len(res.data)}-", 416)]
+    assert read(os.path.join(models_dir(app), "bare.gguf")) == res.data
+
+
 def test_416_from_an_origin_whose_file_shrank_is_not_taken_as_whole(service: Service, origin: Origin) -> None:
     """The .part is as long as the sidecar's total, but the
     origin's 416 says its file is shorter now; that is not a finished download."""

@@ -369,3 +369,27 @@ def test_a_resume_in_ranges_is_held_to_the_budget(service: Service, origin: Orig
     else:
         assert (done["status"], done["code"]) == ("error", "size-limit"), done
         assert origin.requests_for("/q.gguf") == []  # refused before asking for a byte
+
+
+@pytest.mark.parametrize("segments", [4, 1], ids=["ranges", "stream"])
+def test_a_part_that_is_no_file_when_the_body_comes_ends_as_disk_error(
+    service: Service, origin: Origin, segments: int,
+) -> None:
+    """Something other than a regular file at the ``.part`` when the body is to be
+    written (a pipe made there by hand): the job ends as ``disk-error`` with the
+    cause, rather than as a failure of the service, and writes nothing into it."""
+    app, client, watch = service(ARW_DL_SEGMENTS=segments, ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_CHUNK_BYTES=64 * KiB)
+    res = origin.add("/f.gguf", payload(4 * MiB, seed=314))
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "answered":
+            if os.path.lexists(part(app, "f")):
+                os.unlink(part(app, "f"))
+            os.mkfifo(part(app, "f"))
+
+    ArwModels.state(app).manager.checkpoint = checkpoint
+    post_download(client, "f", origin.url("/f.gguf"), sha256=res.sha256)
+    err = watch.terminal("f")
+    assert (err["status"], err.get("code")) == ("error", "disk-error"), err
+    assert err["error"].startswith("cannot write the partial file: "), err
+    assert err["downloaded"] == 0 and err["received"] == 0, err

@@ -268,3 +268,50 @@ def test_a_part_that_vanishes_before_its_bytes_are_hashed_is_fetched_again(servi
     assert done["status"] == "complete", done
     assert read(os.path.join(models_dir(app), "v.gguf")) == data
     assert [p["code"] for p in watch.payloads("v") if p["status"] == "retrying"] == ["resume-invalid"]
+
+
+def test_a_part_cut_short_before_its_bytes_are_hashed_is_fetched_again(service: Any, origin: Any) -> None:
+    """Truncated by hand between the origin's answer and the hashing of the bytes
+    kept: the hash runs out of bytes, says so, and the next attempt continues from
+    what is left (it must not wait for bytes that will never come)."""
+    data = payload(256 * 1024, seed=63)
+    res = origin.add("/c.gguf", data)
+    app, client, watch = service()
+    write_partial(app, "c", data[:100_000], {"url": origin.url("/c.gguf"), "etag": res.etag, "total": len(data)})
+    manager = ArwModels.state(app).manager
+    cut: list[str] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "answered" and not cut:  # in the job's thread, the first answer only
+            os.truncate(os.path.join(models_dir(app), "c.part"), 40_000)
+            cut.append(point)
+
+    manager.checkpoint = checkpoint
+    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
+    done = watch.terminal("c")
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "c.gguf")) == data
+    retries = [p for p in watch.payloads("c") if p["status"] == "retrying"]
+    assert [p["code"] for p in retries] == ["resume-invalid"] and "shorter" in retries[0]["error"]
+    assert [s.range for s in origin.requests_for("/c.gguf")] == ["bytes=100000-", "bytes=40000-"]
+
+
+def test_a_part_that_vanishes_after_its_last_byte_ends_the_job_as_resume_invalid(service: Any, origin: Any) -> None:
+    """Removed by hand once every byte is in, before the verification: the job ends
+    with an error that says so (the bytes are gone), not as a failure of the service,
+    and leaves nothing behind."""
+    data = payload(64 * 1024, seed=62)
+    res = origin.add("/w.gguf", data)
+    app, client, watch = service()
+    manager = ArwModels.state(app).manager
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "transferred":
+            os.unlink(os.path.join(models_dir(app), "w.part"))
+
+    manager.checkpoint = checkpoint
+    post_download(client, "w", origin.url("/w.gguf"), sha256=res.sha256)
+    done = watch.terminal("w")
+    assert done["status"] == "error" and done["code"] == "resume-invalid", done
+    assert "disappeared" in done["error"]
+    assert listing(app) == []

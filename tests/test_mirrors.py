@@ -457,6 +457,28 @@ def test_the_source_after_a_mirror_whose_retries_are_spent_starts_them_afresh(
     assert [(s.status, s.range) for s in origin.requests_for("/g.gguf")] == [(503, left), (503, left), (206, left)]
 
 
+def test_the_source_after_a_spent_mirror_has_its_own_retries_and_no_more(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """As above, but the origin's range fails in both its attempts (each a request
+    and the range's own retry, ARW_DL_RETRIES=1): its retries are spent as a first
+    source's would be, and the job ends with the origin's status rather than trying
+    it a third time."""
+    data = payload(6 * MiB, seed=321)
+    res = origin.add("/h.gguf", data, statuses=[(503, {})] * 4)
+    mirror = servers()
+    mirror.add("/h.gguf", data, range_shift=1)
+    app, client, watch = service(**mirrors(at(mirror)), **SPLIT, ARW_DL_RETRIES=1)
+    write_partial(app, "h", data[: 5 * MiB], {"url": origin.url("/h.gguf"), "etag": res.etag, "total": len(data),
+                                              "ranges": [[0, 4 * MiB, 4 * MiB], [4 * MiB, 6 * MiB, MiB]]})
+    post_download(client, "h", origin.url("/h.gguf"), sha256=res.sha256)
+    done = watch.terminal("h")
+    assert (done["status"], done.get("code"), done.get("http_status")) == ("error", "http-status", 503), done
+    left = f"bytes={5 * MiB}-{6 * MiB - 1}"
+    assert [s.range for s in mirror.requests_for("/h.gguf")] == [left, left]
+    assert [(s.status, s.range) for s in origin.requests_for("/h.gguf")] == [(503, left)] * 4
+
+
 def test_a_full_disk_is_not_the_mirrors_fault(service: Service, origin: Origin,
                                                servers: Callable[[], Origin]) -> None:
     data = payload(256 * KiB, seed=317)

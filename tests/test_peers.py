@@ -187,6 +187,46 @@ def test_a_digest_the_origin_publishes_sends_the_body_to_the_peer(
     assert origin.bytes_sent("/m/r.gguf") < len(data) // 2  # what was in flight when its answer was closed
 
 
+def test_a_digest_the_origin_publishes_asks_no_peer_again_when_the_request_had_it(
+        service: Service, origin: Origin, servers: Callable[[], Origin]) -> None:
+    """With the request's sha256 the peers were asked first, and lacked the blob: the
+    origin publishing that digest too is no reason to ask them a second time, nor to
+    leave the origin's body unread."""
+    data = payload(1 * MiB, seed=909)
+    digest = hashlib.sha256(data).hexdigest()
+    origin.add("/m/t.gguf", data, headers={"Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:"})
+    empty = servers()
+    app, client, watch = service(**peers(empty.base))
+    post_download(client, "t", origin.url("/m/t.gguf"), sha256=digest)
+    done = watch.terminal("t")
+    assert done["status"] == "complete", done
+    assert installed(app, "t.gguf") == data
+    assert [(s["source"], s.get("skipped", "")[:14]) for s in done["sources"]] == [
+        (empty.base, "it answered 40"), ("origin", "")]
+    assert len(empty.requests_for(blob(digest))) == 1
+    assert len(origin.requests_for("/m/t.gguf")) == 1
+
+
+def test_a_bucket_that_needs_the_size_is_not_asked_when_the_origin_gives_none(
+        service: Service, origin: Origin, servers: Callable[[], Origin]) -> None:
+    """The origin publishes the digest but sends its body chunked, without a size:
+    a bucket keyed by digest and size cannot be named, so the origin's own body is
+    read on, in its one request (not asked again, nor the bucket)."""
+    data = payload(1 * MiB, seed=910)
+    digest = hashlib.sha256(data).hexdigest()
+    origin.add("/m/u.gguf", data, chunked=True, send_length=False,
+               headers={"Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:"})
+    bucket = servers()
+    bucket.add(f"/b/{digest}/{len(data)}", data)
+    app, client, watch = service(ARW_DL_MIRRORS=bucket.base + "/b/{sha256}/{size}")
+    post_download(client, "u", origin.url("/m/u.gguf"))
+    done = watch.terminal("u")
+    assert done["status"] == "complete", done
+    assert installed(app, "u.gguf") == data and done["sha256"] == digest and done["sha256_source"] == "origin"
+    assert len(origin.requests_for("/m/u.gguf")) == 1
+    assert bucket.seen == []
+
+
 def test_a_peer_with_other_bytes_than_the_origin_published_is_caught(
         service: Service, origin: Origin, servers: Callable[[], Origin]) -> None:
     data = payload(1 * MiB, seed=906)

@@ -30,6 +30,8 @@ def test_a_resumed_206_whose_length_disagrees_with_its_range_is_refused(
     post_download(client, "f", origin.url("/f.gguf"))
     done = watch.terminal("f")
     assert done["status"] == "error" and done["code"] == "size-mismatch"
+    # Nothing of the answer was taken, of the bytes its Content-Range announced.
+    assert (done["received"], done["expected_bytes"]) == (0, len(res.data) - have), done
     assert "f" not in listing(app)
     # Nothing of those answers was taken, and the bytes on disk stay for a resume.
     assert os.path.getsize(part(app, "f")) == have

@@ -76,6 +76,26 @@ def test_an_origin_that_ignores_ranges_is_first_provisional_then_known_to_start_
     assert read(os.path.join(models_dir(app), "n.gguf")) == res.data
 
 
+def test_a_206_shows_the_origin_serves_ranges_without_accept_ranges(service: Service, origin: Origin) -> None:
+    """An origin that never says Accept-Ranges but answers a resume with a 206 has
+    shown it serves ranges: the next resume is said to keep the bytes, not
+    provisionally."""
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    data = payload(2 * MiB, seed=706)
+    res = origin.add("/q.gguf", data, stall_after=256 * KiB, accept_ranges=None)
+    url = origin.url("/q.gguf")
+    write_partial(app, "q", data[: 512 * KiB], {"url": url, "etag": res.etag, "total": len(data)})
+    post_download(client, "q", url)
+    paused_at(client, watch, res, "q", url, 768 * KiB)
+    assert origin.requests_for("/q.gguf")[0].status == 206
+    assert json.loads(read(sidecar(app, "q")))["accept_ranges"] is True
+    res.release.set()
+    r = again(client, "resume", "q", url)
+    assert (r.json["status"], r.json["kept"], r.json["provisional"]) == ("resumed", 768 * KiB, False)
+    assert watch.terminal("q")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "q.gguf")) == data
+
+
 def test_bytes_the_continuation_rule_will_not_keep_are_said_to_be_discarded(service: Service,
                                                                              origin: Origin) -> None:
     app, client, watch = service()

@@ -111,20 +111,22 @@ def test_failures_without_progress_end_the_job_and_keep_the_part(service: Servic
 
 def test_busy_answers_are_retried_honouring_a_capped_retry_after(service: Service, origin: Origin) -> None:
     app, client, watch = service()
-    early = [(503, {"Retry-After": "0"}), (429, {"Retry-After": "0"}), (503, {"Retry-After": "3600"}), (500, {})]
+    # 408 and 429 of the 4xx, and every 5xx from 500 to 599, are worth another try.
+    early = [(503, {"Retry-After": "0"}), (429, {"Retry-After": "0"}), (503, {"Retry-After": "3600"}), (500, {}),
+             (408, {}), (599, {})]
     res = origin.add("/busy.gguf", payload(200 * KiB, seed=14), statuses=list(early))
     t0 = time.monotonic()
     post_download(client, "busy", origin.url("/busy.gguf"), sha256=res.sha256)
     assert watch.terminal("busy")["status"] == "complete"
     assert time.monotonic() - t0 < 3  # an hour's Retry-After is capped by ARW_DL_RETRY_BACKOFF_MAX_MS (20 ms)
-    assert [s.status for s in origin.requests_for("/busy.gguf")] == [503, 429, 503, 500, 200]
+    assert [s.status for s in origin.requests_for("/busy.gguf")] == [503, 429, 503, 500, 408, 599, 200]
     retries = retrying(watch, "busy")
-    assert [r["code"] for r in retries] == ["http-status"] * 4
+    assert [r["code"] for r in retries] == ["http-status"] * 6
     assert [r["delay_ms"] for r in retries][:3] == [0, 0, 20]
     assert read(os.path.join(models_dir(app), "busy.gguf")) == res.data
 
 
-@pytest.mark.parametrize("status", [404, 403, 410])
+@pytest.mark.parametrize("status", [404, 403, 410, 499, 600])
 def test_a_final_http_status_is_not_retried(service: Service, origin: Origin, status: int) -> None:
     app, client, watch = service()
     # The origin would serve the file on a second request: there must be none.

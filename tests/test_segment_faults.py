@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from arw_models import ArwModels
+from arw_models.engine import verify
 from arw_models.service.manager import PROGRESS
 
 from .support.app import Service, post_download
@@ -87,6 +88,51 @@ def test_a_range_that_fails_past_its_retries_fails_the_attempt(service: Service,
     left = f"bytes={5 * MiB}-{6 * MiB - 1}"
     assert [(s.status, s.range) for s in origin.requests_for("/g.gguf")] == [(503, left), (503, left), (206, left)]
     assert [p["code"] for p in watch.payloads("g") if p["status"] == "retrying"] == ["http-status"]
+
+
+def test_a_retried_attempt_hashes_on_from_where_the_last_one_got(
+        service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attempt that failed had hashed the 5 MiB from byte 0 on disk: the next
+    one goes on from there and reads back only the last MiB it fetched, not the
+    whole file a second time."""
+    data = payload(6 * MiB, seed=148)
+    res = origin.add("/h.gguf", data, statuses=[(503, {}), (503, {})])
+    app, client, watch = service(**SPLIT, ARW_DL_RETRIES=1)
+    write_partial(app, "h", data[: 5 * MiB], {"url": origin.url("/h.gguf"), "etag": res.etag, "total": len(data),
+                                              "ranges": [[0, 4 * MiB, 4 * MiB], [4 * MiB, 6 * MiB, MiB]]})
+    finished: list[tuple[int, int]] = []
+    real_finish = verify.PrefixHasher.finish
+
+    def finish(hasher: verify.PrefixHasher) -> Any:
+        done = real_finish(hasher)
+        finished.append((hasher.hashed, hasher.read_back))
+        return done
+
+    monkeypatch.setattr(verify.PrefixHasher, "finish", finish)
+    post_download(client, "h", origin.url("/h.gguf"), sha256=res.sha256)
+    done = watch.terminal("h")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256, done
+    assert [p["code"] for p in watch.payloads("h") if p["status"] == "retrying"] == ["http-status"]
+    assert finished == [(6 * MiB, MiB)]
+
+
+def test_ranges_refused_keep_the_bytes_up_to_the_first_hole_and_say_so(service: Service, origin: Origin) -> None:
+    """Resumed ranges, with a hole after the first 512 KiB, answered with the whole
+    file: one stream from now on keeps only the bytes before the hole, and the
+    retry says that many are kept (not the 1 MiB the ranges held in all)."""
+    data = payload(2 * MiB, seed=149)
+    res = origin.add("/k.gguf", data, ignore_range=True)
+    app, client, watch = service(**SPLIT)
+    half = 512 * KiB
+    disk = data[:half] + bytes(half) + data[MiB : MiB + half] + bytes(half)
+    write_partial(app, "k", disk, {"url": origin.url("/k.gguf"), "etag": res.etag, "total": len(data),
+                                   "ranges": [[0, MiB, half], [MiB, 2 * MiB, half]]})
+    post_download(client, "k", origin.url("/k.gguf"), sha256=res.sha256)
+    done = watch.terminal("k")
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "k.gguf")) == data
+    retries = [p for p in watch.payloads("k") if p["status"] == "retrying"]
+    assert [(p["code"], p["downloaded"]) for p in retries][:1] == [("resume-invalid", half)]
 
 
 def test_a_range_refused_ends_the_download_with_that_status(service: Service, origin: Origin) -> None:

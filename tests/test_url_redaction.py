@@ -250,6 +250,25 @@ def test_credentials_in_a_redirect_target_are_not_in_the_error(service: Service,
         assert "secret" not in text and "abcXYZ" not in text, text
 
 
+@pytest.mark.parametrize("target", ["http://[::1/m.gguf?token=abcXYZ", "http://127.0.0.1:99999/m.gguf?token=abcXYZ"],
+                         ids=["ipv6-left-open", "port-out-of-range"])
+def test_a_redirect_to_a_url_that_cannot_be_parsed_is_invalid_url_without_its_secrets(
+        service: Service, origin: Origin, target: str) -> None:
+    """A redirect whose target has no valid host ends the job at once as
+    ``invalid-url`` (retrying would only be sent there again), and what ``requests``
+    quotes of that target keeps its query to itself."""
+    _, client, watch = service()
+    origin.add("/v.gguf", payload(10), statuses=[(302, {"Location": target})])
+    post_download(client, "v", origin.url("/v.gguf"))
+    err = watch.terminal("v")
+    assert err["status"] == "error" and err["code"] == "invalid-url", err
+    assert err["error"].startswith("cannot fetch: ")
+    assert "retrying" not in watch.statuses("v")
+    texts = [e.encode().decode() for e in watch.events] + [client.get("/models/downloads/v").get_data(as_text=True)]
+    for text in texts:
+        assert "abcXYZ" not in text, text
+
+
 def test_redact_url() -> None:
     assert redact_url("https://user:secret@host:8443/p/m.gguf?token=abc#frag") == "https://***@host:8443/p/m.gguf?***"
     assert redact_url("http://host/m.gguf") == "http://host/m.gguf"

@@ -52,7 +52,7 @@ def test_a_file_shorter_than_its_origin_announced_is_never_installed(service: Se
     second) can serve a file being rewritten (``cp`` over it: truncated, then
     written) cut short, under the validators of the whole one, and say the same when
     asked afterwards. The size this job was told before holds it to account."""
-    _app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
+    app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
     whole = payload(MiB, seed=97)
 
     def half_written(res: Resource) -> None:
@@ -62,9 +62,47 @@ def test_a_file_shorter_than_its_origin_announced_is_never_installed(service: Se
     post_download(client, "h", origin.url("/h.gguf"))
     done = watch.terminal("h")
     assert done["status"] == "error" and done["code"] == "resume-invalid", done
-    assert "announced" in done["error"]
+    assert f"it has {MiB // 4} bytes now, after {MiB} bytes were announced" in done["error"], done
     assert client.get("/models").json["items"] == []
     assert res.data == whole[: MiB // 4]
+    # The bytes it has are of no version: none is kept for a resume to build on.
+    assert os.path.getsize(os.path.join(models_dir(app), "h.part")) == 0
+
+
+def test_a_file_without_validators_that_comes_back_shorter_is_never_installed(
+        service: Service, origin: Origin) -> None:
+    """With no validator at all, every answer may be the same version: the size the
+    first one announced still holds the later ones to account, and a file that comes
+    back shorter (being rewritten) is not installed as if it were whole."""
+    _app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
+    whole = payload(MiB, seed=99)
+
+    def half_written(res: Resource) -> None:
+        res.data = whole[: MiB // 4]
+
+    origin.add("/n.gguf", whole, drop_after=300_000, on_drop=half_written, etag="", last_modified=None)
+    post_download(client, "n", origin.url("/n.gguf"))
+    done = watch.terminal("n")
+    assert done["status"] == "error" and done["code"] == "resume-invalid", done
+    assert f"it has {MiB // 4} bytes now, after {MiB} bytes were announced" in done["error"], done
+    assert client.get("/models").json["items"] == []
+
+
+def test_a_file_emptied_under_a_new_version_is_never_installed(service: Service, origin: Origin) -> None:
+    """The file is emptied between two attempts (a truncation, which gives it new
+    validators): an empty file is no version of one this job was told has bytes,
+    whatever its validators say, so nothing is installed and the error says why."""
+    _app, client, watch = service(ARW_DL_RETRIES=2, ARW_DL_RETRY_BACKOFF_MS=10, ARW_DL_RETRY_BACKOFF_MAX_MS=50)
+
+    def emptied(res: Resource) -> None:
+        res.data, res.etag = b"", '"emptied"'
+
+    origin.add("/e.gguf", payload(MiB, seed=98), drop_after=300_000, on_drop=emptied)
+    post_download(client, "e", origin.url("/e.gguf"))
+    done = watch.terminal("e")
+    assert done["status"] == "error" and done["code"] == "resume-invalid", done
+    assert f"it is empty now, after {MiB} bytes were announced" in done["error"], done
+    assert client.get("/models").json["items"] == []
 
 
 def test_a_check_refused_keeps_the_bytes_for_a_freshly_signed_url(service: Service, origin: Origin) -> None:
@@ -112,3 +150,18 @@ def test_lying_content_length_without_ranges_runs_out_of_retries(service: Servic
     assert len(origin.requests_for("/liar.gguf")) == retries + 1
     assert client.get("/models").json["items"] == []
     assert "liar.gguf" not in listing(app)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_empty_file_is_installed(service: Service, origin: Origin, framing: str) -> None:
+    """A file of no bytes, from an origin with validators and no digest: nothing of
+    it can be of two versions, and the check after the last byte (a range of it) is
+    not asked for; the empty model is installed."""
+    app, client, watch = service()
+    chunked = framing == "chunked"
+    origin.add("/z.gguf", b"", chunked=chunked, send_length=not chunked)
+    post_download(client, "z", origin.url("/z.gguf"))
+    done = watch.terminal("z")
+    assert done["status"] == "complete" and done["bytes"] == 0, done
+    assert read(os.path.join(models_dir(app), "z.gguf")) == b""
+    assert origin.rechecks("/z.gguf") == []

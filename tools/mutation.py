@@ -121,7 +121,7 @@ DEFAULT_TESTS = {
     "arw_models/engine/plan.py": ["tests/test_engine.py", "tests/test_segments.py", *_ENGINE_TESTS[1:]],
     "arw_models/engine/fetch.py": _ENGINE_TESTS,
     "arw_models/engine/segments.py": ["tests/test_segments.py", *_ENGINE_TESTS],
-    "arw_models/engine/verify.py": ["tests/test_segments.py", *_ENGINE_TESTS],
+    "arw_models/engine/verify.py": ["tests/test_prefix_hash.py", "tests/test_segments.py", *_ENGINE_TESTS],
     "arw_models/engine/transfer.py": ["tests/test_engine.py", "tests/test_scheduling.py", *_ENGINE_TESTS[1:],
                                       "tests/test_api.py", "tests/test_events.py"],
     "arw_models/service/jobs.py": ["tests/test_engine.py", "tests/test_scheduling.py", *_ENGINE_TESTS[1:],

@@ -308,7 +308,9 @@ class Download(SingleStream, ParallelRanges):
             # was told has bytes, whatever its validators (a truncation changes them).
             now = "it is empty now" if not job.downloaded else f"it has {job.downloaded} bytes now"
             why = f"{now}, after {max(self._announced, self._announced_ever)} bytes were announced"
-        elif job.sha256 or self._published or self._learned:
+        elif job.sha256 or self._published or self._learned or not size:
+            # A digest shows a mix by itself; an empty .part has no bytes of two
+            # versions (and a range of it cannot be asked for: a 416).
             return
         else:
             fetch.check_stop(job)

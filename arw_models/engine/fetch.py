@@ -125,6 +125,10 @@ def request(session: requests.Session, job: Transfer, settings: Settings, header
         check_stop(job)
         # Soon: no later than the ordinary first retry would be.
         raise network_error(exc, job, "before the response", min(QUICK_RETRY_SECS, settings.backoff)) from None
+    except ValueError as exc:
+        # A redirect's target that urllib cannot even split (an IPv6 host left open):
+        # requests lets its ValueError through, where it would be an internal error.
+        raise TransferError("invalid-url", f"cannot fetch: {redact_text(str(exc))}", url=url) from None
 
 
 def ranges_served(asked: dict[str, str], response: Any) -> bool | None:
