@@ -258,6 +258,23 @@ def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, 
     assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
 
 
+def test_a_file_changed_by_hand_to_another_models_size_is_not_shared(client: Any, app: Any, origin: Any,
+                                                                      watch: Any) -> None:
+    """Only the size of the models with the digest asked for vouches for a blob: an
+    edited file that happens to have another installed model's size is not shared."""
+    res = install(client, watch, origin)
+    other = install(client, watch, origin, model_id="o", path="/o/other.bin", size=MiB + 13)
+    assert other.sha256 != res.sha256
+    with open(os.path.join(models_dir(app), "m.bin"), "ab") as fh:
+        fh.write(b"edited")  # now MiB + 13 bytes, the other model's size
+    origin.add("/b/m.bin", res.data)
+    post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done
+    assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+
+
 def open_fds_of(path: str) -> list[str]:
     """This process's descriptors open on the file at ``path`` (by inode: a blob and
     the model file it is linked as are one file)."""
