@@ -156,16 +156,17 @@ def test_a_connection_at_a_tenth_of_the_pace_is_taken_over_and_no_byte_is_writte
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
 
 
+@pytest.mark.parametrize("stall_after", [256 * KiB, 1], ids=["inside-its-range", "after-its-first-byte"])
 def test_a_stalled_range_is_taken_over_and_its_connection_cut_off_at_once(
-    service: Service, origin: Origin,
+    service: Service, origin: Origin, stall_after: int,
 ) -> None:
     """A connection that stalls inside its range is not waited for: its range is
     taken over whole, and its read is ended then, long before the idle timeout,
     so the download completes as soon as the others have fetched the rest."""
     app, client, watch = service(**SPLIT, ARW_DL_IDLE_TIMEOUT_SECS=60)
     size = 8 * MiB
-    # The first answer (the range from 0) stalls after 256 KiB; the others flow.
-    res = origin.add("/h.gguf", payload(size, seed=162), throttle=8 * MiB, stall_after=256 * KiB, stalls=1)
+    # The first answer (the range from 0) stalls; the others flow.
+    res = origin.add("/h.gguf", payload(size, seed=162), throttle=8 * MiB, stall_after=stall_after, stalls=1)
     post_download(client, "h", origin.url("/h.gguf"), sha256=res.sha256)
     done = watch.terminal("h", timeout=15)
     assert done["status"] == "complete" and done["sha256"] == res.sha256
