@@ -232,6 +232,26 @@ def test_a_digest_the_origin_publishes_sends_the_body_to_a_bucket_keyed_by_diges
     assert origin.bytes_sent("/m/b.gguf") < len(data) // 2
 
 
+def test_a_template_that_needs_a_size_the_origin_does_not_say_leaves_the_body_to_the_origin(
+        service: Service, origin: Origin, servers: Callable[[], Origin]) -> None:
+    """The origin publishes the digest but not the size (a chunked body): a
+    ``{sha256}/{size}`` template cannot be filled, so the origin's own answer is
+    read, with no request to the bucket and none again to the origin."""
+    data = payload(1 * MiB, seed=910)
+    digest = hashlib.sha256(data).hexdigest()
+    origin.add("/m/c.gguf", data, chunked=True,
+               headers={"Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:"})
+    bucket = servers()
+    bucket.add(f"/{digest}/{len(data)}", data)
+    app, client, watch = service(ARW_DL_MIRRORS=bucket.base + "/{sha256}/{size}")
+    post_download(client, "c", origin.url("/m/c.gguf"))
+    done = watch.terminal("c")
+    assert done["status"] == "complete", done
+    assert done["sha256"] == digest and installed(app, "c.gguf") == data
+    assert bucket.seen == []
+    assert len(origin.requests_for("/m/c.gguf")) == 1
+
+
 def test_a_peer_with_other_bytes_than_the_origin_published_is_caught(
         service: Service, origin: Origin, servers: Callable[[], Origin]) -> None:
     data = payload(1 * MiB, seed=906)
