@@ -21,7 +21,7 @@ from arw_models.engine import segments
 from arw_models.engine.plan import Plan, Span
 
 from .support.app import Service, post_download
-from .support.helpers import models_dir, read
+from .support.helpers import models_dir, read, write_partial
 from .support.origin import Origin, payload
 from .support.servers import Gunicorn
 from .support.sse import is_status, post_and_follow
@@ -173,6 +173,29 @@ def test_a_stalled_range_is_taken_over_and_its_connection_cut_off_at_once(
     assert read(os.path.join(models_dir(app), "h.gguf")) == res.data
     assert res.stalled.is_set()
     assert "retrying" not in watch.statuses("h")  # no timeout, no retry: the range was taken over
+
+
+def test_a_resumed_range_is_paced_by_what_it_fetches_now_not_by_what_it_had(
+    service: Service, origin: Origin,
+) -> None:
+    """A range resumed with 11 MiB already on disk, now at a crawl: its pace is that
+    of the bytes it fetches in this run, so it is taken over as soon as a connection
+    is free, not left to crawl for seconds while its earlier bytes flatter it."""
+    app, client, watch = service(**SPLIT)
+    size = 16 * MiB
+    data = payload(size, seed=163)
+    res = origin.add("/p.gguf", data, throttle=4 * MiB, slow_from={15 * MiB: 0.05 * MiB})
+    url = origin.url("/p.gguf")
+    write_partial(app, "p", data[:15 * MiB], {"url": url, "etag": res.etag, "total": size,
+                                              "ranges": [[0, 4 * MiB, 0], [4 * MiB, 16 * MiB, 11 * MiB]]})
+    post_download(client, "p", url, sha256=res.sha256)
+    done = watch.terminal("p", timeout=30)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "p.gguf")) == data
+    slow = next(s for s in origin.requests_for("/p.gguf") if s.range and start_of(s) == 15 * MiB)
+    # At its pace its last MiB would take 20 s: it is cut off once the others are
+    # done with the rest (about a second), not when its pace over all 12 MiB drops.
+    assert slow.sent < 256 * KiB, slow.sent
 
 
 def test_a_kill_9_right_after_a_takeover_resumes_from_the_ranges_on_record(
