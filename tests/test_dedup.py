@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from arw_models import ArwModels
+from arw_models.service import dedup
 from arw_models.store import blobs
 
 from .support.app import post_download
@@ -364,6 +365,25 @@ def test_an_installed_name_swapped_before_the_link_is_copied_from_the_file_opene
     assert read(copied) == res.data
     assert os.stat(copied).st_ino not in (os.stat(impostor).st_ino, os.stat(os.path.join(models_dir(app), "m.bin")).st_ino)
     assert os.stat(impostor).st_nlink == 1  # the refused link was removed
+
+
+def test_a_temporary_name_left_under_our_pid_does_not_stop_the_link(client: Any, app: Any, origin: Any,
+                                                                    watch: Any, monkeypatch: Any) -> None:
+    """A process that died with the pid (and thread id) this one has now may have
+    left a file at the temporary name of the link: it is replaced, and the model
+    is linked, not copied."""
+    res = install(client, watch, origin)
+    stale = os.path.join(models_dir(app), ".m-b.part.stale.tmp")
+    with open(stale, "wb") as fh:
+        fh.write(b"left by a crash")
+    monkeypatch.setattr(dedup, "temp_path", lambda path: stale)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True, done
+    paths = [os.path.join(models_dir(app), name) for name in ("m.bin", done["file"])]
+    assert os.stat(paths[0]).st_ino == os.stat(paths[1]).st_ino  # one file: linked
+    assert read(paths[1]) == res.data
+    assert not os.path.exists(stale)
 
 
 def test_a_temporary_link_left_by_a_crash_is_removed_at_start(make_app: Any, origin: Any) -> None:
