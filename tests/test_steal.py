@@ -156,16 +156,18 @@ def test_a_connection_at_a_tenth_of_the_pace_is_taken_over_and_no_byte_is_writte
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
 
 
-@pytest.mark.parametrize("stall_after", [256 * KiB, 1], ids=["inside-its-range", "after-its-first-byte"])
+@pytest.mark.parametrize(("stall_after", "connections"), [(256 * KiB, 4), (1, 4), (256 * KiB, 2)],
+                         ids=["inside-its-range", "after-its-first-byte", "two-connections"])
 def test_a_stalled_range_is_taken_over_and_its_connection_cut_off_at_once(
-    service: Service, origin: Origin, stall_after: int,
+    service: Service, origin: Origin, stall_after: int, connections: int,
 ) -> None:
     """A connection that stalls inside its range is not waited for: its range is
     taken over whole, and its read is ended then, long before the idle timeout,
     so the download completes as soon as the others have fetched the rest."""
-    app, client, watch = service(**SPLIT, ARW_DL_IDLE_TIMEOUT_SECS=60)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=connections), ARW_DL_IDLE_TIMEOUT_SECS=60)
     size = 8 * MiB
-    # The first answer (the range from 0) stalls; the others flow.
+    # The first answer (the range from 0) stalls; the others flow. With two
+    # connections, the takeover is the last range anyone claims.
     res = origin.add("/h.gguf", payload(size, seed=162), throttle=8 * MiB, stall_after=stall_after, stalls=1)
     post_download(client, "h", origin.url("/h.gguf"), sha256=res.sha256)
     done = watch.terminal("h", timeout=15)
