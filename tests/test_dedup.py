@@ -386,6 +386,24 @@ def test_a_temporary_name_left_under_our_pid_does_not_stop_the_link(client: Any,
     assert not os.path.exists(stale)
 
 
+def test_a_link_that_fails_to_be_put_in_place_leaves_nothing_behind(client: Any, app: Any, origin: Any,
+                                                                         watch: Any, monkeypatch: Any) -> None:
+    """The blob is opened to be linked; a rename of the link that fails (an I/O
+    error) ends the download with an error, and leaves neither the blob's
+    descriptor open nor the link at its temporary name."""
+    res = install(client, watch, origin)
+
+    def failing_rename(src: str, dst: str) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(dedup, "rename_over", failing_rename)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "error" and "(OSError)" in done["error"], done  # the rename's, not a later one
+    assert listing(app) == ["m.bin"]  # nor the temporary link, a name that would keep the blob's bytes
+    assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
+
+
 def test_a_temporary_link_left_by_a_crash_is_removed_at_start(make_app: Any, origin: Any) -> None:
     """A process that died between linking an installed file and renaming the link
     leaves a temporary name, which would keep the model's bytes on the disk after
