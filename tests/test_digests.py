@@ -74,6 +74,7 @@ def test_a_stopped_job_ends_the_git_blob_id_read(tmp_path: Path) -> None:
     ({"Repr-Digest": f"sha-256=:{B64}:"}, "Repr-Digest"),
     ({"Repr-Digest": f"sha-512=:{base64.b64encode(bytes(64)).decode()}:, sha-256=:{B64}:"}, "Repr-Digest"),
     ({"Repr-Digest": f"sha-256=:{B64}:;since=1;by=cdn"}, "Repr-Digest"),  # a member's parameters
+    ({"Repr-Digest": f"sha-256=::, sha-256=:{B64}:"}, "Repr-Digest"),  # an empty member, then the real one
     ({"Digest": f"SHA-256={B64}"}, "Digest"),
     ({"Digest": f"md5=AAAAAAAAAAAAAAAAAAAAAA==, sha-256={B64.rstrip('=')}"}, "Digest"),
     ({"x-amz-checksum-sha256": B64}, "x-amz-checksum-sha256"),
