@@ -183,6 +183,26 @@ def test_a_copy_that_does_not_fit_is_not_made(client: Any, app: Any, origin: Any
     assert listing(app) == ["m.bin"]
 
 
+def test_a_link_takes_no_space_and_keeps_no_descriptor(client: Any, app: Any, origin: Any, watch: Any,
+                                                        monkeypatch: Any) -> None:
+    """A hard link writes no byte: a disk with no room for a copy still shares the
+    installed file, and the blob opened for the link is closed once it is made."""
+    res = install(client, watch, origin)
+    ArwModels.state(app).manager.disk_free = lambda path: len(res.data) - 1
+    copied: list[int] = []
+
+    def copy_file_range(src: int, dst: int, count: int, *offsets: int) -> int:
+        copied.append(count)
+        raise OSError(errno.ENOSYS, "Function not implemented")  # and the copy falls back to pread/pwrite
+
+    monkeypatch.setattr(blobs, "copy_file_range", copy_file_range)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True, done
+    assert copied == []  # not a byte copied
+    assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
+
+
 def test_a_partial_download_of_the_id_is_replaced(client: Any, app: Any, origin: Any, watch: Any) -> None:
     res = install(client, watch, origin)
     write_partial(app, "b", b"x" * 4096, {"id": "b", "url": UNREACHABLE, "sha256": res.sha256,
