@@ -99,7 +99,16 @@ def test_a_range_refused_ends_the_download_with_that_status(service: Service, or
     assert client.get("/models").json["items"] == []
 
 
-def test_a_split_part_is_preallocated_to_the_whole_size(service: Service, origin: Origin) -> None:
+@pytest.mark.parametrize("fallocate", [True, False], ids=["fallocate", "no-fallocate"])
+def test_a_split_part_is_preallocated_to_the_whole_size(service: Service, origin: Origin,
+                                                         monkeypatch: pytest.MonkeyPatch, fallocate: bool) -> None:
+    """The .part of ranges has the file's size from the start: its blocks reserved
+    where the file system can, else a sparse file of that size (no error)."""
+    if not fallocate:
+        def unsupported(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+        monkeypatch.setattr(os, "posix_fallocate", unsupported)
     app, client, watch = service(**dict(SPLIT, ARW_DL_IDLE_TIMEOUT_SECS=30))
     res = origin.add("/p.gguf", payload(8 * MiB, seed=142), throttle=2 * MiB)
     post_download(client, "p", origin.url("/p.gguf"))
