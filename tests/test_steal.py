@@ -109,6 +109,21 @@ def test_a_range_whose_pace_is_not_known_yet_goes_at_the_others() -> None:
     assert taken is not None and (taken.start, taken.end, new.end) == (500, 1000, 500)
 
 
+def test_before_any_pace_is_known_for_it_a_range_goes_at_the_median_of_the_ranges_being_fetched() -> None:
+    """With no connection's pace to go by (none has finished a range yet), a range
+    just begun is taken to go at the median pace of the ranges with bytes left (one
+    whose last byte is written does not count): the free connection takes the share
+    that makes both end together at those paces."""
+    new = Span(0, 1200)
+    slow, fast = Span(1200, 1300, done=90), Span(1300, 1400, done=90)  # little left: not the victims
+    done = Span(1400, 1500, done=100)  # written to its end, its connection not yet free
+    plan = busy(new, slow, fast, done)
+    paces = {id(slow): 100.0, id(fast): 400.0, id(done): 50.0}
+    taken = plan.claim(10, lambda s: paces.get(id(s)), rate=200.0)
+    # At 400 against 200 bytes/s: 800 bytes for its own connection, 400 for the free one.
+    assert taken is not None and (taken.start, taken.end, new.end) == (800, 1200, 800)
+
+
 # -- through the service ------------------------------------------------------------------------
 
 
