@@ -66,6 +66,15 @@ def test_a_range_far_slower_than_a_free_connection_is_taken_over_whole_from_its_
                                                        [1000 * KiB, 2000 * KiB, 900 * KiB]]
 
 
+def test_a_range_whose_connection_has_brought_nothing_is_taken_over_whole() -> None:
+    """A connection that has shown a pace of nothing at all (stalled since it
+    began) would never end its range: that one is taken over, all of it."""
+    stalled, moving = Span(0, 1000, done=100), Span(1000, 2000, done=100)
+    plan = busy(stalled, moving)
+    taken = plan.claim(10, lambda s: 0.0 if s is stalled else 100.0, rate=100.0)
+    assert taken is not None and (taken.start, taken.end, stalled.end) == (100, 1000, 100)
+
+
 def test_a_range_as_fast_as_the_free_connection_is_halved() -> None:
     one = Span(0, 1000, done=200)
     plan = busy(one)
