@@ -99,6 +99,27 @@ def test_a_small_tail_is_taken_only_when_that_ends_the_download_sooner() -> None
     assert idle.spans == [Span(0, MiB)]
 
 
+def test_a_far_slower_tail_too_small_to_save_time_is_left_to_its_connection() -> None:
+    """Even from a connection four times slower, a tail smaller than ``least`` is
+    not taken when that would end the download less than STEAL_GAIN_SECS sooner:
+    a new request costs about that much."""
+    share, mine = 64 * KiB, 6400.0 * KiB  # 0.01 s for the free connection
+    theirs = share / 0.045  # 0.045 s for its own: 0.035 s saved
+    assert theirs * 4 < mine
+    tail = busy(Span(0, share))
+    assert tail.claim(MiB, lambda s: theirs, rate=mine) is None
+    assert tail.spans == [Span(0, share)]
+
+
+def test_with_no_pace_known_but_the_free_connections_a_range_is_halved() -> None:
+    """No range has shown a pace yet: the free connection takes half of the one
+    that has the most left, whatever its own pace."""
+    one, other = Span(0, 1000), Span(1000, 1600)
+    plan = busy(one, other)
+    taken = plan.claim(10, lambda s: None, rate=100.0)
+    assert taken is not None and (taken.start, taken.end, one.end) == (500, 1000, 500)
+
+
 def test_no_range_is_split_among_the_bytes_its_connection_is_writing() -> None:
     one = Span(0, 1000, done=100)
     one.writing = 300
