@@ -114,6 +114,16 @@ def test_a_far_slower_tail_too_small_to_save_time_is_left_to_its_connection() ->
     assert tail.spans == [Span(0, share)]
 
 
+def test_a_tail_under_64_kib_is_never_taken_one_of_64_kib_is() -> None:
+    """Below 64 KiB a new request is not worth it, however slow the connection
+    that has the range; from 64 KiB, a far slower one loses it."""
+    for size, taken_over in ((64 * KiB - 1, False), (64 * KiB, True)):
+        tail = busy(Span(0, size))
+        taken = tail.claim(4 * MiB, lambda s: 1.0, rate=float(MiB))  # a byte a second against a MiB
+        assert (taken is not None) == taken_over, size
+        assert taken is None or (taken.start, taken.end) == (0, size)
+
+
 def test_with_no_pace_known_but_the_free_connections_a_range_is_halved() -> None:
     """No range has shown a pace yet: the free connection takes half of the one
     that has the most left, whatever its own pace."""
