@@ -75,6 +75,16 @@ def test_a_range_whose_connection_has_brought_nothing_is_taken_over_whole() -> N
     assert taken is not None and (taken.start, taken.end, stalled.end) == (100, 1000, 100)
 
 
+def test_the_range_taken_from_is_the_one_that_would_end_last() -> None:
+    """A crawling range (a byte a second) with 10 bytes left ends in 10 s; one of
+    2000 bytes at 50 bytes a second, in 40 s: that one is shared, not the crawl."""
+    crawl, long = Span(0, 1000, done=990), Span(1000, 3000)
+    plan = busy(crawl, long)
+    taken = plan.claim(10, lambda s: 1.0 if s is crawl else 50.0, rate=100.0)
+    assert taken is not None and (taken.start, taken.end, long.end) == (1666, 3000, 1666)
+    assert crawl.end == 1000
+
+
 def test_a_range_as_fast_as_the_free_connection_is_halved() -> None:
     one = Span(0, 1000, done=200)
     plan = busy(one)
