@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -152,6 +155,55 @@ def test_ranges_are_fsynced_once_per_fsync_bytes_not_per_write(service: Service,
     assert done["status"] == "complete", done
     of_part = [path for path in synced if path.endswith("/y.part")]
     assert 3 <= len(of_part) <= 6, len(of_part)
+
+
+def test_ranges_that_write_nothing_are_not_fsynced_again(service: Service, origin: Origin,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection stalls: once what they wrote is on the disk, the
+    checkpoints that follow find nothing new and make no fsync, however often
+    they come."""
+    stalls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    res = origin.add("/z.gguf", payload(8 * MiB, seed=303), stall_after=256 * KiB, stalls=2, on_stall=stalls)
+    app, client, watch = service(ARW_DL_SEGMENTS=2, ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_CHUNK_BYTES=64 * KiB,
+                                 ARW_DL_CHECKPOINT_SECS=0.02, ARW_DL_IDLE_TIMEOUT_SECS=60)
+    synced = threading.Condition()
+    count = [0]
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/z.part"):
+            with synced:
+                count[0] += 1
+                synced.notify_all()
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    post_download(client, "z", origin.url("/z.gguf"), sha256=res.sha256)
+
+    def recorded() -> int:
+        try:
+            plan = Plan.from_json(8 * MiB, json.loads(read(sidecar(app, "z")))["ranges"])
+        except (OSError, ValueError, KeyError):
+            return 0
+        return plan.durable if plan is not None else 0
+
+    try:
+        stalls.get(timeout=10)
+        stalls.get(timeout=10)  # both connections wait for bytes that do not come
+        # What they wrote is made durable, and recorded after its fsync (a bounded
+        # poll of the sidecar the checkpoint thread writes).
+        deadline, pause = time.monotonic() + 10, threading.Event()
+        while recorded() < 2 * 256 * KiB:
+            assert time.monotonic() < deadline, recorded()
+            pause.wait(0.02)
+        with synced:
+            after = count[0]
+            # Twenty-five checkpoint intervals with nothing written: no fsync.
+            assert not synced.wait_for(lambda: count[0] > after, timeout=0.5), count[0] - after
+    finally:
+        client.post("/models/download/cancel", json={"id": "z"})
+        res.release.set()
+    assert watch.terminal("z")["status"] == "canceled"
 
 
 def test_kill_9_during_a_download_keeps_a_resumable_part_and_the_same_post_resumes_it(

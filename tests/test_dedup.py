@@ -14,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from arw_models import ArwModels
+from arw_models.service import dedup
 from arw_models.store import blobs
 
 from .support.app import post_download
@@ -182,6 +183,26 @@ def test_a_copy_that_does_not_fit_is_not_made(client: Any, app: Any, origin: Any
     assert listing(app) == ["m.bin"]
 
 
+def test_a_link_takes_no_space_and_keeps_no_descriptor(client: Any, app: Any, origin: Any, watch: Any,
+                                                        monkeypatch: Any) -> None:
+    """A hard link writes no byte: a disk with no room for a copy still shares the
+    installed file, and the blob opened for the link is closed once it is made."""
+    res = install(client, watch, origin)
+    ArwModels.state(app).manager.disk_free = lambda path: len(res.data) - 1
+    copied: list[int] = []
+
+    def copy_file_range(src: int, dst: int, count: int, *offsets: int) -> int:
+        copied.append(count)
+        raise OSError(errno.ENOSYS, "Function not implemented")  # and the copy falls back to pread/pwrite
+
+    monkeypatch.setattr(blobs, "copy_file_range", copy_file_range)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True, done
+    assert copied == []  # not a byte copied
+    assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
+
+
 def test_a_partial_download_of_the_id_is_replaced(client: Any, app: Any, origin: Any, watch: Any) -> None:
     res = install(client, watch, origin)
     write_partial(app, "b", b"x" * 4096, {"id": "b", "url": UNREACHABLE, "sha256": res.sha256,
@@ -256,6 +277,23 @@ def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, 
     # The blob opened to compare its size is closed again: a service that shares
     # nothing must not keep a descriptor of it for every download that asked.
     assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
+
+
+def test_a_file_changed_by_hand_to_another_models_size_is_not_shared(client: Any, app: Any, origin: Any,
+                                                                      watch: Any) -> None:
+    """Only the size of the models with the digest asked for vouches for a blob: an
+    edited file that happens to have another installed model's size is not shared."""
+    res = install(client, watch, origin)
+    other = install(client, watch, origin, model_id="o", path="/o/other.bin", size=MiB + 13)
+    assert other.sha256 != res.sha256
+    with open(os.path.join(models_dir(app), "m.bin"), "ab") as fh:
+        fh.write(b"edited")  # now MiB + 13 bytes, the other model's size
+    origin.add("/b/m.bin", res.data)
+    post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done
+    assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
 
 
 def open_fds_of(path: str) -> list[str]:
@@ -347,6 +385,43 @@ def test_an_installed_name_swapped_before_the_link_is_copied_from_the_file_opene
     assert read(copied) == res.data
     assert os.stat(copied).st_ino not in (os.stat(impostor).st_ino, os.stat(os.path.join(models_dir(app), "m.bin")).st_ino)
     assert os.stat(impostor).st_nlink == 1  # the refused link was removed
+
+
+def test_a_temporary_name_left_under_our_pid_does_not_stop_the_link(client: Any, app: Any, origin: Any,
+                                                                    watch: Any, monkeypatch: Any) -> None:
+    """A process that died with the pid (and thread id) this one has now may have
+    left a file at the temporary name of the link: it is replaced, and the model
+    is linked, not copied."""
+    res = install(client, watch, origin)
+    stale = os.path.join(models_dir(app), ".m-b.part.stale.tmp")
+    with open(stale, "wb") as fh:
+        fh.write(b"left by a crash")
+    monkeypatch.setattr(dedup, "temp_path", lambda path: stale)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and done["deduplicated"] is True, done
+    paths = [os.path.join(models_dir(app), name) for name in ("m.bin", done["file"])]
+    assert os.stat(paths[0]).st_ino == os.stat(paths[1]).st_ino  # one file: linked
+    assert read(paths[1]) == res.data
+    assert not os.path.exists(stale)
+
+
+def test_a_link_that_fails_to_be_put_in_place_leaves_nothing_behind(client: Any, app: Any, origin: Any,
+                                                                         watch: Any, monkeypatch: Any) -> None:
+    """The blob is opened to be linked; a rename of the link that fails (an I/O
+    error) ends the download with an error, and leaves neither the blob's
+    descriptor open nor the link at its temporary name."""
+    res = install(client, watch, origin)
+
+    def failing_rename(src: str, dst: str) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(dedup, "rename_over", failing_rename)
+    post_download(client, "b", UNREACHABLE, sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "error" and "(OSError)" in done["error"], done  # the rename's, not a later one
+    assert listing(app) == ["m.bin"]  # nor the temporary link, a name that would keep the blob's bytes
+    assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
 
 
 def test_a_temporary_link_left_by_a_crash_is_removed_at_start(make_app: Any, origin: Any) -> None:

@@ -7,18 +7,24 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from arw_models import ArwModels
 from arw_models.engine import digests
+from arw_models.errors import JobStopped
 
 from .support.app import Service, post_download
 from .support.helpers import (
     listing,
     models_dir,
 )
+from .support.hub import git_blob_id
 from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
@@ -27,6 +33,36 @@ HEX = hashlib.sha256(DATA).hexdigest()
 B64 = base64.b64encode(hashlib.sha256(DATA).digest()).decode()
 OTHER = hashlib.sha256(b"other bytes").hexdigest()
 OTHER_B64 = base64.b64encode(bytes.fromhex(OTHER)).decode()
+
+
+# -- a small file's git blob id ---------------------------------------------------------------
+
+
+def test_git_blob_id_is_what_git_says(tmp_path: Path) -> None:
+    """A hub lists a small (not LFS) file by its git blob id: the id computed of the
+    file on disk must be git's own, for an empty file and one of several reads alike."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    samples = {"empty": b"", "text": b"hello\n", "binary": payload(9 * MiB + 7, seed=5)}
+    for name, data in samples.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        said = subprocess.run([git, "hash-object", str(path)], capture_output=True, text=True, check=True).stdout
+        assert digests.git_blob_id(str(path), len(data)) == said.strip() == git_blob_id(data), name
+
+
+def test_a_stopped_job_ends_the_git_blob_id_read(tmp_path: Path) -> None:
+    """A pause or cancel must not wait for a big file to be read to its end: a set
+    stop event ends the read with JobStopped; a clear one reads it all."""
+    path = tmp_path / "m.bin"
+    data = payload(MiB, seed=6)
+    path.write_bytes(data)
+    stop = threading.Event()
+    assert digests.git_blob_id(str(path), len(data), stop) == git_blob_id(data)
+    stop.set()
+    with pytest.raises(JobStopped):
+        digests.git_blob_id(str(path), len(data), stop)
 
 
 # -- reading one answer's headers ----------------------------------------------------------
@@ -38,6 +74,7 @@ OTHER_B64 = base64.b64encode(bytes.fromhex(OTHER)).decode()
     ({"Repr-Digest": f"sha-256=:{B64}:"}, "Repr-Digest"),
     ({"Repr-Digest": f"sha-512=:{base64.b64encode(bytes(64)).decode()}:, sha-256=:{B64}:"}, "Repr-Digest"),
     ({"Repr-Digest": f"sha-256=:{B64}:;since=1;by=cdn"}, "Repr-Digest"),  # a member's parameters
+    ({"Repr-Digest": f"sha-256=::, sha-256=:{B64}:"}, "Repr-Digest"),  # an empty member, then the real one
     ({"Digest": f"SHA-256={B64}"}, "Digest"),
     ({"Digest": f"md5=AAAAAAAAAAAAAAAAAAAAAA==, sha-256={B64.rstrip('=')}"}, "Digest"),
     ({"x-amz-checksum-sha256": B64}, "x-amz-checksum-sha256"),

@@ -5,17 +5,13 @@ against the hub stand-in of tests/support/hub.py (the hub on 127.0.0.1, its CDN 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from arw_models.engine import digests
 from arw_models.engine import hub as hubs
 from arw_models.engine.fileset import FileSet, RemoteFile, Selection
 from arw_models.engine.http import new_session
@@ -313,18 +309,6 @@ def test_hub_failures_keep_their_codes(hub: Hub, session: requests.Session) -> N
     err = failure(lambda: hubs.resolve(hubs.parse_repo(f"hf://{REPO}"), Selection(), session, closed, None,
                                        timeout=TIMEOUT))
     assert err.code == "connection-refused" and err.retryable
-
-
-def test_git_blob_id_is_what_git_says(tmp_path: Path) -> None:
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip("git is not installed")
-    samples = {"empty": b"", "text": b"hello\n", "binary": payload(3 * 1024 * 1024 + 7, seed=5)}
-    for name, data in samples.items():
-        path = tmp_path / name
-        path.write_bytes(data)
-        said = subprocess.run([git, "hash-object", str(path)], capture_output=True, text=True, check=True).stdout
-        assert digests.git_blob_id(str(path), len(data)) == said.strip() == git_blob_id(data), name
 
 
 @pytest.mark.parametrize(("url", "many"), [

@@ -377,6 +377,36 @@ def test_ranges_of_a_mirror_that_dies_are_resumed_from_the_next(
     assert origin.requests_for("/s.gguf") == []
 
 
+def test_bytes_of_a_mirrors_version_that_changed_are_counted_though_dropped(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """The counts are of bytes received, kept or not: a mirror whose file changes
+    while its ranges run is asked again, and what it sent of the old
+    version still counts."""
+    old, new = payload(8 * MiB, seed=311), payload(8 * MiB, seed=312)
+    origin.add("/v.gguf", new)
+    mirror = servers()
+    res = mirror.add("/v.gguf", old, throttle=2 * MiB)
+    app, client, watch = service(**SPLIT, **mirrors(at(mirror)))
+    post_download(client, "v", origin.url("/v.gguf"))
+    watch.until(lambda e: e.payload.get("id") == "v" and e.payload.get("downloaded", 0) >= MiB
+                and e.payload.get("segments", 0) > 1)
+    with mirror.lock:
+        res.replace(new)
+        res.throttle = None
+    done = watch.terminal("v", timeout=20)
+    assert done["status"] == "complete", done
+    assert installed(app, "v.gguf") == new
+    assert "resume-invalid" in [p["code"] for p in watch.payloads("v") if p["status"] == "retrying"]
+    [served] = done["sources"]
+    assert served["source"] == mirror.base and "skipped" not in served
+    assert len(new) < served["bytes"] <= mirror.bytes_sent("/v.gguf")
+    # Counted as they came, the bytes dropped included: the count never goes back.
+    counts = [p["sources"][0]["bytes"] for p in watch.payloads("v") if p.get("sources")]
+    assert counts == sorted(counts) and counts[-1] == served["bytes"], counts
+    assert origin.requests_for("/v.gguf") == []
+
+
 @pytest.mark.parametrize("case", ["mirrors", "wrong-sha256", "no-mirrors"])
 def test_bytes_an_earlier_run_left_that_fail_the_sha256_are_fetched_again(
     service: Service, origin: Origin, servers: Callable[[], Origin], case: str,

@@ -21,6 +21,8 @@ import pytest
 
 from arw_models.config import parse_mirrors, parse_peers
 from arw_models.engine import sources
+from arw_models.engine.route import Route
+from arw_models.errors import TransferError
 
 from .support.app import LiveServer, Service, Watch, post_download
 from .support.helpers import models_dir, read
@@ -81,6 +83,30 @@ def test_sources_by_digest_come_first_and_only_with_a_digest() -> None:
                               fleet, None, None)
     assert [s.url for s in unknown] == ["http://cache.lan/m.gguf", "https://o.example/m.gguf"]
     assert "tok" not in repr(fleet) + repr(known)
+
+
+def test_a_template_is_filled_only_by_what_is_known() -> None:
+    """A template that names the digest or the size is asked only when that is
+    known: half filled, it would name some other file, or none."""
+    assert sources.fillable("http://b.lan/{sha256}", "ab" * 32, None)
+    assert not sources.fillable("http://b.lan/{sha256}", None, 77)
+    assert not sources.fillable("http://b.lan/{sha256}/{size}", "ab" * 32, None)
+    assert sources.fillable("http://b.lan/{sha256}/{size}", "ab" * 32, 77)
+    assert sources.fillable("http://b.lan{path}", None, None)
+
+
+def test_the_sources_by_digest_join_a_route_once() -> None:
+    """A job's route takes the sources by digest once, before the origin: a second
+    digest it is told of (another answer's) adds no source to ask again."""
+    origin_source = sources.origin("https://o.example/m.gguf", {}, "https://hf.co", None)
+    route = Route("m", [origin_source])
+    first = [sources.peer("http://p1:8090", "ab" * 32, None, 2.0)]
+    assert route.learn(first) and route.current == first[0]
+    route.exhausted(TransferError("http-status", "it answered 404"))  # the peer is skipped: the origin again
+    assert route.current == origin_source
+    assert not route.learn([sources.peer("http://p1:8090", "cd" * 32, None, 2.0)])
+    assert route.current == origin_source
+    assert [item["source"] for item in route.summary(0)] == ["http://p1:8090"]
 
 
 # -- peers that serve, and peers that do not ------------------------------------------------------
@@ -225,6 +251,25 @@ def test_a_bucket_that_needs_the_size_is_not_asked_when_the_origin_gives_none(
     assert installed(app, "u.gguf") == data and done["sha256"] == digest and done["sha256_source"] == "origin"
     assert len(origin.requests_for("/m/u.gguf")) == 1
     assert bucket.seen == []
+
+
+def test_a_digest_the_origin_publishes_sends_the_body_to_a_bucket_keyed_by_digest(
+        service: Service, origin: Origin, servers: Callable[[], Origin]) -> None:
+    """A ``{sha256}`` template is a source by digest of its own, peers or none: the
+    origin's published digest sends the body there too."""
+    data = payload(4 * MiB, seed=909)
+    digest = hashlib.sha256(data).hexdigest()
+    origin.add("/m/b.gguf", data, headers={"Repr-Digest": f"sha-256=:{base64.b64encode(bytes.fromhex(digest)).decode()}:"},
+               throttle=4 * MiB)
+    bucket = servers()
+    bucket.add(f"/sha256/{digest}", data)
+    app, client, watch = service(ARW_DL_MIRRORS=bucket.base + "/sha256/{sha256}")
+    post_download(client, "b", origin.url("/m/b.gguf"))
+    done = watch.terminal("b")
+    assert done["status"] == "complete", done
+    assert done["sha256"] == digest and installed(app, "b.gguf") == data
+    assert done["sources"] == [{"source": "origin", "bytes": 0}, {"source": bucket.base, "bytes": len(data)}]
+    assert origin.bytes_sent("/m/b.gguf") < len(data) // 2
 
 
 def test_a_peer_with_other_bytes_than_the_origin_published_is_caught(

@@ -4,6 +4,7 @@ single stream): a range that drops, a range refused, statuses at the edges of
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -144,7 +145,16 @@ def test_a_range_refused_ends_the_download_with_that_status(service: Service, or
     assert client.get("/models").json["items"] == []
 
 
-def test_a_split_part_is_preallocated_to_the_whole_size(service: Service, origin: Origin) -> None:
+@pytest.mark.parametrize("fallocate", [True, False], ids=["fallocate", "no-fallocate"])
+def test_a_split_part_is_preallocated_to_the_whole_size(service: Service, origin: Origin,
+                                                         monkeypatch: pytest.MonkeyPatch, fallocate: bool) -> None:
+    """The .part of ranges has the file's size from the start: its blocks reserved
+    where the file system can, else a sparse file of that size (no error)."""
+    if not fallocate:
+        def unsupported(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+        monkeypatch.setattr(os, "posix_fallocate", unsupported)
     app, client, watch = service(**dict(SPLIT, ARW_DL_IDLE_TIMEOUT_SECS=30))
     res = origin.add("/p.gguf", payload(8 * MiB, seed=142), throttle=2 * MiB)
     post_download(client, "p", origin.url("/p.gguf"))
@@ -154,6 +164,60 @@ def test_a_split_part_is_preallocated_to_the_whole_size(service: Service, origin
     assert len(recorded) > 1  # on record before the file grew
     client.post("/models/download/cancel", json={"id": "p"})
     assert watch.terminal("p")["status"] == "canceled"
+
+
+def test_short_writes_of_a_range_go_on_where_they_stopped(service: Service, origin: Origin,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write may take fewer bytes than it was given (a disk filling up): the rest
+    of each chunk is written after them, not over them nor left out."""
+    app, client, watch = service(**SPLIT)
+    res = origin.add("/w.gguf", payload(4 * MiB, seed=146), throttle=4 * MiB)
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: real_pwrite(fd, bytes(data[:10_000]), at))
+    post_download(client, "w", origin.url("/w.gguf"), sha256=res.sha256)
+    done = watch.terminal("w", timeout=20)
+    assert done["status"] == "complete", done
+    assert read(os.path.join(models_dir(app), "w.gguf")) == res.data
+    assert max(p.get("segments", 0) for p in watch.payloads("w")) > 1  # written by the ranges
+
+
+def test_a_range_that_cannot_be_written_ends_the_download_as_disk_error(service: Service, origin: Origin,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails (an I/O error of the disk) ends the download with its
+    cause; nothing is counted as fetched that is not on the disk."""
+    _app, client, watch = service(**SPLIT)
+    res = origin.add("/e.gguf", payload(4 * MiB, seed=147), throttle=4 * MiB)
+
+    def failing(fd: int, data: Any, at: int) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", failing)
+    post_download(client, "e", origin.url("/e.gguf"), sha256=res.sha256)
+    done = watch.terminal("e", timeout=20)
+    assert (done["status"], done["code"]) == ("error", "disk-error"), done
+    assert "Input/output error" in done["error"], done
+    assert client.get("/models").json["items"] == []
+
+
+def test_an_fsync_of_the_ranges_that_fails_ends_the_download_as_disk_error(service: Service, origin: Origin,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ranges are recorded as fetched only once the disk holds them: an fsync
+    of the .part that fails ends the download as a disk error, nothing installed."""
+    app, client, watch = service(**SPLIT)
+    res = origin.add("/s.gguf", payload(4 * MiB, seed=148), throttle=4 * MiB)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/s.part"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    post_download(client, "s", origin.url("/s.gguf"), sha256=res.sha256)
+    done = watch.terminal("s", timeout=20)
+    assert (done["status"], done["code"]) == ("error", "disk-error"), done
+    assert client.get("/models").json["items"] == []
+    assert not os.path.exists(os.path.join(models_dir(app), "s.gguf"))
 
 
 @pytest.mark.parametrize("ignore_if_range", [False, True], ids=["if-range-honoured", "if-range-ignored"])

@@ -21,7 +21,7 @@ from arw_models.engine import segments
 from arw_models.engine.plan import Plan, Span
 
 from .support.app import Service, post_download
-from .support.helpers import models_dir, read
+from .support.helpers import models_dir, read, write_partial
 from .support.origin import Origin, payload
 from .support.servers import Gunicorn
 from .support.sse import is_status, post_and_follow
@@ -66,6 +66,25 @@ def test_a_range_far_slower_than_a_free_connection_is_taken_over_whole_from_its_
                                                        [1000 * KiB, 2000 * KiB, 900 * KiB]]
 
 
+def test_a_range_whose_connection_has_brought_nothing_is_taken_over_whole() -> None:
+    """A connection that has shown a pace of nothing at all (stalled since it
+    began) would never end its range: that one is taken over, all of it."""
+    stalled, moving = Span(0, 1000, done=100), Span(1000, 2000, done=100)
+    plan = busy(stalled, moving)
+    taken = plan.claim(10, lambda s: 0.0 if s is stalled else 100.0, rate=100.0)
+    assert taken is not None and (taken.start, taken.end, stalled.end) == (100, 1000, 100)
+
+
+def test_the_range_taken_from_is_the_one_that_would_end_last() -> None:
+    """A crawling range (a byte a second) with 10 bytes left ends in 10 s; one of
+    2000 bytes at 50 bytes a second, in 40 s: that one is shared, not the crawl."""
+    crawl, long = Span(0, 1000, done=990), Span(1000, 3000)
+    plan = busy(crawl, long)
+    taken = plan.claim(10, lambda s: 1.0 if s is crawl else 50.0, rate=100.0)
+    assert taken is not None and (taken.start, taken.end, long.end) == (1666, 3000, 1666)
+    assert crawl.end == 1000
+
+
 def test_a_range_as_fast_as_the_free_connection_is_halved() -> None:
     one = Span(0, 1000, done=200)
     plan = busy(one)
@@ -88,6 +107,40 @@ def test_a_small_tail_is_taken_only_when_that_ends_the_download_sooner() -> None
     idle = busy(Span(0, MiB))
     assert idle.claim(4 * MiB, lambda s: float(1024 * MiB), rate=float(1024 * MiB)) is None
     assert idle.spans == [Span(0, MiB)]
+    # 900 KiB at 10 MiB/s: half of it taken ends it 0.045 s sooner, less than STEAL_GAIN_SECS.
+    short = busy(Span(0, 900 * KiB))
+    assert short.claim(4 * MiB, lambda s: 10.0 * MiB, rate=10.0 * MiB) is None
+
+
+def test_a_far_slower_tail_too_small_to_save_time_is_left_to_its_connection() -> None:
+    """Even from a connection four times slower, a tail smaller than ``least`` is
+    not taken when that would end the download less than STEAL_GAIN_SECS sooner:
+    a new request costs about that much."""
+    share, mine = 64 * KiB, 6400.0 * KiB  # 0.01 s for the free connection
+    theirs = share / 0.045  # 0.045 s for its own: 0.035 s saved
+    assert theirs * 4 < mine
+    tail = busy(Span(0, share))
+    assert tail.claim(MiB, lambda s: theirs, rate=mine) is None
+    assert tail.spans == [Span(0, share)]
+
+
+def test_a_tail_under_64_kib_is_never_taken_one_of_64_kib_is() -> None:
+    """Below 64 KiB a new request is not worth it, however slow the connection
+    that has the range; from 64 KiB, a far slower one loses it."""
+    for size, taken_over in ((64 * KiB - 1, False), (64 * KiB, True)):
+        tail = busy(Span(0, size))
+        taken = tail.claim(4 * MiB, lambda s: 1.0, rate=float(MiB))  # a byte a second against a MiB
+        assert (taken is not None) == taken_over, size
+        assert taken is None or (taken.start, taken.end) == (0, size)
+
+
+def test_with_no_pace_known_but_the_free_connections_a_range_is_halved() -> None:
+    """No range has shown a pace yet: the free connection takes half of the one
+    that has the most left, whatever its own pace."""
+    one, other = Span(0, 1000), Span(1000, 1600)
+    plan = busy(one, other)
+    taken = plan.claim(10, lambda s: None, rate=100.0)
+    assert taken is not None and (taken.start, taken.end, one.end) == (500, 1000, 500)
 
 
 def test_no_range_is_split_among_the_bytes_its_connection_is_writing() -> None:
@@ -107,6 +160,21 @@ def test_a_range_whose_pace_is_not_known_yet_goes_at_the_others() -> None:
     plan = busy(new, old)
     taken = plan.claim(10, lambda s: 100.0 if s is old else None, rate=100.0)
     assert taken is not None and (taken.start, taken.end, new.end) == (500, 1000, 500)
+
+
+def test_before_any_pace_is_known_for_it_a_range_goes_at_the_median_of_the_ranges_being_fetched() -> None:
+    """With no connection's pace to go by (none has finished a range yet), a range
+    just begun is taken to go at the median pace of the ranges with bytes left (one
+    whose last byte is written does not count): the free connection takes the share
+    that makes both end together at those paces."""
+    new = Span(0, 1200)
+    slow, fast = Span(1200, 1300, done=90), Span(1300, 1400, done=90)  # little left: not the victims
+    done = Span(1400, 1500, done=100)  # written to its end, its connection not yet free
+    plan = busy(new, slow, fast, done)
+    paces = {id(slow): 100.0, id(fast): 400.0, id(done): 50.0}
+    taken = plan.claim(10, lambda s: paces.get(id(s)), rate=200.0)
+    # At 400 against 200 bytes/s: 800 bytes for its own connection, 400 for the free one.
+    assert taken is not None and (taken.start, taken.end, new.end) == (800, 1200, 800)
 
 
 # -- through the service ------------------------------------------------------------------------
@@ -154,6 +222,50 @@ def test_a_connection_at_a_tenth_of_the_pace_is_taken_over_and_no_byte_is_writte
     spans = sorted(writes.spans)
     assert sum(end - start for start, end in spans) == size
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize(("stall_after", "connections"), [(256 * KiB, 4), (1, 4), (256 * KiB, 2)],
+                         ids=["inside-its-range", "after-its-first-byte", "two-connections"])
+def test_a_stalled_range_is_taken_over_and_its_connection_cut_off_at_once(
+    service: Service, origin: Origin, stall_after: int, connections: int,
+) -> None:
+    """A connection that stalls inside its range is not waited for: its range is
+    taken over whole, and its read is ended then, long before the idle timeout,
+    so the download completes as soon as the others have fetched the rest."""
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=connections), ARW_DL_IDLE_TIMEOUT_SECS=60)
+    size = 8 * MiB
+    # The first answer (the range from 0) stalls; the others flow. With two
+    # connections, the takeover is the last range anyone claims.
+    res = origin.add("/h.gguf", payload(size, seed=162), throttle=8 * MiB, stall_after=stall_after, stalls=1)
+    post_download(client, "h", origin.url("/h.gguf"), sha256=res.sha256)
+    done = watch.terminal("h", timeout=15)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "h.gguf")) == res.data
+    assert res.stalled.is_set()
+    assert "retrying" not in watch.statuses("h")  # no timeout, no retry: the range was taken over
+
+
+def test_a_resumed_range_is_paced_by_what_it_fetches_now_not_by_what_it_had(
+    service: Service, origin: Origin,
+) -> None:
+    """A range resumed with 11 MiB already on disk, now at a crawl: its pace is that
+    of the bytes it fetches in this run, so it is taken over as soon as a connection
+    is free, not left to crawl for seconds while its earlier bytes flatter it."""
+    app, client, watch = service(**SPLIT)
+    size = 16 * MiB
+    data = payload(size, seed=163)
+    res = origin.add("/p.gguf", data, throttle=4 * MiB, slow_from={15 * MiB: 0.05 * MiB})
+    url = origin.url("/p.gguf")
+    write_partial(app, "p", data[:15 * MiB], {"url": url, "etag": res.etag, "total": size,
+                                              "ranges": [[0, 4 * MiB, 0], [4 * MiB, 16 * MiB, 11 * MiB]]})
+    post_download(client, "p", url, sha256=res.sha256)
+    done = watch.terminal("p", timeout=30)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "p.gguf")) == data
+    slow = next(s for s in origin.requests_for("/p.gguf") if s.range and start_of(s) == 15 * MiB)
+    # At its pace its last MiB would take 20 s: it is cut off once the others are
+    # done with the rest (about a second), not when its pace over all 12 MiB drops.
+    assert slow.sent < 256 * KiB, slow.sent
 
 
 def test_a_kill_9_right_after_a_takeover_resumes_from_the_ranges_on_record(

@@ -217,9 +217,7 @@ class Segments:
         """(Under the lock.) The pace of a connection that has just fetched
         ``span``: over that range, unless it was too short to say more than
         ``before`` (its pace on the ranges before)."""
-        began = self._began.get(id(span))
-        if began is None:
-            return before
+        began = self._began[id(span)]  # set by _fetch before its first request for the range
         secs = time.monotonic() - began[0]
         if secs <= 0 or (secs < RATE_SECS and before is not None):
             return before

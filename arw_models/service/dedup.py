@@ -107,7 +107,11 @@ class Adopter:
         # The sidecar goes first: a crash in between leaves a .part that no record
         # describes, which is fetched again rather than trusted.
         remove_quietly(self.state.sidecar_path(model_id))
-        rename_over(tmp, part)
+        try:
+            rename_over(tmp, part)
+        except OSError:
+            remove_quietly(tmp)  # one more name of the blob, which would keep its bytes after a delete
+            raise
         fsync_dir(self.state.models_dir)
         return True
 
