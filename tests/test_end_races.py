@@ -189,3 +189,35 @@ def test_a_post_in_the_moment_after_the_install_gets_the_installed_model(
     [(status, model)] = answers
     assert status == 200 and model["sha256"] == res.sha256 and model["file"] == "w.gguf"
     assert len(origin.requests_for("/w.gguf")) == 1
+
+
+def test_another_url_posted_in_the_moment_after_the_install_is_told_the_job_is_ending(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is installed and its job not yet over: a POST of another url is refused
+    (409 ``download-ending``, with the job) rather than starting a job that races the
+    ending one; once the job is over, the same POST starts the new download."""
+    app, client, watch = service()
+    first = origin.add("/e1.gguf", payload(1000, seed=60))
+    second = origin.add("/e2.gguf", payload(1000, seed=61))
+    manager = ArwModels.state(app).manager
+    answers: list[Any] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "installed" and not answers:
+            try:
+                answers.append(manager.submit(job.id, origin.url("/e2.gguf"), None, "local"))
+            except ArwError as exc:
+                answers.append(exc)
+
+    monkeypatch.setattr(manager, "checkpoint", checkpoint)
+    post_download(client, "e", origin.url("/e1.gguf"), sha256=first.sha256)
+    assert watch.terminal("e")["status"] == "complete"
+    [error] = answers
+    assert isinstance(error, ArwError) and (error.status, error.code) == (409, "download-ending"), error
+    assert _job(app, "e").done.wait(5)
+    r = post_download(client, "e", origin.url("/e2.gguf"), sha256=second.sha256)
+    assert r.status_code == 202 and r.json["status"] == "started"
+    assert watch.terminal("e")["status"] == "complete"
+    assert [m["sha256"] for m in client.get("/models").json["items"]] == [second.sha256]
+    assert origin.requests_for("/e2.gguf")

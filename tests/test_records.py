@@ -109,6 +109,27 @@ def test_a_post_during_shutdown_is_refused(service: Service, origin: Origin) -> 
     assert r.status_code == 503 and r.json["code"] == "shutting-down"
 
 
+def test_only_the_last_finished_jobs_stay_answerable(service: Service, origin: Origin) -> None:
+    """``ARW_JOBS_KEEP`` bounds the job table: once more downloads have ended than it
+    keeps, the one that ended longest ago is no longer answered (a download fetched
+    again counts from its new end), so the table does not grow with every id ever
+    asked for. The models stay installed."""
+    app, client, watch = service(ARW_JOBS_KEEP=2)
+    for name, seed in (("first", 93), ("second", 94), ("first", 0), ("third", 95)):
+        if seed:
+            origin.add(f"/{name}.gguf", payload(KiB, seed=seed))
+        r = post_download(client, name, origin.url(f"/{name}.gguf"), force=not seed)
+        assert r.status_code == 202, r.json
+        assert watch.terminal(name)["status"] == "complete"
+        assert client.get(f"/models/downloads/{name}").json["status"] == "complete"
+    assert len(origin.requests_for("/first.gguf")) == 2  # fetched again, a new job
+    assert client.get("/models/downloads/second").status_code == 404
+    assert ArwModels.state(app).manager.find("second") is None
+    for name in ("first", "third"):
+        assert client.get(f"/models/downloads/{name}").json["status"] == "complete"
+    assert sorted(m["id"] for m in client.get("/models").json["items"]) == ["first", "second", "third"]
+
+
 def test_the_backoff_is_jittered_between_half_and_all_of_its_ceiling() -> None:
     asked: list[tuple[float, float]] = []
 
