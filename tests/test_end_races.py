@@ -221,3 +221,32 @@ def test_another_url_posted_in_the_moment_after_the_install_is_told_the_job_is_e
     assert watch.terminal("e")["status"] == "complete"
     assert [m["sha256"] for m in client.get("/models").json["items"]] == [second.sha256]
     assert origin.requests_for("/e2.gguf")
+
+
+def test_a_post_while_a_cancel_stops_a_fetch_again_is_told_the_job_is_ending(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model is fetched again (``force``) and canceled; a POST that lands while the
+    cancel is stopping that job is refused (409 ``download-ending``) even though the
+    earlier copy is installed: only a job that completed answers with the model."""
+    app, client, watch = service()
+    res = origin.add("/f.gguf", payload(1000, seed=62))
+    post_download(client, "f", origin.url("/f.gguf"), sha256=res.sha256)
+    assert watch.terminal("f")["status"] == "complete"
+    manager = ArwModels.state(app).manager
+    answers: list[Any] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "answered" and not answers:
+            manager.cancel(job.id, wait=0)
+            try:
+                answers.append(manager.submit(job.id, origin.url("/f.gguf"), None, "local"))
+            except ArwError as exc:
+                answers.append(exc)
+
+    monkeypatch.setattr(manager, "checkpoint", checkpoint)
+    assert post_download(client, "f", origin.url("/f.gguf"), force=True).status_code == 202
+    assert watch.terminal("f")["status"] == "canceled"
+    [error] = answers
+    assert isinstance(error, ArwError) and (error.status, error.code) == (409, "download-ending"), error
+    assert [m["sha256"] for m in client.get("/models").json["items"]] == [res.sha256]
