@@ -250,3 +250,24 @@ def test_a_post_while_a_cancel_stops_a_fetch_again_is_told_the_job_is_ending(
     [error] = answers
     assert isinstance(error, ArwError) and (error.status, error.code) == (409, "download-ending"), error
     assert [m["sha256"] for m in client.get("/models").json["items"]] == [res.sha256]
+
+
+def test_a_part_that_vanishes_between_verification_and_install_ends_the_download(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``.part`` is verified, then removed by something else before the install:
+    the download ends with ``resume-invalid`` (not an internal error), nothing is
+    installed and no sidecar is left to resume from."""
+    app, client, watch = service()
+    origin.add("/g.gguf", payload(1000, seed=63))
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "verified":
+            os.remove(os.path.join(models_dir(app), job.id + ".part"))
+
+    monkeypatch.setattr(ArwModels.state(app).manager, "checkpoint", checkpoint)
+    post_download(client, "g", origin.url("/g.gguf"))
+    ended = watch.terminal("g")
+    assert (ended["status"], ended["code"]) == ("error", "resume-invalid"), ended
+    assert client.get("/models").json["items"] == []
+    assert os.listdir(models_dir(app)) == []
