@@ -116,7 +116,9 @@ def test_a_queued_download_can_be_paused_and_resumed(service: Service, origin: O
     assert post_download(client, "wait", origin.url("/wait.gguf")).json["status"] == "queued"
     r = pause(client, "wait")
     assert r.status_code == 200 and r.json["status"] == "paused"
-    assert watch.status("wait", "paused")["downloaded"] == 0  # nothing on disk: not a byte
+    # Nothing on disk, not a byte, yet a resume will continue it.
+    assert (r.json["resumable"], r.json["downloaded"]) == (True, 0)
+    assert watch.status("wait", "paused")["downloaded"] == 0
     assert origin.requests_for("/wait.gguf") == []
     hold.release.set()
     assert cancel(client, "hold").status_code == 200
