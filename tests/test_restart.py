@@ -14,6 +14,7 @@ from arw_models import ArwModels
 
 from .support.app import Watch, post_download
 from .support.helpers import (
+    cancel,
     listing,
     models_dir,
     part,
@@ -168,3 +169,30 @@ def test_partial_downloads_are_listed_from_what_their_files_say(make_app: Callab
         r = client.post("/models/download/resume", json={"id": model_id})
         assert r.status_code == 404 and r.json["code"] == "no-active-download"
     assert client.get("/models/downloads/never").status_code == 404
+
+
+def test_a_cancel_of_what_an_earlier_run_left_removes_it_and_answers_as_canceled(
+        make_app: Callable[..., Any]) -> None:
+    """No job of this run holds the id: a cancel removes the ``.part`` and sidecar an
+    earlier run left (or a lone ``.part``), and the id answers as a canceled download
+    of what the sidecar said it was asked with; a cancel of an id with no files is a 404."""
+    app = make_app()
+    url = "http://127.0.0.1:9/left.gguf"
+    write_partial(app, "left", b"l" * 100, {"url": url, "provider": "acme", "sha256": "d" * 64, "total": 1000})
+    write_partial(app, "lone", b"x" * 10, None)
+    client = app.test_client()
+    watch = Watch(app)
+    try:
+        for model_id in ("left", "lone"):
+            assert cancel(client, model_id).json == {"id": model_id, "status": "canceled"}
+            assert watch.terminal(model_id)["status"] == "canceled"
+    finally:
+        watch.close()
+    assert listing(app) == []
+    left = client.get("/models/downloads/left").json
+    assert (left["status"], left["url"], left["provider"], left["sha256"], left["downloaded"]) == (
+        "canceled", url, "acme", "d" * 64, 0)
+    lone = client.get("/models/downloads/lone").json
+    assert (lone["status"], lone["url"], lone["provider"], lone["sha256"]) == ("canceled", "", "local", None)
+    r = cancel(client, "never")
+    assert r.status_code == 404 and r.json["code"] == "no-active-download"
