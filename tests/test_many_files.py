@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from arw_models import ArwModels
+from arw_models.errors import TransferError
 
 from .support.app import Service, post_download
 from .support.models import LocalModels
@@ -152,3 +153,64 @@ def test_delete_of_a_folder_model_removes_it_and_its_blobs(service: Service, ori
     assert not os.path.exists(os.path.join(state.models_dir, "del"))
     assert os.listdir(state.blobs_dir) == []
     assert client.get("/models").json["items"] == []
+
+
+class FailingModels(LocalModels):
+    """A resolver that fails: with ``error`` (a resolver's own refusal) or, with
+    none, as a bug would."""
+
+    def __init__(self, origin: Origin, error: TransferError | None) -> None:
+        super().__init__(origin)
+        self.error = error
+
+    def resolve(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error or RuntimeError(f"a bug, with a secret url {self.origin.url('/s?token=x')}")
+
+
+def test_a_bug_while_a_model_is_fetched_ends_it_with_an_internal_error(service: Service, origin: Origin) -> None:
+    """Whatever goes wrong in a model's attempt, its job ends, with an error that names
+    only the class of what failed (its text may quote a url and its credentials)."""
+    app, client, watch, _ = models_app(service, origin)
+    resolver = ArwModels.state(app).manager.references = FailingModels(origin, None)
+    ref = resolver.add("buggy", tiny(15))
+    assert post_download(client, "buggy", ref).status_code == 202
+    failed = watch.terminal("buggy")
+    assert (failed["status"], failed["code"]) == ("error", "internal-error"), failed
+    assert "RuntimeError" in failed["error"] and "token" not in failed["error"]
+    assert client.get("/models/downloads/buggy").json["status"] == "error"
+
+
+def test_a_cancel_that_lands_as_a_models_attempt_fails_ends_it_canceled(service: Service, origin: Origin) -> None:
+    """The cancel comes as the attempt fails (here, its files cannot be listed): the
+    job ends canceled, as asked, not as a failure."""
+    app, client, watch, _ = models_app(service, origin)
+    manager = ArwModels.state(app).manager
+    resolver = manager.references = FailingModels(origin, TransferError("http-status", "the hub answered 500"))
+    ref = resolver.add("fails", tiny(16))
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "failed":
+            manager.cancel(job.id, wait=0)
+
+    manager.checkpoint = checkpoint
+    assert post_download(client, "fails", ref).status_code == 202
+    assert watch.terminal("fails")["status"] == "canceled"
+    assert "error" not in watch.statuses("fails")
+
+
+def test_a_cancel_between_a_models_verification_and_its_install_wins(service: Service, origin: Origin) -> None:
+    """Every file is in and verified when the cancel lands, before the install: the
+    model is not installed, and the job ends canceled."""
+    app, client, watch, models = models_app(service, origin)
+    manager = ArwModels.state(app).manager
+    ref = models.add("late", tiny(17))
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "verified":
+            manager.cancel(job.id, wait=0)
+
+    manager.checkpoint = checkpoint
+    assert post_download(client, "late", ref).status_code == 202
+    assert watch.terminal("late")["status"] == "canceled"
+    assert client.get("/models").json["items"] == []
+    assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "late"))
