@@ -12,7 +12,7 @@ import requests
 
 from arw_models import ArwModels
 from arw_models.server.stream import stream_response
-from arw_models.service.events import Event, EventHub
+from arw_models.service.events import KEEPALIVE, Event, EventHub
 
 from .support.app import LiveServer
 from .support.origin import payload
@@ -253,6 +253,45 @@ def test_a_response_closed_twice_releases_once() -> None:
     response.close()
     response.close()
     assert released == [1] and hub.subscriber_count == 0
+
+
+def test_an_idle_stream_sleeps_between_its_checks_and_its_keepalives() -> None:
+    """An idle stream holds a server thread but must not spin: it asks whether its
+    client is gone about once per check interval, and writes one keep-alive per
+    interval, each counted from the last write."""
+    hub = EventHub()
+    asked: list[float] = []
+
+    def gone() -> bool:
+        asked.append(time.monotonic())
+        return False
+
+    response = stream_response(hub, keepalive=0.3, client_gone=gone, check_interval=0.1)
+    frames = iter(response.response)
+    next(frames)  # the hello
+    started = time.monotonic()
+    assert next(frames) == KEEPALIVE
+    first = time.monotonic()
+    assert next(frames) == KEEPALIVE
+    second = time.monotonic()
+    assert first - started >= 0.25 and second - first >= 0.25
+    assert len(asked) <= 20  # about three an interval, not a busy loop
+    response.close()
+    assert hub.subscriber_count == 0
+
+
+def test_checks_for_a_departed_client_do_not_delay_the_keepalive() -> None:
+    """The checks come between the keep-alives: with checks almost as far apart as the
+    keep-alives, the wait after a check is what is left of the keep-alive's
+    interval, so the keep-alive still comes on time."""
+    hub = EventHub()
+    response = stream_response(hub, keepalive=1.0, client_gone=lambda: False, check_interval=0.9)
+    frames = iter(response.response)
+    next(frames)  # the hello
+    started = time.monotonic()
+    assert next(frames) == KEEPALIVE
+    assert 0.95 <= time.monotonic() - started < 1.6
+    response.close()
 
 
 def test_a_queue_of_no_size_still_holds_one_event() -> None:
