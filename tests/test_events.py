@@ -387,6 +387,13 @@ def test_event_frame_is_exact_bytes() -> None:
     assert str(event) == event.encode().decode()
 
 
+def test_an_event_carries_no_instance_dict() -> None:
+    """The replay ring holds thousands of events (ARW_EVENTS_REPLAY) for as long as the
+    service runs: each is its fields and its encoded frame, with no per-instance dict."""
+    event = Event(1, "Test.Small", {})
+    assert not hasattr(event, "__dict__")
+
+
 def test_event_frame_without_id_and_with_newlines_in_data() -> None:
     event = Event(None, "service.connected", {"note": "a\nb\r\nc"}, time="2026-11-25T19:20:00.000Z")
     frame = event.encode()
