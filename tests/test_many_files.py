@@ -125,6 +125,33 @@ def test_force_fetches_again_and_a_repeat_is_answered_installed(service: Service
     assert entry["file"] == "f" and len(entry["files"]) == 2
 
 
+def test_a_model_is_recorded_under_its_sources_provider_unless_one_is_given(service: Service,
+                                                                          origin: Origin) -> None:
+    """Posted without a provider, a model of many files is recorded under its source's
+    name (``hf`` for a hub reference), not ``local``; a provider given is kept."""
+    _, client, watch, models = models_app(service, origin)
+    for model_id, given, recorded in (("plain", None, "hf"), ("named", "acme-mirror", "acme-mirror")):
+        ref = models.add(model_id, tiny(20 if given else 21))
+        r = post_download(client, model_id, ref, **({"provider": given} if given else {}))
+        assert r.status_code == 202 and r.json["provider"] == recorded, r.json
+        assert watch.terminal(model_id)["status"] == "complete"
+    assert {m["id"]: m["provider"] for m in client.get("/models").json["items"]} == {
+        "plain": "hf", "named": "acme-mirror"}
+
+
+def test_the_manager_fetches_a_reference_to_many_files_as_a_model(service: Service, origin: Origin) -> None:
+    """A host that embeds the manager submits a reference with no selection: it names
+    many files, so the whole model is fetched, as a folder."""
+    app, _, watch, models = models_app(service, origin)
+    ref = models.add("whole", tiny(22))
+    status, answer = ArwModels.state(app).manager.submit("whole", ref, None, "local")
+    assert status == 202 and answer["provider"] == "hf"
+    assert watch.terminal("whole")["status"] == "complete"
+    folder = os.path.join(ArwModels.state(app).dirs.models_dir, "whole")
+    assert sorted(os.listdir(folder)) == ["config.json", "model-00001-of-00002.safetensors",
+                                          "model-00002-of-00002.safetensors", "tokenizer"]
+
+
 def test_selection_is_checked_and_refused_for_one_file(service: Service, origin: Origin) -> None:
     _, client, watch, models = models_app(service, origin)
     origin.add("/one.gguf", b"x" * 100)
