@@ -241,3 +241,19 @@ def test_a_cancel_between_a_models_verification_and_its_install_wins(service: Se
     assert watch.terminal("late")["status"] == "canceled"
     assert client.get("/models").json["items"] == []
     assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "late"))
+
+
+def test_a_queued_model_can_be_canceled_and_never_reaches_the_origin(service: Service, origin: Origin) -> None:
+    """Every slot is busy: the model waits in the queue, and a cancel ends it there,
+    canceled, without a request for any of its files."""
+    _, client, watch, models = models_app(service, origin, ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(256 * KiB, seed=23), stall_after=KiB)
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    ref = models.add("waits", tiny(24))
+    assert post_download(client, "waits", ref).json["status"] == "queued"
+    assert client.post("/models/download/cancel", json={"id": "waits"}).json == {"id": "waits", "status": "canceled"}
+    assert watch.terminal("waits")["status"] == "canceled"
+    assert not any(seen.path.startswith("/waits/") for seen in origin.seen)
+    hold.release.set()
+    assert watch.terminal("hold")["status"] == "complete"
