@@ -303,6 +303,19 @@ def test_a_queue_of_no_size_still_holds_one_event() -> None:
     hub.unsubscribe(sub)
 
 
+def test_a_queue_of_one_keeps_the_newest_event_and_counts_the_one_dropped() -> None:
+    """A subscriber's queue holds what it was sized for, and no more: past it the
+    oldest goes, and the reader is told how many it missed."""
+    for size in (0, 1):
+        hub = EventHub(queue_size=size)
+        sub, _ = hub.subscribe()
+        hub.publish("Test.One", {})
+        hub.publish("Test.Two", {})
+        got = sub.get(timeout=0)
+        assert got is not None and [(e.kind, e.payload) for e in got] == [("bus.gap", {"missed": 1}), ("Test.Two", {})]
+        hub.unsubscribe(sub)
+
+
 def test_an_open_subscription_waits_for_events() -> None:
     hub = EventHub()
     sub, _ = hub.subscribe()
