@@ -196,6 +196,16 @@ def test_a_window_shorter_than_the_ticks_still_gives_the_last_intervals_rate() -
     assert Speed().rate(5.0, 100) == 0.0  # no sample yet: no rate
 
 
+def test_progress_is_the_whole_percent_done_and_never_above_100() -> None:
+    """The percent a client shows is rounded down (75.5% done is 75, not 76) and is
+    capped at 100 even if the byte counter runs past the origin's total."""
+    job = job_in(Status.STARTED, [])
+    job.total, job.downloaded = 200, 151
+    assert job.progress_fields() == {"downloaded": 151, "total": 200, "progress": 75}
+    job.downloaded = 250
+    assert job.progress_fields() == {"downloaded": 250, "total": 200, "progress": 100}
+
+
 def test_progress_stops_once_the_job_verifies() -> None:
     job = job_in(Status.STARTED, [])
     job.began(0, None)
