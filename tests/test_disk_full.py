@@ -389,7 +389,7 @@ def test_a_resume_in_ranges_is_held_to_the_budget(service: Service, origin: Orig
                                                   free: int) -> None:
     """Resumed in ranges, a download asks the budget as a fresh one does: nothing
     more when its ``.part`` holds every block already (no free byte at all will do),
-    and a refusal when the file is over ARW_MODELS_MAX_MB."""
+    and a refusal when the file is over ARW_MODELS_MAX_MB, which removes its bytes."""
     res = origin.add("/q.gguf", payload(6 * MiB, seed=313))
     app, client, watch = service(ARW_DL_SEGMENTS=2, ARW_DL_SEGMENT_MIN_MB=1, ARW_MODELS_MAX_MB=limit_mb)
     preallocated_resume(app, res, origin.url("/q.gguf"))
@@ -401,3 +401,4 @@ def test_a_resume_in_ranges_is_held_to_the_budget(service: Service, origin: Orig
     else:
         assert (done["status"], done["code"]) == ("error", "size-limit"), done
         assert origin.requests_for("/q.gguf") == []  # refused before asking for a byte
+        assert listing(app) == []  # bytes of a file over the limit are of no use: they go
