@@ -66,6 +66,10 @@ def test_an_origin_that_ignores_ranges_is_first_provisional_then_known_to_start_
         "resumed", 512 * KiB, 0, True)
     # The origin sends the whole file again: the job starts over, and stalls at the same byte.
     assert watch.status("n", "started", "resumed")["status"] == "started"
+    # Asked again meanwhile, the answer says what the origin did, no longer the forecast.
+    r = again(client, "post", "n", url)
+    assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == (
+        "started", 0, 0, False)
     paused_at(client, watch, res, "n", url, 512 * KiB)
     assert json.loads(read(sidecar(app, "n")))["accept_ranges"] is False
     r = again(client, "post", "n", url)
