@@ -94,6 +94,17 @@ def test_a_zero_byte_file_is_downloaded_and_verified(service: Service, origin: O
     assert client.get("/models/downloads/e").json["total"] == 0
 
 
+def test_a_download_of_no_announced_size_says_its_size_once_complete(service: Service, origin: Origin) -> None:
+    """The origin never said how big the file is (a chunked body): once it is
+    installed, the job says its total and 100 percent, as any complete download."""
+    _, client, watch = service()
+    res = origin.add("/c.gguf", payload(100 * KiB, seed=96), chunked=True)
+    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
+    assert watch.terminal("c")["status"] == "complete"
+    job = client.get("/models/downloads/c").json
+    assert (job["downloaded"], job["total"], job["progress"]) == (len(res.data), len(res.data), 100)
+
+
 def test_a_resumable_listing_shows_its_percent(service: Service, origin: Origin) -> None:
     app, client, _watch = service()
     write_partial(app, "p", b"x" * 250, {"url": origin.url("/p.gguf"), "etag": '"e"', "total": 1000})
