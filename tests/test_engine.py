@@ -74,6 +74,12 @@ def test_the_table_of_moves_is_the_one_the_service_keeps() -> None:
     assert all(not MOVES[s] for s in TERMINAL)
 
 
+def test_a_status_prints_as_its_wire_value() -> None:
+    """A host that logs or formats a job's status gets the word its events carry."""
+    assert [str(s) for s in (Status.QUEUED, Status.COMPLETE)] == ["queued", "complete"]
+    assert f"{Status.PAUSED}" == "paused"
+
+
 @pytest.mark.parametrize(("start", "to"), list(itertools.product(Status, Status)),
                          ids=lambda s: s.value)
 def test_each_move_is_made_or_refused_as_the_table_says(start: Status, to: Status) -> None:
