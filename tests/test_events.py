@@ -294,6 +294,49 @@ def test_checks_for_a_departed_client_do_not_delay_the_keepalive() -> None:
     response.close()
 
 
+def _reader_waits(sub: Any) -> None:
+    """Until a thread waits in ``sub.get`` (on its condition): then what wakes it is
+    what the test does next, not the order the threads happened to run in."""
+    deadline = time.monotonic() + 5
+    while not sub._cond._waiters:  # CPython's Condition keeps its waiters' locks here
+        assert time.monotonic() < deadline, "the reader never waited"
+        time.sleep(0.001)
+
+
+def test_a_waiting_reader_wakes_at_once_for_an_event_and_for_the_end() -> None:
+    """A stream's reader waits with a long timeout: an event, or the end of its
+    subscription, wakes it at once, not at its next timeout; events already there
+    are taken without waiting at all."""
+    hub = EventHub()
+    sub, _ = hub.subscribe()
+    got: list[Any] = []
+
+    def read_twice() -> None:
+        got.append(sub.get(timeout=5))
+        got.append(sub.get(timeout=5))
+
+    reader = threading.Thread(target=read_twice)
+    reader.start()
+    started = time.monotonic()
+    _reader_waits(sub)
+    hub.publish("Test.Now", {})
+    while not got:
+        assert time.monotonic() - started < 2, "the event did not wake the reader"
+        time.sleep(0.001)
+    _reader_waits(sub)
+    hub.unsubscribe(sub)
+    reader.join(5)
+    assert time.monotonic() - started < 2
+    assert [e.kind for e in got[0]] == ["Test.Now"] and got[1] is None
+    sub, _ = hub.subscribe()
+    hub.publish("Test.Ready", {})
+    started = time.monotonic()
+    ready = sub.get(timeout=5)
+    assert ready is not None and [e.kind for e in ready] == ["Test.Ready"]
+    assert time.monotonic() - started < 1
+    hub.unsubscribe(sub)
+
+
 def test_a_queue_of_no_size_still_holds_one_event() -> None:
     hub = EventHub(queue_size=0)
     sub, _ = hub.subscribe()
