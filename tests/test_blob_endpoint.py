@@ -204,6 +204,7 @@ def test_a_manifest_that_does_not_say_counts_as_gated(service: Service, origin: 
     ("https://o.example/m.gguf?X-Amz-Credential=a&X-Amz-Signature=b", {}, None, True),
     ("https://o.example/m.gguf?se=2026&sig=abc", {}, None, True),
     ("https://o.example/m.gguf?access_token=t", {}, None, True),
+    ("https://o.example/m.gguf?token=", {}, None, True),  # a credential's name, even with no value
     ("hf://org/repo/m.gguf", {}, None, False),
     ("hf://org/repo/m.gguf", {}, "hf_x", True),
     ("oci://registry.example/org/model:tag", {"Authorization": "Basic dTpw"}, None, True),

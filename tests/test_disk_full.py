@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -298,12 +299,43 @@ def test_disk_check_counts_what_running_downloads_still_need(
     post_download(client, "one", origin.url("/one.gguf"))
     watch.status("one", "started")  # its size is known from here on
     assert one.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "one" and e.payload.get("downloaded") == 64 * KiB)
     post_download(client, "two", origin.url("/two.gguf"))
-    assert watch.terminal("two")["code"] == "disk-insufficient"
+    refused = watch.terminal("two")
+    assert refused["code"] == "disk-insufficient"
+    # All of its own bytes, and what the other still needs: its bytes not yet fetched.
+    assert refused["needed"] == len(two.data) + len(one.data) - 64 * KiB
+    assert refused["free"] == len(one.data) + len(two.data) // 2
     assert cancel(client, "one").status_code == 200
     one.release.set()
     assert watch.terminal("one")["status"] == "canceled"
     assert listing(app) == []
+
+
+def test_a_download_that_has_all_its_bytes_asks_nothing_more_of_the_disk(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One download has every byte on disk and is being checked before its install:
+    it needs no more room, so another that exactly fits the free space starts."""
+    app, client, watch = service()
+    one = origin.add("/one.gguf", payload(64 * KiB, seed=33))
+    two = origin.add("/two.gguf", payload(100 * KiB, seed=34))
+    manager = ArwModels.state(app).manager
+    monkeypatch.setattr(manager, "disk_free", lambda path: len(two.data))
+    held, release = threading.Event(), threading.Event()
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "transferred" and job.id == "one":
+            held.set()
+            release.wait(10)
+
+    monkeypatch.setattr(manager, "checkpoint", checkpoint)
+    post_download(client, "one", origin.url("/one.gguf"), sha256=one.sha256)
+    assert held.wait(5)
+    post_download(client, "two", origin.url("/two.gguf"), sha256=two.sha256)
+    assert watch.terminal("two")["status"] == "complete"
+    release.set()
+    assert watch.terminal("one")["status"] == "complete"
 
 
 def test_disk_check_keeps_the_reserve(service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -357,7 +389,7 @@ def test_a_resume_in_ranges_is_held_to_the_budget(service: Service, origin: Orig
                                                   free: int) -> None:
     """Resumed in ranges, a download asks the budget as a fresh one does: nothing
     more when its ``.part`` holds every block already (no free byte at all will do),
-    and a refusal when the file is over ARW_MODELS_MAX_MB."""
+    and a refusal when the file is over ARW_MODELS_MAX_MB, which removes its bytes."""
     res = origin.add("/q.gguf", payload(6 * MiB, seed=313))
     app, client, watch = service(ARW_DL_SEGMENTS=2, ARW_DL_SEGMENT_MIN_MB=1, ARW_MODELS_MAX_MB=limit_mb)
     preallocated_resume(app, res, origin.url("/q.gguf"))
@@ -369,6 +401,7 @@ def test_a_resume_in_ranges_is_held_to_the_budget(service: Service, origin: Orig
     else:
         assert (done["status"], done["code"]) == ("error", "size-limit"), done
         assert origin.requests_for("/q.gguf") == []  # refused before asking for a byte
+        assert listing(app) == []  # bytes of a file over the limit are of no use: they go
 
 
 @pytest.mark.parametrize("segments", [4, 1], ids=["ranges", "stream"])

@@ -42,6 +42,8 @@ def test_download_verifies_and_installs(client: Any, app: Any, origin: Any, watc
         ("qwen", "available", "qwen.gguf", len(res.data), res.sha256)
     ]
     assert items[0]["path"] == os.path.join(models_dir(app), "qwen.gguf")
+    # Where the store keeps its bytes: the model's file is a link of that blob.
+    assert os.path.samefile(items[0]["blob"], items[0]["path"])
     statuses = watch.statuses("qwen")
     assert statuses[0] == "started" and statuses[-1] == "complete"
     assert statuses.count("complete") == 1

@@ -189,3 +189,85 @@ def test_a_post_in_the_moment_after_the_install_gets_the_installed_model(
     [(status, model)] = answers
     assert status == 200 and model["sha256"] == res.sha256 and model["file"] == "w.gguf"
     assert len(origin.requests_for("/w.gguf")) == 1
+
+
+def test_another_url_posted_in_the_moment_after_the_install_is_told_the_job_is_ending(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model is installed and its job not yet over: a POST of another url is refused
+    (409 ``download-ending``, with the job) rather than starting a job that races the
+    ending one; once the job is over, the same POST starts the new download."""
+    app, client, watch = service()
+    first = origin.add("/e1.gguf", payload(1000, seed=60))
+    second = origin.add("/e2.gguf", payload(1000, seed=61))
+    manager = ArwModels.state(app).manager
+    answers: list[Any] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "installed" and not answers:
+            try:
+                answers.append(manager.submit(job.id, origin.url("/e2.gguf"), None, "local"))
+            except ArwError as exc:
+                answers.append(exc)
+
+    monkeypatch.setattr(manager, "checkpoint", checkpoint)
+    post_download(client, "e", origin.url("/e1.gguf"), sha256=first.sha256)
+    assert watch.terminal("e")["status"] == "complete"
+    [error] = answers
+    assert isinstance(error, ArwError) and (error.status, error.code) == (409, "download-ending"), error
+    assert _job(app, "e").done.wait(5)
+    r = post_download(client, "e", origin.url("/e2.gguf"), sha256=second.sha256)
+    assert r.status_code == 202 and r.json["status"] == "started"
+    assert watch.terminal("e")["status"] == "complete"
+    assert [m["sha256"] for m in client.get("/models").json["items"]] == [second.sha256]
+    assert origin.requests_for("/e2.gguf")
+
+
+def test_a_post_while_a_cancel_stops_a_fetch_again_is_told_the_job_is_ending(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model is fetched again (``force``) and canceled; a POST that lands while the
+    cancel is stopping that job is refused (409 ``download-ending``) even though the
+    earlier copy is installed: only a job that completed answers with the model."""
+    app, client, watch = service()
+    res = origin.add("/f.gguf", payload(1000, seed=62))
+    post_download(client, "f", origin.url("/f.gguf"), sha256=res.sha256)
+    assert watch.terminal("f")["status"] == "complete"
+    manager = ArwModels.state(app).manager
+    answers: list[Any] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "answered" and not answers:
+            manager.cancel(job.id, wait=0)
+            try:
+                answers.append(manager.submit(job.id, origin.url("/f.gguf"), None, "local"))
+            except ArwError as exc:
+                answers.append(exc)
+
+    monkeypatch.setattr(manager, "checkpoint", checkpoint)
+    assert post_download(client, "f", origin.url("/f.gguf"), force=True).status_code == 202
+    assert watch.terminal("f")["status"] == "canceled"
+    [error] = answers
+    assert isinstance(error, ArwError) and (error.status, error.code) == (409, "download-ending"), error
+    assert [m["sha256"] for m in client.get("/models").json["items"]] == [res.sha256]
+
+
+def test_a_part_that_vanishes_between_verification_and_install_ends_the_download(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``.part`` is verified, then removed by something else before the install:
+    the download ends with ``resume-invalid`` (not an internal error), nothing is
+    installed and no sidecar is left to resume from."""
+    app, client, watch = service()
+    origin.add("/g.gguf", payload(1000, seed=63))
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "verified":
+            os.remove(os.path.join(models_dir(app), job.id + ".part"))
+
+    monkeypatch.setattr(ArwModels.state(app).manager, "checkpoint", checkpoint)
+    post_download(client, "g", origin.url("/g.gguf"))
+    ended = watch.terminal("g")
+    assert (ended["status"], ended["code"]) == ("error", "resume-invalid"), ended
+    assert client.get("/models").json["items"] == []
+    assert os.listdir(models_dir(app)) == []

@@ -12,6 +12,7 @@ import pytest
 
 from arw_models.engine.plan import Plan, Span, continuation, same_object
 from arw_models.service.jobs import MOVES, TERMINAL, DownloadJob, Status
+from arw_models.service.speed import Speed
 from arw_models.store.sidecar import Sidecar
 
 from .support.app import Service, Watch, post_download
@@ -71,6 +72,12 @@ def job_in(status: Status, published: list[dict[str, Any]]) -> DownloadJob:
 def test_the_table_of_moves_is_the_one_the_service_keeps() -> None:
     assert {k: {s.value for s in v} for k, v in MOVES.items()} == {k: v for k, v in ALLOWED.items()}
     assert all(not MOVES[s] for s in TERMINAL)
+
+
+def test_a_status_prints_as_its_wire_value() -> None:
+    """A host that logs or formats a job's status gets the word its events carry."""
+    assert [str(s) for s in (Status.QUEUED, Status.COMPLETE)] == ["queued", "complete"]
+    assert f"{Status.PAUSED}" == "paused"
 
 
 @pytest.mark.parametrize(("start", "to"), list(itertools.product(Status, Status)),
@@ -164,6 +171,45 @@ def test_eta_below_a_byte_a_second_and_once_every_byte_is_in() -> None:
     job.downloaded = 10
     fields = job.tick(8.0)  # 8 bytes in the last 4 s, none to go: nothing left to wait for
     assert fields is not None and fields["speed"] == 2 and fields["eta_s"] == 0.0
+
+
+def test_the_speed_of_a_new_attempt_counts_from_where_it_began() -> None:
+    """A retry resumes at the bytes the last attempt left: its speed is of its own
+    bytes since it began, not averaged with the earlier attempt and the wait between."""
+    job = job_in(Status.QUEUED, [])
+    now = [0.0]
+    job.clock = lambda: now[0]
+    job.began(0, 1000)
+    job.downloaded = 500
+    fields = job.tick(1.0)
+    assert fields is not None and fields["speed"] == 500
+    job.transition(Status.RETRYING, quiet=True)
+    now[0] = 10.0
+    job.began(500, 1000)  # the retry, answered from byte 500
+    job.downloaded = 600
+    fields = job.tick(11.0)
+    assert fields is not None and fields["speed"] == 100 and fields["eta_s"] == 4.0
+
+
+def test_a_window_shorter_than_the_ticks_still_gives_the_last_intervals_rate() -> None:
+    """The speed keeps at least two samples: however short its window, the rate is
+    that of the last interval, never nothing."""
+    speed = Speed(window=0.0)
+    speed.restart(0.0, 0)
+    speed.sample(1.0, 100)
+    speed.sample(2.0, 300)
+    assert speed.rate(2.0, 300) == 200.0
+    assert Speed().rate(5.0, 100) == 0.0  # no sample yet: no rate
+
+
+def test_progress_is_the_whole_percent_done_and_never_above_100() -> None:
+    """The percent a client shows is rounded down (75.5% done is 75, not 76) and is
+    capped at 100 even if the byte counter runs past the origin's total."""
+    job = job_in(Status.STARTED, [])
+    job.total, job.downloaded = 200, 151
+    assert job.progress_fields() == {"downloaded": 151, "total": 200, "progress": 75}
+    job.downloaded = 250
+    assert job.progress_fields() == {"downloaded": 250, "total": 200, "progress": 100}
 
 
 def test_progress_stops_once_the_job_verifies() -> None:

@@ -12,7 +12,7 @@ import requests
 
 from arw_models import ArwModels
 from arw_models.server.stream import stream_response
-from arw_models.service.events import Event, EventHub
+from arw_models.service.events import KEEPALIVE, Event, EventHub
 
 from .support.app import LiveServer
 from .support.origin import payload
@@ -255,6 +255,88 @@ def test_a_response_closed_twice_releases_once() -> None:
     assert released == [1] and hub.subscriber_count == 0
 
 
+def test_an_idle_stream_sleeps_between_its_checks_and_its_keepalives() -> None:
+    """An idle stream holds a server thread but must not spin: it asks whether its
+    client is gone about once per check interval, and writes one keep-alive per
+    interval, each counted from the last write."""
+    hub = EventHub()
+    asked: list[float] = []
+
+    def gone() -> bool:
+        asked.append(time.monotonic())
+        return False
+
+    response = stream_response(hub, keepalive=0.3, client_gone=gone, check_interval=0.1)
+    frames = iter(response.response)
+    next(frames)  # the hello
+    started = time.monotonic()
+    assert next(frames) == KEEPALIVE
+    first = time.monotonic()
+    assert next(frames) == KEEPALIVE
+    second = time.monotonic()
+    assert first - started >= 0.25 and second - first >= 0.25
+    assert len(asked) <= 20  # about three an interval, not a busy loop
+    response.close()
+    assert hub.subscriber_count == 0
+
+
+def test_checks_for_a_departed_client_do_not_delay_the_keepalive() -> None:
+    """The checks come between the keep-alives: with checks almost as far apart as the
+    keep-alives, the wait after a check is what is left of the keep-alive's
+    interval, so the keep-alive still comes on time."""
+    hub = EventHub()
+    response = stream_response(hub, keepalive=1.0, client_gone=lambda: False, check_interval=0.9)
+    frames = iter(response.response)
+    next(frames)  # the hello
+    started = time.monotonic()
+    assert next(frames) == KEEPALIVE
+    assert 0.95 <= time.monotonic() - started < 1.6
+    response.close()
+
+
+def _reader_waits(sub: Any) -> None:
+    """Until a thread waits in ``sub.get`` (on its condition): then what wakes it is
+    what the test does next, not the order the threads happened to run in."""
+    deadline = time.monotonic() + 5
+    while not sub._cond._waiters:  # CPython's Condition keeps its waiters' locks here
+        assert time.monotonic() < deadline, "the reader never waited"
+        time.sleep(0.001)
+
+
+def test_a_waiting_reader_wakes_at_once_for_an_event_and_for_the_end() -> None:
+    """A stream's reader waits with a long timeout: an event, or the end of its
+    subscription, wakes it at once, not at its next timeout; events already there
+    are taken without waiting at all."""
+    hub = EventHub()
+    sub, _ = hub.subscribe()
+    got: list[Any] = []
+
+    def read_twice() -> None:
+        got.append(sub.get(timeout=5))
+        got.append(sub.get(timeout=5))
+
+    reader = threading.Thread(target=read_twice)
+    reader.start()
+    started = time.monotonic()
+    _reader_waits(sub)
+    hub.publish("Test.Now", {})
+    while not got:
+        assert time.monotonic() - started < 2, "the event did not wake the reader"
+        time.sleep(0.001)
+    _reader_waits(sub)
+    hub.unsubscribe(sub)
+    reader.join(5)
+    assert time.monotonic() - started < 2
+    assert [e.kind for e in got[0]] == ["Test.Now"] and got[1] is None
+    sub, _ = hub.subscribe()
+    hub.publish("Test.Ready", {})
+    started = time.monotonic()
+    ready = sub.get(timeout=5)
+    assert ready is not None and [e.kind for e in ready] == ["Test.Ready"]
+    assert time.monotonic() - started < 1
+    hub.unsubscribe(sub)
+
+
 def test_a_queue_of_no_size_still_holds_one_event() -> None:
     hub = EventHub(queue_size=0)
     sub, _ = hub.subscribe()
@@ -262,6 +344,19 @@ def test_a_queue_of_no_size_still_holds_one_event() -> None:
     got = sub.get(timeout=0)
     assert got is not None and [e.kind for e in got] == ["Test.One"]
     hub.unsubscribe(sub)
+
+
+def test_a_queue_of_one_keeps_the_newest_event_and_counts_the_one_dropped() -> None:
+    """A subscriber's queue holds what it was sized for, and no more: past it the
+    oldest goes, and the reader is told how many it missed."""
+    for size in (0, 1):
+        hub = EventHub(queue_size=size)
+        sub, _ = hub.subscribe()
+        hub.publish("Test.One", {})
+        hub.publish("Test.Two", {})
+        got = sub.get(timeout=0)
+        assert got is not None and [(e.kind, e.payload) for e in got] == [("bus.gap", {"missed": 1}), ("Test.Two", {})]
+        hub.unsubscribe(sub)
 
 
 def test_an_open_subscription_waits_for_events() -> None:
@@ -348,6 +443,13 @@ def test_event_frame_is_exact_bytes() -> None:
     assert str(event) == event.encode().decode()
 
 
+def test_an_event_carries_no_instance_dict() -> None:
+    """The replay ring holds thousands of events (ARW_EVENTS_REPLAY) for as long as the
+    service runs: each is its fields and its encoded frame, with no per-instance dict."""
+    event = Event(1, "Test.Small", {})
+    assert not hasattr(event, "__dict__")
+
+
 def test_event_frame_without_id_and_with_newlines_in_data() -> None:
     event = Event(None, "service.connected", {"note": "a\nb\r\nc"}, time="2026-11-25T19:20:00.000Z")
     frame = event.encode()
@@ -363,13 +465,25 @@ def test_event_frame_keeps_unicode_as_utf8() -> None:
     assert "modèle".encode() in frame
 
 
+def test_a_hub_with_no_replay_still_keeps_the_last_event() -> None:
+    """A replay ring of no size still holds the newest event (a client reconnecting
+    with its id is then told of a gap, not of nothing), and no more."""
+    hub = EventHub(replay=0)
+    hub.publish("Test.One", {})
+    hub.publish("Test.Two", {})
+    sub, backlog = hub.subscribe(replay=5)
+    assert [e.kind for e in backlog] == ["Test.Two"]
+    hub.unsubscribe(sub)
+
+
 def test_hub_ids_increase_and_start_from_the_clock() -> None:
     import time
 
     before = time.time_ns() // 1000
     hub = EventHub(replay=10)
+    after = time.time_ns() // 1000
     ids = [hub.publish("k", {"n": n}).id for n in range(5)]
     assert ids == sorted(ids) and len(set(ids)) == 5
-    assert ids[0] >= before
+    assert before <= ids[0] <= after  # microseconds of the clock, the unit a later run counts in too
     # A second hub (a restart) numbers after the first one's events.
     assert EventHub().first_id > ids[-1]

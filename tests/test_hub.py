@@ -6,12 +6,15 @@ redirects to, nor shown anywhere; against the local hub stand-in of tests/suppor
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from arw_models.store.storage import StateDir
 
 from .support.app import Service, post_download
 from .support.helpers import listing, models_dir, read, sidecar
@@ -91,13 +94,16 @@ def test_a_revision_reaches_its_own_resolve_path(service: Service, hub: Hub, rev
     wanted = payload(200 * KiB, seed=701)
     hub.publish(REPO, "model.gguf", payload(200 * KiB, seed=702))  # main: another file
     hub.publish(REPO, "model.gguf", wanted, revision=revision)
-    _, client, watch = hub_app(service, hub)
+    app, client, watch = hub_app(service, hub)
     # Ours, or huggingface_hub's (the revision after the repository, its slashes escaped).
     url = (f"hf://{REPO}/model.gguf@{revision}" if form == "after-path"
            else f"hf://{REPO}@{revision.replace('/', '%2F')}/model.gguf")
     post_download(client, "rev", url)
     done = watch.terminal("rev")
     assert done["status"] == "complete" and done["sha256"] == hashlib.sha256(wanted).hexdigest()
+    # The store's manifest records the revision its bytes are of.
+    with open(os.path.join(StateDir(app.config["ARW_STATE_DIR"]).manifests_dir, "rev.json")) as fh:
+        assert [f["revision"] for f in json.load(fh)["files"]] == [revision]
     [asked] = hub.resolves(REPO, "model.gguf", revision)
     # A revision with a slash is one path segment, escaped, as the hub expects it.
     assert asked.path == f"/{REPO}/resolve/{revision.replace('/', '%2F')}/model.gguf"

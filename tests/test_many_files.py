@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from arw_models import ArwModels
+from arw_models.errors import TransferError
 
 from .support.app import Service, post_download
 from .support.models import LocalModels
@@ -124,6 +125,33 @@ def test_force_fetches_again_and_a_repeat_is_answered_installed(service: Service
     assert entry["file"] == "f" and len(entry["files"]) == 2
 
 
+def test_a_model_is_recorded_under_its_sources_provider_unless_one_is_given(service: Service,
+                                                                          origin: Origin) -> None:
+    """Posted without a provider, a model of many files is recorded under its source's
+    name (``hf`` for a hub reference), not ``local``; a provider given is kept."""
+    _, client, watch, models = models_app(service, origin)
+    for model_id, given, recorded in (("plain", None, "hf"), ("named", "acme-mirror", "acme-mirror")):
+        ref = models.add(model_id, tiny(20 if given else 21))
+        r = post_download(client, model_id, ref, **({"provider": given} if given else {}))
+        assert r.status_code == 202 and r.json["provider"] == recorded, r.json
+        assert watch.terminal(model_id)["status"] == "complete"
+    assert {m["id"]: m["provider"] for m in client.get("/models").json["items"]} == {
+        "plain": "hf", "named": "acme-mirror"}
+
+
+def test_the_manager_fetches_a_reference_to_many_files_as_a_model(service: Service, origin: Origin) -> None:
+    """A host that embeds the manager submits a reference with no selection: it names
+    many files, so the whole model is fetched, as a folder."""
+    app, _, watch, models = models_app(service, origin)
+    ref = models.add("whole", tiny(22))
+    status, answer = ArwModels.state(app).manager.submit("whole", ref, None, "local")
+    assert status == 202 and answer["provider"] == "hf"
+    assert watch.terminal("whole")["status"] == "complete"
+    folder = os.path.join(ArwModels.state(app).dirs.models_dir, "whole")
+    assert sorted(os.listdir(folder)) == ["config.json", "model-00001-of-00002.safetensors",
+                                          "model-00002-of-00002.safetensors", "tokenizer"]
+
+
 def test_selection_is_checked_and_refused_for_one_file(service: Service, origin: Origin) -> None:
     _, client, watch, models = models_app(service, origin)
     origin.add("/one.gguf", b"x" * 100)
@@ -152,3 +180,80 @@ def test_delete_of_a_folder_model_removes_it_and_its_blobs(service: Service, ori
     assert not os.path.exists(os.path.join(state.models_dir, "del"))
     assert os.listdir(state.blobs_dir) == []
     assert client.get("/models").json["items"] == []
+
+
+class FailingModels(LocalModels):
+    """A resolver that fails: with ``error`` (a resolver's own refusal) or, with
+    none, as a bug would."""
+
+    def __init__(self, origin: Origin, error: TransferError | None) -> None:
+        super().__init__(origin)
+        self.error = error
+
+    def resolve(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error or RuntimeError(f"a bug, with a secret url {self.origin.url('/s?token=x')}")
+
+
+def test_a_bug_while_a_model_is_fetched_ends_it_with_an_internal_error(service: Service, origin: Origin) -> None:
+    """Whatever goes wrong in a model's attempt, its job ends, with an error that names
+    only the class of what failed (its text may quote a url and its credentials)."""
+    app, client, watch, _ = models_app(service, origin)
+    resolver = ArwModels.state(app).manager.references = FailingModels(origin, None)
+    ref = resolver.add("buggy", tiny(15))
+    assert post_download(client, "buggy", ref).status_code == 202
+    failed = watch.terminal("buggy")
+    assert (failed["status"], failed["code"]) == ("error", "internal-error"), failed
+    assert "RuntimeError" in failed["error"] and "token" not in failed["error"]
+    assert client.get("/models/downloads/buggy").json["status"] == "error"
+
+
+def test_a_cancel_that_lands_as_a_models_attempt_fails_ends_it_canceled(service: Service, origin: Origin) -> None:
+    """The cancel comes as the attempt fails (here, its files cannot be listed): the
+    job ends canceled, as asked, not as a failure."""
+    app, client, watch, _ = models_app(service, origin)
+    manager = ArwModels.state(app).manager
+    resolver = manager.references = FailingModels(origin, TransferError("http-status", "the hub answered 500"))
+    ref = resolver.add("fails", tiny(16))
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "failed":
+            manager.cancel(job.id, wait=0)
+
+    manager.checkpoint = checkpoint
+    assert post_download(client, "fails", ref).status_code == 202
+    assert watch.terminal("fails")["status"] == "canceled"
+    assert "error" not in watch.statuses("fails")
+
+
+def test_a_cancel_between_a_models_verification_and_its_install_wins(service: Service, origin: Origin) -> None:
+    """Every file is in and verified when the cancel lands, before the install: the
+    model is not installed, and the job ends canceled."""
+    app, client, watch, models = models_app(service, origin)
+    manager = ArwModels.state(app).manager
+    ref = models.add("late", tiny(17))
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "verified":
+            manager.cancel(job.id, wait=0)
+
+    manager.checkpoint = checkpoint
+    assert post_download(client, "late", ref).status_code == 202
+    assert watch.terminal("late")["status"] == "canceled"
+    assert client.get("/models").json["items"] == []
+    assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "late"))
+
+
+def test_a_queued_model_can_be_canceled_and_never_reaches_the_origin(service: Service, origin: Origin) -> None:
+    """Every slot is busy: the model waits in the queue, and a cancel ends it there,
+    canceled, without a request for any of its files."""
+    _, client, watch, models = models_app(service, origin, ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(256 * KiB, seed=23), stall_after=KiB)
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    ref = models.add("waits", tiny(24))
+    assert post_download(client, "waits", ref).json["status"] == "queued"
+    assert client.post("/models/download/cancel", json={"id": "waits"}).json == {"id": "waits", "status": "canceled"}
+    assert watch.terminal("waits")["status"] == "canceled"
+    assert not any(seen.path.startswith("/waits/") for seen in origin.seen)
+    hold.release.set()
+    assert watch.terminal("hold")["status"] == "complete"

@@ -148,3 +148,22 @@ def test_url_filename() -> None:
     assert url_filename("https://h/a/b/model%20x.gguf?download=1") == "model x.gguf"
     assert url_filename("https://h/") == ""
     assert url_filename("https://h") == ""
+
+
+def test_a_name_another_model_holds_is_not_taken_even_when_its_file_is_missing(
+        service: Service, origin: Origin) -> None:
+    """Another model is recorded under the name, though its file was removed by hand:
+    the name stays that model's (a repair, or its delete, still refers to it), so a
+    new download of the same name gets a name of its own."""
+    app, client, watch = service()
+    first = origin.add("/a/model.gguf", payload(1000, seed=71))
+    second = origin.add("/b/model.gguf", payload(1000, seed=72))
+    post_download(client, "first", origin.url("/a/model.gguf"), sha256=first.sha256)
+    assert watch.terminal("first")["file"] == "model.gguf"
+    os.remove(os.path.join(models_dir(app), "model.gguf"))
+    post_download(client, "second", origin.url("/b/model.gguf"), sha256=second.sha256)
+    name = watch.terminal("second")["file"]
+    assert name != "model.gguf"
+    assert read(os.path.join(models_dir(app), name)) == second.data
+    items = {m["id"]: m for m in client.get("/models").json["items"]}
+    assert (items["first"]["file"], items["first"]["status"]) == ("model.gguf", "missing")

@@ -116,13 +116,35 @@ def test_a_queued_download_can_be_paused_and_resumed(service: Service, origin: O
     assert post_download(client, "wait", origin.url("/wait.gguf")).json["status"] == "queued"
     r = pause(client, "wait")
     assert r.status_code == 200 and r.json["status"] == "paused"
-    assert watch.status("wait", "paused")["downloaded"] == 0  # nothing on disk: not a byte
+    # Nothing on disk, not a byte, yet a resume will continue it.
+    assert (r.json["resumable"], r.json["downloaded"]) == (True, 0)
+    assert watch.status("wait", "paused")["downloaded"] == 0
     assert origin.requests_for("/wait.gguf") == []
     hold.release.set()
     assert cancel(client, "hold").status_code == 200
     assert resume(client, "wait").status_code == 202
     assert watch.status("wait", "complete", "error")["status"] == "complete"
     assert read(os.path.join(models_dir(app), "wait.gguf")) == wait.data
+
+
+def test_a_resume_of_a_queued_download_answers_as_the_same_post_would(service: Service, origin: Origin) -> None:
+    """A resume asked for while the download still waits for a slot (it has written
+    nothing, so no sidecar says what it was asked with) answers with the queued job,
+    not a 404, and starts no second one."""
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(MiB, seed=128), stall_after=KiB)
+    wait = origin.add("/wait.gguf", payload(100 * KiB, seed=129))
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    assert post_download(client, "wait", origin.url("/wait.gguf"), sha256=wait.sha256).json["status"] == "queued"
+    r = resume(client, "wait")
+    assert r.status_code == 202, r.json
+    assert (r.json["status"], r.json["url"], r.json["sha256"]) == ("queued", origin.url("/wait.gguf"), wait.sha256)
+    hold.release.set()
+    assert watch.terminal("wait")["status"] == "complete"
+    assert watch.statuses("wait").count("queued") == 1
+    assert ArwModels.state(app).manager.wait("hold", 10)
+    assert len(origin.requests_for("/wait.gguf")) == 1
 
 
 def test_pause_and_resume_of_nothing_are_404(service: Service) -> None:

@@ -94,6 +94,17 @@ def test_a_zero_byte_file_is_downloaded_and_verified(service: Service, origin: O
     assert client.get("/models/downloads/e").json["total"] == 0
 
 
+def test_a_download_of_no_announced_size_says_its_size_once_complete(service: Service, origin: Origin) -> None:
+    """The origin never said how big the file is (a chunked body): once it is
+    installed, the job says its total and 100 percent, as any complete download."""
+    _, client, watch = service()
+    res = origin.add("/c.gguf", payload(100 * KiB, seed=96), chunked=True)
+    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
+    assert watch.terminal("c")["status"] == "complete"
+    job = client.get("/models/downloads/c").json
+    assert (job["downloaded"], job["total"], job["progress"]) == (len(res.data), len(res.data), 100)
+
+
 def test_a_resumable_listing_shows_its_percent(service: Service, origin: Origin) -> None:
     app, client, _watch = service()
     write_partial(app, "p", b"x" * 250, {"url": origin.url("/p.gguf"), "etag": '"e"', "total": 1000})
@@ -107,6 +118,27 @@ def test_a_post_during_shutdown_is_refused(service: Service, origin: Origin) -> 
     ArwModels.state(app).manager.shutdown()
     r = post_download(client, "late", origin.url("/late.gguf"))
     assert r.status_code == 503 and r.json["code"] == "shutting-down"
+
+
+def test_only_the_last_finished_jobs_stay_answerable(service: Service, origin: Origin) -> None:
+    """``ARW_JOBS_KEEP`` bounds the job table: once more downloads have ended than it
+    keeps, the one that ended longest ago is no longer answered (a download fetched
+    again counts from its new end), so the table does not grow with every id ever
+    asked for. The models stay installed."""
+    app, client, watch = service(ARW_JOBS_KEEP=2)
+    for name, seed in (("first", 93), ("second", 94), ("first", 0), ("third", 95)):
+        if seed:
+            origin.add(f"/{name}.gguf", payload(KiB, seed=seed))
+        r = post_download(client, name, origin.url(f"/{name}.gguf"), force=not seed)
+        assert r.status_code == 202, r.json
+        assert watch.terminal(name)["status"] == "complete"
+        assert client.get(f"/models/downloads/{name}").json["status"] == "complete"
+    assert len(origin.requests_for("/first.gguf")) == 2  # fetched again, a new job
+    assert client.get("/models/downloads/second").status_code == 404
+    assert ArwModels.state(app).manager.find("second") is None
+    for name in ("first", "third"):
+        assert client.get(f"/models/downloads/{name}").json["status"] == "complete"
+    assert sorted(m["id"] for m in client.get("/models").json["items"]) == ["first", "second", "third"]
 
 
 def test_the_backoff_is_jittered_between_half_and_all_of_its_ceiling() -> None:

@@ -14,6 +14,7 @@ from arw_models import ArwModels
 
 from .support.app import Watch, post_download
 from .support.helpers import (
+    cancel,
     listing,
     models_dir,
     part,
@@ -135,3 +136,63 @@ def test_a_part_with_every_byte_is_listed_at_100_percent(make_app: Callable[...,
     write_partial(app, "w", b"w" * 1000, {"url": "http://127.0.0.1:9/w.gguf", "etag": '"w1"', "total": 1000})
     listed = app.test_client().get("/models/downloads").json["items"]
     assert [(i["id"], i["downloaded"], i["total"], i["progress"]) for i in listed] == [("w", 1000, 1000, 100)]
+
+
+def test_partial_downloads_are_listed_from_what_their_files_say(make_app: Callable[..., Any]) -> None:
+    """Files an earlier run left, listed from their ``.part`` and sidecar: the bytes on
+    disk and the percent of the total (capped at 100 when the ``.part`` holds more);
+    a sidecar whose ``.part`` is gone is resumable from byte 0. A ``.part`` whose
+    sidecar was lost says nothing of what it was asked with: asked for by its id it
+    shows its bytes, not resumable; the listing of downloads to resume leaves it out,
+    and a resume of it is a 404, as is an id with no files at all."""
+    app = make_app()
+    url = "http://127.0.0.1:9/m.gguf"
+    write_partial(app, "lost", b"l" * 300, None)
+    write_partial(app, "kept", b"k" * 906, {"url": url, "provider": "acme", "sha256": "c" * 64, "total": 1200})
+    write_partial(app, "over", b"o" * 300, {"url": url, "total": 200})
+    write_partial(app, "bare", b"", {"url": url, "total": 50})
+    os.remove(part(app, "bare"))
+    client = app.test_client()
+    common = {"status": "resumable", "resumable": True, "url": url, "provider": "local", "sha256": None}
+    expected = {
+        "kept": {**common, "id": "kept", "downloaded": 906, "provider": "acme", "sha256": "c" * 64, "total": 1200,
+                 "progress": 75},
+        "over": {**common, "id": "over", "downloaded": 300, "total": 200, "progress": 100},
+        "bare": {**common, "id": "bare", "downloaded": 0, "total": 50, "progress": 0},
+    }
+    assert {i["id"]: i for i in client.get("/models/downloads").json["items"]} == expected
+    for model_id, item in expected.items():
+        assert client.get(f"/models/downloads/{model_id}").json == item
+    assert client.get("/models/downloads/lost").json == {
+        "id": "lost", "status": "resumable", "resumable": False, "downloaded": 300}
+    for model_id in ("lost", "never"):
+        r = client.post("/models/download/resume", json={"id": model_id})
+        assert r.status_code == 404 and r.json["code"] == "no-active-download"
+    assert client.get("/models/downloads/never").status_code == 404
+
+
+def test_a_cancel_of_what_an_earlier_run_left_removes_it_and_answers_as_canceled(
+        make_app: Callable[..., Any]) -> None:
+    """No job of this run holds the id: a cancel removes the ``.part`` and sidecar an
+    earlier run left (or a lone ``.part``), and the id answers as a canceled download
+    of what the sidecar said it was asked with; a cancel of an id with no files is a 404."""
+    app = make_app()
+    url = "http://127.0.0.1:9/left.gguf"
+    write_partial(app, "left", b"l" * 100, {"url": url, "provider": "acme", "sha256": "d" * 64, "total": 1000})
+    write_partial(app, "lone", b"x" * 10, None)
+    client = app.test_client()
+    watch = Watch(app)
+    try:
+        for model_id in ("left", "lone"):
+            assert cancel(client, model_id).json == {"id": model_id, "status": "canceled"}
+            assert watch.terminal(model_id)["status"] == "canceled"
+    finally:
+        watch.close()
+    assert listing(app) == []
+    left = client.get("/models/downloads/left").json
+    assert (left["status"], left["url"], left["provider"], left["sha256"], left["downloaded"]) == (
+        "canceled", url, "acme", "d" * 64, 0)
+    lone = client.get("/models/downloads/lone").json
+    assert (lone["status"], lone["url"], lone["provider"], lone["sha256"]) == ("canceled", "", "local", None)
+    r = cancel(client, "never")
+    assert r.status_code == 404 and r.json["code"] == "no-active-download"

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from arw_models import ArwModels
+
 from .support.app import Service, Watch, post_download
 from .support.helpers import cancel, models_dir, part, read, sidecar, write_partial
 from .support.mute import mute_origin
@@ -66,6 +68,10 @@ def test_an_origin_that_ignores_ranges_is_first_provisional_then_known_to_start_
         "resumed", 512 * KiB, 0, True)
     # The origin sends the whole file again: the job starts over, and stalls at the same byte.
     assert watch.status("n", "started", "resumed")["status"] == "started"
+    # Asked again meanwhile, the answer says what the origin did, no longer the forecast.
+    r = again(client, "post", "n", url)
+    assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == (
+        "started", 0, 0, False)
     paused_at(client, watch, res, "n", url, 512 * KiB)
     assert json.loads(read(sidecar(app, "n")))["accept_ranges"] is False
     r = again(client, "post", "n", url)
@@ -189,3 +195,31 @@ def test_a_repeated_post_before_the_origin_answered_is_a_start_from_no_offset(se
             assert "offset" not in r.json and "offset" not in client.get("/models/downloads/mute").json
             assert cancel(client, "mute").status_code == 200
             assert watch.terminal("mute")["status"] == "canceled"
+
+
+def test_what_an_origin_showed_of_ranges_is_kept_across_a_shutdown(make_app: Any, origin: Origin) -> None:
+    """The origin answered a resume with the whole file; the service then shuts down
+    in the middle of it. The next run knows that origin does not serve ranges: a
+    POST says the bytes on disk will be fetched again, not kept."""
+    res = origin.add("/s.gguf", payload(2 * MiB, seed=708), stall_after=512 * KiB, stalls=2,
+                     ignore_range=True, accept_ranges=None)
+    url = origin.url("/s.gguf")
+    first = make_app(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    client, watch = first.test_client(), Watch(first)
+    try:
+        post_download(client, "s", url)
+        paused_at(client, watch, res, "s", url, 512 * KiB)
+        assert again(client, "resume", "s", url).status_code == 202
+        assert watch.status("s", "started", "resumed")["status"] == "started"  # the whole file again
+        watch.until(lambda e: e.payload.get("id") == "s" and e.payload.get("downloaded") == 512 * KiB)
+    finally:
+        watch.close()
+    first.extensions["arw_models"].shutdown()
+    res.release.set()
+    assert json.loads(read(sidecar(first, "s")))["accept_ranges"] is False
+
+    second = make_app(ARW_DL_RESUME_ON_START=False)
+    r = post_download(second.test_client(), "s", url)
+    assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == (
+        "started", 0, 512 * KiB, False)
+    assert ArwModels.state(second).manager.wait("s", 10)

@@ -17,15 +17,14 @@ from ..store.storage import StateDir
 
 
 def check_budget(settings: Settings, state: StateDir, disk_free: Callable[[str], int], model_id: str,
-                 total: int | None, offset: int, others: int) -> None:
+                 total: int, offset: int, others: int) -> None:
     """Refuses ``total`` bytes for ``model_id`` (``offset`` of them kept) when they
     are over the size limit or do not fit; ``others``: the bytes the other
     downloads still need. What the job's ``.part`` already occupies is not asked
     for again: a ``.part`` preallocated for parallel ranges holds the blocks of the
     whole file, however few bytes are done, so a download cut short by a full disk
-    can go on once a little space is free."""
-    if total is None:
-        return
+    can go on once a little space is free. A file of unknown size is not checked:
+    the manager does not ask."""
     if settings.max_bytes is not None and total > settings.max_bytes:
         raise TransferError("size-limit", f"the file has {total} bytes, more than the limit of {settings.max_bytes}",
                             keep_part=False, limit=settings.max_bytes, expected_bytes=total)

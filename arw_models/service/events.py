@@ -97,10 +97,6 @@ class Subscription:
             self._closed = True
             self._cond.notify_all()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def get(self, timeout: float | None) -> list[Event] | None:
         """Everything waiting (a gap first, if events were dropped), ``[]`` after
         ``timeout`` with nothing, ``None`` once the subscription is closed."""
@@ -188,11 +184,6 @@ class EventHub:
     def subscriber_count(self) -> int:
         with self._lock:
             return len(self._subs)
-
-    def recent(self, n: int | None = None) -> list[Event]:
-        with self._lock:
-            events = list(self._buffer)
-        return events if n is None else events[-n:]
 
     def close(self) -> None:
         """End every stream (on shutdown); later subscribers end at once."""

@@ -104,21 +104,6 @@ def install(state: StateDir, registry: Registry, job: DownloadJob, result: Resul
     return done
 
 
-def uninstall(state: StateDir, registry: Registry, model_id: str) -> dict[str, Any] | None:
-    """Under the manager's lock: the model's manifest, entry and file go, and its
-    blob when no other model names it; returns the entry, None if there was none.
-    The manifest goes first: a crash after it leaves an entry the next start drops."""
-    blobs, manifests = Blobs(state), Manifests(state)
-    entry = registry.get(model_id)
-    if entry is None:
-        return None
-    manifests.remove(model_id)
-    registry.remove(model_id)
-    remove_quietly(state.model_path(entry["file"]))
-    gc.collect(blobs, manifests, [entry.get("sha256")])
-    return entry
-
-
 def _revision(url: str) -> str | None:
     if not url.startswith(HF_SCHEME):
         return None

@@ -135,8 +135,10 @@ def _digests(entry: dict[str, Any]) -> list[str | None]:
 
 
 def uninstall(state: StateDir, registry: Registry, model_id: str) -> dict[str, Any] | None:
-    """As :func:`.install.uninstall`, for a model of either kind: its manifest, entry
-    and file or folder go, then the blobs no other model (or staged download) names."""
+    """Under the manager's lock, for a model of either kind: its manifest, entry and
+    file or folder go, then the blobs no other model (or staged download) names;
+    returns the entry, None if there was none. The manifest goes first: a crash
+    after it leaves an entry the next start drops."""
     blobs, manifests = Blobs(state), Manifests(state)
     entry = registry.get(model_id)
     if entry is None:
