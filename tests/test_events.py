@@ -417,7 +417,9 @@ def test_replay_after_an_id_honours_the_prefix_filter() -> None:
 def test_subscribing_to_a_closed_hub_ends_at_once() -> None:
     hub = EventHub()
     hub.publish("k", {})
+    live, _ = hub.subscribe()
     hub.close()
+    assert live.get(timeout=0) is None  # a stream open at the shutdown ends too
     sub, _ = hub.subscribe()
     assert sub.get(timeout=0) is None
     assert hub.subscriber_count == 0
