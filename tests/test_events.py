@@ -388,6 +388,21 @@ def test_after_the_id_before_this_process_counts_the_missed_events() -> None:
     hub.close()
 
 
+def test_one_event_missed_is_counted_and_an_id_from_before_this_process_is_not() -> None:
+    """The ring lost exactly one event the client had not seen: it is told of one
+    missed. A client whose last id is from before this process started (one below its
+    first) missed an unknown number: the gap says so rather than count."""
+    hub = EventHub(replay=3)
+    for n in range(4):
+        hub.publish("k", {"n": n})
+    _, backlog = hub.subscribe(after=hub.first_id - 1)
+    assert [(e.kind, e.payload) for e in backlog[:2]] == [("bus.gap", {"missed": 1}), ("k", {"n": 1})]
+    _, backlog = hub.subscribe(after=hub.first_id - 2)
+    assert backlog[0].kind == "bus.gap" and backlog[0].payload == {"missed": None}
+    assert [e.payload["n"] for e in backlog[1:]] == [1, 2, 3]
+    hub.close()
+
+
 def test_replay_after_an_id_honours_the_prefix_filter() -> None:
     hub = EventHub(replay=100)
     first = hub.publish("Models.X", {"n": -1}).id
@@ -402,7 +417,9 @@ def test_replay_after_an_id_honours_the_prefix_filter() -> None:
 def test_subscribing_to_a_closed_hub_ends_at_once() -> None:
     hub = EventHub()
     hub.publish("k", {})
+    live, _ = hub.subscribe()
     hub.close()
+    assert live.get(timeout=0) is None  # a stream open at the shutdown ends too
     sub, _ = hub.subscribe()
     assert sub.get(timeout=0) is None
     assert hub.subscriber_count == 0
