@@ -12,6 +12,7 @@ from typing import Any
 
 from arw_models import ArwModels, signals
 from arw_models.service.jobs import Status
+from arw_models.service.slots import Slots
 
 from .support.app import Service, post_download
 from .support.helpers import (
@@ -227,3 +228,49 @@ def test_shutdown_returns_once_every_slot_has_ended_and_its_job_reads_interrupte
     assert job.status is Status.INTERRUPTED
     res.release.set()
     assert listing(app) == ["down.part", "down.part.json"]  # kept for the next start
+
+
+class _Held:
+    """A job for the slots alone: it runs until released; it has no progress."""
+
+    def __init__(self, released: bool = False) -> None:
+        self.release = threading.Event()
+        if released:
+            self.release.set()
+
+    def tick(self, now: float) -> None:
+        return None
+
+
+def test_a_slot_whose_thread_ended_leaves_the_limit_as_it_was() -> None:
+    """A slot's thread ends once the queue is empty; the jobs queued after that
+    still get at most ``ARW_MODELS_MAX_CONC`` threads, however many ended before
+    (a slot counted off twice would let two downloads run where one may)."""
+    lock, started = threading.RLock(), threading.Semaphore(0)
+
+    def run(job: Any) -> None:
+        started.release()
+        job.release.wait(5)
+
+    slots = Slots(1, 60.0, lock, run, time.monotonic)
+    later: list[_Held] = []
+    try:
+        with lock:
+            slots.enqueue(_Held(released=True))
+        assert started.acquire(timeout=5)
+        with lock:
+            ended = list(slots._threads)
+        for thread in ended:  # the slot's thread ends with its queue
+            thread.join(5)
+            assert not thread.is_alive()
+        later += [_Held(), _Held()]
+        with lock:
+            for job in later:
+                slots.enqueue(job)
+            threads = [t for t in slots._threads if t.is_alive()]
+        assert len(threads) == 1, threads
+        assert started.acquire(timeout=5)
+    finally:
+        for job in later:
+            job.release.set()
+        slots.close()
