@@ -74,6 +74,38 @@ def test_a_restart_resumes_from_the_plan_without_resolving_again(make_app: Any, 
     assert entry["file"] == "r" and entry["bytes"] == 320 * KiB
 
 
+def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_app: Any, origin: Origin) -> None:
+    """After a restart a paused model is listed from its plan alone (its finished files as such), is not resumed
+    on start, and a cancel with no job in memory still removes its staging folder."""
+    app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    client = app.test_client()
+    models = attach(app, client, origin)
+    first = Watch(app)
+    ref = models.add("q", {"a.bin": payload(20 * KiB, 6), "b.bin": payload(300 * KiB, 7)})
+    b = origin.add(f"/q/{REV}/b.bin", payload(300 * KiB, 7), stall_after=100 * KiB)
+    assert post_download(client, "q", ref).status_code == 202
+    assert b.stalled.wait(5)
+    first.until(lambda e: e.payload.get("id") == "q" and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": "q"}).json["status"] == "paused"
+    first.close()
+    ArwModels.state(app).shutdown()
+    b.release.set()
+
+    again = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_RESUME_ON_START=True)
+    ArwModels.state(again).start()
+    client = again.test_client()
+    item = client.get("/models/downloads/q").json
+    assert (item["status"], item["resumable"], item["total"], item["progress"]) == ("paused", True, 320 * KiB, 6)
+    assert item["files"] == [
+        {"path": "a.bin", "downloaded": 20 * KiB, "total": 20 * KiB, "status": "complete"},
+        {"path": "b.bin", "downloaded": 0, "total": 300 * KiB, "status": "queued"}]
+    assert len(origin.requests_for(f"/q/{REV}/b.bin")) == 1  # not resumed on start
+    r = client.post("/models/download/cancel", json={"id": "q"})
+    assert r.status_code == 200 and r.json["status"] == "canceled"
+    assert not os.path.exists(os.path.join(again.config["ARW_STATE_DIR"], "partial", "q"))
+    assert client.get("/models/downloads/q").json["status"] == "canceled"
+
+
 def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> None:
     app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
