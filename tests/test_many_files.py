@@ -86,6 +86,23 @@ def test_a_size_other_than_listed_names_its_file(service: Service, origin: Origi
     assert client.get("/models").json["items"] == []
 
 
+def test_a_401_asks_for_the_files_headers_afresh_once(service: Service, origin: Origin) -> None:
+    """A token that expired mid-model is asked for again and the file fetched with it; an origin that refuses
+    the fresh one too ends the model with its 401 rather than asking forever."""
+    _, client, watch, models = models_app(service, origin, ARW_DL_RETRY_BACKOFF_MS=1)
+    ref = models.add("expired", {"a.bin": payload(10 * KiB, 7)}, statuses=[(401, {})])
+    assert post_download(client, "expired", ref).status_code == 202
+    assert watch.terminal("expired")["status"] == "complete"
+    assert models.fresh == ["a.bin"]
+    seen = origin.requests_for("/expired/" + "0" * 40 + "/a.bin")
+    assert [s.headers.get("authorization") for s in seen][-1] == "Bearer fresh"
+    ref = models.add("refused", {"b.bin": payload(10 * KiB, 8)}, statuses=[(401, {}), (401, {})])
+    assert post_download(client, "refused", ref).status_code == 202
+    failed = watch.terminal("refused")
+    assert (failed["status"], failed.get("http_status"), failed["file"]) == ("error", 401, "b.bin"), failed
+    assert models.fresh == ["a.bin", "b.bin"]
+
+
 def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Service, origin: Origin) -> None:
     _, client, watch, models = models_app(service, origin)
     files = tiny(7)
