@@ -3,8 +3,10 @@ the same state directory, a cancel, the files-at-once limit, the disk budget."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import time
 from typing import Any
 
 from arw_models import ArwModels
@@ -104,6 +106,29 @@ def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_a
     assert r.status_code == 200 and r.json["status"] == "canceled"
     assert not os.path.exists(os.path.join(again.config["ARW_STATE_DIR"], "partial", "q"))
     assert client.get("/models/downloads/q").json["status"] == "canceled"
+
+
+def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(make_app: Any) -> None:
+    """A staging folder untouched past ``ARW_DL_STALE_PART_HOURS`` or with a plan that cannot be read is removed
+    at start; with resume on start off, a sound one stays, listed as resumable, and is not started."""
+    app = make_app(ARW_DL_RESUME_ON_START=False, ARW_DL_STALE_PART_HOURS=1)
+    partial = os.path.join(app.config["ARW_STATE_DIR"], "partial")
+    # The waiting one's listing cannot be read (an empty one): it is listed with no files.
+    for model_id, plan in (("stale", json.dumps({"id": "stale", "url": "hf://acme/stale", "fileset": {}})),
+                           ("broken", "{"),
+                           ("waiting", json.dumps({"id": "waiting", "url": "hf://acme/waiting", "fileset": {}}))):
+        os.makedirs(os.path.join(partial, model_id))
+        with open(os.path.join(partial, model_id, "plan.json"), "w") as fh:
+            fh.write(plan)
+    old = time.time() - 2 * 3600
+    for path in (os.path.join(partial, "stale", "plan.json"), os.path.join(partial, "stale")):
+        os.utime(path, (old, old))
+    ArwModels.state(app).start()
+    assert sorted(os.listdir(partial)) == ["waiting"]
+    item = app.test_client().get("/models/downloads/waiting").json
+    assert (item["status"], item["resumable"], item["url"], item["files"], item["total"]) == (
+        "resumable", True, "hf://acme/waiting", [], 0)
+    assert "progress" not in item
 
 
 def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> None:
