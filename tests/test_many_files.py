@@ -110,13 +110,13 @@ def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Servi
     assert post_download(client, "one", first).status_code == 202
     assert watch.terminal("one")["status"] == "complete"
     more = dict(files, **{"extra.bin": payload(50 * KiB, 9)})
-    second = models.add("two", more)
+    second = models.add("two", more, inline={"README.md": b"# two\n"})  # written by the service, never fetched
     dry = post_download(client, "two", second, dry_run=True)
     assert dry.status_code == 200
     assert dry.json["revision"] == "0" * 40 and dry.json["provider"] == "hf"
     in_store = {f["path"]: f["in_store"] for f in dry.json["files"]}
-    assert in_store == {**{p: True for p in files}, "extra.bin": False}
-    assert dry.json["to_fetch"] == 50 * KiB and dry.json["total"] == sum(len(d) for d in more.values())
+    assert in_store == {**{p: True for p in files}, "extra.bin": False, "README.md": False}
+    assert dry.json["to_fetch"] == 50 * KiB and dry.json["total"] == sum(len(d) for d in more.values()) + 6
     assert client.get("/models/downloads").json["items"] == []  # nothing started
     assert post_download(client, "two", second).status_code == 202
     done = watch.terminal("two")

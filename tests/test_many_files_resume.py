@@ -131,6 +131,25 @@ def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(ma
     assert "progress" not in item
 
 
+def test_another_request_over_a_paused_model_says_what_it_discards(service: Service, origin: Origin) -> None:
+    """A POST for the same id with another selection starts anew: its answer says the bytes of the paused
+    model's finished files are discarded, not kept."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    ref = models.add("k", {"a.bin": payload(20 * KiB, 11), "b.bin": payload(300 * KiB, 12)})
+    b = origin.add(f"/k/{REV}/b.bin", payload(300 * KiB, 12), stall_after=100 * KiB)
+    assert post_download(client, "k", ref).status_code == 202
+    assert b.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "k" and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": "k"}).json["status"] == "paused"
+    b.release.set()
+    r = post_download(client, "k", ref, files=["a.bin"])
+    assert r.status_code == 202, r.json
+    assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("started", 0, 20 * KiB)
+    done = watch.terminal("k")
+    assert done["status"] == "complete" and [f["path"] for f in done["files"]] == ["a.bin"]
+
+
 def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> None:
     app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
