@@ -169,3 +169,23 @@ def test_delete_of_a_folder_model_removes_it_and_its_blobs(service: Service, ori
     assert not os.path.exists(os.path.join(state.models_dir, "del"))
     assert os.listdir(state.blobs_dir) == []
     assert client.get("/models").json["items"] == []
+
+
+def test_a_single_file_replaced_by_a_model_of_many_files_leaves_no_file_behind(service: Service,
+                                                                              origin: Origin) -> None:
+    """Forcing a folder model over an id installed as one file removes the old file and its blob, and a delete
+    of an id that is not installed is refused and removes nothing."""
+    app, client, watch, models = models_app(service, origin)
+    single = origin.add("/m.gguf", payload(30 * KiB, 21))
+    assert post_download(client, "m", origin.url("/m.gguf"), sha256=single.sha256).status_code == 202
+    old = watch.terminal("m")["file"]
+    state = ArwModels.state(app).dirs
+    assert os.path.isfile(os.path.join(state.models_dir, old))
+    ref = models.add("many", {"a.bin": payload(10 * KiB, 22)})
+    assert post_download(client, "m", ref, force=True).status_code == 202
+    done = watch.terminal("m")
+    assert done["status"] == "complete" and done["file"] != old
+    assert os.listdir(state.models_dir) == [done["file"]]
+    assert os.listdir(state.blobs_dir) == [hashlib.sha256(payload(10 * KiB, 22)).hexdigest()]
+    assert client.delete("/models/nothing-here").status_code == 404
+    assert [e["id"] for e in client.get("/models").json["items"]] == ["m"]
