@@ -103,6 +103,24 @@ def test_a_401_asks_for_the_files_headers_afresh_once(service: Service, origin: 
     assert models.fresh == ["a.bin", "b.bin"]
 
 
+def test_a_file_listed_by_its_git_blob_id_is_held_to_its_size_and_id(service: Service,
+                                                                     origin: Origin) -> None:
+    """A file listed by its git blob id alone (no SHA-256 to check while it comes) is held to its listed size
+    even when the origin sends no length, and to that id: either failure names its file and installs nothing."""
+    _, client, watch, models = models_app(service, origin)
+    ref = models.add("long", {"a.bin": payload(10 * KiB, 31)}, git=("a.bin",))
+    origin.add(f"/long/{'0' * 40}/a.bin", payload(12 * KiB, 31), send_length=False)
+    assert post_download(client, "long", ref).status_code == 202
+    failed = watch.terminal("long")
+    assert (failed["status"], failed["code"], failed["file"]) == ("error", "size-mismatch", "a.bin"), failed
+    ref = models.add("oid", {"config.json": b'{"model_type": "llama"}'}, git=("config.json",))
+    origin.add(f"/oid/{'0' * 40}/config.json", b'{"model_type": "LLAMA"}')  # the same size, other bytes
+    assert post_download(client, "oid", ref).status_code == 202
+    failed = watch.terminal("oid")
+    assert (failed["status"], failed["code"], failed["file"]) == ("error", "checksum-mismatch", "config.json")
+    assert client.get("/models").json["items"] == []
+
+
 def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Service, origin: Origin) -> None:
     _, client, watch, models = models_app(service, origin)
     files = tiny(7)
