@@ -110,7 +110,8 @@ def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_a
 
 def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(make_app: Any) -> None:
     """A staging folder untouched past ``ARW_DL_STALE_PART_HOURS`` or with a plan that cannot be read is removed
-    at start; with resume on start off, a sound one stays, listed as resumable, and is not started."""
+    at start; with resume on start off, a sound one stays, listed as resumable, and is not started. A folder
+    with no plan is never listed."""
     app = make_app(ARW_DL_RESUME_ON_START=False, ARW_DL_STALE_PART_HOURS=1)
     partial = os.path.join(app.config["ARW_STATE_DIR"], "partial")
     # The waiting one's listing cannot be read (an empty one): it is listed with no files.
@@ -129,6 +130,8 @@ def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(ma
     assert (item["status"], item["resumable"], item["url"], item["files"], item["total"]) == (
         "resumable", True, "hf://acme/waiting", [], 0)
     assert "progress" not in item
+    os.makedirs(os.path.join(partial, "late"))  # a folder whose plan is not written yet: not a download
+    assert [i["id"] for i in app.test_client().get("/models/downloads").json["items"]] == ["waiting"]
 
 
 def test_another_request_over_a_paused_model_says_what_it_discards(service: Service, origin: Origin) -> None:
