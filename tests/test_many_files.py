@@ -4,6 +4,7 @@ verified and put in the store, installed together as a folder of links."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -55,6 +56,11 @@ def test_the_files_are_fetched_and_installed_together(service: Service, origin: 
     assert listed["model-00002-of-00002.safetensors"]["sha256"] == hashlib.sha256(
         files["model-00002-of-00002.safetensors"]).hexdigest()
     assert "git_oid" in listed["config.json"]
+    # The manifest says who vouches for each SHA-256: the origin's listing, or the service's own hashing of a
+    # file the listing names only by its git blob id.
+    with open(os.path.join(state.manifests_dir, "tiny.json")) as fh:
+        sources = {f["path"]: f["sha256_source"] for f in json.load(fh)["files"]}
+    assert (sources["config.json"], sources["model-00002-of-00002.safetensors"]) == ("computed", "origin")
     # Progress sums into the job; the files are listed as agreed.
     progress = [p for p in watch.payloads("tiny") if p["status"] == "downloading"]
     assert progress and all(set(f) == {"path", "downloaded", "total", "status"} for f in progress[-1]["files"])
@@ -118,6 +124,7 @@ def test_a_file_listed_by_its_git_blob_id_is_held_to_its_size_and_id(service: Se
     assert post_download(client, "oid", ref).status_code == 202
     failed = watch.terminal("oid")
     assert (failed["status"], failed["code"], failed["file"]) == ("error", "checksum-mismatch", "config.json")
+    assert [f["downloaded"] for f in failed["files"]] == [0]  # its bytes are not kept for a resume
     assert client.get("/models").json["items"] == []
 
 
