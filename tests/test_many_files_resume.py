@@ -121,10 +121,13 @@ def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(ma
     partly = {"id": "partly", "url": "ollama://llama3:8b", "provider": "ollama",
               "fileset": FileSet("ollama://llama3:8b", "ollama", REV, files).to_json(),
               "done": {"a.bin": {"size": 10, "sha256": "a" * 64, "stored": True}}}
+    files = (RemoteFile("a.bin", "https://e.com/a", 199, "a" * 64), RemoteFile("b.bin", "https://e.com/b", 1, "b" * 64))
+    nearly = dict(partly, id="nearly", fileset=FileSet("ollama://llama3:8b", "ollama", REV, files).to_json(),
+                  done={"a.bin": {"size": 199, "sha256": "a" * 64}})
     for model_id, plan in (("stale", json.dumps({"id": "stale", "url": "hf://acme/stale", "fileset": {}})),
                            ("broken", "{"),
                            ("waiting", json.dumps({"id": "waiting", "url": "hf://acme/waiting", "fileset": {}})),
-                           ("partly", json.dumps(partly))):
+                           ("partly", json.dumps(partly)), ("nearly", json.dumps(nearly))):
         os.makedirs(os.path.join(partial, model_id))
         with open(os.path.join(partial, model_id, "plan.json"), "w") as fh:
             fh.write(plan)
@@ -132,14 +135,15 @@ def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(ma
     for path in (os.path.join(partial, "stale", "plan.json"), os.path.join(partial, "stale")):
         os.utime(path, (old, old))
     ArwModels.state(app).start()
-    assert sorted(os.listdir(partial)) == ["partly", "waiting"]
+    assert sorted(os.listdir(partial)) == ["nearly", "partly", "waiting"]
     item = app.test_client().get("/models/downloads/waiting").json
     assert (item["status"], item["resumable"], item["url"], item["files"], item["total"]) == (
         "resumable", True, "hf://acme/waiting", [], 0)
     assert "progress" not in item
     os.makedirs(os.path.join(partial, "late"))  # a folder whose plan is not written yet: not a download
     items = {i["id"]: i for i in app.test_client().get("/models/downloads").json["items"]}
-    assert sorted(items) == ["partly", "waiting"]
+    assert sorted(items) == ["nearly", "partly", "waiting"]
+    assert (items["nearly"]["downloaded"], items["nearly"]["total"], items["nearly"]["progress"]) == (199, 200, 99)
     assert {k: items["partly"][k] for k in ("provider", "downloaded", "total", "progress", "files")} == {
         "provider": "ollama", "downloaded": 10, "total": 10, "progress": 100,
         "files": [{"path": "a.bin", "downloaded": 10, "total": 10, "status": "stored"},
@@ -160,7 +164,8 @@ def test_another_request_over_a_paused_model_says_what_it_discards(service: Serv
     b.release.set()
     r = post_download(client, "k", ref, files=["a.bin"])
     assert r.status_code == 202, r.json
-    assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("started", 0, 20 * KiB)
+    assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == (
+        "started", 0, 20 * KiB, False)
     done = watch.terminal("k")
     assert done["status"] == "complete" and [f["path"] for f in done["files"]] == ["a.bin"]
 
