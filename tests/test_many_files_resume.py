@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import threading
 import time
 from typing import Any
 
@@ -168,6 +169,21 @@ def test_another_request_over_a_paused_model_says_what_it_discards(service: Serv
         "started", 0, 20 * KiB, False)
     done = watch.terminal("k")
     assert done["status"] == "complete" and [f["path"] for f in done["files"]] == ["a.bin"]
+
+
+def test_a_pause_during_a_files_retry_wait_fetches_nothing_more(service: Service, origin: Origin) -> None:
+    """A file waiting to retry after a dropped connection is paused at once with its model: no request follows
+    the pause."""
+    app, client, watch = service(ARW_DL_RETRY_BACKOFF_MS=60000, ARW_DL_RETRY_BACKOFF_MAX_MS=60000)
+    models = attach(app, client, origin)
+    dropped = threading.Event()
+    ref = models.add("w", {"a.bin": payload(10 * KiB, 13)}, drop_after=0, on_drop=lambda res: dropped.set())
+    assert post_download(client, "w", ref).status_code == 202
+    assert dropped.wait(5)
+    assert client.post("/models/download/pause", json={"id": "w"}).json["status"] == "paused"
+    assert watch.status("w", "paused")["files"][0]["status"] == "queued"
+    assert ArwModels.state(app).manager.wait("w", 5)
+    assert len(origin.requests_for(f"/w/{REV}/a.bin")) == 1
 
 
 def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> None:
