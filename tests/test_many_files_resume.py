@@ -116,19 +116,22 @@ def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(ma
     with no plan is never listed."""
     app = make_app(ARW_DL_RESUME_ON_START=False, ARW_DL_STALE_PART_HOURS=1)
     partial = os.path.join(app.config["ARW_STATE_DIR"], "partial")
-    # The waiting one's listing cannot be read (an empty one): it is listed with no files. Of the other's, a
-    # registry's model, one file is done and the other of a size not known yet.
-    files = (RemoteFile("a.bin", "https://e.com/a", 10, "a" * 64), RemoteFile("b.bin", "https://e.com/b", None, "b" * 64))
+    # The waiting one's listing cannot be read (an empty one): it is listed with no files. Of partly's, a
+    # registry's model, both files were listed with no size: one is done (its size known), the other is not.
+    files = (RemoteFile("a.bin", "https://e.com/a", None, "a" * 64),
+             RemoteFile("b.bin", "https://e.com/b", None, "b" * 64))
     partly = {"id": "partly", "url": "ollama://llama3:8b", "provider": "ollama",
               "fileset": FileSet("ollama://llama3:8b", "ollama", REV, files).to_json(),
               "done": {"a.bin": {"size": 10, "sha256": "a" * 64, "stored": True}}}
     files = (RemoteFile("a.bin", "https://e.com/a", 199, "a" * 64), RemoteFile("b.bin", "https://e.com/b", 1, "b" * 64))
     nearly = dict(partly, id="nearly", fileset=FileSet("ollama://llama3:8b", "ollama", REV, files).to_json(),
                   done={"a.bin": {"size": 199, "sha256": "a" * 64}})
+    over = dict(nearly, id="over", done={"a.bin": {"size": 400, "sha256": "a" * 64}})  # a plan not to be trusted
     for model_id, plan in (("stale", json.dumps({"id": "stale", "url": "hf://acme/stale", "fileset": {}})),
                            ("broken", "{"),
                            ("waiting", json.dumps({"id": "waiting", "url": "hf://acme/waiting", "fileset": {}})),
-                           ("partly", json.dumps(partly)), ("nearly", json.dumps(nearly))):
+                           ("partly", json.dumps(partly)), ("nearly", json.dumps(nearly)),
+                           ("over", json.dumps(over))):
         os.makedirs(os.path.join(partial, model_id))
         with open(os.path.join(partial, model_id, "plan.json"), "w") as fh:
             fh.write(plan)
@@ -136,15 +139,16 @@ def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(ma
     for path in (os.path.join(partial, "stale", "plan.json"), os.path.join(partial, "stale")):
         os.utime(path, (old, old))
     ArwModels.state(app).start()
-    assert sorted(os.listdir(partial)) == ["nearly", "partly", "waiting"]
+    assert sorted(os.listdir(partial)) == ["nearly", "over", "partly", "waiting"]
     item = app.test_client().get("/models/downloads/waiting").json
     assert (item["status"], item["resumable"], item["url"], item["files"], item["total"]) == (
         "resumable", True, "hf://acme/waiting", [], 0)
     assert "progress" not in item
     os.makedirs(os.path.join(partial, "late"))  # a folder whose plan is not written yet: not a download
     items = {i["id"]: i for i in app.test_client().get("/models/downloads").json["items"]}
-    assert sorted(items) == ["nearly", "partly", "waiting"]
+    assert sorted(items) == ["nearly", "over", "partly", "waiting"]
     assert (items["nearly"]["downloaded"], items["nearly"]["total"], items["nearly"]["progress"]) == (199, 200, 99)
+    assert items["over"]["progress"] == 100
     assert {k: items["partly"][k] for k in ("provider", "downloaded", "total", "progress", "files")} == {
         "provider": "ollama", "downloaded": 10, "total": 10, "progress": 100,
         "files": [{"path": "a.bin", "downloaded": 10, "total": 10, "status": "stored"},
