@@ -83,6 +83,22 @@ def test_a_bad_digest_names_its_file_and_installs_nothing(service: Service, orig
     assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "bad"))
 
 
+def test_a_failed_file_stops_the_files_still_coming(service: Service, origin: Origin) -> None:
+    """The first file that fails ends the model at once: a file stalled at its origin is stopped, not waited
+    for until the idle timeout."""
+    _, client, watch, models = models_app(service, origin, ARW_DL_FILES_AT_ONCE=2, ARW_DL_IDLE_TIMEOUT_SECS=60)
+    ref = models.add("stop", {"slow.bin": payload(300 * KiB, 41), "bad.bin": payload(10 * KiB, 42)},
+                     digests={"bad.bin": "ab" * 32})
+    slow = origin.add(f"/stop/{'0' * 40}/slow.bin", payload(300 * KiB, 41), stall_after=50 * KiB)
+    assert post_download(client, "stop", ref).status_code == 202
+    try:
+        assert slow.stalled.wait(5)
+        failed = watch.terminal("stop")
+    finally:
+        slow.release.set()
+    assert (failed["status"], failed["code"], failed["file"]) == ("error", "checksum-mismatch", "bad.bin")
+
+
 def test_a_size_other_than_listed_names_its_file(service: Service, origin: Origin) -> None:
     _, client, watch, models = models_app(service, origin)
     ref = models.add("short", tiny(5), sizes={"config.json": 5})

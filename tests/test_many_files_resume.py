@@ -40,14 +40,17 @@ def test_pause_and_resume_fetch_nothing_finished_again(service: Service, origin:
     assert r.status_code == 200 and r.json["status"] == "paused"
     item = client.get("/models/downloads/p").json
     assert item["resumable"] is True
-    files = {f["path"]: f["status"] for f in item["files"]}
-    assert files["a.bin"] == "complete"
+    files = {f["path"]: (f["status"], f["downloaded"]) for f in item["files"]}
+    assert files == {"a.bin": ("complete", 20 * KiB), "b.bin": ("queued", 100 * KiB)}  # b.bin's bytes are kept
     b.release.set()
     r = client.post("/models/download/resume", json={"id": "p"})
     assert r.status_code == 202, r.json
     assert watch.terminal("p")["status"] == "complete"
     assert len(origin.requests_for(f"/p/{REV}/a.bin")) == 1  # done before the pause: not fetched again
     assert origin.requests_for(f"/p/{REV}/b.bin")[-1].range == f"bytes={100 * KiB}-"
+    # The file done before the pause is still vouched for by the origin's listing in the manifest.
+    with open(os.path.join(ArwModels.state(app).dirs.manifests_dir, "p.json")) as fh:
+        assert {f["path"]: f["sha256_source"] for f in json.load(fh)["files"]} == {"a.bin": "origin", "b.bin": "origin"}
     assert models.resolved == 1  # the resume read its plan
 
 
