@@ -42,6 +42,9 @@ def test_pause_and_resume_fetch_nothing_finished_again(service: Service, origin:
     assert item["resumable"] is True
     files = {f["path"]: (f["status"], f["downloaded"]) for f in item["files"]}
     assert files == {"a.bin": ("complete", 20 * KiB), "b.bin": ("queued", 100 * KiB)}  # b.bin's bytes are kept
+    staging = os.path.join(ArwModels.state(app).dirs.root, "partial", "p")
+    # a.bin is in the blob store: nothing of it is left in the staging folder, b.bin's .part and sidecar are.
+    assert sorted(os.listdir(staging)) == ["f0001.part", "f0001.part.json", "plan.json"]
     b.release.set()
     r = client.post("/models/download/resume", json={"id": "p"})
     assert r.status_code == 202, r.json
