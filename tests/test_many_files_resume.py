@@ -213,6 +213,7 @@ def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> 
     assert watch.terminal("c")["status"] == "canceled"
     assert not os.path.exists(staging)
     assert client.get("/models/downloads").json["items"] == []
+    assert client.get("/models/downloads/c").json["downloaded"] == 0  # nothing is kept of a canceled model
 
 
 def test_no_more_files_at_once_than_the_setting(service: Service, origin: Origin) -> None:
