@@ -36,6 +36,7 @@ def test_the_files_are_fetched_and_installed_together(service: Service, origin: 
     ref = models.add("tiny", files, git=("config.json",), inline={"README.md": b"# tiny\n"})
     r = post_download(client, "tiny", ref)
     assert r.status_code == 202, r.json
+    assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == ("started", 0, 0, False)
     done = watch.terminal("tiny")
     assert done["status"] == "complete", done
     state = ArwModels.state(app).dirs
