@@ -4,6 +4,7 @@ verified and put in the store, installed together as a folder of links."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any
 
@@ -36,6 +37,7 @@ def test_the_files_are_fetched_and_installed_together(service: Service, origin: 
     ref = models.add("tiny", files, git=("config.json",), inline={"README.md": b"# tiny\n"})
     r = post_download(client, "tiny", ref)
     assert r.status_code == 202, r.json
+    assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == ("started", 0, 0, False)
     done = watch.terminal("tiny")
     assert done["status"] == "complete", done
     state = ArwModels.state(app).dirs
@@ -56,6 +58,11 @@ def test_the_files_are_fetched_and_installed_together(service: Service, origin: 
     assert listed["model-00002-of-00002.safetensors"]["sha256"] == hashlib.sha256(
         files["model-00002-of-00002.safetensors"]).hexdigest()
     assert "git_oid" in listed["config.json"]
+    # The manifest says who vouches for each SHA-256: the origin's listing, or the service's own hashing of a
+    # file the listing names only by its git blob id.
+    with open(os.path.join(state.manifests_dir, "tiny.json")) as fh:
+        sources = {f["path"]: f["sha256_source"] for f in json.load(fh)["files"]}
+    assert (sources["config.json"], sources["model-00002-of-00002.safetensors"]) == ("computed", "origin")
     # Progress sums into the job; the files are listed as agreed.
     progress = [p for p in watch.payloads("tiny") if p["status"] == "downloading"]
     assert progress and all(set(f) == {"path", "downloaded", "total", "status"} for f in progress[-1]["files"])
@@ -78,12 +85,64 @@ def test_a_bad_digest_names_its_file_and_installs_nothing(service: Service, orig
     assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "bad"))
 
 
+def test_a_failed_file_stops_the_files_still_coming(service: Service, origin: Origin) -> None:
+    """The first file that fails ends the model at once: a file stalled at its origin is stopped, not waited
+    for until the idle timeout."""
+    _, client, watch, models = models_app(service, origin, ARW_DL_FILES_AT_ONCE=2, ARW_DL_IDLE_TIMEOUT_SECS=60)
+    ref = models.add("stop", {"slow.bin": payload(300 * KiB, 41), "bad.bin": payload(10 * KiB, 42)},
+                     digests={"bad.bin": "ab" * 32})
+    slow = origin.add(f"/stop/{'0' * 40}/slow.bin", payload(300 * KiB, 41), stall_after=50 * KiB)
+    assert post_download(client, "stop", ref).status_code == 202
+    try:
+        assert slow.stalled.wait(5)
+        failed = watch.terminal("stop")
+    finally:
+        slow.release.set()
+    assert (failed["status"], failed["code"], failed["file"]) == ("error", "checksum-mismatch", "bad.bin")
+
+
 def test_a_size_other_than_listed_names_its_file(service: Service, origin: Origin) -> None:
     _, client, watch, models = models_app(service, origin)
     ref = models.add("short", tiny(5), sizes={"config.json": 5})
     assert post_download(client, "short", ref).status_code == 202
     failed = watch.terminal("short")
     assert (failed["status"], failed["code"], failed["file"]) == ("error", "size-mismatch", "config.json")
+    assert client.get("/models").json["items"] == []
+
+
+def test_a_401_asks_for_the_files_headers_afresh_once(service: Service, origin: Origin) -> None:
+    """A token that expired mid-model is asked for again and the file fetched with it; an origin that refuses
+    the fresh one too ends the model with its 401 rather than asking forever."""
+    _, client, watch, models = models_app(service, origin, ARW_DL_RETRY_BACKOFF_MS=1)
+    ref = models.add("expired", {"a.bin": payload(10 * KiB, 7)}, statuses=[(401, {})])
+    assert post_download(client, "expired", ref).status_code == 202
+    assert watch.terminal("expired")["status"] == "complete"
+    assert models.fresh == ["a.bin"]
+    seen = origin.requests_for("/expired/" + "0" * 40 + "/a.bin")
+    assert [s.headers.get("authorization") for s in seen][-1] == "Bearer fresh"
+    ref = models.add("refused", {"b.bin": payload(10 * KiB, 8)}, statuses=[(401, {}), (401, {})])
+    assert post_download(client, "refused", ref).status_code == 202
+    failed = watch.terminal("refused")
+    assert (failed["status"], failed.get("http_status"), failed["file"]) == ("error", 401, "b.bin"), failed
+    assert models.fresh == ["a.bin", "b.bin"]
+
+
+def test_a_file_listed_by_its_git_blob_id_is_held_to_its_size_and_id(service: Service,
+                                                                     origin: Origin) -> None:
+    """A file listed by its git blob id alone (no SHA-256 to check while it comes) is held to its listed size
+    even when the origin sends no length, and to that id: either failure names its file and installs nothing."""
+    _, client, watch, models = models_app(service, origin)
+    ref = models.add("long", {"a.bin": payload(10 * KiB, 31)}, git=("a.bin",))
+    origin.add(f"/long/{'0' * 40}/a.bin", payload(12 * KiB, 31), send_length=False)
+    assert post_download(client, "long", ref).status_code == 202
+    failed = watch.terminal("long")
+    assert (failed["status"], failed["code"], failed["file"]) == ("error", "size-mismatch", "a.bin"), failed
+    ref = models.add("oid", {"config.json": b'{"model_type": "llama"}'}, git=("config.json",))
+    origin.add(f"/oid/{'0' * 40}/config.json", b'{"model_type": "LLAMA"}')  # the same size, other bytes
+    assert post_download(client, "oid", ref).status_code == 202
+    failed = watch.terminal("oid")
+    assert (failed["status"], failed["code"], failed["file"]) == ("error", "checksum-mismatch", "config.json")
+    assert [f["downloaded"] for f in failed["files"]] == [0]  # its bytes are not kept for a resume
     assert client.get("/models").json["items"] == []
 
 
@@ -94,13 +153,13 @@ def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Servi
     assert post_download(client, "one", first).status_code == 202
     assert watch.terminal("one")["status"] == "complete"
     more = dict(files, **{"extra.bin": payload(50 * KiB, 9)})
-    second = models.add("two", more)
+    second = models.add("two", more, inline={"README.md": b"# two\n"})  # written by the service, never fetched
     dry = post_download(client, "two", second, dry_run=True)
     assert dry.status_code == 200
     assert dry.json["revision"] == "0" * 40 and dry.json["provider"] == "hf"
     in_store = {f["path"]: f["in_store"] for f in dry.json["files"]}
-    assert in_store == {**{p: True for p in files}, "extra.bin": False}
-    assert dry.json["to_fetch"] == 50 * KiB and dry.json["total"] == sum(len(d) for d in more.values())
+    assert in_store == {**{p: True for p in files}, "extra.bin": False, "README.md": False}
+    assert dry.json["to_fetch"] == 50 * KiB and dry.json["total"] == sum(len(d) for d in more.values()) + 6
     assert client.get("/models/downloads").json["items"] == []  # nothing started
     assert post_download(client, "two", second).status_code == 202
     done = watch.terminal("two")
@@ -257,3 +316,23 @@ def test_a_queued_model_can_be_canceled_and_never_reaches_the_origin(service: Se
     assert not any(seen.path.startswith("/waits/") for seen in origin.seen)
     hold.release.set()
     assert watch.terminal("hold")["status"] == "complete"
+
+
+def test_a_single_file_replaced_by_a_model_of_many_files_leaves_no_file_behind(service: Service,
+                                                                              origin: Origin) -> None:
+    """Forcing a folder model over an id installed as one file removes the old file and its blob, and a delete
+    of an id that is not installed is refused and removes nothing."""
+    app, client, watch, models = models_app(service, origin)
+    single = origin.add("/m.gguf", payload(30 * KiB, 21))
+    assert post_download(client, "m", origin.url("/m.gguf"), sha256=single.sha256).status_code == 202
+    old = watch.terminal("m")["file"]
+    state = ArwModels.state(app).dirs
+    assert os.path.isfile(os.path.join(state.models_dir, old))
+    ref = models.add("many", {"a.bin": payload(10 * KiB, 22)})
+    assert post_download(client, "m", ref, force=True).status_code == 202
+    done = watch.terminal("m")
+    assert done["status"] == "complete" and done["file"] != old
+    assert os.listdir(state.models_dir) == [done["file"]]
+    assert os.listdir(state.blobs_dir) == [hashlib.sha256(payload(10 * KiB, 22)).hexdigest()]
+    assert client.delete("/models/nothing-here").status_code == 404
+    assert [e["id"] for e in client.get("/models").json["items"]] == ["m"]

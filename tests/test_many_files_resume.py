@@ -3,12 +3,16 @@ the same state directory, a cancel, the files-at-once limit, the disk budget."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import stat
+import threading
+import time
 from typing import Any
 
 from arw_models import ArwModels
+from arw_models.engine.fileset import FileSet, RemoteFile
 from arw_models.store.staging import Staging, staged_ids
 from arw_models.store.storage import StateDir
 
@@ -39,8 +43,11 @@ def test_pause_and_resume_fetch_nothing_finished_again(service: Service, origin:
     assert r.status_code == 200 and r.json["status"] == "paused"
     item = client.get("/models/downloads/p").json
     assert item["resumable"] is True
-    files = {f["path"]: f["status"] for f in item["files"]}
-    assert files["a.bin"] == "complete"
+    files = {f["path"]: (f["status"], f["downloaded"]) for f in item["files"]}
+    assert files == {"a.bin": ("complete", 20 * KiB), "b.bin": ("queued", 100 * KiB)}  # b.bin's bytes are kept
+    staging = os.path.join(ArwModels.state(app).dirs.root, "partial", "p")
+    # a.bin is in the blob store: nothing of it is left in the staging folder, b.bin's .part and sidecar are.
+    assert sorted(os.listdir(staging)) == ["f0001.part", "f0001.part.json", "plan.json"]
     b.release.set()
     r = client.post("/models/download/resume", json={"id": "p"})
     assert r.status_code == 202, r.json
@@ -49,6 +56,9 @@ def test_pause_and_resume_fetch_nothing_finished_again(service: Service, origin:
     assert watch.terminal("p")["status"] == "complete"
     assert len(origin.requests_for(f"/p/{REV}/a.bin")) == 1  # done before the pause: not fetched again
     assert origin.requests_for(f"/p/{REV}/b.bin")[-1].range == f"bytes={100 * KiB}-"
+    # The file done before the pause is still vouched for by the origin's listing in the manifest.
+    with open(os.path.join(ArwModels.state(app).dirs.manifests_dir, "p.json")) as fh:
+        assert {f["path"]: f["sha256_source"] for f in json.load(fh)["files"]} == {"a.bin": "origin", "b.bin": "origin"}
     assert models.resolved == 1  # the resume read its plan
 
 
@@ -79,6 +89,118 @@ def test_a_restart_resumes_from_the_plan_without_resolving_again(make_app: Any, 
     assert entry["file"] == "r" and entry["bytes"] == 320 * KiB
 
 
+def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_app: Any, origin: Origin) -> None:
+    """After a restart a paused model is listed from its plan alone (its finished files as such), is not resumed
+    on start, and a cancel with no job in memory still removes its staging folder."""
+    app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    client = app.test_client()
+    models = attach(app, client, origin)
+    first = Watch(app)
+    ref = models.add("q", {"a.bin": payload(20 * KiB, 6), "b.bin": payload(300 * KiB, 7)})
+    b = origin.add(f"/q/{REV}/b.bin", payload(300 * KiB, 7), stall_after=100 * KiB)
+    assert post_download(client, "q", ref).status_code == 202
+    assert b.stalled.wait(5)
+    first.until(lambda e: e.payload.get("id") == "q" and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": "q"}).json["status"] == "paused"
+    first.close()
+    ArwModels.state(app).shutdown()
+    b.release.set()
+
+    again = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_RESUME_ON_START=True)
+    ArwModels.state(again).start()
+    client = again.test_client()
+    item = client.get("/models/downloads/q").json
+    assert (item["status"], item["resumable"], item["total"], item["progress"]) == ("paused", True, 320 * KiB, 6)
+    assert item["files"] == [
+        {"path": "a.bin", "downloaded": 20 * KiB, "total": 20 * KiB, "status": "complete"},
+        {"path": "b.bin", "downloaded": 0, "total": 300 * KiB, "status": "queued"}]
+    assert len(origin.requests_for(f"/q/{REV}/b.bin")) == 1  # not resumed on start
+    r = client.post("/models/download/cancel", json={"id": "q"})
+    assert r.status_code == 200 and r.json["status"] == "canceled"
+    assert not os.path.exists(os.path.join(again.config["ARW_STATE_DIR"], "partial", "q"))
+    assert client.get("/models/downloads/q").json["status"] == "canceled"
+
+
+def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(make_app: Any) -> None:
+    """A staging folder untouched past ``ARW_DL_STALE_PART_HOURS`` or with a plan that cannot be read is removed
+    at start; with resume on start off, a sound one stays, listed as resumable, and is not started. A folder
+    with no plan is never listed."""
+    app = make_app(ARW_DL_RESUME_ON_START=False, ARW_DL_STALE_PART_HOURS=1)
+    partial = os.path.join(app.config["ARW_STATE_DIR"], "partial")
+    # The waiting one's listing cannot be read (an empty one): it is listed with no files. Of partly's, a
+    # registry's model, both files were listed with no size: one is done (its size known), the other is not.
+    files = (RemoteFile("a.bin", "https://e.com/a", None, "a" * 64),
+             RemoteFile("b.bin", "https://e.com/b", None, "b" * 64))
+    partly = {"id": "partly", "url": "ollama://llama3:8b", "provider": "ollama",
+              "fileset": FileSet("ollama://llama3:8b", "ollama", REV, files).to_json(),
+              "done": {"a.bin": {"size": 10, "sha256": "a" * 64, "stored": True}}}
+    files = (RemoteFile("a.bin", "https://e.com/a", 199, "a" * 64), RemoteFile("b.bin", "https://e.com/b", 1, "b" * 64))
+    nearly = dict(partly, id="nearly", fileset=FileSet("ollama://llama3:8b", "ollama", REV, files).to_json(),
+                  done={"a.bin": {"size": 199, "sha256": "a" * 64}})
+    over = dict(nearly, id="over", done={"a.bin": {"size": 400, "sha256": "a" * 64}})  # a plan not to be trusted
+    for model_id, plan in (("stale", json.dumps({"id": "stale", "url": "hf://acme/stale", "fileset": {}})),
+                           ("broken", "{"),
+                           ("waiting", json.dumps({"id": "waiting", "url": "hf://acme/waiting", "fileset": {}})),
+                           ("partly", json.dumps(partly)), ("nearly", json.dumps(nearly)),
+                           ("over", json.dumps(over))):
+        os.makedirs(os.path.join(partial, model_id))
+        with open(os.path.join(partial, model_id, "plan.json"), "w") as fh:
+            fh.write(plan)
+    old = time.time() - 2 * 3600
+    for path in (os.path.join(partial, "stale", "plan.json"), os.path.join(partial, "stale")):
+        os.utime(path, (old, old))
+    ArwModels.state(app).start()
+    assert sorted(os.listdir(partial)) == ["nearly", "over", "partly", "waiting"]
+    item = app.test_client().get("/models/downloads/waiting").json
+    assert (item["status"], item["resumable"], item["url"], item["files"], item["total"]) == (
+        "resumable", True, "hf://acme/waiting", [], 0)
+    assert "progress" not in item
+    os.makedirs(os.path.join(partial, "late"))  # a folder whose plan is not written yet: not a download
+    items = {i["id"]: i for i in app.test_client().get("/models/downloads").json["items"]}
+    assert sorted(items) == ["nearly", "over", "partly", "waiting"]
+    assert (items["nearly"]["downloaded"], items["nearly"]["total"], items["nearly"]["progress"]) == (199, 200, 99)
+    assert items["over"]["progress"] == 100
+    assert {k: items["partly"][k] for k in ("provider", "downloaded", "total", "progress", "files")} == {
+        "provider": "ollama", "downloaded": 10, "total": 10, "progress": 100,
+        "files": [{"path": "a.bin", "downloaded": 10, "total": 10, "status": "stored"},
+                  {"path": "b.bin", "downloaded": 0, "total": None, "status": "queued"}]}
+
+
+def test_another_request_over_a_paused_model_says_what_it_discards(service: Service, origin: Origin) -> None:
+    """A POST for the same id with another selection starts anew: its answer says the bytes of the paused
+    model's finished files are discarded, not kept."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    ref = models.add("k", {"a.bin": payload(20 * KiB, 11), "b.bin": payload(300 * KiB, 12)})
+    b = origin.add(f"/k/{REV}/b.bin", payload(300 * KiB, 12), stall_after=100 * KiB)
+    assert post_download(client, "k", ref).status_code == 202
+    assert b.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "k" and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": "k"}).json["status"] == "paused"
+    b.release.set()
+    r = post_download(client, "k", ref, files=["a.bin"])
+    assert r.status_code == 202, r.json
+    assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == (
+        "started", 0, 20 * KiB, False)
+    done = watch.terminal("k")
+    assert done["status"] == "complete" and [f["path"] for f in done["files"]] == ["a.bin"]
+
+
+def test_a_pause_during_a_files_retry_wait_fetches_nothing_more(service: Service, origin: Origin) -> None:
+    """A file waiting to retry after a dropped connection is paused at once with its model: no request follows
+    the pause."""
+    app, client, watch = service(ARW_DL_RETRY_BACKOFF_MS=60000, ARW_DL_RETRY_BACKOFF_MAX_MS=60000)
+    models = attach(app, client, origin)
+    dropped = threading.Event()
+    ref = models.add("w", {"a.bin": payload(10 * KiB, 13)}, drop_after=0, on_drop=lambda res: dropped.set())
+    assert post_download(client, "w", ref).status_code == 202
+    assert dropped.wait(5)
+    assert client.post("/models/download/pause", json={"id": "w"}).json["status"] == "paused"
+    assert watch.status("w", "paused")["files"][0]["status"] == "queued"
+    assert ArwModels.state(app).manager.wait("w", 5)
+    assert len(origin.requests_for(f"/w/{REV}/a.bin")) == 1
+
+
 def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> None:
     app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
@@ -96,6 +218,7 @@ def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> 
     assert watch.terminal("c")["status"] == "canceled"
     assert not os.path.exists(staging)
     assert client.get("/models/downloads").json["items"] == []
+    assert client.get("/models/downloads/c").json["downloaded"] == 0  # nothing is kept of a canceled model
 
 
 def test_no_more_files_at_once_than_the_setting(service: Service, origin: Origin) -> None:

@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 
 from arw_models import ArwModels
+from arw_models.config import DEFAULTS, Settings
+from arw_models.engine import references
+from arw_models.engine.fileset import RemoteFile, Selection
+from arw_models.errors import TransferError
 
 from .support.app import Service, post_download
 from .support.hub import Hub, needs_second_host
@@ -161,3 +165,45 @@ def test_a_hub_model_opens_offline_with_huggingface_hub(service: Service, hub: H
     # A request may say no.
     assert post_download(client, "again", f"hf://{REPO}", hf_cache=False, force=True).status_code == 202
     assert "hf_cache" not in watch.terminal("again")
+
+
+@needs_second_host
+def test_asked_for_the_hugging_face_cache_with_no_folder_set_uses_huggingface_hubs_own(
+        service: Service, hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that asks for the cache where none is configured gets the folder huggingface_hub itself reads
+    (``HF_HUB_CACHE``, else ``HF_HOME/hub``); a cache that cannot be written leaves the model installed."""
+    commit = hub.commit(REPO, FILES)
+    app, client, watch = service(ARW_HF_ENDPOINT=hub.endpoint, ARW_HF_TOKEN=TOKEN)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    assert post_download(client, "one", f"hf://{REPO}", hf_cache=True).status_code == 202
+    assert watch.terminal("one")["hf_cache"].startswith(str(tmp_path / "hub-cache")), commit
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert post_download(client, "two", f"hf://{REPO}", hf_cache=True).status_code == 202
+    assert watch.terminal("two")["hf_cache"].startswith(str(tmp_path / "home" / "hub"))
+    assert post_download(client, "none", f"hf://{REPO}").status_code == 202  # not asked, none set: no cache
+    assert "hf_cache" not in watch.terminal("none")
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "a-file"))
+    assert post_download(client, "three", f"hf://{REPO}", hf_cache=True).status_code == 202
+    done = watch.terminal("three")
+    assert done["status"] == "complete" and "hf_cache" not in done
+    assert read(os.path.join(folder_of(app, "three"), "config.json")) == FILES["config.json"]
+
+
+def test_references_name_their_provider_and_refuse_what_they_cannot_resolve() -> None:
+    """The provider a model is recorded with comes from its reference; a reference no resolver takes, or a
+    selection of files from a registry's model (fetched whole), is refused before any request is made."""
+    assert [references.names_many(u) for u in ("hf://acme/tiny", "ollama://llama3:8b", "https://e.com/m.gguf")] == [
+        True, True, False]
+    assert [references.provider_of(u) for u in ("hf://acme/tiny", "ollama://llama3:8b", "oci://ghcr.io/acme/m:1",
+                                                 "models/tiny")] == ["hf", "ollama", "oci", "local"]
+    settings = Settings.from_config(DEFAULTS)
+    with pytest.raises(TransferError) as caught:
+        references.resolve("ftp://example.com/m", Selection(), settings, None, {})
+    assert caught.value.code == "unsupported-reference" and "ftp://" in caught.value.message
+    with pytest.raises(TransferError) as caught:
+        references.resolve("ollama://llama3:8b", Selection(include=("*.gguf",)), settings, None, {})
+    assert caught.value.code == "invalid-selection" and "ollama://llama3:8b" in caught.value.message
+    plain = references.authorizer("https://e.com/m.gguf", settings, {"Authorization": "Bearer x"})
+    assert plain(RemoteFile("m.gguf", "https://e.com/m.gguf", 1, "a" * 64), False) == {}

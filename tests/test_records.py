@@ -10,7 +10,9 @@ from typing import Any
 
 from arw_models import ArwModels
 from arw_models.engine import backoff_delay
+from arw_models.store import sidecar as sidecar_store
 from arw_models.store.sidecar import Sidecar
+from arw_models.store.storage import StateDir
 
 from .support.app import Service, post_download
 from .support.helpers import listing, models_dir, part, read, sidecar, write_partial
@@ -181,3 +183,20 @@ def test_a_sidecar_record_reads_what_it_knows_and_keeps_what_it_does_not() -> No
                                 "headers": {"Authorization": "Bearer x"}, "from_a_later_version": {"kept": True}}
     assert Sidecar.from_json(Sidecar.from_json(record.to_json()).to_json()) == record  # type: ignore[union-attr]
     assert Sidecar.from_json(["not", "an", "object"]) is None
+
+
+def test_a_sidecar_keeps_every_sound_field_across_a_write_and_a_read(tmp_path: Any) -> None:
+    """What a resume trusts (a zero total, the validators, a rate, ranges the origin refused) must read back as
+    written; a count that is negative, a bool or not a whole number reads as absent."""
+    data = {"id": "m", "url": "https://example.com/m.gguf", "etag": '"v1"', "last_modified": "Mon, 01 Jan 2024",
+            "filename": "m.gguf", "sha256": "a" * 64, "provider": "hf", "created_at": "2024-01-01T00:00:00Z",
+            "published_sha256": "b" * 64, "total": 0, "rate_limit": 1024, "ranges": [[0, None, 0]],
+            "accept_ranges": False, "headers": {"Authorization": "Bearer x"}, "paused": True}
+    state = StateDir(str(tmp_path))
+    os.makedirs(os.path.dirname(state.sidecar_path("m")), exist_ok=True)
+    sidecar_store.write(state, "m", Sidecar.of(data))
+    record = sidecar_store.read(state, "m")
+    assert record is not None and record.to_json() == data
+    assert Sidecar.of(data) == record and Sidecar.of({}) == Sidecar()
+    for bad in (-1, True, 1.5, "7"):
+        assert Sidecar.of({"total": bad, "rate_limit": bad}).to_json() == {}, bad

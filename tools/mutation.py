@@ -168,7 +168,7 @@ DEFAULT_TESTS = {
     "arw_models/engine/oci.py": ["tests/test_registries.py", "tests/test_many_files_sources.py"],
     "arw_models/engine/registry_auth.py": ["tests/test_registries.py", "tests/test_many_files_sources.py"],
     "arw_models/service/attempts.py": [*_MODEL_TESTS, *_ENGINE_TESTS],
-    "arw_models/service/models.py": [*_MODEL_TESTS, "tests/test_cli_hub.py", "tests/test_metrics.py"],
+    "arw_models/service/models.py": ["tests/test_pause.py", *_MODEL_TESTS, "tests/test_cli_hub.py", "tests/test_metrics.py"],
     "arw_models/service/model_install.py": [*_MODEL_TESTS, "tests/test_metrics.py"],
     "arw_models/store/staging.py": [*_MODEL_TESTS, "tests/test_gc.py"],
     "arw_models/store/folders.py": [*_MODEL_TESTS, "tests/test_store.py"],

@@ -125,7 +125,9 @@ def staged_item(state: StateDir, model_id: str) -> dict[str, Any] | None:
     for file in fileset.files if fileset is not None else ():
         finished = done.get(file.path)
         if finished is not None:
-            files.append({"path": file.path, "downloaded": finished.get("size"), "total": file.size,
+            # A file listed with no size has one once it is done, as the running job shows it.
+            size = finished.get("size")
+            files.append({"path": file.path, "downloaded": size, "total": file.size if file.size is not None else size,
                           "status": "stored" if finished.get("stored") else "complete"})
         else:
             files.append({"path": file.path, "downloaded": 0, "total": file.size, "status": "queued"})
