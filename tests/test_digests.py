@@ -294,6 +294,7 @@ def test_a_size_the_hub_states_that_the_answer_does_not_serve_fails_before_the_b
     done = watch.terminal("m")
     assert done["status"] == "error" and done["code"] == "size-mismatch"
     assert done["expected_bytes"] == MiB + 1
+    assert done["received"] == 0  # before the body: none of its bytes was taken
     assert listing(app) == []
 
 
