@@ -121,6 +121,38 @@ def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_a
     assert client.get("/models/downloads/q").json["status"] == "canceled"
 
 
+def test_a_models_request_headers_go_with_it_across_a_restart(make_app: Any, origin: Origin) -> None:
+    """A model asked for with headers of its own (a token, say), paused and resumed
+    by the next run from its plan: the files still to fetch are asked with those
+    headers, though the request that carried them is long gone."""
+    app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    client = app.test_client()
+    models = attach(app, client, origin)
+    first = Watch(app)
+    ref = models.add("h", {"a.bin": payload(20 * KiB, 8), "b.bin": payload(300 * KiB, 9)})
+    b = origin.add(f"/h/{REV}/b.bin", payload(300 * KiB, 9), stall_after=100 * KiB)
+    assert post_download(client, "h", ref, headers={"X-Model-Token": "t-1"}).status_code == 202
+    assert b.stalled.wait(5)
+    first.until(lambda e: e.payload.get("id") == "h" and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": "h"}).json["status"] == "paused"
+    first.close()
+    ArwModels.state(app).shutdown()
+    b.release.set()
+    b.stall_after = None
+    seen = len(origin.requests_for(f"/h/{REV}/b.bin"))
+
+    again = make_app(ARW_DL_FILES_AT_ONCE=1)
+    attach(again, again.test_client(), origin)
+    watch = Watch(again)
+    try:
+        assert again.test_client().post("/models/download/resume", json={"id": "h"}).status_code == 202
+        assert watch.terminal("h")["status"] == "complete"
+    finally:
+        watch.close()
+    later = origin.requests_for(f"/h/{REV}/b.bin")[seen:]
+    assert later and all(s.headers.get("x-model-token") == "t-1" for s in later), later
+
+
 def test_at_start_stale_and_unreadable_staging_folders_go_and_the_others_wait(make_app: Any) -> None:
     """A staging folder untouched past ``ARW_DL_STALE_PART_HOURS`` or with a plan that cannot be read is removed
     at start; with resume on start off, a sound one stays, listed as resumable, and is not started. A folder
