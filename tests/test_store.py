@@ -451,6 +451,24 @@ def stored(store: blobs.Blobs, *datas: bytes) -> list[str]:
     return digests
 
 
+def test_where_names_cannot_be_exchanged_a_folder_is_replaced_in_two_steps(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A file system (or kernel) that refuses an atomic exchange of two names: the
+    new folder still takes the old one's place, by renaming the old one away first,
+    says so in the log, and leaves nothing of either behind."""
+    store = store_of(tmp_path)
+    state = store.state
+    one, two = stored(store, b"config", b"weights")
+    folders.build(state, store, "m", [("config.json", one)])
+    monkeypatch.setattr(folders, "_RENAME_EXCHANGE", 1 << 30)  # a flag no kernel knows: EINVAL
+    caplog.set_level(logging.INFO, logger="arw_models")
+    path = folders.build(state, store, "m", [("w.bin", two)])
+    assert os.listdir(path) == ["w.bin"] and os.path.samefile(os.path.join(path, "w.bin"),
+                                                              os.path.join(store.dir, two))
+    assert [r for r in caplog.records if "no atomic exchange" in r.getMessage()]
+    assert os.listdir(state.models_dir) == ["m"]
+
+
 def test_a_folder_is_built_of_links_of_blobs_in_place_of_what_was_there(tmp_path: Any,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     """A model of many files is a folder of links of its blobs, its folders of the
