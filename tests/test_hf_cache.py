@@ -122,6 +122,14 @@ def test_a_revision_name_as_long_as_a_file_name_can_be_is_exported(tmp_path: Pat
     assert not [n for n in os.listdir(cache / "models--acme--tiny-model" / "refs") if n.endswith(".tmp")]
 
 
+def test_an_export_leaves_no_descriptor_open(tmp_path: Path, store: dict[str, Path]) -> None:
+    """The export walks the cache's folders by descriptors (so that it follows no
+    link): a service that exports every hub model must close each of them."""
+    before = len(os.listdir("/proc/self/fd"))
+    run(tmp_path / "hf", store, revision="refs/pr/1")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_branch_that_moved_points_at_its_new_commit(tmp_path: Path, store: dict[str, Path]) -> None:
     cache = tmp_path / "hf"
     run(cache, store)
