@@ -10,7 +10,15 @@ from typing import Any
 from arw_models import ArwModels, signals
 
 from .support.app import Service, Watch, post_download
-from .support.helpers import cancel, listing, models_dir, part, read, sidecar
+from .support.helpers import (
+    cancel,
+    listing,
+    models_dir,
+    part,
+    read,
+    sidecar,
+    write_partial,
+)
 from .support.origin import Origin, payload
 
 KiB = 1024
@@ -210,3 +218,22 @@ def test_a_paused_download_asked_for_again_is_no_longer_paused_for_a_restart(mak
     finally:
         watch.close()
     assert read(os.path.join(models_dir(second), "p.gguf")) == p.data
+
+
+def test_a_queued_download_paused_reports_the_bytes_an_earlier_run_left(service: Service, origin: Origin) -> None:
+    """A download that waits for a slot, with a ``.part`` an earlier run left: paused
+    there, it reports those bytes as its own (what a resume will continue from), not
+    the nothing this run has fetched."""
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(MiB, seed=131), stall_after=KiB)
+    wait = origin.add("/wait.gguf", payload(100 * KiB, seed=132))
+    write_partial(app, "wait", wait.data[: 40 * KiB], {"id": "wait", "url": origin.url("/wait.gguf"),
+                                                         "total": len(wait.data), "etag": wait.etag})
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    assert post_download(client, "wait", origin.url("/wait.gguf")).json["status"] == "queued"
+    r = pause(client, "wait")
+    assert r.status_code == 200 and r.json["status"] == "paused", r.json
+    assert watch.status("wait", "paused")["downloaded"] == 40 * KiB
+    hold.release.set()
+    assert cancel(client, "hold").status_code == 200
