@@ -284,6 +284,25 @@ def test_the_disk_budget_refuses_the_model_before_its_first_byte(service: Servic
     assert origin.requests_for(f"/big/{REV}/a.bin") == [] and origin.requests_for(f"/big/{REV}/b.bin") == []
 
 
+def test_a_resumed_model_asks_the_disk_only_for_what_it_still_lacks(service: Service, origin: Origin) -> None:
+    """Paused with 100 KiB of a 300 KiB file on disk: the resume needs 200 KiB more,
+    not the whole file again, and a disk with 250 KiB free lets it go on."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    ref = models.add("k", {"a.bin": payload(20 * KiB, 10), "b.bin": payload(300 * KiB, 11)})
+    b = origin.add(f"/k/{REV}/b.bin", payload(300 * KiB, 11), stall_after=100 * KiB)
+    assert post_download(client, "k", ref).status_code == 202
+    assert b.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "k" and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": "k"}).json["status"] == "paused"
+    b.release.set()
+    b.stall_after = None
+    ArwModels.state(app).manager.disk_free = lambda path: 250 * KiB
+    assert client.post("/models/download/resume", json={"id": "k"}).status_code == 202
+    done = watch.terminal("k")
+    assert done["status"] == "complete", done
+
+
 def test_a_staging_folder_is_the_owners_alone_again_when_its_plan_is_written(tmp_path: Any) -> None:
     """A plan holds the request's headers: a staging folder, plan or ``.part``
     left readable by others (a restore from a backup) is narrowed to the owner
