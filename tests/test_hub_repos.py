@@ -5,6 +5,7 @@ against the hub stand-in of tests/support/hub.py (the hub on 127.0.0.1, its CDN 
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -282,6 +283,8 @@ def test_a_missing_shard_is_named(hub: Hub, session: requests.Session) -> None:
     {"type": "file", "path": "a//b.bin", "size": 1, "oid": "1" * 40},
     {"type": "file", "path": "README.md", "size": 1, "oid": "1" * 40},  # twice
     {"type": "file", "path": "x.bin", "size": -1, "oid": "1" * 40},
+    {"type": "file", "path": "x.bin", "oid": "1" * 40},  # no size at all
+    {"type": "file", "path": "x.bin", "size": "12", "oid": "1" * 40},
     {"type": "file", "path": "x.bin", "size": 1, "oid": "not-an-oid"},
     {"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"oid": "abc", "size": 1}},
     {"type": "symlink", "path": "x.bin"},
@@ -309,6 +312,29 @@ def test_hub_failures_keep_their_codes(hub: Hub, session: requests.Session) -> N
     err = failure(lambda: hubs.resolve(hubs.parse_repo(f"hf://{REPO}"), Selection(), session, closed, None,
                                        timeout=TIMEOUT))
     assert err.code == "connection-refused" and err.retryable
+
+
+def test_an_answer_cut_short_is_a_retryable_network_failure(hub: Hub, session: requests.Session) -> None:
+    """A connection dropped in the middle of the hub's answer is the network's fault: the
+    resolve may be tried again (and then succeeds), it is not a broken listing."""
+    sha = hub.commit(REPO, FILES)
+    path = f"/api/models/{REPO}/revision/main"
+    hub.api.add(path, json.dumps({"id": REPO, "sha": sha}).encode(), drop_after=5)
+    answer = hub.api.api
+    hub.api.api = lambda raw, headers: None if raw == path else answer(raw, headers)
+    err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
+    assert err.code == "network" and err.retryable and REPO in str(err)
+    assert resolve(hub, session, f"hf://{REPO}").revision == sha  # the drop was once
+
+
+def test_https_to_a_hub_that_speaks_no_tls_is_a_tls_failure(hub: Hub, session: requests.Session) -> None:
+    """An endpoint whose TLS handshake fails says so (code ``tls``, not retried): asking
+    again would fail the same way, and the user must fix the endpoint or its certificate."""
+    hub.commit(REPO, FILES)
+    endpoint = hub.endpoint.replace("http://", "https://", 1)
+    err = failure(lambda: hubs.resolve(hubs.parse_repo(f"hf://{REPO}"), Selection(), session, endpoint, None,
+                                       timeout=TIMEOUT))
+    assert err.code == "tls" and not err.retryable and REPO in str(err)
 
 
 @pytest.mark.parametrize(("url", "many"), [

@@ -67,6 +67,7 @@ def fetch_all(fs: FileSet, authorize: Any, session: requests.Session) -> dict[st
     ("oci://127.0.0.1:5000/a__b/c-d.e:V1.0_x", "127.0.0.1:5000", "a__b/c-d.e", "V1.0_x", None, "oci"),
     ("oci://reg.example:443/m@sha256:" + "ab" * 32, "reg.example:443", "m", None, "sha256:" + "ab" * 32, "oci"),
     ("oci://reg.example/m:t@sha256:" + "0" * 64, "reg.example", "m", "t", "sha256:" + "0" * 64, "oci"),
+    ("oci://ghcr.io/" + "a/" * 127 + "b", "ghcr.io", "a/" * 127 + "b", "latest", None, "oci"),  # 255: the most
 ])
 def test_parse(url: str, host: str, repository: str, tag: str | None, digest: str | None, provider: str) -> None:
     ref = oci.parse(url)
@@ -92,7 +93,7 @@ def test_parse(url: str, host: str, repository: str, tag: str | None, digest: st
     ("oci://ghcr.io/a?x=1", "no query"),
     ("oci://ghcr.io/a b", "no query"),
     ("https://ghcr.io/a", "not an ollama:// or oci://"),
-    ("oci://ghcr.io/" + "a/" * 130 + "b", "longer than 255"),
+    ("oci://ghcr.io/" + "a/" * 127 + "bc", "longer than 255"),
 ])
 def test_parse_refuses(url: str, says: str) -> None:
     with pytest.raises(InvalidReference, match=says):
@@ -328,6 +329,20 @@ def test_refused_manifests(origin: Origin, session: requests.Session, document: 
     assert "team/model:v1" in caught.value.message
 
 
+def test_a_manifest_of_four_mib_is_read_and_one_byte_more_is_refused(origin: Origin,
+                                                                     session: requests.Session) -> None:
+    """The cap on a manifest is 4 MiB, the least the OCI distribution spec has a registry
+    accept: a manifest of exactly that size resolves, a byte more is refused unread."""
+    body = json.dumps(_manifest(_layer(b"a"))).encode()
+    limit = 4 * 1024 * 1024
+    ref = _serve(origin, body + b" " * (limit - len(body)))
+    assert len(oci.resolve(ref, session, _host(origin)).files) == 1
+    ref = _serve(origin, body + b" " * (limit + 1 - len(body)))
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(ref, session, _host(origin))
+    assert caught.value.code == "invalid-manifest" and "larger than" in caught.value.message
+
+
 def test_manifest_bytes_must_match_the_pinned_digest(origin: Origin, session: requests.Session) -> None:
     body = json.dumps(_manifest(_layer(b"a"))).encode()
     wrong = "sha256:" + hashlib.sha256(body + b" ").hexdigest()
@@ -352,11 +367,15 @@ def test_unknown_media_types_are_fetched_by_digest(origin: Origin, session: requ
     assert fs.files[0].url == f"http://{_host(origin)[0]}/v2/team/model/blobs/sha256:{hx}"
 
 
-def test_server_errors_are_retryable(origin: Origin, session: requests.Session) -> None:
-    ref = _serve(origin, _manifest(), statuses=[(503, {"Retry-After": "2"})])
+@pytest.mark.parametrize("status", [408, 429, 503])
+def test_server_errors_are_retryable(origin: Origin, session: requests.Session, status: int) -> None:
+    """A timeout, a rate limit or a server error is the registry's passing trouble:
+    the resolve is tried again (after its Retry-After) rather than failed for good."""
+    ref = _serve(origin, _manifest(), statuses=[(status, {"Retry-After": "2"})])
     with pytest.raises(TransferError) as caught:
         oci.resolve(ref, session, _host(origin))
     assert caught.value.code == "http-status" and caught.value.retryable and caught.value.retry_after == 2
+    assert caught.value.context["http_status"] == status
     assert oci.resolve(ref, session, _host(origin)).provider == "oci"  # the next answer is the manifest
 
 

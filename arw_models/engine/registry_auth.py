@@ -139,13 +139,13 @@ class RegistryAuth:
             assert self._token is not None
             return {"Authorization": f"Bearer {self._token}"}
 
-    def learn(self, response: Any) -> bool:
-        """Takes the challenge of a 401; True when asking again may be answered
-        (a new challenge, or a Bearer one whose token can be asked for anew)."""
+    def learn(self, response: Any) -> None:
+        """Takes the challenge of a 401 (a Bearer one's token is then asked for anew);
+        one this process cannot answer leaves what was learnt before."""
         found = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         with self._lock:
             if found is None:
-                return False
+                return
             scheme, params = found
             if scheme == "bearer":
                 if not params.get("realm"):
@@ -154,11 +154,9 @@ class RegistryAuth:
                 if not params.get("scope"):  # the /v2/ ping names none: the pull of this repository
                     params["scope"] = f"repository:{self.repository}:pull"
             elif not self._basic():
-                return False  # nothing to answer a Basic challenge with
-            new = found != self._challenge
+                return  # nothing to answer a Basic challenge with
             self._challenge = (scheme, params)
             self._token = None
-            return new
 
     def ping(self) -> None:
         """Learns the registry's challenge, if it has one, from ``GET /v2/`` (the
@@ -181,11 +179,11 @@ class RegistryAuth:
         response = self._send(url, what, headers, auth)
         if auth and response.status_code == 401:
             try:
-                retry = self.learn(response) or self._challenge is not None
+                self.learn(response)
             except TransferError:
                 response.close()
                 raise
-            if retry:
+            if self._challenge is not None:  # asked again as the challenge (this one or one before) asks
                 response.close()
                 response = self._send(url, what, headers, auth, fresh=True)
         return response
