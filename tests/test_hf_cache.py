@@ -273,6 +273,28 @@ def test_without_hard_links_the_blob_is_copied_and_that_is_logged(tmp_path: Path
     assert not [n for n in every_name(cache) if n.endswith(".tmp")]
 
 
+def test_a_copy_that_fails_fails_the_export_and_leaves_no_temporary_file(tmp_path: Path, store: dict[str, Path],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hard link, and the copy in its place fails halfway (a full disk): the export
+    fails with that error, and the half-written copy is not left in the cache."""
+    def no_link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def copy_halfway(blob: str, dfd: int, tmp: str, src: os.stat_result) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+        os.write(fd, b"half")
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hfcache, "link", no_link)
+    monkeypatch.setattr(hfcache, "_copy", copy_halfway)
+    cache = tmp_path / "hf"
+    with pytest.raises(OSError) as failed:
+        run(cache, store, revision="v1.0")
+    assert failed.value.errno == errno.ENOSPC
+    assert not [n for n in every_name(cache) if n.endswith(".tmp")]
+
+
 def test_datasets_and_spaces_get_their_own_folder(tmp_path: Path, store: dict[str, Path]) -> None:
     for repo_type in ("dataset", "space"):
         export(tmp_path / "hf", repo_type=repo_type, repo_id=REPO, commit=COMMIT, revision="main",
