@@ -367,7 +367,7 @@ def test_unknown_media_types_are_fetched_by_digest(origin: Origin, session: requ
     assert fs.files[0].url == f"http://{_host(origin)[0]}/v2/team/model/blobs/sha256:{hx}"
 
 
-@pytest.mark.parametrize("status", [408, 429, 503])
+@pytest.mark.parametrize("status", [408, 429, 500, 503, 599])
 def test_server_errors_are_retryable(origin: Origin, session: requests.Session, status: int) -> None:
     """A timeout, a rate limit or a server error is the registry's passing trouble:
     the resolve is tried again (after its Retry-After) rather than failed for good."""
