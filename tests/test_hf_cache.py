@@ -275,19 +275,22 @@ def test_without_hard_links_the_blob_is_copied_and_that_is_logged(tmp_path: Path
 
 def test_a_copy_that_fails_fails_the_export_and_leaves_no_temporary_file(tmp_path: Path, store: dict[str, Path],
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """No hard link, and the copy in its place fails halfway (a full disk): the export
-    fails with that error, and the half-written copy is not left in the cache."""
+    """No hard link, and the first copy in its place fails (the disk is full for a
+    moment): the export fails with that error, not going on without that blob, and
+    the half-written copy is not left in the cache."""
     def no_link(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    def copy_halfway(blob: str, dfd: int, tmp: str, src: os.stat_result) -> None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
-        os.write(fd, b"half")
-        os.close(fd)
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_fsync, failed_once = os.fsync, []
+
+    def full_disk(fd: int) -> None:  # a file system that allocates late says so at the fsync of a file
+        if stat.S_ISREG(os.fstat(fd).st_mode) and not failed_once:
+            failed_once.append(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
 
     monkeypatch.setattr(hfcache, "link", no_link)
-    monkeypatch.setattr(hfcache, "_copy", copy_halfway)
+    monkeypatch.setattr(os, "fsync", full_disk)
     cache = tmp_path / "hf"
     with pytest.raises(OSError) as failed:
         run(cache, store, revision="v1.0")
