@@ -31,6 +31,19 @@ def attach(app: Any, client: Any, origin: Origin) -> LocalModels:
     return resolver
 
 
+def paused_in_b(client: Any, models: LocalModels, origin: Origin, watch: Watch, name: str, seed: int,
+                **post: Any) -> Resource:
+    """Model ``name``, a.bin (20 KiB) then b.bin (300 KiB), paused once b.bin has
+    100 KiB on disk; b.bin's resource, which still holds its answer back."""
+    ref = models.add(name, {"a.bin": payload(20 * KiB, seed), "b.bin": payload(300 * KiB, seed + 1)})
+    b = origin.add(f"/{name}/{REV}/b.bin", payload(300 * KiB, seed + 1), stall_after=100 * KiB)
+    assert post_download(client, name, ref, **post).status_code == 202
+    assert b.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == name and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": name}).json["status"] == "paused"
+    return b
+
+
 def test_pause_and_resume_fetch_nothing_finished_again(service: Service, origin: Origin) -> None:
     app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
@@ -96,12 +109,7 @@ def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_a
     client = app.test_client()
     models = attach(app, client, origin)
     first = Watch(app)
-    ref = models.add("q", {"a.bin": payload(20 * KiB, 6), "b.bin": payload(300 * KiB, 7)})
-    b = origin.add(f"/q/{REV}/b.bin", payload(300 * KiB, 7), stall_after=100 * KiB)
-    assert post_download(client, "q", ref).status_code == 202
-    assert b.stalled.wait(5)
-    first.until(lambda e: e.payload.get("id") == "q" and e.payload.get("downloaded") == 120 * KiB)
-    assert client.post("/models/download/pause", json={"id": "q"}).json["status"] == "paused"
+    b = paused_in_b(client, models, origin, first, "q", 6)
     first.close()
     ArwModels.state(app).shutdown()
     b.release.set()
@@ -129,12 +137,7 @@ def test_a_models_request_headers_go_with_it_across_a_restart(make_app: Any, ori
     client = app.test_client()
     models = attach(app, client, origin)
     first = Watch(app)
-    ref = models.add("h", {"a.bin": payload(20 * KiB, 8), "b.bin": payload(300 * KiB, 9)})
-    b = origin.add(f"/h/{REV}/b.bin", payload(300 * KiB, 9), stall_after=100 * KiB)
-    assert post_download(client, "h", ref, headers={"X-Model-Token": "t-1"}).status_code == 202
-    assert b.stalled.wait(5)
-    first.until(lambda e: e.payload.get("id") == "h" and e.payload.get("downloaded") == 120 * KiB)
-    assert client.post("/models/download/pause", json={"id": "h"}).json["status"] == "paused"
+    b = paused_in_b(client, models, origin, first, "h", 8, headers={"X-Model-Token": "t-1"})
     first.close()
     ArwModels.state(app).shutdown()
     b.release.set()
@@ -289,12 +292,7 @@ def test_a_resumed_model_asks_the_disk_only_for_what_it_still_lacks(service: Ser
     not the whole file again, and a disk with 250 KiB free lets it go on."""
     app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
-    ref = models.add("k", {"a.bin": payload(20 * KiB, 10), "b.bin": payload(300 * KiB, 11)})
-    b = origin.add(f"/k/{REV}/b.bin", payload(300 * KiB, 11), stall_after=100 * KiB)
-    assert post_download(client, "k", ref).status_code == 202
-    assert b.stalled.wait(5)
-    watch.until(lambda e: e.payload.get("id") == "k" and e.payload.get("downloaded") == 120 * KiB)
-    assert client.post("/models/download/pause", json={"id": "k"}).json["status"] == "paused"
+    b = paused_in_b(client, models, origin, watch, "k", 10)
     b.release.set()
     b.stall_after = None
     ArwModels.state(app).manager.disk_free = lambda path: 250 * KiB
