@@ -128,12 +128,20 @@ def test_ranges_refused_keep_the_bytes_up_to_the_first_hole_and_say_so(service: 
     disk = data[:half] + bytes(half) + data[MiB : MiB + half] + bytes(half)
     write_partial(app, "k", disk, {"url": origin.url("/k.gguf"), "etag": res.etag, "total": len(data),
                                    "ranges": [[0, MiB, half], [MiB, 2 * MiB, half]]})
+    on_disk: list[int] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "failed" and not on_disk:  # the .part as the one stream will find it
+            on_disk.append(os.path.getsize(os.path.join(models_dir(app), "k.part")))
+
+    ArwModels.state(app).manager.checkpoint = checkpoint
     post_download(client, "k", origin.url("/k.gguf"), sha256=res.sha256)
     done = watch.terminal("k")
     assert done["status"] == "complete", done
     assert read(os.path.join(models_dir(app), "k.gguf")) == data
     retries = [p for p in watch.payloads("k") if p["status"] == "retrying"]
     assert [(p["code"], p["downloaded"]) for p in retries][:1] == [("resume-invalid", half)]
+    assert on_disk == [half]  # cut at the hole, not left at the ranges' full size
 
 
 def test_a_range_refused_ends_the_download_with_that_status(service: Service, origin: Origin) -> None:
