@@ -301,6 +301,22 @@ def test_a_resumed_model_asks_the_disk_only_for_what_it_still_lacks(service: Ser
     assert done["status"] == "complete", done
 
 
+def test_a_file_not_yet_begun_shows_no_byte(service: Service, origin: Origin) -> None:
+    """One file at a time: while the first one comes, the next is listed queued with
+    nothing downloaded, not a byte it does not have."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    ref = models.add("n", {"a.bin": payload(300 * KiB, 13), "b.bin": payload(20 * KiB, 14)})
+    a = origin.add(f"/n/{REV}/a.bin", payload(300 * KiB, 13), stall_after=100 * KiB)
+    assert post_download(client, "n", ref).status_code == 202
+    assert a.stalled.wait(5)
+    frame = watch.until(lambda e: e.payload.get("id") == "n" and e.payload.get("downloaded") == 100 * KiB)
+    files = {f["path"]: f for f in frame.payload["files"]}
+    assert (files["b.bin"]["status"], files["b.bin"]["downloaded"]) == ("queued", 0), files
+    a.release.set()
+    assert watch.terminal("n")["status"] == "complete"
+
+
 def test_a_staging_folder_is_the_owners_alone_again_when_its_plan_is_written(tmp_path: Any) -> None:
     """A plan holds the request's headers: a staging folder, plan or ``.part``
     left readable by others (a restore from a backup) is narrowed to the owner
