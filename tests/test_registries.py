@@ -62,6 +62,7 @@ def fetch_all(fs: FileSet, authorize: Any, session: requests.Session) -> dict[st
     ("ollama://llama3", "registry.ollama.ai", "library/llama3", "latest", None, "ollama"),
     ("ollama://someone/model:q4_K_M", "registry.ollama.ai", "someone/model", "q4_K_M", None, "ollama"),
     ("ollama://localhost:5000/team/model:v1", "localhost:5000", "team/model", "v1", None, "ollama"),
+    ("ollama://localhost/model", "localhost", "library/model", "latest", None, "ollama"),  # a host: no dot or port
     ("ollama://hf.co/bartowski/some-model-gguf:q4", "hf.co", "bartowski/some-model-gguf", "q4", None, "ollama"),
     ("oci://ghcr.io/org/models/tiny", "ghcr.io", "org/models/tiny", "latest", None, "oci"),
     ("oci://127.0.0.1:5000/a__b/c-d.e:V1.0_x", "127.0.0.1:5000", "a__b/c-d.e", "V1.0_x", None, "oci"),
