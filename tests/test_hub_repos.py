@@ -289,6 +289,7 @@ def test_a_missing_shard_is_named(hub: Hub, session: requests.Session) -> None:
     {"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"oid": "abc", "size": 1}},
     {"type": "symlink", "path": "x.bin"},
     {"path": 3},
+    "x.bin",  # an entry that is no object at all
 ])
 def test_a_listing_that_cannot_be_a_model_is_refused(hub: Hub, session: requests.Session,
                                                      entry: dict[str, Any]) -> None:
