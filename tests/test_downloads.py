@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any
 
+import pytest
+
 from arw_models import ArwModels
 
 from .support.app import post_download
@@ -249,53 +251,38 @@ def test_http_error_is_reported_with_its_status(client: Any, app: Any, origin: A
     assert listing(app) == []
 
 
-def test_a_part_that_vanishes_before_its_bytes_are_hashed_is_fetched_again(service: Any, origin: Any) -> None:
-    """Removed by hand between the origin's answer and the hashing of the bytes kept:
-    nothing is lost but those bytes, which the next attempt fetches."""
+@pytest.mark.parametrize("damage", ["removed", "cut short"])
+def test_a_part_damaged_before_its_bytes_are_hashed_is_fetched_again(service: Any, origin: Any, damage: str) -> None:
+    """Removed, or truncated, by hand between the origin's answer and the hashing of
+    the bytes kept: nothing is lost but the bytes gone. A hash that runs out of bytes
+    says so (it must not wait for bytes that will never come), and the next attempt
+    continues from what is left."""
     data = payload(256 * 1024, seed=61)
     res = origin.add("/v.gguf", data)
     app, client, watch = service()
     write_partial(app, "v", data[:100_000], {"url": origin.url("/v.gguf"), "etag": res.etag, "total": len(data)})
     manager = ArwModels.state(app).manager
-    gone: list[str] = []
+    done_once: list[str] = []
 
     def checkpoint(point: str, job: Any) -> None:
-        if point == "answered" and not gone:  # in the job's thread, the first answer only
-            os.unlink(os.path.join(models_dir(app), "v.part"))
-            gone.append(point)
+        if point == "answered" and not done_once:  # in the job's thread, the first answer only
+            path = os.path.join(models_dir(app), "v.part")
+            if damage == "removed":
+                os.unlink(path)
+            else:
+                os.truncate(path, 40_000)
+            done_once.append(point)
 
     manager.checkpoint = checkpoint
     post_download(client, "v", origin.url("/v.gguf"), sha256=res.sha256)
     done = watch.terminal("v")
     assert done["status"] == "complete", done
     assert read(os.path.join(models_dir(app), "v.gguf")) == data
-    assert [p["code"] for p in watch.payloads("v") if p["status"] == "retrying"] == ["resume-invalid"]
-
-
-def test_a_part_cut_short_before_its_bytes_are_hashed_is_fetched_again(service: Any, origin: Any) -> None:
-    """Truncated by hand between the origin's answer and the hashing of the bytes
-    kept: the hash runs out of bytes, says so, and the next attempt continues from
-    what is left (it must not wait for bytes that will never come)."""
-    data = payload(256 * 1024, seed=63)
-    res = origin.add("/c.gguf", data)
-    app, client, watch = service()
-    write_partial(app, "c", data[:100_000], {"url": origin.url("/c.gguf"), "etag": res.etag, "total": len(data)})
-    manager = ArwModels.state(app).manager
-    cut: list[str] = []
-
-    def checkpoint(point: str, job: Any) -> None:
-        if point == "answered" and not cut:  # in the job's thread, the first answer only
-            os.truncate(os.path.join(models_dir(app), "c.part"), 40_000)
-            cut.append(point)
-
-    manager.checkpoint = checkpoint
-    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
-    done = watch.terminal("c")
-    assert done["status"] == "complete", done
-    assert read(os.path.join(models_dir(app), "c.gguf")) == data
-    retries = [p for p in watch.payloads("c") if p["status"] == "retrying"]
-    assert [p["code"] for p in retries] == ["resume-invalid"] and "shorter" in retries[0]["error"]
-    assert [s.range for s in origin.requests_for("/c.gguf")] == ["bytes=100000-", "bytes=40000-"]
+    retries = [p for p in watch.payloads("v") if p["status"] == "retrying"]
+    assert [p["code"] for p in retries] == ["resume-invalid"]
+    if damage == "cut short":
+        assert "shorter" in retries[0]["error"]
+        assert [s.range for s in origin.requests_for("/v.gguf")] == ["bytes=100000-", "bytes=40000-"]
 
 
 def test_a_part_that_vanishes_after_its_last_byte_ends_the_job_as_resume_invalid(service: Any, origin: Any) -> None:
