@@ -266,6 +266,15 @@ def test_a_bug_while_a_model_is_fetched_ends_it_with_an_internal_error(service: 
     assert client.get("/models/downloads/buggy").json["status"] == "error"
 
 
+def cancel_at(manager: Any, point: str) -> None:
+    """The job is canceled (not waited for) when its attempt reaches ``point``."""
+    def checkpoint(at: str, job: Any) -> None:
+        if at == point:
+            manager.cancel(job.id, wait=0)
+
+    manager.checkpoint = checkpoint
+
+
 def test_a_cancel_that_lands_as_a_models_attempt_fails_ends_it_canceled(service: Service, origin: Origin) -> None:
     """The cancel comes as the attempt fails (here, its files cannot be listed): the
     job ends canceled, as asked, not as a failure."""
@@ -273,12 +282,7 @@ def test_a_cancel_that_lands_as_a_models_attempt_fails_ends_it_canceled(service:
     manager = ArwModels.state(app).manager
     resolver = manager.references = FailingModels(origin, TransferError("http-status", "the hub answered 500"))
     ref = resolver.add("fails", tiny(16))
-
-    def checkpoint(point: str, job: Any) -> None:
-        if point == "failed":
-            manager.cancel(job.id, wait=0)
-
-    manager.checkpoint = checkpoint
+    cancel_at(manager, "failed")
     assert post_download(client, "fails", ref).status_code == 202
     assert watch.terminal("fails")["status"] == "canceled"
     assert "error" not in watch.statuses("fails")
@@ -290,12 +294,7 @@ def test_a_cancel_between_a_models_verification_and_its_install_wins(service: Se
     app, client, watch, models = models_app(service, origin)
     manager = ArwModels.state(app).manager
     ref = models.add("late", tiny(17))
-
-    def checkpoint(point: str, job: Any) -> None:
-        if point == "verified":
-            manager.cancel(job.id, wait=0)
-
-    manager.checkpoint = checkpoint
+    cancel_at(manager, "verified")
     assert post_download(client, "late", ref).status_code == 202
     assert watch.terminal("late")["status"] == "canceled"
     assert client.get("/models").json["items"] == []
