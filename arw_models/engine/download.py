@@ -21,7 +21,7 @@ installed file has it, the sources that name a file by its digest (peers,
 ``{sha256}`` mirrors: :func:`~.sources.by_digest`) are asked for the body instead,
 and held to that digest.
 
-About 430 lines, on purpose: the attempt loop and everything it decides from the
+About 440 lines, on purpose: the attempt loop and everything it decides from the
 origin's answers (which version, which size was announced, which digest holds and
 who vouched for it) read best together; what writes the body lives apart.
 
