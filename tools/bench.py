@@ -60,6 +60,7 @@ from .bench_table import (
     CURL_NULL,
     CURL_RANGES,
     CURL_SHA,
+    CURL_TWO,
     SERVICE,
     SERVICE_SLOW,
     SHA_BOUND,
@@ -222,6 +223,9 @@ class Bench:
                 return bench_run.curl_null(url, size)
             if client == CURL_RANGES:
                 return bench_run.curl_ranges(url, out, size)
+            if client == CURL_TWO:
+                assert self.second is not None
+                return bench_run.curl_pair([url, self.second[1]], out, size)
             if client == CURL:
                 return bench_run.curl(url, out, size)
             if client == CURL_SHA:
@@ -279,7 +283,8 @@ class Bench:
 
     def concurrent(self) -> None:
         """The fast origin's file and a second one of other bytes (the same bytes would
-        be one blob to the service) at once, against the first alone."""
+        be one blob to the service) at once, against the first alone; and the same
+        two with curl, against one curl: how far two transfers scale on this machine."""
         size = self.fit(self.args.size_mb, "two downloads at once", copies=4)
         if not size:
             return
@@ -288,7 +293,7 @@ class Bench:
         self.second = ("bench-2", self.origins.fast_url("second.bin"), size,  # type: ignore[union-attr]
                        write_file(path, size))
         try:
-            results = self.compare("two downloads at once", [ALONE, TWO],
+            results = self.compare("two downloads at once", [ALONE, TWO, CURL, CURL_TWO],
                                    self.origins.fast_url, size, self.args.runs, "first.bin")  # type: ignore[union-attr]
         finally:
             os.unlink(path)

@@ -121,6 +121,16 @@ def curl_ranges(url: str, out: str, size: int, count: int = 8) -> Run:
     return run
 
 
+def curl_pair(urls: list[str], out: str, size: int) -> Run:
+    """One curl per url, all at once, each into a file of its own: how far this
+    machine lets transfers at once scale, with nothing hashed."""
+    jobs = " ".join(f"curl -s -S -f -o {shlex.quote(f'{out}.{n}')} {shlex.quote(url)} &" for n, url in enumerate(urls))
+    run, _ = measured(["sh", "-c", f"{jobs} wait"])
+    for n in range(len(urls)):
+        _check_size(f"{out}.{n}", size, "curl")
+    return Run(run.secs, run.cpu, run.rss, {"bytes": size * len(urls)})
+
+
 def curl_null(url: str, size: int) -> Run:
     """``curl -o /dev/null``: what one connection of this origin carries with no disk."""
     run, printed = measured(["curl", "-s", "-S", "-f", "-o", "/dev/null", "-w", "%{size_download}", url], capture=True)
