@@ -150,6 +150,18 @@ def test_the_listing_is_followed_page_by_page(hub: Hub, session: requests.Sessio
     assert all(p.headers.get("authorization") == f"Bearer {TOKEN}" for p in pages)
 
 
+def test_a_commits_listing_is_the_same_however_it_is_paged(hub: Hub, session: requests.Session) -> None:
+    """The entries of one commit, asked for in one page or in many, are equal values (they
+    compare and hash as such), one per file."""
+    sha = hub.commit(REPO, FILES)
+    api = hubapi.Api(session, hub.endpoint, {"Authorization": f"Bearer {TOKEN}"}, TIMEOUT)
+    whole = api.tree("models", REPO, sha, REPO)
+    hub.page_size = 2
+    paged = api.tree("models", REPO, sha, REPO)
+    assert paged == whole and set(paged) == set(whole) and len(set(whole)) == len(FILES)
+    assert len(hub.api_requests(REPO, "tree")) == 1 + 5  # 10 entries with the folders: 5 pages of 2
+
+
 def test_a_next_page_on_another_host_is_refused_and_never_asked(hub: Hub, session: requests.Session) -> None:
     hub.commit(REPO, FILES, gated=True)
     hub.page_size = 2
@@ -256,8 +268,10 @@ def test_named_files_must_exist(hub: Hub, session: requests.Session) -> None:
     err = failure(lambda: resolve(hub, session, f"hf://{REPO}", Selection(files=("README.md", "nope.bin", "gguf"))))
     assert err.code == "invalid-selection" and "'nope.bin'" in str(err) and "'gguf'" in str(err)
     assert err.context["missing"] == ["nope.bin", "gguf"]  # a folder is not a file
-    err = failure(lambda: resolve(hub, session, f"hf://{REPO}", Selection(include=("",))))
-    assert err.code == "invalid-selection"
+    for patterns in (Selection(include=("",)), Selection(files=("README.md",), exclude=("",)),
+                     Selection(files=("README.md",), include=(3,))):  # type: ignore[arg-type]
+        err = failure(lambda patterns=patterns: resolve(hub, session, f"hf://{REPO}", patterns))
+        assert err.code == "invalid-selection" and "non-empty string" in str(err)
 
 
 SPLIT = {f"q4/big-q4-0000{i}-of-00003.gguf": payload(1500, seed=20 + i) for i in (1, 2, 3)}
@@ -374,6 +388,7 @@ def test_https_to_a_hub_that_speaks_no_tls_is_a_tls_failure(hub: Hub, session: r
     ("hf://o/r@main/m-00001-of-00002.gguf", True),
     ("hf://o/r/m.gguf", False), ("hf://o/r/m-00001-of-00002.safetensors", False), ("hf://o/r@main/m.gguf", False),
     ("hf://o/r/m-00003-of-00002.gguf", False), ("hf://o/r/../m-00001-of-00002.gguf", False),
+    ("hf://o/r/q4/-00001-of-00002.gguf", False),  # a shard's name has a prefix of its own, not its folder's
     ("hf://o", False), ("hf://o/r?x=1", False), ("https://huggingface.co/o/r", False), ("", False),
     (None, False),
 ])
@@ -390,6 +405,13 @@ def test_parse_repo() -> None:
     ref = hubs.parse_repo("hf://acme/m/a/b-00002-of-00004.gguf@refs/pr/2")
     assert (ref.revision, ref.shard_of) == ("refs/pr/2", "a/b-00002-of-00004.gguf")
     assert hubs.shards(ref.shard_of) == [f"a/b-0000{i}-of-00004.gguf" for i in (1, 2, 3, 4)]
+    for no_shard in ("q4/-00001-of-00002.gguf", "a/b.gguf", "b-00001-of-00002.gguf/x"):
+        with pytest.raises(InvalidReference):
+            hubs.shards(no_shard)
+    # Any character but a control one may be in a revision: the hub judges the rest.
+    assert hubs.parse_repo("hf://acme/m@a%20b").revision == "a b"
+    # A reference is a value: equal for equal text, and usable as a key.
+    assert len({hubs.parse_repo("hf://acme/m@v1"), hubs.parse_repo("hf://acme/m@v1")}) == 1
     # A single file is today's one-file form, which parse_hf still reads.
     assert parse_hf("hf://acme/m/b-00002-of-00004.gguf").path == "b-00002-of-00004.gguf"
 
@@ -397,7 +419,8 @@ def test_parse_repo() -> None:
 @pytest.mark.parametrize(("url", "says"), [
     ("https://x/o/r", "not an hf://"), ("hf://o", "OWNER/REPO"), ("hf://datasets/o", "OWNER/REPO"),
     ("hf://o/r@", "revision"), ("hf://o/r@a/../b-00001-of-00002.gguf", "segments"), ("hf://o/r@%2E%2E", "revision"),
-    ("hf://o/r@..", "revision"), ("hf://o/r@a%0Ab", "control"), ("hf://-o/r", "hub names"),
+    ("hf://o/r@..", "revision"), ("hf://o/r@a%0Ab", "control"), ("hf://o/r@a%1Fb", "control"),
+    ("hf://o/r@a%7Fb", "control"), ("hf://-o/r", "hub names"),
     ("hf://o/r r", "hub names"), ("hf://o/r/model.gguf", "one file"), ("hf://o/r/", "segments"),
     ("hf://o/r/%2e%2e/m-00001-of-00002.gguf", "segments"), ("hf://o/r/m-00000-of-00002.gguf", "numbered"),
     ("hf://o/r#x", "fragment"), ("hf://o\\r", "backslash"),
@@ -450,8 +473,8 @@ def test_a_listing_that_is_not_a_list_of_files_is_refused(hub: Hub, session: req
 def test_a_listing_that_never_ends_is_refused_after_its_last_allowed_page(hub: Hub,
                                                                          session: requests.Session) -> None:
     """A listing whose pages keep linking to new ones is refused once it has shown
-    MAX_PAGES pages (the bound on what a listing may make the service hold); the next one
-    is never asked for."""
+    1000 pages (far more than any model has, a bound on what a listing may make the service
+    hold); the next one is never asked for."""
     sha = hub.commit(REPO, FILES)
     prefix = f"/api/models/{REPO}/tree/{sha}"
     served = hub.api.api
@@ -466,17 +489,17 @@ def test_a_listing_that_never_ends_is_refused_after_its_last_allowed_page(hub: H
 
     hub.api.api = endless
     err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
-    assert err.code == "invalid-listing" and f"more than {hubapi.MAX_PAGES} pages" in str(err)
-    assert len(hub.api_requests(REPO, "tree")) == hubapi.MAX_PAGES == 1000
+    assert err.code == "invalid-listing" and "more than 1000 pages" in str(err)
+    assert len(hub.api_requests(REPO, "tree")) == 1000
 
 
 def test_a_listing_of_more_files_than_any_model_has_is_refused(hub: Hub, session: requests.Session) -> None:
-    """A listing may hold MAX_ENTRIES files and no more: a page that brings it past them
+    """A listing may hold 200,000 files and no more: a page that brings it past them
     ends the resolve (invalid-listing), however many pages were fine before."""
     sha = hub.commit(REPO, FILES)
     path = f"/api/models/{REPO}/tree/{sha}"
     entry = json.dumps({"type": "file", "path": "f.bin", "size": 1, "oid": "1" * 40}).encode()
-    first = b"[" + b",".join([entry] * hubapi.MAX_ENTRIES) + b"]"  # refused before the paths are compared
+    first = b"[" + b",".join([entry] * 200_000) + b"]"  # refused before the paths are compared
     last = json.dumps([{"type": "file", "path": "one-more", "size": 1, "oid": "1" * 40}]).encode()
     served = hub.api.api
     assert served is not None
@@ -485,20 +508,19 @@ def test_a_listing_of_more_files_than_any_model_has_is_refused(hub: Hub, session
         else (200, {}, last) if "page=2" in raw
         else (200, {"Link": f'<{path}?recursive=true&page=2>; rel="next"'}, first))
     err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
-    assert err.code == "invalid-listing" and f"more than {hubapi.MAX_ENTRIES} files" in str(err)
-    assert len(hub.api_requests(REPO, "tree")) == 2 and hubapi.MAX_ENTRIES == 200_000
+    assert err.code == "invalid-listing" and "more than 200000 files" in str(err)
+    assert len(hub.api_requests(REPO, "tree")) == 2
 
 
 def test_an_answer_is_read_up_to_its_cap_and_refused_past_it(hub: Hub, session: requests.Session) -> None:
-    """An API answer of MAX_ANSWER_BYTES is read; a larger one is refused as soon as it is
+    """An API answer of 64 MiB is read; a larger one is refused as soon as it is
     past the cap, never read to its end (here it claims more than it sends)."""
     sha = hub.commit(REPO, FILES)
     path = f"/api/models/{REPO}/revision/main"
     served = hub.api.api
     assert served is not None
     hub.api.api = lambda raw, headers: None if raw == path else served(raw, headers)
-    cap = hubapi.MAX_ANSWER_BYTES
-    assert cap == 64 * 1024 * 1024
+    cap = 64 * 1024 * 1024
     exact = json.dumps({"sha": sha}).encode()
     hub.api.add(path, exact + b" " * (cap - len(exact)))
     assert resolve(hub, session, f"hf://{REPO}").revision == sha
