@@ -203,8 +203,11 @@ def test_an_api_answer_redirected_to_another_host_goes_there_without_the_token(h
     hub.api.api = lambda raw, headers: ((307, {"Location": hub.cdn.url("/moved/revision")}, b"") if raw == path
                                         else served(raw, headers))
     assert resolve(hub, session, f"hf://{REPO}").revision == sha  # hub.close: the CDN never saw the token
-    [moved] = hub.cdn.requests_for("/moved/revision")
-    assert "authorization" not in moved.headers
+    # The request's own headers are the hub's alone too.
+    assert resolve(hub, session, f"hf://{REPO}", headers={"X-Mirror-Key": "k3y"}).revision == sha
+    moved = hub.cdn.requests_for("/moved/revision")
+    assert len(moved) == 2 and not [s for s in moved if "authorization" in s.headers or "x-mirror-key" in s.headers]
+    assert hub.api_requests(REPO, "tree")[-1].headers.get("x-mirror-key") == "k3y"
 
 
 def test_the_authorizer_gives_the_token_to_the_endpoint_alone() -> None:
