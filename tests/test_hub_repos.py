@@ -301,31 +301,36 @@ def test_a_missing_shard_is_named(hub: Hub, session: requests.Session) -> None:
     assert "q4/big-q4-00002-of-00003.gguf" in str(err)
 
 
-@pytest.mark.parametrize("entry", [
-    {"type": "file", "path": "../escape.bin", "size": 1, "oid": "1" * 40},
-    {"type": "file", "path": "/abs.bin", "size": 1, "oid": "1" * 40},
-    {"type": "file", "path": "a//b.bin", "size": 1, "oid": "1" * 40},
-    {"type": "file", "path": "README.md", "size": 1, "oid": "1" * 40},  # twice
-    {"type": "file", "path": "x.bin", "size": -1, "oid": "1" * 40},
-    {"type": "file", "path": "x.bin", "oid": "1" * 40},  # no size at all
-    {"type": "file", "path": "x.bin", "size": "12", "oid": "1" * 40},
-    {"type": "file", "path": "x.bin", "size": 1, "oid": "not-an-oid"},
-    {"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"oid": "abc", "size": 1}},
-    {"type": "symlink", "path": "x.bin"},
-    {"type": "symlink", "path": "x.bin", "size": 1, "oid": "1" * 40},  # a file's fields, yet no file
-    {"path": "x.bin", "size": 1, "oid": "1" * 40},  # no type at all
-    {"type": "file", "path": "x.bin", "size": 1, "oid": "not-an-oid", "lfs": {"oid": "a" * 64, "size": 1}},
-    {"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"size": 1}},
-    {"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": "a" * 64},
-    {"path": 3},
-    "x.bin",  # an entry that is no object at all
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"type": "file", "path": "../escape.bin", "size": 1, "oid": "1" * 40}, "unsafe path"),
+    ({"type": "file", "path": "/abs.bin", "size": 1, "oid": "1" * 40}, "unsafe path"),
+    ({"type": "file", "path": "a//b.bin", "size": 1, "oid": "1" * 40}, "unsafe path"),
+    ({"type": "file", "path": "README.md", "size": 1, "oid": "1" * 40}, "'README.md' twice"),
+    ({"type": "file", "path": "x.bin", "size": -1, "oid": "1" * 40}, "'x.bin' no size"),
+    ({"type": "file", "path": "x.bin", "oid": "1" * 40}, "'x.bin' no size"),  # no size at all
+    ({"type": "file", "path": "x.bin", "size": "12", "oid": "1" * 40}, "'x.bin' no size"),
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "not-an-oid"}, "'x.bin' no git blob id"),
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"oid": "abc", "size": 1}},
+     "'x.bin' no LFS SHA-256"),
+    ({"type": "symlink", "path": "x.bin"}, "'x.bin' of type 'symlink'"),
+    ({"type": "symlink", "path": "x.bin", "size": 1, "oid": "1" * 40}, "'x.bin' of type 'symlink'"),
+    ({"path": "x.bin", "size": 1, "oid": "1" * 40}, "'x.bin' of type None"),  # no type at all
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "not-an-oid", "lfs": {"oid": "a" * 64, "size": 1}},
+     "'x.bin' no git blob id"),
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"size": 1}}, "'x.bin' no LFS SHA-256"),
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": "a" * 64}, "'x.bin' no LFS SHA-256"),
+    ({"path": 3}, "an entry without a path"),
+    ("x.bin", "an entry without a path"),  # an entry that is no object at all
 ])
 def test_a_listing_that_cannot_be_a_model_is_refused(hub: Hub, session: requests.Session,
-                                                     entry: dict[str, Any]) -> None:
+                                                     entry: dict[str, Any], says: str) -> None:
+    """A listing with an entry no model's file can be is refused whole (not retried), and
+    the message names the entry and what is wrong with it."""
     sha = hub.commit(REPO, {"README.md": b"hi\n"})
     hub.repos[REPO].extra[sha] = [entry]
     err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
     assert err.code == "invalid-listing" and REPO in str(err) and not err.retryable
+    assert says in str(err)
 
 
 def test_lfs_files_have_the_size_of_their_bytes_and_empty_files_are_files(hub: Hub,
