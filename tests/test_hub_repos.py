@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from arw_models.engine import hub as hubs
+from arw_models.engine import hubapi
 from arw_models.engine.fileset import FileSet, RemoteFile, Selection
 from arw_models.engine.http import new_session
 from arw_models.engine.sources import InvalidReference, parse_hf
@@ -149,6 +150,18 @@ def test_the_listing_is_followed_page_by_page(hub: Hub, session: requests.Sessio
     assert all(p.headers.get("authorization") == f"Bearer {TOKEN}" for p in pages)
 
 
+def test_a_commits_listing_is_the_same_however_it_is_paged(hub: Hub, session: requests.Session) -> None:
+    """The entries of one commit, asked for in one page or in many, are equal values (they
+    compare and hash as such), one per file."""
+    sha = hub.commit(REPO, FILES)
+    api = hubapi.Api(session, hub.endpoint, {"Authorization": f"Bearer {TOKEN}"}, TIMEOUT)
+    whole = api.tree("models", REPO, sha, REPO)
+    hub.page_size = 2
+    paged = api.tree("models", REPO, sha, REPO)
+    assert paged == whole and set(paged) == set(whole) and len(set(whole)) == len(FILES)
+    assert len(hub.api_requests(REPO, "tree")) == 1 + 5  # 10 entries with the folders: 5 pages of 2
+
+
 def test_a_next_page_on_another_host_is_refused_and_never_asked(hub: Hub, session: requests.Session) -> None:
     hub.commit(REPO, FILES, gated=True)
     hub.page_size = 2
@@ -190,8 +203,11 @@ def test_an_api_answer_redirected_to_another_host_goes_there_without_the_token(h
     hub.api.api = lambda raw, headers: ((307, {"Location": hub.cdn.url("/moved/revision")}, b"") if raw == path
                                         else served(raw, headers))
     assert resolve(hub, session, f"hf://{REPO}").revision == sha  # hub.close: the CDN never saw the token
-    [moved] = hub.cdn.requests_for("/moved/revision")
-    assert "authorization" not in moved.headers
+    # The request's own headers are the hub's alone too.
+    assert resolve(hub, session, f"hf://{REPO}", headers={"X-Mirror-Key": "k3y"}).revision == sha
+    moved = hub.cdn.requests_for("/moved/revision")
+    assert len(moved) == 2 and not [s for s in moved if "authorization" in s.headers or "x-mirror-key" in s.headers]
+    assert hub.api_requests(REPO, "tree")[-1].headers.get("x-mirror-key") == "k3y"
 
 
 def test_the_authorizer_gives_the_token_to_the_endpoint_alone() -> None:
@@ -209,6 +225,12 @@ def test_the_authorizer_gives_the_token_to_the_endpoint_alone() -> None:
     assert own(file("http://127.0.0.1:8080/mirror/o/r/resolve/c/a"), False) == {"Authorization": "Bearer theirs",
                                                                                "X-A": "1"}
     assert hubs.authorizer("https://hub.example", None, {})(file("https://hub.example/a"), False) == {}
+    # http's own port is 80: written or not, the same origin.
+    plain = hubs.authorizer("http://hub.example", TOKEN, {})
+    assert plain(file("http://hub.example:80/o/r/resolve/c/a.bin"), False) == {"Authorization": f"Bearer {TOKEN}"}
+    assert plain(file("http://hub.example:81/o/r/resolve/c/a.bin"), False) == {}
+    # An endpoint with no host is nobody's: its token goes nowhere.
+    assert hubs.authorizer("http:///mirror", TOKEN, {})(file("http:///mirror/o/r/resolve/c/a"), False) == {}
 
 
 CASES: list[tuple[dict[str, list[str]], list[str]]] = [
@@ -249,8 +271,10 @@ def test_named_files_must_exist(hub: Hub, session: requests.Session) -> None:
     err = failure(lambda: resolve(hub, session, f"hf://{REPO}", Selection(files=("README.md", "nope.bin", "gguf"))))
     assert err.code == "invalid-selection" and "'nope.bin'" in str(err) and "'gguf'" in str(err)
     assert err.context["missing"] == ["nope.bin", "gguf"]  # a folder is not a file
-    err = failure(lambda: resolve(hub, session, f"hf://{REPO}", Selection(include=("",))))
-    assert err.code == "invalid-selection"
+    for patterns in (Selection(include=("",)), Selection(files=("README.md",), exclude=("",)),
+                     Selection(files=("README.md",), include=(3,))):  # type: ignore[arg-type]
+        err = failure(lambda patterns=patterns: resolve(hub, session, f"hf://{REPO}", patterns))
+        assert err.code == "invalid-selection" and "non-empty string" in str(err)
 
 
 SPLIT = {f"q4/big-q4-0000{i}-of-00003.gguf": payload(1500, seed=20 + i) for i in (1, 2, 3)}
@@ -277,26 +301,53 @@ def test_a_missing_shard_is_named(hub: Hub, session: requests.Session) -> None:
     assert "q4/big-q4-00002-of-00003.gguf" in str(err)
 
 
-@pytest.mark.parametrize("entry", [
-    {"type": "file", "path": "../escape.bin", "size": 1, "oid": "1" * 40},
-    {"type": "file", "path": "/abs.bin", "size": 1, "oid": "1" * 40},
-    {"type": "file", "path": "a//b.bin", "size": 1, "oid": "1" * 40},
-    {"type": "file", "path": "README.md", "size": 1, "oid": "1" * 40},  # twice
-    {"type": "file", "path": "x.bin", "size": -1, "oid": "1" * 40},
-    {"type": "file", "path": "x.bin", "oid": "1" * 40},  # no size at all
-    {"type": "file", "path": "x.bin", "size": "12", "oid": "1" * 40},
-    {"type": "file", "path": "x.bin", "size": 1, "oid": "not-an-oid"},
-    {"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"oid": "abc", "size": 1}},
-    {"type": "symlink", "path": "x.bin"},
-    {"path": 3},
-    "x.bin",  # an entry that is no object at all
+@pytest.mark.parametrize(("entry", "says"), [
+    ({"type": "file", "path": "../escape.bin", "size": 1, "oid": "1" * 40}, "unsafe path"),
+    ({"type": "file", "path": "/abs.bin", "size": 1, "oid": "1" * 40}, "unsafe path"),
+    ({"type": "file", "path": "a//b.bin", "size": 1, "oid": "1" * 40}, "unsafe path"),
+    ({"type": "file", "path": "README.md", "size": 1, "oid": "1" * 40}, "'README.md' twice"),
+    ({"type": "file", "path": "x.bin", "size": -1, "oid": "1" * 40}, "'x.bin' no size"),
+    ({"type": "file", "path": "x.bin", "oid": "1" * 40}, "'x.bin' no size"),  # no size at all
+    ({"type": "file", "path": "x.bin", "size": "12", "oid": "1" * 40}, "'x.bin' no size"),
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "not-an-oid"}, "'x.bin' no git blob id"),
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"oid": "abc", "size": 1}},
+     "'x.bin' no LFS SHA-256"),
+    ({"type": "symlink", "path": "x.bin"}, "'x.bin' of type 'symlink'"),
+    ({"type": "symlink", "path": "x.bin", "size": 1, "oid": "1" * 40}, "'x.bin' of type 'symlink'"),
+    ({"path": "x.bin", "size": 1, "oid": "1" * 40}, "'x.bin' of type None"),  # no type at all
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "not-an-oid", "lfs": {"oid": "a" * 64, "size": 1}},
+     "'x.bin' no git blob id"),
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": {"size": 1}}, "'x.bin' no LFS SHA-256"),
+    ({"type": "file", "path": "x.bin", "size": 1, "oid": "1" * 40, "lfs": "a" * 64}, "'x.bin' no LFS SHA-256"),
+    ({"path": 3}, "an entry without a path"),
+    ("x.bin", "an entry without a path"),  # an entry that is no object at all
 ])
 def test_a_listing_that_cannot_be_a_model_is_refused(hub: Hub, session: requests.Session,
-                                                     entry: dict[str, Any]) -> None:
+                                                     entry: dict[str, Any], says: str) -> None:
+    """A listing with an entry no model's file can be is refused whole (not retried), and
+    the message names the entry and what is wrong with it."""
     sha = hub.commit(REPO, {"README.md": b"hi\n"})
     hub.repos[REPO].extra[sha] = [entry]
     err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
     assert err.code == "invalid-listing" and REPO in str(err) and not err.retryable
+    assert says in str(err)
+
+
+def test_lfs_files_have_the_size_of_their_bytes_and_empty_files_are_files(hub: Hub,
+                                                                         session: requests.Session) -> None:
+    """An LFS entry's size is its ``lfs.size`` (the bytes the download verifies), not the size
+    of its pointer file; without one, the entry's own size. An empty file is a file."""
+    sha = hub.commit(REPO, {"README.md": b"hi\n"})
+    hub.repos[REPO].extra[sha] = [
+        {"type": "file", "path": "pointer-sized.bin", "size": 134, "oid": "1" * 40, "lfs": {"oid": "a" * 64,
+                                                                                           "size": 5000}},
+        {"type": "file", "path": "no-lfs-size.bin", "size": 77, "oid": "2" * 40, "lfs": {"oid": "b" * 64}},
+        {"type": "file", "path": "empty.txt", "size": 0, "oid": git_blob_id(b"")},
+    ]
+    got = {f.path: f for f in resolve(hub, session, f"hf://{REPO}").files}
+    assert (got["pointer-sized.bin"].size, got["pointer-sized.bin"].sha256) == (5000, "a" * 64)
+    assert (got["no-lfs-size.bin"].size, got["no-lfs-size.bin"].sha256) == (77, "b" * 64)
+    assert (got["empty.txt"].size, got["empty.txt"].git_oid) == (0, git_blob_id(b""))
 
 
 def test_hub_failures_keep_their_codes(hub: Hub, session: requests.Session) -> None:
@@ -345,6 +396,7 @@ def test_https_to_a_hub_that_speaks_no_tls_is_a_tls_failure(hub: Hub, session: r
     ("hf://o/r@main/m-00001-of-00002.gguf", True),
     ("hf://o/r/m.gguf", False), ("hf://o/r/m-00001-of-00002.safetensors", False), ("hf://o/r@main/m.gguf", False),
     ("hf://o/r/m-00003-of-00002.gguf", False), ("hf://o/r/../m-00001-of-00002.gguf", False),
+    ("hf://o/r/q4/-00001-of-00002.gguf", False),  # a shard's name has a prefix of its own, not its folder's
     ("hf://o", False), ("hf://o/r?x=1", False), ("https://huggingface.co/o/r", False), ("", False),
     (None, False),
 ])
@@ -361,6 +413,13 @@ def test_parse_repo() -> None:
     ref = hubs.parse_repo("hf://acme/m/a/b-00002-of-00004.gguf@refs/pr/2")
     assert (ref.revision, ref.shard_of) == ("refs/pr/2", "a/b-00002-of-00004.gguf")
     assert hubs.shards(ref.shard_of) == [f"a/b-0000{i}-of-00004.gguf" for i in (1, 2, 3, 4)]
+    for no_shard in ("q4/-00001-of-00002.gguf", "a/b.gguf", "b-00001-of-00002.gguf/x"):
+        with pytest.raises(InvalidReference):
+            hubs.shards(no_shard)
+    # Any character but a control one may be in a revision: the hub judges the rest.
+    assert hubs.parse_repo("hf://acme/m@a%20b").revision == "a b"
+    # A reference is a value: equal for equal text, and usable as a key.
+    assert len({hubs.parse_repo("hf://acme/m@v1"), hubs.parse_repo("hf://acme/m@v1")}) == 1
     # A single file is today's one-file form, which parse_hf still reads.
     assert parse_hf("hf://acme/m/b-00002-of-00004.gguf").path == "b-00002-of-00004.gguf"
 
@@ -368,7 +427,8 @@ def test_parse_repo() -> None:
 @pytest.mark.parametrize(("url", "says"), [
     ("https://x/o/r", "not an hf://"), ("hf://o", "OWNER/REPO"), ("hf://datasets/o", "OWNER/REPO"),
     ("hf://o/r@", "revision"), ("hf://o/r@a/../b-00001-of-00002.gguf", "segments"), ("hf://o/r@%2E%2E", "revision"),
-    ("hf://o/r@..", "revision"), ("hf://o/r@a%0Ab", "control"), ("hf://-o/r", "hub names"),
+    ("hf://o/r@..", "revision"), ("hf://o/r@a%0Ab", "control"), ("hf://o/r@a%1Fb", "control"),
+    ("hf://o/r@a%7Fb", "control"), ("hf://-o/r", "hub names"),
     ("hf://o/r r", "hub names"), ("hf://o/r/model.gguf", "one file"), ("hf://o/r/", "segments"),
     ("hf://o/r/%2e%2e/m-00001-of-00002.gguf", "segments"), ("hf://o/r/m-00000-of-00002.gguf", "numbered"),
     ("hf://o/r#x", "fragment"), ("hf://o\\r", "backslash"),
@@ -378,3 +438,151 @@ def test_parse_repo_refuses(url: str, says: str) -> None:
         hubs.parse_repo(url)
     assert not hubs.names_many(url)
 
+
+
+def answer_with(hub: Hub, path: str, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """The hub answers ``path`` (without its query) so from now on; every other path as before."""
+    served = hub.api.api
+    assert served is not None
+    hub.api.api = lambda raw, given: ((status, dict(headers or {}), body) if raw.split("?", 1)[0] == path
+                                      else served(raw, given))
+
+
+@pytest.mark.parametrize("written", ["main", "commit"])
+def test_a_revision_answer_that_names_no_commit_or_another_is_refused(hub: Hub, session: requests.Session,
+                                                                      written: str) -> None:
+    """The commit is what every file's url is pinned to: an answer without one, or one that
+    moves a commit id to another commit, would fetch files of a revision nobody asked for."""
+    sha = hub.commit(REPO, FILES)
+    revision = sha if written == "commit" else "main"
+    path = f"/api/models/{REPO}/revision/{revision}"
+    for body in ({}, {"sha": None}, {"sha": 42}, {"sha": "abc"}, {"sha": sha.upper()}, [sha]):
+        answer_with(hub, path, 200, json.dumps(body).encode())
+        err = failure(lambda: resolve(hub, session, f"hf://{REPO}@{revision}"))
+        assert err.code == "invalid-listing" and "names no commit" in str(err) and not err.retryable, body
+    if written == "commit":
+        other = hub.commit(REPO, {"other.bin": b"x"}, branch=None)
+        answer_with(hub, path, 200, json.dumps({"sha": other}).encode())
+        err = failure(lambda: resolve(hub, session, f"hf://{REPO}@{sha}"))
+        assert err.code == "invalid-listing" and other in str(err) and sha in str(err)
+    assert not hub.api_requests(REPO, "tree")  # nothing was listed
+
+
+def test_a_listing_that_is_not_a_list_of_files_is_refused(hub: Hub, session: requests.Session) -> None:
+    """A tree page that is not a JSON list (an object, a number, null) is no listing: the
+    resolve says so rather than failing on its contents or finding no files in it."""
+    sha = hub.commit(REPO, FILES)
+    for body in (b"{}", b'{"path": "x.bin"}', b"42", b"null"):
+        answer_with(hub, f"/api/models/{REPO}/tree/{sha}", 200, body)
+        err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
+        assert err.code == "invalid-listing" and "not a list of files" in str(err), body
+
+
+def test_a_listing_that_never_ends_is_refused_after_its_last_allowed_page(hub: Hub,
+                                                                         session: requests.Session) -> None:
+    """A listing whose pages keep linking to new ones is refused once it has shown
+    1000 pages (far more than any model has, a bound on what a listing may make the service
+    hold); the next one is never asked for."""
+    sha = hub.commit(REPO, FILES)
+    prefix = f"/api/models/{REPO}/tree/{sha}"
+    served = hub.api.api
+    assert served is not None
+
+    def endless(raw: str, headers: dict[str, str]) -> Any:
+        if not raw.startswith(prefix):
+            return served(raw, headers)
+        page = int(raw.rpartition("page=")[2]) if "page=" in raw else 0
+        entry = {"type": "file", "path": f"part-{page}.bin", "size": 1, "oid": "1" * 40}
+        return 200, {"Link": f'<{prefix}?recursive=true&page={page + 1}>; rel="next"'}, json.dumps([entry]).encode()
+
+    hub.api.api = endless
+    err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
+    assert err.code == "invalid-listing" and "more than 1000 pages" in str(err)
+    assert len(hub.api_requests(REPO, "tree")) == 1000
+
+
+def test_a_listing_of_more_files_than_any_model_has_is_refused(hub: Hub, session: requests.Session) -> None:
+    """A listing may hold 200,000 files and no more: a page that brings it past them
+    ends the resolve (invalid-listing), however many pages were fine before."""
+    sha = hub.commit(REPO, FILES)
+    path = f"/api/models/{REPO}/tree/{sha}"
+    entry = json.dumps({"type": "file", "path": "f.bin", "size": 1, "oid": "1" * 40}).encode()
+    first = b"[" + b",".join([entry] * 200_000) + b"]"  # refused before the paths are compared
+    last = json.dumps([{"type": "file", "path": "one-more", "size": 1, "oid": "1" * 40}]).encode()
+    served = hub.api.api
+    assert served is not None
+    hub.api.api = lambda raw, headers: (
+        served(raw, headers) if not raw.startswith(path)
+        else (200, {}, last) if "page=2" in raw
+        else (200, {"Link": f'<{path}?recursive=true&page=2>; rel="next"'}, first))
+    err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
+    assert err.code == "invalid-listing" and "more than 200000 files" in str(err)
+    assert len(hub.api_requests(REPO, "tree")) == 2
+
+
+def test_an_answer_is_read_up_to_its_cap_and_refused_past_it(hub: Hub, session: requests.Session) -> None:
+    """An API answer of 64 MiB is read; a larger one is refused as soon as it is
+    past the cap, never read to its end (here it claims more than it sends)."""
+    sha = hub.commit(REPO, FILES)
+    path = f"/api/models/{REPO}/revision/main"
+    served = hub.api.api
+    assert served is not None
+    hub.api.api = lambda raw, headers: None if raw == path else served(raw, headers)
+    cap = 64 * 1024 * 1024
+    exact = json.dumps({"sha": sha}).encode()
+    hub.api.add(path, exact + b" " * (cap - len(exact)))
+    assert resolve(hub, session, f"hf://{REPO}").revision == sha
+    hub.api.add(path, exact + b" " * (cap + 64 * 1024 - len(exact)), announce_length=2 * cap)
+    err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
+    assert err.code == "invalid-listing" and "larger than" in str(err) and not err.retryable
+
+
+def test_a_redirect_loop_is_too_many_redirects(hub: Hub, session: requests.Session) -> None:
+    """An API url that redirects to itself ends with its own code, not as a network failure."""
+    hub.commit(REPO, FILES)
+    path = f"/api/models/{REPO}/revision/main"
+    answer_with(hub, path, 302, b"", {"Location": hub.api.url(path)})
+    err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
+    assert err.code == "too-many-redirects" and REPO in str(err)
+
+
+def test_which_hub_answers_are_worth_asking_again(hub: Hub, session: requests.Session) -> None:
+    """408, 429 and every 5xx may pass (retryable, with the hub's Retry-After); any other
+    status is the hub's final word: the job must not retry it."""
+    hub.commit(REPO, FILES)
+    path = f"/api/models/{REPO}/revision/main"
+    for status, retryable in ((408, True), (429, True), (500, True), (599, True),
+                              (400, False), (407, False), (409, False), (428, False), (499, False), (600, False)):
+        answer_with(hub, path, status, b'{"sha": "' + b"a" * 40 + b'"}', {"Retry-After": "3"})
+        err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
+        assert (err.code, err.context["http_status"], err.retryable) == ("http-status", status, retryable)
+        assert err.retry_after == (3.0 if retryable else None) and f"answered {status}" in str(err)
+
+
+@pytest.mark.parametrize(("status", "code", "says"), [
+    (401, "GatedRepo", "the repository is gated: accept its conditions on the hub"),
+    (401, "", "a gated or private repository needs a token (ARW_HF_TOKEN)"),
+    (403, "GatedRepo", "the repository is gated: accept its conditions on the hub"),
+    (403, "", "the token may not see the repository"),
+    (404, "RepoNotFound", "no such repository, or a private one"),
+    (404, "RevisionNotFound", "no such revision"),
+    (404, "", "no such repository or revision"),
+])
+def test_a_refusal_says_why_in_the_hubs_words(hub: Hub, session: requests.Session, status: int, code: str,
+                                              says: str) -> None:
+    """A refused resolve tells the user what to do: accept a gated repository's conditions,
+    set a token, or check the name; the hub's X-Error-Code says which, when it is sent."""
+    hub.commit(REPO, FILES)
+    answer_with(hub, f"/api/models/{REPO}/revision/main", status, b"{}", {"X-Error-Code": code} if code else {})
+    err = failure(lambda: resolve(hub, session, f"hf://{REPO}"))
+    assert err.code == "http-status" and err.context["http_status"] == status and not err.retryable
+    assert f"answered {status} for the revision {REPO}@main: {says}" in str(err)
+    assert err.context.get("hub_error") == (code or None)
+
+
+def test_a_hub_whose_name_does_not_resolve_is_a_dns_error(session: requests.Session) -> None:
+    """An endpoint whose host does not resolve says so (``dns-error``, the host named),
+    not as a generic network failure. Names under .invalid never resolve."""
+    err = failure(lambda: hubs.resolve(hubs.parse_repo(f"hf://{REPO}"), Selection(), session,
+                                       "http://hub.example.invalid", None, timeout=TIMEOUT))
+    assert err.code == "dns-error" and "hub.example.invalid" in str(err) and err.context["host"] == "hub.example.invalid"

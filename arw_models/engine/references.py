@@ -20,7 +20,7 @@ from .._version import __version__
 from ..config import Settings
 from ..errors import TransferError
 from . import hub, oci
-from .fileset import Authorize, FileSet, InvalidFileSet, RemoteFile, Selection
+from .fileset import Authorize, FileSet, RemoteFile, Selection
 from .http import new_session
 
 
@@ -43,23 +43,21 @@ def resolve(url: str, selection: Selection, settings: Settings, session: Any,
     """The files ``url`` names (those ``selection`` picks), pinned to one revision,
     and what each file's request carries. Raises
     :class:`~arw_models.errors.TransferError` (``unsupported-reference``,
-    ``invalid-listing``, or the resolver's own)."""
-    try:
-        if hub.names_many(url):
-            fileset = hub.resolve(hub.parse_repo(url), selection, session, settings.hf_endpoint,
-                                  settings.hf_token, dict(headers),
-                                  timeout=(settings.connect_timeout, settings.idle_timeout))
-        elif oci.names_registry(url):
-            if selection != Selection():
-                raise TransferError("invalid-selection", f"{url} is a registry's model, fetched whole: "
-                                    "include, exclude and files apply to hub repositories")
-            fileset = oci.resolve(oci.parse(url), session, settings.registry_insecure, _credentials(headers),
-                                  settings.connect_timeout, settings.idle_timeout)
-        else:
-            raise TransferError("unsupported-reference",
-                                f"this installation cannot resolve {url.split('://', 1)[0]}:// references")
-    except InvalidFileSet as exc:
-        raise TransferError("invalid-listing", f"the listing of {url} cannot be a model's files: {exc}") from None
+    ``invalid-selection``, or the resolver's own: a listing that cannot be a
+    model's files is the resolver's ``invalid-listing`` or ``invalid-manifest``)."""
+    if hub.names_many(url):
+        fileset = hub.resolve(hub.parse_repo(url), selection, session, settings.hf_endpoint,
+                              settings.hf_token, dict(headers),
+                              timeout=(settings.connect_timeout, settings.idle_timeout))
+    elif oci.names_registry(url):
+        if selection != Selection():
+            raise TransferError("invalid-selection", f"{url} is a registry's model, fetched whole: "
+                                "include, exclude and files apply to hub repositories")
+        fileset = oci.resolve(oci.parse(url), session, settings.registry_insecure, _credentials(headers),
+                              settings.connect_timeout, settings.idle_timeout)
+    else:
+        raise TransferError("unsupported-reference",
+                            f"this installation cannot resolve {url.split('://', 1)[0]}:// references")
     return fileset, authorizer(url, settings, headers)
 
 
