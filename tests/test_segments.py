@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from arw_models.engine.plan import Plan, Span
-from arw_models.engine.single import LEAST_PIECE, PIECE, PIECE_PER_SEC, smallest_piece
+from arw_models.engine.single import LEAST_PIECE, PIECE, smallest_piece
 from arw_models.service.manager import PROGRESS
 
 from .support.app import Service, post_download
@@ -87,7 +87,8 @@ def test_the_smallest_range_follows_the_latency_of_the_first_answer() -> None:
 
     assert smallest_piece(answer(None)) == LEAST_PIECE == 1 * MiB
     assert smallest_piece(answer(0.0001)) == 1 * MiB
-    assert 4 * MiB < smallest_piece(answer(0.004)) == int(0.004 * PIECE_PER_SEC) < 5 * MiB
+    # 1 GiB per second of latency: 4 ms make a range of 4 ms at 1 GiB/s, to the byte.
+    assert smallest_piece(answer(0.004)) == 4 * 1024 * 1024 * 1024 // 1000 == 4294967
     assert smallest_piece(answer(0.2)) == PIECE == 64 * MiB
 
 
