@@ -91,6 +91,27 @@ def test_a_range_that_fails_past_its_retries_fails_the_attempt(service: Service,
     assert [p["code"] for p in watch.payloads("g") if p["status"] == "retrying"] == ["http-status"]
 
 
+@pytest.mark.parametrize(("fails", "retried"), [(1, False), (2, True)], ids=["within-its-retries", "past-them"])
+def test_each_range_of_a_connection_has_retries_of_its_own(service: Service, origin: Origin, fails: int,
+                                                           retried: bool) -> None:
+    """One connection fetches two ranges in turn; the first fails once and is then
+    fetched whole. The second range's failures are counted from none: with one
+    retry allowed, one failure of it is retried on its own, and a second ends the
+    attempt (the download is then tried again as a whole)."""
+    data = payload(4 * MiB, seed=149)
+    res = origin.add("/c.gguf", data, range_statuses_from={MiB: [(503, {})], 2 * MiB: [(503, {})] * fails})
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=1), ARW_DL_RETRIES=1)
+    write_partial(app, "c", data[:MiB], {"url": origin.url("/c.gguf"), "etag": res.etag, "total": len(data),
+                                         "ranges": [[0, 2 * MiB, MiB], [2 * MiB, 4 * MiB, 0]]})
+    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
+    done = watch.terminal("c")
+    assert done["status"] == "complete" and read(os.path.join(models_dir(app), "c.gguf")) == data
+    first, second = f"bytes={MiB}-{2 * MiB - 1}", f"bytes={2 * MiB}-{4 * MiB - 1}"
+    assert [(s.status, s.range) for s in origin.requests_for("/c.gguf")] == [
+        (503, first), (206, first), *[(503, second)] * fails, (206, second)]
+    assert [p["code"] for p in watch.payloads("c") if p["status"] == "retrying"] == ["http-status"] * retried
+
+
 def test_a_retried_attempt_hashes_on_from_where_the_last_one_got(
         service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
     """The attempt that failed had hashed the 5 MiB from byte 0 on disk: the next
