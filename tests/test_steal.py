@@ -268,6 +268,31 @@ def test_a_resumed_range_is_paced_by_what_it_fetches_now_not_by_what_it_had(
     assert slow.sent < 256 * KiB, slow.sent
 
 
+def test_a_range_whose_pace_is_not_known_yet_goes_at_the_pace_the_connections_showed_on_their_last_ranges(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No range has fetched long enough for its own pace to count (here: none
+    will), but a connection that has finished a range has shown one: the range
+    left is taken to go at it, so a free connection shares it when that ends the
+    download sooner, though each half is under the least size worth halving blindly."""
+    monkeypatch.setattr(segments, "RATE_SECS", 60.0)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
+    size = 5 * MiB
+    data = payload(size, seed=164)
+    res = origin.add("/q.gguf", data, throttle=4 * MiB)
+    url = origin.url("/q.gguf")
+    # Two ranges left: 1 MiB (a quarter of a second) and 3 MiB, both under 2 x 4 MiB.
+    write_partial(app, "q", data[:MiB], {"url": url, "etag": res.etag, "total": size,
+                                         "ranges": [[0, MiB, MiB], [MiB, 2 * MiB, 0], [2 * MiB, size, 0]]})
+    post_download(client, "q", url, sha256=res.sha256)
+    done = watch.terminal("q", timeout=20)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "q.gguf")) == data
+    starts = sorted(start_of(s) for s in origin.requests_for("/q.gguf") if s.range)
+    # The connection free after its quarter second took about half of what the other had left.
+    assert starts[:2] == [MiB, 2 * MiB] and len(starts) >= 3 and 3 * MiB < starts[2] < size - MiB // 4, starts
+
+
 def test_a_kill_9_right_after_a_takeover_resumes_from_the_ranges_on_record(
     gunicorns: Callable[..., Gunicorn], origin: Origin, tmp_path: Path,
 ) -> None:
