@@ -293,6 +293,29 @@ def test_a_range_whose_pace_is_not_known_yet_goes_at_the_pace_the_connections_sh
     assert starts[:2] == [MiB, 2 * MiB] and len(starts) >= 3 and 3 * MiB < starts[2] < size - MiB // 4, starts
 
 
+def test_a_slow_connection_takes_no_share_of_a_range_that_goes_at_the_faster_pace(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Of two connections, one has shown 4 MiB/s and the other, now free, a
+    fortieth of it; the range left has no pace of its own yet (here: none will) and
+    goes at the median of theirs, the faster one of two: a share taken by the slow
+    connection would only end the download later, so it takes none."""
+    monkeypatch.setattr(segments, "RATE_SECS", 60.0)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
+    fast, slow, rest = MiB + 256 * KiB, MiB + 320 * KiB, MiB + 320 * KiB + 3 * MiB
+    data = payload(rest, seed=165)
+    # 256 KiB at 4 MiB/s (about 0.06 s), 64 KiB at 0.1 MiB/s (0.6 s), then 3 MiB at 4 MiB/s.
+    res = origin.add("/s.gguf", data, throttle=4 * MiB, slow_from={fast: 0.1 * MiB})
+    url = origin.url("/s.gguf")
+    write_partial(app, "s", data[:MiB], {"url": url, "etag": res.etag, "total": rest,
+                                         "ranges": [[0, MiB, MiB], [MiB, fast, 0], [fast, slow, 0], [slow, rest, 0]]})
+    post_download(client, "s", url, sha256=res.sha256)
+    done = watch.terminal("s", timeout=20)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "s.gguf")) == data
+    assert sorted(start_of(s) for s in origin.requests_for("/s.gguf") if s.range) == [MiB, fast, slow]
+
+
 def test_a_kill_9_right_after_a_takeover_resumes_from_the_ranges_on_record(
     gunicorns: Callable[..., Gunicorn], origin: Origin, tmp_path: Path,
 ) -> None:
