@@ -99,6 +99,18 @@ def test_a_slower_range_keeps_what_it_fetches_in_the_time_the_taker_needs_for_th
     assert taken is not None and one.end == 300 and taken.start == 300  # 300/30 = 800/80 seconds
 
 
+def test_a_range_four_times_slower_is_shared_and_a_slower_one_is_taken_over_whole() -> None:
+    """Four times slower is the edge: such a range keeps the part it fetches in the
+    time the free connection needs for the rest; more than four times slower, its
+    connection gives up all of it."""
+    shared = busy(Span(0, 1000 * KiB))
+    taken = shared.claim(4 * MiB, lambda s: 100.0 * KiB, rate=400.0 * KiB)
+    assert taken is not None and (taken.start, taken.end) == (200 * KiB, 1000 * KiB)  # 2 s for each
+    whole = busy(Span(0, 1000 * KiB))
+    taken = whole.claim(4 * MiB, lambda s: 100.0 * KiB, rate=450.0 * KiB)
+    assert taken is not None and (taken.start, taken.end) == (0, 1000 * KiB)
+
+
 def test_a_small_tail_is_taken_only_when_that_ends_the_download_sooner() -> None:
     # 1 MiB at 1 MiB/s: half of it taken by a connection as fast saves half a second.
     worth = busy(Span(0, MiB))
