@@ -242,8 +242,11 @@ SHA = "a" * 64
     ({"url": URL, "etag": '"e"'}, 100, "https://other.example/m.gguf", None, 0, None),
     ({"url": URL, "etag": '"e"'}, 100, "https://other.example/m.gguf", SHA, 100, '"e"'),
     ({"url": URL, "etag": '"e"', "total": 50}, 100, URL, SHA, 0, None),  # more on disk than the file has
+    ({"url": URL, "etag": '"e"', "total": 100}, 100, URL, None, 100, '"e"'),  # all of it: nothing left to fetch
+    ({"url": URL, "etag": '"e"'}, 1, URL, None, 1, '"e"'),  # one byte is kept too
 ], ids=["nothing", "empty-part", "no-sidecar", "same-url-etag", "same-url-date", "weak-etag", "no-validator",
-        "digest", "re-signed", "re-signed-date-only", "other-url", "other-url-digest", "too-long"])
+        "digest", "re-signed", "re-signed-date-only", "other-url", "other-url-digest", "too-long", "whole",
+        "one-byte"])
 def test_the_continuation_rule(sidecar: Any, size: int | None, url: str, sha256: str | None, offset: int,
                                validator: str | None) -> None:
     decision = continuation(Sidecar.from_json(sidecar), size, url, sha256)
