@@ -75,6 +75,22 @@ def test_the_small_rest_of_a_resumed_file_is_one_stream(service: Service, origin
     assert max((p.get("segments", 0) for p in watch.payloads("r")), default=0) <= 1
 
 
+def test_a_206_shows_ranges_are_served_even_without_accept_ranges(service: Service, origin: Origin) -> None:
+    """An origin that never sends ``Accept-Ranges`` but answers the resume's range
+    with a 206 has just served one: the large rest is split into ranges at once."""
+    app, client, watch = service(**SPLIT)
+    data = payload(8 * MiB, seed=173)
+    res = origin.add("/n.gguf", data, throttle=4 * MiB, accept_ranges=None)
+    url = origin.url("/n.gguf")
+    write_partial(app, "n", data[:MiB], {"url": url, "etag": res.etag, "total": len(data)})
+    post_download(client, "n", url, sha256=res.sha256)
+    assert watch.terminal("n", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "n.gguf")) == data
+    seen = origin.requests_for("/n.gguf")
+    assert seen[0].range == f"bytes={MiB}-" and seen[0].status == 206
+    assert len(seen) > 1 and all(s.range and s.status == 206 for s in seen[1:])  # the other ranges
+
+
 class Meeting:
     """A hashlib stand-in whose hashers, on their first update, wait for the other
     download's to be in an update too: two downloads whose hashing took turns under
