@@ -271,7 +271,10 @@ def test_a_plan_round_trips_through_its_record_and_refuses_nonsense() -> None:
     again = Plan.from_json(1000, plan.to_json())
     assert again == plan
     assert Plan.single(None).spans == [Span(0, None, 0)] and Plan.single(None).spans[0].remaining is None
-    for bad in (None, [], [[0, 10]], [[0, 10, 11]], [[-1, 10, 0]], [[None, 10, 0]], [[0, 10, True]], "x"):
+    # A stream of unknown size is recorded with no end, and read back as it was.
+    assert Plan.from_json(None, Plan.single(None, 5).to_json()) == Plan.single(None, 5)
+    for bad in (None, [], [[0, 10]], [[0, 10, 11]], [[-1, 10, 0]], [[None, 10, 0]], [[0, 10, None]], [[0, 10, True]],
+                "x"):
         assert Plan.from_json(10, bad) is None, bad
 
 
