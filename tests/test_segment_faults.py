@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ from typing import Any
 import pytest
 
 from arw_models import ArwModels
+from arw_models.config import DEFAULTS, Settings
 from arw_models.engine import verify
+from arw_models.engine.http import new_session
+from arw_models.engine.plan import Plan, Span
+from arw_models.engine.segments import FileChanged, Segments
+from arw_models.engine.sources import Source
+from arw_models.engine.transfer import Transfer
 from arw_models.service.manager import PROGRESS
 
 from .support.app import Service, post_download
@@ -110,6 +117,43 @@ def test_each_range_of_a_connection_has_retries_of_its_own(service: Service, ori
     assert [(s.status, s.range) for s in origin.requests_for("/c.gguf")] == [
         (503, first), (206, first), *[(503, second)] * fails, (206, second)]
     assert [p["code"] for p in watch.payloads("c") if p["status"] == "retrying"] == ["http-status"] * retried
+
+
+def test_a_range_of_a_changed_file_outweighs_another_refused_before_it(origin: Origin, tmp_path: Path) -> None:
+    """One range is refused (a 404, which alone fails the download); the answer to
+    the other, taken up just after, is of another version of the file. The ranges
+    end with the change, which explains the refusal: the download then starts over
+    rather than failing."""
+    data = payload(2 * MiB, seed=150)
+    origin.add("/v.gguf", data, range_statuses_from={0: [(404, {})]})
+    url = origin.url("/v.gguf")
+    answered, failed = threading.Event(), threading.Event()
+
+    class Job(Transfer):
+        def interrupt(self) -> None:  # a range failed: the other connections are woken
+            failed.set()
+            super().interrupt()
+
+    def check(response: Any, total: int | None) -> None:
+        """Both answers have come before either is taken up: the 404 first, then the other."""
+        if response.status_code == 404:
+            assert answered.wait(10)
+        else:
+            answered.set()
+            assert failed.wait(10)
+
+    plan = Plan(len(data), [Span(0, MiB), Span(MiB, 2 * MiB)])
+    settings = Settings.from_config(dict(DEFAULTS, ARW_STATE_DIR=str(tmp_path), ARW_DL_SEGMENTS=2))
+    with open(tmp_path / "v.part", "w+b") as fh:
+        hasher = verify.PrefixHasher(fh.fileno(), plan.contiguous)
+        ranges = Segments(Job("v", url, None, "url"), settings, plan, fh, session=lambda: new_session("test"),
+                          recorded={"etag": '"before"'}, validator=None, hasher=hasher, durable=lambda done: None,
+                          source=Source(url, "origin"), check=check)
+        try:
+            with pytest.raises(FileChanged):
+                ranges.run()
+        finally:
+            hasher.abandon()
 
 
 def test_a_retried_attempt_hashes_on_from_where_the_last_one_got(
