@@ -21,7 +21,7 @@ from arw_models.engine import segments
 from arw_models.engine.plan import Plan, Span
 
 from .support.app import Service, post_download
-from .support.helpers import models_dir, read, write_partial
+from .support.helpers import Writes, models_dir, read, write_partial
 from .support.origin import Origin, payload
 from .support.servers import Gunicorn
 from .support.sse import is_status, post_and_follow
@@ -190,24 +190,6 @@ def test_before_any_pace_is_known_for_it_a_range_goes_at_the_median_of_the_range
 
 
 # -- through the service ------------------------------------------------------------------------
-
-
-class Writes:
-    """The ``os`` of :mod:`arw_models.engine.segments`, with a record of every
-    ``pwrite``: where, and how many bytes."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[int, int]] = []
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def pwrite(self, fd: int, data: Any, at: int) -> int:
-        n = os.pwrite(fd, data, at)
-        with self._lock:
-            self.spans.append((at, at + n))
-        return n
 
 
 def test_a_connection_at_a_tenth_of_the_pace_is_taken_over_and_no_byte_is_written_twice(
