@@ -23,6 +23,7 @@ from arw_models.engine.plan import Plan, Span
 from arw_models.engine.segments import FileChanged, Segments
 from arw_models.engine.sources import Source
 from arw_models.engine.transfer import Transfer
+from arw_models.errors import TransferError
 from arw_models.service.manager import PROGRESS
 
 from .support.app import Service, post_download
@@ -119,13 +120,14 @@ def test_each_range_of_a_connection_has_retries_of_its_own(service: Service, ori
     assert [p["code"] for p in watch.payloads("c") if p["status"] == "retrying"] == ["http-status"] * retried
 
 
-def test_a_range_of_a_changed_file_outweighs_another_refused_before_it(origin: Origin, tmp_path: Path) -> None:
-    """One range is refused (a 404, which alone fails the download); the answer to
-    the other, taken up just after, is of another version of the file. The ranges
-    end with the change, which explains the refusal: the download then starts over
-    rather than failing."""
+def run_two_ranges(origin: Origin, tmp_path: Path, statuses: dict[int, int], **config: Any) -> BaseException:
+    """Two ranges of 1 MiB fetched by two connections of :class:`Segments` straight
+    from the origin, whose answers to the range from each key of ``statuses`` is that
+    status (206: the bytes, of another version than the one recorded). The 404 is
+    taken up first, and the other answer once that range has failed: what the
+    ranges end with (they must end within ten seconds)."""
     data = payload(2 * MiB, seed=150)
-    origin.add("/v.gguf", data, range_statuses_from={0: [(404, {})]})
+    origin.add("/v.gguf", data, range_statuses_from={at: [(code, {})] for at, code in statuses.items() if code != 206})
     url = origin.url("/v.gguf")
     answered, failed = threading.Event(), threading.Event()
 
@@ -135,7 +137,6 @@ def test_a_range_of_a_changed_file_outweighs_another_refused_before_it(origin: O
             super().interrupt()
 
     def check(response: Any, total: int | None) -> None:
-        """Both answers have come before either is taken up: the 404 first, then the other."""
         if response.status_code == 404:
             assert answered.wait(10)
         else:
@@ -143,17 +144,43 @@ def test_a_range_of_a_changed_file_outweighs_another_refused_before_it(origin: O
             assert failed.wait(10)
 
     plan = Plan(len(data), [Span(0, MiB), Span(MiB, 2 * MiB)])
-    settings = Settings.from_config(dict(DEFAULTS, ARW_STATE_DIR=str(tmp_path), ARW_DL_SEGMENTS=2))
+    settings = Settings.from_config(dict(DEFAULTS, ARW_STATE_DIR=str(tmp_path), ARW_DL_SEGMENTS=2, **config))
+    ended: list[BaseException] = []
     with open(tmp_path / "v.part", "w+b") as fh:
         hasher = verify.PrefixHasher(fh.fileno(), plan.contiguous)
         ranges = Segments(Job("v", url, None, "url"), settings, plan, fh, session=lambda: new_session("test"),
                           recorded={"etag": '"before"'}, validator=None, hasher=hasher, durable=lambda done: None,
                           source=Source(url, "origin"), check=check)
-        try:
-            with pytest.raises(FileChanged):
+
+        def run() -> None:
+            try:
                 ranges.run()
-        finally:
-            hasher.abandon()
+            except BaseException as exc:  # noqa: BLE001 - what the test looks at
+                ended.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(10)
+        hasher.abandon()
+    assert not thread.is_alive(), "the ranges did not end"
+    [outcome] = ended
+    return outcome
+
+
+def test_a_range_of_a_changed_file_outweighs_another_refused_before_it(origin: Origin, tmp_path: Path) -> None:
+    """One range is refused (a 404, which alone fails the download); the answer to
+    the other, taken up just after, is of another version of the file. The ranges
+    end with the change, which explains the refusal: the download then starts over
+    rather than failing."""
+    assert isinstance(run_two_ranges(origin, tmp_path, {0: 404, MiB: 206}), FileChanged)
+
+
+def test_a_range_that_fails_ends_the_others_at_once_not_after_their_backoff(origin: Origin, tmp_path: Path) -> None:
+    """One range is refused; the other's answer, taken up just after, is a 503,
+    which alone would be retried after a backoff (20 s here). The download has
+    failed already: that range is not retried, and the ranges end at once."""
+    outcome = run_two_ranges(origin, tmp_path, {0: 404, MiB: 503}, ARW_DL_RETRY_BACKOFF_MS=20000)
+    assert isinstance(outcome, TransferError) and outcome.context["http_status"] == 404
 
 
 def test_a_retried_attempt_hashes_on_from_where_the_last_one_got(
