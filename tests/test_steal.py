@@ -290,16 +290,16 @@ def test_a_range_whose_pace_is_not_known_yet_goes_at_the_pace_the_connections_sh
 def test_a_slow_connection_takes_no_share_of_a_range_that_goes_at_the_faster_pace(
     service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Of two connections, one has shown 4 MiB/s and the other, now free, a
-    fortieth of it; the range left has no pace of its own yet (here: none will) and
+    """Of two connections, one has shown 4 MiB/s and the other, now free, an
+    eightieth of it; the range left has no pace of its own yet (here: none will) and
     goes at the median of theirs, the faster one of two: a share taken by the slow
     connection would only end the download later, so it takes none."""
     monkeypatch.setattr(segments, "RATE_SECS", 60.0)
     app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
-    fast, slow, rest = MiB + 256 * KiB, MiB + 320 * KiB, MiB + 320 * KiB + 3 * MiB
+    fast, slow, rest = 2 * MiB, 2 * MiB + 64 * KiB, 8 * MiB + 64 * KiB
     data = payload(rest, seed=165)
-    # 256 KiB at 4 MiB/s (about 0.06 s), 64 KiB at 0.1 MiB/s (0.6 s), then 3 MiB at 4 MiB/s.
-    res = origin.add("/s.gguf", data, throttle=4 * MiB, slow_from={fast: 0.1 * MiB})
+    # 1 MiB at 4 MiB/s (a quarter of a second), 64 KiB at 0.05 MiB/s (1.3 s), then 6 MiB at 4 MiB/s.
+    res = origin.add("/s.gguf", data, throttle=4 * MiB, slow_from={fast: 0.05 * MiB})
     url = origin.url("/s.gguf")
     write_partial(app, "s", data[:MiB], {"url": url, "etag": res.etag, "total": rest,
                                          "ranges": [[0, MiB, MiB], [MiB, fast, 0], [fast, slow, 0], [slow, rest, 0]]})
