@@ -157,13 +157,14 @@ def test_ranges_are_fsynced_once_per_fsync_bytes_not_per_write(service: Service,
     assert 3 <= len(of_part) <= 6, len(of_part)
 
 
+@pytest.mark.parametrize("written", [256 * KiB, 0], ids=["some-bytes", "none-yet"])
 def test_ranges_that_write_nothing_are_not_fsynced_again(service: Service, origin: Origin,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch, written: int) -> None:
     """Every connection stalls: once what they wrote is on the disk, the
     checkpoints that follow find nothing new and make no fsync, however often
-    they come."""
+    they come; before their first byte, there is nothing to make durable at all."""
     stalls: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    res = origin.add("/z.gguf", payload(8 * MiB, seed=303), stall_after=256 * KiB, stalls=2, on_stall=stalls)
+    res = origin.add("/z.gguf", payload(8 * MiB, seed=303), stall_after=written, stalls=2, on_stall=stalls)
     app, client, watch = service(ARW_DL_SEGMENTS=2, ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_CHUNK_BYTES=64 * KiB,
                                  ARW_DL_CHECKPOINT_SECS=0.02, ARW_DL_IDLE_TIMEOUT_SECS=60)
     synced = threading.Condition()
@@ -193,11 +194,12 @@ def test_ranges_that_write_nothing_are_not_fsynced_again(service: Service, origi
         # What they wrote is made durable, and recorded after its fsync (a bounded
         # poll of the sidecar the checkpoint thread writes).
         deadline, pause = time.monotonic() + 10, threading.Event()
-        while recorded() < 2 * 256 * KiB:
+        while recorded() < 2 * written:
             assert time.monotonic() < deadline, recorded()
             pause.wait(0.02)
         with synced:
             after = count[0]
+            assert after > 0 if written else after == 0
             # Twenty-five checkpoint intervals with nothing written: no fsync.
             assert not synced.wait_for(lambda: count[0] > after, timeout=0.5), count[0] - after
     finally:

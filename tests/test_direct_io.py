@@ -261,6 +261,17 @@ def test_auto_falls_back_to_the_page_cache_where_refused(
     assert seams.attempts == (1 if where == "write" else 0)  # refused once, never asked again
 
 
+def open_files() -> set[str]:
+    """The paths of the files this process has open."""
+    paths = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    return paths
+
+
 @pytest.mark.parametrize("where", ["open", "write"])
 def test_on_fails_with_a_clear_disk_error_where_refused_and_keeps_the_part(
     make_app: Any, origin: Origin, monkeypatch: pytest.MonkeyPatch, where: str
@@ -278,6 +289,7 @@ def test_on_fails_with_a_clear_disk_error_where_refused_and_keeps_the_part(
     assert "retrying" not in watch.statuses("o")
     assert os.path.exists(part(app, "o")) and os.path.exists(sidecar(app, "o"))
     assert len(seams.opened) == 1
+    assert os.path.realpath(part(app, "o")) not in open_files()  # the .part opened for the stream is closed
     app.extensions["arw_models"].shutdown()
 
     # The operator sets it back to auto: the same POST goes on.

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from arw_models import ArwModels
+from arw_models.engine import download
 
 from .support.app import post_download
 from .support.helpers import listing, models_dir, read, write_partial
@@ -209,6 +210,26 @@ def test_resume_of_a_part_left_by_an_earlier_run(client: Any, app: Any, origin: 
     resumed = next(p for p in watch.payloads("r") if p["status"] == "resumed")
     assert resumed["offset"] == have and resumed["total"] == len(res.data)
     assert read(os.path.join(models_dir(app), "r.gguf")) == res.data
+
+
+def test_a_stream_is_hashed_as_it_arrives_and_never_read_back(client: Any, app: Any, origin: Any, watch: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file fetched in one stream is hashed as its bytes arrive: its resume reads
+    back the bytes already on disk, once, and its verification reads nothing."""
+    opened: list[str] = []
+    real_read_part = download.read_part
+
+    def read_part(path: str) -> Any:
+        opened.append(os.path.basename(path))
+        return real_read_part(path)
+
+    monkeypatch.setattr(download, "read_part", read_part)
+    res = origin.add("/h.gguf", payload(2 * MiB + 5, seed=12))
+    write_partial(app, "h", res.data[:MiB], {"url": origin.url("/h.gguf"), "etag": res.etag, "total": len(res.data)})
+    post_download(client, "h", origin.url("/h.gguf"), sha256=res.sha256)
+    done = watch.terminal("h")
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert opened == ["h.part"]
 
 
 def test_origin_that_ignores_range_still_gives_a_correct_file(client: Any, app: Any, origin: Any, watch: Any) -> None:

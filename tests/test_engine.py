@@ -242,8 +242,11 @@ SHA = "a" * 64
     ({"url": URL, "etag": '"e"'}, 100, "https://other.example/m.gguf", None, 0, None),
     ({"url": URL, "etag": '"e"'}, 100, "https://other.example/m.gguf", SHA, 100, '"e"'),
     ({"url": URL, "etag": '"e"', "total": 50}, 100, URL, SHA, 0, None),  # more on disk than the file has
+    ({"url": URL, "etag": '"e"', "total": 100}, 100, URL, None, 100, '"e"'),  # all of it: nothing left to fetch
+    ({"url": URL, "etag": '"e"'}, 1, URL, None, 1, '"e"'),  # one byte is kept too
 ], ids=["nothing", "empty-part", "no-sidecar", "same-url-etag", "same-url-date", "weak-etag", "no-validator",
-        "digest", "re-signed", "re-signed-date-only", "other-url", "other-url-digest", "too-long"])
+        "digest", "re-signed", "re-signed-date-only", "other-url", "other-url-digest", "too-long", "whole",
+        "one-byte"])
 def test_the_continuation_rule(sidecar: Any, size: int | None, url: str, sha256: str | None, offset: int,
                                validator: str | None) -> None:
     decision = continuation(Sidecar.from_json(sidecar), size, url, sha256)
@@ -268,7 +271,10 @@ def test_a_plan_round_trips_through_its_record_and_refuses_nonsense() -> None:
     again = Plan.from_json(1000, plan.to_json())
     assert again == plan
     assert Plan.single(None).spans == [Span(0, None, 0)] and Plan.single(None).spans[0].remaining is None
-    for bad in (None, [], [[0, 10]], [[0, 10, 11]], [[-1, 10, 0]], [[None, 10, 0]], [[0, 10, True]], "x"):
+    # A stream of unknown size is recorded with no end, and read back as it was.
+    assert Plan.from_json(None, Plan.single(None, 5).to_json()) == Plan.single(None, 5)
+    for bad in (None, [], [[0, 10]], [[0, 10, 11]], [[-1, 10, 0]], [[None, 10, 0]], [[0, 10, None]], [[0, 10, True]],
+                "x"):
         assert Plan.from_json(10, bad) is None, bad
 
 

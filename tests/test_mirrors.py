@@ -95,6 +95,32 @@ def test_a_healthy_mirror_serves_everything(service: Service, origin: Origin, se
     Contract(client.get("/openapi.json").json).check("/models/downloads/{model_id}", "get", job)
 
 
+def test_a_pause_of_a_stream_from_a_mirror_keeps_the_mirror_for_the_resume(
+        service: Service, origin: Origin, servers: Callable[[], Origin]) -> None:
+    """A download paused while a mirror streams it, a body without a length of its
+    own (its size stated by ``X-Linked-Size``): the socket shut down by the pause
+    reads as the end of the body, short, which is no fault of the mirror. It is not
+    skipped: the resume asks it again, from where the bytes on disk end."""
+    data = payload(2 * MiB, seed=302)
+    origin.add("/m/p.gguf", data)
+    mirror = servers()
+    held = mirror.add("/m/p.gguf", data, stall_after=700 * KiB, send_length=False,
+                      headers={"X-Linked-Size": str(len(data))})
+    app, client, watch = service(**mirrors(at(mirror)), ARW_DL_SEGMENTS=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    post_download(client, "p", origin.url("/m/p.gguf"), sha256=held.sha256)
+    assert held.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "p" and e.payload.get("downloaded") == 700 * KiB)
+    r = client.post("/models/download/pause", json={"id": "p"})
+    assert r.status_code == 200 and r.json["status"] == "paused", r.json
+    assert client.get("/models/downloads/p").json["sources"] == [{"source": mirror.base, "bytes": 700 * KiB}]
+    held.release.set()
+    assert client.post("/models/download/resume", json={"id": "p"}).status_code == 202
+    done = watch.terminal("p")
+    assert done["status"] == "complete" and installed(app, "p.gguf") == data
+    assert mirror.requests_for("/m/p.gguf")[-1].range == f"bytes={700 * KiB}-"
+    assert origin.requests_for("/m/p.gguf") == []
+
+
 def test_without_mirrors_no_sources_are_listed(service: Service, origin: Origin) -> None:
     res = origin.add("/n.gguf", payload(64 * KiB, seed=301))
     _app, client, watch = service()

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ from typing import Any
 import pytest
 
 from arw_models import ArwModels
+from arw_models.config import DEFAULTS, Settings
 from arw_models.engine import verify
+from arw_models.engine.http import new_session
+from arw_models.engine.plan import Plan, Span
+from arw_models.engine.segments import FileChanged, Segments
+from arw_models.engine.sources import Source
+from arw_models.engine.transfer import Transfer
+from arw_models.errors import TransferError
 from arw_models.service.manager import PROGRESS
 
 from .support.app import Service, post_download
@@ -89,6 +97,90 @@ def test_a_range_that_fails_past_its_retries_fails_the_attempt(service: Service,
     left = f"bytes={5 * MiB}-{6 * MiB - 1}"
     assert [(s.status, s.range) for s in origin.requests_for("/g.gguf")] == [(503, left), (503, left), (206, left)]
     assert [p["code"] for p in watch.payloads("g") if p["status"] == "retrying"] == ["http-status"]
+
+
+@pytest.mark.parametrize(("fails", "retried"), [(1, False), (2, True)], ids=["within-its-retries", "past-them"])
+def test_each_range_of_a_connection_has_retries_of_its_own(service: Service, origin: Origin, fails: int,
+                                                           retried: bool) -> None:
+    """One connection fetches two ranges in turn; the first fails once and is then
+    fetched whole. The second range's failures are counted from none: with one
+    retry allowed, one failure of it is retried on its own, and a second ends the
+    attempt (the download is then tried again as a whole)."""
+    data = payload(4 * MiB, seed=149)
+    res = origin.add("/c.gguf", data, range_statuses_from={MiB: [(503, {})], 2 * MiB: [(503, {})] * fails})
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=1), ARW_DL_RETRIES=1)
+    write_partial(app, "c", data[:MiB], {"url": origin.url("/c.gguf"), "etag": res.etag, "total": len(data),
+                                         "ranges": [[0, 2 * MiB, MiB], [2 * MiB, 4 * MiB, 0]]})
+    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
+    done = watch.terminal("c")
+    assert done["status"] == "complete" and read(os.path.join(models_dir(app), "c.gguf")) == data
+    first, second = f"bytes={MiB}-{2 * MiB - 1}", f"bytes={2 * MiB}-{4 * MiB - 1}"
+    assert [(s.status, s.range) for s in origin.requests_for("/c.gguf")] == [
+        (503, first), (206, first), *[(503, second)] * fails, (206, second)]
+    assert [p["code"] for p in watch.payloads("c") if p["status"] == "retrying"] == ["http-status"] * retried
+
+
+def run_two_ranges(origin: Origin, tmp_path: Path, statuses: dict[int, int], **config: Any) -> BaseException:
+    """Two ranges of 1 MiB fetched by two connections of :class:`Segments` straight
+    from the origin, whose answers to the range from each key of ``statuses`` is that
+    status (206: the bytes, of another version than the one recorded). The 404 is
+    taken up first, and the other answer once that range has failed: what the
+    ranges end with (they must end within ten seconds)."""
+    data = payload(2 * MiB, seed=150)
+    origin.add("/v.gguf", data, range_statuses_from={at: [(code, {})] for at, code in statuses.items() if code != 206})
+    url = origin.url("/v.gguf")
+    answered, failed = threading.Event(), threading.Event()
+
+    class Job(Transfer):
+        def interrupt(self) -> None:  # a range failed: the other connections are woken
+            failed.set()
+            super().interrupt()
+
+    def check(response: Any, total: int | None) -> None:
+        if response.status_code == 404:
+            assert answered.wait(10)
+        else:
+            answered.set()
+            assert failed.wait(10)
+
+    plan = Plan(len(data), [Span(0, MiB), Span(MiB, 2 * MiB)])
+    settings = Settings.from_config(dict(DEFAULTS, ARW_STATE_DIR=str(tmp_path), ARW_DL_SEGMENTS=2, **config))
+    ended: list[BaseException] = []
+    with open(tmp_path / "v.part", "w+b") as fh:
+        hasher = verify.PrefixHasher(fh.fileno(), plan.contiguous)
+        ranges = Segments(Job("v", url, None, "url"), settings, plan, fh, session=lambda: new_session("test"),
+                          recorded={"etag": '"before"'}, validator=None, hasher=hasher, durable=lambda done: None,
+                          source=Source(url, "origin"), check=check)
+
+        def run() -> None:
+            try:
+                ranges.run()
+            except BaseException as exc:  # noqa: BLE001 - what the test looks at
+                ended.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(10)
+        hasher.abandon()
+    assert not thread.is_alive(), "the ranges did not end"
+    [outcome] = ended
+    return outcome
+
+
+def test_a_range_of_a_changed_file_outweighs_another_refused_before_it(origin: Origin, tmp_path: Path) -> None:
+    """One range is refused (a 404, which alone fails the download); the answer to
+    the other, taken up just after, is of another version of the file. The ranges
+    end with the change, which explains the refusal: the download then starts over
+    rather than failing."""
+    assert isinstance(run_two_ranges(origin, tmp_path, {0: 404, MiB: 206}), FileChanged)
+
+
+def test_a_range_that_fails_ends_the_others_at_once_not_after_their_backoff(origin: Origin, tmp_path: Path) -> None:
+    """One range is refused; the other's answer, taken up just after, is a 503,
+    which alone would be retried after a backoff (20 s here). The download has
+    failed already: that range is not retried, and the ranges end at once."""
+    outcome = run_two_ranges(origin, tmp_path, {0: 404, MiB: 503}, ARW_DL_RETRY_BACKOFF_MS=20000)
+    assert isinstance(outcome, TransferError) and outcome.context["http_status"] == 404
 
 
 def test_a_retried_attempt_hashes_on_from_where_the_last_one_got(

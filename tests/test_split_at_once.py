@@ -16,7 +16,7 @@ from arw_models.engine import download, single, verify
 from arw_models.service.manager import PROGRESS
 
 from .support.app import TERMINAL, Service, post_download
-from .support.helpers import models_dir, read
+from .support.helpers import models_dir, read, write_partial
 from .support.origin import Origin, payload
 
 KiB = 1024
@@ -56,6 +56,39 @@ def test_a_file_that_cannot_gain_from_ranges_is_one_stream(service: Service, ori
     assert read(os.path.join(models_dir(app), "o.gguf")) == res.data
     assert [s.range for s in origin.requests_for("/o.gguf")] == [None]
     assert max((p.get("segments", 0) for p in watch.payloads("o")), default=0) <= 1
+
+
+def test_the_small_rest_of_a_resumed_file_is_one_stream(service: Service, origin: Origin) -> None:
+    """A large file of which less than ``ARW_DL_SEGMENT_MIN_MB`` is left to fetch:
+    what is left is what counts, so the resume is one stream from where the bytes
+    on disk end, however large the whole file."""
+    app, client, watch = service(**SPLIT)
+    data = payload(4 * MiB, seed=172)
+    res = origin.add("/r.gguf", data, throttle=8 * MiB)
+    url = origin.url("/r.gguf")
+    have = 3 * MiB + 512 * KiB
+    write_partial(app, "r", data[:have], {"url": url, "etag": res.etag, "total": len(data)})
+    post_download(client, "r", url, sha256=res.sha256)
+    assert watch.terminal("r", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "r.gguf")) == data
+    assert [s.range for s in origin.requests_for("/r.gguf")] == [f"bytes={have}-"]
+    assert max((p.get("segments", 0) for p in watch.payloads("r")), default=0) <= 1
+
+
+def test_a_206_shows_ranges_are_served_even_without_accept_ranges(service: Service, origin: Origin) -> None:
+    """An origin that never sends ``Accept-Ranges`` but answers the resume's range
+    with a 206 has just served one: the large rest is split into ranges at once."""
+    app, client, watch = service(**SPLIT)
+    data = payload(8 * MiB, seed=173)
+    res = origin.add("/n.gguf", data, throttle=4 * MiB, accept_ranges=None)
+    url = origin.url("/n.gguf")
+    write_partial(app, "n", data[:MiB], {"url": url, "etag": res.etag, "total": len(data)})
+    post_download(client, "n", url, sha256=res.sha256)
+    assert watch.terminal("n", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "n.gguf")) == data
+    seen = origin.requests_for("/n.gguf")
+    assert seen[0].range == f"bytes={MiB}-" and seen[0].status == 206
+    assert len(seen) > 1 and all(s.range and s.status == 206 for s in seen[1:])  # the other ranges
 
 
 class Meeting:

@@ -21,7 +21,7 @@ from arw_models.engine import segments
 from arw_models.engine.plan import Plan, Span
 
 from .support.app import Service, post_download
-from .support.helpers import models_dir, read, write_partial
+from .support.helpers import Writes, models_dir, read, write_partial
 from .support.origin import Origin, payload
 from .support.servers import Gunicorn
 from .support.sse import is_status, post_and_follow
@@ -97,6 +97,18 @@ def test_a_slower_range_keeps_what_it_fetches_in_the_time_the_taker_needs_for_th
     plan = busy(one)
     taken = plan.claim(100, lambda s: 30.0, rate=80.0)  # less than four times slower
     assert taken is not None and one.end == 300 and taken.start == 300  # 300/30 = 800/80 seconds
+
+
+def test_a_range_four_times_slower_is_shared_and_a_slower_one_is_taken_over_whole() -> None:
+    """Four times slower is the edge: such a range keeps the part it fetches in the
+    time the free connection needs for the rest; more than four times slower, its
+    connection gives up all of it."""
+    shared = busy(Span(0, 1000 * KiB))
+    taken = shared.claim(4 * MiB, lambda s: 100.0 * KiB, rate=400.0 * KiB)
+    assert taken is not None and (taken.start, taken.end) == (200 * KiB, 1000 * KiB)  # 2 s for each
+    whole = busy(Span(0, 1000 * KiB))
+    taken = whole.claim(4 * MiB, lambda s: 100.0 * KiB, rate=450.0 * KiB)
+    assert taken is not None and (taken.start, taken.end) == (0, 1000 * KiB)
 
 
 def test_a_small_tail_is_taken_only_when_that_ends_the_download_sooner() -> None:
@@ -180,24 +192,6 @@ def test_before_any_pace_is_known_for_it_a_range_goes_at_the_median_of_the_range
 # -- through the service ------------------------------------------------------------------------
 
 
-class Writes:
-    """The ``os`` of :mod:`arw_models.engine.segments`, with a record of every
-    ``pwrite``: where, and how many bytes."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[int, int]] = []
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def pwrite(self, fd: int, data: Any, at: int) -> int:
-        n = os.pwrite(fd, data, at)
-        with self._lock:
-            self.spans.append((at, at + n))
-        return n
-
-
 def test_a_connection_at_a_tenth_of_the_pace_is_taken_over_and_no_byte_is_written_twice(
     service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -266,6 +260,54 @@ def test_a_resumed_range_is_paced_by_what_it_fetches_now_not_by_what_it_had(
     # At its pace its last MiB would take 20 s: it is cut off once the others are
     # done with the rest (about a second), not when its pace over all 12 MiB drops.
     assert slow.sent < 256 * KiB, slow.sent
+
+
+def test_a_range_whose_pace_is_not_known_yet_goes_at_the_pace_the_connections_showed_on_their_last_ranges(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No range has fetched long enough for its own pace to count (here: none
+    will), but a connection that has finished a range has shown one: the range
+    left is taken to go at it, so a free connection shares it when that ends the
+    download sooner, though each half is under the least size worth halving blindly."""
+    monkeypatch.setattr(segments, "RATE_SECS", 60.0)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
+    size = 5 * MiB
+    data = payload(size, seed=164)
+    res = origin.add("/q.gguf", data, throttle=4 * MiB)
+    url = origin.url("/q.gguf")
+    # Two ranges left: 1 MiB (a quarter of a second) and 3 MiB, both under 2 x 4 MiB.
+    write_partial(app, "q", data[:MiB], {"url": url, "etag": res.etag, "total": size,
+                                         "ranges": [[0, MiB, MiB], [MiB, 2 * MiB, 0], [2 * MiB, size, 0]]})
+    post_download(client, "q", url, sha256=res.sha256)
+    done = watch.terminal("q", timeout=20)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "q.gguf")) == data
+    starts = sorted(start_of(s) for s in origin.requests_for("/q.gguf") if s.range)
+    # The connection free after its quarter second took about half of what the other had left.
+    assert starts[:2] == [MiB, 2 * MiB] and len(starts) >= 3 and 3 * MiB < starts[2] < size - MiB // 4, starts
+
+
+def test_a_slow_connection_takes_no_share_of_a_range_that_goes_at_the_faster_pace(
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Of two connections, one has shown 4 MiB/s and the other, now free, an
+    eightieth of it; the range left has no pace of its own yet (here: none will) and
+    goes at the median of theirs, the faster one of two: a share taken by the slow
+    connection would only end the download later, so it takes none."""
+    monkeypatch.setattr(segments, "RATE_SECS", 60.0)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
+    fast, slow, rest = 2 * MiB, 2 * MiB + 64 * KiB, 8 * MiB + 64 * KiB
+    data = payload(rest, seed=165)
+    # 1 MiB at 4 MiB/s (a quarter of a second), 64 KiB at 0.05 MiB/s (1.3 s), then 6 MiB at 4 MiB/s.
+    res = origin.add("/s.gguf", data, throttle=4 * MiB, slow_from={fast: 0.05 * MiB})
+    url = origin.url("/s.gguf")
+    write_partial(app, "s", data[:MiB], {"url": url, "etag": res.etag, "total": rest,
+                                         "ranges": [[0, MiB, MiB], [MiB, fast, 0], [fast, slow, 0], [slow, rest, 0]]})
+    post_download(client, "s", url, sha256=res.sha256)
+    done = watch.terminal("s", timeout=20)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "s.gguf")) == data
+    assert sorted(start_of(s) for s in origin.requests_for("/s.gguf") if s.range) == [MiB, fast, slow]
 
 
 def test_a_kill_9_right_after_a_takeover_resumes_from_the_ranges_on_record(

@@ -1,10 +1,12 @@
-"""Small helpers shared by the test modules: where a model's files are, and how to
-leave a partial download behind as an earlier run would have."""
+"""Small helpers shared by the test modules: where a model's files are, how to
+leave a partial download behind as an earlier run would have, and a record of
+where the ranges of a download write."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
 
@@ -46,3 +48,21 @@ def write_partial(app: Any, model_id: str, data: bytes, side: dict[str, Any] | N
 
 def cancel(client: Any, model_id: str) -> Any:
     return client.post("/models/download/cancel", json={"id": model_id})
+
+
+class Writes:
+    """The ``os`` of :mod:`arw_models.engine.segments`, with a record of every
+    ``pwrite``: where, and how many bytes."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def pwrite(self, fd: int, data: Any, at: int) -> int:
+        n = os.pwrite(fd, data, at)
+        with self._lock:
+            self.spans.append((at, at + n))
+        return n
