@@ -410,14 +410,17 @@ def test_unknown_media_types_are_fetched_by_digest(origin: Origin, session: requ
 @pytest.mark.parametrize("declared", [None, ""])
 def test_a_manifest_without_a_media_type_of_its_own_is_typed_by_its_content_type(
         origin: Origin, session: requests.Session, declared: str | None) -> None:
-    """The OCI spec lets a manifest leave out its ``mediaType`` (or older tools left
-    it empty): then the Content-Type it is served with, its parameters aside, says
+    """A manifest is asked for with the four types this client reads (``Accept``).
+    The OCI spec lets one leave out its ``mediaType`` (or older tools left it
+    empty): then the Content-Type it is served with, its parameters aside, says
     what it is; a generic one is refused, named."""
     document: dict[str, Any] = {"schemaVersion": 2, "layers": [_layer(b"a", annotations={oci.TITLE: "a.bin"})]}
     if declared is not None:
         document["mediaType"] = declared
     ref = _serve(origin, document, headers={"Content-Type": f"{oci.OCI_MANIFEST}; charset=utf-8"})
     assert [f.path for f in oci.resolve(ref, session, _host(origin)).files] == ["a.bin"]
+    asked = origin.requests_for("/v2/team/model/manifests/v1")[0].headers["accept"]
+    assert set(asked.split(", ")) == {oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST, oci.DOCKER_LIST}
     ref = _serve(origin, document, headers={"Content-Type": "application/json"})
     with pytest.raises(TransferError) as caught:
         oci.resolve(ref, session, _host(origin))
