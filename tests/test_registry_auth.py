@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import socket
 from collections.abc import Callable, Iterator
 
@@ -61,6 +62,19 @@ def get(auth: RegistryAuth, origin: Origin) -> int:
 def sent(origin: Origin, path: str = PATH) -> list[str | None]:
     """The Authorization of each request for ``path``, in order."""
     return [s.headers.get("authorization") for s in origin.requests_for(path)]
+
+
+def open_connections_to(port: int) -> int:
+    """This process's TCP sockets to ``port`` on loopback that are still open."""
+    mine = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            mine.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # closed meanwhile
+            pass
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if int(row[2].rsplit(":", 1)[1], 16) == port and f"socket:[{row[9]}]" in mine)
 
 
 @pytest.fixture
@@ -172,6 +186,17 @@ def test_a_token_given_as_credentials_is_sent_as_it_is(origin: Origin, session: 
     assert get(auth, origin) == 200
     assert sent(origin) == ["Bearer given", "Bearer given", "Bearer t1"]
     assert sent(origin, "/token") == [None]
+
+
+def test_a_challenge_that_cannot_be_answered_leaves_no_connection_open(origin: Origin,
+                                                                        session: requests.Session) -> None:
+    """The error of a challenge naming no realm may be kept (a job's last error, with
+    its traceback): the answer it came with is closed, not held open along with it."""
+    origin.add(PATH, MANIFEST, statuses=[(401, {"WWW-Authenticate": 'Bearer service="standin"'})])
+    with pytest.raises(TransferError) as caught:
+        get(registry_auth_for(origin, session), origin)
+    assert caught.value.code == "registry-auth" and "no realm" in caught.value.message
+    assert open_connections_to(int(host(origin).rsplit(":", 1)[1])) == 0
 
 
 # -- the token service's answers ---------------------------------------------------
