@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -69,12 +70,15 @@ def fetch_all(fs: FileSet, authorize: Any, session: requests.Session) -> dict[st
     ("oci://reg.example:443/m@sha256:" + "ab" * 32, "reg.example:443", "m", None, "sha256:" + "ab" * 32, "oci"),
     ("oci://reg.example/m:t@sha256:" + "0" * 64, "reg.example", "m", "t", "sha256:" + "0" * 64, "oci"),
     ("oci://ghcr.io/" + "a/" * 127 + "b", "ghcr.io", "a/" * 127 + "b", "latest", None, "oci"),  # 255: the most
+    ("oci://reg.example:1/m", "reg.example:1", "m", "latest", None, "oci"),  # the least port
+    ("oci://reg.example:65535/m", "reg.example:65535", "m", "latest", None, "oci"),  # the most
 ])
 def test_parse(url: str, host: str, repository: str, tag: str | None, digest: str | None, provider: str) -> None:
     ref = oci.parse(url)
     assert (ref.host, ref.repository, ref.tag, ref.digest, ref.provider) == (host, repository, tag, digest, provider)
     assert ref.reference == (digest or tag)
     assert oci.names_registry(url) and oci.parse(str(ref)) == ref
+    assert hash(oci.parse(str(ref))) == hash(ref)  # a value: the same reference is the same key
 
 
 @pytest.mark.parametrize(("url", "says"), [
@@ -90,9 +94,13 @@ def test_parse(url: str, host: str, repository: str, tag: str | None, digest: st
     ("oci://ghcr.io/a/b@sha256:abc", "not a sha256 digest"),
     ("oci://ghcr.io/a/b@latest", "not a digest"),
     ("oci://host:99999/a", "not a registry host"),
+    ("oci://host:65536/a", "not a registry host"),
+    ("oci://host:0/a", "not a registry host"),
     ("oci://ho_st/a", "not a registry host"),
     ("oci://ghcr.io/a?x=1", "no query"),
     ("oci://ghcr.io/a b", "no query"),
+    ("oci://ghcr.io/a\x1fb", "no query"),  # a control character
+    ("oci://ghcr.io/a\tb", "no query"),
     ("https://ghcr.io/a", "not an ollama:// or oci://"),
     ("oci://ghcr.io/" + "a/" * 127 + "bc", "longer than 255"),
 ])
@@ -100,6 +108,16 @@ def test_parse_refuses(url: str, says: str) -> None:
     with pytest.raises(InvalidReference, match=says):
         oci.parse(url)
     assert not oci.names_registry("hf://a/b/c") and not oci.names_registry("https://x/y")
+    assert not oci.names_registry(None)  # type: ignore[arg-type]
+
+
+def test_a_refused_reference_is_shown_how_its_scheme_is_written() -> None:
+    """The message of a refused reference shows the form references of its own
+    scheme take: ollama:// and oci:// are written differently."""
+    with pytest.raises(InvalidReference, match=r"\(ollama://\[HOST/\]\[NAMESPACE/\]NAME\[:TAG\]\)"):
+        oci.parse("ollama://Llama3")
+    with pytest.raises(InvalidReference, match=r"\(oci://HOST\[:PORT\]/REPOSITORY\[:TAG\|@sha256:DIGEST\]\)"):
+        oci.parse("oci://ghcr.io/Llama3")
 
 
 def test_insecure_setting() -> None:
@@ -250,7 +268,9 @@ def test_authorizer_shared_by_threads_asks_once(regs: Registries, session: reque
 
 def test_index_selection(regs: Registries, session: requests.Session) -> None:
     one = regs.pushed["index-one"]
+    before = len(regs.token_server.requests())
     fs = oci.resolve(oci.parse(f"oci://{regs.token.host}/team/indexed:one"), session, insecure(regs))
+    assert len(regs.token_server.requests()) == before + 1  # one token for the index and its manifest
     model = regs.pushed["index-one-model"]
     assert fs.revision == model.digest  # the model's manifest, not the attestation's nor the index's
     assert fs.inline == {"index.json": one.manifest, "manifest.json": model.manifest}
@@ -275,6 +295,7 @@ def test_digest_pin(regs: Registries, session: requests.Session) -> None:
     with pytest.raises(TransferError) as caught:
         oci.resolve(oci.parse(f"oci://{regs.token.host}/team/artifact@{missing}"), session, insecure(regs))
     assert caught.value.context["http_status"] == 404 and missing in caught.value.message
+    assert "answered 404 (not found): no such repository or tag on that registry" in caught.value.message
 
 
 def test_generic_artifact_layer_names(regs: Registries, session: requests.Session) -> None:
@@ -321,6 +342,10 @@ def _manifest(*layers: dict[str, Any]) -> dict[str, Any]:
     (b"\x00not json", "not JSON"),
     ({"schemaVersion": 2, "mediaType": "application/vnd.example+json"}, "not an OCI or Docker v2 manifest"),
     (json.dumps(_manifest()).encode() + b" " * oci.MAX_MANIFEST_BYTES, "larger than"),
+    ({"schemaVersion": 2, "mediaType": oci.OCI_MANIFEST}, "the manifest lists no layers"),
+    (_manifest("model.gguf"), "layer 1 is not a descriptor"),
+    (b"[2]", "not a schema 2 document"),
+    ({"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": []}, "the index lists no manifest"),
 ])
 def test_refused_manifests(origin: Origin, session: requests.Session, document: Any, says: str) -> None:
     ref = _serve(origin, document)
@@ -330,15 +355,29 @@ def test_refused_manifests(origin: Origin, session: requests.Session, document: 
     assert "team/model:v1" in caught.value.message
 
 
-def test_a_manifest_of_four_mib_is_read_and_one_byte_more_is_refused(origin: Origin,
-                                                                     session: requests.Session) -> None:
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_manifest_of_four_mib_is_read_and_one_byte_more_is_refused(origin: Origin, session: requests.Session,
+                                                                     chunked: bool) -> None:
     """The cap on a manifest is 4 MiB, the least the OCI distribution spec has a registry
-    accept: a manifest of exactly that size resolves, a byte more is refused unread."""
-    body = json.dumps(_manifest(_layer(b"a"))).encode()
+    accept: a manifest of exactly that size resolves, a byte more is refused, whether
+    its length is announced or it comes in chunks."""
     limit = 4 * 1024 * 1024
-    ref = _serve(origin, body + b" " * (limit - len(body)))
+    short = json.dumps(_manifest(_layer(b"a", annotations={"pad": ""}))).encode()
+    exact = json.dumps(_manifest(_layer(b"a", annotations={"pad": "x" * (limit - len(short))}))).encode()
+    assert len(exact) == limit
+    ref = _serve(origin, exact, chunked=chunked)
     assert len(oci.resolve(ref, session, _host(origin)).files) == 1
-    ref = _serve(origin, body + b" " * (limit + 1 - len(body)))
+    ref = _serve(origin, short + b" " * (limit + 1 - len(short)), chunked=chunked)  # still JSON, a byte too long
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(ref, session, _host(origin))
+    assert caught.value.code == "invalid-manifest" and "larger than" in caught.value.message
+
+
+def test_a_manifest_announced_larger_than_four_mib_is_refused_unread(origin: Origin,
+                                                                    session: requests.Session) -> None:
+    """A Content-Length past the cap is refused at once, before any of the body is
+    read (here the length lies: the body is a small manifest, cut short)."""
+    ref = _serve(origin, _manifest(_layer(b"a")), announce_length=oci.MAX_MANIFEST_BYTES + 1)
     with pytest.raises(TransferError) as caught:
         oci.resolve(ref, session, _host(origin))
     assert caught.value.code == "invalid-manifest" and "larger than" in caught.value.message
@@ -366,6 +405,146 @@ def test_unknown_media_types_are_fetched_by_digest(origin: Origin, session: requ
     hx, hn = hashlib.sha256(b"x").hexdigest(), hashlib.sha256(b"n").hexdigest()
     assert [(f.path, f.role) for f in fs.files] == [(f"layer-{hx[:12]}", "layer"), (f"newthing-{hn[:12]}", "newthing")]
     assert fs.files[0].url == f"http://{_host(origin)[0]}/v2/team/model/blobs/sha256:{hx}"
+
+
+@pytest.mark.parametrize("declared", [None, ""])
+def test_a_manifest_without_a_media_type_of_its_own_is_typed_by_its_content_type(
+        origin: Origin, session: requests.Session, declared: str | None) -> None:
+    """A manifest is asked for with the four types this client reads (``Accept``).
+    The OCI spec lets one leave out its ``mediaType`` (or older tools left it
+    empty): then the Content-Type it is served with, its parameters aside, says
+    what it is; a generic one is refused, named."""
+    document: dict[str, Any] = {"schemaVersion": 2, "layers": [_layer(b"a", annotations={oci.TITLE: "a.bin"})]}
+    if declared is not None:
+        document["mediaType"] = declared
+    ref = _serve(origin, document, headers={"Content-Type": f"{oci.OCI_MANIFEST}; charset=utf-8"})
+    assert [f.path for f in oci.resolve(ref, session, _host(origin)).files] == ["a.bin"]
+    asked = origin.requests_for("/v2/team/model/manifests/v1")[0].headers["accept"]
+    assert set(asked.split(", ")) == {oci.OCI_MANIFEST, oci.OCI_INDEX, oci.DOCKER_MANIFEST, oci.DOCKER_LIST}
+    ref = _serve(origin, document, headers={"Content-Type": "application/json"})
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(ref, session, _host(origin))
+    assert caught.value.code == "invalid-manifest" and "answered a application/json document" in caught.value.message
+
+
+def test_layers_without_a_usable_title_are_named_by_kind_and_empty_ones_are_files(
+        origin: Origin, session: requests.Session) -> None:
+    """An empty or non-text title is no title: the layer is named by its kind and
+    digest. A layer of no bytes is a file like any other."""
+    untitled, odd = _layer(b"u", annotations={oci.TITLE: ""}), _layer(b"o", annotations={oci.TITLE: 7})
+    ref = _serve(origin, _manifest(untitled, odd, _layer(b"", annotations={oci.TITLE: "empty.txt"})))
+    fs = oci.resolve(ref, session, _host(origin))
+    hu, ho = hashlib.sha256(b"u").hexdigest(), hashlib.sha256(b"o").hexdigest()
+    assert [(f.path, f.size) for f in fs.files] == [(f"layer-{hu[:12]}", 1), (f"layer-{ho[:12]}", 1), ("empty.txt", 0)]
+
+
+@pytest.mark.parametrize(("media_type", "data", "kept"), [
+    (oci.EMPTY_CONFIG, b"{ }", False),  # typed empty: left out whatever its bytes
+    ("application/vnd.docker.container.image.v1+json", b"{}", False),  # two bytes: "{}" whatever its type
+    ("application/vnd.example.config+json", b"[1]", True),  # three bytes: kept
+])
+def test_the_config_goes_with_the_model_unless_it_is_empty(origin: Origin, session: requests.Session,
+                                                            media_type: str, data: bytes, kept: bool) -> None:
+    """The config blob is the model's ``config.json`` unless it says nothing: typed
+    as the OCI empty descriptor, or of two bytes (``{}``) at most."""
+    document = {**_manifest(_layer(b"a", annotations={oci.TITLE: "a.bin"})), "config": {**_layer(data),
+                                                                                       "mediaType": media_type}}
+    fs = oci.resolve(_serve(origin, document), session, _host(origin))
+    assert [f.path for f in fs.files] == ["a.bin", *(["config.json"] if kept else [])]
+
+
+# -- indexes (a local stand-in) ------------------------------------------------------
+
+ATTESTATION = {"annotations": {"vnd.docker.reference.type": "attestation-manifest"}}
+UNKNOWN = {"platform": {"os": "unknown", "architecture": "unknown"}}
+
+
+def _platform(os: str, arch: str) -> dict[str, Any]:
+    return {"platform": {"os": os, "architecture": arch}}
+
+
+def _model(name: str) -> bytes:
+    return json.dumps(_manifest(_layer(name.encode(), annotations={oci.TITLE: name}))).encode()
+
+
+def _entry(origin: Origin, body: bytes, **more: Any) -> dict[str, Any]:
+    """An index entry for ``body``, which the stand-in serves under its digest."""
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    origin.add(f"/v2/team/model/manifests/{digest}", body)
+    return {"mediaType": json.loads(body)["mediaType"], "digest": digest, "size": len(body), **more}
+
+
+def _index(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": list(entries)}
+
+
+@pytest.mark.parametrize(("machine", "marks", "chosen"), [
+    ("x86_64", [{}, ATTESTATION, UNKNOWN], 0),  # attestations aside, told by either mark
+    ("x86_64", [_platform("linux", "amd64"), {"artifactType": "application/vnd.example.model"},
+                _platform("linux", "arm64")], 1),  # the one artifact among images
+    ("x86_64", [_platform("linux", "arm64"), _platform("linux", "amd64"), _platform("windows", "amd64")], 1),
+    ("aarch64", [_platform("linux", "arm64"), _platform("linux", "amd64"), _platform("windows", "amd64")], 0),
+], ids=["attestations", "artifact", "amd64", "arm64"])
+def test_an_index_resolves_to_its_one_model(origin: Origin, session: requests.Session,
+                                            monkeypatch: pytest.MonkeyPatch, machine: str,
+                                            marks: list[dict[str, Any]], chosen: int) -> None:
+    """An index resolves to the one entry that is the model: the only one once
+    attestations are set aside, else the only artifact, else the only image for
+    this machine's platform."""
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    entries = [_entry(origin, _model(f"m{i}.bin"), **mark) for i, mark in enumerate(marks)]
+    fs = oci.resolve(_serve(origin, _index(*entries)), session, _host(origin))
+    assert [f.path for f in fs.files] == [f"m{chosen}.bin"]
+    assert fs.revision == entries[chosen]["digest"]
+
+
+def test_an_index_of_several_models_lists_each_by_what_it_is(origin: Origin, session: requests.Session,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """When no entry is the one model, the message lists each one by its artifact
+    type, its platform, or its media type, for the user to pin one by digest."""
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    marks = [{"artifactType": "application/vnd.example.one"}, {"artifactType": "application/vnd.example.two"},
+             _platform("linux", "s390x"), {}]
+    entries = [_entry(origin, _model(f"m{i}.bin"), **mark) for i, mark in enumerate(marks)]
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(_serve(origin, _index(*entries)), session, _host(origin))
+    message = caught.value.message
+    assert caught.value.code == "invalid-manifest" and "the index lists 4 manifests" in message
+    kinds = ["application/vnd.example.one", "application/vnd.example.two", "linux/s390x", oci.OCI_MANIFEST]
+    for entry, kind in zip(entries, kinds, strict=True):
+        assert f"{entry['digest'][:19]}… ({kind})" in message
+
+
+def test_an_index_entry_is_pinned_by_its_digest_and_names_no_index(origin: Origin, session: requests.Session) -> None:
+    """The manifest an index names must have the digest it is named by, and be a
+    manifest: an index naming an index is not a model."""
+    body = _model("a.bin")
+    lie = "sha256:" + hashlib.sha256(body + b" ").hexdigest()
+    origin.add(f"/v2/team/model/manifests/{lie}", body)
+    ref = _serve(origin, _index({"mediaType": oci.OCI_MANIFEST, "digest": lie, "size": len(body)}))
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(ref, session, _host(origin))
+    assert caught.value.code == "checksum-mismatch" and lie in caught.value.message
+    inner = _entry(origin, json.dumps(_index(_entry(origin, body))).encode())
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(_serve(origin, _index(inner)), session, _host(origin))
+    assert caught.value.code == "invalid-manifest" and "the index names another index" in caught.value.message
+
+
+@pytest.mark.parametrize(("status", "words"), [
+    (400, ""), (401, " (unauthorized)"), (403, " (forbidden)"), (404, " (not found)"), (499, ""), (600, "")])
+def test_refusals_are_final_and_named_in_words(origin: Origin, session: requests.Session, status: int,
+                                               words: str) -> None:
+    """A client error is the registry's last word: not tried again, even with a
+    Retry-After, and the message gives the status in words where it has some."""
+    ref = _serve(origin, _manifest(), statuses=[(status, {"Retry-After": "2"})])
+    with pytest.raises(TransferError) as caught:
+        oci.resolve(ref, session, _host(origin))
+    error = caught.value
+    assert error.code == "http-status" and error.context["http_status"] == status
+    assert not error.retryable and error.retry_after is None
+    assert f"team/model:v1: the manifest: the registry answered {status}{words}" in error.message
+    assert ("no such repository or tag" in error.message) == (status == 404)
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 503, 599])

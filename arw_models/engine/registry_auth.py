@@ -171,8 +171,7 @@ class RegistryAuth:
                     self.learn(response)
             self._learnt = True
 
-    def get(self, url: str, what: str, headers: Mapping[str, str] | None = None, auth: bool = True,
-            stream: bool = True) -> Any:
+    def get(self, url: str, what: str, headers: Mapping[str, str] | None = None, auth: bool = True) -> Any:
         """``GET url`` with the registry's ``Authorization`` (for its host alone),
         answering a 401 once with what its challenge asks. Returns the response
         (any status); network failures raise :class:`TransferError`."""

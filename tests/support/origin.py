@@ -59,7 +59,7 @@ class Resource:
     send_length: bool = True
     range_length: bool = True  # False: a 206 has no Content-Length (the connection's end is the body's)
     chunked: bool = False
-    headers: dict[str, str] = field(default_factory=dict)  # more headers on every 200 and 206
+    headers: dict[str, str] = field(default_factory=dict)  # more headers on every 200 and 206 (a Content-Type replaces the default)
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     # Told the resource each time a stall begins: one queue shared by several resources
@@ -166,7 +166,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif res.send_length and (status != 206 or res.range_length):
             length = res.announce_length if res.announce_length is not None else len(body)
             self.send_header("Content-Length", str(length + (res.range_length_off if status == 206 else 0)))
-        self.send_header("Content-Type", "application/octet-stream")
+        if not any(name.lower() == "content-type" for name in res.headers):
+            self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
