@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from arw_models import ArwModels
@@ -168,6 +169,23 @@ def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Servi
     assert statuses == {**{p: "stored" for p in files}, "extra.bin": "complete"}
     assert origin.requests_for("/two/" + "0" * 40 + "/config.json") == []
     assert len(origin.requests_for("/two/" + "0" * 40 + "/extra.bin")) == 1
+
+
+def test_a_bucket_keyed_by_digest_and_size_serves_a_models_files(service: Service, origin: Origin,
+                                                                 servers: Callable[[], Origin]) -> None:
+    """Each file's listed SHA-256 and size fill a mirror template that needs both, as a single download's
+    do: the bucket serves every file and the origin is asked for none."""
+    bucket = servers()
+    files = {"a.bin": payload(20 * KiB, 51), "b.bin": payload(30 * KiB, 52)}
+    for data in files.values():
+        bucket.add(f"/b/{hashlib.sha256(data).hexdigest()}/{len(data)}", data)
+    _, client, watch, models = models_app(service, origin, ARW_DL_MIRRORS=bucket.base + "/b/{sha256}/{size}")
+    ref = models.add("mirrored", files)
+    assert post_download(client, "mirrored", ref).status_code == 202
+    assert watch.terminal("mirrored")["status"] == "complete"
+    assert [s for p in files for s in origin.requests_for(f"/mirrored/{'0' * 40}/{p}")] == []
+    assert sorted(s.path for s in bucket.seen) == sorted(
+        f"/b/{hashlib.sha256(d).hexdigest()}/{len(d)}" for d in files.values())
 
 
 def test_force_fetches_again_and_a_repeat_is_answered_installed(service: Service, origin: Origin) -> None:

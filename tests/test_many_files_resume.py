@@ -211,6 +211,23 @@ def test_another_request_over_a_paused_model_says_what_it_discards(service: Serv
     assert done["status"] == "complete" and [f["path"] for f in done["files"]] == ["a.bin"]
 
 
+def test_a_file_whose_origin_now_has_another_size_is_not_resumed_from_its_bytes(service: Service,
+                                                                                origin: Origin) -> None:
+    """Paused with 100 KiB of b.bin on disk, its origin now serves a file of another size than the listing: the
+    resume fails naming the file, and those bytes (of a version the listing does not vouch for) are not kept."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    b = paused_in_b(client, models, origin, watch, "v", 15)
+    b.release.set()
+    origin.add(f"/v/{REV}/b.bin", payload(310 * KiB, 16))
+    assert client.post("/models/download/resume", json={"id": "v"}).status_code == 202
+    failed = watch.status("v", "error")
+    assert (failed["code"], failed["file"]) == ("size-mismatch", "b.bin"), failed
+    assert {f["path"]: f["downloaded"] for f in failed["files"]} == {"a.bin": 20 * KiB, "b.bin": 0}
+    staging = os.path.join(ArwModels.state(app).dirs.root, "partial", "v")
+    assert sorted(os.listdir(staging)) == ["plan.json"]
+
+
 def test_a_pause_during_a_files_retry_wait_fetches_nothing_more(service: Service, origin: Origin) -> None:
     """A file waiting to retry after a dropped connection is paused at once with its model: no request follows
     the pause."""
