@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from arw_models import ArwModels
+from arw_models.engine.fileset import RemoteFile
 from arw_models.errors import TransferError
 
 from .support.app import Service, post_download
@@ -147,6 +148,21 @@ def test_a_file_listed_by_its_git_blob_id_is_held_to_its_size_and_id(service: Se
     assert client.get("/models").json["items"] == []
 
 
+def test_a_file_listed_by_its_sha256_is_not_held_to_a_git_blob_id_too(service: Service, origin: Origin) -> None:
+    """A hub lists an LFS file with the git blob id of its pointer beside the SHA-256 of its content: the file is
+    held to its SHA-256, checked as it came, and not read again for a git id that is not its content's."""
+    app, client, watch, models = models_app(service, origin)
+    data = payload(40 * KiB, 33)
+    ref = models.add("lfs", {"a.bin": data})
+    [listed] = models.models[ref]
+    models.models[ref] = [RemoteFile(listed.path, listed.url, listed.size, listed.sha256, git_oid="1" * 40)]
+    assert post_download(client, "lfs", ref).status_code == 202
+    assert watch.terminal("lfs")["status"] == "complete"
+    with open(os.path.join(ArwModels.state(app).dirs.manifests_dir, "lfs.json")) as fh:
+        [file] = json.load(fh)["files"]
+    assert (file["sha256"], file["sha256_source"]) == (hashlib.sha256(data).hexdigest(), "origin")
+
+
 def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Service, origin: Origin) -> None:
     _, client, watch, models = models_app(service, origin)
     files = tiny(7)
@@ -186,6 +202,31 @@ def test_a_bucket_keyed_by_digest_and_size_serves_a_models_files(service: Servic
     assert [s for p in files for s in origin.requests_for(f"/mirrored/{'0' * 40}/{p}")] == []
     assert sorted(s.path for s in bucket.seen) == sorted(
         f"/b/{hashlib.sha256(d).hexdigest()}/{len(d)}" for d in files.values())
+
+
+def test_every_http_session_of_a_model_is_closed_by_its_end(service: Service, origin: Origin) -> None:
+    """The sessions a dry run, a model's resolution and each of its files open are closed by the answer or by
+    the end of the download: none keeps its connections to the hub or the origin open."""
+    app, client, watch, models = models_app(service, origin)
+    manager = ArwModels.state(app).manager
+    opened, still_open = [], set()
+    new_session = manager.session
+
+    def session() -> Any:
+        s = new_session()
+        opened.append(s)
+        still_open.add(id(s))
+        close = s.close
+        s.close = lambda: (still_open.discard(id(s)), close())
+        return s
+
+    manager.session = session
+    ref = models.add("closed", tiny(34))
+    assert post_download(client, "closed", ref, dry_run=True).status_code == 200
+    assert len(opened) == 1 and not still_open
+    assert post_download(client, "closed", ref).status_code == 202
+    assert watch.terminal("closed")["status"] == "complete"
+    assert len(opened) == 1 + 1 + len(tiny(34)) and not still_open
 
 
 def test_force_fetches_again_and_a_repeat_is_answered_installed(service: Service, origin: Origin) -> None:
