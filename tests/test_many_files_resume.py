@@ -263,6 +263,24 @@ def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> 
     assert client.get("/models/downloads/c").json["downloaded"] == 0  # nothing is kept of a canceled model
 
 
+def test_a_delete_collects_its_own_blobs_not_a_canceled_models_files(service: Service, origin: Origin) -> None:
+    """The files a canceled model finished stay in the store until the next start; a delete of another model
+    collects that model's blobs only, so the canceled one, asked for again, does not fetch them again."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    assert post_download(client, "other", models.add("other", {"o.bin": payload(10 * KiB, 60)})).status_code == 202
+    assert watch.terminal("other")["status"] == "complete"
+    b = paused_in_b(client, models, origin, watch, "x", 61)
+    assert client.post("/models/download/cancel", json={"id": "x"}).json["status"] == "canceled"
+    assert client.delete("/models/other").status_code == 200
+    b.release.set()
+    b.stall_after = None
+    assert post_download(client, "x", "hf://acme/x").status_code == 202
+    done = watch.status("x", "complete")
+    assert {f["path"]: f["status"] for f in done["files"]} == {"a.bin": "stored", "b.bin": "complete"}
+    assert len(origin.requests_for(f"/x/{REV}/a.bin")) == 1
+
+
 def test_no_more_files_at_once_than_the_setting(service: Service, origin: Origin) -> None:
     app, client, watch = service(ARW_DL_FILES_AT_ONCE=2, ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
