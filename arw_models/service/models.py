@@ -38,7 +38,6 @@ class ModelJob(ModelTransfer, DownloadJob):
     def __init__(self, *args: Any, selection: Selection | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.selection = selection or Selection()
-        self.force = False
         self.hf_cache: bool | None = None
 
     def progress_fields(self) -> dict[str, Any]:
