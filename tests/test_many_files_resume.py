@@ -124,6 +124,38 @@ def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_a
     assert client.get("/models/downloads/q").json["status"] == "canceled"
 
 
+def test_a_plan_with_a_damaged_size_is_listed_and_resumed(make_app: Any, origin: Origin) -> None:
+    """After a restart, a paused model whose plan records a finished file's size as no number (a plan damaged
+    by hand or by the disk) neither breaks the listing of downloads nor its resume, which completes."""
+    app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    client = app.test_client()
+    models = attach(app, client, origin)
+    first = Watch(app)
+    b = paused_in_b(client, models, origin, first, "z", 21)
+    first.close()
+    ArwModels.state(app).shutdown()
+    b.release.set()
+    b.stall_after = None
+    staging = Staging(StateDir(app.config["ARW_STATE_DIR"]), "z")
+    plan = staging.read_plan()
+    assert plan is not None
+    plan["done"]["a.bin"]["size"] = "twenty KiB"
+    staging.write_plan(plan)
+
+    again = make_app(ARW_DL_FILES_AT_ONCE=1)
+    attach(again, again.test_client(), origin)
+    client = again.test_client()
+    listed = client.get("/models/downloads")
+    assert listed.status_code == 200 and [i["id"] for i in listed.json["items"]] == ["z"]
+    watch = Watch(again)
+    try:
+        r = client.post("/models/download/resume", json={"id": "z"})
+        assert r.status_code == 202, r.json
+        assert watch.terminal("z")["status"] == "complete"
+    finally:
+        watch.close()
+
+
 def test_a_models_request_headers_go_with_it_across_a_restart(make_app: Any, origin: Origin) -> None:
     """A model asked for with headers of its own (a token, say), paused and resumed
     by the next run from its plan: the files still to fetch are asked with those
