@@ -325,6 +325,37 @@ def test_a_bug_while_a_model_is_fetched_ends_it_with_an_internal_error(service: 
     assert client.get("/models/downloads/buggy").json["status"] == "error"
 
 
+class BuggyHeaders(LocalModels):
+    """A resolver whose headers for one file fail as a bug would."""
+
+    def __init__(self, origin: Origin, path: str) -> None:
+        super().__init__(origin)
+        self.path = path
+
+    def authorizer(self, url: str, settings: Any, headers: Any) -> Any:
+        authorize = super().authorizer(url, settings, headers)
+
+        def buggy(file: RemoteFile, fresh: bool) -> Any:
+            if file.path == self.path:
+                raise RuntimeError("a bug in the headers of one file")
+            return authorize(file, fresh)
+
+        return buggy
+
+
+def test_a_bug_while_one_file_is_fetched_ends_the_model_with_an_internal_error(service: Service,
+                                                                              origin: Origin) -> None:
+    """A bug in one file's fetch ends the whole model as a failure that says so, not as a cancel nor as a
+    model stopped for no reason; the files already done stay staged for a resume."""
+    app, client, watch, _ = models_app(service, origin, ARW_DL_FILES_AT_ONCE=1)
+    resolver = ArwModels.state(app).manager.references = BuggyHeaders(origin, "b.bin")
+    ref = resolver.add("bug", {"a.bin": payload(10 * KiB, 35), "b.bin": payload(10 * KiB, 36)})
+    assert post_download(client, "bug", ref).status_code == 202
+    failed = watch.terminal("bug")
+    assert (failed["status"], failed["code"]) == ("error", "internal-error"), failed
+    assert client.get("/models/downloads/bug").json["resumable"] is True
+
+
 def cancel_at(manager: Any, point: str) -> None:
     """The job is canceled (not waited for) when its attempt reaches ``point``."""
     def checkpoint(at: str, job: Any) -> None:
@@ -358,6 +389,26 @@ def test_a_cancel_between_a_models_verification_and_its_install_wins(service: Se
     assert watch.terminal("late")["status"] == "canceled"
     assert client.get("/models").json["items"] == []
     assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "late"))
+
+
+def test_a_blob_gone_from_the_store_before_the_install_fails_the_model(service: Service, origin: Origin) -> None:
+    """A file's blob removed from the store (by hand) between the verification of the model and its install: the
+    model is not installed with a hole in it, and the failure says its bytes must be fetched again."""
+    app, client, watch, models = models_app(service, origin)
+    manager = ArwModels.state(app).manager
+    data = payload(10 * KiB, 37)
+    ref = models.add("gone", {"a.bin": data, "b.bin": payload(10 * KiB, 38)})
+
+    def checkpoint(at: str, job: Any) -> None:
+        if at == "verified":
+            os.remove(os.path.join(ArwModels.state(app).dirs.blobs_dir, hashlib.sha256(data).hexdigest()))
+
+    manager.checkpoint = checkpoint
+    assert post_download(client, "gone", ref).status_code == 202
+    failed = watch.terminal("gone")
+    assert (failed["status"], failed["code"]) == ("error", "resume-invalid"), failed
+    assert client.get("/models").json["items"] == []
+    assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "gone"))
 
 
 def test_a_queued_model_can_be_canceled_and_never_reaches_the_origin(service: Service, origin: Origin) -> None:
