@@ -260,6 +260,53 @@ def test_a_file_whose_origin_now_has_another_size_is_not_resumed_from_its_bytes(
     assert sorted(os.listdir(staging)) == ["plan.json"]
 
 
+def test_a_pause_as_a_file_is_about_to_begin_sends_no_request_for_it(service: Service, origin: Origin) -> None:
+    """The pause lands while b.bin's headers are being asked for, before its transfer has begun: that transfer
+    is stopped as it begins, so the origin never sees a request for b.bin."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1)
+    manager = ArwModels.state(app).manager
+    models = attach(app, client, origin)
+    authorizer = models.authorizer
+
+    def pausing(url: str, settings: Any, headers: Any) -> Any:
+        authorize = authorizer(url, settings, headers)
+
+        def paused_at_b(file: RemoteFile, fresh: bool) -> Any:
+            if file.path == "b.bin":
+                manager.pause("ab", wait=0)
+            return authorize(file, fresh)
+
+        return paused_at_b
+
+    models.authorizer = pausing  # type: ignore[method-assign]
+    ref = models.add("ab", {"a.bin": payload(10 * KiB, 17), "b.bin": payload(10 * KiB, 18)})
+    assert post_download(client, "ab", ref).status_code == 202
+    paused = watch.status("ab", "paused", "complete")
+    assert paused["status"] == "paused", paused
+    assert {f["path"]: f["status"] for f in paused["files"]} == {"a.bin": "complete", "b.bin": "queued"}
+    assert origin.requests_for(f"/ab/{REV}/b.bin") == []
+
+
+def test_a_finished_files_record_that_cannot_be_read_is_not_trusted(service: Service, origin: Origin) -> None:
+    """A paused model's plan whose record of a finished file is damaged: the resume does not take the record's
+    word for it, finds the file in the store by its listed digest, and completes."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    b = paused_in_b(client, models, origin, watch, "d", 19)
+    b.release.set()
+    b.stall_after = None
+    staging = Staging(ArwModels.state(app).dirs, "d")
+    plan = staging.read_plan()
+    assert plan is not None
+    del plan["done"]["a.bin"]["sha256"]
+    staging.write_plan(plan)
+    assert client.post("/models/download/resume", json={"id": "d"}).status_code == 202
+    done = watch.status("d", "complete", "error")
+    assert done["status"] == "complete", done
+    assert {f["path"]: f["status"] for f in done["files"]} == {"a.bin": "stored", "b.bin": "complete"}
+    assert len(origin.requests_for(f"/d/{REV}/a.bin")) == 1
+
+
 def test_a_pause_during_a_files_retry_wait_fetches_nothing_more(service: Service, origin: Origin) -> None:
     """A file waiting to retry after a dropped connection is paused at once with its model: no request follows
     the pause."""
