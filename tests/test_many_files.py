@@ -42,6 +42,7 @@ def test_the_files_are_fetched_and_installed_together(service: Service, origin: 
     assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == ("started", 0, 0, False)
     done = watch.terminal("tiny")
     assert done["status"] == "complete", done
+    assert client.get("/models/downloads/tiny").json["file"] == done["file"] == "tiny"  # the job names its folder
     state = ArwModels.state(app).dirs
     folder = os.path.join(state.models_dir, "tiny")
     for path, data in files.items():
@@ -298,6 +299,35 @@ def test_delete_of_a_folder_model_removes_it_and_its_blobs(service: Service, ori
     assert not os.path.exists(os.path.join(state.models_dir, "del"))
     assert os.listdir(state.blobs_dir) == []
     assert client.get("/models").json["items"] == []
+
+
+def test_a_name_an_entry_still_records_is_not_given_to_a_models_folder(service: Service, origin: Origin) -> None:
+    """A file removed from ``models/`` by hand is still its entry's: a model installed under that id gets a
+    folder of another name, so that the two entries never name one file."""
+    app, client, watch, models = models_app(service, origin)
+    single = origin.add("/m/w", payload(10 * KiB, 39))
+    assert post_download(client, "one", origin.url("/m/w"), sha256=single.sha256).status_code == 202
+    assert watch.terminal("one")["file"] == "w"
+    os.remove(os.path.join(ArwModels.state(app).dirs.models_dir, "w"))
+    assert post_download(client, "w", models.add("w", {"a.bin": payload(10 * KiB, 40)})).status_code == 202
+    done = watch.terminal("w")
+    assert done["status"] == "complete" and done["file"] != "w", done
+    assert {e["id"]: e["file"] for e in client.get("/models").json["items"]} == {"one": "w", "w": done["file"]}
+
+
+def test_a_delete_leaves_a_folder_another_entry_still_names(service: Service, origin: Origin) -> None:
+    """Two entries that name one folder (a registry edited by hand, or restored from another copy): deleting
+    one takes its entry and leaves the folder, which the other still names."""
+    app, client, watch, models = models_app(service, origin)
+    assert post_download(client, "first", models.add("first", {"a.bin": payload(10 * KiB, 43)})).status_code == 202
+    assert watch.terminal("first")["status"] == "complete"
+    registry = ArwModels.state(app).manager.registry
+    registry.put(dict(registry.get("first"), id="alias"))
+    assert client.delete("/models/first").status_code == 200
+    folder = os.path.join(ArwModels.state(app).dirs.models_dir, "first")
+    with open(os.path.join(folder, "a.bin"), "rb") as fh:
+        assert fh.read() == payload(10 * KiB, 43)
+    assert [e["id"] for e in client.get("/models").json["items"]] == ["alias"]
 
 
 class FailingModels(LocalModels):
