@@ -243,6 +243,26 @@ def test_another_request_over_a_paused_model_says_what_it_discards(service: Serv
     assert done["status"] == "complete" and [f["path"] for f in done["files"]] == ["a.bin"]
 
 
+def test_a_new_request_over_a_paused_model_does_not_take_its_files_bytes(service: Service, origin: Origin) -> None:
+    """Paused with 100 KiB of b.bin on disk, the model is asked for again with a selection in which c.bin takes
+    b.bin's place in the list: the paused model's staging goes, and c.bin is fetched from its first byte, not
+    continued from b.bin's bytes."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    ref = models.add("s", {"a.bin": payload(20 * KiB, 22), "b.bin": payload(300 * KiB, 23),
+                           "c.bin": payload(200 * KiB, 24)})
+    b = origin.add(f"/s/{REV}/b.bin", payload(300 * KiB, 23), stall_after=100 * KiB)
+    assert post_download(client, "s", ref).status_code == 202
+    assert b.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "s" and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": "s"}).json["status"] == "paused"
+    b.release.set()
+    assert post_download(client, "s", ref, files=["a.bin", "c.bin"]).status_code == 202
+    done = watch.status("s", "complete", "error")
+    assert done["status"] == "complete", done
+    assert [seen.range for seen in origin.requests_for(f"/s/{REV}/c.bin")] == [None]
+
+
 def test_a_file_whose_origin_now_has_another_size_is_not_resumed_from_its_bytes(service: Service,
                                                                                 origin: Origin) -> None:
     """Paused with 100 KiB of b.bin on disk, its origin now serves a file of another size than the listing: the
