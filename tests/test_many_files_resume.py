@@ -83,6 +83,8 @@ def test_a_restart_resumes_from_the_plan_without_resolving_again(make_app: Any, 
     first.close()
     ArwModels.state(app).shutdown()
     b.release.set()
+    item = client.get("/models/downloads/r").json  # as the stopping service last shows it
+    assert (item["status"], item["resumable"]) == ("interrupted", True), item
     state_dir = app.config["ARW_STATE_DIR"]
     assert os.path.isfile(os.path.join(state_dir, "partial", "r", "plan.json"))
 
@@ -409,6 +411,21 @@ def test_the_disk_budget_refuses_the_model_before_its_first_byte(service: Servic
     failed = watch.terminal("big")
     assert failed["status"] == "error" and failed["code"] == "disk-insufficient"
     assert origin.requests_for(f"/big/{REV}/a.bin") == [] and origin.requests_for(f"/big/{REV}/b.bin") == []
+
+
+def test_a_disk_one_byte_short_of_what_a_model_lacks_refuses_it(service: Service, origin: Origin) -> None:
+    """The budget asks for every byte the model lacks plus the reserve: one byte less free refuses it, and
+    the refusal says how much was needed."""
+    app, client, watch = service()
+    models = attach(app, client, origin)
+    ref = models.add("edge", {"a.bin": payload(10 * KiB, 25), "b.bin": payload(20 * KiB, 26)})
+    manager = ArwModels.state(app).manager
+    need = 30 * KiB + manager.settings.disk_reserve_bytes
+    manager.disk_free = lambda path: need - 1
+    assert post_download(client, "edge", ref).status_code == 202
+    failed = watch.terminal("edge")
+    assert (failed["status"], failed["code"], failed["needed"], failed["free"]) == (
+        "error", "disk-insufficient", need, need - 1), failed
 
 
 def test_a_resumed_model_asks_the_disk_only_for_what_it_still_lacks(service: Service, origin: Origin) -> None:
