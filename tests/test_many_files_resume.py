@@ -158,15 +158,16 @@ def test_a_plan_with_a_damaged_size_is_listed_and_resumed(make_app: Any, origin:
         watch.close()
 
 
-def test_a_models_request_headers_go_with_it_across_a_restart(make_app: Any, origin: Origin) -> None:
-    """A model asked for with headers of its own (a token, say), paused and resumed
-    by the next run from its plan: the files still to fetch are asked with those
-    headers, though the request that carried them is long gone."""
+def test_a_models_request_headers_and_provider_go_with_it_across_a_restart(make_app: Any, origin: Origin) -> None:
+    """A model asked for with headers of its own (a token, say) and a provider, paused and resumed by the next
+    run from its plan: the files still to fetch are asked with those headers, though the request that carried
+    them is long gone, and the model is recorded under the provider it was asked with."""
     app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
     client = app.test_client()
     models = attach(app, client, origin)
     first = Watch(app)
-    b = paused_in_b(client, models, origin, first, "h", 8, headers={"X-Model-Token": "t-1"})
+    b = paused_in_b(client, models, origin, first, "h", 8, headers={"X-Model-Token": "t-1"},
+                    provider="acme-mirror")
     first.close()
     ArwModels.state(app).shutdown()
     b.release.set()
@@ -179,6 +180,8 @@ def test_a_models_request_headers_go_with_it_across_a_restart(make_app: Any, ori
     try:
         assert again.test_client().post("/models/download/resume", json={"id": "h"}).status_code == 202
         assert watch.terminal("h")["status"] == "complete"
+        [entry] = again.test_client().get("/models").json["items"]
+        assert (entry["id"], entry["provider"]) == ("h", "acme-mirror")
     finally:
         watch.close()
     later = origin.requests_for(f"/h/{REV}/b.bin")[seen:]
