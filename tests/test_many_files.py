@@ -83,6 +83,7 @@ def test_a_bad_digest_names_its_file_and_installs_nothing(service: Service, orig
     failed = watch.terminal("bad")
     assert failed["status"] == "error" and failed["code"] == "checksum-mismatch"
     assert failed["file"] == "model-00002-of-00002.safetensors"
+    assert {f["path"]: f["status"] for f in failed["files"]}["model-00002-of-00002.safetensors"] == "failed"
     assert "model-00002-of-00002.safetensors" in failed["error"]
     assert client.get("/models").json["items"] == []
     assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "bad"))
@@ -182,8 +183,8 @@ def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Servi
     assert post_download(client, "two", second).status_code == 202
     done = watch.terminal("two")
     assert done["status"] == "complete"
-    statuses = {f["path"]: f["status"] for f in client.get("/models/downloads/two").json["files"]}
-    assert statuses == {**{p: "stored" for p in files}, "extra.bin": "complete"}
+    listed = {f["path"]: (f["status"], f["downloaded"]) for f in client.get("/models/downloads/two").json["files"]}
+    assert listed == {**{p: ("stored", len(d)) for p, d in files.items()}, "extra.bin": ("complete", 50 * KiB)}
     assert origin.requests_for("/two/" + "0" * 40 + "/config.json") == []
     assert len(origin.requests_for("/two/" + "0" * 40 + "/extra.bin")) == 1
 

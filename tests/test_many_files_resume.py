@@ -308,7 +308,8 @@ def test_a_pause_as_a_file_is_about_to_begin_sends_no_request_for_it(service: Se
     assert post_download(client, "ab", ref).status_code == 202
     paused = watch.status("ab", "paused", "complete")
     assert paused["status"] == "paused", paused
-    assert {f["path"]: f["status"] for f in paused["files"]} == {"a.bin": "complete", "b.bin": "queued"}
+    files = {f["path"]: (f["status"], f["downloaded"]) for f in paused["files"]}
+    assert files == {"a.bin": ("complete", 10 * KiB), "b.bin": ("queued", 0)}
     assert origin.requests_for(f"/ab/{REV}/b.bin") == []
 
 
@@ -417,11 +418,13 @@ def test_the_disk_budget_refuses_the_model_before_its_first_byte(service: Servic
 
 
 def test_a_disk_one_byte_short_of_what_a_model_lacks_refuses_it(service: Service, origin: Origin) -> None:
-    """The budget asks for every byte the model lacks plus the reserve: one byte less free refuses it, and
-    the refusal says how much was needed."""
+    """The budget asks for every byte the model lacks plus the reserve (a file listed with no size counts for
+    nothing, its size unknown): one byte less free refuses the model and says how much it needed; exactly that
+    much lets it go."""
     app, client, watch = service()
     models = attach(app, client, origin)
-    ref = models.add("edge", {"a.bin": payload(10 * KiB, 25), "b.bin": payload(20 * KiB, 26)})
+    ref = models.add("edge", {"a.bin": payload(10 * KiB, 25), "b.bin": payload(20 * KiB, 26),
+                              "c.bin": payload(5 * KiB, 27)}, sizes={"c.bin": None})
     manager = ArwModels.state(app).manager
     need = 30 * KiB + manager.settings.disk_reserve_bytes
     manager.disk_free = lambda path: need - 1
@@ -429,6 +432,10 @@ def test_a_disk_one_byte_short_of_what_a_model_lacks_refuses_it(service: Service
     failed = watch.terminal("edge")
     assert (failed["status"], failed["code"], failed["needed"], failed["free"]) == (
         "error", "disk-insufficient", need, need - 1), failed
+    manager.disk_free = lambda path: need
+    assert post_download(client, "edge", ref).status_code == 202
+    done = watch.terminal("edge")
+    assert done["status"] == "complete", done
 
 
 def test_a_resumed_model_asks_the_disk_only_for_what_it_still_lacks(service: Service, origin: Origin) -> None:
