@@ -59,8 +59,9 @@ def test_pause_and_resume_fetch_nothing_finished_again(service: Service, origin:
     b.release.set()
     r = client.post("/models/download/resume", json={"id": "p"})
     assert r.status_code == 202, r.json
-    # The answer says so: the file done is kept.
+    # The answer says so: the file done is kept, and counted as downloaded already.
     assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("resumed", 20 * KiB, 0)
+    assert r.json["downloaded"] == 20 * KiB
     assert watch.terminal("p")["status"] == "complete"
     assert len(origin.requests_for(f"/p/{REV}/a.bin")) == 1  # done before the pause: not fetched again
     assert origin.requests_for(f"/p/{REV}/b.bin")[-1].range == f"bytes={100 * KiB}-"
