@@ -407,6 +407,18 @@ def test_no_more_files_at_once_than_the_setting(service: Service, origin: Origin
     assert watch.terminal("n")["status"] == "complete"
 
 
+def test_a_models_own_rate_limit_holds_for_all_its_files(service: Service, origin: Origin) -> None:
+    """A model asked for at 2 MiB/s, two files of 512 KiB fetched at once: together they keep to the model's
+    limit (about half a second), not each to a limit of its own or to none."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=2)
+    models = attach(app, client, origin)
+    ref = models.add("slow", {"a.bin": payload(512 * KiB, 28), "b.bin": payload(512 * KiB, 29)})
+    began = time.monotonic()
+    assert post_download(client, "slow", ref, rate_limit=2048 * KiB).status_code == 202
+    assert watch.terminal("slow")["status"] == "complete"
+    assert time.monotonic() - began >= 0.3
+
+
 def test_the_disk_budget_refuses_the_model_before_its_first_byte(service: Service, origin: Origin) -> None:
     app, client, watch = service()
     models = attach(app, client, origin)
@@ -465,6 +477,7 @@ def test_a_file_not_yet_begun_shows_no_byte(service: Service, origin: Origin) ->
     frame = watch.until(lambda e: e.payload.get("id") == "n" and e.payload.get("downloaded") == 100 * KiB)
     files = {f["path"]: f for f in frame.payload["files"]}
     assert (files["b.bin"]["status"], files["b.bin"]["downloaded"]) == ("queued", 0), files
+    assert files["a.bin"]["status"] == "downloading", files
     a.release.set()
     assert watch.terminal("n")["status"] == "complete"
 
