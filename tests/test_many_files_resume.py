@@ -387,6 +387,27 @@ def test_a_delete_collects_its_own_blobs_not_a_canceled_models_files(service: Se
     assert len(origin.requests_for(f"/x/{REV}/a.bin")) == 1
 
 
+def test_a_resumed_model_canceled_shows_nothing_kept(service: Service, origin: Origin) -> None:
+    """A model resumed with 120 KiB kept, canceled as its origin answers: its last event says what was
+    discarded, and its job shows no file and no byte any more (its staging is gone)."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    b = paused_in_b(client, models, origin, watch, "x2", 30)
+    b.release.set()
+    manager = ArwModels.state(app).manager
+
+    def checkpoint(at: str, job: Any) -> None:
+        if at == "answered":
+            manager.cancel(job.id, wait=0)
+
+    manager.checkpoint = checkpoint
+    assert client.post("/models/download/resume", json={"id": "x2"}).status_code == 202
+    canceled = watch.status("x2", "canceled", "complete")
+    assert (canceled["status"], canceled["downloaded"]) == ("canceled", 120 * KiB), canceled
+    snap = client.get("/models/downloads/x2").json
+    assert (snap["status"], snap["downloaded"], snap["files"]) == ("canceled", 0, []), snap
+
+
 def test_no_more_files_at_once_than_the_setting(service: Service, origin: Origin) -> None:
     app, client, watch = service(ARW_DL_FILES_AT_ONCE=2, ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
