@@ -231,6 +231,22 @@ def test_every_http_session_of_a_model_is_closed_by_its_end(service: Service, or
     assert len(opened) == 1 + 1 + len(tiny(34)) and not still_open
 
 
+def test_a_file_listed_with_no_size_is_taken_from_the_store(service: Service, origin: Origin) -> None:
+    """A listing that gives a file's SHA-256 but not its size (as some registries do): the file is found in the
+    store by its digest alone, at the blob's size, and not fetched."""
+    _, client, watch, models = models_app(service, origin)
+    data = payload(30 * KiB, 44)
+    assert post_download(client, "first", models.add("first", {"a.bin": data})).status_code == 202
+    assert watch.terminal("first")["status"] == "complete"
+    ref = models.add("unsized", {"a.bin": data, "b.bin": payload(10 * KiB, 45)}, sizes={"a.bin": None})
+    assert post_download(client, "unsized", ref).status_code == 202
+    done = watch.terminal("unsized")
+    assert done["status"] == "complete", done
+    assert {f["path"]: (f["status"], f["downloaded"]) for f in done["files"]} == {
+        "a.bin": ("stored", 30 * KiB), "b.bin": ("complete", 10 * KiB)}
+    assert origin.requests_for(f"/unsized/{'0' * 40}/a.bin") == []
+
+
 def test_force_fetches_again_and_a_repeat_is_answered_installed(service: Service, origin: Origin) -> None:
     _, client, watch, models = models_app(service, origin)
     ref = models.add("f", {"a.bin": payload(10 * KiB, 1), "b.bin": payload(10 * KiB, 2)})
