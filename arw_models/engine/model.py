@@ -289,7 +289,6 @@ class ModelDownload:
         self.job.attach_child(child)
         try:
             result = self._attempts(child, file)
-            state.status = VERIFYING
             done = self._check(child, file, result.digest, result.size)
             with self._lock:
                 self.blobs.put(self.view.part_path(child.id), done.sha256, done.size)
