@@ -501,6 +501,7 @@ def test_a_file_not_yet_begun_shows_no_byte(service: Service, origin: Origin) ->
     files = {f["path"]: f for f in frame.payload["files"]}
     assert (files["b.bin"]["status"], files["b.bin"]["downloaded"]) == ("queued", 0), files
     assert files["a.bin"]["status"] == "downloading", files
+    assert "resumable" not in client.get("/models/downloads/n").json  # running: nothing to resume
     a.release.set()
     assert watch.terminal("n")["status"] == "complete"
 
