@@ -371,6 +371,24 @@ def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> 
     assert client.get("/models/downloads/c").json["downloaded"] == 0  # nothing is kept of a canceled model
 
 
+def test_a_file_a_paused_model_found_in_the_store_outlives_the_model_that_brought_it(service: Service,
+                                                                                    origin: Origin) -> None:
+    """A model that found a file in the store, paused, keeps it there: the delete of the model that brought the
+    file leaves its blob, and the resume fetches it from nowhere."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    assert post_download(client, "one", models.add("one", {"a.bin": payload(20 * KiB, 31)})).status_code == 202
+    assert watch.terminal("one")["status"] == "complete"
+    b = paused_in_b(client, models, origin, watch, "two", 31)
+    assert client.delete("/models/one").status_code == 200
+    b.release.set()
+    b.stall_after = None
+    assert client.post("/models/download/resume", json={"id": "two"}).status_code == 202
+    done = watch.status("two", "complete", "error")
+    assert {f["path"]: f["status"] for f in done["files"]} == {"a.bin": "stored", "b.bin": "complete"}, done
+    assert origin.requests_for(f"/two/{REV}/a.bin") == []
+
+
 def test_a_delete_collects_its_own_blobs_not_a_canceled_models_files(service: Service, origin: Origin) -> None:
     """The files a canceled model finished stay in the store until the next start; a delete of another model
     collects that model's blobs only, so the canceled one, asked for again, does not fetch them again."""
