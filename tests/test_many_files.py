@@ -141,6 +141,7 @@ def test_a_file_listed_by_its_git_blob_id_is_held_to_its_size_and_id(service: Se
     assert post_download(client, "long", ref).status_code == 202
     failed = watch.terminal("long")
     assert (failed["status"], failed["code"], failed["file"]) == ("error", "size-mismatch", "a.bin"), failed
+    assert [f["downloaded"] for f in failed["files"]] == [0]  # bytes of another size are not kept either
     ref = models.add("oid", {"config.json": b'{"model_type": "llama"}'}, git=("config.json",))
     origin.add(f"/oid/{'0' * 40}/config.json", b'{"model_type": "LLAMA"}')  # the same size, other bytes
     assert post_download(client, "oid", ref).status_code == 202
