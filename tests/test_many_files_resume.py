@@ -271,10 +271,11 @@ def test_a_new_request_over_a_paused_model_does_not_take_its_files_bytes(service
     assert [seen.range for seen in origin.requests_for(f"/s/{REV}/c.bin")] == [None]
 
 
-def test_a_file_whose_origin_now_has_another_size_is_not_resumed_from_its_bytes(service: Service,
-                                                                                origin: Origin) -> None:
+def test_a_file_whose_origin_now_has_another_size_is_not_resumed_from_its_bytes(service: Service, origin: Origin,
+                                                                                make_app: Any) -> None:
     """Paused with 100 KiB of b.bin on disk, its origin now serves a file of another size than the listing: the
-    resume fails naming the file, and those bytes (of a version the listing does not vouch for) are not kept."""
+    resume fails naming the file, and those bytes (of a version the listing does not vouch for) are not kept.
+    The model, resumed once, is no longer paused: the next run lists it as resumable."""
     app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
     b = paused_in_b(client, models, origin, watch, "v", 15)
@@ -286,6 +287,9 @@ def test_a_file_whose_origin_now_has_another_size_is_not_resumed_from_its_bytes(
     assert {f["path"]: f["downloaded"] for f in failed["files"]} == {"a.bin": 20 * KiB, "b.bin": 0}
     staging = os.path.join(ArwModels.state(app).dirs.root, "partial", "v")
     assert sorted(os.listdir(staging)) == ["plan.json"]
+    ArwModels.state(app).shutdown()
+    item = make_app(ARW_DL_RESUME_ON_START=False).test_client().get("/models/downloads/v").json
+    assert (item["status"], item["resumable"]) == ("resumable", True), item
 
 
 def test_a_pause_as_a_file_is_about_to_begin_sends_no_request_for_it(service: Service, origin: Origin) -> None:
@@ -490,6 +494,8 @@ def test_a_disk_one_byte_short_of_what_a_model_lacks_refuses_it(service: Service
     assert post_download(client, "edge", ref).status_code == 202
     done = watch.terminal("edge")
     assert done["status"] == "complete", done
+    # The total it began with is that of the sizes it knew.
+    assert [p["total"] for p in watch.payloads("edge") if p["status"] == "started"] == [30 * KiB]
 
 
 def test_a_resumed_model_asks_the_disk_only_for_what_it_still_lacks(service: Service, origin: Origin) -> None:
