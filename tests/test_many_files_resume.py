@@ -103,7 +103,7 @@ def test_a_restart_resumes_from_the_plan_without_resolving_again(make_app: Any, 
 def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_app: Any, origin: Origin) -> None:
     """After a restart a paused model is listed from its plan alone (its finished files as such), is not resumed
     on start, and a cancel with no job in memory still removes its staging folder and answers for the model
-    under the provider it was asked with."""
+    with the url and provider it was asked with."""
     app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
     client = app.test_client()
     models = attach(app, client, origin)
@@ -126,7 +126,7 @@ def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_a
     assert r.status_code == 200 and r.json["status"] == "canceled"
     assert not os.path.exists(os.path.join(again.config["ARW_STATE_DIR"], "partial", "q"))
     canceled = client.get("/models/downloads/q").json
-    assert (canceled["status"], canceled["provider"]) == ("canceled", "acme-mirror")
+    assert (canceled["status"], canceled["url"], canceled["provider"]) == ("canceled", "hf://acme/q", "acme-mirror")
 
 
 def test_a_plan_with_a_damaged_size_is_listed_and_resumed(make_app: Any, origin: Origin) -> None:
