@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from arw_models import ArwModels
+from arw_models.engine.fileset import RemoteFile
 from arw_models.errors import TransferError
 
 from .support.app import Service, post_download
@@ -40,6 +42,7 @@ def test_the_files_are_fetched_and_installed_together(service: Service, origin: 
     assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == ("started", 0, 0, False)
     done = watch.terminal("tiny")
     assert done["status"] == "complete", done
+    assert client.get("/models/downloads/tiny").json["file"] == done["file"] == "tiny"  # the job names its folder
     state = ArwModels.state(app).dirs
     folder = os.path.join(state.models_dir, "tiny")
     for path, data in files.items():
@@ -80,6 +83,7 @@ def test_a_bad_digest_names_its_file_and_installs_nothing(service: Service, orig
     failed = watch.terminal("bad")
     assert failed["status"] == "error" and failed["code"] == "checksum-mismatch"
     assert failed["file"] == "model-00002-of-00002.safetensors"
+    assert {f["path"]: f["status"] for f in failed["files"]}["model-00002-of-00002.safetensors"] == "failed"
     assert "model-00002-of-00002.safetensors" in failed["error"]
     assert client.get("/models").json["items"] == []
     assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "bad"))
@@ -137,6 +141,7 @@ def test_a_file_listed_by_its_git_blob_id_is_held_to_its_size_and_id(service: Se
     assert post_download(client, "long", ref).status_code == 202
     failed = watch.terminal("long")
     assert (failed["status"], failed["code"], failed["file"]) == ("error", "size-mismatch", "a.bin"), failed
+    assert [f["downloaded"] for f in failed["files"]] == [0]  # bytes of another size are not kept either
     ref = models.add("oid", {"config.json": b'{"model_type": "llama"}'}, git=("config.json",))
     origin.add(f"/oid/{'0' * 40}/config.json", b'{"model_type": "LLAMA"}')  # the same size, other bytes
     assert post_download(client, "oid", ref).status_code == 202
@@ -144,6 +149,21 @@ def test_a_file_listed_by_its_git_blob_id_is_held_to_its_size_and_id(service: Se
     assert (failed["status"], failed["code"], failed["file"]) == ("error", "checksum-mismatch", "config.json")
     assert [f["downloaded"] for f in failed["files"]] == [0]  # its bytes are not kept for a resume
     assert client.get("/models").json["items"] == []
+
+
+def test_a_file_listed_by_its_sha256_is_not_held_to_a_git_blob_id_too(service: Service, origin: Origin) -> None:
+    """A hub lists an LFS file with the git blob id of its pointer beside the SHA-256 of its content: the file is
+    held to its SHA-256, checked as it came, and not read again for a git id that is not its content's."""
+    app, client, watch, models = models_app(service, origin)
+    data = payload(40 * KiB, 33)
+    ref = models.add("lfs", {"a.bin": data})
+    [listed] = models.models[ref]
+    models.models[ref] = [RemoteFile(listed.path, listed.url, listed.size, listed.sha256, git_oid="1" * 40)]
+    assert post_download(client, "lfs", ref).status_code == 202
+    assert watch.terminal("lfs")["status"] == "complete"
+    with open(os.path.join(ArwModels.state(app).dirs.manifests_dir, "lfs.json")) as fh:
+        [file] = json.load(fh)["files"]
+    assert (file["sha256"], file["sha256_source"]) == (hashlib.sha256(data).hexdigest(), "origin")
 
 
 def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Service, origin: Origin) -> None:
@@ -164,10 +184,68 @@ def test_files_in_the_store_are_not_fetched_and_a_dry_run_says_so(service: Servi
     assert post_download(client, "two", second).status_code == 202
     done = watch.terminal("two")
     assert done["status"] == "complete"
-    statuses = {f["path"]: f["status"] for f in client.get("/models/downloads/two").json["files"]}
-    assert statuses == {**{p: "stored" for p in files}, "extra.bin": "complete"}
+    listed = {f["path"]: (f["status"], f["downloaded"]) for f in client.get("/models/downloads/two").json["files"]}
+    assert listed == {**{p: ("stored", len(d)) for p, d in files.items()}, "extra.bin": ("complete", 50 * KiB)}
     assert origin.requests_for("/two/" + "0" * 40 + "/config.json") == []
     assert len(origin.requests_for("/two/" + "0" * 40 + "/extra.bin")) == 1
+
+
+def test_a_bucket_keyed_by_digest_and_size_serves_a_models_files(service: Service, origin: Origin,
+                                                                 servers: Callable[[], Origin]) -> None:
+    """Each file's listed SHA-256 and size fill a mirror template that needs both, as a single download's
+    do: the bucket serves every file and the origin is asked for none."""
+    bucket = servers()
+    files = {"a.bin": payload(20 * KiB, 51), "b.bin": payload(30 * KiB, 52)}
+    for data in files.values():
+        bucket.add(f"/b/{hashlib.sha256(data).hexdigest()}/{len(data)}", data)
+    _, client, watch, models = models_app(service, origin, ARW_DL_MIRRORS=bucket.base + "/b/{sha256}/{size}")
+    ref = models.add("mirrored", files)
+    assert post_download(client, "mirrored", ref).status_code == 202
+    assert watch.terminal("mirrored")["status"] == "complete"
+    assert [s for p in files for s in origin.requests_for(f"/mirrored/{'0' * 40}/{p}")] == []
+    assert sorted(s.path for s in bucket.seen) == sorted(
+        f"/b/{hashlib.sha256(d).hexdigest()}/{len(d)}" for d in files.values())
+
+
+def test_every_http_session_of_a_model_is_closed_by_its_end(service: Service, origin: Origin) -> None:
+    """The sessions a dry run, a model's resolution and each of its files open are closed by the answer or by
+    the end of the download: none keeps its connections to the hub or the origin open."""
+    app, client, watch, models = models_app(service, origin)
+    manager = ArwModels.state(app).manager
+    opened, still_open = [], set()
+    new_session = manager.session
+
+    def session() -> Any:
+        s = new_session()
+        opened.append(s)
+        still_open.add(id(s))
+        close = s.close
+        s.close = lambda: (still_open.discard(id(s)), close())
+        return s
+
+    manager.session = session
+    ref = models.add("closed", tiny(34))
+    assert post_download(client, "closed", ref, dry_run=True).status_code == 200
+    assert len(opened) == 1 and not still_open
+    assert post_download(client, "closed", ref).status_code == 202
+    assert watch.terminal("closed")["status"] == "complete"
+    assert len(opened) == 1 + 1 + len(tiny(34)) and not still_open
+
+
+def test_a_file_listed_with_no_size_is_taken_from_the_store(service: Service, origin: Origin) -> None:
+    """A listing that gives a file's SHA-256 but not its size (as some registries do): the file is found in the
+    store by its digest alone, at the blob's size, and not fetched."""
+    _, client, watch, models = models_app(service, origin)
+    data = payload(30 * KiB, 44)
+    assert post_download(client, "first", models.add("first", {"a.bin": data})).status_code == 202
+    assert watch.terminal("first")["status"] == "complete"
+    ref = models.add("unsized", {"a.bin": data, "b.bin": payload(10 * KiB, 45)}, sizes={"a.bin": None})
+    assert post_download(client, "unsized", ref).status_code == 202
+    done = watch.terminal("unsized")
+    assert done["status"] == "complete", done
+    assert {f["path"]: (f["status"], f["downloaded"]) for f in done["files"]} == {
+        "a.bin": ("stored", 30 * KiB), "b.bin": ("complete", 10 * KiB)}
+    assert origin.requests_for(f"/unsized/{'0' * 40}/a.bin") == []
 
 
 def test_force_fetches_again_and_a_repeat_is_answered_installed(service: Service, origin: Origin) -> None:
@@ -241,6 +319,35 @@ def test_delete_of_a_folder_model_removes_it_and_its_blobs(service: Service, ori
     assert client.get("/models").json["items"] == []
 
 
+def test_a_name_an_entry_still_records_is_not_given_to_a_models_folder(service: Service, origin: Origin) -> None:
+    """A file removed from ``models/`` by hand is still its entry's: a model installed under that id gets a
+    folder of another name, so that the two entries never name one file."""
+    app, client, watch, models = models_app(service, origin)
+    single = origin.add("/m/w", payload(10 * KiB, 39))
+    assert post_download(client, "one", origin.url("/m/w"), sha256=single.sha256).status_code == 202
+    assert watch.terminal("one")["file"] == "w"
+    os.remove(os.path.join(ArwModels.state(app).dirs.models_dir, "w"))
+    assert post_download(client, "w", models.add("w", {"a.bin": payload(10 * KiB, 40)})).status_code == 202
+    done = watch.terminal("w")
+    assert done["status"] == "complete" and done["file"] != "w", done
+    assert {e["id"]: e["file"] for e in client.get("/models").json["items"]} == {"one": "w", "w": done["file"]}
+
+
+def test_a_delete_leaves_a_folder_another_entry_still_names(service: Service, origin: Origin) -> None:
+    """Two entries that name one folder (a registry edited by hand, or restored from another copy): deleting
+    one takes its entry and leaves the folder, which the other still names."""
+    app, client, watch, models = models_app(service, origin)
+    assert post_download(client, "first", models.add("first", {"a.bin": payload(10 * KiB, 43)})).status_code == 202
+    assert watch.terminal("first")["status"] == "complete"
+    registry = ArwModels.state(app).manager.registry
+    registry.put(dict(registry.get("first"), id="alias"))
+    assert client.delete("/models/first").status_code == 200
+    folder = os.path.join(ArwModels.state(app).dirs.models_dir, "first")
+    with open(os.path.join(folder, "a.bin"), "rb") as fh:
+        assert fh.read() == payload(10 * KiB, 43)
+    assert [e["id"] for e in client.get("/models").json["items"]] == ["alias"]
+
+
 class FailingModels(LocalModels):
     """A resolver that fails: with ``error`` (a resolver's own refusal) or, with
     none, as a bug would."""
@@ -264,6 +371,37 @@ def test_a_bug_while_a_model_is_fetched_ends_it_with_an_internal_error(service: 
     assert (failed["status"], failed["code"]) == ("error", "internal-error"), failed
     assert "RuntimeError" in failed["error"] and "token" not in failed["error"]
     assert client.get("/models/downloads/buggy").json["status"] == "error"
+
+
+class BuggyHeaders(LocalModels):
+    """A resolver whose headers for one file fail as a bug would."""
+
+    def __init__(self, origin: Origin, path: str) -> None:
+        super().__init__(origin)
+        self.path = path
+
+    def authorizer(self, url: str, settings: Any, headers: Any) -> Any:
+        authorize = super().authorizer(url, settings, headers)
+
+        def buggy(file: RemoteFile, fresh: bool) -> Any:
+            if file.path == self.path:
+                raise RuntimeError("a bug in the headers of one file")
+            return authorize(file, fresh)
+
+        return buggy
+
+
+def test_a_bug_while_one_file_is_fetched_ends_the_model_with_an_internal_error(service: Service,
+                                                                              origin: Origin) -> None:
+    """A bug in one file's fetch ends the whole model as a failure that says so, not as a cancel nor as a
+    model stopped for no reason; the files already done stay staged for a resume."""
+    app, client, watch, _ = models_app(service, origin, ARW_DL_FILES_AT_ONCE=1)
+    resolver = ArwModels.state(app).manager.references = BuggyHeaders(origin, "b.bin")
+    ref = resolver.add("bug", {"a.bin": payload(10 * KiB, 35), "b.bin": payload(10 * KiB, 36)})
+    assert post_download(client, "bug", ref).status_code == 202
+    failed = watch.terminal("bug")
+    assert (failed["status"], failed["code"]) == ("error", "internal-error"), failed
+    assert client.get("/models/downloads/bug").json["resumable"] is True
 
 
 def cancel_at(manager: Any, point: str) -> None:
@@ -299,6 +437,26 @@ def test_a_cancel_between_a_models_verification_and_its_install_wins(service: Se
     assert watch.terminal("late")["status"] == "canceled"
     assert client.get("/models").json["items"] == []
     assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "late"))
+
+
+def test_a_blob_gone_from_the_store_before_the_install_fails_the_model(service: Service, origin: Origin) -> None:
+    """A file's blob removed from the store (by hand) between the verification of the model and its install: the
+    model is not installed with a hole in it, and the failure says its bytes must be fetched again."""
+    app, client, watch, models = models_app(service, origin)
+    manager = ArwModels.state(app).manager
+    data = payload(10 * KiB, 37)
+    ref = models.add("gone", {"a.bin": data, "b.bin": payload(10 * KiB, 38)})
+
+    def checkpoint(at: str, job: Any) -> None:
+        if at == "verified":
+            os.remove(os.path.join(ArwModels.state(app).dirs.blobs_dir, hashlib.sha256(data).hexdigest()))
+
+    manager.checkpoint = checkpoint
+    assert post_download(client, "gone", ref).status_code == 202
+    failed = watch.terminal("gone")
+    assert (failed["status"], failed["code"]) == ("error", "resume-invalid"), failed
+    assert client.get("/models").json["items"] == []
+    assert not os.path.exists(os.path.join(ArwModels.state(app).dirs.models_dir, "gone"))
 
 
 def test_a_queued_model_can_be_canceled_and_never_reaches_the_origin(service: Service, origin: Origin) -> None:

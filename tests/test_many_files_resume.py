@@ -59,8 +59,9 @@ def test_pause_and_resume_fetch_nothing_finished_again(service: Service, origin:
     b.release.set()
     r = client.post("/models/download/resume", json={"id": "p"})
     assert r.status_code == 202, r.json
-    # The answer says so: the file done is kept.
+    # The answer says so: the file done is kept, and counted as downloaded already.
     assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("resumed", 20 * KiB, 0)
+    assert r.json["downloaded"] == 20 * KiB
     assert watch.terminal("p")["status"] == "complete"
     assert len(origin.requests_for(f"/p/{REV}/a.bin")) == 1  # done before the pause: not fetched again
     assert origin.requests_for(f"/p/{REV}/b.bin")[-1].range == f"bytes={100 * KiB}-"
@@ -83,6 +84,8 @@ def test_a_restart_resumes_from_the_plan_without_resolving_again(make_app: Any, 
     first.close()
     ArwModels.state(app).shutdown()
     b.release.set()
+    item = client.get("/models/downloads/r").json  # as the stopping service last shows it
+    assert (item["status"], item["resumable"]) == ("interrupted", True), item
     state_dir = app.config["ARW_STATE_DIR"]
     assert os.path.isfile(os.path.join(state_dir, "partial", "r", "plan.json"))
 
@@ -99,12 +102,13 @@ def test_a_restart_resumes_from_the_plan_without_resolving_again(make_app: Any, 
 
 def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_app: Any, origin: Origin) -> None:
     """After a restart a paused model is listed from its plan alone (its finished files as such), is not resumed
-    on start, and a cancel with no job in memory still removes its staging folder."""
+    on start, and a cancel with no job in memory still removes its staging folder and answers for the model
+    with the url and provider it was asked with."""
     app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
     client = app.test_client()
     models = attach(app, client, origin)
     first = Watch(app)
-    b = paused_in_b(client, models, origin, first, "q", 6)
+    b = paused_in_b(client, models, origin, first, "q", 6, provider="acme-mirror")
     first.close()
     ArwModels.state(app).shutdown()
     b.release.set()
@@ -121,18 +125,52 @@ def test_a_paused_model_stays_paused_across_a_restart_and_can_be_canceled(make_a
     r = client.post("/models/download/cancel", json={"id": "q"})
     assert r.status_code == 200 and r.json["status"] == "canceled"
     assert not os.path.exists(os.path.join(again.config["ARW_STATE_DIR"], "partial", "q"))
-    assert client.get("/models/downloads/q").json["status"] == "canceled"
+    canceled = client.get("/models/downloads/q").json
+    assert (canceled["status"], canceled["url"], canceled["provider"]) == ("canceled", "hf://acme/q", "acme-mirror")
 
 
-def test_a_models_request_headers_go_with_it_across_a_restart(make_app: Any, origin: Origin) -> None:
-    """A model asked for with headers of its own (a token, say), paused and resumed
-    by the next run from its plan: the files still to fetch are asked with those
-    headers, though the request that carried them is long gone."""
+def test_a_plan_with_a_damaged_size_is_listed_and_resumed(make_app: Any, origin: Origin) -> None:
+    """After a restart, a paused model whose plan records a finished file's size as no number (a plan damaged
+    by hand or by the disk) neither breaks the listing of downloads nor its resume, which completes."""
     app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
     client = app.test_client()
     models = attach(app, client, origin)
     first = Watch(app)
-    b = paused_in_b(client, models, origin, first, "h", 8, headers={"X-Model-Token": "t-1"})
+    b = paused_in_b(client, models, origin, first, "z", 21)
+    first.close()
+    ArwModels.state(app).shutdown()
+    b.release.set()
+    b.stall_after = None
+    staging = Staging(StateDir(app.config["ARW_STATE_DIR"]), "z")
+    plan = staging.read_plan()
+    assert plan is not None
+    plan["done"]["a.bin"]["size"] = "twenty KiB"
+    staging.write_plan(plan)
+
+    again = make_app(ARW_DL_FILES_AT_ONCE=1)
+    attach(again, again.test_client(), origin)
+    client = again.test_client()
+    listed = client.get("/models/downloads")
+    assert listed.status_code == 200 and [i["id"] for i in listed.json["items"]] == ["z"]
+    watch = Watch(again)
+    try:
+        r = client.post("/models/download/resume", json={"id": "z"})
+        assert r.status_code == 202, r.json
+        assert watch.terminal("z")["status"] == "complete"
+    finally:
+        watch.close()
+
+
+def test_a_models_request_headers_and_provider_go_with_it_across_a_restart(make_app: Any, origin: Origin) -> None:
+    """A model asked for with headers of its own (a token, say) and a provider, paused and resumed by the next
+    run from its plan: the files still to fetch are asked with those headers, though the request that carried
+    them is long gone, and the model is recorded under the provider it was asked with."""
+    app = make_app(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    client = app.test_client()
+    models = attach(app, client, origin)
+    first = Watch(app)
+    b = paused_in_b(client, models, origin, first, "h", 8, headers={"X-Model-Token": "t-1"},
+                    provider="acme-mirror")
     first.close()
     ArwModels.state(app).shutdown()
     b.release.set()
@@ -145,6 +183,8 @@ def test_a_models_request_headers_go_with_it_across_a_restart(make_app: Any, ori
     try:
         assert again.test_client().post("/models/download/resume", json={"id": "h"}).status_code == 202
         assert watch.terminal("h")["status"] == "complete"
+        [entry] = again.test_client().get("/models").json["items"]
+        assert (entry["id"], entry["provider"]) == ("h", "acme-mirror")
     finally:
         watch.close()
     later = origin.requests_for(f"/h/{REV}/b.bin")[seen:]
@@ -211,6 +251,95 @@ def test_another_request_over_a_paused_model_says_what_it_discards(service: Serv
     assert done["status"] == "complete" and [f["path"] for f in done["files"]] == ["a.bin"]
 
 
+def test_a_new_request_over_a_paused_model_does_not_take_its_files_bytes(service: Service, origin: Origin) -> None:
+    """Paused with 100 KiB of b.bin on disk, the model is asked for again with a selection in which c.bin takes
+    b.bin's place in the list: the paused model's staging goes, and c.bin is fetched from its first byte, not
+    continued from b.bin's bytes."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    ref = models.add("s", {"a.bin": payload(20 * KiB, 22), "b.bin": payload(300 * KiB, 23),
+                           "c.bin": payload(200 * KiB, 24)})
+    b = origin.add(f"/s/{REV}/b.bin", payload(300 * KiB, 23), stall_after=100 * KiB)
+    assert post_download(client, "s", ref).status_code == 202
+    assert b.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "s" and e.payload.get("downloaded") == 120 * KiB)
+    assert client.post("/models/download/pause", json={"id": "s"}).json["status"] == "paused"
+    b.release.set()
+    assert post_download(client, "s", ref, files=["a.bin", "c.bin"]).status_code == 202
+    done = watch.status("s", "complete", "error")
+    assert done["status"] == "complete", done
+    assert [seen.range for seen in origin.requests_for(f"/s/{REV}/c.bin")] == [None]
+
+
+def test_a_file_whose_origin_now_has_another_size_is_not_resumed_from_its_bytes(service: Service, origin: Origin,
+                                                                                make_app: Any) -> None:
+    """Paused with 100 KiB of b.bin on disk, its origin now serves a file of another size than the listing: the
+    resume fails naming the file, and those bytes (of a version the listing does not vouch for) are not kept.
+    The model, resumed once, is no longer paused: the next run lists it as resumable."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    b = paused_in_b(client, models, origin, watch, "v", 15)
+    b.release.set()
+    origin.add(f"/v/{REV}/b.bin", payload(310 * KiB, 16))
+    assert client.post("/models/download/resume", json={"id": "v"}).status_code == 202
+    failed = watch.status("v", "error")
+    assert (failed["code"], failed["file"]) == ("size-mismatch", "b.bin"), failed
+    assert {f["path"]: f["downloaded"] for f in failed["files"]} == {"a.bin": 20 * KiB, "b.bin": 0}
+    staging = os.path.join(ArwModels.state(app).dirs.root, "partial", "v")
+    assert sorted(os.listdir(staging)) == ["plan.json"]
+    ArwModels.state(app).shutdown()
+    item = make_app(ARW_DL_RESUME_ON_START=False).test_client().get("/models/downloads/v").json
+    assert (item["status"], item["resumable"]) == ("resumable", True), item
+
+
+def test_a_pause_as_a_file_is_about_to_begin_sends_no_request_for_it(service: Service, origin: Origin) -> None:
+    """The pause lands while b.bin's headers are being asked for, before its transfer has begun: that transfer
+    is stopped as it begins, so the origin never sees a request for b.bin."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1)
+    manager = ArwModels.state(app).manager
+    models = attach(app, client, origin)
+    authorizer = models.authorizer
+
+    def pausing(url: str, settings: Any, headers: Any) -> Any:
+        authorize = authorizer(url, settings, headers)
+
+        def paused_at_b(file: RemoteFile, fresh: bool) -> Any:
+            if file.path == "b.bin":
+                manager.pause("ab", wait=0)
+            return authorize(file, fresh)
+
+        return paused_at_b
+
+    models.authorizer = pausing  # type: ignore[method-assign]
+    ref = models.add("ab", {"a.bin": payload(10 * KiB, 17), "b.bin": payload(10 * KiB, 18)})
+    assert post_download(client, "ab", ref).status_code == 202
+    paused = watch.status("ab", "paused", "complete")
+    assert paused["status"] == "paused", paused
+    files = {f["path"]: (f["status"], f["downloaded"]) for f in paused["files"]}
+    assert files == {"a.bin": ("complete", 10 * KiB), "b.bin": ("queued", 0)}
+    assert origin.requests_for(f"/ab/{REV}/b.bin") == []
+
+
+def test_a_finished_files_record_that_cannot_be_read_is_not_trusted(service: Service, origin: Origin) -> None:
+    """A paused model's plan whose record of a finished file is damaged: the resume does not take the record's
+    word for it, finds the file in the store by its listed digest, and completes."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    b = paused_in_b(client, models, origin, watch, "d", 19)
+    b.release.set()
+    b.stall_after = None
+    staging = Staging(ArwModels.state(app).dirs, "d")
+    plan = staging.read_plan()
+    assert plan is not None
+    del plan["done"]["a.bin"]["sha256"]
+    staging.write_plan(plan)
+    assert client.post("/models/download/resume", json={"id": "d"}).status_code == 202
+    done = watch.status("d", "complete", "error")
+    assert done["status"] == "complete", done
+    assert {f["path"]: f["status"] for f in done["files"]} == {"a.bin": "stored", "b.bin": "complete"}
+    assert len(origin.requests_for(f"/d/{REV}/a.bin")) == 1
+
+
 def test_a_pause_during_a_files_retry_wait_fetches_nothing_more(service: Service, origin: Origin) -> None:
     """A file waiting to retry after a dropped connection is paused at once with its model: no request follows
     the pause."""
@@ -246,6 +375,63 @@ def test_cancel_removes_the_staging_folder(service: Service, origin: Origin) -> 
     assert client.get("/models/downloads/c").json["downloaded"] == 0  # nothing is kept of a canceled model
 
 
+def test_a_file_a_paused_model_found_in_the_store_outlives_the_model_that_brought_it(service: Service,
+                                                                                    origin: Origin) -> None:
+    """A model that found a file in the store, paused, keeps it there: the delete of the model that brought the
+    file leaves its blob, and the resume fetches it from nowhere."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    assert post_download(client, "one", models.add("one", {"a.bin": payload(20 * KiB, 31)})).status_code == 202
+    assert watch.terminal("one")["status"] == "complete"
+    b = paused_in_b(client, models, origin, watch, "two", 31)
+    assert client.delete("/models/one").status_code == 200
+    b.release.set()
+    b.stall_after = None
+    assert client.post("/models/download/resume", json={"id": "two"}).status_code == 202
+    done = watch.status("two", "complete", "error")
+    assert {f["path"]: f["status"] for f in done["files"]} == {"a.bin": "stored", "b.bin": "complete"}, done
+    assert origin.requests_for(f"/two/{REV}/a.bin") == []
+
+
+def test_a_delete_collects_its_own_blobs_not_a_canceled_models_files(service: Service, origin: Origin) -> None:
+    """The files a canceled model finished stay in the store until the next start; a delete of another model
+    collects that model's blobs only, so the canceled one, asked for again, does not fetch them again."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    assert post_download(client, "other", models.add("other", {"o.bin": payload(10 * KiB, 60)})).status_code == 202
+    assert watch.terminal("other")["status"] == "complete"
+    b = paused_in_b(client, models, origin, watch, "x", 61)
+    assert client.post("/models/download/cancel", json={"id": "x"}).json["status"] == "canceled"
+    assert client.delete("/models/other").status_code == 200
+    b.release.set()
+    b.stall_after = None
+    assert post_download(client, "x", "hf://acme/x").status_code == 202
+    done = watch.status("x", "complete")
+    assert {f["path"]: f["status"] for f in done["files"]} == {"a.bin": "stored", "b.bin": "complete"}
+    assert len(origin.requests_for(f"/x/{REV}/a.bin")) == 1
+
+
+def test_a_resumed_model_canceled_shows_nothing_kept(service: Service, origin: Origin) -> None:
+    """A model resumed with 120 KiB kept, canceled as its origin answers: its last event says what was
+    discarded, and its job shows no file and no byte any more (its staging is gone)."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    models = attach(app, client, origin)
+    b = paused_in_b(client, models, origin, watch, "x2", 30)
+    b.release.set()
+    manager = ArwModels.state(app).manager
+
+    def checkpoint(at: str, job: Any) -> None:
+        if at == "answered":
+            manager.cancel(job.id, wait=0)
+
+    manager.checkpoint = checkpoint
+    assert client.post("/models/download/resume", json={"id": "x2"}).status_code == 202
+    canceled = watch.status("x2", "canceled", "complete")
+    assert (canceled["status"], canceled["downloaded"]) == ("canceled", 120 * KiB), canceled
+    snap = client.get("/models/downloads/x2").json
+    assert (snap["status"], snap["downloaded"], snap["files"]) == ("canceled", 0, []), snap
+
+
 def test_no_more_files_at_once_than_the_setting(service: Service, origin: Origin) -> None:
     app, client, watch = service(ARW_DL_FILES_AT_ONCE=2, ARW_DL_IDLE_TIMEOUT_SECS=30)
     models = attach(app, client, origin)
@@ -266,6 +452,18 @@ def test_no_more_files_at_once_than_the_setting(service: Service, origin: Origin
     assert watch.terminal("n")["status"] == "complete"
 
 
+def test_a_models_own_rate_limit_holds_for_all_its_files(service: Service, origin: Origin) -> None:
+    """A model asked for at 2 MiB/s, two files of 512 KiB fetched at once: together they keep to the model's
+    limit (about half a second), not each to a limit of its own or to none."""
+    app, client, watch = service(ARW_DL_FILES_AT_ONCE=2)
+    models = attach(app, client, origin)
+    ref = models.add("slow", {"a.bin": payload(512 * KiB, 28), "b.bin": payload(512 * KiB, 29)})
+    began = time.monotonic()
+    assert post_download(client, "slow", ref, rate_limit=2048 * KiB).status_code == 202
+    assert watch.terminal("slow")["status"] == "complete"
+    assert time.monotonic() - began >= 0.3
+
+
 def test_the_disk_budget_refuses_the_model_before_its_first_byte(service: Service, origin: Origin) -> None:
     app, client, watch = service()
     models = attach(app, client, origin)
@@ -275,6 +473,29 @@ def test_the_disk_budget_refuses_the_model_before_its_first_byte(service: Servic
     failed = watch.terminal("big")
     assert failed["status"] == "error" and failed["code"] == "disk-insufficient"
     assert origin.requests_for(f"/big/{REV}/a.bin") == [] and origin.requests_for(f"/big/{REV}/b.bin") == []
+
+
+def test_a_disk_one_byte_short_of_what_a_model_lacks_refuses_it(service: Service, origin: Origin) -> None:
+    """The budget asks for every byte the model lacks plus the reserve (a file listed with no size counts for
+    nothing, its size unknown): one byte less free refuses the model and says how much it needed; exactly that
+    much lets it go."""
+    app, client, watch = service()
+    models = attach(app, client, origin)
+    ref = models.add("edge", {"a.bin": payload(10 * KiB, 25), "b.bin": payload(20 * KiB, 26),
+                              "c.bin": payload(5 * KiB, 27)}, sizes={"c.bin": None})
+    manager = ArwModels.state(app).manager
+    need = 30 * KiB + manager.settings.disk_reserve_bytes
+    manager.disk_free = lambda path: need - 1
+    assert post_download(client, "edge", ref).status_code == 202
+    failed = watch.terminal("edge")
+    assert (failed["status"], failed["code"], failed["needed"], failed["free"]) == (
+        "error", "disk-insufficient", need, need - 1), failed
+    manager.disk_free = lambda path: need
+    assert post_download(client, "edge", ref).status_code == 202
+    done = watch.terminal("edge")
+    assert done["status"] == "complete", done
+    # The total it began with is that of the sizes it knew.
+    assert [p["total"] for p in watch.payloads("edge") if p["status"] == "started"] == [30 * KiB]
 
 
 def test_a_resumed_model_asks_the_disk_only_for_what_it_still_lacks(service: Service, origin: Origin) -> None:
@@ -303,6 +524,8 @@ def test_a_file_not_yet_begun_shows_no_byte(service: Service, origin: Origin) ->
     frame = watch.until(lambda e: e.payload.get("id") == "n" and e.payload.get("downloaded") == 100 * KiB)
     files = {f["path"]: f for f in frame.payload["files"]}
     assert (files["b.bin"]["status"], files["b.bin"]["downloaded"]) == ("queued", 0), files
+    assert files["a.bin"]["status"] == "downloading", files
+    assert "resumable" not in client.get("/models/downloads/n").json  # running: nothing to resume
     a.release.set()
     assert watch.terminal("n")["status"] == "complete"
 

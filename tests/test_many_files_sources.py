@@ -168,6 +168,25 @@ def test_a_hub_model_opens_offline_with_huggingface_hub(service: Service, hub: H
 
 
 @needs_second_host
+def test_a_hub_dataset_goes_in_the_hugging_face_cache_as_a_dataset(service: Service, hub: Hub, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset repository is put where huggingface_hub looks for a dataset, not for a model of the same
+    name: ``snapshot_download(repo_type="dataset")`` opens it offline."""
+    hf = pytest.importorskip("huggingface_hub", reason="huggingface_hub is in the test extra")
+    repo, files = "acme-ai/Tiny-Set", {"data/train.csv": b"a,b\n1,2\n", "README.md": b"# tiny set\n"}
+    commit = hub.commit(f"datasets/{repo}", files)
+    cache = tmp_path / "hf-cache"
+    _app, client, watch = service(ARW_HF_ENDPOINT=hub.endpoint, ARW_HF_TOKEN=TOKEN, ARW_HF_CACHE=str(cache))
+    assert post_download(client, "set", f"hf://datasets/{repo}").status_code == 202
+    done = watch.terminal("set")
+    assert done["status"] == "complete" and done["hf_cache"].endswith(commit), done
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = hf.snapshot_download(repo, repo_type="dataset", revision=commit, cache_dir=str(cache),
+                                  local_files_only=True)
+    assert {path: read(os.path.join(folder, path)) for path in files} == files
+
+
+@needs_second_host
 def test_asked_for_the_hugging_face_cache_with_no_folder_set_uses_huggingface_hubs_own(
         service: Service, hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A request that asks for the cache where none is configured gets the folder huggingface_hub itself reads

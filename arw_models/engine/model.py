@@ -236,10 +236,10 @@ class ModelDownload:
 
     # -- the transfer -----------------------------------------------------------------------
 
-    def run(self) -> dict[str, DoneFile]:
-        """Fetches the files still to fetch, ``ARW_DL_FILES_AT_ONCE`` at a time;
-        returns every file done, by path. Raises the first file's failure
-        (:class:`~arw_models.errors.TransferError`, naming it) or
+    def run(self) -> None:
+        """Fetches the files still to fetch, ``ARW_DL_FILES_AT_ONCE`` at a time,
+        until every file is done (:attr:`done`, by path). Raises the first file's
+        failure (:class:`~arw_models.errors.TransferError`, naming it) or
         :class:`~arw_models.errors.JobStopped`."""
         workers = [threading.Thread(target=self._work, name=f"arw-files-{self.job.id}-{n}", daemon=True)
                    for n in range(min(self.s.files_at_once, len(self._queue)))]
@@ -251,7 +251,6 @@ class ModelDownload:
             raise self._failure
         if self.job.stop_event.is_set() or len(self.done) < len(self.fileset.files):
             raise JobStopped()
-        return self.done
 
     def _work(self) -> None:
         while True:
@@ -289,7 +288,6 @@ class ModelDownload:
         self.job.attach_child(child)
         try:
             result = self._attempts(child, file)
-            state.status = VERIFYING
             done = self._check(child, file, result.digest, result.size)
             with self._lock:
                 self.blobs.put(self.view.part_path(child.id), done.sha256, done.size)

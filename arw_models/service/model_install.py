@@ -50,8 +50,8 @@ def install(state: StateDir, registry: Registry, job: ModelJob, download: ModelD
         done = download.done[file.path]
         item: dict[str, Any] = {"path": file.path, "bytes": done.size, "sha256": done.sha256,
                                 "sha256_source": done.sha256_source}
-        if done.git_oid or file.git_oid:
-            item["git_oid"] = done.git_oid or file.git_oid
+        if done.git_oid:  # its listing's: every file done carries the git blob id it was listed with
+            item["git_oid"] = done.git_oid
         listed.append(item)
     for path, data in fileset.inline.items():
         digest = hashlib.sha256(data).hexdigest()

@@ -38,7 +38,6 @@ class ModelJob(ModelTransfer, DownloadJob):
     def __init__(self, *args: Any, selection: Selection | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.selection = selection or Selection()
-        self.force = False
         self.hf_cache: bool | None = None
 
     def progress_fields(self) -> dict[str, Any]:
@@ -113,6 +112,13 @@ def run(job: ModelJob, settings: Settings, state: StateDir, references: Any, *, 
 # -- the listings ---------------------------------------------------------------------------
 
 
+def done_size(done: dict[str, Any]) -> int | None:
+    """The size a plan records for a file done; None when it is no count of bytes
+    (a plan damaged by hand or by the disk: the listings and a resume go on)."""
+    size = done.get("size")
+    return size if isinstance(size, int) else None
+
+
 def staged_item(state: StateDir, model_id: str) -> dict[str, Any] | None:
     """A staged model download with no job in memory, from its plan."""
     staging = Staging(state, model_id)
@@ -126,7 +132,7 @@ def staged_item(state: StateDir, model_id: str) -> dict[str, Any] | None:
         finished = done.get(file.path)
         if finished is not None:
             # A file listed with no size has one once it is done, as the running job shows it.
-            size = finished.get("size")
+            size = done_size(finished)
             files.append({"path": file.path, "downloaded": size, "total": file.size if file.size is not None else size,
                           "status": "stored" if finished.get("stored") else "complete"})
         else:
@@ -216,7 +222,7 @@ def outlook(state: StateDir, model_id: str, url: str, selection: Selection) -> d
     plan = Staging(state, model_id).read_plan()
     if plan is None:
         return {"status": "started", "kept": 0, "discarded": 0, "provisional": False}
-    kept = sum(int(d.get("size") or 0) for d in done_files(plan).values())
+    kept = sum(done_size(d) or 0 for d in done_files(plan).values())
     if plan_matches(plan, url, selection):
         return {"status": "resumed" if kept else "started", "kept": kept, "discarded": 0, "provisional": False}
     return {"status": "started", "kept": 0, "discarded": kept, "provisional": False}
