@@ -237,3 +237,27 @@ def test_a_queued_download_paused_reports_the_bytes_an_earlier_run_left(service:
     assert watch.status("wait", "paused")["downloaded"] == 40 * KiB
     hold.release.set()
     assert cancel(client, "hold").status_code == 200
+
+
+def test_a_download_paused_while_it_waits_to_retry_reports_the_bytes_left(service: Service, origin: Origin) -> None:
+    """Its ``.part`` cut short by hand before its bytes were hashed, a download waits
+    to fetch them again; paused then, it reports the bytes still on disk (what a
+    resume continues from), not those it had before."""
+    data = payload(256 * KiB, seed=138)
+    res = origin.add("/v.gguf", data)
+    app, client, watch = service(ARW_DL_RETRY_BACKOFF_MS=20_000, ARW_DL_RETRY_BACKOFF_MAX_MS=20_000)
+    write_partial(app, "v", data[:100_000], {"url": origin.url("/v.gguf"), "etag": res.etag, "total": len(data)})
+    cut: list[str] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "answered" and not cut:  # in the job's thread, the first answer only
+            os.truncate(part(app, "v"), 40_000)
+            cut.append(point)
+
+    ArwModels.state(app).manager.checkpoint = checkpoint
+    post_download(client, "v", origin.url("/v.gguf"), sha256=res.sha256)
+    assert watch.status("v", "retrying")["downloaded"] == 100_000
+    r = pause(client, "v")
+    assert (r.status_code, r.json["status"], r.json["downloaded"]) == (200, "paused", 40_000)
+    assert watch.status("v", "paused")["downloaded"] == 40_000
+    assert os.path.getsize(part(app, "v")) == 40_000
