@@ -261,3 +261,54 @@ def test_a_download_paused_while_it_waits_to_retry_reports_the_bytes_left(servic
     assert (r.status_code, r.json["status"], r.json["downloaded"]) == (200, "paused", 40_000)
     assert watch.status("v", "paused")["downloaded"] == 40_000
     assert os.path.getsize(part(app, "v")) == 40_000
+
+
+def test_a_download_paused_in_the_queue_resumes_what_it_was_asked_for(service: Service, origin: Origin) -> None:
+    """A download paused while it waits for a slot, over the ``.part`` an earlier
+    request of another url left, resumes the url it was asked for, not the earlier
+    one; the bytes its answer said it would throw away are not counted as its own."""
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(MiB, seed=133), stall_after=KiB)
+    old = origin.add("/old.gguf", payload(100 * KiB, seed=134))
+    new = origin.add("/new.gguf", payload(100 * KiB, seed=135))
+    write_partial(app, "wait", old.data[: 40 * KiB], {"id": "wait", "url": origin.url("/old.gguf"),
+                                                        "total": len(old.data), "etag": old.etag})
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    r = post_download(client, "wait", origin.url("/new.gguf"), rate_limit=50 * MiB)
+    assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("queued", 0, 40 * KiB)
+    r = pause(client, "wait")
+    assert (r.json["status"], r.json["downloaded"]) == ("paused", 0)
+    assert watch.status("wait", "paused")["downloaded"] == 0
+    recorded = json.loads(read(sidecar(app, "wait")))  # what a restart, too, resumes
+    assert (recorded["url"], recorded["rate_limit"]) == (origin.url("/new.gguf"), 50 * MiB)
+    hold.release.set()
+    assert cancel(client, "hold").status_code == 200
+    r = resume(client, "wait")
+    assert (r.status_code, r.json["url"]) == (202, origin.url("/new.gguf"))
+    assert watch.terminal("wait")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "new.gguf")) == new.data
+    assert origin.requests_for("/old.gguf") == []
+
+
+def test_a_download_paused_in_the_queue_keeps_its_sha256_for_the_resume(service: Service, origin: Origin) -> None:
+    """Asked again with a sha256 over the ``.part`` an earlier request without one
+    left, and paused before it starts: the resume keeps those bytes and verifies the
+    whole file with the sha256 it was asked for."""
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(MiB, seed=136), stall_after=KiB)
+    res = origin.add("/w.gguf", payload(100 * KiB, seed=137))
+    write_partial(app, "w", res.data[: 40 * KiB], {"id": "w", "url": origin.url("/w.gguf"),
+                                                     "total": len(res.data), "etag": res.etag})
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    r = post_download(client, "w", origin.url("/w.gguf"), sha256=res.sha256)
+    assert (r.json["status"], r.json["kept"]) == ("queued", 40 * KiB)
+    assert pause(client, "w").json["downloaded"] == 40 * KiB
+    hold.release.set()
+    assert cancel(client, "hold").status_code == 200
+    r = resume(client, "w")
+    assert (r.status_code, r.json["status"], r.json["sha256"]) == (202, "resumed", res.sha256)
+    done = watch.terminal("w")
+    assert (done["status"], done["sha256_source"]) == ("complete", "request")
+    assert origin.requests_for("/w.gguf")[-1].range == f"bytes={40 * KiB}-"
