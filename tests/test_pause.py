@@ -294,12 +294,13 @@ def test_a_download_paused_in_the_queue_resumes_what_it_was_asked_for(service: S
 def test_a_download_paused_in_the_queue_keeps_its_sha256_for_the_resume(service: Service, origin: Origin) -> None:
     """Asked again with a sha256 over the ``.part`` an earlier request without one
     left, and paused before it starts: the resume keeps those bytes and verifies the
-    whole file with the sha256 it was asked for."""
+    whole file with the sha256 it was asked for, and sends none of the earlier
+    request's headers (a token of its own, say)."""
     app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
     hold = origin.add("/hold.gguf", payload(MiB, seed=136), stall_after=KiB)
     res = origin.add("/w.gguf", payload(100 * KiB, seed=137))
-    write_partial(app, "w", res.data[: 40 * KiB], {"id": "w", "url": origin.url("/w.gguf"),
-                                                     "total": len(res.data), "etag": res.etag})
+    write_partial(app, "w", res.data[: 40 * KiB], {"id": "w", "url": origin.url("/w.gguf"), "total": len(res.data),
+                                                     "etag": res.etag, "headers": {"X-Token": "earlier"}})
     post_download(client, "hold", origin.url("/hold.gguf"))
     assert hold.stalled.wait(5)
     r = post_download(client, "w", origin.url("/w.gguf"), sha256=res.sha256)
@@ -311,4 +312,55 @@ def test_a_download_paused_in_the_queue_keeps_its_sha256_for_the_resume(service:
     assert (r.status_code, r.json["status"], r.json["sha256"]) == (202, "resumed", res.sha256)
     done = watch.terminal("w")
     assert (done["status"], done["sha256_source"]) == ("complete", "request")
-    assert origin.requests_for("/w.gguf")[-1].range == f"bytes={40 * KiB}-"
+    [fetch] = origin.requests_for("/w.gguf")
+    assert (fetch.range, fetch.headers.get("x-token")) == (f"bytes={40 * KiB}-", None)
+
+
+def test_a_request_that_takes_over_a_resumed_download_paused_at_once_resumes_itself(make_app: Any,
+                                                                                     origin: Origin) -> None:
+    """A POST of another url takes over the download the service resumed at start,
+    and is paused while that one still lets go of the ``.part``: the pause waits for
+    it, so that what is left on disk says what the POST asked for, and the resume
+    fetches that url, not the earlier one."""
+    old = origin.add("/old.gguf", payload(MiB, seed=139), stall_after=300 * KiB)
+    new = origin.add("/new.gguf", payload(100 * KiB, seed=140))
+    first = make_app()
+    write_partial(first, "m", old.data[: 100 * KiB], {"id": "m", "url": origin.url("/old.gguf"),
+                                                        "total": len(old.data), "etag": old.etag})
+    second = make_app(ARW_STATE_DIR=first.config["ARW_STATE_DIR"], ARW_DL_RESUME_ON_START=True,
+                      ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    watch = Watch(second)  # starts it: the .part left behind resumes
+    client = second.test_client()
+    try:
+        assert old.stalled.wait(5)
+        r = post_download(client, "m", origin.url("/new.gguf"))
+        assert r.status_code == 202, r.json
+        r = pause(client, "m")
+        assert (r.status_code, r.json["status"], r.json["url"]) == (200, "paused", origin.url("/new.gguf"))
+        old.release.set()
+        r = resume(client, "m")
+        assert (r.status_code, r.json["url"]) == (202, origin.url("/new.gguf"))
+        assert watch.terminal("m")["status"] == "complete"
+    finally:
+        watch.close()
+    assert read(os.path.join(models_dir(second), "new.gguf")) == new.data
+    assert len(origin.requests_for("/old.gguf")) == 1  # the resume at start only
+
+
+def test_a_pause_keeps_the_bytes_of_an_origin_without_validators(service: Service, origin: Origin) -> None:
+    """Bytes from an origin that sends neither ETag nor Last-Modified cannot be
+    continued by the same request, yet a pause keeps them: asked again with the
+    file's sha256, which will verify the whole of it, the download continues them."""
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/n.gguf", payload(MiB, seed=141), etag="", last_modified=None, stall_after=200 * KiB)
+    post_download(client, "n", origin.url("/n.gguf"))
+    assert res.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "n" and e.payload.get("downloaded") == 200 * KiB)
+    assert pause(client, "n").json["downloaded"] == 200 * KiB
+    assert os.path.getsize(part(app, "n")) == 200 * KiB
+    res.release.set()
+    r = post_download(client, "n", origin.url("/n.gguf"), sha256=res.sha256)
+    assert (r.status_code, r.json["status"], r.json["kept"]) == (202, "resumed", 200 * KiB)
+    assert watch.terminal("n")["status"] == "complete"
+    assert origin.requests_for("/n.gguf")[-1].range == f"bytes={200 * KiB}-"
+    assert read(os.path.join(models_dir(app), "n.gguf")) == res.data

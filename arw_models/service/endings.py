@@ -65,6 +65,9 @@ def _asked_now(state: StateDir, job: DownloadJob) -> dict[str, Any]:
     said."""
     asked = {"url": job.url, "sha256": job.sha256, "provider": job.provider, "rate_limit": job.rate_limit,
              **({"headers": dict(job.headers)} if job.headers else {})}
+    previous = job.after
+    if previous is not None:
+        previous.done.wait()  # the job it took over has let go of the .part, as an attempt waits for
     recorded = state.read_sidecar(job.id)
     if recorded is not None:
         if {k: recorded.get(k) for k in (*asked, "headers")} == {"headers": None, **asked}:
