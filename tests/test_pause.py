@@ -364,3 +364,19 @@ def test_a_pause_keeps_the_bytes_of_an_origin_without_validators(service: Servic
     assert watch.terminal("n")["status"] == "complete"
     assert origin.requests_for("/n.gguf")[-1].range == f"bytes={200 * KiB}-"
     assert read(os.path.join(models_dir(app), "n.gguf")) == res.data
+
+
+def test_a_paused_download_whose_part_was_removed_lists_no_bytes(service: Service, origin: Origin) -> None:
+    """The listing of a paused download tells the bytes on disk, not those the job
+    once counted: its ``.part`` removed by hand, it still lists as paused (a resume
+    starts it again), with nothing downloaded."""
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/gone.gguf", payload(MiB, seed=142), stall_after=300 * KiB)
+    post_download(client, "gone", origin.url("/gone.gguf"))
+    assert res.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "gone" and e.payload.get("downloaded") == 300 * KiB)
+    assert pause(client, "gone").json["downloaded"] == 300 * KiB
+    res.release.set()
+    os.remove(part(app, "gone"))
+    item = client.get("/models/downloads/gone").json
+    assert (item["status"], item["resumable"], item["downloaded"]) == ("paused", True, 0)
