@@ -470,3 +470,20 @@ def test_a_blob_the_store_cannot_give_is_fetched_instead(client: Any, app: Any, 
     assert done["status"] == "complete" and "deduplicated" not in done, done
     assert origin.bytes_sent("/b/m.bin") == len(res.data)
     assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+
+
+def test_a_blob_no_installed_model_has_is_not_shared_nor_warned_about(client: Any, app: Any, origin: Any,
+                                                                       watch: Any, caplog: Any) -> None:
+    """Only an installed model's entry vouches for a blob: bytes the store holds for
+    no model (left there by hand, say) are fetched again, quietly, with no warning
+    of a changed blob in the operator's log."""
+    res = origin.add("/b/m.bin", payload(MiB, seed=5))
+    store = ArwModels.state(app).manager.state.blobs_dir
+    os.makedirs(store, exist_ok=True)
+    with open(os.path.join(store, res.sha256), "wb") as fh:
+        fh.write(res.data)
+    post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done, done
+    assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "blob" in r.getMessage()]
