@@ -448,3 +448,42 @@ def test_a_temporary_link_left_by_a_crash_is_removed_at_start(make_app: Any, ori
     assert sorted(os.listdir(models_dir(again))) == [".notes.tmp", "m.bin"]
     assert os.stat(os.path.join(models, "m.bin")).st_nlink == 2  # its name and its blob's
     assert not os.path.exists(os.path.join(app.config["ARW_STATE_DIR"], ".models.json.4242.139.tmp"))
+
+
+@pytest.mark.parametrize("store", ["blob-gone", "unreadable"])
+def test_a_blob_the_store_cannot_give_is_fetched_instead(client: Any, app: Any, origin: Any, watch: Any,
+                                                         monkeypatch: Any, store: str) -> None:
+    """An installed model's digest whose blob was removed from the store by hand,
+    or cannot be read (an I/O error), is no reason to fail a download: it is fetched
+    from its origin like any other."""
+    res = install(client, watch, origin)
+    if store == "blob-gone":
+        os.remove(os.path.join(ArwModels.state(app).manager.state.blobs_dir, res.sha256))
+    else:
+        def unreadable(self: Any, digest: str) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(blobs.Blobs, "open", unreadable)
+    origin.add("/b/m.bin", res.data)
+    post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done, done
+    assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+
+
+def test_a_blob_no_installed_model_has_is_not_shared_nor_warned_about(client: Any, app: Any, origin: Any,
+                                                                       watch: Any, caplog: Any) -> None:
+    """Only an installed model's entry vouches for a blob: bytes the store holds for
+    no model (left there by hand, say) are fetched again, quietly, with no warning
+    of a changed blob in the operator's log."""
+    res = origin.add("/b/m.bin", payload(MiB, seed=5))
+    store = ArwModels.state(app).manager.state.blobs_dir
+    os.makedirs(store, exist_ok=True)
+    with open(os.path.join(store, res.sha256), "wb") as fh:
+        fh.write(res.data)
+    post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
+    done = watch.terminal("b")
+    assert done["status"] == "complete" and "deduplicated" not in done, done
+    assert origin.bytes_sent("/b/m.bin") == len(res.data)
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "blob" in r.getMessage()]

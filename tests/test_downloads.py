@@ -59,6 +59,24 @@ def test_download_verifies_and_installs(client: Any, app: Any, origin: Any, watc
         assert json.load(fh)["models"]["qwen"]["sha256"] == res.sha256
 
 
+def test_a_state_directory_moved_elsewhere_lists_its_models_where_they_are_now(make_app: Any, origin: Any,
+                                                                             tmp_path: Any) -> None:
+    """The registry records where each file was installed; moved with its state
+    directory (to a larger disk, say), a model is listed at its path in the new
+    place, not at the old one."""
+    app = make_app()
+    res = origin.add("/moved.bin", payload(MiB, seed=62))
+    post_download(app.test_client(), "moved", origin.url("/moved.bin"), sha256=res.sha256)
+    assert ArwModels.state(app).manager.wait("moved", 10)
+    ArwModels.state(app).shutdown()
+    elsewhere = str(tmp_path / "elsewhere")
+    os.rename(app.config["ARW_STATE_DIR"], elsewhere)
+    again = make_app(ARW_STATE_DIR=elsewhere)
+    [item] = again.test_client().get("/models").json["items"]
+    assert (item["status"], item["path"]) == ("available", os.path.join(models_dir(again), "moved.bin"))
+    assert read(item["path"]) == res.data
+
+
 def test_progress_events_carry_percent_and_grow(make_app: Any, origin: Any) -> None:
     from .support.app import Watch
 
@@ -182,7 +200,8 @@ def test_cancel_a_slow_transfer(client: Any, app: Any, origin: Any, watch: Any) 
     # The cancel answered after the worker stopped: nothing is left on disk.
     assert listing(app) == []
     assert watch.terminal("big")["status"] == "canceled"
-    assert client.get("/models/downloads/big").json["status"] == "canceled"
+    item = client.get("/models/downloads/big").json  # its bytes are gone, and it says so
+    assert (item["status"], item["downloaded"], item["progress"]) == ("canceled", 0, 0)
     assert client.get("/models/downloads").json["items"] == []
     assert client.post("/models/download/cancel", json={"id": "big"}).status_code == 404
 

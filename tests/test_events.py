@@ -215,6 +215,14 @@ def test_a_subscriber_that_never_reads_gets_a_gap_and_blocks_nobody() -> None:
     assert [e.payload["n"] for e in items[1:]] == [96, 97, 98, 99]
     all_items = reader.get(timeout=0)
     assert all_items is not None and [e.payload["n"] for e in all_items] == list(range(100))
+    # A gap is told once: the next event comes alone, and a later overflow is counted afresh.
+    hub.publish("k", {"n": 100})
+    assert [(e.kind, e.payload) for e in stuck.get(timeout=0) or []] == [("k", {"n": 100})]
+    for n in range(101, 107):
+        hub.publish("k", {"n": n})
+    items = stuck.get(timeout=0)
+    assert items is not None and items[0].payload == {"missed": 2}
+    assert [e.payload["n"] for e in items[1:]] == [103, 104, 105, 106]
     hub.close()
     assert stuck.get(timeout=0) is None
 

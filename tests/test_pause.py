@@ -237,3 +237,146 @@ def test_a_queued_download_paused_reports_the_bytes_an_earlier_run_left(service:
     assert watch.status("wait", "paused")["downloaded"] == 40 * KiB
     hold.release.set()
     assert cancel(client, "hold").status_code == 200
+
+
+def test_a_download_paused_while_it_waits_to_retry_reports_the_bytes_left(service: Service, origin: Origin) -> None:
+    """Its ``.part`` cut short by hand before its bytes were hashed, a download waits
+    to fetch them again; paused then, it reports the bytes still on disk (what a
+    resume continues from), not those it had before."""
+    data = payload(256 * KiB, seed=138)
+    res = origin.add("/v.gguf", data)
+    app, client, watch = service(ARW_DL_RETRY_BACKOFF_MS=20_000, ARW_DL_RETRY_BACKOFF_MAX_MS=20_000)
+    write_partial(app, "v", data[:100_000], {"url": origin.url("/v.gguf"), "etag": res.etag, "total": len(data)})
+    cut: list[str] = []
+
+    def checkpoint(point: str, job: Any) -> None:
+        if point == "answered" and not cut:  # in the job's thread, the first answer only
+            os.truncate(part(app, "v"), 40_000)
+            cut.append(point)
+
+    ArwModels.state(app).manager.checkpoint = checkpoint
+    post_download(client, "v", origin.url("/v.gguf"), sha256=res.sha256)
+    assert watch.status("v", "retrying")["downloaded"] == 100_000
+    r = pause(client, "v")
+    assert (r.status_code, r.json["status"], r.json["downloaded"]) == (200, "paused", 40_000)
+    assert watch.status("v", "paused")["downloaded"] == 40_000
+    assert os.path.getsize(part(app, "v")) == 40_000
+
+
+def test_a_download_paused_in_the_queue_resumes_what_it_was_asked_for(service: Service, origin: Origin) -> None:
+    """A download paused while it waits for a slot, over the ``.part`` an earlier
+    request of another url left, resumes the url it was asked for, not the earlier
+    one; the bytes its answer said it would throw away are not counted as its own."""
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(MiB, seed=133), stall_after=KiB)
+    old = origin.add("/old.gguf", payload(100 * KiB, seed=134))
+    new = origin.add("/new.gguf", payload(100 * KiB, seed=135))
+    write_partial(app, "wait", old.data[: 40 * KiB], {"id": "wait", "url": origin.url("/old.gguf"),
+                                                        "total": len(old.data), "etag": old.etag})
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    r = post_download(client, "wait", origin.url("/new.gguf"), rate_limit=50 * MiB)
+    assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("queued", 0, 40 * KiB)
+    r = pause(client, "wait")
+    assert (r.json["status"], r.json["downloaded"]) == ("paused", 0)
+    assert watch.status("wait", "paused")["downloaded"] == 0
+    recorded = json.loads(read(sidecar(app, "wait")))  # what a restart, too, resumes
+    assert (recorded["url"], recorded["rate_limit"]) == (origin.url("/new.gguf"), 50 * MiB)
+    hold.release.set()
+    assert cancel(client, "hold").status_code == 200
+    r = resume(client, "wait")
+    assert (r.status_code, r.json["url"]) == (202, origin.url("/new.gguf"))
+    assert watch.terminal("wait")["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "new.gguf")) == new.data
+    assert origin.requests_for("/old.gguf") == []
+
+
+def test_a_download_paused_in_the_queue_keeps_its_sha256_for_the_resume(service: Service, origin: Origin) -> None:
+    """Asked again with a sha256 over the ``.part`` an earlier request without one
+    left, and paused before it starts: the resume keeps those bytes and verifies the
+    whole file with the sha256 it was asked for, and sends none of the earlier
+    request's headers (a token of its own, say)."""
+    app, client, watch = service(ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    hold = origin.add("/hold.gguf", payload(MiB, seed=136), stall_after=KiB)
+    res = origin.add("/w.gguf", payload(100 * KiB, seed=137))
+    write_partial(app, "w", res.data[: 40 * KiB], {"id": "w", "url": origin.url("/w.gguf"), "total": len(res.data),
+                                                     "etag": res.etag, "headers": {"X-Token": "earlier"}})
+    post_download(client, "hold", origin.url("/hold.gguf"))
+    assert hold.stalled.wait(5)
+    r = post_download(client, "w", origin.url("/w.gguf"), sha256=res.sha256)
+    assert (r.json["status"], r.json["kept"]) == ("queued", 40 * KiB)
+    assert pause(client, "w").json["downloaded"] == 40 * KiB
+    hold.release.set()
+    assert cancel(client, "hold").status_code == 200
+    r = resume(client, "w")
+    assert (r.status_code, r.json["status"], r.json["sha256"]) == (202, "resumed", res.sha256)
+    done = watch.terminal("w")
+    assert (done["status"], done["sha256_source"]) == ("complete", "request")
+    [fetch] = origin.requests_for("/w.gguf")
+    assert (fetch.range, fetch.headers.get("x-token")) == (f"bytes={40 * KiB}-", None)
+
+
+def test_a_request_that_takes_over_a_resumed_download_paused_at_once_resumes_itself(make_app: Any,
+                                                                                     origin: Origin) -> None:
+    """A POST of another url takes over the download the service resumed at start,
+    and is paused while that one still lets go of the ``.part``: the pause waits for
+    it, so that what is left on disk says what the POST asked for, and the resume
+    fetches that url, not the earlier one."""
+    old = origin.add("/old.gguf", payload(MiB, seed=139), stall_after=300 * KiB)
+    new = origin.add("/new.gguf", payload(100 * KiB, seed=140))
+    first = make_app()
+    write_partial(first, "m", old.data[: 100 * KiB], {"id": "m", "url": origin.url("/old.gguf"),
+                                                        "total": len(old.data), "etag": old.etag})
+    second = make_app(ARW_STATE_DIR=first.config["ARW_STATE_DIR"], ARW_DL_RESUME_ON_START=True,
+                      ARW_MODELS_MAX_CONC=1, ARW_DL_IDLE_TIMEOUT_SECS=30)
+    watch = Watch(second)  # starts it: the .part left behind resumes
+    client = second.test_client()
+    try:
+        assert old.stalled.wait(5)
+        r = post_download(client, "m", origin.url("/new.gguf"))
+        assert r.status_code == 202, r.json
+        r = pause(client, "m")
+        assert (r.status_code, r.json["status"], r.json["url"]) == (200, "paused", origin.url("/new.gguf"))
+        old.release.set()
+        r = resume(client, "m")
+        assert (r.status_code, r.json["url"]) == (202, origin.url("/new.gguf"))
+        assert watch.terminal("m")["status"] == "complete"
+    finally:
+        watch.close()
+    assert read(os.path.join(models_dir(second), "new.gguf")) == new.data
+    assert len(origin.requests_for("/old.gguf")) == 1  # the resume at start only
+
+
+def test_a_pause_keeps_the_bytes_of_an_origin_without_validators(service: Service, origin: Origin) -> None:
+    """Bytes from an origin that sends neither ETag nor Last-Modified cannot be
+    continued by the same request, yet a pause keeps them: asked again with the
+    file's sha256, which will verify the whole of it, the download continues them."""
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/n.gguf", payload(MiB, seed=141), etag="", last_modified=None, stall_after=200 * KiB)
+    post_download(client, "n", origin.url("/n.gguf"))
+    assert res.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "n" and e.payload.get("downloaded") == 200 * KiB)
+    assert pause(client, "n").json["downloaded"] == 200 * KiB
+    assert os.path.getsize(part(app, "n")) == 200 * KiB
+    res.release.set()
+    r = post_download(client, "n", origin.url("/n.gguf"), sha256=res.sha256)
+    assert (r.status_code, r.json["status"], r.json["kept"]) == (202, "resumed", 200 * KiB)
+    assert watch.terminal("n")["status"] == "complete"
+    assert origin.requests_for("/n.gguf")[-1].range == f"bytes={200 * KiB}-"
+    assert read(os.path.join(models_dir(app), "n.gguf")) == res.data
+
+
+def test_a_paused_download_whose_part_was_removed_lists_no_bytes(service: Service, origin: Origin) -> None:
+    """The listing of a paused download tells the bytes on disk, not those the job
+    once counted: its ``.part`` removed by hand, it still lists as paused (a resume
+    starts it again), with nothing downloaded."""
+    app, client, watch = service(ARW_DL_IDLE_TIMEOUT_SECS=30)
+    res = origin.add("/gone.gguf", payload(MiB, seed=142), stall_after=300 * KiB)
+    post_download(client, "gone", origin.url("/gone.gguf"))
+    assert res.stalled.wait(5)
+    watch.until(lambda e: e.payload.get("id") == "gone" and e.payload.get("downloaded") == 300 * KiB)
+    assert pause(client, "gone").json["downloaded"] == 300 * KiB
+    res.release.set()
+    os.remove(part(app, "gone"))
+    item = client.get("/models/downloads/gone").json
+    assert (item["status"], item["resumable"], item["downloaded"]) == ("paused", True, 0)

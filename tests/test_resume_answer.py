@@ -223,3 +223,21 @@ def test_what_an_origin_showed_of_ranges_is_kept_across_a_shutdown(make_app: Any
     assert (r.json["status"], r.json["kept"], r.json["discarded"], r.json["provisional"]) == (
         "started", 0, 512 * KiB, False)
     assert ArwModels.state(second).manager.wait("s", 10)
+
+
+def test_a_repeated_post_while_a_resume_waits_to_retry_still_says_resumed(service: Service, origin: Origin) -> None:
+    """A resume whose origin refused its first request (a 503) waits to try again,
+    not yet answered: the same POST meanwhile says it resumes, with the bytes it
+    keeps, as the first answer did, not that it starts over."""
+    app, client, watch = service(ARW_DL_RETRY_BACKOFF_MS=20_000, ARW_DL_RETRY_BACKOFF_MAX_MS=20_000)
+    res = origin.add("/r.gguf", payload(100 * KiB, seed=150), statuses=[(503, {})])
+    write_partial(app, "r", res.data[: 40 * KiB], {"id": "r", "url": origin.url("/r.gguf"),
+                                                     "total": len(res.data), "etag": res.etag})
+    first = post_download(client, "r", origin.url("/r.gguf"))
+    assert (first.json["status"], first.json["kept"]) == ("resumed", 40 * KiB)
+    assert watch.status("r", "retrying")["code"]
+    r = post_download(client, "r", origin.url("/r.gguf"))
+    assert r.status_code == 202
+    assert (r.json["status"], r.json["kept"], r.json["discarded"]) == ("resumed", 40 * KiB, 0)
+    assert cancel(client, "r").status_code == 200
+    assert watch.terminal("r")["status"] == "canceled"

@@ -128,7 +128,7 @@ DEFAULT_TESTS = {
                                    "tests/test_api.py", "tests/test_events.py"],
     "arw_models/service/speed.py": ["tests/test_engine.py", "tests/test_scheduling.py"],
     "arw_models/service/listing.py": ["tests/test_api.py", "tests/test_pause.py", "tests/test_events.py",
-                                      *_ENGINE_TESTS],
+                                      *_ENGINE_TESTS, "tests/test_migration.py"],
     "arw_models/service/slots.py": ["tests/test_scheduling.py", *_ENGINE_TESTS, "tests/test_one_process.py"],
     "arw_models/service/manager.py": ["tests/test_api.py", "tests/test_scheduling.py", *_ENGINE_TESTS,
                                       "tests/test_many_files.py", "tests/test_many_files_resume.py",

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
+from ..engine.plan import continuation
 from ..errors import NotFound, TransferError
 from ..store import sidecar as sidecars
 from ..store.sidecar import Sidecar
@@ -33,10 +35,9 @@ def stopped(state: StateDir, job: DownloadJob) -> None:
         job.transition(Status.INTERRUPTED, quiet=True)
         return
     if job.stop_reason == "pause":
-        # The .part and its sidecar stay, marked so that a restart leaves them be.
-        sidecar = state.read_sidecar(job.id) or {
-            "id": job.id, "url": job.url, "sha256": job.sha256, "provider": job.provider, "created_at": utcnow(),
-            **({"headers": dict(job.headers)} if job.headers else {})}
+        # The .part and its sidecar stay (unless they are of an earlier request
+        # this one does not keep), marked so that a restart leaves them be.
+        sidecar = _asked_now(state, job)
         sidecar["paused"] = True
         if job.accept_ranges is not None:
             sidecar["accept_ranges"] = job.accept_ranges
@@ -53,6 +54,29 @@ def stopped(state: StateDir, job: DownloadJob) -> None:
     state.remove_partial(job.id)
     job.downloaded = 0
     job.transition(Status.CANCELED, downloaded=discarded)
+
+
+def _asked_now(state: StateDir, job: DownloadJob) -> dict[str, Any]:
+    """The sidecar a paused job leaves, saying what this job was asked for: what a
+    resume (or a restart) asks for again. A job paused before it started (queued)
+    may find the ``.part`` and sidecar of an earlier request, of another url, digest
+    or headers: its bytes stay, with what is known of them, if this request keeps
+    them (as its first attempt would have), else they go, as the answer to its POST
+    said."""
+    asked = {"url": job.url, "sha256": job.sha256, "provider": job.provider, "rate_limit": job.rate_limit,
+             **({"headers": dict(job.headers)} if job.headers else {})}
+    previous = job.after
+    if previous is not None:
+        previous.done.wait()  # the job it took over has let go of the .part, as an attempt waits for
+    recorded = state.read_sidecar(job.id)
+    if recorded is not None:
+        if {k: recorded.get(k) for k in (*asked, "headers")} == {"headers": None, **asked}:
+            return recorded  # its own, written by its attempt
+        recorded.pop("headers", None)
+        if continuation(Sidecar.from_json(recorded), state.part_size(job.id), job.url, job.sha256).resumes:
+            return {**recorded, **asked}
+        state.truncate_part(job.id)
+    return {"id": job.id, **asked, "created_at": utcnow()}
 
 
 def cancel_leftover(state: StateDir, model_id: str, job: DownloadJob | None,
