@@ -161,6 +161,21 @@ def test_a_manifest_keeps_the_provider_and_gives_it_back(tmp_path: Any) -> None:
     assert manifest_of({**entry, "provider": None})["provider"] == "local"
 
 
+def test_writing_a_manifest_makes_its_folder_owner_only(tmp_path: Any) -> None:
+    """The first manifest written makes ``manifests/`` if it is not there, and the
+    folder and every manifest in it are the owner's alone: they name urls."""
+    state = StateDir(str(tmp_path))
+    manifests = Manifests(state)
+    good = {"id": "m", "files": [{"path": "m.bin", "size": 3, "sha256": "0" * 64}]}
+    manifests.write(good)
+    assert manifests.read("m") == good and mode(state.manifests_dir) == 0o700
+    os.chmod(state.manifests_dir, 0o755)
+    os.chmod(manifests.path("m"), 0o644)
+    manifests.write({**good, "id": "n"})
+    assert mode(state.manifests_dir) == 0o700
+    assert mode(manifests.path("m")) == mode(manifests.path("n")) == 0o600
+
+
 def test_a_state_dir_without_manifests_names_no_model_and_no_blob(tmp_path: Any) -> None:
     """Before the first start has made ``manifests/`` there is nothing to keep,
     rather than an error."""
