@@ -10,6 +10,8 @@ import base64
 import hashlib
 import json
 import os
+import warnings
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -63,6 +65,8 @@ def test_a_blob_is_served_whole_with_its_digest_as_etag(service: Service, origin
     assert got.headers["Accept-Ranges"] == "bytes"
     assert got.headers["Content-Type"] == "application/octet-stream"
     assert got.headers["Repr-Digest"] == f"sha-256=:{base64.b64encode(bytes.fromhex(DIGEST)).decode()}:"
+    # Not for a shared cache (the token may guard it), and no proxy may change the bytes the digest names.
+    assert got.headers["Cache-Control"] == "private, no-transform"
     Contract(client.get("/openapi.json").json).check("/blobs/sha256/{digest}", "get", got)
 
 
@@ -99,6 +103,38 @@ def test_if_none_match_gives_304(service: Service, origin: Origin) -> None:
     assert unchanged.status_code == 304 and unchanged.data == b""
     assert unchanged.headers["ETag"] == f'"{DIGEST}"'
     assert client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_the_blobs_time_answers_if_modified_since_and_if_range(service: Service, origin: Origin) -> None:
+    """The answer carries the blob's time as ``Last-Modified``: a client that kept
+    the bytes revalidates by date (304), and a range asked ``If-Range`` that date
+    is served as a range."""
+    app, client = installed(service, origin)
+    url = f"/blobs/sha256/{DIGEST}"
+    when = client.get(url).headers["Last-Modified"]
+    assert parsedate_to_datetime(when).timestamp() == int(os.stat(blob_path(app)).st_mtime)
+    assert client.get(url, headers={"If-Modified-Since": when}).status_code == 304
+    part = client.get(url, headers={"Range": "bytes=10-19", "If-Range": when})
+    assert part.status_code == 206 and part.data == DATA[10:20]
+
+
+@pytest.mark.parametrize("ask", ["gated", "beyond the end"])
+def test_a_blob_refused_leaves_no_descriptor_open(service: Service, origin: Origin, ask: str) -> None:
+    """The blob is opened before a gated one is withheld or a range found beyond its
+    end: a peer asking again and again must not leave the service a descriptor more
+    each time, nor one left for the garbage collector to close (which Python warns of)."""
+    gated = ask == "gated"
+    _app, client = installed(service, origin, **({"headers": {"Authorization": "Bearer gated-origin"}}
+                                                   if gated else {}))
+    headers = {} if gated else {"Range": f"bytes={len(DATA)}-"}
+    client.get(f"/blobs/sha256/{DIGEST}", headers=headers)  # anything opened once and kept is open now
+    before = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(5):
+            assert client.get(f"/blobs/sha256/{DIGEST}", headers=headers).status_code == (404 if gated else 416)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 @pytest.mark.parametrize("digest", [

@@ -68,6 +68,11 @@ def run(cache: Path, store: dict[str, Path], revision: str = "main", commit: str
     return export(cache, repo_type="model", repo_id=REPO, commit=commit, revision=revision, files=entries(store))
 
 
+def no_link(*args: object, **kwargs: object) -> None:
+    """``hfcache.link`` on a file system that makes no hard link."""
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+
 def every_name(root: Path) -> Iterator[str]:
     for folder, dirs, names in os.walk(root):
         for name in dirs + names:
@@ -122,11 +127,17 @@ def test_a_revision_name_as_long_as_a_file_name_can_be_is_exported(tmp_path: Pat
     assert not [n for n in os.listdir(cache / "models--acme--tiny-model" / "refs") if n.endswith(".tmp")]
 
 
-def test_an_export_leaves_no_descriptor_open(tmp_path: Path, store: dict[str, Path]) -> None:
+@pytest.mark.parametrize("hard_links", [True, False], ids=["linked", "copied"])
+def test_an_export_leaves_no_descriptor_open(tmp_path: Path, store: dict[str, Path],
+                                            monkeypatch: pytest.MonkeyPatch, hard_links: bool) -> None:
     """The export walks the cache's folders by descriptors (so that it follows no
-    link): a service that exports every hub model must close each of them."""
+    link): a service that exports every hub model must close each of them, those of
+    a copy and of a ref read again included."""
+    if not hard_links:
+        monkeypatch.setattr(hfcache, "link", no_link)
     before = len(os.listdir("/proc/self/fd"))
     run(tmp_path / "hf", store, revision="refs/pr/1")
+    run(tmp_path / "hf", store, revision="refs/pr/1")  # the ref is there: read, found right
     assert len(os.listdir("/proc/self/fd")) == before
 
 
@@ -211,7 +222,7 @@ def test_a_link_planted_in_the_cache_is_never_followed(tmp_path: Path, store: di
     # A link where a folder belongs: refused, nothing written where it leads.
     repo.mkdir(parents=True)
     (repo / "blobs").symlink_to(outside)
-    with pytest.raises(UnsafeCache):
+    with pytest.raises(UnsafeCache, match="is a symbolic link"):
         run(cache, store)
     assert sorted(os.listdir(outside)) == ["secret"]
     (repo / "blobs").unlink()
@@ -255,9 +266,6 @@ def test_a_link_as_the_store_blob_is_refused(tmp_path: Path, store: dict[str, Pa
 def test_without_hard_links_the_blob_is_copied_and_that_is_logged(tmp_path: Path, store: dict[str, Path],
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
-    def no_link(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
     monkeypatch.setattr(hfcache, "link", no_link)
     cache = tmp_path / "hf"
     with caplog.at_level(logging.WARNING, logger="arw_models.store.hfcache"):
@@ -278,9 +286,6 @@ def test_a_copy_that_fails_fails_the_export_and_leaves_no_temporary_file(tmp_pat
     """No hard link, and the first copy in its place fails (the disk is full for a
     moment): the export fails with that error, not going on without that blob, and
     the half-written copy is not left in the cache."""
-    def no_link(*args: object, **kwargs: object) -> None:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
     real_fsync, failed_once = os.fsync, []
 
     def full_disk(fd: int) -> None:  # a file system that allocates late says so at the fsync of a file
@@ -296,6 +301,8 @@ def test_a_copy_that_fails_fails_the_export_and_leaves_no_temporary_file(tmp_pat
         run(cache, store, revision="v1.0")
     assert failed.value.errno == errno.ENOSPC
     assert not [n for n in every_name(cache) if n.endswith(".tmp")]
+    repo = cache / "models--acme--tiny-model"
+    assert not os.listdir(repo / "blobs") and not (repo / "snapshots").exists()
 
 
 def test_datasets_and_spaces_get_their_own_folder(tmp_path: Path, store: dict[str, Path]) -> None:
@@ -317,11 +324,11 @@ def test_the_setting_is_a_path_made_absolute_and_blank_is_off(tmp_path: Path,
     assert Settings.from_config(dict(DEFAULTS, **from_env({"ARW_HF_CACHE": ""}))).hf_cache is None
 
 
-@pytest.mark.parametrize("where", [f"snapshots/{COMMIT}/config.json", "refs/main"])
-def test_a_folder_where_a_snapshot_file_or_a_ref_belongs_stops_the_export_and_stays(
+@pytest.mark.parametrize("where", [f"blobs/{etag('config.json')}", f"snapshots/{COMMIT}/config.json", "refs/main"])
+def test_a_folder_where_a_blob_a_snapshot_file_or_a_ref_belongs_stops_the_export_and_stays(
         tmp_path: Path, store: dict[str, Path], where: str) -> None:
-    """Someone's folder where the export would put a file of the snapshot or a ref
-    is not replaced: the export stops, saying so, and the folder stays as it was."""
+    """Someone's folder where the export would put a blob, a file of the snapshot or
+    a ref is not replaced: the export stops, saying so, and the folder stays as it was."""
     repo = tmp_path / "hf" / "models--acme--tiny-model"
     (repo / where / "theirs").mkdir(parents=True)
     with pytest.raises(UnsafeCache, match="is a folder, where a file belongs"):
@@ -329,9 +336,11 @@ def test_a_folder_where_a_snapshot_file_or_a_ref_belongs_stops_the_export_and_st
     assert os.listdir(repo / where) == ["theirs"]
 
 
-def test_the_folders_made_get_the_umask_as_huggingface_hubs_own(tmp_path: Path, store: dict[str, Path]) -> None:
+def test_the_folders_and_refs_made_get_the_umask_as_huggingface_hubs_own(tmp_path: Path,
+                                                                         store: dict[str, Path]) -> None:
     """The folders the export makes are as huggingface_hub makes its own (0777 less
-    the umask), so that the users who share the cache can read it."""
+    the umask), and so are its refs (0666 less the umask), so that the users who
+    share the cache can read it."""
     old = os.umask(0o022)
     try:
         run(tmp_path / "hf", store)
@@ -340,3 +349,141 @@ def test_the_folders_made_get_the_umask_as_huggingface_hubs_own(tmp_path: Path, 
     repo = tmp_path / "hf" / "models--acme--tiny-model"
     for folder in (tmp_path / "hf", repo, repo / "blobs", repo / "refs", repo / "snapshots" / COMMIT / "tokenizer"):
         assert stat.S_IMODE(os.stat(folder).st_mode) == 0o755, folder
+    assert stat.S_IMODE(os.stat(repo / "refs" / "main").st_mode) == 0o644
+
+
+def test_a_cache_dir_that_is_a_link_is_followed(tmp_path: Path, store: dict[str, Path]) -> None:
+    """The cache folder itself may be a link (``~/.cache/huggingface/hub`` on a
+    bigger disk, say): the operator chose that path, so the export goes through it."""
+    real = tmp_path / "big-disk" / "hub"
+    real.mkdir(parents=True)
+    cache = tmp_path / "hf"
+    cache.symlink_to(real)
+    run(cache, store)
+    assert (real / "models--acme--tiny-model" / "refs" / "main").read_text() == COMMIT
+    found = huggingface_hub.snapshot_download(REPO, revision="main", cache_dir=cache, local_files_only=True)
+    assert (Path(found) / "config.json").read_bytes() == FILES["config.json"]
+
+
+def test_a_repo_id_of_96_characters_is_exported_and_one_longer_is_refused(tmp_path: Path,
+                                                                          store: dict[str, Path]) -> None:
+    """Repository ids are checked as huggingface_hub checks them, 96 characters at
+    most: the longest is exported, one more character is not a hub id."""
+    longest = "o" * 40 + "/" + "r" * 55
+    assert len(longest) == 96
+    export(tmp_path / "hf", repo_type="model", repo_id=longest, commit=COMMIT, revision="main",
+           files=entries(store))
+    found = huggingface_hub.snapshot_download(longest, revision="main", cache_dir=tmp_path / "hf",
+                                              local_files_only=True)
+    assert (Path(found) / "config.json").read_bytes() == FILES["config.json"]
+    with pytest.raises(InvalidExport):
+        export(tmp_path / "other", repo_type="model", repo_id=longest + "r", commit=COMMIT, revision="main",
+               files=entries(store))
+    assert not (tmp_path / "other").exists()
+
+
+def test_temporary_names_left_by_a_dead_process_of_the_same_pid_are_replaced(
+        tmp_path: Path, store: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service restarted in a container often gets its old pid (and thread) back:
+    the temporary blob, link and ref a dead export left under the names this one
+    uses do not stop it, and none of them is left."""
+    made: list[str] = []
+    real_rename = os.rename
+
+    def noting(src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        assert src_dir_fd is not None
+        made.append(os.path.relpath(os.path.join(os.readlink(f"/proc/self/fd/{src_dir_fd}"), src), first))
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    first, cache = tmp_path / "first", tmp_path / "hf"
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "rename", noting)
+        run(first, store)
+    assert len(made) == 2 * len(FILES) + 1  # each blob, each link, the ref
+    for name in made:  # what a process killed in the middle of the same export left
+        left = cache / name
+        left.parent.mkdir(parents=True, exist_ok=True)
+        if "/snapshots/" in name:
+            left.symlink_to("../../blobs/" + "0" * 40)
+        else:
+            left.write_bytes(b"half")
+    run(cache, store)
+    found = huggingface_hub.snapshot_download(REPO, revision="main", cache_dir=cache, local_files_only=True)
+    for path, data in FILES.items():
+        assert (Path(found) / path).read_bytes() == data
+    assert not [n for n in every_name(cache) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("hard_links", [True, False], ids=["linked", "copied"])
+def test_a_store_blob_swapped_while_it_is_exported_is_refused(tmp_path: Path, store: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              hard_links: bool) -> None:
+    """The blob the export checked is the one it puts in the cache: a blob path
+    swapped between the check and the link (for a link, even one to the same bytes)
+    or the copy (for another file) fails the export, and the cache gets nothing under
+    that etag."""
+    blob = store["model.safetensors"]
+    swapped = []
+
+    def swap_then(*args: object, **kwargs: object) -> None:
+        if not swapped:
+            swapped.append(blob)
+            if hard_links:
+                moved = blob.with_name(blob.name + ".moved")
+                os.rename(blob, moved)
+                blob.symlink_to(moved)
+            else:
+                other = blob.with_name("other")
+                other.write_bytes(os.urandom(len(FILES["model.safetensors"])))
+                os.replace(other, blob)
+        if not hard_links:
+            no_link()
+        os.link(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hfcache, "link", swap_then)
+    cache = tmp_path / "hf"
+    with pytest.raises(InvalidExport, match="changed while"):
+        run(cache, store)
+    assert swapped
+    assert not os.path.lexists(cache / "models--acme--tiny-model" / "blobs" / etag("model.safetensors"))
+    assert not [n for n in every_name(cache) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("what", ["blob", "link", "ref"])
+def test_a_name_that_cannot_be_put_in_place_fails_the_export_and_leaves_no_temporary_file(
+        tmp_path: Path, store: dict[str, Path], monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+    """A blob, a snapshot link or a ref made but refused its final name (a folder
+    that cannot grow on a full disk): the export fails with that error, not leaving
+    a snapshot that lacks a file, and its temporary name is removed."""
+    real_rename = os.rename
+
+    def full_folder(src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        kind = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False)
+        if {"blob": dst == etag("config.json"), "link": stat.S_ISLNK(kind.st_mode), "ref": dst == "main"}[what]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+
+    monkeypatch.setattr(os, "rename", full_folder)
+    cache = tmp_path / "hf"
+    with pytest.raises(OSError) as failed:
+        run(cache, store)
+    assert failed.value.errno == errno.ENOSPC
+    assert not [n for n in every_name(cache) if n.endswith(".tmp")]
+
+
+def test_a_folder_the_export_cannot_open_fails_it_with_the_file_systems_error(
+        tmp_path: Path, store: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error of the file system other than a link or a file in the way (here no
+    descriptor left) is raised as it is, an ``OSError`` the install logs and goes on
+    from, not taken for an unsafe cache."""
+    real_open = os.open
+
+    def no_descriptor_left(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if dir_fd is not None and flags & os.O_DIRECTORY:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", no_descriptor_left)
+    with pytest.raises(OSError) as failed:
+        run(tmp_path / "hf", store)
+    assert failed.value.errno == errno.EMFILE and not isinstance(failed.value, UnsafeCache)

@@ -172,7 +172,7 @@ DEFAULT_TESTS = {
     "arw_models/service/attempts.py": [*_MODEL_TESTS, *_ENGINE_TESTS],
     "arw_models/service/models.py": ["tests/test_pause.py", *_MODEL_TESTS, "tests/test_cli_hub.py", "tests/test_metrics.py"],
     "arw_models/service/model_install.py": [*_MODEL_TESTS, "tests/test_metrics.py"],
-    "arw_models/store/staging.py": [*_MODEL_TESTS, "tests/test_gc.py"],
+    "arw_models/store/staging.py": ["tests/test_staging.py", *_MODEL_TESTS, "tests/test_gc.py"],
     "arw_models/store/folders.py": [*_MODEL_TESTS, "tests/test_store.py"],
     "arw_models/store/hfcache.py": ["tests/test_hf_cache.py", "tests/test_many_files_sources.py"],
     "arw_models/server/blobserve.py": ["tests/test_blob_endpoint.py", "tests/test_peers.py"],
