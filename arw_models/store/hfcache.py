@@ -102,7 +102,7 @@ def export(cache_dir: str | os.PathLike[str], *, repo_type: str, repo_id: str, c
     entries = _checked(repo_type, repo_id, commit, revision, files)
     os.makedirs(cache_dir, exist_ok=True)
     root = os.path.join(os.fspath(cache_dir), repo_folder_name(repo_type, repo_id))
-    with _open_dir(os.fspath(cache_dir), follow=True) as cache_fd, \
+    with _open_dir(os.fspath(cache_dir)) as cache_fd, \
             _subdir(cache_fd, repo_folder_name(repo_type, repo_id)) as repo_fd:
         with _subdir(repo_fd, "blobs") as blobs_fd:
             for etag, blob in {etag: blob for _, blob, etag in entries}.items():
@@ -159,8 +159,9 @@ def _checked(repo_type: str, repo_id: str, commit: str, revision: str,
 
 
 @contextmanager
-def _open_dir(path: str, follow: bool) -> Iterator[int]:
-    fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC | (0 if follow else _NOFOLLOW))
+def _open_dir(path: str) -> Iterator[int]:
+    """The cache folder itself, which may be a link (only what is in it is not followed)."""
+    fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     try:
         yield fd
     finally:
