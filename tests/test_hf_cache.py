@@ -365,19 +365,21 @@ def test_a_cache_dir_that_is_a_link_is_followed(tmp_path: Path, store: dict[str,
     assert (Path(found) / "config.json").read_bytes() == FILES["config.json"]
 
 
-def test_a_repo_id_of_96_characters_is_exported_and_one_longer_is_refused(tmp_path: Path,
-                                                                          store: dict[str, Path]) -> None:
+@pytest.mark.parametrize("longer", ["owner", "name"])
+def test_a_repo_id_of_96_characters_each_side_is_exported_and_one_longer_is_refused(
+        tmp_path: Path, store: dict[str, Path], longer: str) -> None:
     """Repository ids are checked as huggingface_hub checks them, 96 characters at
-    most: the longest is exported, one more character is not a hub id."""
-    longest = "o" * 40 + "/" + "r" * 55
-    assert len(longest) == 96
+    most for the owner and for the name (an id of 120 characters is a real one):
+    the longest is exported, one more character on either side is not a hub id."""
+    longest = "o" * 96 + "/" + "r" * 96
     export(tmp_path / "hf", repo_type="model", repo_id=longest, commit=COMMIT, revision="main",
            files=entries(store))
     found = huggingface_hub.snapshot_download(longest, revision="main", cache_dir=tmp_path / "hf",
                                               local_files_only=True)
     assert (Path(found) / "config.json").read_bytes() == FILES["config.json"]
     with pytest.raises(InvalidExport):
-        export(tmp_path / "other", repo_type="model", repo_id=longest + "r", commit=COMMIT, revision="main",
+        export(tmp_path / "other", repo_type="model",
+               repo_id="o" + longest if longer == "owner" else longest + "r", commit=COMMIT, revision="main",
                files=entries(store))
     assert not (tmp_path / "other").exists()
 

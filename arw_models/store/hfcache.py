@@ -125,8 +125,8 @@ def _checked(repo_type: str, repo_id: str, commit: str, revision: str,
     if repo_type not in REPO_TYPES:
         raise InvalidExport(f"repo_type must be one of {', '.join(REPO_TYPES)}: {repo_type!r}")
     parts = repo_id.split("/") if isinstance(repo_id, str) else []
-    if (len(parts) != 2 or len(repo_id) > 96 or "--" in repo_id or ".." in repo_id
-            or not all(_NAME.fullmatch(part) for part in parts)):
+    if (len(parts) != 2 or "--" in repo_id or ".." in repo_id
+            or not all(len(part) <= 96 and _NAME.fullmatch(part) for part in parts)):
         raise InvalidExport(f"not a hub repository id (OWNER/REPO): {repo_id!r}")
     if not isinstance(commit, str) or not _COMMIT.fullmatch(commit):
         raise InvalidExport(f"not a commit (40 lowercase hex digits): {commit!r}")
