@@ -46,7 +46,7 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 # A hub etag: the SHA-256 of an LFS file, or the git blob id (SHA-1) of a small one.
 _ETAG = re.compile(r"[0-9a-f]{64}|[0-9a-f]{40}")
 # huggingface_hub's validate_repo_id: letters, digits, "-", "_", "." (no "--" nor
-# "..", no "-" or "." at either end), at most 96 characters in all.
+# "..", no "-" or "." at either end), at most 96 characters each side of the "/".
 _NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_])?")
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
