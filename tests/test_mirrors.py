@@ -273,6 +273,29 @@ def test_the_origin_is_not_held_to_a_mirrors_size(service: Service, origin: Orig
     assert [(s.range, s.status) for s in origin.requests_for("/v.gguf")] == [(f"bytes={MiB}-", 200)]
 
 
+def test_a_mirror_that_sends_more_than_the_size_it_states_leaves_no_bytes_behind(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """A mirror's body without a length of its own runs past the size it states
+    (X-Linked-Size): none of its bytes can be trusted, so they go with it, and the
+    move to the origin says so (nothing kept) as it happens."""
+    data = payload(256 * KiB, seed=321)
+    origin.add("/x.gguf", data)
+    mirror = servers()
+    mirror.add("/x.gguf", data + b"trailing bytes", chunked=True, headers={"X-Linked-Size": str(len(data))})
+    app, client, watch = service(**mirrors(at(mirror)))
+    post_download(client, "x", origin.url("/x.gguf"))
+    done = watch.terminal("x")
+    assert done["status"] == "complete", done
+    assert installed(app, "x.gguf") == data
+    [skipped, served] = done["sources"]
+    assert (skipped["source"], skipped["bytes"]) == (mirror.base, len(data) + 14)
+    assert skipped["skipped"] == f"received {len(data) + 14} bytes, expected {len(data)}"
+    assert served == {"source": "origin", "bytes": len(data)}
+    [moved] = [p for p in watch.payloads("x") if p["status"] == "retrying"]
+    assert (moved["delay_ms"], moved["downloaded"]) == (0, 0)
+
+
 def test_a_mirror_nobody_listens_on_is_skipped(service: Service, origin: Origin,
                                                servers: Callable[[], Origin]) -> None:
     res = origin.add("/l.gguf", payload(256 * KiB, seed=314))
