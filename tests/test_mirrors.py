@@ -456,6 +456,22 @@ def test_bytes_an_earlier_run_left_that_fail_the_sha256_are_fetched_again(
         assert asked == ([f"bytes={256 * KiB}-", None] if case == "wrong-sha256" else [f"bytes={256 * KiB}-"])
 
 
+def test_bytes_an_earlier_run_left_that_are_not_continued_are_not_blamed_for_a_mismatch(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """A ``.part`` without its record cannot be continued: it goes before the origin
+    is asked, so bytes that then fail the sha256 are the origin's alone, and the job
+    fails once, without fetching the file a second time."""
+    origin.add("/z.gguf", payload(MiB, seed=317))
+    mirror = servers()  # 404
+    app, client, watch = service(**mirrors(at(mirror)))
+    write_partial(app, "z", b"\0" * (256 * KiB), None)
+    post_download(client, "z", origin.url("/z.gguf"), sha256="0" * 64)
+    done = watch.terminal("z")
+    assert (done["status"], done["code"]) == ("error", "checksum-mismatch"), done
+    assert [s.range for s in origin.requests_for("/z.gguf")] == [None]
+
+
 def test_the_origins_spent_retries_fail_the_job_as_ever(service: Service, origin: Origin,
                                                         servers: Callable[[], Origin]) -> None:
     origin.add("/u.gguf", b"u", statuses=[(503, {})] * 5)
