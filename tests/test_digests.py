@@ -215,6 +215,28 @@ def test_a_resume_whose_origin_now_publishes_another_digest_starts_over(
     assert "publishes another sha256" in invalid["error"] and invalid["downloaded"] == 0
 
 
+def test_a_digest_published_before_a_drop_does_not_bind_a_retry_that_keeps_no_bytes(
+        client: Any, app: Any, origin: Any, watch: Any) -> None:
+    """The digest of an answer whose body never came vouches for no bytes: a retry
+    from byte 0 of a file that has changed since (and publishes none now) is held to
+    what it serves, not to the old digest."""
+    old, new = payload(64 * 1024, seed=8), payload(64 * 1024, seed=9)
+    res = origin.add("/m.gguf", old, drop_after=0)
+    res.headers = FORMS["X-Linked-Etag"](res.sha256)
+
+    def change(resource: Any) -> None:
+        resource.replace(new)
+        resource.headers = {}
+
+    res.on_drop = change
+    post_download(client, "m", origin.url("/m.gguf"))
+    done = watch.terminal("m")
+    assert done["status"] == "complete", done
+    assert done["sha256"] == hashlib.sha256(new).hexdigest() and done["sha256_source"] == "computed"
+    with open(os.path.join(models_dir(app), "m.gguf"), "rb") as fh:
+        assert fh.read() == new
+
+
 def test_a_published_digest_of_an_installed_model_links_it_instead_of_reading_the_body(
         client: Any, app: Any, origin: Any, watch: Any) -> None:
     data = payload(4 * MiB, seed=3)

@@ -299,6 +299,29 @@ def test_the_origin_is_not_held_to_a_mirrors_size(service: Service, origin: Orig
     assert [(s.range, s.status) for s in origin.requests_for("/v.gguf")] == [(f"bytes={MiB}-", 200)]
 
 
+def test_a_mirror_that_sends_more_than_the_size_it_states_leaves_no_bytes_behind(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """A mirror's body without a length of its own runs past the size it states
+    (X-Linked-Size): none of its bytes can be trusted, so they go with it, and the
+    move to the origin says so (nothing kept) as it happens."""
+    data = payload(256 * KiB, seed=321)
+    origin.add("/x.gguf", data)
+    mirror = servers()
+    mirror.add("/x.gguf", data + b"trailing bytes", chunked=True, headers={"X-Linked-Size": str(len(data))})
+    app, client, watch = service(**mirrors(at(mirror)))
+    post_download(client, "x", origin.url("/x.gguf"))
+    done = watch.terminal("x")
+    assert done["status"] == "complete", done
+    assert installed(app, "x.gguf") == data
+    [skipped, served] = done["sources"]
+    assert (skipped["source"], skipped["bytes"]) == (mirror.base, len(data) + 14)
+    assert skipped["skipped"] == f"received {len(data) + 14} bytes, expected {len(data)}"
+    assert served == {"source": "origin", "bytes": len(data)}
+    [moved] = [p for p in watch.payloads("x") if p["status"] == "retrying"]
+    assert (moved["delay_ms"], moved["downloaded"]) == (0, 0)
+
+
 def test_a_mirror_nobody_listens_on_is_skipped(service: Service, origin: Origin,
                                                servers: Callable[[], Origin]) -> None:
     res = origin.add("/l.gguf", payload(256 * KiB, seed=314))
@@ -457,6 +480,22 @@ def test_bytes_an_earlier_run_left_that_fail_the_sha256_are_fetched_again(
     else:
         assert (done["status"], done["code"]) == ("error", "checksum-mismatch"), done
         assert asked == ([f"bytes={256 * KiB}-", None] if case == "wrong-sha256" else [f"bytes={256 * KiB}-"])
+
+
+def test_bytes_an_earlier_run_left_that_are_not_continued_are_not_blamed_for_a_mismatch(
+    service: Service, origin: Origin, servers: Callable[[], Origin],
+) -> None:
+    """A ``.part`` without its record cannot be continued: it goes before the origin
+    is asked, so bytes that then fail the sha256 are the origin's alone, and the job
+    fails once, without fetching the file a second time."""
+    origin.add("/z.gguf", payload(MiB, seed=317))
+    mirror = servers()  # 404
+    app, client, watch = service(**mirrors(at(mirror)))
+    write_partial(app, "z", b"\0" * (256 * KiB), None)
+    post_download(client, "z", origin.url("/z.gguf"), sha256="0" * 64)
+    done = watch.terminal("z")
+    assert (done["status"], done["code"]) == ("error", "checksum-mismatch"), done
+    assert [s.range for s in origin.requests_for("/z.gguf")] == [None]
 
 
 def test_the_origins_spent_retries_fail_the_job_as_ever(service: Service, origin: Origin,

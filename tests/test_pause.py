@@ -380,3 +380,47 @@ def test_a_paused_download_whose_part_was_removed_lists_no_bytes(service: Servic
     os.remove(part(app, "gone"))
     item = client.get("/models/downloads/gone").json
     assert (item["status"], item["resumable"], item["downloaded"]) == ("paused", True, 0)
+
+
+def test_a_pause_while_the_kept_bytes_are_hashed_ends_the_hash_there(service: Service, origin: Origin,
+                                                                    monkeypatch: Any) -> None:
+    """A resume hashes the bytes it keeps before it fetches the rest: a pause that
+    comes meanwhile must not wait for a large ``.part`` to be read to its end, and
+    leaves it as it was."""
+    from arw_models.engine import download
+
+    app, client, watch = service()
+    manager = ArwModels.state(app).manager
+    res = origin.add("/h.gguf", payload(512 * KiB, seed=133))
+    kept = res.data[: 256 * KiB]
+    write_partial(app, "h", kept, {"id": "h", "url": origin.url("/h.gguf"), "total": len(res.data),
+                                   "etag": res.etag})
+    monkeypatch.setattr(download, "HASH_READ", 64 * KiB)
+    reads: list[int] = []
+    real_read_part = download.read_part
+
+    class Paused:
+        """The .part, paused after its first read (as a user would, while it is read)."""
+
+        def __init__(self, path: str) -> None:
+            self.fh = real_read_part(path)
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def readinto(self, view: Any) -> int:
+            n = self.fh.readinto(view)
+            reads.append(n)
+            if len(reads) == 1:
+                manager.pause("h", wait=0)
+            return n
+
+    monkeypatch.setattr(download, "read_part", Paused)
+    post_download(client, "h", origin.url("/h.gguf"))
+    event = watch.status("h", "paused")
+    assert event["downloaded"] == len(kept)
+    assert reads == [64 * KiB]  # the other 192 KiB were not read
+    assert read(part(app, "h")) == kept  # and none of the body that followed was written
