@@ -272,12 +272,10 @@ class DownloadJob(Transfer):
 
     def began(self, offset: int, total: int | None) -> None:
         """The origin's answer was accepted: from ``offset`` of ``total`` bytes."""
-        self.total, self.offset, self.downloaded = total, offset, offset
+        super().began(offset, total)
         self.speed.restart(self.clock(), offset)
         self._published = offset
         self.last_error = None  # bytes flow again
-        if self.sources is not None:
-            self.sources.began(offset)
         extra = {} if total is None else {"total": total}
         if offset:
             self.transition(Status.RESUMED, offset=offset, **extra)
