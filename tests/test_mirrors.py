@@ -95,6 +95,22 @@ def test_a_healthy_mirror_serves_everything(service: Service, origin: Origin, se
     Contract(client.get("/openapi.json").json).check("/models/downloads/{model_id}", "get", job)
 
 
+def test_an_empty_file_a_mirror_serves_is_installed(service: Service, origin: Origin,
+                                                    servers: Callable[[], Origin]) -> None:
+    """A file of no bytes, served whole by a mirror (whose sizes bind nothing, so no
+    size was ever announced): an empty answer where nothing was announced is no
+    version cut short, and the empty model is installed with its digest checked."""
+    origin.add("/m/empty.gguf", b"")
+    mirror = servers()
+    mirror.add("/m/empty.gguf", b"")
+    app, client, watch = service(**mirrors(mirror.base + "{path}"))
+    post_download(client, "e", origin.url("/m/empty.gguf"), sha256=hashlib.sha256(b"").hexdigest())
+    done = watch.terminal("e")
+    assert done["status"] == "complete" and done["bytes"] == 0, done
+    assert installed(app, "empty.gguf") == b""
+    assert origin.requests_for("/m/empty.gguf") == []
+
+
 def test_a_pause_of_a_stream_from_a_mirror_keeps_the_mirror_for_the_resume(
         service: Service, origin: Origin, servers: Callable[[], Origin]) -> None:
     """A download paused while a mirror streams it, a body without a length of its
