@@ -25,6 +25,7 @@ from arw_models.engine.sources import Source
 from arw_models.engine.transfer import Transfer
 from arw_models.errors import TransferError
 from arw_models.service.manager import PROGRESS
+from arw_models.store.storage import StateDir
 
 from .support.app import Service, post_download
 from .support.helpers import listing, models_dir, part, read, write_partial
@@ -234,6 +235,46 @@ def test_ranges_refused_keep_the_bytes_up_to_the_first_hole_and_say_so(service: 
     retries = [p for p in watch.payloads("k") if p["status"] == "retrying"]
     assert [(p["code"], p["downloaded"]) for p in retries][:1] == [("resume-invalid", half)]
     assert on_disk == [half]  # cut at the hole, not left at the ranges' full size
+
+
+def test_ranges_refused_then_a_failed_record_leave_no_range_over_bytes_cut_off(
+        service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges answered with the whole file cut the ``.part`` at its first hole; should
+    the record after the cut fail (a full disk, or a crash there), the record left
+    must not say a range past the hole is done: a resume from an origin that serves
+    ranges again would take the zeros the file regrows with for the file's bytes.
+    No digest here, so nothing else would catch them."""
+    data = payload(2 * MiB, seed=150)
+    res = origin.add("/c.gguf", data, ignore_range=True)
+    app, client, watch = service(**SPLIT)
+    half = 512 * KiB
+    disk = data[:half] + bytes(half) + data[MiB : MiB + half] + bytes(half)
+    write_partial(app, "c", disk, {"url": origin.url("/c.gguf"), "etag": res.etag, "total": len(data),
+                                   "ranges": [[0, MiB, half], [MiB, 2 * MiB, half]]})
+    cut = threading.Event()
+    real_ftruncate, real_write = os.ftruncate, StateDir.write_sidecar
+
+    def ftruncate(fd: int, length: int) -> None:
+        real_ftruncate(fd, length)
+        if length == half:
+            cut.set()
+
+    def write_sidecar(state: StateDir, model_id: str, data: dict[str, Any]) -> None:
+        if cut.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(state, model_id, data)
+
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    monkeypatch.setattr(StateDir, "write_sidecar", write_sidecar)
+    post_download(client, "c", origin.url("/c.gguf"))
+    failed = watch.terminal("c")
+    assert (failed["status"], failed["code"]) == ("error", "disk-full"), failed
+    monkeypatch.setattr(StateDir, "write_sidecar", real_write)
+    res.ignore_range = False  # the origin serves ranges again
+    post_download(client, "c", origin.url("/c.gguf"))
+    done = watch.until(lambda e: e.payload.get("id") == "c" and e.payload.get("status") == "complete").payload
+    assert done["bytes"] == len(data), done
+    assert read(os.path.join(models_dir(app), "c.gguf")) == data
 
 
 def test_a_range_refused_ends_the_download_with_that_status(service: Service, origin: Origin) -> None:

@@ -96,6 +96,11 @@ class ParallelRanges:
         vouches for them), the others go."""
         keep = plan.contiguous()
         self.route.cut(self.job.downloaded, keep)
+        # First a record that holds for the .part at either length (no range done
+        # past the hole), so that a crash or a failed write after the cut leaves no
+        # range on record over bytes that are gone.
+        self._sidecar["ranges"] = plan.up_to(keep).to_json()
+        self._save_sidecar(keep)
         os.ftruncate(fh.fileno(), keep)
         self._no_split, self._plan = True, None
         self._hasher, self._hashed = hasher.hasher, hasher.hashed

@@ -103,6 +103,10 @@ class Plan:
     def durable(self) -> int:
         return sum(s.done for s in self.spans)
 
+    def up_to(self, keep: int) -> Plan:
+        """The same ranges with nothing done from byte ``keep`` on."""
+        return Plan(self.total, [Span(s.start, s.end, max(0, min(s.done, keep - s.start))) for s in self.spans])
+
     @property
     def segmented(self) -> bool:
         return len(self.spans) > 1
