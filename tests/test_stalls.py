@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import arw_models.engine.http
+from arw_models import ArwModels
 from arw_models.service.jobs import DownloadJob
 
 from .support.app import Service, Watch, post_download, retrying
@@ -157,6 +158,48 @@ def test_cancel_through_a_proxy_that_never_answers_is_prompt(
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{mute_server.getsockname()[1]}")
     request = cancel_while_the_origin_is_mute(client, watch, mute_server, "px", "http://models.example/p.gguf")
     assert request.startswith(b"GET http://models.example/p.gguf HTTP/1.1")
+    assert listing(app) == []
+
+
+def test_a_cancel_just_before_the_connect_opens_no_connection(service: Service, mute_server: socket.socket) -> None:
+    """A cancel that lands after the worker last looked at the stop but before it
+    connects: the connect is not made, so the origin never sees a connection from a
+    job that has already ended."""
+    app, client, watch = service()
+    manager = ArwModels.state(app).manager
+    new_session = manager.session
+    asking, asked = threading.Event(), threading.Event()
+
+    def session() -> Any:
+        s = new_session()
+        get = s.get
+
+        def get_once_canceled(*args: Any, **kwargs: Any) -> Any:
+            asking.set()
+            job = manager.find("late")
+            assert job is not None and job.stop_event.wait(5)  # the cancel has landed
+            try:
+                return get(*args, **kwargs)
+            finally:
+                asked.set()
+
+        s.get = get_once_canceled
+        return s
+
+    manager.session = session
+    address = mute_server.getsockname()
+    post_download(client, "late", f"http://127.0.0.1:{address[1]}/late.gguf")
+    assert asking.wait(5)
+    r = cancel(client, "late")  # it waits for the worker to end
+    assert r.json == {"id": "late", "status": "canceled"}
+    assert watch.terminal("late")["status"] == "canceled"
+    assert asked.wait(5)
+    # The listener hands out its connections in the order they were made: the first
+    # it accepts now is this probe's, made after the worker's request had ended.
+    with socket.create_connection(address, timeout=5) as probe:
+        conn, peer = mute_server.accept()
+        conn.close()
+        assert peer == probe.getsockname()
     assert listing(app) == []
 
 
