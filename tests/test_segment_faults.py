@@ -184,6 +184,54 @@ def test_a_range_that_fails_ends_the_others_at_once_not_after_their_backoff(orig
     assert isinstance(outcome, TransferError) and outcome.context["http_status"] == 404
 
 
+def test_the_ranges_end_only_once_the_record_under_way_is_made(origin: Origin, tmp_path: Path) -> None:
+    """A range is refused while the ranges fetched so far are being recorded: the
+    ranges end only once that record is made, so what the download does next (go
+    on as one stream, start over, keep what was written) is never overwritten by a
+    late record of the ranges, nor its descriptor fsynced after it is closed."""
+    data = payload(2 * MiB, seed=151)
+    # The range from 0 stalls after 256 KiB (enough for a record); the one from 1 MiB is a 404.
+    origin.add("/w.gguf", data, stall_after=256 * KiB, range_statuses_from={MiB: [(404, {})]})
+    url = origin.url("/w.gguf")
+    recording, ended = threading.Event(), threading.Event()
+    late: list[bool] = []
+
+    def durable(plan: Plan) -> None:
+        if not recording.is_set():  # the first record, made while both ranges run
+            recording.set()
+            late.append(ended.wait(0.5))  # bounded: the ranges must not end meanwhile
+
+    def check(response: Any, total: int | None) -> None:
+        if response.status_code == 404:  # taken up once the record is under way
+            assert recording.wait(10)
+
+    plan = Plan(len(data), [Span(0, MiB), Span(MiB, 2 * MiB)])
+    settings = Settings.from_config(dict(DEFAULTS, ARW_STATE_DIR=str(tmp_path), ARW_DL_SEGMENTS=2,
+                                         ARW_DL_CHUNK_BYTES=64 * KiB, ARW_DL_FSYNC_BYTES=64 * KiB))
+    outcome: list[BaseException] = []
+    with open(tmp_path / "w.part", "w+b") as fh:
+        hasher = verify.PrefixHasher(fh.fileno(), plan.contiguous)
+        ranges = Segments(Transfer("w", url, None, "url"), settings, plan, fh, session=lambda: new_session("test"),
+                          recorded={}, validator=None, hasher=hasher, durable=durable, source=Source(url, "origin"),
+                          check=check)
+
+        def run() -> None:
+            try:
+                ranges.run()
+            except BaseException as exc:  # noqa: BLE001 - what the test looks at
+                outcome.append(exc)
+            ended.set()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(10)
+        hasher.abandon()
+    assert not thread.is_alive(), "the ranges did not end"
+    [error] = outcome
+    assert isinstance(error, TransferError) and error.context["http_status"] == 404
+    assert late == [False]  # the record was made before the ranges ended
+
+
 def test_a_retried_attempt_hashes_on_from_where_the_last_one_got(
         service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch) -> None:
     """The attempt that failed had hashed the 5 MiB from byte 0 on disk: the next

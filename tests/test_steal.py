@@ -310,6 +310,30 @@ def test_a_slow_connection_takes_no_share_of_a_range_that_goes_at_the_faster_pac
     assert sorted(start_of(s) for s in origin.requests_for("/s.gguf") if s.range) == [MiB, fast, slow]
 
 
+def test_a_connection_is_paced_by_its_last_range_not_by_a_faster_one_before(
+    service: Service, origin: Origin,
+) -> None:
+    """A connection fetched its first range at 4 MiB/s, then crawled through a
+    second one long enough to show its pace (an eightieth of that): once free, it is
+    as slow as it was last, and takes no share of the range still going at 4 MiB/s
+    (it would only end the download later), as if it were still as fast as at first."""
+    app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
+    fast, long, crawl, size = MiB, 2 * MiB, 8 * MiB, 8 * MiB + 64 * KiB
+    data = payload(size, seed=166)
+    # 1 MiB at 4 MiB/s (a quarter of a second), 6 MiB at 4 MiB/s (1.5 s), 64 KiB at 0.05 MiB/s (1 s).
+    res = origin.add("/c.gguf", data, throttle=4 * MiB, slow_from={crawl: 0.05 * MiB})
+    url = origin.url("/c.gguf")
+    write_partial(app, "c", data[:fast], {"url": url, "etag": res.etag, "total": size,
+                                          "ranges": [[0, fast, fast], [fast, long, 0], [long, crawl, 0],
+                                                     [crawl, size, 0]]})
+    post_download(client, "c", url, sha256=res.sha256)
+    done = watch.terminal("c", timeout=20)
+    assert done["status"] == "complete" and done["sha256"] == res.sha256
+    assert read(os.path.join(models_dir(app), "c.gguf")) == data
+    # The connection that took the crawl after the first MiB asked for no share of the long range.
+    assert sorted(start_of(s) for s in origin.requests_for("/c.gguf") if s.range) == [fast, long, crawl]
+
+
 def test_a_kill_9_right_after_a_takeover_resumes_from_the_ranges_on_record(
     gunicorns: Callable[..., Gunicorn], origin: Origin, tmp_path: Path,
 ) -> None:
