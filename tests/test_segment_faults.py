@@ -258,17 +258,27 @@ def test_a_retried_attempt_hashes_on_from_where_the_last_one_got(
     assert finished == [(6 * MiB, MiB)]
 
 
+HALF = 512 * KiB
+
+
+def ranges_with_a_hole(service: Service, origin: Origin, model_id: str, seed: int) -> tuple[Any, ...]:
+    """A download of 2 MiB in two ranges, resumed with 512 KiB of each on disk (a
+    hole after the first 512 KiB), from an origin that now answers ranges with the
+    whole file: the app, client, watch, the file's bytes and the origin's resource."""
+    data = payload(2 * MiB, seed=seed)
+    res = origin.add(f"/{model_id}.gguf", data, ignore_range=True)
+    app, client, watch = service(**SPLIT)
+    disk = data[:HALF] + bytes(HALF) + data[MiB : MiB + HALF] + bytes(HALF)
+    write_partial(app, model_id, disk, {"url": origin.url(f"/{model_id}.gguf"), "etag": res.etag, "total": len(data),
+                                        "ranges": [[0, MiB, HALF], [MiB, 2 * MiB, HALF]]})
+    return app, client, watch, data, res
+
+
 def test_ranges_refused_keep_the_bytes_up_to_the_first_hole_and_say_so(service: Service, origin: Origin) -> None:
     """Resumed ranges, with a hole after the first 512 KiB, answered with the whole
     file: one stream from now on keeps only the bytes before the hole, and the
     retry says that many are kept (not the 1 MiB the ranges held in all)."""
-    data = payload(2 * MiB, seed=149)
-    res = origin.add("/k.gguf", data, ignore_range=True)
-    app, client, watch = service(**SPLIT)
-    half = 512 * KiB
-    disk = data[:half] + bytes(half) + data[MiB : MiB + half] + bytes(half)
-    write_partial(app, "k", disk, {"url": origin.url("/k.gguf"), "etag": res.etag, "total": len(data),
-                                   "ranges": [[0, MiB, half], [MiB, 2 * MiB, half]]})
+    app, client, watch, data, res = ranges_with_a_hole(service, origin, "k", seed=149)
     on_disk: list[int] = []
 
     def checkpoint(point: str, job: Any) -> None:
@@ -281,8 +291,8 @@ def test_ranges_refused_keep_the_bytes_up_to_the_first_hole_and_say_so(service: 
     assert done["status"] == "complete", done
     assert read(os.path.join(models_dir(app), "k.gguf")) == data
     retries = [p for p in watch.payloads("k") if p["status"] == "retrying"]
-    assert [(p["code"], p["downloaded"]) for p in retries][:1] == [("resume-invalid", half)]
-    assert on_disk == [half]  # cut at the hole, not left at the ranges' full size
+    assert [(p["code"], p["downloaded"]) for p in retries][:1] == [("resume-invalid", HALF)]
+    assert on_disk == [HALF]  # cut at the hole, not left at the ranges' full size
 
 
 def test_ranges_refused_then_a_failed_record_leave_no_range_over_bytes_cut_off(
@@ -292,19 +302,13 @@ def test_ranges_refused_then_a_failed_record_leave_no_range_over_bytes_cut_off(
     must not say a range past the hole is done: a resume from an origin that serves
     ranges again would take the zeros the file regrows with for the file's bytes.
     No digest here, so nothing else would catch them."""
-    data = payload(2 * MiB, seed=150)
-    res = origin.add("/c.gguf", data, ignore_range=True)
-    app, client, watch = service(**SPLIT)
-    half = 512 * KiB
-    disk = data[:half] + bytes(half) + data[MiB : MiB + half] + bytes(half)
-    write_partial(app, "c", disk, {"url": origin.url("/c.gguf"), "etag": res.etag, "total": len(data),
-                                   "ranges": [[0, MiB, half], [MiB, 2 * MiB, half]]})
+    app, client, watch, data, res = ranges_with_a_hole(service, origin, "c", seed=150)
     cut = threading.Event()
     real_ftruncate, real_write = os.ftruncate, StateDir.write_sidecar
 
     def ftruncate(fd: int, length: int) -> None:
         real_ftruncate(fd, length)
-        if length == half:
+        if length == HALF:
             cut.set()
 
     def write_sidecar(state: StateDir, model_id: str, data: dict[str, Any]) -> None:
