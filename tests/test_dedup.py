@@ -264,8 +264,9 @@ def test_without_a_sha256_the_file_is_fetched(client: Any, app: Any, origin: Any
     assert origin.bytes_sent("/b/m.bin") == len(res.data)
 
 
-def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, origin: Any, watch: Any) -> None:
-    res = install(client, watch, origin)
+def fetched_again_after_an_edit(client: Any, app: Any, origin: Any, watch: Any, res: Any) -> None:
+    """Appends to the installed ``m.bin`` by hand, then asks for its digest again as
+    ``b``: the edited file is not shared, the bytes come from the origin again."""
     with open(os.path.join(models_dir(app), "m.bin"), "ab") as fh:
         fh.write(b"edited")
     origin.add("/b/m.bin", res.data)
@@ -274,6 +275,11 @@ def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, 
     assert done["status"] == "complete" and "deduplicated" not in done
     assert origin.bytes_sent("/b/m.bin") == len(res.data)
     assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+
+
+def test_an_installed_file_changed_by_hand_is_not_shared(client: Any, app: Any, origin: Any, watch: Any) -> None:
+    res = install(client, watch, origin)
+    fetched_again_after_an_edit(client, app, origin, watch, res)
     # The blob opened to compare its size is closed again: a service that shares
     # nothing must not keep a descriptor of it for every download that asked.
     assert open_fds_of(os.path.join(models_dir(app), "m.bin")) == []
@@ -286,14 +292,7 @@ def test_a_file_changed_by_hand_to_another_models_size_is_not_shared(client: Any
     res = install(client, watch, origin)
     other = install(client, watch, origin, model_id="o", path="/o/other.bin", size=MiB + 13)
     assert other.sha256 != res.sha256
-    with open(os.path.join(models_dir(app), "m.bin"), "ab") as fh:
-        fh.write(b"edited")  # now MiB + 13 bytes, the other model's size
-    origin.add("/b/m.bin", res.data)
-    post_download(client, "b", origin.url("/b/m.bin"), sha256=res.sha256)
-    done = watch.terminal("b")
-    assert done["status"] == "complete" and "deduplicated" not in done
-    assert origin.bytes_sent("/b/m.bin") == len(res.data)
-    assert read(os.path.join(models_dir(app), "m-b.bin")) == res.data
+    fetched_again_after_an_edit(client, app, origin, watch, res)  # now MiB + 13 bytes, the other model's size
 
 
 def open_fds_of(path: str) -> list[str]:
