@@ -29,7 +29,7 @@ from arw_models.store.partfile import ALIGN, PartFile
 from arw_models.store.storage import open_part
 
 from .support.app import Service, Watch, post_download
-from .support.helpers import models_dir, part, read, sidecar, write_partial
+from .support.helpers import models_dir, open_files, part, read, sidecar, write_partial
 from .support.origin import Origin, payload
 
 MiB = 1024 * 1024
@@ -260,16 +260,6 @@ def test_auto_falls_back_to_the_page_cache_where_refused(
     assert len(seams.opened) == 1 and seams.writes == []
     assert seams.attempts == (1 if where == "write" else 0)  # refused once, never asked again
 
-
-def open_files() -> set[str]:
-    """The paths of the files this process has open."""
-    paths = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            paths.add(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # closed meanwhile
-            pass
-    return paths
 
 
 @pytest.mark.parametrize("where", ["open", "write"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import socket
 from collections.abc import Callable, Iterator
 
@@ -21,6 +20,7 @@ from arw_models.engine.http import new_session
 from arw_models.engine.registry_auth import RegistryAuth
 from arw_models.errors import TransferError
 
+from .support.helpers import open_files
 from .support.origin import Origin
 from .support.servers import closed_port
 from .support.tokens import basic
@@ -66,12 +66,7 @@ def sent(origin: Origin, path: str = PATH) -> list[str | None]:
 
 def open_connections_to(port: int) -> int:
     """This process's TCP sockets to ``port`` on loopback that are still open."""
-    mine = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            mine.add(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # closed meanwhile
-            pass
+    mine = open_files()
     with open("/proc/net/tcp") as table:
         rows = [line.split() for line in table.readlines()[1:]]
     return sum(1 for row in rows if int(row[2].rsplit(":", 1)[1], 16) == port and f"socket:[{row[9]}]" in mine)
