@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,8 +25,10 @@ from typing import Any
 import pytest
 import requests
 
+from arw_models.engine import pipeline, segments
 from arw_models.engine.plan import Plan
 from arw_models.service.manager import PROGRESS
+from arw_models.store import partfile
 
 from .support.app import Service, post_download
 from .support.helpers import part, read, sidecar, write_partial
@@ -155,6 +158,61 @@ def test_ranges_are_fsynced_once_per_fsync_bytes_not_per_write(service: Service,
     assert done["status"] == "complete", done
     of_part = [path for path in synced if path.endswith("/y.part")]
     assert 3 <= len(of_part) <= 6, len(of_part)
+
+
+@pytest.mark.parametrize("engine, settings", [
+    (segments, {"ARW_DL_SEGMENTS": 2, "ARW_DL_SEGMENT_MIN_MB": 1}),
+    (pipeline, {"ARW_DL_SEGMENTS": 1, "ARW_DL_DIRECT_IO": "off"}),
+], ids=["ranges", "stream-through-the-cache"])
+def test_the_writeback_of_what_was_written_starts_between_fsyncs(service: Service, origin: Origin,
+                                                                 monkeypatch: pytest.MonkeyPatch, engine: Any,
+                                                                 settings: dict[str, Any]) -> None:
+    """Every WRITEBACK_BYTES written (1 MiB here), the writeback of the ``.part``
+    is started without waiting for it, so that the last fsync, which the download
+    waits for, finds little left to write; no fsync comes of it (the bytes are due
+    at 64 MiB, the interval in a minute)."""
+    data = payload(8 * MiB, seed=304)
+    res = origin.add("/wb.gguf", data, throttle=8 * MiB)
+    _, client, watch = service(ARW_DL_CHUNK_BYTES=64 * KiB, ARW_DL_FSYNC_BYTES=64 * MiB,
+                               ARW_DL_CHECKPOINT_SECS=60, **settings)
+    monkeypatch.setattr(engine, "WRITEBACK_BYTES", 1 * MiB)
+    calls: list[str] = []
+    real_fsync, real_writeback = os.fsync, engine.start_writeback
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync " + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def start_writeback(fd: int) -> None:
+        calls.append("writeback " + os.readlink(f"/proc/self/fd/{fd}"))
+        real_writeback(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(engine, "start_writeback", start_writeback)
+    post_download(client, "wb", origin.url("/wb.gguf"), sha256=res.sha256)
+    done = watch.terminal("wb", timeout=20)
+    assert done["status"] == "complete", done
+    of_part = [call.split(" ")[0] for call in calls if call.endswith("/wb.part")]
+    assert of_part.count("fsync") == 1 and of_part[-1] == "fsync", of_part  # only the last record's
+    assert 4 <= of_part.count("writeback") <= 8, of_part
+
+
+def test_start_writeback_leaves_the_errors_to_the_fsync(tmp_path: Path) -> None:
+    """On Linux the call exists (elsewhere it is a no-op); on a descriptor that
+    cannot take it, it raises nothing: the fsync that follows reports the error."""
+    assert partfile._sync_file_range is not None or not sys.platform.startswith("linux")
+    with open(tmp_path / "f", "wb") as fh:
+        fh.write(b"x" * MiB)
+        fh.flush()
+        partfile.start_writeback(fh.fileno())
+        read_end, write_end = os.pipe()
+        try:
+            partfile.start_writeback(read_end)  # ESPIPE, not raised
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+        os.fsync(fh.fileno())
+    assert (tmp_path / "f").read_bytes() == b"x" * MiB
 
 
 @pytest.mark.parametrize("written", [256 * KiB, 0], ids=["some-bytes", "none-yet"])

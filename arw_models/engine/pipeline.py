@@ -5,7 +5,9 @@ buffers and is handed on at once to a writer thread, which writes it into the
 ``.part`` (past the page cache where the file can: such a write waits for the
 device, and reading goes on meanwhile), counts it, and fsyncs and records what is
 durable every ``sync_secs`` seconds or ``sync_every`` bytes, whichever comes first
-(the clock is looked at once every few pieces, not per piece); then to a hashing
+(the clock is looked at once every few pieces, not per piece), starting the
+writeback of what went through the page cache every ``WRITEBACK_BYTES`` in between
+so that the fsync finds little left to write; then to a hashing
 thread (hashlib lets go of the GIL on large buffers). A read, a write and a hash of three pieces run at once,
 and the digest covers exactly the bytes written, in order, and no other. A buffer
 is read into again only once all its bytes are hashed. The buffers are ``mmap``
@@ -29,8 +31,11 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any, Self
 
+from ..store.partfile import start_writeback
+
 RING = 4  # buffers: one being read into, the others being written or hashed
 LOOK_EVERY = 8  # pieces written between two looks at the clock
+WRITEBACK_BYTES = 8 * 1024 * 1024  # written bytes after which their writeback is started, not waited for
 
 _Item = tuple[memoryview | None, memoryview | None] | None  # (a piece to pass on, a buffer to give back)
 
@@ -48,6 +53,7 @@ class Pipeline:
         self.written = offset
         self._update, self._progress, self._durable = update, progress, durable
         self._sync_every, self._unsynced = sync_every, 0
+        self._flushed = 0  # of the unsynced bytes, those whose writeback was started
         self._sync_secs = sync_secs
         self._sync_at = time.monotonic() + sync_secs
         self._pieces = 0
@@ -133,6 +139,9 @@ class Pipeline:
                             self._sync()
                         except BaseException as exc:  # noqa: BLE001 - raised in the reader's thread by check()
                             self._failed(exc)
+                    elif self._unsynced - self._flushed >= WRITEBACK_BYTES:
+                        self._flushed = self._unsynced
+                        start_writeback(self._fh.fileno())  # what went through the page cache
                 if buffer is not None:
                     self._hashes.put((None, buffer))
         finally:
@@ -159,7 +168,7 @@ class Pipeline:
         except OSError as exc:
             self._failed(self._fail(exc, self.written))
             return
-        self._unsynced = 0
+        self._unsynced = self._flushed = 0
         self._sync_at = time.monotonic() + self._sync_secs
         self._durable(self.written)
 

@@ -17,7 +17,10 @@ Checkpoints: a thread of the download's own fsyncs the ``.part`` and records eac
 range's progress in the sidecar every ``ARW_DL_CHECKPOINT_SECS``, or sooner once
 ``ARW_DL_FSYNC_BYTES`` were written since the last time, so a crash resumes every
 range from at most one interval back; no connection waits for an fsync to read on.
-The connections only count what they write, and wake it when the bytes are due.
+Between two fsyncs it starts the writeback of every ``WRITEBACK_BYTES`` written
+(``sync_file_range``, not waited for), so that the fsync the end of the download
+waits for finds little left to write. The connections only count what they write,
+and wake it when the bytes are due.
 The end of the ranges, a stop or a failure records everything written.
 """
 
@@ -37,6 +40,7 @@ import urllib3.exceptions
 from ..config import Settings
 from ..errors import JobStopped, TransferError
 from ..redact import redact_url
+from ..store.partfile import start_writeback
 from . import fetch
 from .headers import parse_content_range, same_version
 from .http import body_reader, socket_hook
@@ -50,6 +54,9 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 # How long a connection fetches a range before its pace counts (Plan.claim).
 RATE_SECS = 0.2
+# Written bytes after which the checkpoint thread starts their writeback, so that an
+# fsync (a checkpoint's, the last one's) finds little left to write.
+WRITEBACK_BYTES = 8 * MiB
 
 
 class RangesRefused(Exception):
@@ -83,6 +90,7 @@ class Segments:
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._unsynced = 0
+        self._unflushed = 0  # written since the checkpoint thread last started a writeback
         self._wake_checkpoint = threading.Event()  # the bytes are due, or the connections are done
         self._done = False
         self._abort = threading.Event()
@@ -244,17 +252,26 @@ class Segments:
         """The checkpoint thread: makes what was written durable every interval,
         or as soon as a connection says enough bytes are due."""
         wake, interval = self._wake_checkpoint, self.s.checkpoint_secs
+        sync_at = time.monotonic() + interval
         while True:
-            wake.wait(interval)
+            wake.wait(max(0.0, sync_at - time.monotonic()))
             wake.clear()
             if self._done or self._abort.is_set():
                 return  # run() or the failure makes the last record
-            if self._unsynced:
+            now = time.monotonic()
+            if self._unsynced >= self.s.fsync_bytes or (now >= sync_at and self._unsynced):
                 try:
                     self.sync()
                 except BaseException as exc:  # noqa: BLE001 - handed to run(), in the job's thread
                     self._fail(exc)
                     return
+                sync_at = time.monotonic() + interval
+            elif self._unflushed >= WRITEBACK_BYTES:
+                with self._lock:
+                    self._unflushed = 0
+                start_writeback(self.fd)
+            if now >= sync_at:
+                sync_at = now + interval
 
     def _fetch(self, session: Any, span: Span, response: Any) -> None:
         job = self.job
@@ -356,8 +373,9 @@ class Segments:
                 span.done += n
                 span.writing = 0
                 self._unsynced += n
+                self._unflushed += n
                 job.downloaded = self.plan.durable
-                due = self._unsynced >= fsync_bytes
+                due = self._unsynced >= fsync_bytes or self._unflushed >= WRITEBACK_BYTES
             if at <= self._hasher.hashed:
                 self._hasher.poke()
             if due and not wake.is_set():
@@ -370,7 +388,7 @@ class Segments:
         with self._sync_lock:
             with self._lock:
                 snapshot = Plan(self.plan.total, [Span(s.start, s.end, s.done) for s in self.plan.spans])
-                self._unsynced = 0
+                self._unsynced = self._unflushed = 0
             try:
                 os.fsync(self.fd)
             except OSError as exc:
