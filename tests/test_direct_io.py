@@ -24,6 +24,7 @@ import pytest
 
 from arw_models import ArwModels
 from arw_models.config import DEFAULTS, Settings, from_env
+from arw_models.engine.pipeline import Pipeline
 from arw_models.store import partfile
 from arw_models.store.partfile import ALIGN, PartFile
 from arw_models.store.storage import open_part
@@ -375,3 +376,53 @@ def test_the_setting_is_checked_and_shown(make_app: Any, tmp_path: Any) -> None:
     for mode in ("auto", "on", "off"):
         app = make_app(ARW_DL_DIRECT_IO=mode.upper(), ARW_STATE_DIR=str(tmp_path / mode))
         assert app.test_client().get("/probe").json["settings"]["direct_io"] == mode
+
+
+class _HeldFile:
+    """A file whose first write waits for ``release``: the reads queued meanwhile
+    show how the writer takes them."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd  # what finish() fsyncs
+        self.writes: list[bytes] = []
+        self.first = threading.Event()  # the first write is under way
+        self.release = threading.Event()
+
+    def write(self, data: Any) -> int:
+        if not self.writes:
+            self.first.set()
+            assert self.release.wait(10)
+        self.writes.append(bytes(data))
+        return len(data)
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def test_reads_queued_behind_a_slow_write_go_in_one_write_per_buffer(tmp_path: Any) -> None:
+    """While a write waits for the disk, the reads queued after it that continue
+    one another in the same buffer are written together (fewer, larger writes:
+    O_DIRECT takes them faster), never across a buffer given back; the hash sees
+    every byte once, in order."""
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    fh, hashed = _HeldFile(fd), bytearray()
+    pipe = Pipeline(fh, 0, 64 * KiB, update=hashed.extend, progress=lambda n: None, durable=lambda n: None,
+                    sync_every=1 << 40, sync_secs=3600, fail=lambda exc, at: exc, wake=lambda: None)
+    data = random.Random(11).randbytes(128 * KiB)
+    with pipe:
+        first = pipe.take()
+        first[:] = data[: 64 * KiB]
+        pipe.write(first, 0, 4 * KiB)
+        assert fh.first.wait(10)
+        for start in (4 * KiB, 8 * KiB, 20 * KiB):  # three reads, one after the other
+            pipe.write(first, start, {4 * KiB: 8 * KiB, 8 * KiB: 20 * KiB, 20 * KiB: 64 * KiB}[start])
+        pipe.give_back(first)
+        second = pipe.take()
+        second[:] = data[64 * KiB :]
+        pipe.write(second, 0, 32 * KiB)
+        pipe.write(second, 32 * KiB, 64 * KiB)
+        fh.release.set()
+        assert pipe.finish() == 128 * KiB
+    os.close(fd)
+    assert [len(w) for w in fh.writes] == [4 * KiB, 60 * KiB, 64 * KiB]
+    assert b"".join(fh.writes) == data and bytes(hashed) == data

@@ -290,7 +290,7 @@ def stream(response: Any, job: Transfer, settings: Settings, fh: BinaryIO, offse
                 break
             if stop.is_set() or (bucket.rate and not bucket.take(n, stop)):
                 raise JobStopped()
-            pipe.write(buf[fill : fill + n])
+            pipe.write(buf, fill, fill + n)
             fill += n
             received += n
             if max_bytes is not None and received > max_bytes:

@@ -1,7 +1,9 @@
 """A single stream's buffers, and the two threads behind its reads.
 
 Design: the stream's own thread only reads. Each read lands in one of a few large
-buffers and is handed on at once to a writer thread, which writes it into the
+buffers and is handed on at once to a writer thread, which writes it (with the
+reads queued behind it that continue it in the same buffer: one larger write when
+the disk is what the stream waits for) into the
 ``.part`` (past the page cache where the file can: such a write waits for the
 device, and reading goes on meanwhile), counts it, and fsyncs and records what is
 durable every ``sync_secs`` seconds or ``sync_every`` bytes, whichever comes first
@@ -38,6 +40,9 @@ LOOK_EVERY = 8  # pieces written between two looks at the clock
 WRITEBACK_BYTES = 8 * 1024 * 1024  # written bytes after which their writeback is started, not waited for
 
 _Item = tuple[memoryview | None, memoryview | None] | None  # (a piece to pass on, a buffer to give back)
+_Write = tuple[memoryview, int, int] | None  # a buffer, and the bytes start:end of it to write (end GIVE_BACK: none)
+GIVE_BACK = -1
+_NOTHING: Any = object()
 
 
 class Pipeline:
@@ -62,7 +67,7 @@ class Pipeline:
         self._free: SimpleQueue[memoryview] = SimpleQueue()
         for _ in range(count):
             self._free.put(memoryview(mmap.mmap(-1, size)))
-        self._writes: SimpleQueue[_Item] = SimpleQueue()
+        self._writes: SimpleQueue[_Write] = SimpleQueue()
         self._hashes: SimpleQueue[_Item] = SimpleQueue()
         self._threads = [threading.Thread(target=self._write_loop, name="arw-write", daemon=True),
                          threading.Thread(target=self._hash_loop, name="arw-hash", daemon=True)]
@@ -76,14 +81,15 @@ class Pipeline:
         """A buffer to read into, once its earlier bytes are written and hashed."""
         return self._free.get()
 
-    def write(self, piece: memoryview) -> None:
-        """Writes, then hashes, ``piece``: a part of a buffer from :meth:`take`, not
-        to be read into again before that buffer comes back from :meth:`take`."""
-        self._writes.put((piece, None))
+    def write(self, buffer: memoryview, start: int, end: int) -> None:
+        """Writes, then hashes, ``buffer[start:end]``; ``buffer`` is from :meth:`take`,
+        and those bytes are not to be read into again before it comes back from
+        :meth:`take`."""
+        self._writes.put((buffer, start, end))
 
     def give_back(self, buffer: memoryview) -> None:
         """``buffer`` is full: it comes back from :meth:`take` once its bytes are through."""
-        self._writes.put((None, buffer))
+        self._writes.put((buffer, 0, GIVE_BACK))
 
     def check(self) -> None:
         """Raises the error of a write, an fsync or the hash, if one failed."""
@@ -127,11 +133,25 @@ class Pipeline:
             self._wake()
 
     def _write_loop(self) -> None:
+        writes, held = self._writes, _NOTHING
         try:
-            while (item := self._writes.get()) is not None:
-                piece, buffer = item
-                if piece is not None and self._error is None:
-                    self._hashes.put((self._write(piece), None))
+            while (item := writes.get() if held is _NOTHING else held) is not None:
+                held = _NOTHING
+                buffer, start, end = item
+                if end == GIVE_BACK:
+                    self._hashes.put((None, buffer))
+                    continue
+                # The reads queued since that continue these bytes in the same buffer
+                # go in the same write: when the disk is what the stream waits for,
+                # its writes grow to a buffer's size (O_DIRECT takes fewer, larger
+                # writes faster), and a read is never held back waiting for more.
+                while not writes.empty():
+                    held = writes.get()
+                    if held is None or held[0] is not buffer or held[1] != end or held[2] == GIVE_BACK:
+                        break
+                    end, held = held[2], _NOTHING
+                if self._error is None:
+                    self._hashes.put((self._write(buffer[start:end]), None))
                     self._pieces += 1
                     if self._error is None and (self._unsynced >= self._sync_every or (
                             not self._pieces % LOOK_EVERY and time.monotonic() >= self._sync_at)):
@@ -142,8 +162,6 @@ class Pipeline:
                     elif self._unsynced - self._flushed >= WRITEBACK_BYTES:
                         self._flushed = self._unsynced
                         start_writeback(self._fh.fileno())  # what went through the page cache
-                if buffer is not None:
-                    self._hashes.put((None, buffer))
         finally:
             self._hashes.put(None)
 
