@@ -142,7 +142,7 @@ def test_probe_and_health(client: Any, app: Any) -> None:
         "max_conc", "max_mb", "disk_reserve_mb", "connect_timeout_secs", "idle_timeout_secs", "retries",
         "retry_backoff_ms", "retry_backoff_max_ms", "chunk_bytes", "fsync_bytes", "checkpoint_secs", "direct_io", "progress_interval_ms",
         "resume_on_start", "stale_part_hours", "events_replay", "events_queue", "events_keepalive_secs",
-        "events_retry_ms", "jobs_keep", "segments", "segment_min_mb", "rate_limit",
+        "events_retry_ms", "jobs_keep", "segments", "segment_min_mb", "stream_keep_mb_s", "rate_limit",
         "lock_wait_secs", "events_max_streams", "threads", "body_timeout_secs", "log_format", "auth", "cors_origins",
         "hf_endpoint", "hf_token", "mirrors", "models_mode", "files_at_once", "registry_insecure", "hf_cache",
         "peers", "peers_token", "peer_timeout_secs", "serve_blobs", "serve_gated_blobs",

@@ -161,7 +161,7 @@ def test_ranges_are_fsynced_once_per_fsync_bytes_not_per_write(service: Service,
 
 
 @pytest.mark.parametrize("engine, settings", [
-    (segments, {"ARW_DL_SEGMENTS": 2, "ARW_DL_SEGMENT_MIN_MB": 1}),
+    (segments, {"ARW_DL_SEGMENTS": 2, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_STREAM_KEEP_MB_S": 0}),
     (pipeline, {"ARW_DL_SEGMENTS": 1, "ARW_DL_DIRECT_IO": "off"}),
 ], ids=["ranges", "stream-through-the-cache"])
 def test_the_writeback_of_what_was_written_starts_between_fsyncs(service: Service, origin: Origin,
@@ -224,7 +224,7 @@ def test_ranges_that_write_nothing_are_not_fsynced_again(service: Service, origi
     stalls: queue.SimpleQueue[Any] = queue.SimpleQueue()
     res = origin.add("/z.gguf", payload(8 * MiB, seed=303), stall_after=written, stalls=2, on_stall=stalls)
     app, client, watch = service(ARW_DL_SEGMENTS=2, ARW_DL_SEGMENT_MIN_MB=1, ARW_DL_CHUNK_BYTES=64 * KiB,
-                                 ARW_DL_CHECKPOINT_SECS=0.02, ARW_DL_IDLE_TIMEOUT_SECS=60)
+                                 ARW_DL_CHECKPOINT_SECS=0.02, ARW_DL_IDLE_TIMEOUT_SECS=60, ARW_DL_STREAM_KEEP_MB_S=0)
     synced = threading.Condition()
     count = [0]
     real_fsync = os.fsync

@@ -1,6 +1,9 @@
-"""When a download is split into parallel ranges: at once, from the first answer's
-headers (size, ranges, a validator), for a file large enough; one stream otherwise.
-And two downloads at once hash on threads of their own, under no shared lock."""
+"""When a download is split into parallel ranges: for a file large enough (the first
+answer's headers give its size, ranges and a validator), at once with
+``ARW_DL_STREAM_KEEP_MB_S=0``, else once the first stream shows it is not fast
+enough to stay one stream (:class:`~arw_models.engine.single.Probe`), from where it
+stands; one stream otherwise. And two downloads at once hash on threads of their
+own, under no shared lock."""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from .support.origin import Origin, payload
 
 KiB = 1024
 MiB = 1024 * KiB
-SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB}
+SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB,
+         "ARW_DL_STREAM_KEEP_MB_S": 0}  # ranges at once, from the first answer
 
 
 def start_of(seen: Any) -> int:
@@ -206,3 +210,137 @@ def test_the_last_rounds_of_ranges_are_smaller_so_the_hash_follows_to_the_end(
     # The last round's ranges: what was left to hash when the last byte landed is
     # at most that round, not seven eighths of the file.
     assert hashed_at_end and hashed_at_end[0] >= 8 * MiB - 4 * 64 * KiB
+
+
+# -- one stream, or ranges from where it stands ---------------------------------------------
+
+MB_S = MiB  # bytes per second of one MiB/s
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def probe_of(reads: list[tuple[float, int]], keep: float) -> tuple[single.Probe, list[bool]]:
+    """A probe fed ``(seconds since the stream began, bytes so far)`` read by read."""
+    clock = Clock()
+    probe = single.Probe(keep, clock=clock)
+    said = []
+    for secs, got in reads:
+        clock.now = 100.0 + secs
+        said.append(probe(got))
+    return probe, said
+
+
+def test_a_probe_splits_a_capped_stream_at_its_first_read_past_the_grace() -> None:
+    """30 MiB/s on one connection: the first read within PROBE_GRACE (a burst) says
+    nothing; the first after it finds the average short of PROBE_EARLY and splits;
+    no read after that is asked about."""
+    grace = single.PROBE_GRACE
+    reads = [(0.0001, 128 * KiB), (grace - 0.0001, 128 * KiB), (grace + 0.002, 256 * KiB)]
+    probe, said = probe_of(reads + [(grace + 0.005, 300 * KiB)], keep=800 * MB_S)
+    assert said == [False, False, True, False] and probe.split
+
+
+def test_a_probe_keeps_a_stream_that_holds_its_pace_to_the_end_of_the_window() -> None:
+    """1 GiB/s from the start: past PROBE_TO, with a pace over ``keep`` from
+    PROBE_FROM on, the stream stays one stream, and later reads, however slow,
+    change nothing."""
+    rate = 1024 * MB_S
+    reads = [(n * 64 * KiB / rate + single.PROBE_GRACE, n * 64 * KiB) for n in range(1, 700)]
+    probe, said = probe_of(reads + [(60.0, single.PROBE_TO + 64 * MiB)], keep=800 * MB_S)
+    assert not any(said) and not probe.split
+    assert reads[-1][1] > single.PROBE_TO
+
+
+@pytest.mark.parametrize("keep, split", [(800 * MB_S, True), (400 * MB_S, False)])
+def test_a_probe_judges_the_pace_from_probe_from_to_probe_to(keep: float, split: bool) -> None:
+    """A stream whose first PROBE_FROM bytes came at once (a burst, or a cache)
+    and the rest at 500 MiB/s: the average never falls short of PROBE_EARLY, and
+    what decides is the pace over the window, against ``keep``: short of 800 MiB/s,
+    enough for 400. It decides at the first read past PROBE_TO, not before."""
+    start = single.PROBE_GRACE + 0.001
+    reads = [(start, single.PROBE_FROM)]
+    got = single.PROBE_FROM
+    while got < single.PROBE_TO:
+        got += 1 * MiB
+        reads.append((start + (got - single.PROBE_FROM) / (500 * MB_S), got))
+    probe, said = probe_of(reads, keep=keep)
+    assert said == [False] * (len(reads) - 1) + [split] and probe.split == split
+
+
+def test_a_probe_splits_a_stream_that_slows_after_a_burst() -> None:
+    """8 MiB at once, then 30 MiB/s: fast on average at first, short of PROBE_EARLY
+    a few milliseconds later: split then, before PROBE_TO."""
+    grace = single.PROBE_GRACE
+    reads = [(grace + 0.001, 8 * MiB)]
+    reads += [(grace + 0.001 + n * 0.004, 8 * MiB + n * 120 * KiB) for n in range(1, 20)]
+    probe, said = probe_of(reads, keep=800 * MB_S)
+    when = said.index(True)
+    assert probe.split and 0 < when and not any(said[when + 1 :])
+    secs, got = reads[when]
+    assert got < single.PROBE_EARLY * (secs - grace) and got < single.PROBE_TO
+
+
+@pytest.fixture
+def small_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe that judges from 1 to 2 MiB, with no average to hold before: what
+    decides is ARW_DL_STREAM_KEEP_MB_S against the origin's pace."""
+    monkeypatch.setattr(single, "PROBE_EARLY", 0)
+    monkeypatch.setattr(single, "PROBE_FROM", 1 * MiB)
+    monkeypatch.setattr(single, "PROBE_TO", 2 * MiB)
+
+
+def test_a_stream_short_of_the_pace_to_keep_is_split_where_it_stands(
+        service: Service, origin: Origin, small_window: None) -> None:
+    """The first answer is read as one stream until the probe decides (at 2 MiB);
+    then the rest is split into ranges from there, the first answer serving the
+    first of them: no byte before the split is asked for again, and the hash of
+    the stream goes on over the ranges (the file is verified)."""
+    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=100_000))
+    res = origin.add("/p.gguf", payload(8 * MiB, seed=176), throttle=16 * MiB)
+    post_download(client, "p", origin.url("/p.gguf"), sha256=res.sha256)
+    assert watch.terminal("p", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "p.gguf")) == res.data
+    seen = origin.requests_for("/p.gguf")
+    assert seen[0].range is None and len(seen) > 1
+    assert all(s.status == 206 for s in seen[1:])
+    split = min(start_of(s) for s in seen[1:])
+    assert 2 * MiB < split < 4 * MiB  # past the window, then a share of what was left
+    assert seen[0].sent < 5 * MiB  # the first answer went on to the end of its range, not of the file
+    assert max(p.get("segments", 0) for p in watch.payloads("p")) > 1
+
+
+def test_a_stream_at_the_pace_to_keep_stays_one_stream(service: Service, origin: Origin,
+                                                       small_window: None) -> None:
+    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=1))
+    res = origin.add("/k.gguf", payload(8 * MiB, seed=177), throttle=16 * MiB)
+    post_download(client, "k", origin.url("/k.gguf"), sha256=res.sha256)
+    assert watch.terminal("k", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "k.gguf")) == res.data
+    assert [s.range for s in origin.requests_for("/k.gguf")] == [None]
+    assert max((p.get("segments", 0) for p in watch.payloads("k")), default=0) <= 1
+
+
+def test_by_default_a_capped_origin_is_split_within_milliseconds(service: Service, origin: Origin) -> None:
+    """The default probe (auto) against 8 MiB/s per connection, far below PROBE_EARLY:
+    the split comes at the first read past PROBE_GRACE, a few KiB into the file."""
+    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S="auto"))
+    res = origin.add("/c.gguf", payload(8 * MiB, seed=178), throttle=8 * MiB)
+    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
+    assert watch.terminal("c", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "c.gguf")) == res.data
+    seen = origin.requests_for("/c.gguf")
+    assert seen[0].range is None and len(seen) >= 4
+    assert min(start_of(s) for s in seen[1:]) < 3 * MiB  # the rest, in 4 ranges or more
+
+
+def test_the_speed_of_sha256_is_measured_once() -> None:
+    verify.sha256_speed.cache_clear()
+    speed = verify.sha256_speed()
+    assert 10 * MB_S < speed < 100_000 * MB_S
+    assert verify.sha256_speed() is speed

@@ -28,7 +28,8 @@ from .support.sse import is_status, post_and_follow
 
 KiB = 1024
 MiB = 1024 * KiB
-SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB}
+SPLIT = {"ARW_DL_SEGMENTS": 4, "ARW_DL_SEGMENT_MIN_MB": 1, "ARW_DL_CHUNK_BYTES": 64 * KiB,
+         "ARW_DL_STREAM_KEEP_MB_S": 0}  # ranges at once, from the first answer
 
 
 def start_of(seen: Any) -> int:

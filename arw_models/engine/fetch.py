@@ -254,10 +254,13 @@ def _check_version(response: Any, job: Transfer, offset: int, recorded: dict[str
 
 
 def stream(response: Any, job: Transfer, settings: Settings, fh: BinaryIO, offset: int,
-           update: Callable[[Any], Any], durable: Callable[[int], None]) -> int:
+           update: Callable[[Any], Any], durable: Callable[[int], None],
+           until: Callable[[int], bool] | None = None) -> int:
     """Streams the body into ``fh`` (at ``offset``), hashing with ``update``; calls
     ``durable(n)`` each time the first ``n`` bytes are fsynced. Returns the bytes
-    on disk at the end of the body; ``job.downloaded`` counts them as they are written.
+    on disk at the end of the body, or as soon as ``until(bytes read so far)``,
+    asked after every read, is true (the rest of the body is left unread in
+    ``response``); ``job.downloaded`` counts them as they are written.
 
     This thread only reads, into the buffers of a :class:`~.pipeline.Pipeline`,
     whose threads write and hash each read as it comes (a stall holds back nothing
@@ -296,6 +299,8 @@ def stream(response: Any, job: Transfer, settings: Settings, fh: BinaryIO, offse
             if max_bytes is not None and received > max_bytes:
                 raise TransferError("size-limit", f"the file is larger than the limit of {max_bytes} bytes",
                                     keep_part=False, limit=max_bytes)
+            if until is not None and until(received - offset):
+                break
             if fill == size:
                 pipe.give_back(buf)
                 buf, fill = pipe.take(), 0

@@ -9,6 +9,8 @@ this runs in are listed once in the design docs (docs/design.rst, "Concurrency")
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,9 @@ from ..store.sidecar import Sidecar
 from . import fetch
 from .plan import Plan, validator_of
 from .transfer import Transfer
+from .verify import sha256_speed
+
+log = logging.getLogger(__name__)
 
 # A large file is split into ranges of at most this, taken in order by the
 # ARW_DL_SEGMENTS connections (more ranges than connections), in rounds that shrink
@@ -32,6 +37,21 @@ from .transfer import Transfer
 PIECE = 64 * 1024 * 1024
 LEAST_PIECE = 1024 * 1024
 PIECE_PER_SEC = 1024 * 1024 * 1024
+
+# One stream or ranges: a file large enough for ranges begins as one stream, which
+# goes on to its end if it is fast enough that ranges would not be faster (they
+# cost more CPU per byte: every byte copied into the page cache and read back to be
+# hashed), and is split where it stands as soon as it is clearly not. It gets
+# PROBE_GRACE to start; from then on it must keep an average of PROBE_EARLY (an
+# origin that caps each connection shows that at once); then its pace from
+# PROBE_FROM to PROBE_TO bytes must reach ARW_DL_STREAM_KEEP_MB_S (auto: KEEP_OF_SHA256
+# of one core's SHA-256 speed). Measured in docs/design.rst, "Speed".
+MiB = 1024 * 1024
+PROBE_GRACE = 0.004
+PROBE_EARLY = 400 * 1024 * 1024
+PROBE_FROM = 8 * 1024 * 1024
+PROBE_TO = 40 * 1024 * 1024
+KEEP_OF_SHA256 = 0.45
 
 
 class SingleStream:
@@ -51,23 +71,30 @@ class SingleStream:
 
     def _one_or_more(self, response: Any, answer: fetch.Answer) -> None:
         """The body of an accepted answer: one stream to its end, or, when ranges
-        are worth it, parallel ranges at once, this answer serving the first."""
+        are worth it, parallel ranges, this answer serving the first: at once, or
+        once the stream showed that ranges are faster (:class:`Probe`)."""
         if not self._splits(response, answer):
             self._stream(response, answer.offset, answer.total)
             return
-        # Split at once: the size, the ranges and a validator are known from this
-        # answer, and waiting to see how fast one connection is costs a throttled
-        # origin half a second of seven idle connections (docs/design.rst,
-        # "Parallel ranges", for the measurements behind the size rule).
         assert answer.total is not None
-        ranges = Plan.rounds(answer.total, answer.offset, self.s.segments, smallest_piece(response), PIECE)
-        first = next(s for s in ranges.spans if s.start == answer.offset)
+        offset = answer.offset
+        keep = self.s.stream_keep
+        if keep != 0 and not self.job.bucket.rate:  # a rate limit, not the origin, sets the pace
+            probe = Probe(KEEP_OF_SHA256 * sha256_speed() if keep is None else keep)
+            offset = self._stream(response, offset, answer.total, until=probe)
+            log.info("download %s: %s", self.job.id, probe.why)
+            if not probe.split:
+                return
+        # The size, the ranges and a validator are known from this answer (docs/design.rst,
+        # "Parallel ranges", for the measurements behind the size rule).
+        ranges = Plan.rounds(answer.total, offset, self.s.segments, smallest_piece(response), PIECE)
+        first = next(s for s in ranges.spans if s.start == offset)
         first.active = True
         self._segments(ranges, validator_of(Sidecar.of(self._sidecar)), response, first)
 
-    def _stream(self, response: Any, offset: int, total: int | None) -> int:
-        """The body into the ``.part`` from ``offset``, to its end; returns the
-        bytes on disk."""
+    def _stream(self, response: Any, offset: int, total: int | None, until: Probe | None = None) -> int:
+        """The body into the ``.part`` from ``offset``, to its end, or until ``until``
+        says to split; returns the bytes on disk."""
         job = self.job
         try:
             fh = self._open(self.part, bool(offset))
@@ -87,11 +114,13 @@ class SingleStream:
         try:
             with fh:
                 downloaded = fetch.stream(response, job, self.s, fh, offset, self._hasher.update,
-                                          self._record_durable)
+                                          self._record_durable, until)
         finally:
             job.segments = 0
             self._hashed = job.downloaded  # every byte written is hashed, and no other
         fetch.check_stop(job)  # a shut-down socket reads as EOF
+        if until is not None and until.split:
+            return downloaded
         if total is not None and downloaded != total:
             raise TransferError("size-mismatch", f"received {downloaded} bytes, expected {total}",
                                 retryable=downloaded < total, keep_part=downloaded < total,
@@ -118,3 +147,40 @@ def smallest_piece(response: Any) -> int:
     elapsed = getattr(response, "elapsed", None)
     secs = elapsed.total_seconds() if elapsed is not None else 0.0
     return max(LEAST_PIECE, min(PIECE, int(secs * PIECE_PER_SEC)))
+
+
+class Probe:
+    """Asked after every read of a stream that could be split (``bytes read so
+    far``), says when to split it: once it falls below :data:`PROBE_EARLY` on
+    average after :data:`PROBE_GRACE`, or when its pace from :data:`PROBE_FROM`
+    to :data:`PROBE_TO` falls short of ``keep`` bytes/s. After that, or once
+    the stream has proved fast enough, it says no more (``split`` tells which)."""
+
+    def __init__(self, keep: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.keep = keep
+        self.split = False
+        self.why = "the stream ended before its pace was known"
+        self._clock = clock
+        self._began = clock()
+        self._decided = False
+        self._from: tuple[float, int] | None = None  # when the stream passed PROBE_FROM, and its bytes then
+
+    def __call__(self, got: int) -> bool:
+        if self._decided:
+            return False
+        now = self._clock() - self._began
+        if now > PROBE_GRACE and got < PROBE_EARLY * (now - PROBE_GRACE):
+            return self._decide(True, f"{got} bytes in {now * 1000:.1f} ms as one stream; ranges from there")
+        if got >= PROBE_FROM and self._from is None:
+            self._from = (now, got)
+        elif got >= PROBE_TO and self._from is not None:
+            secs, bytes_then = now - self._from[0], got - self._from[1]
+            pace = f"one stream at {bytes_then / max(secs, 1e-9) / MiB:.0f} MiB/s over {bytes_then} bytes"
+            if bytes_then < self.keep * secs:
+                return self._decide(True, f"{pace}, short of {self.keep / MiB:.0f}; ranges from byte {got}")
+            return self._decide(False, f"{pace}: it stays one stream")
+        return False
+
+    def _decide(self, split: bool, why: str) -> bool:
+        self._decided, self.split, self.why = True, split, why
+        return split
