@@ -8,6 +8,8 @@ own, under no shared lock."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import os
 import threading
 from types import SimpleNamespace
@@ -225,10 +227,20 @@ class Clock:
         return self.now
 
 
-def probe_of(reads: list[tuple[float, int]], keep: float) -> tuple[single.Probe, list[bool]]:
-    """A probe fed ``(seconds since the stream began, bytes so far)`` read by read."""
+IDLE = (1000, 1000, 2)  # /proc/stat as the probe reads it: (ticks idle, ticks in all, CPUs)
+
+
+def cpu_of(idle_cpus: float, cpus: int = 2) -> Any:
+    """A machine on which ``idle_cpus`` of its ``cpus`` were idle while the stream ran."""
+    readings = iter([(0, 0, cpus), (int(100 * idle_cpus), 100 * cpus, cpus)])
+    return lambda: next(readings)
+
+
+def probe_of(reads: list[tuple[float, int]], keep: float, cpu: Any = None) -> tuple[single.Probe, list[bool]]:
+    """A probe fed ``(seconds since the stream began, bytes so far)`` read by read,
+    on a machine with all of its CPUs idle unless ``cpu`` says otherwise."""
     clock = Clock()
-    probe = single.Probe(keep, clock=clock)
+    probe = single.Probe(keep, clock=clock, cpu=cpu or cpu_of(2.0))
     said = []
     for secs, got in reads:
         clock.now = 100.0 + secs
@@ -237,13 +249,23 @@ def probe_of(reads: list[tuple[float, int]], keep: float) -> tuple[single.Probe,
 
 
 def test_a_probe_splits_a_capped_stream_at_its_first_read_past_the_grace() -> None:
-    """30 MiB/s on one connection: the first read within PROBE_GRACE (a burst) says
+    """30 MiB/s on one connection, its first read 20 ms after the request (the
+    origin's latency, not its pace): reads within PROBE_GRACE of the first say
     nothing; the first after it finds the average short of PROBE_EARLY and splits;
     no read after that is asked about."""
-    grace = single.PROBE_GRACE
-    reads = [(0.0001, 128 * KiB), (grace - 0.0001, 128 * KiB), (grace + 0.002, 256 * KiB)]
-    probe, said = probe_of(reads + [(grace + 0.005, 300 * KiB)], keep=800 * MB_S)
+    grace, first = single.PROBE_GRACE, 0.020
+    reads = [(first, 128 * KiB), (first + grace - 0.0001, 200 * KiB), (first + grace + 0.002, 256 * KiB)]
+    probe, said = probe_of(reads + [(first + grace + 0.005, 300 * KiB)], keep=800 * MB_S)
     assert said == [False, False, True, False] and probe.split
+
+
+def test_a_probe_counts_from_the_first_read_not_from_the_request() -> None:
+    """A fast stream whose first byte came late (a busy machine, a distant origin):
+    at 1 GiB/s from its first read on it is not split, however long the first took."""
+    rate = 1024 * MB_S
+    reads = [(0.050 + n * 64 * KiB / rate, n * 64 * KiB) for n in range(1, 200)]
+    probe, said = probe_of(reads, keep=800 * MB_S)
+    assert not any(said) and not probe.split
 
 
 def test_a_probe_keeps_a_stream_that_holds_its_pace_to_the_end_of_the_window() -> None:
@@ -274,25 +296,77 @@ def test_a_probe_judges_the_pace_from_probe_from_to_probe_to(keep: float, split:
 
 
 def test_a_probe_splits_a_stream_that_slows_after_a_burst() -> None:
-    """8 MiB at once, then 30 MiB/s: fast on average at first, short of PROBE_EARLY
+    """4 MiB in 2 ms, then 30 MiB/s: fast on average at first, short of PROBE_EARLY
     a few milliseconds later: split then, before PROBE_TO."""
     grace = single.PROBE_GRACE
-    reads = [(grace + 0.001, 8 * MiB)]
-    reads += [(grace + 0.001 + n * 0.004, 8 * MiB + n * 120 * KiB) for n in range(1, 20)]
+    reads = [(0.001, 64 * KiB), (0.003, 4 * MiB)]
+    reads += [(0.003 + n * 0.004, 4 * MiB + n * 120 * KiB) for n in range(1, 20)]
     probe, said = probe_of(reads, keep=800 * MB_S)
     when = said.index(True)
-    assert probe.split and 0 < when and not any(said[when + 1 :])
+    assert probe.split and 2 < when and not any(said[when + 1 :])
     secs, got = reads[when]
-    assert got < single.PROBE_EARLY * (secs - grace) and got < single.PROBE_TO
+    assert got - 64 * KiB < single.PROBE_EARLY * (secs - 0.001 - grace) and got < single.PROBE_TO
+
+
+def window_at(rate: float) -> list[tuple[float, int]]:
+    """Reads of 1 MiB at ``rate`` from PROBE_FROM (come at once) to PROBE_TO."""
+    start, got = single.PROBE_GRACE + 0.001, single.PROBE_FROM
+    reads = [(0.0005, 64 * KiB), (start, got)]
+    while got < single.PROBE_TO:
+        got += 1 * MiB
+        reads.append((start + (got - single.PROBE_FROM) / rate, got))
+    return reads
+
+
+@pytest.mark.parametrize("idle_cpus, split", [(0.2, False), (0.74, False), (0.76, True), (1.5, True)])
+def test_a_probe_keeps_a_stream_the_cpu_holds_back(idle_cpus: float, split: bool) -> None:
+    """500 MiB/s, short of 800 to keep: split only if the machine had SPARE_CORES
+    of CPU idle meanwhile; with less, the CPU is what sets the pace (two verified
+    downloads at once on two cores), and ranges, which cost more of it per byte,
+    would be slower: it stays one stream."""
+    probe, said = probe_of(window_at(500 * MB_S), keep=800 * MB_S, cpu=cpu_of(idle_cpus))
+    assert said[-1] == split and probe.split == split and not any(said[:-1])
+    assert ("CPUs idle" in probe.why) == (not split), probe.why
+
+
+def test_a_probe_that_cannot_tell_how_busy_the_machine_is_judges_by_the_pace() -> None:
+    probe, said = probe_of(window_at(500 * MB_S), keep=800 * MB_S, cpu=lambda: None)
+    assert said[-1] and probe.split
+
+
+def test_the_cpu_ticks_of_this_machine() -> None:
+    """On Linux, /proc/stat: idle ticks within all ticks, both growing, and at
+    least one CPU."""
+    first = single.cpu_ticks()
+    if first is None:
+        pytest.skip("no /proc/stat on this system")
+    hashlib.sha256(bytes(8 * MiB))  # some CPU time passes
+    second = single.cpu_ticks()
+    assert second is not None
+    assert 0 <= first[0] <= first[1] and first[2] >= 1
+    assert second[1] >= first[1] and second[0] >= first[0] and second[2] == first[2]
 
 
 @pytest.fixture
 def small_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A probe that judges from 1 to 2 MiB, with no average to hold before: what
-    decides is ARW_DL_STREAM_KEEP_MB_S against the origin's pace."""
+    """A probe that judges from 1 to 2 MiB, with no average to hold before, on a
+    machine whose CPUs it sees idle: what decides is ARW_DL_STREAM_KEEP_MB_S
+    against the origin's pace."""
     monkeypatch.setattr(single, "PROBE_EARLY", 0)
     monkeypatch.setattr(single, "PROBE_FROM", 1 * MiB)
     monkeypatch.setattr(single, "PROBE_TO", 2 * MiB)
+    monkeypatch.setattr(single, "cpu_ticks", machine(idle=True))
+
+
+def machine(idle: bool) -> Any:
+    """/proc/stat of a machine of one CPU, always idle or never."""
+    count = itertools.count(1)
+
+    def ticks() -> tuple[int, int, int]:
+        n = 100 * next(count)
+        return (n if idle else 0), n, 1
+
+    return ticks
 
 
 def test_a_stream_short_of_the_pace_to_keep_is_split_where_it_stands(
@@ -324,6 +398,23 @@ def test_a_stream_at_the_pace_to_keep_stays_one_stream(service: Service, origin:
     assert read(os.path.join(models_dir(app), "k.gguf")) == res.data
     assert [s.range for s in origin.requests_for("/k.gguf")] == [None]
     assert max((p.get("segments", 0) for p in watch.payloads("k")), default=0) <= 1
+
+
+def test_a_stream_short_of_the_pace_on_a_busy_machine_stays_one_stream(
+        service: Service, origin: Origin, small_window: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The pace of the stream is short of the one to keep, but no CPU was idle
+    meanwhile: ranges would be slower, so it stays one stream (the log says why)."""
+    monkeypatch.setattr(single, "cpu_ticks", machine(idle=False))
+    caplog.set_level(logging.INFO, logger=single.__name__)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=100_000))
+    res = origin.add("/b.gguf", payload(8 * MiB, seed=179), throttle=16 * MiB)
+    post_download(client, "b", origin.url("/b.gguf"), sha256=res.sha256)
+    assert watch.terminal("b", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "b.gguf")) == res.data
+    assert [s.range for s in origin.requests_for("/b.gguf")] == [None]
+    said = [r.getMessage() for r in caplog.records if r.name == single.__name__]
+    assert len(said) == 1 and "0.00 CPUs idle" in said[0] and "stays one stream" in said[0], said
 
 
 def test_by_default_a_capped_origin_is_split_within_milliseconds(service: Service, origin: Origin) -> None:

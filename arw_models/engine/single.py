@@ -41,17 +41,22 @@ PIECE_PER_SEC = 1024 * 1024 * 1024
 # One stream or ranges: a file large enough for ranges begins as one stream, which
 # goes on to its end if it is fast enough that ranges would not be faster (they
 # cost more CPU per byte: every byte copied into the page cache and read back to be
-# hashed), and is split where it stands as soon as it is clearly not. It gets
-# PROBE_GRACE to start; from then on it must keep an average of PROBE_EARLY (an
-# origin that caps each connection shows that at once); then its pace from
+# hashed), and is split where it stands as soon as it is clearly not. From PROBE_GRACE
+# after its first read on it must keep an average of PROBE_EARLY (an origin that
+# caps each connection shows that at once; a busy machine is not mistaken for one,
+# since one stream kept at least twice that under two downloads at once); then its pace from
 # PROBE_FROM to PROBE_TO bytes must reach ARW_DL_STREAM_KEEP_MB_S (auto: KEEP_OF_SHA256
-# of one core's SHA-256 speed). Measured in docs/design.rst, "Speed".
+# of one core's SHA-256 speed), unless the machine had less than SPARE_CORES of
+# CPU idle meanwhile: then it is the CPU that sets the pace, and ranges, which
+# need more of it per byte, would be slower still. Measured in docs/design.rst,
+# "Speed".
 MiB = 1024 * 1024
 PROBE_GRACE = 0.004
-PROBE_EARLY = 400 * 1024 * 1024
+PROBE_EARLY = 200 * 1024 * 1024
 PROBE_FROM = 8 * 1024 * 1024
 PROBE_TO = 40 * 1024 * 1024
 KEEP_OF_SHA256 = 0.45
+SPARE_CORES = 0.75
 
 
 class SingleStream:
@@ -149,37 +154,71 @@ def smallest_piece(response: Any) -> int:
     return max(LEAST_PIECE, min(PIECE, int(secs * PIECE_PER_SEC)))
 
 
+def cpu_ticks() -> tuple[int, int, int] | None:
+    """The machine's CPU time so far, from ``/proc/stat``: (ticks idle or waiting
+    for I/O, ticks in all, CPUs); None where there is no such file."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            lines = fh.read().split(b"\n")
+        ticks = [int(t) for t in lines[0].split()[1:9]]
+        cpus = sum(1 for line in lines if line[:3] == b"cpu" and line[3:4].isdigit())
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(ticks) < 5 or not cpus:
+        return None
+    return ticks[3] + ticks[4], sum(ticks), cpus
+
+
 class Probe:
     """Asked after every read of a stream that could be split (``bytes read so
     far``), says when to split it: once it falls below :data:`PROBE_EARLY` on
-    average after :data:`PROBE_GRACE`, or when its pace from :data:`PROBE_FROM`
-    to :data:`PROBE_TO` falls short of ``keep`` bytes/s. After that, or once
-    the stream has proved fast enough, it says no more (``split`` tells which)."""
+    average from its first read on, past :data:`PROBE_GRACE`, or when its pace
+    from :data:`PROBE_FROM` to :data:`PROBE_TO` falls short of ``keep`` bytes/s
+    while the machine had at least :data:`SPARE_CORES` idle (``cpu``:
+    :func:`cpu_ticks`). After that, or once the stream has proved fast enough,
+    it says no more (``split`` tells which)."""
 
-    def __init__(self, keep: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, keep: float, clock: Callable[[], float] = time.monotonic,
+                 cpu: Callable[[], tuple[int, int, int] | None] | None = None) -> None:
         self.keep = keep
         self.split = False
         self.why = "the stream ended before its pace was known"
         self._clock = clock
-        self._began = clock()
+        self._cpu = cpu_ticks if cpu is None else cpu
+        self._cpu_began = self._cpu()
+        self._first: tuple[float, int] | None = None  # when the first read came, and its bytes
         self._decided = False
         self._from: tuple[float, int] | None = None  # when the stream passed PROBE_FROM, and its bytes then
 
     def __call__(self, got: int) -> bool:
         if self._decided:
             return False
-        now = self._clock() - self._began
-        if now > PROBE_GRACE and got < PROBE_EARLY * (now - PROBE_GRACE):
-            return self._decide(True, f"{got} bytes in {now * 1000:.1f} ms as one stream; ranges from there")
+        if self._first is None:  # the time to the first byte is the origin's latency, not its pace
+            self._first = (self._clock(), got)
+        now = self._clock() - self._first[0]
+        if now > PROBE_GRACE and got - self._first[1] < PROBE_EARLY * (now - PROBE_GRACE):
+            return self._decide(True, f"{got - self._first[1]} bytes in {now * 1000:.1f} ms after the first read "
+                                      "as one stream; ranges from there")
         if got >= PROBE_FROM and self._from is None:
             self._from = (now, got)
         elif got >= PROBE_TO and self._from is not None:
             secs, bytes_then = now - self._from[0], got - self._from[1]
             pace = f"one stream at {bytes_then / max(secs, 1e-9) / MiB:.0f} MiB/s over {bytes_then} bytes"
-            if bytes_then < self.keep * secs:
-                return self._decide(True, f"{pace}, short of {self.keep / MiB:.0f}; ranges from byte {got}")
-            return self._decide(False, f"{pace}: it stays one stream")
+            if bytes_then >= self.keep * secs:
+                return self._decide(False, f"{pace}: it stays one stream")
+            spare = self._spare()
+            if spare is not None and spare < SPARE_CORES:
+                return self._decide(False, f"{pace}, short of {self.keep / MiB:.0f} with {spare:.2f} CPUs idle "
+                                           "meanwhile: ranges would not be faster; it stays one stream")
+            return self._decide(True, f"{pace}, short of {self.keep / MiB:.0f}; ranges from byte {got}")
         return False
+
+    def _spare(self) -> float | None:
+        """How many CPUs were idle on average since the stream began (None: unknown)."""
+        now = self._cpu()
+        if now is None or self._cpu_began is None or now[1] <= self._cpu_began[1]:
+            return None
+        return now[2] * (now[0] - self._cpu_began[0]) / (now[1] - self._cpu_began[1])
 
     def _decide(self, split: bool, why: str) -> bool:
         self._decided, self.split, self.why = True, split, why
