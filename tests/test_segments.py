@@ -148,8 +148,8 @@ def ranged(origin: Origin, path: str) -> list[tuple[int, int]]:
 
 def test_the_connections_shown_are_those_still_running(service: Service, origin: Origin) -> None:
     """Two ranges left: the short one ends at once (its connection may then take over
-    part of the long one); the progress counts the connections still running, one
-    at the end, and none once all have ended."""
+    part of the long one); the progress counts the connections still running, not
+    those that ended."""
     data = payload(8 * MiB, seed=104)
     res = origin.add("/n.gguf", data, throttle=2 * MiB)
     app, client, watch = service(**SEGMENTED)
@@ -159,14 +159,16 @@ def test_the_connections_shown_are_those_still_running(service: Service, origin:
     done = watch.terminal("n", timeout=20)
     assert done["status"] == "complete", done
     counts = [p["segments"] for p in watch.payloads("n") if p["status"] == "downloading"]
-    # Connections that end are no longer counted: the last tick shows one (or, once
-    # both have ended together after a takeover, none).
-    assert counts and max(counts) >= 1 and counts[-1] in (0, 1), str(counts)
     asked = [s.range for s in origin.requests_for("/n.gguf")]
     assert f"bytes={4 * MiB - 1}-{4 * MiB - 1}" in asked and f"bytes={6 * MiB}-{8 * MiB - 1}" in asked, asked
     # Anything more is a part of the long range taken over by the connection that ended.
     more = [r for r in asked if r not in (f"bytes={4 * MiB - 1}-{4 * MiB - 1}", f"bytes={6 * MiB}-{8 * MiB - 1}")]
     assert all(6 * MiB < int(r.split("=")[1].split("-")[0]) < 8 * MiB for r in more), asked
+    # Connections that end are no longer counted: without a takeover the last tick
+    # shows one; after one, the two halves end about together, and a tick may come
+    # before either has (never more than the two), or after one or both have.
+    assert counts and max(counts) >= 1, str(counts)
+    assert counts[-1] in ((0, 1, 2) if more else (0, 1)), (str(counts), asked)
 
 
 def test_a_large_file_comes_in_parallel_ranges_and_is_whole(service: Service, origin: Origin,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import signal
 import threading
@@ -65,6 +66,45 @@ def test_a_range_far_slower_than_a_free_connection_is_taken_over_whole_from_its_
     assert slow.end == 100 * KiB and slow.remaining == 0  # its connection has nothing left to fetch
     assert sorted(s.to_json() for s in plan.spans) == [[0, 100 * KiB, 100 * KiB], [100 * KiB, 1000 * KiB, 0],
                                                        [1000 * KiB, 2000 * KiB, 900 * KiB]]
+
+
+def test_a_range_that_would_end_after_all_the_rest_goes_before_the_ranges_nobody_fetches() -> None:
+    """A far slower connection with 1900 KiB left (190 s at 10 KiB/s), and 1000 KiB
+    nobody fetches yet: the free connection takes the slow one's range over whole
+    first; the next one (both at 100 KiB/s) halves that range, which would still
+    end after the rest shared (19 s against 14.5); the one after takes the range
+    nobody fetches, since the ranges it could split now end before the rest shared
+    among three (9.5 s against 9.7)."""
+    slow, waiting = Span(0, 2000 * KiB, done=100 * KiB), Span(2000 * KiB, 3000 * KiB)
+    slow.active = True
+    plan = Plan(3000 * KiB, [slow, waiting])
+    paces = {id(slow): 10.0 * KiB}
+    first = plan.claim(64 * KiB, lambda s: paces.get(id(s)), rate=100.0 * KiB)
+    assert first is not None and (first.start, first.end) == (100 * KiB, 2000 * KiB) and not waiting.active
+    paces[id(first)] = 100.0 * KiB
+    second = plan.claim(64 * KiB, lambda s: paces.get(id(s)), rate=100.0 * KiB)
+    assert second is not None and (second.start, second.end, first.end) == (1050 * KiB, 2000 * KiB, 1050 * KiB)
+    paces[id(second)] = 100.0 * KiB
+    third = plan.claim(64 * KiB, lambda s: paces.get(id(s)), rate=100.0 * KiB)
+    assert third is waiting and waiting.active
+
+
+def test_ranges_nobody_fetches_come_first_while_no_range_would_end_after_them() -> None:
+    """Two connections alike, one with 300 bytes left, and 1000 bytes nobody
+    fetches yet: shared, the rest takes 6.5 s, more than that range's 3 s; the
+    free connection takes the range nobody fetches, and splits nothing."""
+    going, waiting = Span(0, 1000, done=700), Span(1000, 2000)
+    going.active = True
+    plan = Plan(2000, [going, waiting])
+    taken = plan.claim(10, lambda s: 100.0, rate=100.0)
+    assert taken is waiting and going.end == 1000 and len(plan.spans) == 2
+
+
+def test_ranges_nobody_fetches_come_first_while_no_pace_is_known() -> None:
+    going, waiting = Span(0, 1000, done=10), Span(1000, 1100)
+    going.active = True
+    plan = Plan(1100, [going, waiting])
+    assert plan.claim(10) is waiting and going.end == 1000
 
 
 def test_a_range_whose_connection_has_brought_nothing_is_taken_over_whole() -> None:
@@ -312,12 +352,15 @@ def test_a_slow_connection_takes_no_share_of_a_range_that_goes_at_the_faster_pac
 
 
 def test_a_connection_is_paced_by_its_last_range_not_by_a_faster_one_before(
-    service: Service, origin: Origin,
+    service: Service, origin: Origin, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A connection fetched its first range at 4 MiB/s, then crawled through a
     second one long enough to show its pace (an eightieth of that): once free, it is
     as slow as it was last, and takes no share of the range still going at 4 MiB/s
-    (it would only end the download later), as if it were still as fast as at first."""
+    (it would only end the download later), as if it were still as fast as at first.
+    (A range that would end after all the rest is otherwise split before the ranges
+    nobody fetches are taken, which here would keep the connection from the crawl.)"""
+    monkeypatch.setattr("arw_models.engine.plan.LATE", math.inf)
     app, client, watch = service(**dict(SPLIT, ARW_DL_SEGMENTS=2))
     fast, long, crawl, size = MiB, 2 * MiB, 8 * MiB, 8 * MiB + 64 * KiB
     data = payload(size, seed=166)
