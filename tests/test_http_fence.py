@@ -77,6 +77,10 @@ def _urllib3_response() -> Iterator[Any]:
         response.close()
 
 
+def _requests_response() -> Iterator[Any]:
+    yield requests.Response()  # no connection under it: nothing to close
+
+
 # How to get an instance of each class whose instance attributes are relied on.
 INSTANCES: dict[str, Callable[[], Iterator[Any]]] = {
     "urllib3.connection.HTTPConnection": _connection,
@@ -84,6 +88,7 @@ INSTANCES: dict[str, Callable[[], Iterator[Any]]] = {
     "requests.adapters.HTTPAdapter": _adapter,
     "http.client.HTTPResponse": _http_client_response,
     "urllib3.response.HTTPResponse": _urllib3_response,
+    "requests.models.Response": _requests_response,
 }
 
 

@@ -123,6 +123,13 @@ PRIVATE_NAMES: tuple[Private, ...] = (
             "readinto keeps it"),
     Private("http.client.HTTPResponse.chunked", "instance attribute",
             "a chunked body is left to urllib3: only a plain one is read past it"),
+    Private("requests.models.Response._content_consumed", "instance attribute",
+            "set by close_response once a body was read to its end past requests, so that "
+            "close() gives the kept-alive connection back to the pool instead of closing it"),
+    Private("requests.models.Response.close", "method",
+            "closes the connection under a response whose content is not consumed, and only "
+            "then gives it back to the pool", ("self",),
+            ("if not self._content_consumed:", "self.raw.close()", "release_conn")),
     Private("http.client.HTTPResponse._close_conn", "method",
             "called where readinto calls it, at the end of the body", ("self",)),
     Private("http.client.HTTPResponse.readinto", "method",
@@ -392,6 +399,20 @@ def body_reader(response: Any) -> Callable[[memoryview], int]:
         return n
 
     return readinto
+
+
+def close_response(response: Any) -> None:
+    """Closes a streamed ``requests`` response. When :func:`body_reader` has read
+    its body to the end (nothing of it left in the socket), its connection goes
+    back to the session's pool, for the session's next request to that origin
+    (parallel ranges: one connection per worker for the whole download, not one
+    per range, which would pay a TCP and TLS handshake and a new slow start for
+    each); otherwise the connection is closed with it."""
+    fp = getattr(response.raw, "_fp", None)
+    if (isinstance(fp, http.client.HTTPResponse) and fp.fp is None and fp.length == 0
+            and fp.chunked is False):
+        response._content_consumed = True
+    response.close()
 
 
 class _PlainBody:

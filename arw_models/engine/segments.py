@@ -43,7 +43,7 @@ from ..redact import redact_url
 from ..store.partfile import start_writeback
 from . import fetch
 from .headers import parse_content_range, same_version
-from .http import body_reader, socket_hook
+from .http import body_reader, close_response, socket_hook
 from .plan import Plan, Span
 from .sources import Source
 from .transfer import Transfer
@@ -290,7 +290,7 @@ class Segments:
                 self._read(response, span)
             finally:
                 job.attach_response(None)
-                response.close()
+                close_response(response)  # kept alive for the next range when read to its end
         else:
             with self._lock:
                 self._began.setdefault(id(span), (time.monotonic(), span.done))

@@ -14,14 +14,16 @@ class Nginx:
     """nginx serving ``root``, on a socket this process listens on first (nginx takes
     it over through ``NGINX=<fd>;``): no port race, no wait for it to come up."""
 
-    def __init__(self, binary: str, base: str, server_conf: str = "") -> None:
+    def __init__(self, binary: str, base: str, server_conf: str = "",
+                 log_format: str = '$status "$http_range" "$http_if_range"') -> None:
         """``server_conf``: more directives for the server block (``sendfile on;``, a
-        ``location`` with a ``limit_rate``...)."""
+        ``location`` with a ``limit_rate``...); ``log_format``: what the access log
+        says of each request (nginx's variables)."""
         self.root = os.path.join(base, "root")
         os.makedirs(self.root)
         self.access_log = os.path.join(base, "access.log")
         self.proc, self.port = launch(binary, base, lambda port: f"""
-    log_format ranges escape=none '$status "$http_range" "$http_if_range"';
+    log_format ranges escape=none '{log_format}';
     access_log {self.access_log} ranges;
     client_body_temp_path {base}/body;
     server {{
