@@ -369,17 +369,25 @@ def machine(idle: bool) -> Any:
     return ticks
 
 
+def fetched_whole(service: Service, origin: Origin, name: str, seed: int, keep: float | str,
+                  throttle: int = 16 * MiB) -> Any:
+    """8 MiB at ``throttle`` per connection, fetched with ARW_DL_STREAM_KEEP_MB_S
+    ``keep``, complete and whole at ``<name>.gguf``; the events' watch."""
+    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=keep))
+    res = origin.add(f"/{name}.gguf", payload(8 * MiB, seed=seed), throttle=throttle)
+    post_download(client, name, origin.url(f"/{name}.gguf"), sha256=res.sha256)
+    assert watch.terminal(name, timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), f"{name}.gguf")) == res.data
+    return watch
+
+
 def test_a_stream_short_of_the_pace_to_keep_is_split_where_it_stands(
         service: Service, origin: Origin, small_window: None) -> None:
     """The first answer is read as one stream until the probe decides (at 2 MiB);
     then the rest is split into ranges from there, the first answer serving the
     first of them: no byte before the split is asked for again, and the hash of
     the stream goes on over the ranges (the file is verified)."""
-    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=100_000))
-    res = origin.add("/p.gguf", payload(8 * MiB, seed=176), throttle=16 * MiB)
-    post_download(client, "p", origin.url("/p.gguf"), sha256=res.sha256)
-    assert watch.terminal("p", timeout=20)["status"] == "complete"
-    assert read(os.path.join(models_dir(app), "p.gguf")) == res.data
+    watch = fetched_whole(service, origin, "p", 176, keep=100_000)
     seen = origin.requests_for("/p.gguf")
     assert seen[0].range is None and len(seen) > 1
     assert all(s.status == 206 for s in seen[1:])
@@ -391,11 +399,7 @@ def test_a_stream_short_of_the_pace_to_keep_is_split_where_it_stands(
 
 def test_a_stream_at_the_pace_to_keep_stays_one_stream(service: Service, origin: Origin,
                                                        small_window: None) -> None:
-    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=1))
-    res = origin.add("/k.gguf", payload(8 * MiB, seed=177), throttle=16 * MiB)
-    post_download(client, "k", origin.url("/k.gguf"), sha256=res.sha256)
-    assert watch.terminal("k", timeout=20)["status"] == "complete"
-    assert read(os.path.join(models_dir(app), "k.gguf")) == res.data
+    watch = fetched_whole(service, origin, "k", 177, keep=1)
     assert [s.range for s in origin.requests_for("/k.gguf")] == [None]
     assert max((p.get("segments", 0) for p in watch.payloads("k")), default=0) <= 1
 
@@ -407,11 +411,7 @@ def test_a_stream_short_of_the_pace_on_a_busy_machine_stays_one_stream(
     meanwhile: ranges would be slower, so it stays one stream (the log says why)."""
     monkeypatch.setattr(single, "cpu_ticks", machine(idle=False))
     caplog.set_level(logging.INFO, logger=single.__name__)
-    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=100_000))
-    res = origin.add("/b.gguf", payload(8 * MiB, seed=179), throttle=16 * MiB)
-    post_download(client, "b", origin.url("/b.gguf"), sha256=res.sha256)
-    assert watch.terminal("b", timeout=20)["status"] == "complete"
-    assert read(os.path.join(models_dir(app), "b.gguf")) == res.data
+    fetched_whole(service, origin, "b", 179, keep=100_000)
     assert [s.range for s in origin.requests_for("/b.gguf")] == [None]
     said = [r.getMessage() for r in caplog.records if r.name == single.__name__]
     assert len(said) == 1 and "0.00 CPUs idle" in said[0] and "stays one stream" in said[0], said
@@ -420,11 +420,7 @@ def test_a_stream_short_of_the_pace_on_a_busy_machine_stays_one_stream(
 def test_by_default_a_capped_origin_is_split_within_milliseconds(service: Service, origin: Origin) -> None:
     """The default probe (auto) against 8 MiB/s per connection, far below PROBE_EARLY:
     the split comes at the first read past PROBE_GRACE, a few KiB into the file."""
-    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S="auto"))
-    res = origin.add("/c.gguf", payload(8 * MiB, seed=178), throttle=8 * MiB)
-    post_download(client, "c", origin.url("/c.gguf"), sha256=res.sha256)
-    assert watch.terminal("c", timeout=20)["status"] == "complete"
-    assert read(os.path.join(models_dir(app), "c.gguf")) == res.data
+    fetched_whole(service, origin, "c", 178, keep="auto", throttle=8 * MiB)
     seen = origin.requests_for("/c.gguf")
     assert seen[0].range is None and len(seen) >= 4
     assert min(start_of(s) for s in seen[1:]) < 3 * MiB  # the rest, in 4 ranges or more
