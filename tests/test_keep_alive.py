@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -97,3 +99,24 @@ def test_parallel_ranges_from_nginx_keep_one_connection_per_worker(service: Serv
     # The first answer (the whole file, read up to its first range) kept its connection to itself.
     whole = [conn for conn, status, rng in seen if status == "200"]
     assert len(whole) == 1 and whole[0] not in per_connection, seen
+    # Once the download has ended, none of its connections is left open.
+    assert until(lambda: not open_connections_to(nginx.port), 5), open_connections_to(nginx.port)
+
+
+def open_connections_to(port: int) -> list[str]:
+    """The established TCP connections of this machine to ``port`` on 127.0.0.1, from
+    their client's side (Linux's /proc/net/tcp)."""
+    with open("/proc/net/tcp") as fh:
+        rows = [line.split() for line in fh.readlines()[1:]]
+    return [row[1] for row in rows if int(row[2].split(":")[1], 16) == port and row[3] == "01"]
+
+
+def until(condition: Callable[[], Any], timeout: float) -> Any:
+    """Waits for ``condition`` (a bounded poll of what other threads change)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            return found
+        pause.wait(0.02)
+    return found

@@ -334,6 +334,29 @@ def test_a_probe_that_cannot_tell_how_busy_the_machine_is_judges_by_the_pace() -
     assert said[-1] and probe.split
 
 
+STAT = b"""cpu  100 20 30 4000 500 6 7 8 9 10
+cpu0 50 10 15 2000 250 3 3 4 9 10
+cpu1 50 10 15 2000 250 3 4 4 0 0
+intr 1 2 3
+"""
+
+
+@pytest.mark.parametrize("text, ticks", [
+    (STAT, (4500, 4671, 2)),  # idle and iowait; user to steal (guest is in user already)
+    (STAT.replace(b" 8 9 10\n", b"\n", 1), (4500, 4663, 2)),  # a kernel that counts no steal nor guest
+    (b"cpu  1 2 3 4 5\ncpu0 1 2 3 4 5\n", (9, 15, 1)),  # up to iowait: all it needs
+    (b"cpu  1 2 3 4\ncpu0 1 2 3 4\n", None),  # no iowait: not as Linux writes it since 2.6
+    (b"cpu  1 2 3 4 5 6 7 8\n", None),  # no line of a CPU
+    (b"cpu  1 2 x 4 5 6 7 8\ncpu0 1 2 3 4 5 6 7 8\n", None),
+    (b"", None),
+])
+def test_the_cpu_ticks_of_a_proc_stat(tmp_path: Any, text: bytes, ticks: Any) -> None:
+    stat = tmp_path / "stat"
+    stat.write_bytes(text)
+    assert single.cpu_ticks(str(stat)) == ticks
+    assert single.cpu_ticks(str(tmp_path / "none")) is None
+
+
 def test_the_cpu_ticks_of_this_machine() -> None:
     """On Linux, /proc/stat: idle ticks within all ticks, both growing, and at
     least one CPU."""

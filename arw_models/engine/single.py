@@ -154,11 +154,12 @@ def smallest_piece(response: Any) -> int:
     return max(LEAST_PIECE, min(PIECE, int(secs * PIECE_PER_SEC)))
 
 
-def cpu_ticks() -> tuple[int, int, int] | None:
+def cpu_ticks(path: str = "/proc/stat") -> tuple[int, int, int] | None:
     """The machine's CPU time so far, from ``/proc/stat``: (ticks idle or waiting
-    for I/O, ticks in all, CPUs); None where there is no such file."""
+    for I/O, ticks in all, CPUs); None where there is no such file, or it is not
+    as Linux writes it."""
     try:
-        with open("/proc/stat", "rb") as fh:
+        with open(path, "rb") as fh:
             lines = fh.read().split(b"\n")
         ticks = [int(t) for t in lines[0].split()[1:9]]
         cpus = sum(1 for line in lines if line[:3] == b"cpu" and line[3:4].isdigit())
