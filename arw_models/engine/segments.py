@@ -11,7 +11,9 @@ did); a ``200`` means ranges are not served after all (:class:`RangesRefused`: t
 download goes on as one stream), another version means the file changed (the
 bytes on disk are dropped). A range whose connection fails is retried on its own
 a few times, and then the attempt ends with that error, keeping what every range
-has fetched for the next one. The job's stop wakes every connection.
+has fetched for the next one. The job's stop wakes every connection. A connection
+asks for its next range on the same kept-alive connection when it read the last one
+to its end (:func:`~.http.close_response`).
 
 Checkpoints: a thread of the download's own fsyncs the ``.part`` and records each
 range's progress in the sidecar every ``ARW_DL_CHECKPOINT_SECS``, or sooner once
@@ -22,6 +24,10 @@ Between two fsyncs it starts the writeback of every ``WRITEBACK_BYTES`` written
 waits for finds little left to write. The connections only count what they write,
 and wake it when the bytes are due.
 The end of the ranges, a stop or a failure records everything written.
+
+It is one module of some 400 lines on purpose: the connections, the checkpoint
+thread and the cut-off of a range taken over work under one lock on one plan and
+its counters; split apart, each part would reach into the others' state.
 """
 
 from __future__ import annotations
