@@ -136,9 +136,10 @@ class Plan:
         range; None: unknown): one nobody fetches yet, else the tail of the range
         that would end last (as aria2 does), so that one slow connection does not
         hold the end of the download; that tail first, while there are ranges
-        nobody fetches yet, if that range would end far after them (:meth:`_tail`). ``rate_of`` says how fast a range's connection
-        has been (None: too soon to say; it is then taken to go at ``typical``, by
-        default the median of those known).
+        nobody fetches yet, if that range would end far after them
+        (:meth:`_tail`). ``rate_of`` says how fast a range's connection has been
+        (None: too soon to say; it is then taken to go at ``typical``, by default
+        the median of those known).
 
         The tail taken is what makes both end together at those paces (half
         between two alike), or all of a range whose connection is more than
@@ -160,9 +161,10 @@ class Plan:
         """The tail of the busy range that would end last, as :meth:`claim` says;
         while ranges nobody fetches yet are ``idle``, only if that range would end
         more than :data:`STEAL_GAIN_SECS` after :data:`LATE` times the time all
-        that is left takes, shared among the connections at their paces (one far slower than the others, or one that
-        took all of such a range over: the free connections share it at once,
-        and the idle ranges, smaller and later in the file, even out the end)."""
+        that is left takes, shared among the connections at their paces (one far
+        slower than the others, or one that took all of such a range over: the
+        free connections share it at once, and the idle ranges, smaller and later
+        in the file, even out the end)."""
         rates = {id(s): rate_of(s) for s in busy}
         known = sorted(r for r in rates.values() if r is not None)
         typical = typical or (known[len(known) // 2] if known else None)

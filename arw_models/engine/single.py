@@ -40,16 +40,16 @@ PIECE_PER_SEC = 1024 * 1024 * 1024
 
 # One stream or ranges: a file large enough for ranges begins as one stream, which
 # goes on to its end if it is fast enough that ranges would not be faster (they
-# cost more CPU per byte: every byte copied into the page cache and read back to be
-# hashed), and is split where it stands as soon as it is clearly not. From PROBE_GRACE
-# after its first read on it must keep an average of PROBE_EARLY (an origin that
-# caps each connection shows that at once; a busy machine is not mistaken for one,
-# since one stream kept at least twice that under two downloads at once); then its pace from
-# PROBE_FROM to PROBE_TO bytes must reach ARW_DL_STREAM_KEEP_MB_S (auto: KEEP_OF_SHA256
-# of one core's SHA-256 speed), unless the machine had less than SPARE_CORES of
-# CPU idle meanwhile: then it is the CPU that sets the pace, and ranges, which
-# need more of it per byte, would be slower still. Measured in docs/design.rst,
-# "Speed".
+# cost more CPU per byte: every byte copied into the page cache and read back to
+# be hashed), and is split where it stands as soon as it is clearly not. From
+# PROBE_GRACE after its first read on it must keep an average of PROBE_EARLY (an
+# origin that caps each connection shows that at once; a busy machine is not
+# mistaken for one, since one stream kept at least twice that under two downloads
+# at once); then its pace from PROBE_FROM to PROBE_TO bytes must reach
+# ARW_DL_STREAM_KEEP_MB_S (auto: KEEP_OF_SHA256 of one core's SHA-256 speed),
+# unless the machine had less than SPARE_CORES of CPU idle meanwhile: then it is
+# the CPU that sets the pace, and ranges, which need more of it per byte, would be
+# slower still. Measured in docs/design.rst, "One stream or ranges".
 MiB = 1024 * 1024
 PROBE_GRACE = 0.004
 PROBE_EARLY = 200 * 1024 * 1024
