@@ -277,7 +277,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ARW_DL_SEGMENT_MIN_MB", 64.0, float,
             'Files smaller than this (MiB) are fetched as one stream.'),
     Setting("ARW_DL_STREAM_KEEP_MB_S", "auto", _auto_or_rate,
-            "A file large enough for ranges stays one stream if that stream brings at least this many MiB/s from its 8th to its 40th MiB (one stream costs less CPU per byte, so where the origin is that fast it is the faster way); `auto`: 0.45 of one core's SHA-256 speed here; 0: ranges at once."),
+            "A file large enough for ranges stays one stream if that stream brings at least this many MiB/s from its 8th to its 40th MiB (one stream costs less CPU per byte, so where the origin is that fast it is the faster way), and is split within milliseconds if it averages less than 200 MiB/s (or this, if lower) from its first read; `auto`: 0.45 of one core's SHA-256 speed here; 0: ranges at once."),
     Setting("ARW_JOBS_KEEP", 1000, int,
             'How many finished jobs stay in memory for GET /models/downloads/<id>; oldest go first.'),
     Setting("ARW_LOCK_WAIT_SECS", 5.0, float,

@@ -318,6 +318,16 @@ def window_at(rate: float) -> list[tuple[float, int]]:
     return reads
 
 
+def test_a_pace_to_keep_below_probe_early_holds_from_the_first_read() -> None:
+    """ARW_DL_STREAM_KEEP_MB_S of 50: a steady 100 MiB/s from its first read on is
+    not split early for falling short of PROBE_EARLY (200), and stays one stream
+    past the window."""
+    rate = 100 * MB_S
+    reads = [(0.001 + n * MiB / rate, n * MiB) for n in range(1, 45)]
+    probe, said = probe_of(reads, keep=50 * MB_S)
+    assert not any(said) and not probe.split and "stays one stream" in probe.why
+
+
 @pytest.mark.parametrize("idle_cpus, split", [(0.2, False), (0.74, False), (0.76, True), (1.5, True)])
 def test_a_probe_keeps_a_stream_the_cpu_holds_back(idle_cpus: float, split: bool) -> None:
     """500 MiB/s, short of 800 to keep: split only if the machine had SPARE_CORES
@@ -393,11 +403,12 @@ def machine(idle: bool) -> Any:
 
 
 def fetched_whole(service: Service, origin: Origin, name: str, seed: int, keep: float | str,
-                  throttle: int = 16 * MiB) -> Any:
-    """8 MiB at ``throttle`` per connection, fetched with ARW_DL_STREAM_KEEP_MB_S
-    ``keep``, complete and whole at ``<name>.gguf``; the events' watch."""
+                  throttle: int = 16 * MiB, size: int = 8 * MiB) -> Any:
+    """``size`` bytes at ``throttle`` per connection, fetched with
+    ARW_DL_STREAM_KEEP_MB_S ``keep``, complete and whole at ``<name>.gguf``; the
+    events' watch."""
     app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=keep))
-    res = origin.add(f"/{name}.gguf", payload(8 * MiB, seed=seed), throttle=throttle)
+    res = origin.add(f"/{name}.gguf", payload(size, seed=seed), throttle=throttle)
     post_download(client, name, origin.url(f"/{name}.gguf"), sha256=res.sha256)
     assert watch.terminal(name, timeout=20)["status"] == "complete"
     assert read(os.path.join(models_dir(app), f"{name}.gguf")) == res.data
@@ -425,6 +436,15 @@ def test_a_stream_at_the_pace_to_keep_stays_one_stream(service: Service, origin:
     watch = fetched_whole(service, origin, "k", 177, keep=1)
     assert [s.range for s in origin.requests_for("/k.gguf")] == [None]
     assert max((p.get("segments", 0) for p in watch.payloads("k")), default=0) <= 1
+
+
+def test_a_split_told_at_the_read_that_ends_the_body_splits_nothing(
+        service: Service, origin: Origin, small_window: None) -> None:
+    """A file that ends where the probe's window does (2 MiB): the probe says
+    split at the read that brings its last byte, with nothing left to split; the
+    file is complete from its one answer, as if it had stayed one stream."""
+    fetched_whole(service, origin, "e", 180, keep=100_000, size=2 * MiB)
+    assert [s.range for s in origin.requests_for("/e.gguf")] == [None]
 
 
 def test_a_stream_short_of_the_pace_on_a_busy_machine_stays_one_stream(

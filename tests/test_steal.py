@@ -89,6 +89,17 @@ def test_a_range_that_would_end_after_all_the_rest_goes_before_the_ranges_nobody
     assert third is waiting and waiting.active
 
 
+def test_a_stalled_range_goes_before_the_ranges_nobody_fetches() -> None:
+    """A connection that has brought nothing since it began (a pace of 0) would
+    never end its range: the free connection takes all of it at once, not after
+    the ranges nobody fetches yet."""
+    stalled, moving, waiting = Span(0, 1000, done=100), Span(1000, 2000, done=500), Span(2000, 3000)
+    stalled.active = moving.active = True
+    plan = Plan(3000, [stalled, moving, waiting])
+    taken = plan.claim(10, lambda s: 0.0 if s is stalled else 100.0, rate=100.0)
+    assert taken is not None and (taken.start, taken.end, stalled.end) == (100, 1000, 100) and not waiting.active
+
+
 def test_ranges_nobody_fetches_come_first_while_no_range_would_end_after_them() -> None:
     """Two connections alike, one with 300 bytes left, and 1000 bytes nobody
     fetches yet: shared, the rest takes 6.5 s, more than that range's 3 s; the

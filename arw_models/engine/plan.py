@@ -185,10 +185,11 @@ class Plan:
         assert victim.end is not None
         if idle:
             speeds = [pace(s) for s in busy] + [mine]
-            if any(speed is None or speed <= 0 for speed in speeds):
+            if any(speed is None for speed in speeds):
                 return None
+            moving = sum(speed for speed in speeds if speed > 0)  # a stalled one adds none
             left_bytes = sum(s.remaining or 0 for s in busy + idle)
-            if left(victim) <= LATE * left_bytes / sum(speeds) + STEAL_GAIN_SECS:  # type: ignore[arg-type]
+            if moving <= 0 or left(victim) <= LATE * left_bytes / moving + STEAL_GAIN_SECS:
                 return None
         free = victim.position + victim.writing  # the first byte no write is under way to
         share = victim.end - free

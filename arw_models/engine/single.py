@@ -42,8 +42,10 @@ PIECE_PER_SEC = 1024 * 1024 * 1024
 # goes on to its end if it is fast enough that ranges would not be faster (they
 # cost more CPU per byte: every byte copied into the page cache and read back to
 # be hashed), and is split where it stands as soon as it is clearly not. From
-# PROBE_GRACE after its first read on it must keep an average of PROBE_EARLY (an
-# origin that caps each connection shows that at once; a busy machine is not
+# PROBE_GRACE after its first read on it must keep an average of PROBE_EARLY, or
+# of the pace to keep if that is lower (an origin that caps each connection shows
+# that at once, and so does one far away, its stream still in TCP's slow start,
+# where ranges are what helps; a busy machine is not
 # mistaken for one, since one stream kept at least twice that under two downloads
 # at once); then its pace from PROBE_FROM to PROBE_TO bytes must reach
 # ARW_DL_STREAM_KEEP_MB_S (auto: KEEP_OF_SHA256 of one core's SHA-256 speed),
@@ -88,7 +90,7 @@ class SingleStream:
             probe = Probe(KEEP_OF_SHA256 * sha256_speed() if keep is None else keep)
             offset = self._stream(response, offset, answer.total, until=probe)
             log.info("download %s: %s", self.job.id, probe.why)
-            if not probe.split:
+            if not probe.split or offset >= answer.total:  # (told at the read that ended the body: nothing to split)
                 return
         # The size, the ranges and a validator are known from this answer (docs/design.rst,
         # "Parallel ranges", for the measurements behind the size rule).
@@ -124,7 +126,7 @@ class SingleStream:
             job.segments = 0
             self._hashed = job.downloaded  # every byte written is hashed, and no other
         fetch.check_stop(job)  # a shut-down socket reads as EOF
-        if until is not None and until.split:
+        if until is not None and until.split and (total is None or downloaded < total):
             return downloaded
         if total is not None and downloaded != total:
             raise TransferError("size-mismatch", f"received {downloaded} bytes, expected {total}",
@@ -172,8 +174,9 @@ def cpu_ticks(path: str = "/proc/stat") -> tuple[int, int, int] | None:
 
 class Probe:
     """Asked after every read of a stream that could be split (``bytes read so
-    far``), says when to split it: once it falls below :data:`PROBE_EARLY` on
-    average from its first read on, past :data:`PROBE_GRACE`, or when its pace
+    far``), says when to split it: once it falls below :data:`PROBE_EARLY` (or
+    ``keep``, if lower) on average from its first read on, past
+    :data:`PROBE_GRACE`, or when its pace
     from :data:`PROBE_FROM` to :data:`PROBE_TO` falls short of ``keep`` bytes/s
     while the machine had at least :data:`SPARE_CORES` idle (``cpu``:
     :func:`cpu_ticks`). After that, or once the stream has proved fast enough,
@@ -197,7 +200,7 @@ class Probe:
         if self._first is None:  # the time to the first byte is the origin's latency, not its pace
             self._first = (self._clock(), got)
         now = self._clock() - self._first[0]
-        if now > PROBE_GRACE and got - self._first[1] < PROBE_EARLY * (now - PROBE_GRACE):
+        if now > PROBE_GRACE and got - self._first[1] < min(PROBE_EARLY, self.keep) * (now - PROBE_GRACE):
             return self._decide(True, f"{got - self._first[1]} bytes in {now * 1000:.1f} ms after the first read "
                                       "as one stream; ranges from there")
         if got >= PROBE_FROM and self._from is None:
