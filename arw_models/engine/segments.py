@@ -210,9 +210,10 @@ class Segments:
         ``rate``, and the range it was taken from when nothing of that one is left
         to its own connection (which is then cut off)."""
         paces = sorted(self._paces.values())
+        ranges = len(self.plan.spans)
         span = self.plan.claim(self.least, self._rate, rate, paces[len(paces) // 2] if paces else None)
-        if span is None or span.start == 0:
-            return span, None
+        if span is None or span.start == 0 or len(self.plan.spans) == ranges:
+            return span, None  # (a range nobody fetched: none was taken from, whatever ends where it begins)
         victim = next((s for s in self.plan.spans if s.end == span.start and s is not span and s.active), None)
         if victim is not None and victim.remaining == 0 and not victim.writing:
             return span, victim
