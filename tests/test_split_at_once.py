@@ -21,7 +21,7 @@ from arw_models.engine import download, single, verify
 from arw_models.service.manager import PROGRESS
 
 from .support.app import TERMINAL, Service, post_download
-from .support.helpers import models_dir, read, write_partial
+from .support.helpers import models_dir, part, read, write_partial
 from .support.origin import Origin, payload
 
 KiB = 1024
@@ -436,6 +436,38 @@ def test_a_stream_at_the_pace_to_keep_stays_one_stream(service: Service, origin:
     watch = fetched_whole(service, origin, "k", 177, keep=1)
     assert [s.range for s in origin.requests_for("/k.gguf")] == [None]
     assert max((p.get("segments", 0) for p in watch.payloads("k")), default=0) <= 1
+
+
+def test_a_drop_before_the_probe_decides_resumes_from_the_bytes_it_wrote(
+        service: Service, origin: Origin, small_window: None) -> None:
+    """The first answer drops at 1.5 MiB, inside the probe's window: the retry
+    asks for the rest from there (nothing written is fetched again), the probe
+    starts afresh on that answer, and the file is whole."""
+    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=1))
+    res = origin.add("/r.gguf", payload(4 * MiB, seed=181), throttle=16 * MiB, drop_after=1536 * KiB)
+    post_download(client, "r", origin.url("/r.gguf"), sha256=res.sha256)
+    assert watch.terminal("r", timeout=20)["status"] == "complete"
+    assert read(os.path.join(models_dir(app), "r.gguf")) == res.data
+    seen = origin.requests_for("/r.gguf")
+    assert [s.range for s in seen[:1]] == [None] and len(seen) == 2, [s.range for s in seen]
+    assert seen[1].range is not None and start_of(seen[1]) >= 1 * MiB  # what came before the drop is kept
+
+
+def test_a_cancel_before_the_probe_decides_ends_the_stream_at_once(
+        service: Service, origin: Origin, small_window: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled while the probe still reads its window (an origin slow enough that
+    the window takes seconds): the job ends ``canceled``, no range was asked for,
+    and no ``.part`` is left."""
+    monkeypatch.setattr(single, "PROBE_TO", 6 * MiB)
+    app, client, watch = service(**dict(SPLIT, ARW_DL_STREAM_KEEP_MB_S=1))
+    res = origin.add("/x.gguf", payload(8 * MiB, seed=182), throttle=1 * MiB)
+    post_download(client, "x", origin.url("/x.gguf"), sha256=res.sha256)
+    watch.until(lambda e: e.payload.get("id") == "x" and e.payload.get("downloaded", 0) >= 256 * KiB)
+    assert os.path.exists(part(app, "x"))
+    client.post("/models/download/cancel", json={"id": "x"})
+    assert watch.terminal("x", timeout=5)["status"] == "canceled"
+    assert [s.range for s in origin.requests_for("/x.gguf")] == [None]
+    assert not os.path.exists(part(app, "x"))
 
 
 def test_a_split_told_at_the_read_that_ends_the_body_splits_nothing(
