@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from arw_models.engine import download, single, verify
+from arw_models.engine import cpu, download, single, verify
 from arw_models.service.manager import PROGRESS
 
 from .support.app import TERMINAL, Service, post_download
@@ -227,12 +227,9 @@ class Clock:
         return self.now
 
 
-IDLE = (1000, 1000, 2)  # /proc/stat as the probe reads it: (ticks idle, ticks in all, CPUs)
-
-
 def cpu_of(idle_cpus: float, cpus: int = 2) -> Any:
     """A machine on which ``idle_cpus`` of its ``cpus`` were idle while the stream ran."""
-    readings = iter([(0, 0, cpus), (int(100 * idle_cpus), 100 * cpus, cpus)])
+    readings = iter([cpu.Reading(0, 0, cpus), cpu.Reading(int(100 * idle_cpus), 100 * cpus, cpus)])
     return lambda: next(readings)
 
 
@@ -344,42 +341,6 @@ def test_a_probe_that_cannot_tell_how_busy_the_machine_is_judges_by_the_pace() -
     assert said[-1] and probe.split
 
 
-STAT = b"""cpu  100 20 30 4000 500 6 7 8 9 10
-cpu0 50 10 15 2000 250 3 3 4 9 10
-cpu1 50 10 15 2000 250 3 4 4 0 0
-intr 1 2 3
-"""
-
-
-@pytest.mark.parametrize("text, ticks", [
-    (STAT, (4500, 4671, 2)),  # idle and iowait; user to steal (guest is in user already)
-    (STAT.replace(b" 8 9 10\n", b"\n", 1), (4500, 4663, 2)),  # a kernel that counts no steal nor guest
-    (b"cpu  1 2 3 4 5\ncpu0 1 2 3 4 5\n", (9, 15, 1)),  # up to iowait: all it needs
-    (b"cpu  1 2 3 4\ncpu0 1 2 3 4\n", None),  # no iowait: not as Linux writes it since 2.6
-    (b"cpu  1 2 3 4 5 6 7 8\n", None),  # no line of a CPU
-    (b"cpu  1 2 x 4 5 6 7 8\ncpu0 1 2 3 4 5 6 7 8\n", None),
-    (b"", None),
-])
-def test_the_cpu_ticks_of_a_proc_stat(tmp_path: Any, text: bytes, ticks: Any) -> None:
-    stat = tmp_path / "stat"
-    stat.write_bytes(text)
-    assert single.cpu_ticks(str(stat)) == ticks
-    assert single.cpu_ticks(str(tmp_path / "none")) is None
-
-
-def test_the_cpu_ticks_of_this_machine() -> None:
-    """On Linux, /proc/stat: idle ticks within all ticks, both growing, and at
-    least one CPU."""
-    first = single.cpu_ticks()
-    if first is None:
-        pytest.skip("no /proc/stat on this system")
-    hashlib.sha256(bytes(8 * MiB))  # some CPU time passes
-    second = single.cpu_ticks()
-    assert second is not None
-    assert 0 <= first[0] <= first[1] and first[2] >= 1
-    assert second[1] >= first[1] and second[0] >= first[0] and second[2] == first[2]
-
-
 @pytest.fixture
 def small_window(monkeypatch: pytest.MonkeyPatch) -> None:
     """A probe that judges from 1 to 2 MiB, with no average to hold before, on a
@@ -388,18 +349,19 @@ def small_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(single, "PROBE_EARLY", 0)
     monkeypatch.setattr(single, "PROBE_FROM", 1 * MiB)
     monkeypatch.setattr(single, "PROBE_TO", 2 * MiB)
-    monkeypatch.setattr(single, "cpu_ticks", machine(idle=True))
+    machine(monkeypatch, idle=True)
 
 
-def machine(idle: bool) -> Any:
-    """/proc/stat of a machine of one CPU, always idle or never."""
+def machine(monkeypatch: pytest.MonkeyPatch, idle: bool) -> None:
+    """/proc/stat of a machine of one CPU, always idle or never, and no CPU quota."""
     count = itertools.count(1)
 
     def ticks() -> tuple[int, int, int]:
         n = 100 * next(count)
         return (n if idle else 0), n, 1
 
-    return ticks
+    monkeypatch.setattr(cpu, "cpu_ticks", ticks)
+    monkeypatch.setattr(cpu, "cgroup_quota", lambda: None)
 
 
 def fetched_whole(service: Service, origin: Origin, name: str, seed: int, keep: float | str,
@@ -484,7 +446,7 @@ def test_a_stream_short_of_the_pace_on_a_busy_machine_stays_one_stream(
         caplog: pytest.LogCaptureFixture) -> None:
     """The pace of the stream is short of the one to keep, but no CPU was idle
     meanwhile: ranges would be slower, so it stays one stream (the log says why)."""
-    monkeypatch.setattr(single, "cpu_ticks", machine(idle=False))
+    machine(monkeypatch, idle=False)
     caplog.set_level(logging.INFO, logger=single.__name__)
     fetched_whole(service, origin, "b", 179, keep=100_000)
     assert [s.range for s in origin.requests_for("/b.gguf")] == [None]

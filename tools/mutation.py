@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TARGETS = [
     "arw_models/engine/download.py",
     "arw_models/engine/single.py",
+    "arw_models/engine/cpu.py",
     "arw_models/engine/parallel.py",
     "arw_models/engine/published.py",
     "arw_models/engine/plan.py",
@@ -116,6 +117,7 @@ _MODEL_TESTS = ["tests/test_many_files.py", "tests/test_many_files_resume.py", "
 DEFAULT_TESTS = {
     "arw_models/engine/download.py": [*_ENGINE_TESTS, "tests/test_names.py", "tests/test_url_normalization.py"],
     "arw_models/engine/single.py": ["tests/test_segments.py", *_ENGINE_TESTS],
+    "arw_models/engine/cpu.py": ["tests/test_cpu.py", "tests/test_split_at_once.py"],
     "arw_models/engine/parallel.py": ["tests/test_segments.py", "tests/test_segment_faults.py", *_ENGINE_TESTS],
     "arw_models/engine/published.py": ["tests/test_digests.py", "tests/test_hub.py", *_ENGINE_TESTS],
     "arw_models/engine/plan.py": ["tests/test_engine.py", "tests/test_segments.py", *_ENGINE_TESTS[1:]],

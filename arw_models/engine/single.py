@@ -18,6 +18,7 @@ from ..config import Settings
 from ..errors import TransferError
 from ..redact import redact_url
 from ..store.sidecar import Sidecar
+from . import cpu as cpustat
 from . import fetch
 from .plan import Plan, validator_of
 from .transfer import Transfer
@@ -156,39 +157,24 @@ def smallest_piece(response: Any) -> int:
     return max(LEAST_PIECE, min(PIECE, int(secs * PIECE_PER_SEC)))
 
 
-def cpu_ticks(path: str = "/proc/stat") -> tuple[int, int, int] | None:
-    """The machine's CPU time so far, from ``/proc/stat``: (ticks idle or waiting
-    for I/O, ticks in all, CPUs); None where there is no such file, or it is not
-    as Linux writes it."""
-    try:
-        with open(path, "rb") as fh:
-            lines = fh.read().split(b"\n")
-        ticks = [int(t) for t in lines[0].split()[1:9]]
-        cpus = sum(1 for line in lines if line[:3] == b"cpu" and line[3:4].isdigit())
-    except (OSError, ValueError, IndexError):
-        return None
-    if len(ticks) < 5 or not cpus:
-        return None
-    return ticks[3] + ticks[4], sum(ticks), cpus
-
-
 class Probe:
     """Asked after every read of a stream that could be split (``bytes read so
     far``), says when to split it: once it falls below :data:`PROBE_EARLY` (or
     ``keep``, if lower) on average from its first read on, past
-    :data:`PROBE_GRACE`, or when its pace
-    from :data:`PROBE_FROM` to :data:`PROBE_TO` falls short of ``keep`` bytes/s
-    while the machine had at least :data:`SPARE_CORES` idle (``cpu``:
-    :func:`cpu_ticks`). After that, or once the stream has proved fast enough,
-    it says no more (``split`` tells which)."""
+    :data:`PROBE_GRACE`, or when its pace from :data:`PROBE_FROM` to
+    :data:`PROBE_TO` falls short of ``keep`` bytes/s while this process could
+    have had at least :data:`SPARE_CORES` more CPU (``cpu``:
+    :func:`.cpu.reading`: idle CPUs it may run on, within its cgroup's quota).
+    After that, or once the stream has proved fast enough, it says no more
+    (``split`` tells which)."""
 
     def __init__(self, keep: float, clock: Callable[[], float] = time.monotonic,
-                 cpu: Callable[[], tuple[int, int, int] | None] | None = None) -> None:
+                 cpu: Callable[[], cpustat.Reading | None] | None = None) -> None:
         self.keep = keep
         self.split = False
         self.why = "the stream ended before its pace was known"
         self._clock = clock
-        self._cpu = cpu_ticks if cpu is None else cpu
+        self._cpu = cpustat.reading if cpu is None else cpu
         self._cpu_began = self._cpu()
         self._first: tuple[float, int] | None = None  # when the first read came, and its bytes
         self._decided = False
@@ -218,11 +204,9 @@ class Probe:
         return False
 
     def _spare(self) -> float | None:
-        """How many CPUs were idle on average since the stream began (None: unknown)."""
-        now = self._cpu()
-        if now is None or self._cpu_began is None or now[1] <= self._cpu_began[1]:
-            return None
-        return now[2] * (now[0] - self._cpu_began[0]) / (now[1] - self._cpu_began[1])
+        """How many CPUs this process could have had more, on average, since the
+        stream began (None: unknown)."""
+        return cpustat.spare(self._cpu_began, self._cpu())
 
     def _decide(self, split: bool, why: str) -> bool:
         self._decided, self.split, self.why = True, split, why

@@ -1,0 +1,172 @@
+"""How much CPU this process could still have had: what the probe of a single
+stream (:class:`~arw_models.engine.single.Probe`) asks before it splits a stream
+into ranges, which cost more CPU per byte than one stream.
+
+Two readings, some milliseconds apart, tell how many CPUs were idle between them:
+
+* of the CPUs this process may run on (its affinity: ``taskset``, a container's
+  ``--cpuset-cpus``), from their own lines of Linux's ``/proc/stat``; the machine's
+  other CPUs may be idle, but no thread of ours can run there;
+* less what a CPU quota of its cgroup left unused (``docker run --cpus``,
+  systemd's ``CPUQuota=``): cgroup v2's ``cpu.max`` and ``cpu.stat``, or v1's
+  ``cpu.cfs_quota_us`` and ``cpuacct.usage``, the tightest quota from the
+  process's own cgroup up to the root. In such a container ``/proc/stat`` shows
+  the host's CPUs, mostly idle, while the container has none to spare.
+
+Where none of this can be read (not Linux), the reading is None and the probe
+judges by the pace alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Collection
+from typing import NamedTuple
+
+CGROUP = "/sys/fs/cgroup"
+
+_Quota = tuple[float, float]  # (CPUs, CPU seconds used so far)
+
+
+class Reading(NamedTuple):
+    """The CPU time so far, as :func:`reading` takes it."""
+
+    idle: int  # ticks idle or waiting for I/O, of the CPUs this process may run on
+    ticks: int  # ticks in all, of those CPUs
+    cpus: int  # how many of them
+    used: float | None = None  # CPU seconds the cgroup of the tightest quota has used
+    quota: float | None = None  # CPUs that quota allows (None: no quota)
+    at: float = 0.0  # time.monotonic() when read
+
+
+def cpu_ticks(path: str = "/proc/stat", cpus: Collection[int] | None = None) -> tuple[int, int, int] | None:
+    """The CPU time so far, from ``/proc/stat``: (ticks idle or waiting for I/O,
+    ticks in all, CPUs), over the CPUs numbered ``cpus`` (by default those this
+    process may run on); over all of them when that is every CPU the file lists,
+    or none of them. None where there is no such file, or it is not as Linux
+    writes it."""
+    if cpus is None:
+        cpus = allowed_cpus()
+    try:
+        with open(path, "rb") as fh:
+            lines = fh.read().split(b"\n")
+        each = {int(line[3:].split()[0]): line for line in lines if line[:3] == b"cpu" and line[3:4].isdigit()}
+        mine = [line for n, line in each.items() if n in cpus] if cpus else []
+        chosen = mine if mine and len(mine) < len(each) else [lines[0]]
+        rows = [[int(t) for t in line.split()[1:9]] for line in chosen]
+    except (OSError, ValueError, IndexError):
+        return None
+    if not each or any(len(row) < 5 for row in rows):
+        return None
+    idle = sum(row[3] + row[4] for row in rows)
+    return idle, sum(sum(row) for row in rows), len(chosen) if chosen is mine else len(each)
+
+
+def allowed_cpus() -> Collection[int] | None:
+    """The numbers of the CPUs this process may run on; None where unknown."""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+
+
+def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> _Quota | None:
+    """(CPUs, CPU seconds used so far) of the tightest CPU quota on this process's
+    cgroup or one above it (``own``: the process's cgroups, as
+    ``/proc/self/cgroup`` lists them; ``root``: where the hierarchies are
+    mounted); None where none is set or none can be read."""
+    try:
+        with open(own) as fh:
+            listed = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
+    except OSError:
+        return None
+    found: list[_Quota] = []
+    for _, controllers, path in listed:
+        names = controllers.split(",")
+        if controllers == "":  # cgroup v2: one hierarchy
+            found += _quotas(os.path.join(root, ""), path, _v2_quota)
+        elif "cpu" in names:
+            found += _quotas(os.path.join(root, controllers, ""), path, _v1_quota(root, controllers, names))
+    return min(found, key=lambda q: q[0]) if found else None
+
+
+def _quotas(mount: str, path: str, quota_of: Callable[[str], _Quota | None]) -> list[_Quota]:
+    """The quotas of ``path`` and of every cgroup above it under ``mount``. A
+    container mounts its own cgroup at the root, where ``path`` (the host's) is
+    not: it is then read from the root up."""
+    here = os.path.normpath(os.path.join(mount, path.lstrip("/")))
+    top = os.path.normpath(mount)
+    if not os.path.isdir(here):
+        here = top
+    found = []
+    while True:
+        quota = quota_of(here)
+        if quota is not None:
+            found.append(quota)
+        if here == top or not here.startswith(top + os.sep):
+            return found
+        here = os.path.dirname(here)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _v2_quota(directory: str) -> _Quota | None:
+    limit, stat = _read(os.path.join(directory, "cpu.max")), _read(os.path.join(directory, "cpu.stat"))
+    if limit is None or stat is None:
+        return None
+    try:
+        quota, period = limit.split()[:2]
+        if quota == "max":
+            return None
+        usage = next(int(line.split()[1]) for line in stat.splitlines() if line.startswith("usage_usec "))
+        return int(quota) / int(period), usage / 1e6
+    except (ValueError, IndexError, StopIteration, ZeroDivisionError):
+        return None
+
+
+def _v1_quota(root: str, controllers: str, names: list[str]) -> Callable[[str], _Quota | None]:
+    def quota_of(directory: str) -> _Quota | None:
+        quota = _read(os.path.join(directory, "cpu.cfs_quota_us"))
+        period = _read(os.path.join(directory, "cpu.cfs_period_us"))
+        if quota is None or period is None:
+            return None
+        # cpuacct is mounted with cpu ("cpu,cpuacct") or on its own, at the same path.
+        where = directory if "cpuacct" in names else directory.replace(
+            os.path.join(root, controllers), os.path.join(root, "cpuacct"), 1)
+        usage = _read(os.path.join(where, "cpuacct.usage"))
+        try:
+            if int(quota) <= 0 or usage is None:
+                return None
+            return int(quota) / int(period), int(usage) / 1e9
+        except (ValueError, ZeroDivisionError):
+            return None
+
+    return quota_of
+
+
+def reading() -> Reading | None:
+    """The CPU time so far: :func:`cpu_ticks` and :func:`cgroup_quota`, now."""
+    ticks = cpu_ticks()
+    if ticks is None:
+        return None
+    quota = cgroup_quota()
+    return Reading(*ticks, used=quota[1] if quota else None, quota=quota[0] if quota else None, at=time.monotonic())
+
+
+def spare(before: Reading | None, now: Reading | None) -> float | None:
+    """How many CPUs this process could have had more, on average, from ``before``
+    to ``now`` (None: unknown): the idle ones it may run on, at most what its
+    quota left."""
+    if before is None or now is None or now.ticks <= before.ticks:
+        return None
+    idle = now.cpus * (now.idle - before.idle) / (now.ticks - before.ticks)
+    if now.quota is not None and before.used is not None and now.used is not None and now.at > before.at:
+        idle = min(idle, now.quota - (now.used - before.used) / (now.at - before.at))
+    return max(idle, 0.0)
