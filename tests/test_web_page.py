@@ -298,7 +298,9 @@ def test_the_page_says_why_it_cannot_reach_the_service(make_app: Callable[..., A
         service.close()
         page.locator('#download-form input[name="id"]').fill("gone")
         page.locator('#download-form input[name="url"]').fill("http://127.0.0.1:9/gone.gguf")
-        page.locator("#download-form button[type=submit]").click()
+        # Enter, not a click: the badge's text changes as the stream tries again, and
+        # the layout with it, so a click aimed at the button may land beside it.
+        page.locator('#download-form input[name="url"]').press("Enter")
         page.wait_for_selector('#message:text("cannot reach the service")')
         assert page.locator("#message").inner_text().startswith("download gone: cannot reach the service: ")
         page.wait_for_selector('#conn[data-state="disconnected"]:text("cannot reach the service")')
