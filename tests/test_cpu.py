@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,22 @@ def test_a_cgroup_v2_quota(tmp_path: Path, files: dict[str, str], expected: Any)
     assert quota(tmp_path, V2_OWN, files) == expected
 
 
+@pytest.mark.parametrize("own", [
+    "0::/user.slice/app:1\n",  # a colon in the path is the path's
+    "junk\nstray:line\n0::/user.slice/app:1\n",  # lines not of three fields are passed over
+])
+def test_the_cgroups_of_a_process_as_listed(tmp_path: Path, own: str) -> None:
+    files = {"user.slice/app:1/cpu.max": "250000 100000\n", "user.slice/app:1/cpu.stat": "usage_usec 1000000\n"}
+    assert quota(tmp_path, own, files) == (2.5, 1.0)
+
+
+def test_a_path_that_climbs_out_of_the_mount_is_not_followed(tmp_path: Path) -> None:
+    """Not as the kernel writes it; nothing outside the hierarchy is read, not even its root."""
+    files = {"cpu.max": "100000 100000\n", "cpu.stat": "usage_usec 1\n"}
+    assert quota(tmp_path, "0::/../..\n", files) is None
+    assert quota(tmp_path, "0::/a/../../b\n", files) is None
+
+
 def test_in_a_container_the_cgroup_mounted_is_its_own(tmp_path: Path) -> None:
     """``docker run --cpus 2``: /proc/self/cgroup names the host's path, which is not
     under the container's mount; the quota is the one at its root."""
@@ -131,6 +148,10 @@ V1_OWN = "12:pids:/x\n4:cpu:/arw\n3:cpuacct:/arw\n1:name=systemd:/arw\n0::/\n"
     (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "-1\n", "cpu/arw/cpu.cfs_period_us": "100000\n",
               "cpuacct/arw/cpuacct.usage": "3000000000\n"}, None),
     (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpu/arw/cpu.cfs_period_us": "100000\n"}, None),
+    (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpuacct/arw/cpuacct.usage": "3000000000\n"}, None),
+    (V1_OWN, {"cpu/arw/cpu.cfs_period_us": "100000\n", "cpuacct/arw/cpuacct.usage": "3000000000\n"}, None),
+    (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpu/arw/cpu.cfs_period_us": "0\n",
+              "cpuacct/arw/cpuacct.usage": "3000000000\n"}, None),
     ("4:cpu,cpuacct:/arw\n", {"cpu,cpuacct/arw/cpu.cfs_quota_us": "300000\n",
                               "cpu,cpuacct/arw/cpu.cfs_period_us": "100000\n",
                               "cpu,cpuacct/arw/cpuacct.usage": "500000000\n"}, (3.0, 0.5)),
@@ -152,6 +173,7 @@ def test_no_cgroups_listed_no_quota(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("before, now, expected", [
     (cpu.Reading(0, 0, 2), cpu.Reading(150, 200, 2), 1.5),  # no quota: the idle CPUs
+    (cpu.Reading(1000, 4000, 2), cpu.Reading(1050, 4200, 2), 0.5),  # what passed between the two
     # A quota of 1 CPU, 0.9 of it used: 0.1 more, whatever the host's idle CPUs.
     (cpu.Reading(0, 0, 8, used=10.0, quota=1.0, at=5.0), cpu.Reading(700, 800, 8, 10.9, 1.0, 6.0), 0.1),
     # A quota of 4, half of it used, on a host whose CPUs we may run on are busier still.
@@ -165,6 +187,19 @@ def test_no_cgroups_listed_no_quota(tmp_path: Path) -> None:
 def test_spare_cpus(before: Any, now: Any, expected: float | None) -> None:
     got = cpu.spare(before, now)
     assert got == pytest.approx(expected) if expected is not None else got is None
+
+
+def test_a_reading_is_of_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu, "cpu_ticks", lambda: (5, 10, 2))
+    monkeypatch.setattr(cpu, "cgroup_quota", lambda: (1.5, 7.0))
+    before = time.monotonic()
+    got = cpu.reading()
+    assert got is not None and got[:5] == (5, 10, 2, 7.0, 1.5) and before <= got.at <= time.monotonic()
+    monkeypatch.setattr(cpu, "cgroup_quota", lambda: None)
+    got = cpu.reading()
+    assert got is not None and got.quota is None and got.used is None
+    monkeypatch.setattr(cpu, "cpu_ticks", lambda: None)  # not Linux: nothing to judge by
+    assert cpu.reading() is None
 
 
 def test_a_probe_on_a_host_of_idle_cpus_but_a_spent_quota_keeps_one_stream() -> None:

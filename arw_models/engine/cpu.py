@@ -78,35 +78,37 @@ def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> _Quota |
     mounted); None where none is set or none can be read."""
     try:
         with open(own) as fh:
-            listed = [line.rstrip("\n").split(":", 2) for line in fh if line.count(":") >= 2]
+            listed = [line.rstrip("\n").split(":", 2) for line in fh]
     except OSError:
         return None
     found: list[_Quota] = []
-    for _, controllers, path in listed:
+    for fields in listed:
+        if len(fields) != 3:
+            continue
+        controllers, path = fields[1], fields[2]
         names = controllers.split(",")
         if controllers == "":  # cgroup v2: one hierarchy
-            found += _quotas(os.path.join(root, ""), path, _v2_quota)
+            found += _quotas(path, _v2_quota(root))
         elif "cpu" in names:
-            found += _quotas(os.path.join(root, controllers, ""), path, _v1_quota(root, controllers, names))
+            # cpuacct is mounted with cpu ("cpu,cpuacct") or on its own, at the same path.
+            acct = controllers if "cpuacct" in names else "cpuacct"
+            found += _quotas(path, _v1_quota(os.path.join(root, controllers), os.path.join(root, acct)))
     return min(found, key=lambda q: q[0]) if found else None
 
 
-def _quotas(mount: str, path: str, quota_of: Callable[[str], _Quota | None]) -> list[_Quota]:
-    """The quotas of ``path`` and of every cgroup above it under ``mount``. A
-    container mounts its own cgroup at the root, where ``path`` (the host's) is
-    not: it is then read from the root up."""
-    here = os.path.normpath(os.path.join(mount, path.lstrip("/")))
-    top = os.path.normpath(mount)
-    if not os.path.isdir(here):
-        here = top
+def _quotas(path: str, quota_of: Callable[[str], _Quota | None]) -> list[_Quota]:
+    """The quotas of the cgroup at ``path`` (as ``/proc/self/cgroup`` names it) and of
+    every one above it. A container mounts its own cgroup at the root, where that
+    path (the host's) names nothing: it is then read at the root, above all of it."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:  # not as the kernel writes it: nothing outside the mount is read
+        return []
     found = []
-    while True:
-        quota = quota_of(here)
+    for depth in range(len(parts), -1, -1):
+        quota = quota_of(os.path.join("", *parts[:depth]))
         if quota is not None:
             found.append(quota)
-        if here == top or not here.startswith(top + os.sep):
-            return found
-        here = os.path.dirname(here)
+    return found
 
 
 def _read(path: str) -> str | None:
@@ -117,33 +119,29 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _v2_quota(directory: str) -> _Quota | None:
-    limit, stat = _read(os.path.join(directory, "cpu.max")), _read(os.path.join(directory, "cpu.stat"))
-    if limit is None or stat is None:
-        return None
-    try:
-        quota, period = limit.split()[:2]
-        if quota == "max":
+def _v2_quota(mount: str) -> Callable[[str], _Quota | None]:
+    def quota_of(where: str) -> _Quota | None:
+        limit, stat = _read(os.path.join(mount, where, "cpu.max")), _read(os.path.join(mount, where, "cpu.stat"))
+        if limit is None or stat is None:
             return None
-        usage = next(int(line.split()[1]) for line in stat.splitlines() if line.startswith("usage_usec "))
-        return int(quota) / int(period), usage / 1e6
-    except (ValueError, IndexError, StopIteration, ZeroDivisionError):
-        return None
-
-
-def _v1_quota(root: str, controllers: str, names: list[str]) -> Callable[[str], _Quota | None]:
-    def quota_of(directory: str) -> _Quota | None:
-        quota = _read(os.path.join(directory, "cpu.cfs_quota_us"))
-        period = _read(os.path.join(directory, "cpu.cfs_period_us"))
-        if quota is None or period is None:
-            return None
-        # cpuacct is mounted with cpu ("cpu,cpuacct") or on its own, at the same path.
-        where = directory if "cpuacct" in names else directory.replace(
-            os.path.join(root, controllers), os.path.join(root, "cpuacct"), 1)
-        usage = _read(os.path.join(where, "cpuacct.usage"))
         try:
-            if int(quota) <= 0 or usage is None:
-                return None
+            quota, period = limit.split()  # "max 100000": no quota, which int() refuses
+            usage = next(int(line.split()[1]) for line in stat.splitlines() if line.startswith("usage_usec "))
+            return int(quota) / int(period), usage / 1e6
+        except (ValueError, IndexError, StopIteration, ZeroDivisionError):
+            return None
+
+    return quota_of
+
+
+def _v1_quota(mount: str, acct: str) -> Callable[[str], _Quota | None]:
+    def quota_of(where: str) -> _Quota | None:
+        quota = _read(os.path.join(mount, where, "cpu.cfs_quota_us"))
+        period = _read(os.path.join(mount, where, "cpu.cfs_period_us"))
+        usage = _read(os.path.join(acct, where, "cpuacct.usage"))
+        if quota is None or period is None or usage is None or quota.strip() == "-1":  # -1: no quota
+            return None
+        try:
             return int(quota) / int(period), int(usage) / 1e9
         except (ValueError, ZeroDivisionError):
             return None
