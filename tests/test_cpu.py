@@ -95,11 +95,12 @@ V2_OWN = "0::/system.slice/arw.service\n"
 
 @pytest.mark.parametrize("files, expected", [
     ({"system.slice/arw.service/cpu.max": "150000 100000\n",
-      "system.slice/arw.service/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\n"}, (1.5, 2.5)),
+      "system.slice/arw.service/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\nthrottled_usec 300000\n"},
+     (1.5, 2.5, 0.3)),
     # The tighter one, a level up (a slice's CPUQuota=), with its own usage.
     ({"system.slice/arw.service/cpu.max": "150000 100000\n",
       "system.slice/arw.service/cpu.stat": "usage_usec 2500000\n",
-      "system.slice/cpu.max": "50000 100000\n", "system.slice/cpu.stat": "usage_usec 9000000\n"}, (0.5, 9.0)),
+      "system.slice/cpu.max": "50000 100000\n", "system.slice/cpu.stat": "usage_usec 9000000\n"}, (0.5, 9.0, None)),
     ({"system.slice/arw.service/cpu.max": "max 100000\n",
       "system.slice/arw.service/cpu.stat": "usage_usec 2500000\n"}, None),
     ({"system.slice/arw.service/cpu.max": "150000 100000\n"}, None),  # no usage to go by
@@ -121,7 +122,7 @@ def test_a_cgroup_v2_quota(tmp_path: Path, files: dict[str, str], expected: Any)
 ])
 def test_the_cgroups_of_a_process_as_listed(tmp_path: Path, own: str) -> None:
     files = {"user.slice/app:1/cpu.max": "250000 100000\n", "user.slice/app:1/cpu.stat": "usage_usec 1000000\n"}
-    assert quota(tmp_path, own, files) == (2.5, 1.0)
+    assert quota(tmp_path, own, files) == (2.5, 1.0, None)
 
 
 def test_a_path_that_climbs_out_of_the_mount_is_not_followed(tmp_path: Path) -> None:
@@ -135,8 +136,8 @@ def test_in_a_container_the_cgroup_mounted_is_its_own(tmp_path: Path) -> None:
     """``docker run --cpus 2``: /proc/self/cgroup names the host's path, which is not
     under the container's mount; the quota is the one at its root."""
     files = {"cpu.max": "200000 100000\n", "cpu.stat": "usage_usec 7000000\n"}
-    assert quota(tmp_path, "0::/docker/4f1e\n", files) == (2.0, 7.0)
-    assert quota(tmp_path, "0::/\n", files) == (2.0, 7.0)
+    assert quota(tmp_path, "0::/docker/4f1e\n", files) == (2.0, 7.0, None)
+    assert quota(tmp_path, "0::/\n", files) == (2.0, 7.0, None)
 
 
 V1_OWN = "12:pids:/x\n4:cpu:/arw\n3:cpuacct:/arw\n1:name=systemd:/arw\n0::/\n"
@@ -144,7 +145,10 @@ V1_OWN = "12:pids:/x\n4:cpu:/arw\n3:cpuacct:/arw\n1:name=systemd:/arw\n0::/\n"
 
 @pytest.mark.parametrize("own, files, expected", [
     (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpu/arw/cpu.cfs_period_us": "100000\n",
-              "cpuacct/arw/cpuacct.usage": "3000000000\n"}, (0.25, 3.0)),
+              "cpuacct/arw/cpuacct.usage": "3000000000\n"}, (0.25, 3.0, None)),
+    (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpu/arw/cpu.cfs_period_us": "100000\n",
+              "cpu/arw/cpu.stat": "nr_periods 40\nnr_throttled 30\nthrottled_time 2000000000\n",
+              "cpuacct/arw/cpuacct.usage": "3000000000\n"}, (0.25, 3.0, 2.0)),
     (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "-1\n", "cpu/arw/cpu.cfs_period_us": "100000\n",
               "cpuacct/arw/cpuacct.usage": "3000000000\n"}, None),
     (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpu/arw/cpu.cfs_period_us": "100000\n"}, None),
@@ -154,10 +158,10 @@ V1_OWN = "12:pids:/x\n4:cpu:/arw\n3:cpuacct:/arw\n1:name=systemd:/arw\n0::/\n"
               "cpuacct/arw/cpuacct.usage": "3000000000\n"}, None),
     ("4:cpu,cpuacct:/arw\n", {"cpu,cpuacct/arw/cpu.cfs_quota_us": "300000\n",
                               "cpu,cpuacct/arw/cpu.cfs_period_us": "100000\n",
-                              "cpu,cpuacct/arw/cpuacct.usage": "500000000\n"}, (3.0, 0.5)),
+                              "cpu,cpuacct/arw/cpuacct.usage": "500000000\n"}, (3.0, 0.5, None)),
     ("4:cpu,cpuacct:/arw\n", {"cpu,cpuacct/cpu.cfs_quota_us": "100000\n",  # only the root's, for a container
                               "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-                              "cpu,cpuacct/cpuacct.usage": "500000000\n"}, (1.0, 0.5)),
+                              "cpu,cpuacct/cpuacct.usage": "500000000\n"}, (1.0, 0.5, None)),
     ("4:cpuacct:/arw\n", {"cpuacct/arw/cpuacct.usage": "5\n"}, None),  # no cpu controller listed
 ])
 def test_a_cgroup_v1_quota(tmp_path: Path, own: str, files: dict[str, str], expected: Any) -> None:
@@ -189,15 +193,29 @@ def test_spare_cpus(before: Any, now: Any, expected: float | None) -> None:
     assert got == pytest.approx(expected) if expected is not None else got is None
 
 
+@pytest.mark.parametrize("before, now, expected", [
+    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), cpu.Reading(0, 0, 2, at=1.2, throttled=0.6), 0.1),
+    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), cpu.Reading(0, 0, 2, at=1.2, throttled=0.9), 0.2),  # two CPUs' worth
+    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), cpu.Reading(0, 0, 2, at=1.2, throttled=0.4), 0.0),  # not as it runs
+    (cpu.Reading(0, 0, 2, at=1.0), cpu.Reading(0, 0, 2, at=1.2, throttled=0.6), 0.0),  # no quota then
+    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), cpu.Reading(0, 0, 2, at=1.2), 0.0),
+    (None, cpu.Reading(0, 0, 2, at=1.2, throttled=0.6), 0.0),
+    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), None, 0.0),
+])
+def test_time_held_back_by_the_quota(before: Any, now: Any, expected: float) -> None:
+    assert cpu.held_back(before, now) == pytest.approx(expected)
+
+
 def test_a_reading_is_of_now(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu, "cpu_ticks", lambda: (5, 10, 2))
-    monkeypatch.setattr(cpu, "cgroup_quota", lambda: (1.5, 7.0))
+    monkeypatch.setattr(cpu, "cgroup_quota", lambda: cpu.Quota(1.5, 7.0, 0.25))
     before = time.monotonic()
     got = cpu.reading()
     assert got is not None and got[:5] == (5, 10, 2, 7.0, 1.5) and before <= got.at <= time.monotonic()
+    assert got.throttled == 0.25
     monkeypatch.setattr(cpu, "cgroup_quota", lambda: None)
     got = cpu.reading()
-    assert got is not None and got.quota is None and got.used is None
+    assert got is not None and got.quota is None and got.used is None and got.throttled is None
     monkeypatch.setattr(cpu, "cpu_ticks", lambda: None)  # not Linux: nothing to judge by
     assert cpu.reading() is None
 
@@ -213,6 +231,35 @@ def test_a_probe_on_a_host_of_idle_cpus_but_a_spent_quota_keeps_one_stream() -> 
         now[0] = n / 500
         said.append(probe(n * mib))
     assert not probe.split and not any(said) and "0.00 CPUs idle" in probe.why, probe.why
+
+
+def quota_froze(secs: float) -> Any:
+    """Readings of a process whose quota held it back ``secs`` seconds between the
+    first (the probe's start) and every later one."""
+    calls = iter(range(1_000_000))
+
+    def read() -> cpu.Reading:
+        first = next(calls) == 0
+        return cpu.Reading(0, 100, 2, used=0.0, quota=1.0, at=0.0 if first else 1.0,
+                           throttled=0.0 if first else secs)
+    return read
+
+
+@pytest.mark.parametrize("frozen, split", [(0.0, True), (0.004, True), (0.0055, False)])
+def test_the_early_test_does_not_count_the_time_the_quota_froze_the_process(frozen: float, split: bool) -> None:
+    """200 KiB in the 10 ms after the first read: under 200 MiB/s over the 6 ms past
+    PROBE_GRACE, unless the CPU quota held the process back 5.5 ms of them (no read
+    could come then: 200 KiB in half a millisecond is no slow origin). Held back 4 ms,
+    it is still too slow: a capped origin in a busy container is still split at once."""
+    kib, mib, now = 1024, 1024 * 1024, [0.0]
+    probe = single.Probe(800 * mib, clock=lambda: now[0], cpu=quota_froze(frozen))
+    said = []
+    for secs, got in [(0.020, 128 * kib), (0.030, 328 * kib)]:
+        now[0] = secs
+        said.append(probe(got))
+    assert said == [False, split] and probe.split == split
+    if split and frozen:
+        assert "4.0 ms of them held back by the CPU quota" in probe.why, probe.why
 
 
 # -- the kernel's own: a real cgroup with a quota --------------------------------------------
@@ -291,3 +338,6 @@ def test_a_process_in_a_cgroup_with_a_quota_has_no_cpu_to_spare(quota_of_a_fifth
     used = (now.used - before.used) / (now.at - before.at)
     assert 0.1 < used < 0.3, used  # the kernel held it to its quota
     assert spare is not None and spare < 0.1 < single.SPARE_CORES, (spare, used)
+    # Held back 0.8 of the time (of one CPU: the child hashes on one thread).
+    held = cpu.held_back(before, now)
+    assert 0.6 < held / (now.at - before.at) < 0.95, (held, now.at - before.at)

@@ -13,6 +13,11 @@ Two readings, some milliseconds apart, tell how many CPUs were idle between them
   process's own cgroup up to the root. In such a container ``/proc/stat`` shows
   the host's CPUs, mostly idle, while the container has none to spare.
 
+A quota also freezes the process once it has spent its share of a period, until
+the next one (``throttled_usec`` in v2's ``cpu.stat``, ``throttled_time`` in v1's):
+no read comes meanwhile, however fast the origin, so the probe's first test of a
+stream's pace leaves that time out (:func:`held_back`).
+
 Where none of this can be read (not Linux), the reading is None and the probe
 judges by the pace alone.
 """
@@ -26,7 +31,14 @@ from typing import NamedTuple
 
 CGROUP = "/sys/fs/cgroup"
 
-_Quota = tuple[float, float]  # (CPUs, CPU seconds used so far)
+
+
+class Quota(NamedTuple):
+    """A CPU quota of a cgroup, and what it has used of it so far."""
+
+    cpus: float  # CPUs the quota allows
+    used: float  # CPU seconds its processes have used
+    throttled: float | None = None  # seconds they were held back, the quota spent (summed over CPUs)
 
 
 class Reading(NamedTuple):
@@ -38,6 +50,7 @@ class Reading(NamedTuple):
     used: float | None = None  # CPU seconds the cgroup of the tightest quota has used
     quota: float | None = None  # CPUs that quota allows (None: no quota)
     at: float = 0.0  # time.monotonic() when read
+    throttled: float | None = None  # seconds that cgroup was held back by its quota
 
 
 def cpu_ticks(path: str = "/proc/stat", cpus: Collection[int] | None = None) -> tuple[int, int, int] | None:
@@ -71,8 +84,8 @@ def allowed_cpus() -> Collection[int] | None:
         return None
 
 
-def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> _Quota | None:
-    """(CPUs, CPU seconds used so far) of the tightest CPU quota on this process's
+def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> Quota | None:
+    """The tightest CPU quota on this process's
     cgroup or one above it (``own``: the process's cgroups, as
     ``/proc/self/cgroup`` lists them; ``root``: where the hierarchies are
     mounted); None where none is set or none can be read."""
@@ -81,7 +94,7 @@ def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> _Quota |
             listed = [line.rstrip("\n").split(":", 2) for line in fh]
     except OSError:
         return None
-    found: list[_Quota] = []
+    found: list[Quota] = []
     for fields in listed:
         if len(fields) != 3:
             continue
@@ -96,7 +109,7 @@ def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> _Quota |
     return min(found, key=lambda q: q[0]) if found else None
 
 
-def _quotas(path: str, quota_of: Callable[[str], _Quota | None]) -> list[_Quota]:
+def _quotas(path: str, quota_of: Callable[[str], Quota | None]) -> list[Quota]:
     """The quotas of the cgroup at ``path`` (as ``/proc/self/cgroup`` names it) and of
     every one above it. A container mounts its own cgroup at the root, where that
     path (the host's) names nothing: it is then read at the root, above all of it."""
@@ -119,30 +132,43 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _v2_quota(mount: str) -> Callable[[str], _Quota | None]:
-    def quota_of(where: str) -> _Quota | None:
+def _field(stat: str, name: str) -> int | None:
+    """The value of ``name`` in a ``cpu.stat`` (lines of a name and a number)."""
+    for line in stat.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == name:
+            return int(words[1])
+    return None
+
+
+def _v2_quota(mount: str) -> Callable[[str], Quota | None]:
+    def quota_of(where: str) -> Quota | None:
         limit, stat = _read(os.path.join(mount, where, "cpu.max")), _read(os.path.join(mount, where, "cpu.stat"))
         if limit is None or stat is None:
             return None
         try:
             quota, period = limit.split()  # "max 100000": no quota, which int() refuses
-            usage = next(int(line.split()[1]) for line in stat.splitlines() if line.startswith("usage_usec "))
-            return int(quota) / int(period), usage / 1e6
-        except (ValueError, IndexError, StopIteration, ZeroDivisionError):
+            usage = _field(stat, "usage_usec")
+            if usage is None:
+                return None
+            throttled = _field(stat, "throttled_usec")
+            return Quota(int(quota) / int(period), usage / 1e6, None if throttled is None else throttled / 1e6)
+        except (ValueError, ZeroDivisionError):
             return None
 
     return quota_of
 
 
-def _v1_quota(mount: str, acct: str) -> Callable[[str], _Quota | None]:
-    def quota_of(where: str) -> _Quota | None:
+def _v1_quota(mount: str, acct: str) -> Callable[[str], Quota | None]:
+    def quota_of(where: str) -> Quota | None:
         quota = _read(os.path.join(mount, where, "cpu.cfs_quota_us"))
         period = _read(os.path.join(mount, where, "cpu.cfs_period_us"))
         usage = _read(os.path.join(acct, where, "cpuacct.usage"))
         if quota is None or period is None or usage is None or quota.strip() == "-1":  # -1: no quota
             return None
         try:
-            return int(quota) / int(period), int(usage) / 1e9
+            throttled = _field(_read(os.path.join(mount, where, "cpu.stat")) or "", "throttled_time")
+            return Quota(int(quota) / int(period), int(usage) / 1e9, None if throttled is None else throttled / 1e9)
         except (ValueError, ZeroDivisionError):
             return None
 
@@ -155,7 +181,9 @@ def reading() -> Reading | None:
     if ticks is None:
         return None
     quota = cgroup_quota()
-    return Reading(*ticks, used=quota[1] if quota else None, quota=quota[0] if quota else None, at=time.monotonic())
+    if quota is None:
+        return Reading(*ticks, at=time.monotonic())
+    return Reading(*ticks, used=quota.used, quota=quota.cpus, at=time.monotonic(), throttled=quota.throttled)
 
 
 def spare(before: Reading | None, now: Reading | None) -> float | None:
@@ -168,3 +196,13 @@ def spare(before: Reading | None, now: Reading | None) -> float | None:
     if now.quota is not None and before.used is not None and now.used is not None and now.at > before.at:
         idle = min(idle, now.quota - (now.used - before.used) / (now.at - before.at))
     return max(idle, 0.0)
+
+
+def held_back(before: Reading | None, now: Reading | None) -> float:
+    """Seconds, from ``before`` to ``now``, that the cgroup's quota held this
+    process back (it had spent its share of a period, and waited for the next one);
+    at most the time that passed, 0 when unknown. A stream is slow meanwhile because
+    nothing of the process ran, whatever its origin's pace."""
+    if before is None or now is None or before.throttled is None or now.throttled is None:
+        return 0.0
+    return max(0.0, min(now.throttled - before.throttled, now.at - before.at))

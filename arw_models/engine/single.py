@@ -161,7 +161,8 @@ class Probe:
     """Asked after every read of a stream that could be split (``bytes read so
     far``), says when to split it: once it falls below :data:`PROBE_EARLY` (or
     ``keep``, if lower) on average from its first read on, past
-    :data:`PROBE_GRACE`, or when its pace from :data:`PROBE_FROM` to
+    :data:`PROBE_GRACE` (not counting the time a CPU quota held the process
+    back), or when its pace from :data:`PROBE_FROM` to
     :data:`PROBE_TO` falls short of ``keep`` bytes/s while this process could
     have had at least :data:`SPARE_CORES` more CPU (``cpu``:
     :func:`.cpu.reading`: idle CPUs it may run on, within its cgroup's quota).
@@ -186,9 +187,14 @@ class Probe:
         if self._first is None:  # the time to the first byte is the origin's latency, not its pace
             self._first = (self._clock(), got)
         now = self._clock() - self._first[0]
-        if now > PROBE_GRACE and got - self._first[1] < min(PROBE_EARLY, self.keep) * (now - PROBE_GRACE):
-            return self._decide(True, f"{got - self._first[1]} bytes in {now * 1000:.1f} ms after the first read "
-                                      "as one stream; ranges from there")
+        early = min(PROBE_EARLY, self.keep)
+        if now > PROBE_GRACE and got - self._first[1] < early * (now - PROBE_GRACE):
+            # Not the time the CPU quota froze this process: no read can come then.
+            frozen = cpustat.held_back(self._cpu_began, self._cpu())
+            if got - self._first[1] < early * (now - PROBE_GRACE - frozen):
+                held = f", {frozen * 1000:.1f} ms of them held back by the CPU quota" if frozen else ""
+                return self._decide(True, f"{got - self._first[1]} bytes in {now * 1000:.1f} ms after the first read "
+                                          f"as one stream{held}; ranges from there")
         if got >= PROBE_FROM and self._from is None:
             self._from = (now, got)
         elif got >= PROBE_TO and self._from is not None:
