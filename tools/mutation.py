@@ -116,7 +116,7 @@ _MODEL_TESTS = ["tests/test_many_files.py", "tests/test_many_files_resume.py", "
 # takes about a minute, too long to run against every mutant; name it with --tests.
 DEFAULT_TESTS = {
     "arw_models/engine/download.py": [*_ENGINE_TESTS, "tests/test_names.py", "tests/test_url_normalization.py"],
-    "arw_models/engine/single.py": ["tests/test_segments.py", *_ENGINE_TESTS],
+    "arw_models/engine/single.py": ["tests/test_segments.py", "tests/test_cpu.py", *_ENGINE_TESTS],
     "arw_models/engine/cpu.py": ["tests/test_cpu.py", "tests/test_split_at_once.py"],
     "arw_models/engine/parallel.py": ["tests/test_segments.py", "tests/test_segment_faults.py", *_ENGINE_TESTS],
     "arw_models/engine/published.py": ["tests/test_digests.py", "tests/test_hub.py", *_ENGINE_TESTS],
