@@ -289,9 +289,14 @@ def test_the_page_says_why_it_cannot_reach_the_service(make_app: Callable[..., A
         assert held.status_code == 200
         page = browser.new_page()
         page.goto(service.url + "/")
-        # The stream is refused with a problem document: the badge gives its detail and code.
-        page.wait_for_selector('#conn[data-state="disconnected"]:text("too-many-streams")')
-        assert "HTTP 503: 1 event streams are open" in page.locator("#conn").inner_text()
+        # The stream is refused with a problem document: the badge gives its detail and
+        # code. (Read in one go: the page tries again every 300 ms, and says
+        # "connecting" meanwhile.)
+        page.wait_for_function("""() => {
+            const badge = document.querySelector('#conn');
+            return badge.dataset.state === "disconnected" && badge.textContent.includes("too-many-streams")
+                && badge.textContent.includes("HTTP 503: 1 event streams are open");
+        }""", polling=20)
 
         # The service goes away: a request from the page, and the stream, say so.
         held.close()
