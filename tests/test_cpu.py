@@ -262,6 +262,23 @@ def test_the_early_test_does_not_count_the_time_the_quota_froze_the_process(froz
         assert "4.0 ms of them held back by the CPU quota" in probe.why, probe.why
 
 
+def test_the_time_frozen_is_read_again_only_when_it_would_split() -> None:
+    """Reading it costs a dozen files; what is known of it only grows, so a read
+    that is fast enough by what was known asks for nothing."""
+    kib, mib, now, calls = 1024, 1024 * 1024, [0.0], []
+    froze = quota_froze(0.0055)
+
+    def counted() -> cpu.Reading:
+        calls.append(now[0])
+        return froze()
+
+    probe = single.Probe(800 * mib, clock=lambda: now[0], cpu=counted)
+    for secs, got in [(0.020, 128 * kib), (0.030, 328 * kib), (0.031, 600 * kib)]:
+        now[0] = secs
+        assert not probe(got)
+    assert calls == [0.0, 0.030]  # the start, then the read that was slow by 0 ms frozen
+
+
 # -- the kernel's own: a real cgroup with a quota --------------------------------------------
 
 

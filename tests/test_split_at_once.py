@@ -325,6 +325,13 @@ def test_a_pace_to_keep_below_probe_early_holds_from_the_first_read() -> None:
     assert not any(said) and not probe.split and "stays one stream" in probe.why
 
 
+def test_the_early_pace_counts_from_the_end_of_the_first_read() -> None:
+    """A first read of a whole socket buffer (1 MiB) says nothing of the pace: 1 MiB
+    more in the 10 ms after it is 100 MiB/s, under PROBE_EARLY, so the stream is split."""
+    probe, said = probe_of([(0.020, 1 * MiB), (0.030, 2 * MiB)], keep=800 * MB_S)
+    assert said == [False, True] and probe.split and probe.why.startswith(f"{MiB} bytes in 10.0 ms"), probe.why
+
+
 @pytest.mark.parametrize("idle_cpus, split", [(0.2, False), (0.74, False), (0.76, True), (1.5, True)])
 def test_a_probe_keeps_a_stream_the_cpu_holds_back(idle_cpus: float, split: bool) -> None:
     """500 MiB/s, short of 800 to keep: split only if the machine had SPARE_CORES

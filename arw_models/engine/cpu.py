@@ -32,7 +32,6 @@ from typing import NamedTuple
 CGROUP = "/sys/fs/cgroup"
 
 
-
 class Quota(NamedTuple):
     """A CPU quota of a cgroup, and what it has used of it so far."""
 

@@ -177,6 +177,7 @@ class Probe:
         self._clock = clock
         self._cpu = cpustat.reading if cpu is None else cpu
         self._cpu_began = self._cpu()
+        self._frozen = 0.0  # seconds the CPU quota held the process back since, as last read
         self._first: tuple[float, int] | None = None  # when the first read came, and its bytes
         self._decided = False
         self._from: tuple[float, int] | None = None  # when the stream passed PROBE_FROM, and its bytes then
@@ -188,9 +189,10 @@ class Probe:
             self._first = (self._clock(), got)
         now = self._clock() - self._first[0]
         early = min(PROBE_EARLY, self.keep)
-        if now > PROBE_GRACE and got - self._first[1] < early * (now - PROBE_GRACE):
-            # Not the time the CPU quota froze this process: no read can come then.
-            frozen = cpustat.held_back(self._cpu_began, self._cpu())
+        # Not the time the CPU quota froze this process: no read can come then. What
+        # is known of it only grows, so it is read afresh only when it would split.
+        if now > PROBE_GRACE and got - self._first[1] < early * (now - PROBE_GRACE - self._frozen):
+            self._frozen = frozen = cpustat.held_back(self._cpu_began, self._cpu())
             if got - self._first[1] < early * (now - PROBE_GRACE - frozen):
                 held = f", {frozen * 1000:.1f} ms of them held back by the CPU quota" if frozen else ""
                 return self._decide(True, f"{got - self._first[1]} bytes in {now * 1000:.1f} ms after the first read "
