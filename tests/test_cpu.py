@@ -96,11 +96,11 @@ V2_OWN = "0::/system.slice/arw.service\n"
 @pytest.mark.parametrize("files, expected", [
     ({"system.slice/arw.service/cpu.max": "150000 100000\n",
       "system.slice/arw.service/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\nthrottled_usec 300000\n"},
-     (1.5, 2.5, 0.3)),
+     (1.5, 2.5)),
     # The tighter one, a level up (a slice's CPUQuota=), with its own usage.
     ({"system.slice/arw.service/cpu.max": "150000 100000\n",
       "system.slice/arw.service/cpu.stat": "usage_usec 2500000\n",
-      "system.slice/cpu.max": "50000 100000\n", "system.slice/cpu.stat": "usage_usec 9000000\n"}, (0.5, 9.0, None)),
+      "system.slice/cpu.max": "50000 100000\n", "system.slice/cpu.stat": "usage_usec 9000000\n"}, (0.5, 9.0)),
     ({"system.slice/arw.service/cpu.max": "max 100000\n",
       "system.slice/arw.service/cpu.stat": "usage_usec 2500000\n"}, None),
     ({"system.slice/arw.service/cpu.max": "150000 100000\n"}, None),  # no usage to go by
@@ -122,7 +122,7 @@ def test_a_cgroup_v2_quota(tmp_path: Path, files: dict[str, str], expected: Any)
 ])
 def test_the_cgroups_of_a_process_as_listed(tmp_path: Path, own: str) -> None:
     files = {"user.slice/app:1/cpu.max": "250000 100000\n", "user.slice/app:1/cpu.stat": "usage_usec 1000000\n"}
-    assert quota(tmp_path, own, files) == (2.5, 1.0, None)
+    assert quota(tmp_path, own, files) == (2.5, 1.0)
 
 
 def test_a_path_that_climbs_out_of_the_mount_is_not_followed(tmp_path: Path) -> None:
@@ -136,8 +136,8 @@ def test_in_a_container_the_cgroup_mounted_is_its_own(tmp_path: Path) -> None:
     """``docker run --cpus 2``: /proc/self/cgroup names the host's path, which is not
     under the container's mount; the quota is the one at its root."""
     files = {"cpu.max": "200000 100000\n", "cpu.stat": "usage_usec 7000000\n"}
-    assert quota(tmp_path, "0::/docker/4f1e\n", files) == (2.0, 7.0, None)
-    assert quota(tmp_path, "0::/\n", files) == (2.0, 7.0, None)
+    assert quota(tmp_path, "0::/docker/4f1e\n", files) == (2.0, 7.0)
+    assert quota(tmp_path, "0::/\n", files) == (2.0, 7.0)
 
 
 V1_OWN = "12:pids:/x\n4:cpu:/arw\n3:cpuacct:/arw\n1:name=systemd:/arw\n0::/\n"
@@ -145,10 +145,15 @@ V1_OWN = "12:pids:/x\n4:cpu:/arw\n3:cpuacct:/arw\n1:name=systemd:/arw\n0::/\n"
 
 @pytest.mark.parametrize("own, files, expected", [
     (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpu/arw/cpu.cfs_period_us": "100000\n",
-              "cpuacct/arw/cpuacct.usage": "3000000000\n"}, (0.25, 3.0, None)),
-    (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpu/arw/cpu.cfs_period_us": "100000\n",
-              "cpu/arw/cpu.stat": "nr_periods 40\nnr_throttled 30\nthrottled_time 2000000000\n",
-              "cpuacct/arw/cpuacct.usage": "3000000000\n"}, (0.25, 3.0, 2.0)),
+              "cpuacct/arw/cpuacct.usage": "3000000000\n"}, (0.25, 3.0)),
+    # Mounted as listed, not in the order of the names.
+    ("4:cpuacct,cpu:/arw\n", {"cpuacct,cpu/arw/cpu.cfs_quota_us": "50000\n",
+                              "cpuacct,cpu/arw/cpu.cfs_period_us": "100000\n",
+                              "cpuacct,cpu/arw/cpuacct.usage": "1000000000\n"}, (0.5, 1.0)),
+    # CentOS 7 lists "cpuacct,cpu" and mounts "cpu,cpuacct".
+    ("4:cpuacct,cpu:/arw\n", {"cpu,cpuacct/arw/cpu.cfs_quota_us": "25000\n",
+                              "cpu,cpuacct/arw/cpu.cfs_period_us": "100000\n",
+                              "cpu,cpuacct/arw/cpuacct.usage": "3000000000\n"}, (0.25, 3.0)),
     (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "-1\n", "cpu/arw/cpu.cfs_period_us": "100000\n",
               "cpuacct/arw/cpuacct.usage": "3000000000\n"}, None),
     (V1_OWN, {"cpu/arw/cpu.cfs_quota_us": "25000\n", "cpu/arw/cpu.cfs_period_us": "100000\n"}, None),
@@ -158,10 +163,10 @@ V1_OWN = "12:pids:/x\n4:cpu:/arw\n3:cpuacct:/arw\n1:name=systemd:/arw\n0::/\n"
               "cpuacct/arw/cpuacct.usage": "3000000000\n"}, None),
     ("4:cpu,cpuacct:/arw\n", {"cpu,cpuacct/arw/cpu.cfs_quota_us": "300000\n",
                               "cpu,cpuacct/arw/cpu.cfs_period_us": "100000\n",
-                              "cpu,cpuacct/arw/cpuacct.usage": "500000000\n"}, (3.0, 0.5, None)),
+                              "cpu,cpuacct/arw/cpuacct.usage": "500000000\n"}, (3.0, 0.5)),
     ("4:cpu,cpuacct:/arw\n", {"cpu,cpuacct/cpu.cfs_quota_us": "100000\n",  # only the root's, for a container
                               "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-                              "cpu,cpuacct/cpuacct.usage": "500000000\n"}, (1.0, 0.5, None)),
+                              "cpu,cpuacct/cpuacct.usage": "500000000\n"}, (1.0, 0.5)),
     ("4:cpuacct:/arw\n", {"cpuacct/arw/cpuacct.usage": "5\n"}, None),  # no cpu controller listed
 ])
 def test_a_cgroup_v1_quota(tmp_path: Path, own: str, files: dict[str, str], expected: Any) -> None:
@@ -193,29 +198,34 @@ def test_spare_cpus(before: Any, now: Any, expected: float | None) -> None:
     assert got == pytest.approx(expected) if expected is not None else got is None
 
 
-@pytest.mark.parametrize("before, now, expected", [
-    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), cpu.Reading(0, 0, 2, at=1.2, throttled=0.6), 0.1),
-    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), cpu.Reading(0, 0, 2, at=1.2, throttled=0.9), 0.2),  # two CPUs' worth
-    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), cpu.Reading(0, 0, 2, at=1.2, throttled=0.4), 0.0),  # not as it runs
-    (cpu.Reading(0, 0, 2, at=1.0), cpu.Reading(0, 0, 2, at=1.2, throttled=0.6), 0.0),  # no quota then
-    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), cpu.Reading(0, 0, 2, at=1.2), 0.0),
-    (None, cpu.Reading(0, 0, 2, at=1.2, throttled=0.6), 0.0),
-    (cpu.Reading(0, 0, 2, at=1.0, throttled=0.5), None, 0.0),
-])
-def test_time_held_back_by_the_quota(before: Any, now: Any, expected: float) -> None:
-    assert cpu.held_back(before, now) == pytest.approx(expected)
+def test_time_held_back_from_running() -> None:
+    assert cpu.held_back(0.5, 0.6) == pytest.approx(0.1)
+    assert cpu.held_back(0.5, 0.4) == 0.0  # not as the kernel counts
+    assert cpu.held_back(None, 0.6) == 0.0 and cpu.held_back(0.5, None) == 0.0
+
+
+def test_the_wait_of_a_thread(tmp_path: Path) -> None:
+    stat = tmp_path / "schedstat"
+    stat.write_bytes(b"417949 113350000 2\n")
+    assert cpu.waited(str(stat)) == pytest.approx(0.11335)
+    for text in (b"417949\n", b"1 x 2\n", b""):
+        stat.write_bytes(text)
+        assert cpu.waited(str(stat)) is None
+    assert cpu.waited(str(tmp_path / "none")) is None
+    if os.path.exists("/proc/thread-self/schedstat"):
+        mine = cpu.waited()
+        assert mine is not None and mine >= 0
 
 
 def test_a_reading_is_of_now(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu, "cpu_ticks", lambda: (5, 10, 2))
-    monkeypatch.setattr(cpu, "cgroup_quota", lambda: cpu.Quota(1.5, 7.0, 0.25))
+    monkeypatch.setattr(cpu, "cgroup_quota", lambda: cpu.Quota(1.5, 7.0))
     before = time.monotonic()
     got = cpu.reading()
     assert got is not None and got[:5] == (5, 10, 2, 7.0, 1.5) and before <= got.at <= time.monotonic()
-    assert got.throttled == 0.25
     monkeypatch.setattr(cpu, "cgroup_quota", lambda: None)
     got = cpu.reading()
-    assert got is not None and got.quota is None and got.used is None and got.throttled is None
+    assert got is not None and got.quota is None and got.used is None
     monkeypatch.setattr(cpu, "cpu_ticks", lambda: None)  # not Linux: nothing to judge by
     assert cpu.reading() is None
 
@@ -233,50 +243,47 @@ def test_a_probe_on_a_host_of_idle_cpus_but_a_spent_quota_keeps_one_stream() -> 
     assert not probe.split and not any(said) and "0.00 CPUs idle" in probe.why, probe.why
 
 
-def quota_froze(secs: float) -> Any:
-    """Readings of a process whose quota held it back ``secs`` seconds between the
-    first (the probe's start) and every later one."""
+def waiting(secs: float) -> Any:
+    """This thread's wait for a CPU, as :func:`cpu.waited` reads it: ``secs`` more
+    after the first reading (the first read of the stream) than at it."""
     calls = iter(range(1_000_000))
-
-    def read() -> cpu.Reading:
-        first = next(calls) == 0
-        return cpu.Reading(0, 100, 2, used=0.0, quota=1.0, at=0.0 if first else 1.0,
-                           throttled=0.0 if first else secs)
-    return read
+    return lambda: 7.0 if next(calls) == 0 else 7.0 + secs
 
 
 @pytest.mark.parametrize("frozen, split", [(0.0, True), (0.004, True), (0.0055, False)])
-def test_the_early_test_does_not_count_the_time_the_quota_froze_the_process(frozen: float, split: bool) -> None:
+def test_the_early_test_does_not_count_the_time_the_reader_waited_for_a_cpu(frozen: float, split: bool) -> None:
     """200 KiB in the 10 ms after the first read: under 200 MiB/s over the 6 ms past
-    PROBE_GRACE, unless the CPU quota held the process back 5.5 ms of them (no read
-    could come then: 200 KiB in half a millisecond is no slow origin). Held back 4 ms,
-    it is still too slow: a capped origin in a busy container is still split at once."""
+    PROBE_GRACE, unless the reading thread waited 5.5 ms of them for a CPU (a quota
+    spent, other work: no read could come then, and 200 KiB in half a millisecond is
+    no slow origin). Waiting 4 ms, it is still too slow: a capped origin on a busy
+    machine, or in a container out of its quota, is still split at once."""
     kib, mib, now = 1024, 1024 * 1024, [0.0]
-    probe = single.Probe(800 * mib, clock=lambda: now[0], cpu=quota_froze(frozen))
+    probe = single.Probe(800 * mib, clock=lambda: now[0], cpu=lambda: None, waited=waiting(frozen))
     said = []
     for secs, got in [(0.020, 128 * kib), (0.030, 328 * kib)]:
         now[0] = secs
         said.append(probe(got))
     assert said == [False, split] and probe.split == split
     if split and frozen:
-        assert "4.0 ms of them held back by the CPU quota" in probe.why, probe.why
+        assert "4.0 ms of them waiting for a CPU" in probe.why, probe.why
 
 
-def test_the_time_frozen_is_read_again_only_when_it_would_split() -> None:
-    """Reading it costs a dozen files; what is known of it only grows, so a read
-    that is fast enough by what was known asks for nothing."""
+def test_the_wait_is_read_again_only_when_it_would_split() -> None:
+    """The wait counts from the first read: one before it (the request, the answer's
+    headers) is no part of the pace measured from there. What is known of it only
+    grows, so a read that is fast enough by what was known asks for nothing."""
     kib, mib, now, calls = 1024, 1024 * 1024, [0.0], []
-    froze = quota_froze(0.0055)
+    wait = waiting(0.0055)
 
-    def counted() -> cpu.Reading:
+    def counted() -> float:
         calls.append(now[0])
-        return froze()
+        return wait()
 
-    probe = single.Probe(800 * mib, clock=lambda: now[0], cpu=counted)
+    probe = single.Probe(800 * mib, clock=lambda: now[0], cpu=lambda: None, waited=counted)
     for secs, got in [(0.020, 128 * kib), (0.030, 328 * kib), (0.031, 600 * kib)]:
         now[0] = secs
         assert not probe(got)
-    assert calls == [0.0, 0.030]  # the start, then the read that was slow by 0 ms frozen
+    assert calls == [0.020, 0.030]  # the first read, then the read that was slow by 0 ms waited
 
 
 # -- the kernel's own: a real cgroup with a quota --------------------------------------------
@@ -320,22 +327,29 @@ def quota_of_a_fifth() -> Iterator[list[Path]]:
             procs = [here / "cgroup.procs"]
         else:
             procs = []
-            for controller in ("cpu", "cpuacct"):
-                here = root / controller / name
+            # cpu and cpuacct are often one hierarchy ("cpu,cpuacct", the others links to it).
+            for mount in dict.fromkeys((root / c).resolve() for c in ("cpu", "cpuacct")):
+                here = mount / name
                 here.mkdir()
                 made.append(here)
                 procs.append(here / "cgroup.procs")
             (root / "cpu" / name / "cpu.cfs_quota_us").write_text("20000")
     except OSError as exc:
-        for here in reversed(made):
-            here.rmdir()
+        _remove(made)
         pytest.skip(f"cannot make a cgroup with a CPU quota here (needs root and a writable cgroup file system): "
                     f"{exc}")
     try:
         yield procs
     finally:
-        for here in reversed(made):
-            here.rmdir()  # its one process has exited
+        _remove(made)  # its one process has exited
+
+
+def _remove(made: list[Path]) -> None:
+    for here in reversed(made):
+        try:
+            here.rmdir()
+        except OSError:
+            pass  # the next one goes all the same
 
 
 def test_a_process_in_a_cgroup_with_a_quota_has_no_cpu_to_spare(quota_of_a_fifth: list[Path]) -> None:
@@ -344,18 +358,18 @@ def test_a_process_in_a_cgroup_with_a_quota_has_no_cpu_to_spare(quota_of_a_fifth
     the machine's idle CPUs, so it has none to spare (at most a CFS period's worth)."""
     got = _in_child(
         "import hashlib, time\n"
-        "before = cpu.reading()\n"
+        "before, waited = cpu.reading(), cpu.waited()\n"
         "ends = time.monotonic() + 0.5\n"
         "while time.monotonic() < ends:\n"
         "    hashlib.sha256(bytes(64 * 1024))\n"
         "now = cpu.reading()\n"
-        "print(json.dumps([before, now, cpu.spare(before, now)]))\n", procs=quota_of_a_fifth)
-    before, now, spare = cpu.Reading(*got[0]), cpu.Reading(*got[1]), got[2]
+        "print(json.dumps([before, now, cpu.spare(before, now), cpu.waited() - waited]))\n", procs=quota_of_a_fifth)
+    before, now, spare, waited = cpu.Reading(*got[0]), cpu.Reading(*got[1]), got[2], got[3]
     assert now.quota == pytest.approx(0.2) and before.quota == pytest.approx(0.2)
     used = (now.used - before.used) / (now.at - before.at)
     assert used < 0.3, used  # the kernel held it to its quota
     assert spare is not None and spare < 0.15 < single.SPARE_CORES, (spare, used)
-    # Held back, most of the time on a quiet machine (about 0.8: the child runs on
-    # one thread); on a busy one it gets less than its quota, and is held back less.
-    held = cpu.held_back(before, now)
-    assert 0 < held <= now.at - before.at, (held, now.at - before.at)
+    # Its one thread waited for a CPU most of the time (about 0.8 of it on a quiet
+    # machine, the quota spent; on a busy one, for other work too), never longer
+    # than the time that passed.
+    assert 0.3 < waited / (now.at - before.at) <= 1.01, (waited, now.at - before.at)

@@ -13,10 +13,12 @@ Two readings, some milliseconds apart, tell how many CPUs were idle between them
   process's own cgroup up to the root. In such a container ``/proc/stat`` shows
   the host's CPUs, mostly idle, while the container has none to spare.
 
-A quota also freezes the process once it has spent its share of a period, until
-the next one (``throttled_usec`` in v2's ``cpu.stat``, ``throttled_time`` in v1's):
-no read comes meanwhile, however fast the origin, so the probe's first test of a
-stream's pace leaves that time out (:func:`held_back`).
+A thread ready to run may still wait for a CPU: the quota is spent for this
+period, or other work holds the CPUs. No read comes meanwhile, however fast the
+origin, so the probe's first test of a stream's pace leaves out the time its
+reading thread waited so (``/proc/thread-self/schedstat``: :func:`held_back`). That
+is the thread's own wait; a cgroup's ``throttled_time`` adds up every CPU's, and
+counts waits of threads that read nothing.
 
 Where none of this can be read (not Linux), the reading is None and the probe
 judges by the pace alone.
@@ -37,7 +39,6 @@ class Quota(NamedTuple):
 
     cpus: float  # CPUs the quota allows
     used: float  # CPU seconds its processes have used
-    throttled: float | None = None  # seconds they were held back, the quota spent (summed over CPUs)
 
 
 class Reading(NamedTuple):
@@ -49,7 +50,6 @@ class Reading(NamedTuple):
     used: float | None = None  # CPU seconds the cgroup of the tightest quota has used
     quota: float | None = None  # CPUs that quota allows (None: no quota)
     at: float = 0.0  # time.monotonic() when read
-    throttled: float | None = None  # seconds that cgroup was held back by its quota
 
 
 def cpu_ticks(path: str = "/proc/stat", cpus: Collection[int] | None = None) -> tuple[int, int, int] | None:
@@ -89,7 +89,7 @@ def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> Quota | 
     ``/proc/self/cgroup`` lists them; ``root``: where the hierarchies are
     mounted); None where none is set or none can be read."""
     try:
-        with open(own) as fh:
+        with open(own, errors="surrogateescape") as fh:  # a path is bytes: a name may be no UTF-8
             listed = [line.rstrip("\n").split(":", 2) for line in fh]
     except OSError:
         return None
@@ -102,9 +102,13 @@ def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> Quota | 
         if controllers == "":  # cgroup v2: one hierarchy
             found += _quotas(path, _v2_quota(root))
         elif "cpu" in names:
-            # cpuacct is mounted with cpu ("cpu,cpuacct") or on its own, at the same path.
-            acct = controllers if "cpuacct" in names else "cpuacct"
-            found += _quotas(path, _v1_quota(os.path.join(root, controllers), os.path.join(root, acct)))
+            # cpu is mounted with cpuacct (as "cpu,cpuacct", whichever order the
+            # list has) or on its own, cpuacct then beside it at the same path.
+            mount = os.path.join(root, ",".join(sorted(names)))
+            if not os.path.isdir(mount):
+                mount = os.path.join(root, controllers)
+            acct = mount if "cpuacct" in names else os.path.join(root, "cpuacct")
+            found += _quotas(path, _v1_quota(mount, acct))
     return min(found, key=lambda q: q[0]) if found else None
 
 
@@ -150,8 +154,7 @@ def _v2_quota(mount: str) -> Callable[[str], Quota | None]:
             usage = _field(stat, "usage_usec")
             if usage is None:
                 return None
-            throttled = _field(stat, "throttled_usec")
-            return Quota(int(quota) / int(period), usage / 1e6, None if throttled is None else throttled / 1e6)
+            return Quota(int(quota) / int(period), usage / 1e6)
         except (ValueError, ZeroDivisionError):
             return None
 
@@ -166,8 +169,7 @@ def _v1_quota(mount: str, acct: str) -> Callable[[str], Quota | None]:
         if quota is None or period is None or usage is None or quota.strip() == "-1":  # -1: no quota
             return None
         try:
-            throttled = _field(_read(os.path.join(mount, where, "cpu.stat")) or "", "throttled_time")
-            return Quota(int(quota) / int(period), int(usage) / 1e9, None if throttled is None else throttled / 1e9)
+            return Quota(int(quota) / int(period), int(usage) / 1e9)
         except (ValueError, ZeroDivisionError):
             return None
 
@@ -182,7 +184,7 @@ def reading() -> Reading | None:
     quota = cgroup_quota()
     if quota is None:
         return Reading(*ticks, at=time.monotonic())
-    return Reading(*ticks, used=quota.used, quota=quota.cpus, at=time.monotonic(), throttled=quota.throttled)
+    return Reading(*ticks, used=quota.used, quota=quota.cpus, at=time.monotonic())
 
 
 def spare(before: Reading | None, now: Reading | None) -> float | None:
@@ -197,11 +199,20 @@ def spare(before: Reading | None, now: Reading | None) -> float | None:
     return max(idle, 0.0)
 
 
-def held_back(before: Reading | None, now: Reading | None) -> float:
-    """Seconds, from ``before`` to ``now``, that the cgroup's quota held this
-    process back (it had spent its share of a period, and waited for the next one);
-    at most the time that passed, 0 when unknown. A stream is slow meanwhile because
-    nothing of the process ran, whatever its origin's pace."""
-    if before is None or now is None or before.throttled is None or now.throttled is None:
+def waited(path: str = "/proc/thread-self/schedstat") -> float | None:
+    """Seconds the calling thread has spent ready to run but waiting for a CPU (the
+    second field of its ``schedstat``, in nanoseconds); None where unknown."""
+    try:
+        with open(path, "rb") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def held_back(before: float | None, now: float | None) -> float:
+    """Seconds the calling thread waited for a CPU between two :func:`waited`
+    readings (0 when unknown): a stream is slow meanwhile because its reader does
+    not run, whatever its origin's pace."""
+    if before is None or now is None:
         return 0.0
-    return max(0.0, min(now.throttled - before.throttled, now.at - before.at))
+    return max(0.0, now - before)

@@ -161,8 +161,8 @@ class Probe:
     """Asked after every read of a stream that could be split (``bytes read so
     far``), says when to split it: once it falls below :data:`PROBE_EARLY` (or
     ``keep``, if lower) on average from its first read on, past
-    :data:`PROBE_GRACE` (not counting the time a CPU quota held the process
-    back), or when its pace from :data:`PROBE_FROM` to
+    :data:`PROBE_GRACE` (not counting the time its thread waited for a CPU:
+    ``waited``, :func:`.cpu.waited`), or when its pace from :data:`PROBE_FROM` to
     :data:`PROBE_TO` falls short of ``keep`` bytes/s while this process could
     have had at least :data:`SPARE_CORES` more CPU (``cpu``:
     :func:`.cpu.reading`: idle CPUs it may run on, within its cgroup's quota).
@@ -170,14 +170,17 @@ class Probe:
     (``split`` tells which)."""
 
     def __init__(self, keep: float, clock: Callable[[], float] = time.monotonic,
-                 cpu: Callable[[], cpustat.Reading | None] | None = None) -> None:
+                 cpu: Callable[[], cpustat.Reading | None] | None = None,
+                 waited: Callable[[], float | None] | None = None) -> None:
         self.keep = keep
         self.split = False
         self.why = "the stream ended before its pace was known"
         self._clock = clock
         self._cpu = cpustat.reading if cpu is None else cpu
         self._cpu_began = self._cpu()
-        self._frozen = 0.0  # seconds the CPU quota held the process back since, as last read
+        self._waited = cpustat.waited if waited is None else waited
+        self._waited_first: float | None = None  # this thread's wait for a CPU at the first read
+        self._frozen = 0.0  # seconds it waited since, as last read
         self._first: tuple[float, int] | None = None  # when the first read came, and its bytes
         self._decided = False
         self._from: tuple[float, int] | None = None  # when the stream passed PROBE_FROM, and its bytes then
@@ -187,14 +190,16 @@ class Probe:
             return False
         if self._first is None:  # the time to the first byte is the origin's latency, not its pace
             self._first = (self._clock(), got)
+            self._waited_first = self._waited()
         now = self._clock() - self._first[0]
         early = min(PROBE_EARLY, self.keep)
-        # Not the time the CPU quota froze this process: no read can come then. What
-        # is known of it only grows, so it is read afresh only when it would split.
+        # Not the time this thread waited for a CPU (a quota spent, other work): no
+        # read can come then. What is known of it only grows, so it is read afresh
+        # only when it would split.
         if now > PROBE_GRACE and got - self._first[1] < early * (now - PROBE_GRACE - self._frozen):
-            self._frozen = frozen = cpustat.held_back(self._cpu_began, self._cpu())
+            self._frozen = frozen = cpustat.held_back(self._waited_first, self._waited())
             if got - self._first[1] < early * (now - PROBE_GRACE - frozen):
-                held = f", {frozen * 1000:.1f} ms of them held back by the CPU quota" if frozen else ""
+                held = f", {frozen * 1000:.1f} ms of them waiting for a CPU" if frozen else ""
                 return self._decide(True, f"{got - self._first[1]} bytes in {now * 1000:.1f} ms after the first read "
                                           f"as one stream{held}; ranges from there")
         if got >= PROBE_FROM and self._from is None:
