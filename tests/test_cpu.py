@@ -125,6 +125,19 @@ def test_the_cgroups_of_a_process_as_listed(tmp_path: Path, own: str) -> None:
     assert quota(tmp_path, own, files) == (2.5, 1.0)
 
 
+def test_a_cgroup_named_in_bytes_that_are_no_utf8(tmp_path: Path) -> None:
+    """A cgroup's name is bytes, as any path: one that is no UTF-8 is read, not
+    raised into the download that asked."""
+    where = os.fsencode(tmp_path / "fs") + b"/system.slice/caf\xe9.service"
+    os.makedirs(where)
+    with open(where + b"/cpu.max", "w") as fh:
+        fh.write("50000 100000\n")
+    with open(where + b"/cpu.stat", "w") as fh:
+        fh.write("usage_usec 4000000\n")
+    (tmp_path / "own").write_bytes(b"0::/system.slice/caf\xe9.service\n")
+    assert cpu.cgroup_quota(str(tmp_path / "fs"), str(tmp_path / "own")) == (0.5, 4.0)
+
+
 def test_a_path_that_climbs_out_of_the_mount_is_not_followed(tmp_path: Path) -> None:
     """Not as the kernel writes it; nothing outside the hierarchy is read, not even its root."""
     files = {"cpu.max": "100000 100000\n", "cpu.stat": "usage_usec 1\n"}

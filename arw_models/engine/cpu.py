@@ -84,10 +84,9 @@ def allowed_cpus() -> Collection[int] | None:
 
 
 def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> Quota | None:
-    """The tightest CPU quota on this process's
-    cgroup or one above it (``own``: the process's cgroups, as
-    ``/proc/self/cgroup`` lists them; ``root``: where the hierarchies are
-    mounted); None where none is set or none can be read."""
+    """The tightest CPU quota on this process's cgroup or one above it (``own``:
+    the process's cgroups, as ``/proc/self/cgroup`` lists them; ``root``: where
+    the hierarchies are mounted); None where none is set or none can be read."""
     try:
         with open(own, errors="surrogateescape") as fh:  # a path is bytes: a name may be no UTF-8
             listed = [line.rstrip("\n").split(":", 2) for line in fh]
@@ -109,7 +108,7 @@ def cgroup_quota(root: str = CGROUP, own: str = "/proc/self/cgroup") -> Quota | 
                 mount = os.path.join(root, controllers)
             acct = mount if "cpuacct" in names else os.path.join(root, "cpuacct")
             found += _quotas(path, _v1_quota(mount, acct))
-    return min(found, key=lambda q: q[0]) if found else None
+    return min(found, key=lambda q: q.cpus) if found else None
 
 
 def _quotas(path: str, quota_of: Callable[[str], Quota | None]) -> list[Quota]:
